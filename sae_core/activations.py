@@ -1,0 +1,178 @@
+"""Activation data for training and evaluation: harvested directories, `.npy` arrays, `.safetensors` files.
+
+Every source is a list of chunks (harvest shards, or fixed row ranges of one file) read lazily. Training
+batches come from a stream that is a pure function of (seed, row position): each epoch visits the chunks
+in a seeded order, a window of several chunks at a time, rows shuffled within the window. Memory stays
+bounded by the window, and resuming needs only the row position.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+
+from .harvest import HarvestError, load_shard, read_manifest
+
+FILE_CHUNK_ROWS = 65536
+"""Rows per chunk when one file holds all activations."""
+
+
+class ActivationsError(ValueError):
+    """Activation data that cannot be read: the message names the file and the problem.
+
+    A shard found corrupt only when training reaches it raises harvest's HarvestError instead.
+    """
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A lazily loaded block of activation rows."""
+
+    rows: int
+    load: Callable[[], torch.Tensor] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class ActivationSource:
+    """Activation rows of one width, in chunks, with what is known of where they came from."""
+
+    path: Path
+    d_in: int
+    chunks: tuple[Chunk, ...]
+    info: dict = field(default_factory=dict)
+    """model_name, hook_name, site, dataset, context_size where the source records them."""
+
+    @property
+    def n_rows(self) -> int:
+        return sum(c.rows for c in self.chunks)
+
+    def head(self, n_rows: int) -> torch.Tensor:
+        """The first `n_rows` rows in storage order, float32 (for initialisation and evaluation)."""
+        parts, have = [], 0
+        for chunk in self.chunks:
+            if have >= n_rows:
+                break
+            part = chunk.load()[: n_rows - have]
+            parts.append(part)
+            have += len(part)
+        return torch.cat(parts).float()
+
+    def iter_rows(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """Every row once, in storage order, in float32 batches (for evaluation)."""
+        for chunk in self.chunks:
+            yield from chunk.load().float().split(batch_size)
+
+    def batches(self, batch_size: int, seed: int, start_row: int = 0, window: int = 8) -> Iterator[torch.Tensor]:
+        """Endless shuffled float32 batches starting at row `start_row` of the seeded stream."""
+        carry = torch.empty(0)
+        for rows in self._stream(seed, start_row, window):
+            if len(carry):
+                rows = torch.cat([carry, rows])
+            starts = range(0, len(rows) - batch_size + 1, batch_size)
+            for a in starts:
+                yield rows[a : a + batch_size].float()
+            carry = rows[len(starts) * batch_size :]
+
+    def _stream(self, seed: int, start_row: int, window: int) -> Iterator[torch.Tensor]:
+        """Rows of the stream from `start_row` on, one shuffled window at a time."""
+        epoch, skip = divmod(start_row, self.n_rows)
+        while True:
+            order = _permutation(len(self.chunks), seed, epoch)
+            for w, first in enumerate(range(0, len(order), window)):
+                members = [self.chunks[i] for i in order[first : first + window]]
+                size = sum(c.rows for c in members)
+                if skip >= size:
+                    skip -= size
+                    continue
+                rows = torch.cat([c.load() for c in members])
+                yield rows[_permutation(size, seed, epoch, w + 1)][skip:]
+                skip = 0
+            epoch += 1
+
+
+def _permutation(n: int, *key: int) -> torch.Tensor:
+    """A permutation of range(n) that depends only on the integers in `key`."""
+    state = np.random.SeedSequence(list(key)).generate_state(2)
+    generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return torch.randperm(n, generator=generator)
+
+
+def open_activations(path: str | Path) -> ActivationSource:
+    """An activation source for a harvest directory, a .npy [N, d] array or a .safetensors file."""
+    path = Path(path)
+    if path.is_dir():
+        return _open_harvest(path)
+    if not path.is_file():
+        raise ActivationsError(f"no activations at {path}: the path does not exist")
+    if path.suffix == ".npy":
+        return _open_npy(path)
+    if path.suffix == ".safetensors":
+        return _open_safetensors(path)
+    raise ActivationsError(f"{path}: expected a harvest directory, a .npy file or a .safetensors file")
+
+
+def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
+    if len(shape) != 2:
+        raise ActivationsError(f"{path}: activations must be 2-D [rows, d], got shape {shape}")
+    if shape[0] == 0:
+        raise ActivationsError(f"{path}: holds no activation rows")
+
+
+def _row_chunks(n_rows: int, read: Callable[[int, int], torch.Tensor]) -> list[Chunk]:
+    """Split rows [0, n_rows) of one file into fixed-size lazily read chunks."""
+    return [
+        Chunk(min(FILE_CHUNK_ROWS, n_rows - a), lambda a=a: read(a, min(a + FILE_CHUNK_ROWS, n_rows)))
+        for a in range(0, n_rows, FILE_CHUNK_ROWS)
+    ]
+
+
+def _open_npy(path: Path) -> ActivationSource:
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError) as err:
+        raise ActivationsError(f"{path}: unreadable .npy file ({err})") from None
+    if array.dtype.kind != "f":
+        raise ActivationsError(f"{path}: activations must be floating point, got {array.dtype}")
+    _check_shape(path, array.shape)
+    chunks = _row_chunks(array.shape[0], lambda a, b: torch.from_numpy(np.array(array[a:b])))
+    return ActivationSource(path, array.shape[1], tuple(chunks))
+
+
+def _open_safetensors(path: Path) -> ActivationSource:
+    try:
+        with safe_open(path, "pt") as f:
+            if "activations" not in f.keys():
+                raise ActivationsError(f"{path}: no tensor named 'activations' (found {', '.join(f.keys()) or 'none'})")
+            shape = tuple(f.get_slice("activations").get_shape())
+    except (SafetensorError, OSError) as err:
+        raise ActivationsError(f"{path}: unreadable safetensors file ({err})") from None
+    _check_shape(path, shape)
+
+    def read(a: int, b: int) -> torch.Tensor:
+        with safe_open(path, "pt") as f:
+            return f.get_slice("activations")[a:b]
+
+    return ActivationSource(path, shape[1], tuple(_row_chunks(shape[0], read)))
+
+
+def _open_harvest(directory: Path) -> ActivationSource:
+    try:
+        manifest = read_manifest(directory)
+    except HarvestError as err:
+        raise ActivationsError(str(err)) from None
+    d_model = manifest["d_model"]
+    if not isinstance(d_model, int) or d_model <= 0:
+        raise ActivationsError(f"{directory}: manifest d_model must be a positive integer, got {d_model!r}")
+    chunks = [Chunk(int(e["rows"]), lambda e=e: load_shard(directory, e, d_model, ("activations",))["activations"])
+              for e in manifest["shards"] if e.get("rows")]
+    info = {
+        "model_name": manifest.get("model"), "hook_name": manifest.get("hook_name"), "site": manifest.get("site"),
+        "dataset": manifest.get("dataset"), "context_size": manifest.get("context_len"),
+    }
+    _check_shape(directory, (sum(c.rows for c in chunks), d_model))
+    return ActivationSource(directory, d_model, tuple(chunks), info)

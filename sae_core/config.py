@@ -1,0 +1,81 @@
+"""Small frozen configs, one per stage; each field says what it controls."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from .data import DEFAULT_CONTEXT
+from .models import DEFAULT_MODEL
+
+
+@dataclass(frozen=True)
+class HarvestConfig:
+    """What to run and where to read it when harvesting activations."""
+
+    model: str = DEFAULT_MODEL
+    """Model name, local directory, .gguf file or hub id."""
+    site: str = "layers.6.resid_post"
+    """Hook site, `layers.N.{resid_pre,resid_post,mlp_out,attn_out}` or a SAELens alias."""
+    dataset: str = "demo"
+    """Corpus: `demo`, a .txt/.jsonl/.parquet file or folder, or a hub dataset name."""
+    text_field: str = "text"
+    """Field (jsonl) or column (parquet, hub) that holds the text."""
+    tokens: int = 200_000
+    """How many activation rows (non-special tokens) to write."""
+    context_len: int = DEFAULT_CONTEXT
+    """Tokens per context, BOS included."""
+    batch_size: int = 32
+    """Contexts per forward pass."""
+    dtype: str = "bfloat16"
+    """Storage dtype of the activations."""
+    model_dtype: str = "float32"
+    """Compute dtype of the model's forward."""
+    shard_tokens: int = 1 << 16
+    """Rows per shard file; a shard is the unit of atomic writes and of resume."""
+
+    def to_dict(self) -> dict:
+        """Plain dict for manifests and cache keys."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: budget, batch, optimiser schedule, numerics and bookkeeping."""
+
+    tokens: int
+    """Training budget in activation rows; the data are cycled when fewer."""
+    batch_size: int = 4096
+    """Rows per optimiser step."""
+    lr: float | None = None
+    """Adam learning rate; None scales with the dictionary: 2e-4 / sqrt(d_sae / 16384) (OpenAI 2024)."""
+    warmup_fraction: float = 0.01
+    """Fraction of steps over which the learning rate rises linearly from zero."""
+    decay_fraction: float = 0.2
+    """Final fraction of steps over which it falls linearly to zero (Anthropic, April 2024)."""
+    sparsity_warmup_fraction: float = 0.05
+    """relu/jumprelu: fraction of steps over which the sparsity penalty rises from zero."""
+    dead_after_tokens: int | None = None
+    """A feature is dead after this many rows without firing; None means min(10M, tokens / 10)."""
+    seed: int = 0
+    """Seeds initialisation and data order."""
+    dtype: str = "bfloat16"
+    """Compute dtype of the matmuls (bf16 autocast; weights and Adam stay float32); float32 for exactness."""
+    sparse_kernels: bool = True
+    """topk/batchtopk: decode with embedding_bag and take sparse encoder gradients (tested equal to dense)."""
+    normalize: bool = True
+    """Scale inputs to mean norm sqrt(d_in) while training, folded back into the saved weights."""
+    shuffle_window: int = 8
+    """Chunks (harvest shards) shuffled together; bounds memory."""
+    checkpoint_every_s: float = 300.0
+    """Seconds between checkpoints."""
+    checkpoint_every_steps: int | None = None
+    """Also checkpoint every this many steps (tests use it to simulate a kill at a known point)."""
+    log_every: int = 50
+    """Steps between lines of the training log."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, math.ceil(self.tokens / self.batch_size))

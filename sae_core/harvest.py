@@ -1,0 +1,259 @@
+"""Model + site + corpus -> activation shards on disk, with a manifest that later stages read.
+
+Layout of a harvest directory (format `saescope-activations/1`):
+- `manifest.json`: model, site, d_model, dtype, context length, counts and the list of finished shards.
+- `shard_NNNNN.safetensors`: `activations` [rows, d_model], `tokens` [contexts, context_len] int32 (the
+  shard's contexts, BOS first) and `positions` [rows, 2] int32 (global context index, position), so any
+  activation row can be shown with its text.
+A shard is listed in the manifest only after it is fully on disk, so an interrupted run never leaves a
+shard that readers would trust half-written, and `resume` continues after the last listed shard.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from .config import HarvestConfig
+from .fileio import atomic_write, atomic_write_json
+from .data import iter_contexts, iter_documents, special_ids
+from .hooks import truncated_forward
+from .models import LoadedModel, load_model, parse_dtype
+from .sites import Site, hidden_size, num_layers, parse_site
+
+FORMAT = "saescope-activations/1"
+MANIFEST = "manifest.json"
+# Fields that must agree for a resumed run to extend the same data set.
+IDENTITY = ("model_spec", "site", "dataset", "text_field", "context_len", "dtype", "model_dtype")
+
+
+class HarvestError(ValueError):
+    """A harvest directory that cannot be written to or read as activations."""
+
+
+def read_manifest(directory: Path | str) -> dict:
+    """The manifest of a harvest directory, checked for the fields every reader relies on."""
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise HarvestError(f"{directory} is not a harvest directory (no {MANIFEST})")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise HarvestError(f"{path}: corrupt manifest ({err.msg})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise HarvestError(f"{path}: not a {FORMAT} manifest")
+    missing = [k for k in ("d_model", "dtype", "shards", "n_tokens", "site") if k not in manifest]
+    if missing:
+        raise HarvestError(f"{path}: manifest lacks {', '.join(missing)}")
+    return manifest
+
+
+def load_shard(directory: Path | str, entry: dict, d_model: int,
+               names: tuple[str, ...] = ("activations", "tokens", "positions")) -> dict[str, torch.Tensor]:
+    """The named tensors of one shard, with a clear error for a missing, corrupt or mis-shaped file."""
+    path = Path(directory) / entry["file"]
+    try:
+        with safe_open(path, "pt") as handle:
+            missing = set(names) - set(handle.keys())
+            if missing:
+                raise HarvestError(f"{path}: shard lacks {', '.join(sorted(missing))}")
+            tensors = {name: handle.get_tensor(name) for name in names}
+    except (FileNotFoundError, SafetensorError, OSError) as err:
+        raise HarvestError(f"{path}: unreadable shard ({err})") from None
+    acts = tensors.get("activations")
+    if acts is not None and tuple(acts.shape) != (entry["rows"], d_model):
+        raise HarvestError(f"{path}: expected activations [{entry['rows']}, {d_model}], found {tuple(acts.shape)}")
+    return tensors
+
+
+def iter_shards(directory: Path | str) -> Iterator[dict[str, torch.Tensor]]:
+    """Tensors of every finished shard, in order."""
+    manifest = read_manifest(directory)
+    for entry in manifest["shards"]:
+        yield load_shard(directory, entry, manifest["d_model"])
+
+
+@dataclass
+class _ShardBuffer:
+    """Rows, positions and contexts gathered since the last shard was written."""
+
+    acts: list[torch.Tensor] = field(default_factory=list)
+    positions: list[torch.Tensor] = field(default_factory=list)
+    tokens: list[torch.Tensor] = field(default_factory=list)
+    rows: int = 0
+    first_context: int = 0
+
+    def add(self, acts_RD: torch.Tensor, positions_R2: torch.Tensor, tokens_BT: torch.Tensor,
+            first_context: int) -> None:
+        if not self.acts:
+            self.first_context = first_context
+        self.acts.append(acts_RD)
+        self.positions.append(positions_R2)
+        self.tokens.append(tokens_BT)
+        self.rows += acts_RD.shape[0]
+
+    def take(self) -> tuple[dict[str, torch.Tensor], int]:
+        tensors = {
+            "activations": torch.cat(self.acts).contiguous(),
+            "positions": torch.cat(self.positions).contiguous(),
+            "tokens": torch.cat(self.tokens).to(torch.int32).contiguous(),
+        }
+        self.acts, self.positions, self.tokens, self.rows = [], [], [], 0
+        return tensors, self.first_context
+
+
+class _ShardWriter:
+    """Writes shards on a background thread (so disk time overlaps the forward) and keeps the manifest."""
+
+    def __init__(self, out: Path, manifest: dict):
+        self.out = out
+        self.manifest = manifest
+        self.pool = ThreadPoolExecutor(max_workers=1)
+        self.pending: Future | None = None
+
+    def submit(self, shard: tuple[dict[str, torch.Tensor], int]) -> None:
+        self.wait()  # at most one shard in flight bounds memory to two shards
+        self.pending = self.pool.submit(self._write, *shard)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def close(self) -> None:
+        self.wait()
+        self.pool.shutdown()
+
+    def _write(self, tensors: dict[str, torch.Tensor], first_context: int) -> None:
+        shards = self.manifest["shards"]
+        name = f"shard_{len(shards):05d}.safetensors"
+        atomic_write(self.out / name, lambda tmp: save_file(tensors, tmp))
+        shards.append({"file": name, "rows": tensors["activations"].shape[0],
+                       "contexts": tensors["tokens"].shape[0], "first_context": first_context})
+        self.manifest["n_tokens"] += tensors["activations"].shape[0]
+        self.manifest["n_contexts"] += tensors["tokens"].shape[0]
+        atomic_write_json(self.out / MANIFEST, self.manifest)
+
+
+def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, site: Site) -> dict:
+    return {
+        "format": FORMAT,
+        "model": lm.name,
+        "model_spec": cfg.model,
+        "site": site.name,
+        "hook_name": site.hook_name,
+        "d_model": hidden_size(lm.model),
+        "dtype": cfg.dtype,
+        "model_dtype": cfg.model_dtype,
+        "context_len": cfg.context_len,
+        "dataset": cfg.dataset,
+        "text_field": cfg.text_field,
+        "bos_token_id": int(lm.tokenizer.bos_token_id if lm.tokenizer.bos_token_id is not None
+                            else lm.tokenizer.eos_token_id),
+        "n_contexts": 0,
+        "n_tokens": 0,
+        "complete": False,
+        "shards": [],
+    }
+
+
+def _existing_manifest(cfg: HarvestConfig, out: Path, resume: bool) -> dict | None:
+    """The manifest to continue from, or None for a fresh directory; refuses to clobber data."""
+    if not (out / MANIFEST).exists():
+        return None
+    if not resume:
+        raise HarvestError(f"{out} already holds activations; pass --resume to continue it or choose another --out")
+    manifest = read_manifest(out)
+    wanted = {**cfg.to_dict(), "model_spec": cfg.model, "site": parse_site(cfg.site).name}
+    clashes = [f"{k}: {manifest.get(k)!r} != {wanted[k]!r}" for k in IDENTITY if manifest.get(k) != wanted[k]]
+    if clashes:
+        raise HarvestError(f"cannot resume {out}: it was harvested with other settings ({'; '.join(clashes)})")
+    return manifest
+
+
+def batched(contexts: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Stack contexts into [batch, context_len] tensors; the last batch may be smaller."""
+    it = iter(contexts)
+    while batch := list(islice(it, batch_size)):
+        yield torch.stack(batch)
+
+
+def harvest(cfg: HarvestConfig, out: Path | str, resume: bool = False, lm: LoadedModel | None = None,
+            progress: bool = True, contexts: Iterable[torch.Tensor] | None = None) -> dict:
+    """Write `cfg.tokens` activation rows at `cfg.site` into `out`; returns the final manifest.
+
+    `contexts` replaces the corpus named in `cfg` (benchmarks feed the very batches they compare with).
+    """
+    out = Path(out)
+    if cfg.tokens <= 0:
+        raise HarvestError(f"--tokens must be positive, got {cfg.tokens}")
+    parse_site(cfg.site)  # a malformed name fails before the model's slow load
+    manifest = _existing_manifest(cfg, out, resume)
+    if manifest is not None and manifest["n_tokens"] >= cfg.tokens:
+        return manifest
+    dtype = parse_dtype(cfg.dtype)
+    lm = lm or load_model(cfg.model, dtype=parse_dtype(cfg.model_dtype))
+    site = parse_site(cfg.site, num_layers(lm.model))
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = manifest or _new_manifest(cfg, lm, site)
+    manifest["complete"] = False
+    atomic_write_json(out / MANIFEST, manifest)
+    if contexts is None:
+        contexts = iter_contexts(iter_documents(cfg.dataset, cfg.text_field), lm.tokenizer, cfg.context_len)
+    _run(cfg, lm, site, islice(contexts, manifest["n_contexts"], None), out, manifest, dtype, progress)
+    manifest["complete"] = True
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _run(cfg: HarvestConfig, lm: LoadedModel, site: Site, contexts: Iterator[torch.Tensor], out: Path,
+         manifest: dict, dtype: torch.dtype, progress: bool) -> None:
+    """The harvesting loop: forward, drop special tokens, buffer rows, hand full shards to the writer."""
+    specials = special_ids(lm.tokenizer)
+    writer = _ShardWriter(out, manifest)
+    buffer = _ShardBuffer()
+    done = manifest["n_tokens"]
+    next_context = manifest["n_contexts"]
+    bar = tqdm(total=cfg.tokens, initial=done, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
+    try:
+        for ids_BT in batched(contexts, cfg.batch_size):
+            acts_RD, positions_R2 = _activation_rows(lm, site, ids_BT, specials, next_context)
+            keep = min(acts_RD.shape[0], cfg.tokens - done - buffer.rows)
+            if keep < acts_RD.shape[0]:  # the budget ends inside this batch: keep only contexts it reaches
+                ids_BT = ids_BT[: int(positions_R2[keep - 1, 0]) - next_context + 1]
+            buffer.add(acts_RD[:keep].to(dtype), positions_R2[:keep], ids_BT, next_context)
+            next_context += ids_BT.shape[0]
+            bar.update(keep)
+            if buffer.rows >= cfg.shard_tokens or done + buffer.rows >= cfg.tokens:
+                done += buffer.rows
+                writer.submit(buffer.take())
+            if done >= cfg.tokens:
+                break
+        if buffer.rows:
+            writer.submit(buffer.take())
+    finally:
+        writer.close()
+        bar.close()
+    if manifest["n_tokens"] == 0:
+        raise HarvestError("the corpus produced no activation rows")
+
+
+@torch.inference_mode()
+def _activation_rows(lm: LoadedModel, site: Site, ids_BT: torch.Tensor, specials: torch.Tensor,
+                     first_context: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations of the non-special tokens of a batch, with their (context, position) addresses."""
+    acts_BTD = truncated_forward(lm.model, site, ids_BT.to(lm.model.device))
+    keep_BT = ~torch.isin(ids_BT, specials)
+    positions_R2 = keep_BT.nonzero().to(torch.int32)
+    positions_R2[:, 0] += first_context
+    return acts_BTD[keep_BT.to(acts_BTD.device)].cpu(), positions_R2

@@ -1,0 +1,95 @@
+"""Context managers that read or rewrite the activation at a site; handles are always removed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from .sites import Site, site_module
+
+
+class StopForward(Exception):
+    """Raised inside a hook to end the forward pass once the site has been read."""
+
+
+class Captured:
+    """Holds the activation a `capture` hook saw, [batch, seq, d]."""
+
+    value: torch.Tensor | None = None
+
+
+def _first(output: Any) -> torch.Tensor:
+    """The hidden-state tensor of a module output that may be a tensor or a tuple headed by one."""
+    return output if isinstance(output, torch.Tensor) else output[0]
+
+
+def _replace_first(output: Any, tensor: torch.Tensor) -> Any:
+    """The same output with its hidden-state tensor swapped, keeping any tuple tail."""
+    if isinstance(output, torch.Tensor):
+        return tensor
+    return (tensor, *output[1:])
+
+
+def _register(module: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None]):
+    """Attach `fn` to the site; a tensor it returns replaces the activation, None leaves it."""
+    if site.kind == "resid_pre":
+
+        def pre_hook(_module, args, kwargs):
+            if args:
+                new = fn(args[0])
+                return None if new is None else ((new, *args[1:]), kwargs)
+            new = fn(kwargs["hidden_states"])
+            return None if new is None else (args, {**kwargs, "hidden_states": new})
+
+        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def hook(_module, _args, output):
+        new = fn(_first(output))
+        return None if new is None else _replace_first(output, new)
+
+    return module.register_forward_hook(hook)
+
+
+@contextmanager
+def capture(model: nn.Module, site: Site, stop: bool = True) -> Iterator[Captured]:
+    """Record the site's activation during a forward; with `stop`, the forward ends right there.
+
+    Stopping saves the compute of every later layer (and of the unembedding), which dominates when the
+    site is early in the model.
+    """
+    captured = Captured()
+
+    def read(x: torch.Tensor) -> None:
+        captured.value = x
+        if stop:
+            raise StopForward
+
+    handle = _register(site_module(model, site), site, read)
+    try:
+        yield captured
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def splice(model: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace the site's activation [batch, seq, d] by `fn` of it for every forward in the block."""
+    handle = _register(site_module(model, site), site, fn)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def truncated_forward(model: nn.Module, site: Site, input_ids: torch.Tensor) -> torch.Tensor:
+    """The site's activation for a batch of token ids, computing no layer past the site."""
+    with capture(model, site, stop=True) as captured:
+        model(input_ids=input_ids, use_cache=False)
+    assert captured.value is not None, "the site's hook never ran"
+    return captured.value

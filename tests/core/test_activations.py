@@ -1,0 +1,115 @@
+"""Activation sources: the three input kinds, the resumable shuffled stream, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from sae_core.activations import ActivationsError, open_activations
+
+D = 8
+
+
+def write_harvest(directory, shard_rows=(50, 30, 40), d=D, dtype=torch.bfloat16):
+    """A harvest directory in the `saescope-activations/1` layout, rows numbered in column 0."""
+    directory.mkdir(parents=True)
+    shards, first_row, first_context = [], 0, 0
+    for i, rows in enumerate(shard_rows):
+        contexts = (rows + 9) // 10
+        acts = torch.randn(rows, d, generator=torch.Generator().manual_seed(i))
+        acts[:, 0] = torch.arange(first_row, first_row + rows)
+        positions = torch.stack([torch.arange(rows) // 10 + first_context, torch.arange(rows) % 10 + 1], 1)
+        save_file({"activations": acts.to(dtype), "tokens": torch.ones(contexts, 11, dtype=torch.int32),
+                   "positions": positions.to(torch.int32)}, directory / f"shard_{i:05d}.safetensors")
+        shards.append({"file": f"shard_{i:05d}.safetensors", "rows": rows, "contexts": contexts,
+                       "first_context": first_context})
+        first_row += rows
+        first_context += contexts
+    manifest = {"format": "saescope-activations/1", "model": "tiny", "model_spec": "tiny", "site": "layers.1.resid_post",
+                "hook_name": "blocks.1.hook_resid_post", "d_model": d, "dtype": str(dtype).removeprefix("torch."),
+                "context_len": 11, "dataset": "demo", "n_contexts": first_context, "n_tokens": first_row,
+                "complete": True, "shards": shards}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
+
+
+def numbered(n, d=D):
+    x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    x[:, 0] = np.arange(n)
+    return x
+
+
+def ids(batch):
+    return batch[:, 0].round().long().tolist()
+
+
+@pytest.fixture(params=["harvest", "npy", "safetensors"])
+def source(request, tmp_path, monkeypatch):
+    monkeypatch.setattr("sae_core.activations.FILE_CHUNK_ROWS", 37)  # several chunks from one file
+    if request.param == "harvest":
+        return open_activations(write_harvest(tmp_path / "h"))
+    if request.param == "npy":
+        np.save(tmp_path / "a.npy", numbered(120))
+        return open_activations(tmp_path / "a.npy")
+    save_file({"activations": torch.from_numpy(numbered(120))}, tmp_path / "a.safetensors")
+    return open_activations(tmp_path / "a.safetensors")
+
+
+def test_source_shape_and_order(source):
+    assert source.d_in == D and source.n_rows == 120
+    assert ids(torch.cat(list(source.iter_rows(16)))) == list(range(120))
+    assert ids(source.head(45)) == list(range(45))
+
+
+def test_stream_visits_every_row_once_per_epoch(source):
+    stream = source.batches(batch_size=24, seed=3, window=2)
+    rows = [i for _ in range(10) for i in ids(next(stream))]  # two epochs
+    assert sorted(rows[:120]) == list(range(120)) and sorted(rows[120:]) == list(range(120))
+    assert rows[:120] != list(range(120)), "not shuffled"
+    assert rows[:120] != rows[120:], "every epoch has its own order"
+
+
+def test_stream_is_deterministic_and_resumable(source):
+    full = [next(b) for b in [source.batches(16, seed=1, window=2)] for _ in range(20)]
+    again = source.batches(16, seed=1, window=2)
+    assert all(torch.equal(a, next(again)) for a in full)
+    for start in (3, 7, 14):
+        resumed = source.batches(16, seed=1, start_row=start * 16, window=2)
+        assert all(torch.equal(full[i], next(resumed)) for i in range(start, 20))
+    other = next(source.batches(16, seed=2, window=2))
+    assert not torch.equal(other, full[0])
+
+
+def test_harvest_metadata(tmp_path):
+    src = open_activations(write_harvest(tmp_path / "h"))
+    assert src.info["hook_name"] == "blocks.1.hook_resid_post" and src.info["context_size"] == 11
+
+
+def test_bad_inputs(tmp_path):
+    with pytest.raises(ActivationsError, match="does not exist"):
+        open_activations(tmp_path / "none.npy")
+    (tmp_path / "a.txt").write_text("x")
+    with pytest.raises(ActivationsError, match="expected a harvest directory"):
+        open_activations(tmp_path / "a.txt")
+    np.save(tmp_path / "flat.npy", np.zeros(5, dtype=np.float32))
+    with pytest.raises(ActivationsError, match="2-D"):
+        open_activations(tmp_path / "flat.npy")
+    np.save(tmp_path / "empty.npy", np.zeros((0, 4), dtype=np.float32))
+    with pytest.raises(ActivationsError, match="no activation rows"):
+        open_activations(tmp_path / "empty.npy")
+    np.save(tmp_path / "int.npy", np.zeros((3, 4), dtype=np.int64))
+    with pytest.raises(ActivationsError, match="floating point"):
+        open_activations(tmp_path / "int.npy")
+    save_file({"other": torch.zeros(3, 4)}, tmp_path / "x.safetensors")
+    with pytest.raises(ActivationsError, match="no tensor named 'activations'"):
+        open_activations(tmp_path / "x.safetensors")
+    (tmp_path / "bad.safetensors").write_bytes(b"junk")
+    with pytest.raises(ActivationsError, match="unreadable"):
+        open_activations(tmp_path / "bad.safetensors")
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(ActivationsError, match="not a harvest directory"):
+        open_activations(tmp_path / "dir")

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+
+import sae_core.harvest as harvest_module
+from sae_core.config import HarvestConfig
+from sae_core.harvest import HarvestError, harvest, iter_shards, read_manifest
+from sae_core.hooks import truncated_forward
+from sae_core.models import load_model
+from sae_core.sites import Site
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    lines = [json.dumps({"text": f"document {i}: " + "the quick brown fox jumps. " * (i % 5 + 1)}) for i in range(60)]
+    path.write_text("\n".join(lines))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_model_dir):
+    return load_model(str(tiny_model_dir))
+
+
+def config(tiny_model_dir, corpus, **overrides):
+    base = dict(model=str(tiny_model_dir), site="layers.1.resid_post", dataset=corpus, tokens=700,
+                context_len=32, batch_size=4, shard_tokens=200, dtype="float32")
+    return HarvestConfig(**{**base, **overrides})
+
+
+def all_rows(directory):
+    shards = list(iter_shards(directory))
+    return {k: torch.cat([s[k] for s in shards]) for k in ("activations", "positions")}, shards
+
+
+def test_harvest_writes_exact_rows_without_special_tokens(tmp_path, tiny_model_dir, corpus, lm):
+    manifest = harvest(config(tiny_model_dir, corpus), tmp_path / "h", lm=lm, progress=False)
+    assert manifest["complete"] and manifest["n_tokens"] == 700 and manifest["d_model"] == 32
+    assert manifest["site"] == "layers.1.resid_post" and manifest["hook_name"] == "blocks.1.hook_resid_post"
+    rows, shards = all_rows(tmp_path / "h")
+    assert rows["activations"].shape == (700, 32)
+    tokens = torch.cat([s["tokens"] for s in shards]).long()
+    assert tokens.shape[0] == manifest["n_contexts"] and (tokens[:, 0] == 0).all()
+    ctx, pos = rows["positions"].long().T
+    assert not torch.isin(tokens[ctx, pos], torch.tensor([0, 1, 2])).any()
+    expected = truncated_forward(lm.model, Site(1, "resid_post"), tokens)[ctx, pos]
+    torch.testing.assert_close(rows["activations"], expected)
+
+
+def test_shards_respect_size_and_manifest_lists_them(tmp_path, tiny_model_dir, corpus, lm):
+    manifest = harvest(config(tiny_model_dir, corpus), tmp_path / "h", lm=lm, progress=False)
+    assert len(manifest["shards"]) > 2
+    assert sum(s["rows"] for s in manifest["shards"]) == 700
+    assert all(s["rows"] < 200 + 4 * 32 for s in manifest["shards"])
+    firsts = [s["first_context"] for s in manifest["shards"]]
+    counts = [s["contexts"] for s in manifest["shards"]]
+    assert firsts == [sum(counts[:i]) for i in range(len(counts))]
+
+
+def test_interrupted_run_resumes_to_identical_data(tmp_path, tiny_model_dir, corpus, lm, monkeypatch):
+    cfg = config(tiny_model_dir, corpus)
+    harvest(cfg, tmp_path / "whole", lm=lm, progress=False)
+    real = harvest_module._activation_rows
+    calls = {"n": 0}
+
+    def dying(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(harvest_module, "_activation_rows", dying)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(cfg, tmp_path / "cut", lm=lm, progress=False)
+    cut = read_manifest(tmp_path / "cut")
+    assert not cut["complete"] and 0 < cut["n_tokens"] < 700
+    list(iter_shards(tmp_path / "cut"))  # every listed shard is whole
+    monkeypatch.setattr(harvest_module, "_activation_rows", real)
+    with pytest.raises(HarvestError, match="--resume"):
+        harvest(cfg, tmp_path / "cut", lm=lm, progress=False)
+    harvest(cfg, tmp_path / "cut", resume=True, lm=lm, progress=False)
+    whole, _ = all_rows(tmp_path / "whole")
+    resumed, _ = all_rows(tmp_path / "cut")
+    torch.testing.assert_close(resumed["activations"], whole["activations"])
+    assert torch.equal(resumed["positions"], whole["positions"])
+
+
+def test_resume_with_other_settings_is_refused(tmp_path, tiny_model_dir, corpus, lm):
+    harvest(config(tiny_model_dir, corpus, tokens=100), tmp_path / "h", lm=lm, progress=False)
+    with pytest.raises(HarvestError, match="site"):
+        harvest(config(tiny_model_dir, corpus, site="layers.0.mlp_out"), tmp_path / "h", resume=True, lm=lm)
+
+
+def test_corrupt_and_missing_shards_give_clear_errors(tmp_path, tiny_model_dir, corpus, lm):
+    manifest = harvest(config(tiny_model_dir, corpus), tmp_path / "h", lm=lm, progress=False)
+    (tmp_path / "h" / manifest["shards"][1]["file"]).write_bytes(b"garbage")
+    with pytest.raises(HarvestError, match="unreadable shard"):
+        list(iter_shards(tmp_path / "h"))
+    (tmp_path / "h" / "manifest.json").write_text("{")
+    with pytest.raises(HarvestError, match="corrupt manifest"):
+        read_manifest(tmp_path / "h")
+    with pytest.raises(HarvestError, match="not a harvest directory"):
+        read_manifest(tmp_path)
+
+
+def test_bad_site_and_budget_are_rejected(tmp_path, tiny_model_dir, corpus, lm):
+    with pytest.raises(ValueError, match="layers 0..2"):
+        harvest(config(tiny_model_dir, corpus, site="layers.7.resid_post"), tmp_path / "a", lm=lm)
+    with pytest.raises(HarvestError, match="positive"):
+        harvest(config(tiny_model_dir, corpus, tokens=0), tmp_path / "b", lm=lm)

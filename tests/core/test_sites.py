@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from sae_core.hooks import capture, splice, truncated_forward
+from sae_core.sites import KINDS, Site, SiteError, parse_site, site_module, valid_sites
+from tests.factories import FAMILIES, tiny_model
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("layers.2.resid_post", Site(2, "resid_post")),
+    ("blocks.0.hook_resid_pre", Site(0, "resid_pre")),
+    ("blocks.1.hook_mlp_out", Site(1, "mlp_out")),
+    (" layers.1.attn_out ", Site(1, "attn_out")),
+])
+def test_parse_site_accepts_canonical_and_saelens_names(name, expected):
+    assert parse_site(name) == expected
+
+
+@pytest.mark.parametrize("name", ["layers.x.resid_post", "layer.1.resid_post", "blocks.1.hook_z", ""])
+def test_parse_site_rejects_unknown_names_and_lists_the_forms(name):
+    with pytest.raises(SiteError, match="valid forms are layers.N"):
+        parse_site(name)
+
+
+def test_layer_out_of_range_names_the_valid_range():
+    with pytest.raises(SiteError, match=r"layers 0\.\.2"):
+        parse_site("layers.3.resid_post", n_layers=3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_residual_sites_match_hidden_states(family):
+    model = tiny_model(family)
+    ids = torch.randint(3, 200, (2, 9))
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states
+    pre = truncated_forward(model, parse_site("layers.1.resid_pre"), ids)
+    post = truncated_forward(model, parse_site("layers.1.resid_post"), ids)
+    torch.testing.assert_close(pre, hidden[1])
+    torch.testing.assert_close(post, hidden[2])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("kind", ["mlp_out", "attn_out"])
+def test_component_sites_are_found_by_structure(family, kind):
+    model = tiny_model(family)
+    module = site_module(model, Site(1, kind))
+    word = "MLP" if kind == "mlp_out" else "Attention"
+    assert word.lower() in type(module).__name__.lower()
+    acts = truncated_forward(model, Site(1, kind), torch.randint(3, 200, (2, 5)))
+    assert acts.shape == (2, 5, 32)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_truncated_forward_runs_no_later_layer(family):
+    model = tiny_model(family)
+    ran = []
+    from sae_core.sites import decoder_layers
+
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+               for i, layer in enumerate(decoder_layers(model))]
+    try:
+        truncated_forward(model, Site(0, "resid_post"), torch.randint(3, 200, (1, 4)))
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0]
+
+
+def test_hooks_are_removed_even_when_the_forward_fails():
+    model = tiny_model("llama")
+    module = site_module(model, Site(1, "resid_post"))
+    with pytest.raises(RuntimeError):
+        with capture(model, Site(1, "resid_post"), stop=False):
+            raise RuntimeError("boom")
+    assert not module._forward_hooks and not module._forward_pre_hooks
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_splice_changes_downstream_and_identity_changes_nothing(kind):
+    model = tiny_model("gpt2")
+    ids = torch.randint(3, 200, (2, 6))
+    base = model(input_ids=ids).logits
+    with splice(model, Site(1, kind), lambda x: x.clone()):
+        same = model(input_ids=ids).logits
+    with splice(model, Site(1, kind), lambda x: torch.zeros_like(x)):
+        zeroed = model(input_ids=ids).logits
+    torch.testing.assert_close(same, base)
+    assert not torch.allclose(zeroed, base)
+
+
+def test_valid_sites_lists_every_layer_and_kind():
+    names = valid_sites(tiny_model("llama", layers=2))
+    assert len(names) == 8 and "layers.1.attn_out" in names
