@@ -1,0 +1,37 @@
+"""SAE architectures, found by name through one registry, and loading from the layouts the field uses."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SAE, SAEConfig, SAEFormatError, TrainOutput
+from .batchtopk import BatchTopKSAE
+from .jumprelu import JumpReLUSAE
+from .relu import ReLUSAE
+from .topk import TopKSAE
+
+ARCHITECTURES: dict[str, type[SAE]] = {
+    cls.architecture: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
+}
+
+
+def sae_class(architecture: str) -> type[SAE]:
+    """The class registered under `architecture`, or a ValueError naming the known ones."""
+    try:
+        return ARCHITECTURES[architecture]
+    except KeyError:
+        raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}") from None
+
+
+def build_sae(cfg: SAEConfig, seed: int = 0) -> SAE:
+    """A freshly initialised SAE of the configured architecture, the same for the same seed."""
+    sae = sae_class(cfg.architecture)(cfg)
+    sae.initialize(torch.Generator().manual_seed(seed))
+    return sae
+
+
+from .formats import load_sae  # noqa: E402  (formats needs the registry above)
+
+__all__ = [
+    "ARCHITECTURES", "SAE", "SAEConfig", "SAEFormatError", "TrainOutput", "build_sae", "load_sae", "sae_class",
+]

@@ -1,0 +1,287 @@
+"""The shared SAE: parameters, initialisation, decoding, decoder-norm handling and saving in SAELens layout."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from ..fileio import atomic_write, atomic_write_json
+from .sparse import Selector, SparseActs, attach_encoder_grad, sparse_decode
+
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+
+
+class SAEFormatError(ValueError):
+    """An SAE directory or file that cannot be read as any supported layout; the message says why."""
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """What an SAE is: its architecture, sizes, where it reads activations and its loss coefficients."""
+
+    architecture: str
+    """Registry name: relu, topk, batchtopk or jumprelu."""
+    d_in: int
+    """Width of the activations the SAE reads (the model's d_model at the site)."""
+    d_sae: int
+    """Number of dictionary features."""
+    k: int | None = None
+    """Active features per token for topk, mean active features per token for batchtopk."""
+    model_name: str | None = None
+    """Display name of the model whose activations the SAE was trained on."""
+    hook_name: str | None = None
+    """TransformerLens-style site name, as SAELens writes it (`blocks.6.hook_resid_post`)."""
+    site: str | None = None
+    """saescope's canonical site name (`layers.6.resid_post`)."""
+    dataset: str | None = None
+    """Corpus the training activations came from."""
+    context_size: int | None = None
+    """Tokens per context when the activations were harvested."""
+    dtype: str = "float32"
+    """Dtype of the stored weights."""
+    apply_b_dec_to_input: bool = True
+    """Subtract b_dec from the input before encoding (false for Gemma Scope SAEs)."""
+    l1_coefficient: float = 5.0
+    """relu: weight of the decoder-norm-weighted L1 penalty (Anthropic, April 2024, with E|x| = sqrt(d))."""
+    l0_coefficient: float = 0.002
+    """jumprelu: weight of the L0 penalty per token (Gemma Scope; on activations scaled to norm sqrt(d))."""
+    jumprelu_bandwidth: float = 0.05
+    """jumprelu: width of the rectangle kernel in the straight-through threshold gradient."""
+    jumprelu_init_threshold: float = 0.1
+    """jumprelu: initial threshold of every feature."""
+    aux_k: int | None = None
+    """topk/batchtopk: dead features used by the AuxK loss; None means d_in // 2 (sparsify's default)."""
+    aux_k_coefficient: float = 1 / 32
+    """topk/batchtopk: weight of the AuxK loss (OpenAI 2024)."""
+
+    def __post_init__(self) -> None:
+        if self.d_in <= 0 or self.d_sae <= 0:
+            raise ValueError(f"d_in and d_sae must be positive, got {self.d_in} and {self.d_sae}")
+        if self.k is not None and not 0 < self.k <= self.d_sae:
+            raise ValueError(f"k must be in 1..d_sae={self.d_sae}, got {self.k}")
+
+    @property
+    def n_aux(self) -> int:
+        """How many dead features the AuxK loss may use."""
+        return min(self.aux_k or self.d_in // 2, self.d_sae)
+
+
+@dataclass
+class TrainOutput:
+    """One training forward: named loss terms (summed for the gradient) and the statistics the trainer logs."""
+
+    losses: dict[str, torch.Tensor]
+    """Weighted loss terms; their sum is the training loss."""
+    fired_F: torch.Tensor
+    """Bool [d_sae]: features that fired on at least one row of the batch."""
+    l0: torch.Tensor
+    """Mean number of active features per row."""
+    x_hat_ND: torch.Tensor = field(repr=False)
+    """The reconstruction, for FVU in the training log."""
+
+    @property
+    def loss(self) -> torch.Tensor:
+        """The sum of all terms, the quantity the optimiser descends."""
+        return sum(self.losses.values())  # type: ignore[return-value]
+
+
+class SAE(nn.Module):
+    """A sparse autoencoder on [N, d_in] activations; subclasses choose the nonlinearity and the loss."""
+
+    architecture: ClassVar[str]
+    saelens_architecture: ClassVar[str]
+    """The `architecture` SAELens reads for this SAE's saved form."""
+    unit_norm_decoder: ClassVar[bool] = True
+    """Whether training keeps decoder rows at unit norm (false where the loss uses the norms instead)."""
+    init_decoder_norm: ClassVar[float] = 1.0
+    """Row norm of the initial decoder."""
+
+    def __init__(self, cfg: SAEConfig):
+        super().__init__()
+        if cfg.architecture != self.architecture:
+            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, got {cfg.architecture!r}")
+        self.cfg = cfg
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
+        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
+        self.sparse_kernels = False
+        """Train TopK-style SAEs with the sparse kernels of `sparse.py` (tested equal to the dense path)."""
+
+    # --- initialisation -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize(self, generator: torch.Generator | None = None) -> None:
+        """Random decoder directions at a fixed norm, encoder as its transpose, zero biases (OpenAI; Anthropic)."""
+        W_dec_FD = torch.randn(self.cfg.d_sae, self.cfg.d_in, generator=generator)
+        W_dec_FD *= self.init_decoder_norm / W_dec_FD.norm(dim=1, keepdim=True)
+        self.W_dec.copy_(W_dec_FD)
+        self.W_enc.copy_(W_dec_FD.T)
+        self.b_enc.zero_()
+        self.b_dec.zero_()
+
+    # --- forward --------------------------------------------------------------------------------
+
+    def pre_acts(self, x_ND: torch.Tensor) -> torch.Tensor:
+        """Encoder pre-activations [N, d_sae]."""
+        if self.cfg.apply_b_dec_to_input:
+            x_ND = x_ND - self.b_dec
+        return torch.addmm(self.b_enc, x_ND, self.W_enc)
+
+    def encode(self, x_ND: torch.Tensor) -> torch.Tensor:
+        """Dense, non-negative feature activations [N, d_sae]."""
+        raise NotImplementedError
+
+    def decode(self, f_NF: torch.Tensor) -> torch.Tensor:
+        """Reconstruction [N, d_in] from feature activations."""
+        return f_NF @ self.W_dec + self.b_dec
+
+    def forward(self, x_ND: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x_ND))
+
+    def training_pre_acts(self, x_ND: torch.Tensor) -> torch.Tensor:
+        """Pre-activations for a training step; detached when the sparse kernels will supply the gradient."""
+        if not self.sparse_kernels:
+            return self.pre_acts(x_ND)
+        with torch.no_grad():
+            return self.pre_acts(x_ND)
+
+    def select_for_training(self, x_ND: torch.Tensor, pre_NF: torch.Tensor, select: Selector) -> SparseActs:
+        """Pick active (row, feature) pairs; with sparse kernels, reattach the encoder's gradient to them."""
+        acts = select(pre_NF)
+        if not self.sparse_kernels:
+            return acts
+        x_in_ND = x_ND - self.b_dec if self.cfg.apply_b_dec_to_input else x_ND
+        return attach_encoder_grad(acts, x_in_ND, self.W_enc, self.b_enc)
+
+    def decode_sparse(self, acts: SparseActs, bias: bool = True) -> torch.Tensor:
+        """Reconstruction from sparse activations: embedding_bag with sparse kernels, a dense matmul without."""
+        if self.sparse_kernels:
+            x_hat_ND = sparse_decode(acts, self.W_dec)
+        else:
+            x_hat_ND = acts.dense(self.cfg.d_sae).to(self.W_dec.dtype) @ self.W_dec
+        return x_hat_ND + self.b_dec if bias else x_hat_ND
+
+    def training_forward(
+        self, x_ND: torch.Tensor, *, dead_F: torch.Tensor | None = None, sparsity_scale: float = 1.0
+    ) -> TrainOutput:
+        """Loss terms and statistics for one batch; `dead_F` feeds AuxK, `sparsity_scale` warms penalties up."""
+        raise NotImplementedError
+
+    def loss(self, x_ND: torch.Tensor, **kwargs: Any) -> dict[str, torch.Tensor]:
+        """Named loss terms for a batch (see `training_forward`)."""
+        return self.training_forward(x_ND, **kwargs).losses
+
+    @staticmethod
+    def mse(x_hat_ND: torch.Tensor, x_ND: torch.Tensor) -> torch.Tensor:
+        """Squared error summed over the feature dimension, averaged over rows."""
+        return (x_hat_ND - x_ND).pow(2).sum(dim=-1).mean()
+
+    # --- decoder norms and rescaling -----------------------------------------------------------
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Put every decoder row back at unit norm (after an optimiser step)."""
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+
+    @torch.no_grad()
+    def remove_parallel_grad_(self) -> None:
+        """Drop the part of W_dec's gradient that would only change row norms (OpenAI 2024)."""
+        if self.W_dec.grad is None:
+            return
+        unit_FD = self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.grad -= (self.W_dec.grad * unit_FD).sum(dim=1, keepdim=True) * unit_FD
+
+    @torch.no_grad()
+    def fold_decoder_norm_(self) -> None:
+        """Rescale so decoder rows have unit norm, moving the norms into the features; same reconstructions."""
+        norm_F = self.W_dec.norm(dim=1).clamp_min(1e-8)
+        self.W_dec /= norm_F[:, None]
+        self.W_enc *= norm_F
+        self.b_enc *= norm_F
+        self._scale_thresholds_(norm_F)
+
+    @torch.no_grad()
+    def fold_input_scale_(self, scale: float) -> None:
+        """Turn an SAE trained on `scale * x` into one that reads and writes raw x.
+
+        Features come out divided by `scale` (in raw activation units) and decoder rows keep their norm;
+        the choice of active features, and so every reconstruction, is unchanged.
+        """
+        self.b_dec /= scale
+        self.b_enc /= scale
+        self._scale_thresholds_(torch.full((self.cfg.d_sae,), 1 / scale))
+
+    def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
+        """Multiply any activation thresholds by a per-feature factor (architectures with thresholds)."""
+
+    # --- saving ---------------------------------------------------------------------------------
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        """The tensors written to sae_weights.safetensors, in SAELens names and shapes."""
+        dtype = getattr(torch, self.cfg.dtype)
+        names = ("W_enc", "b_enc", "W_dec", "b_dec")
+        return {name: getattr(self, name).detach().to(dtype).contiguous() for name in names}
+
+    def saelens_cfg(self) -> dict[str, Any]:
+        """cfg.json as SAELens reads it, with saescope's own config under `saescope` for a lossless reload."""
+        cfg = self.cfg
+        hook_layer = _hook_layer(cfg.hook_name)
+        saved = {
+            "architecture": self.saelens_architecture,
+            "d_in": cfg.d_in,
+            "d_sae": cfg.d_sae,
+            "dtype": cfg.dtype,
+            "device": "cpu",
+            "apply_b_dec_to_input": cfg.apply_b_dec_to_input,
+            "normalize_activations": "none",
+            "reshape_activations": "none",
+            "metadata": {
+                "model_name": cfg.model_name,
+                "hook_name": cfg.hook_name,
+                "hook_layer": hook_layer,
+                "hook_head_index": None,
+                "prepend_bos": True,
+                "context_size": cfg.context_size,
+                "dataset_path": cfg.dataset,
+            },
+            # Flat copies for SAELens < 6, which read these at the top level.
+            "model_name": cfg.model_name,
+            "hook_name": cfg.hook_name,
+            "hook_layer": hook_layer,
+            "hook_head_index": None,
+            "context_size": cfg.context_size,
+            "dataset_path": cfg.dataset,
+            "prepend_bos": True,
+            "finetuning_scaling_factor": False,
+            "activation_fn_str": "topk" if self.saelens_architecture == "topk" else "relu",
+            "activation_fn_kwargs": {"k": cfg.k} if self.saelens_architecture == "topk" else {},
+            "saescope": asdict(cfg),
+        }
+        if self.saelens_architecture == "topk":
+            saved["k"] = cfg.k
+        return saved
+
+    def save(self, directory: str | Path) -> Path:
+        """Write cfg.json and sae_weights.safetensors atomically into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = self.saved_tensors()
+        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+        atomic_write_json(directory / CFG_FILE, self.saelens_cfg())
+        return directory
+
+
+def _hook_layer(hook_name: str | None) -> int | None:
+    """The layer number in a `blocks.N.hook_*` name, which SAELens records separately."""
+    if hook_name and hook_name.startswith("blocks."):
+        part = hook_name.split(".")[1]
+        return int(part) if part.isdigit() else None
+    return None
+

@@ -1,0 +1,59 @@
+"""BatchTopK SAE (Bussmann et al. 2024): the N*k largest activations across the batch, saved as JumpReLU.
+
+At inference one global threshold (the running mean of the smallest activation the batch selection
+kept) replaces the batch selection, so the saved SAE is a JumpReLU SAE, as SAELens saves it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SAE, SAEConfig, TrainOutput
+from .sparse import SparseActs
+from .topk import train_topk_family
+
+THRESHOLD_MOMENTUM = 0.01
+"""Weight of each batch in the threshold's running mean (SAELens uses the same rate)."""
+
+
+class BatchTopKSAE(SAE):
+    """k active features per token on average over the batch; a threshold at inference."""
+
+    architecture = "batchtopk"
+    saelens_architecture = "jumprelu"
+
+    def __init__(self, cfg: SAEConfig):
+        if cfg.k is None:
+            raise ValueError("a batchtopk SAE needs k (mean active features per token)")
+        super().__init__(cfg)
+        self.register_buffer("threshold", torch.zeros(cfg.d_sae))
+
+    def select(self, pre_NF: torch.Tensor) -> SparseActs:
+        """The N*k largest rectified pre-activations anywhere in the batch."""
+        n, d_sae = pre_NF.shape
+        vals_M, flat_M = pre_NF.relu().flatten().topk(n * self.cfg.k, sorted=False)
+        return SparseActs.from_flat(vals_M, flat_M, n, d_sae)
+
+    def encode(self, x_ND: torch.Tensor) -> torch.Tensor:
+        pre_NF = self.pre_acts(x_ND)
+        return pre_NF * (pre_NF > self.threshold)
+
+    def training_forward(
+        self, x_ND: torch.Tensor, *, dead_F: torch.Tensor | None = None, sparsity_scale: float = 1.0
+    ) -> TrainOutput:
+        return train_topk_family(self, x_ND, self.select_and_track, dead_F)
+
+    def select_and_track(self, pre_NF: torch.Tensor) -> SparseActs:
+        """Select, and move the inference threshold towards the smallest positive value selected."""
+        acts = self.select(pre_NF)
+        with torch.no_grad():
+            positive = acts.vals_M[acts.vals_M > 0]
+            if len(positive):
+                self.threshold.lerp_(positive.min().float().expand_as(self.threshold), THRESHOLD_MOMENTUM)
+        return acts
+
+    def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
+        self.threshold *= factor_F
+
+    def saved_tensors(self) -> dict[str, torch.Tensor]:
+        return {**super().saved_tensors(), "threshold": self.threshold.to(getattr(torch, self.cfg.dtype))}

@@ -1,0 +1,60 @@
+"""TopK SAE (Gao et al., OpenAI 2024): keep the k largest pre-activations per token; AuxK revives dead features."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import SAE, SAEConfig, TrainOutput
+from .sparse import Selector, SparseActs, top_dead
+
+
+def aux_k_loss(sae: SAE, x_ND: torch.Tensor, x_hat_ND: torch.Tensor, pre_NF: torch.Tensor, dead_F: torch.Tensor) -> torch.Tensor:
+    """AuxK: dead features alone try to reconstruct the residual, so they get gradient and come back.
+
+    OpenAI normalise it by the residual's variance; it is rescaled here by the input's variance per row so
+    it sits in the units of the `mse` term, keeping their ratio (and so `aux_k_coefficient`) as published.
+    """
+    if not dead_F.any():
+        return x_hat_ND.new_zeros(())
+    acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux))
+    e_ND = (x_ND - x_hat_ND).detach()
+    e_hat_ND = sae.decode_sparse(acts, bias=False)
+    residual_var = (e_ND - e_ND.mean(0)).pow(2).sum().clamp_min(1e-12)
+    input_var_per_row = (x_ND - x_ND.mean(0)).pow(2).sum() / len(x_ND)
+    return (e_hat_ND - e_ND).pow(2).sum() / residual_var * input_var_per_row
+
+
+def train_topk_family(sae: SAE, x_ND: torch.Tensor, select: Selector, dead_F: torch.Tensor | None) -> TrainOutput:
+    """The training forward shared by TopK and BatchTopK: MSE on the selected features plus AuxK."""
+    pre_NF = sae.training_pre_acts(x_ND)
+    acts = sae.select_for_training(x_ND, pre_NF, select)
+    x_hat_ND = sae.decode_sparse(acts)
+    losses = {"mse": sae.mse(x_hat_ND, x_ND)}
+    if dead_F is not None:
+        losses["aux_k"] = sae.cfg.aux_k_coefficient * aux_k_loss(sae, x_ND, x_hat_ND, pre_NF, dead_F)
+    return TrainOutput(losses, acts.fired(sae.cfg.d_sae), acts.l0(len(x_ND)), x_hat_ND.detach())
+
+
+class TopKSAE(SAE):
+    """Exactly k active features per token; no sparsity penalty to tune."""
+
+    architecture = "topk"
+    saelens_architecture = "topk"
+
+    def __init__(self, cfg: SAEConfig):
+        if cfg.k is None:
+            raise ValueError("a topk SAE needs k (active features per token)")
+        super().__init__(cfg)
+
+    def select(self, pre_NF: torch.Tensor) -> SparseActs:
+        """The k largest pre-activations of every row, rectified."""
+        vals_NK, idx_NK = pre_NF.topk(self.cfg.k, dim=-1, sorted=False)
+        return SparseActs.from_rows(vals_NK.relu(), idx_NK)
+
+    def encode(self, x_ND: torch.Tensor) -> torch.Tensor:
+        return self.select(self.pre_acts(x_ND)).dense(self.cfg.d_sae)
+
+    def training_forward(
+        self, x_ND: torch.Tensor, *, dead_F: torch.Tensor | None = None, sparsity_scale: float = 1.0
+    ) -> TrainOutput:
+        return train_topk_family(self, x_ND, self.select, dead_F)

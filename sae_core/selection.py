@@ -1,0 +1,101 @@
+"""Keep the best few entries of every group over a stream, merging whole batches at once.
+
+Entries live in flat tensors (one row per kept entry, with its group id) rather than a [groups, slots]
+grid, so that a batch merge is one sort over the touched groups and entries can move between groups
+(as quantile samples do when a feature's running max grows). Memory is bounded by groups x slots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Entries:
+    """A set of entries: group id, score (higher is kept), and per-entry payload tensors."""
+
+    group_M: torch.Tensor
+    score_M: torch.Tensor
+    payload: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return self.group_M.numel()
+
+    def take(self, index: torch.Tensor) -> Entries:
+        """The entries at `index` (a boolean mask or integer positions)."""
+        return Entries(self.group_M[index], self.score_M[index], {k: v[index] for k, v in self.payload.items()})
+
+    @staticmethod
+    def cat(parts: list[Entries]) -> Entries:
+        """Concatenate entry sets that share payload names."""
+        return Entries(
+            torch.cat([p.group_M for p in parts]),
+            torch.cat([p.score_M for p in parts]),
+            {k: torch.cat([p.payload[k] for p in parts]) for k in parts[0].payload},
+        )
+
+
+def rank_in_group(group_M: torch.Tensor, score_M: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An order sorting entries by group then descending score, and each sorted entry's rank in its group."""
+    by_score = torch.argsort(score_M, descending=True, stable=True)
+    order = by_score[torch.argsort(group_M[by_score], stable=True)]
+    sorted_groups = group_M[order]
+    first = torch.searchsorted(sorted_groups, sorted_groups, side="left")
+    return order, torch.arange(order.numel(), device=order.device) - first
+
+
+class GroupBank:
+    """The `slots` highest-scoring entries of each of `n_groups` groups, kept as a stream goes by."""
+
+    def __init__(self, n_groups: int, slots: int, empty: Entries):
+        self.n_groups = n_groups
+        self.slots = slots
+        self.entries = empty
+        device = empty.score_M.device
+        self.threshold_G = torch.full((n_groups,), -torch.inf, device=device)
+
+    def regroup(self, group_M: torch.Tensor) -> torch.Tensor:
+        """Move kept entries to new groups; returns a [n_groups] mask of the groups that changed."""
+        moved = group_M != self.entries.group_M
+        touched_G = torch.zeros(self.n_groups, dtype=torch.bool, device=group_M.device)
+        touched_G[self.entries.group_M[moved]] = True
+        touched_G[group_M[moved]] = True
+        self.entries.group_M = group_M
+        return touched_G
+
+    def merge(
+        self,
+        group_C: torch.Tensor,
+        score_C: torch.Tensor,
+        payload_of: Callable[[torch.Tensor], dict[str, torch.Tensor]],
+        touched_G: torch.Tensor | None = None,
+    ) -> None:
+        """Offer candidates; `payload_of(mask)` builds payloads only for those that can still be kept.
+
+        `touched_G` marks groups whose kept entries changed since the last merge (see `regroup`); their
+        stored thresholds are stale, so they are re-selected whatever the candidates.
+        """
+        threshold_G = self.threshold_G.clone()
+        if touched_G is not None:
+            threshold_G[touched_G] = -torch.inf
+        keep_C = score_C > threshold_G[group_C]
+        if touched_G is None:
+            touched_G = torch.zeros(self.n_groups, dtype=torch.bool, device=keep_C.device)
+        else:
+            touched_G = touched_G.clone()
+        if not keep_C.any() and not touched_G.any():
+            return
+        candidates = Entries(group_C[keep_C], score_C[keep_C], payload_of(keep_C))
+        touched_G[candidates.group_M] = True
+        in_touched = touched_G[self.entries.group_M]
+        pool = Entries.cat([self.entries.take(in_touched), candidates])
+        order, rank = rank_in_group(pool.group_M, pool.score_M)
+        kept_rank = rank[rank < self.slots]
+        kept = pool.take(order[rank < self.slots])
+        self.entries = Entries.cat([self.entries.take(~in_touched), kept])
+        self.threshold_G[touched_G] = -torch.inf
+        full = kept_rank == self.slots - 1
+        self.threshold_G[kept.group_M[full]] = kept.score_M[full]

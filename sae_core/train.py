@@ -1,0 +1,236 @@
+"""Train an SAE on a stream of activation batches, with exact checkpoint/resume.
+
+The run is a pure function of (SAE config, train config, data): initialisation and data order come from
+the seed, nothing reads the global RNG, and the data stream is addressed by row position. A checkpoint
+holds the step, the weights, Adam's state, the dead-feature counters and the input scale, so a run
+killed at any moment and resumed ends bit-for-bit where an uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .activations import ActivationSource
+from .config import TrainConfig
+from .fileio import atomic_write, atomic_write_json
+from .saes import SAE, SAEConfig, TrainOutput, build_sae
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "training_log.jsonl"
+INIT_SAMPLE_ROWS = 16384
+"""Rows used to initialise b_dec and the input scale."""
+
+
+def default_lr(d_sae: int) -> float:
+    """OpenAI's scaling of the learning rate with dictionary size."""
+    return 2e-4 / math.sqrt(d_sae / 16384)
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float, decay_fraction: float) -> float:
+    """Linear warm-up, constant, then linear decay to zero."""
+    warmup = max(1, round(total * warmup_fraction))
+    decay_start = total - round(total * decay_fraction)
+    if step < warmup:
+        return (step + 1) / warmup
+    if step >= decay_start:
+        return max(0.0, (total - step) / max(1, total - decay_start))
+    return 1.0
+
+
+def geometric_median(x_ND: torch.Tensor, iterations: int = 64) -> torch.Tensor:
+    """Weiszfeld's iteration; a robust centre for b_dec (OpenAI 2024 initialise it so)."""
+    median_D = x_ND.mean(0)
+    for _ in range(iterations):
+        weights_N = 1 / (x_ND - median_D).norm(dim=1).clamp_min(1e-6)
+        median_D = (weights_N[:, None] * x_ND).sum(0) / weights_N.sum()
+    return median_D
+
+
+@dataclass
+class TrainState:
+    """Everything besides the weights that a resumed run needs to continue identically."""
+
+    step: int
+    input_scale: float
+    since_fired_F: torch.Tensor
+    """Rows since each feature last fired."""
+
+
+class Trainer:
+    """Owns one SAE, its optimiser and its counters; `run` trains to the budget, checkpointing on the way."""
+
+    def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, data: ActivationSource, out: Path):
+        if data.d_in != sae_cfg.d_in:
+            raise ValueError(f"the activations have width {data.d_in}, the SAE expects d_in={sae_cfg.d_in}")
+        self.cfg, self.data, self.out = cfg, data, Path(out)
+        self.sae = build_sae(sae_cfg, seed=cfg.seed)
+        self.sae.sparse_kernels = cfg.sparse_kernels
+        self.lr = cfg.lr or default_lr(sae_cfg.d_sae)
+        # fused: one kernel for the whole update, measured 5x faster than the default loop on this CPU.
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
+        self.dead_after = cfg.dead_after_tokens or min(10_000_000, max(cfg.tokens // 10, cfg.batch_size))
+        self.state = TrainState(0, 1.0, torch.zeros(sae_cfg.d_sae, dtype=torch.long))
+        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+        if cfg.dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose bfloat16 or float32")
+
+    # --- setup ------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def initialize_from_data(self) -> None:
+        """Input scale from the mean norm of a sample, and b_dec at the sample's geometric median."""
+        sample_ND = self.data.head(INIT_SAMPLE_ROWS)
+        if self.cfg.normalize:
+            self.state.input_scale = math.sqrt(self.data.d_in) / sample_ND.norm(dim=1).mean().clamp_min(1e-12).item()
+        self.sae.b_dec.copy_(geometric_median(sample_ND * self.state.input_scale))
+
+    # --- one step ---------------------------------------------------------------------------------
+
+    def step(self, x_ND: torch.Tensor) -> dict[str, float] | None:
+        """One optimiser step on a batch of raw activations; returns the log's figures on logging steps."""
+        cfg, sae, state = self.cfg, self.sae, self.state
+        x_ND = x_ND * state.input_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * lr_factor(state.step, cfg.total_steps, cfg.warmup_fraction, cfg.decay_fraction)
+        sparsity_scale = min(1.0, (state.step + 1) / max(1, round(cfg.total_steps * cfg.sparsity_warmup_fraction)))
+        with self.autocast:
+            out = sae.training_forward(x_ND, dead_F=state.since_fired_F >= self.dead_after, sparsity_scale=sparsity_scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if sae.unit_norm_decoder:
+            sae.remove_parallel_grad_()
+        self.optimizer.step()
+        if sae.unit_norm_decoder:
+            sae.normalize_decoder_()
+        state.since_fired_F += len(x_ND)
+        state.since_fired_F[out.fired_F] = 0
+        state.step += 1
+        if state.step % cfg.log_every and state.step != cfg.total_steps:
+            return None
+        return self._figures(out, x_ND)
+
+    def _figures(self, out: TrainOutput, x_ND: torch.Tensor) -> dict[str, float]:
+        """Loss terms, L0, batch FVU and dead fraction as plain floats."""
+        total_var = (x_ND - x_ND.mean(0)).pow(2).sum().clamp_min(1e-12)
+        fvu = (out.x_hat_ND.float() - x_ND).pow(2).sum() / total_var
+        return {
+            **{name: float(v.detach()) for name, v in out.losses.items()},
+            "loss": float(out.loss.detach()),
+            "l0": float(out.l0),
+            "fvu": float(fvu),
+            "dead_fraction": float((self.state.since_fired_F >= self.dead_after).float().mean()),
+        }
+
+    # --- checkpoints ------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        """Weights, optimiser, counters and step, written atomically."""
+        payload = {
+            "step": self.state.step,
+            "input_scale": self.state.input_scale,
+            "since_fired_F": self.state.since_fired_F,
+            "sae": self.sae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sae_cfg": asdict(self.sae.cfg),
+            "train_cfg": asdict(replace(self.cfg, progress=True)),
+        }
+        atomic_write(self.out / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
+
+    def load_checkpoint(self) -> None:
+        """Continue from the checkpoint in the output directory, which must come from the same configs."""
+        path = self.out / CHECKPOINT_FILE
+        payload = torch.load(path, weights_only=True)
+        if payload["sae_cfg"] != asdict(self.sae.cfg) or payload["train_cfg"] != asdict(replace(self.cfg, progress=True)):
+            raise ValueError(f"{path} was written by a run with other settings; resume with the same options")
+        self.sae.load_state_dict(payload["sae"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.state = TrainState(payload["step"], payload["input_scale"], payload["since_fired_F"])
+
+    # --- the loop ---------------------------------------------------------------------------------
+
+    def run(self, resume: bool = False, on_step: Callable[[int], None] | None = None) -> SAE:
+        """Train to the budget and write the final SAE; `on_step` sees each finished step (tests use it)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if resume and (self.out / CHECKPOINT_FILE).is_file():
+            self.load_checkpoint()
+        else:
+            self.initialize_from_data()
+        log = TrainingLog(self.out / LOG_FILE, keep_through_step=self.state.step)
+        batches = self.data.batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
+                                    self.cfg.shuffle_window)
+        self._loop(batches, log, on_step)
+        self.save_checkpoint()
+        return self.finish()
+
+    def _loop(self, batches: Iterator[torch.Tensor], log: TrainingLog, on_step: Callable[[int], None] | None) -> None:
+        cfg, state = self.cfg, self.state
+        bar = tqdm(total=cfg.total_steps * cfg.batch_size, initial=state.step * cfg.batch_size, unit="tok",
+                   unit_scale=True, disable=not cfg.progress, dynamic_ncols=True)
+        last_checkpoint, started, start_step = time.monotonic(), time.monotonic(), state.step
+        with bar:
+            while state.step < cfg.total_steps:
+                figures = self.step(next(batches))
+                bar.update(cfg.batch_size)
+                rate = (state.step - start_step) * cfg.batch_size / max(1e-9, time.monotonic() - started)
+                if figures is not None:
+                    log.write({"step": state.step, "tokens": state.step * cfg.batch_size, **figures,
+                               "tokens_per_s": round(rate)})
+                    bar.set_postfix(loss=f"{figures['loss']:.4g}", l0=f"{figures['l0']:.1f}",
+                                    dead=f"{figures['dead_fraction']:.3f}", tok_s=f"{rate:.3g}")
+                if self._checkpoint_due(last_checkpoint):
+                    self.save_checkpoint()
+                    last_checkpoint = time.monotonic()
+                if on_step is not None:
+                    on_step(state.step)
+
+    def _checkpoint_due(self, last: float) -> bool:
+        every = self.cfg.checkpoint_every_steps
+        if every and self.state.step % every == 0:
+            return True
+        return time.monotonic() - last >= self.cfg.checkpoint_every_s
+
+    def finish(self) -> SAE:
+        """The trained SAE acting on raw activations, saved in SAELens layout."""
+        sae = build_sae(self.sae.cfg)
+        sae.load_state_dict(self.sae.state_dict())
+        sae.fold_input_scale_(self.state.input_scale)
+        if not sae.unit_norm_decoder:
+            sae.fold_decoder_norm_()
+        sae.save(self.out)
+        return sae.eval()
+
+
+class TrainingLog:
+    """JSON lines, one per logged step; on resume, lines past the checkpoint are dropped (they will recur)."""
+
+    def __init__(self, path: Path, keep_through_step: int):
+        self.path = path
+        lines = path.read_text().splitlines() if path.is_file() and keep_through_step else []
+        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= keep_through_step]
+        text = "".join(f"{line}\n" for line in kept)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _step_of(line: str) -> int | None:
+    """The step of a log line, None for a torn or foreign line."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: ActivationSource, out: str | Path, resume: bool = False) -> SAE:
+    """Train an SAE and write it, its training log and a checkpoint to `out`."""
+    return Trainer(sae_cfg, cfg, data, Path(out)).run(resume=resume)

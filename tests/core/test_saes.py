@@ -1,0 +1,186 @@
+"""SAE architectures: shapes, semantics, loss terms, save/load round trips and the sparse kernels."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from sae_core.saes import ARCHITECTURES, SAEConfig, SAEFormatError, build_sae, load_sae, sae_class
+
+D_IN, D_SAE, K = 16, 64, 4
+ARCHS = sorted(ARCHITECTURES)
+
+
+def make(arch: str, seed: int = 0, **kw):
+    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=K if "topk" in arch else None,
+                    hook_name="blocks.2.hook_resid_post", site="layers.2.resid_post", model_name="tiny", **kw)
+    sae = build_sae(cfg, seed=seed)
+    with torch.no_grad():  # non-trivial biases and thresholds so round trips test them
+        sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
+        sae.b_dec.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed + 1))
+        if arch == "batchtopk":
+            sae.threshold.fill_(0.2)
+    return sae
+
+
+def x_batch(n: int = 32, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, D_IN, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_shapes_and_nonnegative_features(arch):
+    sae = make(arch)
+    x = x_batch()
+    f = sae.encode(x)
+    assert f.shape == (32, D_SAE) and (f >= 0).all()
+    assert sae.decode(f).shape == (32, D_IN)
+    assert torch.allclose(sae(x), sae.decode(f))
+    assert sae.W_enc.shape == (D_IN, D_SAE) and sae.W_dec.shape == (D_SAE, D_IN)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_encode_matches_formula(arch):
+    sae = make(arch)
+    x = x_batch()
+    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    if arch == "relu":
+        expected = pre.relu()
+    elif arch == "topk":
+        kth = pre.topk(K, dim=1).values[:, -1:]
+        expected = torch.where(pre >= kth, pre, 0).relu()
+    else:
+        expected = torch.where(pre > sae.threshold, pre, 0)
+    assert torch.allclose(sae.encode(x), expected, atol=1e-6)
+
+
+def test_topk_has_k_active():
+    assert ((make("topk").encode(x_batch()) > 0).sum(1) <= K).all()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_loss_terms_are_named_and_differentiable(arch):
+    sae = make(arch)
+    out = sae.training_forward(x_batch(), dead_F=torch.ones(D_SAE, dtype=torch.bool))
+    expected = {"relu": {"mse", "l1"}, "jumprelu": {"mse", "l0"}}.get(arch, {"mse", "aux_k"})
+    assert set(out.losses) == expected
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in out.losses.values())
+    out.loss.backward()
+    assert all(p.grad is not None for p in sae.parameters())
+    assert out.fired_F.shape == (D_SAE,) and out.fired_F.dtype == torch.bool
+    assert sae.loss(x_batch()).keys() <= expected
+
+
+def test_registry_rejects_unknown_name():
+    with pytest.raises(ValueError, match="unknown SAE architecture 'gated'"):
+        sae_class("gated")
+    with pytest.raises(ValueError, match="choose one of"):
+        build_sae(SAEConfig(architecture="nope", d_in=4, d_sae=8))
+
+
+def test_config_rejects_bad_sizes():
+    with pytest.raises(ValueError):
+        SAEConfig(architecture="topk", d_in=4, d_sae=8, k=9)
+    with pytest.raises(ValueError, match="needs k"):
+        build_sae(SAEConfig(architecture="topk", d_in=4, d_sae=8))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_save_load_round_trip(arch, tmp_path):
+    sae = make(arch)
+    sae.save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
+    assert cfg["d_in"] == D_IN and cfg["d_sae"] == D_SAE and cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    weights = load_file(tmp_path / "sae_weights.safetensors")
+    assert weights["W_enc"].shape == (D_IN, D_SAE) and weights["W_dec"].shape == (D_SAE, D_IN)
+    assert ("threshold" in weights) == (arch in ("jumprelu", "batchtopk"))
+    loaded = load_sae(tmp_path)
+    assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
+    x = x_batch()
+    assert torch.allclose(loaded.encode(x), sae.encode(x), atol=1e-6)
+    assert torch.allclose(loaded(x), sae(x), atol=1e-6)
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_input_scale_folds_into_weights(arch):
+    sae, scale = make(arch), 3.0
+    x = x_batch()
+    expected = sae(x * scale) / scale
+    sae.fold_input_scale_(scale)
+    assert torch.allclose(sae(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_decoder_norm_folds_into_encoder(arch):
+    sae = make(arch)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1, generator=torch.Generator().manual_seed(3)) + 0.5)
+    x = x_batch()
+    expected = sae(x)
+    sae.fold_decoder_norm_()
+    assert torch.allclose(sae.W_dec.norm(dim=1), torch.ones(D_SAE), atol=1e-5)
+    assert torch.allclose(sae(x), expected, atol=1e-5)
+
+
+def corrupt(tmp_path, arch, edit):
+    make(arch).save(tmp_path)
+    path = tmp_path / "sae_weights.safetensors"
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_malformed_weights_rejected(arch, tmp_path):
+    corrupt(tmp_path / "missing", arch, lambda t: t.pop("W_dec"))
+    with pytest.raises(SAEFormatError, match="missing tensor 'W_dec'"):
+        load_sae(tmp_path / "missing")
+    corrupt(tmp_path / "shape", arch, lambda t: t.update(b_enc=torch.zeros(D_SAE + 1)))
+    with pytest.raises(SAEFormatError, match="shape"):
+        load_sae(tmp_path / "shape")
+    corrupt(tmp_path / "nan", arch, lambda t: t["W_enc"].__setitem__((0, 0), float("nan")))
+    with pytest.raises(SAEFormatError, match="NaN"):
+        load_sae(tmp_path / "nan")
+
+
+def test_malformed_files_rejected(tmp_path):
+    make("topk").save(tmp_path)
+    cfg = json.loads((tmp_path / "cfg.json").read_text())
+    del cfg["saescope"]
+    (tmp_path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
+    with pytest.raises(SAEFormatError, match="'gated' is not supported"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").write_text("{not json")
+    with pytest.raises(SAEFormatError, match="not valid JSON"):
+        load_sae(tmp_path)
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg))
+    (tmp_path / "sae_weights.safetensors").write_bytes(b"garbage")
+    with pytest.raises(SAEFormatError, match="unreadable"):
+        load_sae(tmp_path)
+    with pytest.raises(SAEFormatError, match="no SAE found"):
+        load_sae(tmp_path.parent)
+    with pytest.raises(SAEFormatError, match="does not exist"):
+        load_sae(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
+def test_sparse_kernels_equal_dense_reference(arch):
+    """The embedding_bag decoder and sparse encoder gradient give the dense path's loss and gradients."""
+    x = x_batch(64)
+    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    dead[::3] = True
+    grads, losses = [], []
+    for sparse in (False, True):
+        sae = make(arch)
+        sae.sparse_kernels = sparse
+        out = sae.training_forward(x, dead_F=dead)
+        out.loss.backward()
+        losses.append({k: float(v.detach()) for k, v in out.losses.items()})
+        grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name
