@@ -1,0 +1,137 @@
+"""The store's `saescope` commands (db upgrade, import, record, export), added to the library's CLI.
+
+They live here, not in sae_core/cli.py, because the library never imports the app or SQLAlchemy; the
+`saescope` console script points at this module's `main`, which is the library's CLI plus these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import typer
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from sae_core.cli import DatasetOpt, ModelOpt, app, fail
+from sae_core.data import CorpusError, iter_contexts, iter_documents
+from sae_core.models import ModelLoadError, load_model
+from sae_core.records import RecordConfig
+from sae_core.saes import SAEFormatError
+from sae_core.sites import SiteError
+
+from . import crud
+from .db import make_engine, session_factory
+from .export import FORMATS, export_sae
+from .ingest import IngestError
+from .migrate import upgrade
+from .pipeline import LoadedSae, limit_tokens, read_sae, record_into_store, register_sae
+from .settings import Settings
+
+db_app = typer.Typer(no_args_is_help=True, help="The feature store.")
+app.add_typer(db_app, name="db")
+
+DB_OPTION = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL or sqlite:///saescope.db).")
+USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatError, ModelLoadError, SiteError,
+               CorpusError, IngestError)
+
+
+def database_url(db: str | None) -> str:
+    """--db wins over DATABASE_URL, which wins over the SQLite default."""
+    return db or Settings().database_url
+
+
+@contextmanager
+def open_session(db: str | None) -> Iterator[Session]:
+    engine = make_engine(database_url(db))
+    try:
+        with session_factory(engine)() as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: str | None = DB_OPTION) -> None:
+    """Create or upgrade the store's schema to the newest migration."""
+    try:
+        upgrade(database_url(db))
+    except USER_ERRORS as err:
+        fail(f"cannot upgrade {database_url(db)}: {str(err).splitlines()[0]}")
+    typer.echo(f"database at {database_url(db)} is up to date")
+
+
+@app.command("import")
+def import_sae(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file (saescope/SAELens, sparsify, Gemma Scope, dictionary_learning)."),
+    name: str | None = typer.Option(None, help="Name in the store (default: the directory name)."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Register an SAE written elsewhere so that it can be recorded and browsed."""
+    try:
+        loaded = read_sae(sae)
+        with open_session(db) as session:
+            row = register_sae(session, loaded=loaded, name=name)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"SAE {row.name!r} (id {row.id}): {row.architecture}, {row.d_sae} features at {row.site or '?'}, "
+               f"{loaded.source_format} layout")
+
+
+@app.command()
+def record(
+    sae: str = typer.Option(..., "--sae", help="SAE directory, or the id or name of an SAE in the store."),
+    model: str = ModelOpt,
+    dataset: str = DatasetOpt,
+    tokens: int = typer.Option(100_000, help="Tokens to record over."),
+    context_len: int = typer.Option(128, "--context", help="Tokens per context, BOS included."),
+    batch_size: int = typer.Option(16, help="Contexts per forward pass."),
+    n_top: int = typer.Option(20, help="Top examples kept per feature."),
+    device: str = typer.Option("cpu", help="Torch device."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Record every feature of an SAE (top examples, quantile samples, statistics, logits) into the store."""
+    try:
+        with open_session(db) as session:
+            loaded, row = _sae_for_recording(session, sae)
+            loaded.sae.to(device)
+            lm = load_model(model, device=device)
+            contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer, context_len), tokens)
+            result = record_into_store(session, sae_row=row, loaded=loaded, lm=lm, model_spec=model,
+                                       contexts=contexts, dataset=dataset,
+                                       cfg=RecordConfig(n_top=n_top, batch_size=batch_size))
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"recorded {row.name!r}: {result.d_sae} features over {result.n_tokens} tokens, "
+               f"{result.dead_count} dead, {result.dense_count} dense")
+
+
+def _sae_for_recording(session: Session, ref: str) -> tuple[LoadedSae, object]:
+    """An SAE given as a path (registered on first use) or as an id/name already in the store."""
+    if Path(ref).expanduser().exists():
+        loaded = read_sae(ref)
+        return loaded, register_sae(session, loaded=loaded)
+    row = crud.find_sae(session, ref=ref)
+    return read_sae(row.source_path), row
+
+
+@app.command()
+def export(
+    sae: str = typer.Option(..., "--sae", help="Id or name of an SAE in the store."),
+    fmt: str = typer.Option("neuronpedia", "--format", help=f"One of: {', '.join(FORMATS)}."),
+    out: Path = typer.Option(..., "--out", help="Directory to write."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Write an SAE's features, examples and labels as Neuronpedia batch JSONL or plain JSON."""
+    try:
+        with open_session(db) as session:
+            export_sae(session, sae_ref=sae, fmt=fmt, out=out)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Console-script entry point: the library's commands plus the store's."""
+    app()

@@ -1,0 +1,371 @@
+"""Queries and writes on the store; every function takes the session and keyword-only arguments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sqlalchemy import Select, case, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from .models import (
+    ApiToken,
+    Bookmark,
+    BookmarkList,
+    Context,
+    Example,
+    Feature,
+    FeatureTag,
+    Label,
+    Sae,
+    SteeringExperiment,
+    Tag,
+    User,
+)
+from .packing import unpack_acts, unpack_ids
+
+SortKey = Literal["index", "density", "max_act", "mean_act", "label"]
+StateFilter = Literal["all", "alive", "dead", "dense", "labelled", "unlabelled"]
+
+
+class NotFound(LookupError):
+    """A named SAE, feature, user or list that is not in the store."""
+
+
+class Conflict(ValueError):
+    """A write that would duplicate something unique (an SAE or user name, a list name)."""
+
+
+# SAEs
+
+
+def create_sae(session: Session, *, name: str, **fields: Any) -> Sae:
+    """Register an SAE under a unique name; `fields` are Sae columns (model_name, site, d_sae, ...)."""
+    sae = Sae(name=name, **fields)
+    session.add(sae)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"an SAE named {name!r} is already in the store") from None
+    return sae
+
+
+def list_saes(session: Session) -> list[Sae]:
+    return list(session.scalars(select(Sae).order_by(Sae.model_name, Sae.site, Sae.name)))
+
+
+def find_sae(session: Session, *, ref: str | int) -> Sae:
+    """An SAE by id or by name."""
+    sae = None
+    if isinstance(ref, int) or str(ref).isdigit():
+        sae = session.get(Sae, int(ref))
+    sae = sae or session.scalar(select(Sae).where(Sae.name == str(ref)))
+    if sae is None:
+        raise NotFound(f"no SAE {ref!r} in the store (saescope import or record adds one)")
+    return sae
+
+
+def delete_sae(session: Session, *, sae_id: int) -> None:
+    session.delete(find_sae(session, ref=sae_id))
+    session.commit()
+
+
+# Feature list
+
+
+@dataclass(frozen=True)
+class FeatureRow:
+    """One line of a feature list."""
+
+    feature_index: int
+    density: float
+    max_act: float
+    mean_act: float
+    is_dead: bool
+    is_dense: bool
+    label: str | None
+    top_text: str
+
+
+def _current_labels(sae_id: int):
+    """Subquery: the newest label row of each labelled feature of one SAE."""
+    newest = (
+        select(func.max(Label.id).label("id"))
+        .where(Label.sae_id == sae_id)
+        .group_by(Label.feature_index)
+        .subquery()
+    )
+    return select(Label.feature_index, Label.text).join(newest, Label.id == newest.c.id).subquery()
+
+
+def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: str | None, label) -> Select:
+    """The feature list query before sorting and paging."""
+    stmt = (
+        select(Feature, label.c.text)
+        .outerjoin(label, label.c.feature_index == Feature.feature_index)
+        .where(Feature.sae_id == sae_id)
+    )
+    conditions = {
+        "all": None,
+        "alive": ~Feature.is_dead,
+        "dead": Feature.is_dead,
+        "dense": Feature.is_dense,
+        "labelled": label.c.text.is_not(None),
+        "unlabelled": label.c.text.is_(None),
+    }
+    if state not in conditions:
+        raise ValueError(f"unknown filter {state!r}; choose one of {', '.join(conditions)}")
+    if conditions[state] is not None:
+        stmt = stmt.where(conditions[state])
+    if tag:
+        stmt = stmt.where(exists().where(
+            FeatureTag.sae_id == sae_id, FeatureTag.feature_index == Feature.feature_index,
+            FeatureTag.tag_id == Tag.id, Tag.name == tag))
+    if query:
+        stmt = stmt.where(or_(Feature.top_text.icontains(query, autoescape=True),
+                              label.c.text.icontains(query, autoescape=True)))
+    return stmt
+
+
+def list_features(
+    session: Session,
+    *,
+    sae_id: int,
+    sort: SortKey = "index",
+    descending: bool = False,
+    state: StateFilter = "all",
+    tag: str | None = None,
+    query: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[FeatureRow], int]:
+    """One page of an SAE's features and the total matching, sorted and filtered as a list page asks."""
+    label = _current_labels(sae_id)
+    stmt = _filtered_features(sae_id, state, tag, query, label)
+    total = session.scalar(select(func.count()).select_from(stmt.subquery()))
+    columns = {"index": Feature.feature_index, "density": Feature.density, "max_act": Feature.max_act,
+               "mean_act": Feature.mean_act, "label": label.c.text}
+    if sort not in columns:
+        raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(columns)}")
+    key = columns[sort].desc() if descending else columns[sort].asc()
+    order = [key, Feature.feature_index]
+    if sort == "label":  # unlabelled features last either way
+        order.insert(0, case((label.c.text.is_(None), 1), else_=0))
+    rows = session.execute(stmt.order_by(*order).limit(limit).offset(offset))
+    return [_row(feature, text) for feature, text in rows], total or 0
+
+
+def _row(feature: Feature, label: str | None) -> FeatureRow:
+    return FeatureRow(feature.feature_index, feature.density, feature.max_act, feature.mean_act,
+                      feature.is_dead, feature.is_dense, label, feature.top_text)
+
+
+# Feature page
+
+
+@dataclass(frozen=True)
+class ExampleView:
+    """An example window ready to render: token pieces with this feature's activation on each."""
+
+    token_ids: list[int]
+    pieces: list[str]
+    acts: list[float]
+    peak: int
+    value: float
+    interval: int | None
+    context_index: int
+    start: int
+
+
+@dataclass(frozen=True)
+class FeaturePage:
+    """Everything a feature page shows."""
+
+    sae: Sae
+    feature: Feature
+    top: list[ExampleView]
+    quantiles: dict[int, list[ExampleView]]
+    labels: list[Label]
+    """Label history, newest first."""
+    tags: list[str]
+
+    @property
+    def label(self) -> str | None:
+        return self.labels[0].text if self.labels else None
+
+
+def feature_page(session: Session, *, sae_id: int, feature_index: int) -> FeaturePage:
+    """The data of one feature page, loaded in a few queries."""
+    sae = find_sae(session, ref=sae_id)
+    feature = session.scalar(select(Feature).where(Feature.sae_id == sae_id, Feature.feature_index == feature_index))
+    if feature is None:
+        raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
+    rows = session.execute(
+        select(Example, Context).join(Context, Example.context_id == Context.id)
+        .where(Example.feature_id == feature.id).order_by(Example.interval.is_not(None), Example.interval, Example.rank)
+    )
+    views = [_view(example, context) for example, context in rows]
+    quantiles: dict[int, list[ExampleView]] = {}
+    for view in views:
+        if view.interval is not None:
+            quantiles.setdefault(view.interval, []).append(view)
+    return FeaturePage(sae, feature, [v for v in views if v.interval is None], quantiles,
+                       label_history(session, sae_id=sae_id, feature_index=feature_index),
+                       feature_tags(session, sae_id=sae_id, feature_index=feature_index))
+
+
+def _view(example: Example, context: Context) -> ExampleView:
+    return ExampleView(unpack_ids(context.token_ids), list(context.pieces), unpack_acts(example.acts),
+                       example.peak, example.value, example.interval, context.context_index, context.start)
+
+
+# Labels
+
+
+def add_label(session: Session, *, sae_id: int, feature_index: int, text: str,
+              author_id: int | None = None, source: str = "human") -> Label:
+    """Append a new current label; earlier ones stay in the history."""
+    text = text.strip()
+    if not text:
+        raise ValueError("a label cannot be empty")
+    label = Label(sae_id=sae_id, feature_index=feature_index, text=text, author_id=author_id, source=source)
+    session.add(label)
+    session.commit()
+    return label
+
+
+def label_history(session: Session, *, sae_id: int, feature_index: int) -> list[Label]:
+    """Every label a feature has had, newest first."""
+    return list(session.scalars(
+        select(Label).where(Label.sae_id == sae_id, Label.feature_index == feature_index).order_by(Label.id.desc())
+    ))
+
+
+def current_labels(session: Session, *, sae_id: int) -> dict[int, Label]:
+    """The current label of every labelled feature of an SAE."""
+    newest = select(func.max(Label.id)).where(Label.sae_id == sae_id).group_by(Label.feature_index)
+    return {label.feature_index: label for label in session.scalars(select(Label).where(Label.id.in_(newest)))}
+
+
+# Tags
+
+
+def tag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str, author_id: int | None = None) -> None:
+    """Put a tag (created on first use) on a feature; tagging twice is a no-op."""
+    name = tag.strip()
+    if not name:
+        raise ValueError("a tag cannot be empty")
+    row = session.scalar(select(Tag).where(Tag.name == name)) or Tag(name=name)
+    session.add(row)
+    session.flush()
+    if session.get(FeatureTag, (sae_id, feature_index, row.id)) is None:
+        session.add(FeatureTag(sae_id=sae_id, feature_index=feature_index, tag_id=row.id, author_id=author_id))
+    session.commit()
+
+
+def untag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str) -> None:
+    link = session.scalar(select(FeatureTag).join(Tag).where(
+        FeatureTag.sae_id == sae_id, FeatureTag.feature_index == feature_index, Tag.name == tag))
+    if link is not None:
+        session.delete(link)
+        session.commit()
+
+
+def feature_tags(session: Session, *, sae_id: int, feature_index: int) -> list[str]:
+    return list(session.scalars(select(Tag.name).join(FeatureTag).where(
+        FeatureTag.sae_id == sae_id, FeatureTag.feature_index == feature_index).order_by(Tag.name)))
+
+
+def list_tags(session: Session) -> list[str]:
+    return list(session.scalars(select(Tag.name).order_by(Tag.name)))
+
+
+# Users and API tokens
+
+
+def create_user(session: Session, *, name: str, password_hash: str, role: str = "viewer") -> User:
+    user = User(name=name, password_hash=password_hash, role=role)
+    session.add(user)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"a user named {name!r} already exists") from None
+    return user
+
+
+def find_user(session: Session, *, name: str) -> User | None:
+    return session.scalar(select(User).where(User.name == name))
+
+
+def add_api_token(session: Session, *, user_id: int, name: str, token_hash: str) -> ApiToken:
+    token = ApiToken(user_id=user_id, name=name, token_hash=token_hash)
+    session.add(token)
+    session.commit()
+    return token
+
+
+def user_for_token(session: Session, *, token_hash: str) -> User | None:
+    return session.scalar(select(User).join(ApiToken).where(ApiToken.token_hash == token_hash))
+
+
+# Bookmarks
+
+
+def create_bookmark_list(session: Session, *, owner_id: int, name: str, description: str = "") -> BookmarkList:
+    lst = BookmarkList(owner_id=owner_id, name=name, description=description)
+    session.add(lst)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise Conflict(f"you already have a list named {name!r}") from None
+    return lst
+
+
+def add_bookmark(session: Session, *, list_id: int, sae_id: int, feature_index: int, note: str = "") -> None:
+    """Bookmark a feature in a list; bookmarking again updates the note."""
+    mark = session.get(Bookmark, (list_id, sae_id, feature_index))
+    if mark is None:
+        session.add(Bookmark(list_id=list_id, sae_id=sae_id, feature_index=feature_index, note=note))
+    else:
+        mark.note = note
+    session.commit()
+
+
+def remove_bookmark(session: Session, *, list_id: int, sae_id: int, feature_index: int) -> None:
+    mark = session.get(Bookmark, (list_id, sae_id, feature_index))
+    if mark is not None:
+        session.delete(mark)
+        session.commit()
+
+
+def bookmark_lists(session: Session, *, owner_id: int) -> list[BookmarkList]:
+    return list(session.scalars(select(BookmarkList).where(BookmarkList.owner_id == owner_id).order_by(BookmarkList.name)))
+
+
+# Steering experiments
+
+
+def save_steering(session: Session, *, sae_id: int, prompt: str, interventions: list[dict[str, Any]],
+                  params: dict[str, Any], owner_id: int | None = None, name: str = "",
+                  baseline_text: str | None = None, steered_text: str | None = None) -> SteeringExperiment:
+    experiment = SteeringExperiment(sae_id=sae_id, prompt=prompt, interventions=interventions, params=params,
+                                    owner_id=owner_id, name=name, baseline_text=baseline_text,
+                                    steered_text=steered_text)
+    session.add(experiment)
+    session.commit()
+    return experiment
+
+
+def steering_experiments(session: Session, *, sae_id: int | None = None, owner_id: int | None = None,
+                         limit: int = 50) -> list[SteeringExperiment]:
+    """Saved experiments, newest first, optionally for one SAE or one owner."""
+    stmt = select(SteeringExperiment)
+    if sae_id is not None:
+        stmt = stmt.where(SteeringExperiment.sae_id == sae_id)
+    if owner_id is not None:
+        stmt = stmt.where(SteeringExperiment.owner_id == owner_id)
+    return list(session.scalars(stmt.order_by(SteeringExperiment.id.desc()).limit(limit)))

@@ -1,0 +1,249 @@
+"""The store's tables (SQLAlchemy 2 typed ORM). Created and changed only through Alembic migrations.
+
+Recorded data (features, contexts, examples) belongs to one recording of one SAE and is replaced whole
+when the SAE is recorded again. What people add (labels, tags, bookmarks) is keyed by (sae_id,
+feature_index) instead of a feature row id, so it survives re-recording.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Named constraints let Alembic's batch mode rebuild SQLite tables and drop constraints by name.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def now() -> datetime:
+    """Timestamps are stored in UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class User(Base):
+    """A person who labels, tags, bookmarks and steers; role is admin, editor or viewer."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16), default="viewer")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+
+class ApiToken(Base):
+    """A bearer token for the API; only its hash is stored."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    token_hash: Mapped[str] = mapped_column(String(128), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    last_used_at: Mapped[datetime | None]
+    user: Mapped[User] = relationship(back_populates="tokens")
+
+
+class Sae(Base):
+    """One SAE (a model, a site, a dictionary) and the summary of its latest recording."""
+
+    __tablename__ = "saes"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    model_spec: Mapped[str] = mapped_column(String(500), default="")
+    site: Mapped[str] = mapped_column(String(64))
+    hook_name: Mapped[str] = mapped_column(String(64), default="")
+    architecture: Mapped[str] = mapped_column(String(32))
+    d_in: Mapped[int]
+    d_sae: Mapped[int]
+    k: Mapped[int | None]
+    source_path: Mapped[str] = mapped_column(String(1000), default="")
+    source_format: Mapped[str] = mapped_column(String(32), default="saescope")
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    eval_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    training_log: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    recorded_at: Mapped[datetime | None]
+    dataset: Mapped[str | None] = mapped_column(String(200))
+    n_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    n_contexts: Mapped[int | None]
+    record_config: Mapped[dict[str, Any] | None]
+    density_histogram: Mapped[dict[str, Any] | None]
+    """{"log10_edges": [...], "counts": [...]} over features that fire."""
+    dead_count: Mapped[int | None]
+    dense_count: Mapped[int | None]
+    mean_l0: Mapped[float | None] = mapped_column(Float)
+
+
+class Feature(Base):
+    """One feature's recorded summary; the columns a list page sorts and filters on are indexed."""
+
+    __tablename__ = "features"
+    __table_args__ = (
+        UniqueConstraint("sae_id", "feature_index"),
+        Index("ix_features_sae_density", "sae_id", "density"),
+        Index("ix_features_sae_max_act", "sae_id", "max_act"),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    feature_index: Mapped[int]
+    density: Mapped[float] = mapped_column(Float)
+    fire_count: Mapped[int] = mapped_column(BigInteger)
+    max_act: Mapped[float] = mapped_column(Float)
+    mean_act: Mapped[float] = mapped_column(Float)
+    """Mean over the tokens where the feature fires."""
+    is_dead: Mapped[bool] = mapped_column(Boolean)
+    is_dense: Mapped[bool] = mapped_column(Boolean)
+    hist: Mapped[dict[str, Any]]
+    """{"edges": [...], "counts": [...]} of non-zero activations, log-spaced bins."""
+    promoted: Mapped[list[Any]]
+    """[[token_id, text, logit], ...] most promoted first."""
+    suppressed: Mapped[list[Any]]
+    """[[token_id, text, logit], ...] most suppressed first."""
+    neighbours: Mapped[list[Any]]
+    """[[feature_index, cosine], ...] nearest first."""
+    top_text: Mapped[str] = mapped_column(Text, default="")
+    """Peak tokens of the top examples and promoted tokens, space-joined, for text search."""
+    examples: Mapped[list[Example]] = relationship(
+        back_populates="feature", cascade="all, delete-orphan", passive_deletes=True, order_by="Example.id"
+    )
+
+
+class Context(Base):
+    """A window of tokens shown for one or more examples, stored once: int32 ids and their text pieces."""
+
+    __tablename__ = "contexts"
+    __table_args__ = (UniqueConstraint("sae_id", "context_index", "start"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    context_index: Mapped[int]
+    """Number of the context in the recording stream."""
+    start: Mapped[int]
+    """Position of the window's first token in the context."""
+    token_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    pieces: Mapped[list[Any]]
+
+
+class Example(Base):
+    """One window for one feature: which token it was chosen for and the feature's float16 activations."""
+
+    __tablename__ = "examples"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    feature_id: Mapped[int] = mapped_column(ForeignKey("features.id", ondelete="CASCADE"), index=True)
+    context_id: Mapped[int] = mapped_column(ForeignKey("contexts.id", ondelete="CASCADE"), index=True)
+    interval: Mapped[int | None] = mapped_column(SmallInteger)
+    """Quantile interval of a sampled example; NULL for a top example."""
+    rank: Mapped[int] = mapped_column(SmallInteger)
+    peak: Mapped[int] = mapped_column(SmallInteger)
+    value: Mapped[float] = mapped_column(Float)
+    acts: Mapped[bytes] = mapped_column(LargeBinary)
+    feature: Mapped[Feature] = relationship(back_populates="examples")
+    context: Mapped[Context] = relationship(lazy="joined")
+
+
+class Label(Base):
+    """One version of a feature's label; the history is append-only and the newest is current."""
+
+    __tablename__ = "labels"
+    __table_args__ = (Index("ix_labels_feature", "sae_id", "feature_index", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    feature_index: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    source: Mapped[str] = mapped_column(String(16), default="human")
+    """human, auto (generated) or import."""
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    author: Mapped[User | None] = relationship()
+
+
+class Tag(Base):
+    """A named tag that features can carry."""
+
+    __tablename__ = "tags"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+
+
+class FeatureTag(Base):
+    """A tag on a feature."""
+
+    __tablename__ = "feature_tags"
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(primary_key=True)
+    tag_id: Mapped[int] = mapped_column(ForeignKey("tags.id", ondelete="CASCADE"), primary_key=True, index=True)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    tag: Mapped[Tag] = relationship(lazy="joined")
+
+
+class BookmarkList(Base):
+    """A user's named list of features."""
+
+    __tablename__ = "bookmark_lists"
+    __table_args__ = (UniqueConstraint("owner_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    bookmarks: Mapped[list[Bookmark]] = relationship(cascade="all, delete-orphan", passive_deletes=True)
+
+
+class Bookmark(Base):
+    """A feature in a bookmark list, with an optional note."""
+
+    __tablename__ = "bookmarks"
+    list_id: Mapped[int] = mapped_column(ForeignKey("bookmark_lists.id", ondelete="CASCADE"), primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(primary_key=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class SteeringExperiment(Base):
+    """A saved steering run: prompt, interventions on features, generation settings and outputs."""
+
+    __tablename__ = "steering_experiments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    prompt: Mapped[str] = mapped_column(Text)
+    interventions: Mapped[list[Any]]
+    """[{"feature_index": i, "strength": s}, ...]."""
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """Generation settings: max_new_tokens, temperature, seed..."""
+    baseline_text: Mapped[str | None] = mapped_column(Text)
+    steered_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=now)

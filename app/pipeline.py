@@ -1,0 +1,102 @@
+"""The steps behind `saescope import` and `saescope record`: load an SAE, register it, record it, store it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from sqlalchemy.orm import Session
+
+from sae_core.models import LoadedModel
+from sae_core.records import RecordConfig, SAERecord, read_sae_reports, record_sae
+from sae_core.saes import SAE, formats, load_sae
+from sae_core.sites import num_layers, parse_site
+
+from . import crud
+from .ingest import store_record
+from .models import Sae
+
+
+@dataclass(frozen=True)
+class LoadedSae:
+    """An SAE read from disk together with where and in which layout it was found."""
+
+    sae: SAE
+    path: Path
+    source_format: str
+
+
+def read_sae(path: str | Path) -> LoadedSae:
+    """Load an SAE in any supported layout (SAEFormatError if none fits) and name the layout."""
+    path = Path(path).expanduser().resolve()
+    sae = load_sae(path)
+    directory = path if path.is_dir() else path.parent
+    layout = next((reader.__name__.removeprefix("read_") for marker, reader in formats.READERS
+                   if (directory / marker).is_file()), "unknown")
+    return LoadedSae(sae, path, layout)
+
+
+def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None, model_spec: str = "") -> Sae:
+    """Add an SAE to the store (or return the one already registered from the same path)."""
+    existing = [s for s in crud.list_saes(session) if s.source_path == str(loaded.path)]
+    if existing and name in (None, existing[0].name):
+        return existing[0]
+    cfg = loaded.sae.cfg
+    metrics, log = read_sae_reports(loaded.path if loaded.path.is_dir() else loaded.path.parent)
+    return crud.create_sae(
+        session,
+        name=name or loaded.path.name,
+        model_name=cfg.model_name or "unknown",
+        model_spec=model_spec,
+        site=cfg.site or "",
+        hook_name=cfg.hook_name or "",
+        architecture=cfg.architecture,
+        d_in=cfg.d_in,
+        d_sae=cfg.d_sae,
+        k=cfg.k,
+        source_path=str(loaded.path),
+        source_format=loaded.source_format,
+        config=asdict(cfg),
+        eval_metrics=metrics,
+        training_log=log,
+    )
+
+
+def limit_tokens(contexts: Iterable[torch.Tensor], n_tokens: int) -> Iterator[torch.Tensor]:
+    """Contexts until at least `n_tokens` tokens (after each context's BOS) have been given."""
+    if n_tokens <= 0:
+        raise ValueError(f"--tokens must be positive, got {n_tokens}")
+    given = 0
+    for context in contexts:
+        if given >= n_tokens:
+            return
+        yield context
+        given += context.numel() - 1
+
+
+def record_into_store(
+    session: Session,
+    *,
+    sae_row: Sae,
+    loaded: LoadedSae,
+    lm: LoadedModel,
+    model_spec: str,
+    contexts: Iterable[torch.Tensor],
+    dataset: str,
+    cfg: RecordConfig = RecordConfig(),
+) -> SAERecord:
+    """Run the recording pass for a registered SAE and replace its stored features with the result."""
+    cfg_sae = loaded.sae.cfg
+    site_name = cfg_sae.site or cfg_sae.hook_name
+    if not site_name:
+        raise ValueError(f"SAE {sae_row.name!r} names no hook site in its config; cannot record it")
+    site = parse_site(site_name, num_layers(lm.model))
+    metrics, log = read_sae_reports(loaded.path if loaded.path.is_dir() else loaded.path.parent)
+    record = record_sae(lm.model, loaded.sae, contexts, site=site, tokenizer=lm.tokenizer, cfg=cfg,
+                        eval_metrics=metrics, training_log=log)
+    sae_row.model_spec = model_spec
+    store_record(session, sae_id=sae_row.id, record=record, dataset=dataset)
+    return record
+

@@ -1,0 +1,84 @@
+"""Recording-pass time against the bare truncated forward over the same contexts, same batches, one run.
+
+Target (issue 4): the streaming recording pass (forward + SAE encode + statistics + top-k and quantile
+merging) takes at most 1.3x the bare truncated forward. The per-SAE steps that do not depend on the
+number of tokens (logit effects, nearest neighbours) are timed once and printed separately.
+Run: .venv/bin/python bench/record.py [--d-sae 4096] [--architecture topk] [--contexts 64] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from itertools import islice
+
+import torch
+
+from sae_core.data import iter_contexts, iter_documents, special_ids
+from sae_core.directions import logit_effects, nearest_features
+from sae_core.hooks import truncated_forward
+from sae_core.models import load_model
+from sae_core.harvest import batched
+from sae_core.records import RecordConfig, record_activations
+from sae_core.saes import SAEConfig, build_sae, load_sae
+from sae_core.sites import parse_site
+
+
+def bare_forward(model, site, contexts: list[torch.Tensor], batch_size: int) -> None:
+    """Only the truncated forward over the same contexts: the floor recording is compared with."""
+    with torch.no_grad():
+        for ids in batched(contexts, batch_size):
+            truncated_forward(model, site, ids)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--site", default="layers.6.resid_post")
+    parser.add_argument("--sae", default=None, help="A trained SAE directory; default: a random one")
+    parser.add_argument("--architecture", default="topk")
+    parser.add_argument("--d-sae", type=int, default=4096)
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--contexts", type=int, default=64)
+    parser.add_argument("--context-len", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    lm = load_model(args.model)
+    site = parse_site(args.site)
+    d_model = lm.model.get_input_embeddings().weight.shape[1]
+    sae = load_sae(args.sae) if args.sae else build_sae(
+        SAEConfig(architecture=args.architecture, d_in=d_model, d_sae=args.d_sae, k=args.k), seed=0)
+    contexts = list(islice(iter_contexts(iter_documents("demo"), lm.tokenizer, args.context_len), args.contexts))
+    cfg = RecordConfig(batch_size=args.batch_size)
+    specials = special_ids(lm.tokenizer).tolist()
+    bare_forward(lm.model, site, contexts[: args.batch_size], args.batch_size)  # warm-up
+
+    bare, recorded = [], []
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
+        bare.append(timed(lambda: bare_forward(lm.model, site, contexts, args.batch_size)))
+        recorded.append(timed(lambda: record_activations(lm.model, sae, contexts, site=site, cfg=cfg,
+                                                         skip_ids=specials)))
+    W_dec = sae.W_dec.detach()
+    per_sae = timed(lambda: (logit_effects(lm.model, W_dec, cfg.n_logits), nearest_features(W_dec, cfg.n_neighbours)))
+    n_tokens = len(contexts) * args.context_len
+    print(f"model={lm.name} site={site.name} sae={args.sae or f'random {args.architecture}'} "
+          f"d_sae={sae.W_dec.shape[0]} contexts={len(contexts)} tokens/run={n_tokens} repeats={args.repeats} "
+          f"threads={torch.get_num_threads()}")
+    print(f"bare truncated forward: median {statistics.median(bare):.2f} s  runs {[round(t, 2) for t in bare]}")
+    print(f"recording pass:         median {statistics.median(recorded):.2f} s  runs {[round(t, 2) for t in recorded]}")
+    print(f"ratio record/bare: {statistics.median(recorded) / statistics.median(bare):.3f} (target <= 1.3)")
+    print(f"per-SAE logit effects + neighbours (once, independent of tokens): {per_sae:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

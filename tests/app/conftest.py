@@ -1,0 +1,82 @@
+"""Store fixtures: every store test runs on SQLite and on a throw-away PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import psycopg
+import pytest
+import torch
+
+from app.db import make_engine, session_factory
+from app.migrate import upgrade
+from app.models import Base
+from sae_core.records import RecordConfig, record_sae
+from sae_core.sites import parse_site
+from tests.core.tiny_sae import TinySAE
+from tests.factories import tiny_model, tiny_tokenizer
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    try:
+        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+    except psycopg.OperationalError as err:
+        reason = f"PostgreSQL at 127.0.0.1:5432 is not reachable ({str(err).strip().splitlines()[0]})"
+        if os.environ.get("SAESCOPE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + " and SAESCOPE_REQUIRE_POSTGRES=1")
+        pytest.skip(reason)
+    name = f"saescope_test_{uuid.uuid4().hex[:12]}"
+    admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+@pytest.fixture(scope="session", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path_factory):
+    """A migrated database URL on each backend."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('store') / 'test.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+    upgrade(url)
+    return url
+
+
+@pytest.fixture()
+def engine(db_url):
+    engine = make_engine(db_url)
+    yield engine
+    with engine.begin() as conn:
+        for table in reversed(Base.metadata.sorted_tables):
+            conn.execute(table.delete())
+    engine.dispose()
+
+
+@pytest.fixture()
+def session(engine):
+    with session_factory(engine)() as session:
+        yield session
+
+
+def make_record(seed: int = 0, d_sae: int = 24, n_contexts: int = 12):
+    """A real recording pass over a tiny model and SAE."""
+    gen = torch.Generator().manual_seed(seed)
+    ctx = torch.randint(3, 512, (n_contexts, 20), generator=gen)
+    ctx[:, 0] = 0
+    cfg = RecordConfig(n_top=4, before=5, after=2, n_intervals=3, per_interval=2, batch_size=5)
+    return record_sae(tiny_model("llama"), TinySAE(d_sae=d_sae, seed=seed), list(ctx),
+                      site=parse_site("layers.1.resid_post"), tokenizer=tiny_tokenizer(), cfg=cfg)
+
+
+@pytest.fixture(scope="session")
+def records():
+    """Two different recordings of the same 24-feature SAE shape."""
+    return make_record(seed=0), make_record(seed=1)

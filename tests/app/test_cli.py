@@ -1,0 +1,90 @@
+import gzip
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from app import crud
+from app.cli import app
+from sae_core.saes import SAEConfig, build_sae
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def sae_dir(tmp_path):
+    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=24, model_name="tiny", site="layers.1.resid_post",
+                    hook_name="blocks.1.hook_resid_post")
+    sae = build_sae(cfg, seed=0)
+    sae.W_enc.data *= 40.0
+    return sae.save(tmp_path / "tiny-sae")
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over {i * 7} lazy dogs." for i in range(40)))
+    return path
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_db_upgrade_is_idempotent(db_url):
+    assert invoke("db", "upgrade", "--db", db_url) == (0, f"database at {db_url} is up to date\n")
+    assert invoke("db", "upgrade", "--db", db_url)[0] == 0
+
+
+def test_db_url_from_environment(tmp_path, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert invoke("db", "upgrade")[0] == 0
+    assert (tmp_path / "env.db").is_file()
+
+
+def test_import_record_export(db_url, engine, session, sae_dir, corpus, tiny_model_dir, tmp_path):
+    code, out = invoke("import", "--sae", sae_dir, "--db", db_url)
+    assert code == 0, out
+    assert "relu, 24 features at layers.1.resid_post, saelens layout" in out
+    code, out = invoke("record", "--sae", "tiny-sae", "--model", tiny_model_dir, "--dataset", corpus,
+                       "--tokens", 600, "--context", 40, "--db", db_url)
+    assert code == 0, out
+    sae = crud.find_sae(session, ref="tiny-sae")
+    assert sae.n_tokens >= 600 and sae.dataset == str(corpus) and sae.model_spec == str(tiny_model_dir)
+    page = crud.feature_page(session, sae_id=sae.id, feature_index=0)
+    assert len(page.top) == 20 and len(page.top[0].pieces) == 33
+    code, out = invoke("export", "--sae", sae.id, "--format", "neuronpedia", "--out", tmp_path / "np", "--db", db_url)
+    assert code == 0, out
+    with gzip.open(tmp_path / "np" / "features" / "batch-0.jsonl.gz", "rt") as f:
+        assert len([json.loads(line) for line in f]) == 24
+
+
+def test_record_by_path_registers_the_sae(db_url, session, sae_dir, corpus, tiny_model_dir):
+    code, out = invoke("record", "--sae", sae_dir, "--model", tiny_model_dir, "--dataset", corpus,
+                       "--tokens", 200, "--context", 40, "--db", db_url)
+    assert code == 0, out
+    assert crud.find_sae(session, ref="tiny-sae").recorded_at is not None
+
+
+@pytest.mark.parametrize("args, message", [
+    (("import", "--sae", "/no/such/sae"), "no SAE at /no/such/sae"),
+    (("record", "--sae", "missing", "--model", "smollm2"), "no SAE 'missing' in the store"),
+    (("export", "--sae", "missing", "--out", "/tmp/x"), "no SAE 'missing' in the store"),
+])
+def test_bad_input_is_one_clear_line(db_url, args, message):
+    code, out = invoke(*args, "--db", db_url)
+    assert code == 2
+    assert message in out and "Traceback" not in out
+
+
+def test_too_short_contexts_are_a_clear_error(db_url, sae_dir, corpus, tiny_model_dir):
+    code, out = invoke("record", "--sae", sae_dir, "--model", tiny_model_dir, "--dataset", corpus,
+                       "--tokens", 200, "--context", 16, "--db", db_url)
+    assert code == 2 and "shorter than the example window" in out
+
+
+def test_unreachable_database_is_a_clear_error(tmp_path):
+    code, out = invoke("db", "upgrade", "--db", "postgresql://postgres@127.0.0.1:1/none")
+    assert code == 2 and "cannot upgrade" in out

@@ -1,0 +1,60 @@
+import gzip
+import json
+
+import pytest
+
+from app import crud, ingest
+from app.export import export_sae
+
+
+@pytest.fixture()
+def stored(session, records):
+    sae = crud.create_sae(session, name="Tiny SAE", model_name="Tiny Llama", site="layers.1.resid_post",
+                          hook_name="blocks.1.hook_resid_post", architecture="relu", d_in=32, d_sae=24)
+    ingest.store_record(session, sae_id=sae.id, record=records[0], dataset="demo")
+    user = crud.create_user(session, name="ada", password_hash="h")
+    crud.add_label(session, sae_id=sae.id, feature_index=5, text="quotes", author_id=user.id)
+    return sae
+
+
+def read_jsonl_gz(path):
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_neuronpedia_layout_has_batches_of_features_activations_and_explanations(session, stored, records, tmp_path,
+                                                                                 monkeypatch):
+    monkeypatch.setattr("app.export.FEATURES_PER_BATCH", 10)
+    export_sae(session, sae_ref="Tiny SAE", fmt="neuronpedia", out=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [f"batch-{i}.jsonl.gz" for i in range(3)]
+    features = [f for i in range(3) for f in read_jsonl_gz(tmp_path / "features" / f"batch-{i}.jsonl.gz")]
+    assert [f["index"] for f in features] == [str(i) for i in range(24)]
+    assert features[0]["modelId"] == "tiny-llama" and features[0]["layer"] == "1-tiny-sae"
+    assert features[3]["maxActApprox"] == pytest.approx(records[0].max_F[3].item())
+    assert len(features[3]["pos_str"]) == 10 and len(features[3]["topkCosSimIndices"]) == 10
+    acts = [a for i in range(3) for a in read_jsonl_gz(tmp_path / "activations" / f"batch-{i}.jsonl.gz")]
+    assert len(acts) == len(records[0].examples.feature_E)
+    assert all(len(a["tokens"]) == len(a["values"]) for a in acts)
+    top = [a for a in acts if a["index"] == "3" and "binMin" not in a]
+    assert top[0]["maxValue"] == pytest.approx(records[0].max_F[3].item(), rel=1e-3)
+    explanations = read_jsonl_gz(tmp_path / "explanations" / "batch-0.jsonl.gz")
+    assert [(e["index"], e["description"], e["authorId"]) for e in explanations] == [("5", "quotes", "ada")]
+
+
+def test_json_export_round_trips_the_feature_pages(session, stored, records, tmp_path):
+    export_sae(session, sae_ref=stored.id, fmt="json", out=tmp_path)
+    summary = json.loads((tmp_path / "sae.json").read_text())
+    assert summary["name"] == "Tiny SAE" and summary["n_tokens"] == records[0].n_tokens
+    lines = [json.loads(line) for line in (tmp_path / "features.jsonl").read_text().splitlines()]
+    assert len(lines) == 24
+    assert [e["value"] for e in lines[7]["top"]] == pytest.approx([e.value for e in records[0].feature(7).top])
+    assert lines[5]["labels"][0]["text"] == "quotes"
+
+
+def test_export_refuses_unknown_format_and_unrecorded_sae(session, tmp_path):
+    sae = crud.create_sae(session, name="empty", model_name="m", site="layers.0.resid_post", architecture="relu",
+                          d_in=4, d_sae=8)
+    with pytest.raises(ValueError, match="unknown export format 'csv'"):
+        export_sae(session, sae_ref=sae.id, fmt="csv", out=tmp_path)
+    with pytest.raises(ValueError, match="has not been recorded yet"):
+        export_sae(session, sae_ref=sae.id, fmt="json", out=tmp_path)

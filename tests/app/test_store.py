@@ -1,0 +1,176 @@
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, select
+
+from app import crud, ingest
+from app.models import Base, Context, Example, Feature, Label
+
+
+def add_sae(session, name="tiny", d_sae=24):
+    return crud.create_sae(session, name=name, model_name="tiny-llama", site="layers.1.resid_post",
+                           architecture="relu", d_in=32, d_sae=d_sae)
+
+
+def stored_top_values(session, sae_id, index):
+    page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
+    return [e.value for e in page.top]
+
+
+def test_migrated_schema_matches_the_models(engine):
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert diff == []
+
+
+def test_feature_page_returns_exactly_what_was_recorded(session, records):
+    record = records[0]
+    sae = add_sae(session)
+    ingest.store_record(session, sae_id=sae.id, record=record, dataset="demo")
+    for index in range(record.d_sae):
+        expected = record.feature(index)
+        page = crud.feature_page(session, sae_id=sae.id, feature_index=index)
+        assert page.feature.density == pytest.approx(expected.density)
+        assert page.feature.max_act == pytest.approx(expected.max_act)
+        assert [e.value for e in page.top] == pytest.approx([e.value for e in expected.top])
+        assert [e.token_ids for e in page.top] == [e.token_ids for e in expected.top]
+        for got, want in zip(page.top, expected.top):
+            assert got.acts == pytest.approx(want.acts)
+        assert sum(len(v) for v in page.quantiles.values()) == len(expected.quantiles)
+        assert [p[0] for p in page.feature.neighbours] == [n[0] for n in expected.neighbours]
+        assert all(len(e.pieces) == len(e.token_ids) for e in page.top)
+    sae = crud.find_sae(session, ref="tiny")
+    assert sae.n_tokens == record.n_tokens and sae.dead_count == record.dead_count
+    assert sum(sae.density_histogram["counts"]) == record.d_sae - record.dead_count
+
+
+def test_windows_are_stored_once(session, records):
+    record = records[0]
+    sae = add_sae(session)
+    ingest.store_record(session, sae_id=sae.id, record=record, dataset="demo")
+    ex = record.examples
+    distinct = len({(c, s) for c, s in zip(ex.context_E.tolist(), ex.start_E.tolist())})
+    assert session.scalar(select(func.count()).select_from(Context)) == distinct
+    assert session.scalar(select(func.count()).select_from(Example)) == len(ex.feature_E)
+
+
+def test_recording_again_replaces_the_data_and_keeps_labels(session, records):
+    first, second = records
+    sae = add_sae(session)
+    ingest.store_record(session, sae_id=sae.id, record=first, dataset="demo")
+    crud.add_label(session, sae_id=sae.id, feature_index=3, text="numbers")
+    ingest.store_record(session, sae_id=sae.id, record=second, dataset="demo")
+    assert stored_top_values(session, sae.id, 5) == pytest.approx([e.value for e in second.feature(5).top])
+    assert session.scalar(select(func.count()).select_from(Example)) == len(second.examples.feature_E)
+    assert crud.feature_page(session, sae_id=sae.id, feature_index=3).label == "numbers"
+
+
+@pytest.mark.parametrize("crash", [RuntimeError("disk full"), KeyboardInterrupt()])
+def test_a_crash_while_storing_loses_nothing_that_was_there(session, records, monkeypatch, crash):
+    first, second = records
+    sae = add_sae(session)
+    ingest.store_record(session, sae_id=sae.id, record=first, dataset="demo")
+    before = [stored_top_values(session, sae.id, i) for i in range(first.d_sae)]
+
+    def explode(*args, **kwargs):
+        raise crash
+
+    monkeypatch.setattr(ingest, "_insert_examples", explode)
+    with pytest.raises(type(crash)):
+        ingest.store_record(session, sae_id=sae.id, record=second, dataset="other")
+    session.expire_all()
+    assert [stored_top_values(session, sae.id, i) for i in range(first.d_sae)] == before
+    assert crud.find_sae(session, ref=sae.id).dataset == "demo"
+    assert session.scalar(select(func.count()).select_from(Example)) == len(first.examples.feature_E)
+
+
+def test_a_record_of_the_wrong_size_is_refused(session, records):
+    sae = add_sae(session, d_sae=10)
+    with pytest.raises(ingest.IngestError, match="24 features but SAE 'tiny' has 10"):
+        ingest.store_record(session, sae_id=sae.id, record=records[0], dataset="demo")
+
+
+def test_many_saes_live_side_by_side(session, records):
+    a, b = add_sae(session, "a"), add_sae(session, "b")
+    ingest.store_record(session, sae_id=a.id, record=records[0], dataset="demo")
+    ingest.store_record(session, sae_id=b.id, record=records[1], dataset="demo")
+    ingest.store_record(session, sae_id=a.id, record=records[0], dataset="demo")
+    assert stored_top_values(session, b.id, 2) == pytest.approx([e.value for e in records[1].feature(2).top])
+    assert stored_top_values(session, a.id, 2) == pytest.approx([e.value for e in records[0].feature(2).top])
+    assert [s.name for s in crud.list_saes(session)] == ["a", "b"]
+
+
+def test_duplicate_sae_name_is_a_clear_error(session):
+    add_sae(session)
+    with pytest.raises(crud.Conflict, match="already in the store"):
+        add_sae(session)
+
+
+def test_feature_list_sorts_filters_and_searches(session, records):
+    record = records[0]
+    sae = add_sae(session)
+    ingest.store_record(session, sae_id=sae.id, record=record, dataset="demo")
+    rows, total = crud.list_features(session, sae_id=sae.id, sort="max_act", descending=True, limit=5)
+    assert total == record.d_sae
+    assert [r.max_act for r in rows] == pytest.approx(sorted(record.max_F.tolist(), reverse=True)[:5])
+    rows, _ = crud.list_features(session, sae_id=sae.id, sort="density", limit=100)
+    assert [r.density for r in rows] == sorted(r.density for r in rows)
+    crud.add_label(session, sae_id=sae.id, feature_index=7, text="first try")
+    crud.add_label(session, sae_id=sae.id, feature_index=7, text="Dates 100%")
+    crud.add_label(session, sae_id=sae.id, feature_index=2, text="commas")
+    rows, total = crud.list_features(session, sae_id=sae.id, state="labelled", sort="label")
+    assert [(r.feature_index, r.label) for r in rows] == [(7, "Dates 100%"), (2, "commas")]
+    assert crud.list_features(session, sae_id=sae.id, state="unlabelled")[1] == record.d_sae - 2
+    assert [r.feature_index for r in crud.list_features(session, sae_id=sae.id, query="dates 100%")[0]] == [7]
+    assert crud.list_features(session, sae_id=sae.id, query="first try")[1] == 0
+    crud.tag_feature(session, sae_id=sae.id, feature_index=4, tag="syntax")
+    crud.tag_feature(session, sae_id=sae.id, feature_index=4, tag="syntax")
+    assert [r.feature_index for r in crud.list_features(session, sae_id=sae.id, tag="syntax")[0]] == [4]
+    dead = crud.list_features(session, sae_id=sae.id, state="dead")[1]
+    assert dead == record.dead_count
+    peak = crud.feature_page(session, sae_id=sae.id, feature_index=0).feature.top_text.split(" ")[0]
+    if peak:
+        assert 0 in [r.feature_index for r in crud.list_features(session, sae_id=sae.id, query=peak, limit=100)[0]]
+
+
+def test_unknown_sort_or_filter_is_a_clear_error(session):
+    sae = add_sae(session)
+    with pytest.raises(ValueError, match="unknown sort 'size'"):
+        crud.list_features(session, sae_id=sae.id, sort="size")
+    with pytest.raises(ValueError, match="unknown filter 'odd'"):
+        crud.list_features(session, sae_id=sae.id, state="odd")
+
+
+def test_label_history_is_kept_with_author(session):
+    sae = add_sae(session)
+    user = crud.create_user(session, name="ada", password_hash="x", role="editor")
+    crud.add_label(session, sae_id=sae.id, feature_index=1, text="old", author_id=user.id)
+    crud.add_label(session, sae_id=sae.id, feature_index=1, text="new", source="auto")
+    history = crud.label_history(session, sae_id=sae.id, feature_index=1)
+    assert [(h.text, h.author.name if h.author else None) for h in history] == [("new", None), ("old", "ada")]
+    assert crud.current_labels(session, sae_id=sae.id)[1].text == "new"
+    with pytest.raises(ValueError, match="cannot be empty"):
+        crud.add_label(session, sae_id=sae.id, feature_index=1, text="  ")
+    assert session.scalar(select(func.count()).select_from(Label)) == 2
+
+
+def test_users_tokens_bookmarks_and_steering(session):
+    sae = add_sae(session)
+    user = crud.create_user(session, name="ada", password_hash="h")
+    with pytest.raises(crud.Conflict):
+        crud.create_user(session, name="ada", password_hash="h")
+    crud.add_api_token(session, user_id=user.id, name="laptop", token_hash="abc")
+    assert crud.user_for_token(session, token_hash="abc").name == "ada"
+    lst = crud.create_bookmark_list(session, owner_id=user.id, name="good ones")
+    crud.add_bookmark(session, list_id=lst.id, sae_id=sae.id, feature_index=3, note="a")
+    crud.add_bookmark(session, list_id=lst.id, sae_id=sae.id, feature_index=3, note="b")
+    session.refresh(lst)
+    assert [(b.feature_index, b.note) for b in lst.bookmarks] == [(3, "b")]
+    crud.save_steering(session, sae_id=sae.id, prompt="Hi", interventions=[{"feature_index": 3, "strength": 4.0}],
+                       params={"max_new_tokens": 8}, owner_id=user.id, steered_text="Hello")
+    saved = crud.steering_experiments(session, owner_id=user.id)
+    assert saved[0].interventions[0]["strength"] == 4.0
+    crud.delete_sae(session, sae_id=sae.id)
+    assert crud.steering_experiments(session) == []
+    with pytest.raises(crud.NotFound):
+        crud.find_sae(session, ref="tiny")

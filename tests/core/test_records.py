@@ -1,0 +1,142 @@
+import pytest
+import torch
+
+from sae_core.directions import final_norm_and_unembed, logit_effects, nearest_features
+from sae_core.hooks import truncated_forward
+from sae_core.records import RecordConfig, interval_of, record_sae
+from sae_core.sites import parse_site
+from tests.core.tiny_sae import TinySAE
+from tests.factories import FAMILIES, tiny_model, tiny_tokenizer
+
+SITE = parse_site("layers.1.resid_post")
+CFG = RecordConfig(n_top=5, before=6, after=3, n_intervals=4, per_interval=3, batch_size=7)
+
+
+def contexts(n=30, length=24, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 512, (n, length), generator=gen)
+    ids[:, 0] = 0
+    ids[3, 10] = 1  # an EOS in mid-context: special, so never recorded
+    return ids
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model, sae, ctx = tiny_model("llama"), TinySAE(), contexts()
+    record = record_sae(model, sae, list(ctx), site=SITE, tokenizer=tiny_tokenizer(), cfg=CFG)
+    f_CTF = sae.encode(truncated_forward(model, SITE, ctx))
+    f_CTF[ctx < 3] = 0
+    return record, f_CTF, ctx
+
+
+def test_top_examples_are_exactly_the_true_top_activations(setup):
+    record, f_CTF, ctx = setup
+    C, T, F = f_CTF.shape
+    width = CFG.before + CFG.after + 1
+    for j in range(F):
+        values, flat = f_CTF[..., j].flatten().topk(CFG.n_top)
+        feat = record.feature(j)
+        assert [e.value for e in feat.top] == values[values > 0].tolist()
+        assert {(e.context, e.start + e.peak) for e in feat.top} == {(int(i) // T, int(i) % T) for i in flat[values > 0]}
+        for e in feat.top:
+            assert e.token_ids == ctx[e.context, e.start : e.start + width].tolist()
+            assert torch.allclose(torch.tensor(e.acts), f_CTF[e.context, e.start : e.start + width, j], rtol=1e-3, atol=1e-6)
+            assert 0 <= e.start <= T - width
+            assert e.peak == CFG.before or e.start in (0, T - width)
+
+
+def test_statistics_match_brute_force(setup):
+    record, f_CTF, ctx = setup
+    fires = f_CTF > 0
+    n_tokens = int((ctx >= 3).sum())
+    assert record.n_tokens == n_tokens and record.n_contexts == ctx.shape[0]
+    assert torch.equal(record.count_F, fires.sum((0, 1)))
+    assert torch.allclose(record.max_F, f_CTF.amax((0, 1)))
+    mean = f_CTF.sum((0, 1)) / fires.sum((0, 1)).clamp_min(1)
+    assert torch.allclose(record.mean_F, mean, rtol=1e-5)
+    assert torch.equal(record.hist_FB.sum(1), record.count_F)
+    edges, counts = record.feature_hist(0)
+    assert len(edges) == len(counts) + 1 and sum(counts) == record.count_F[0]
+    assert record.dead_count == int((record.count_F == 0).sum())
+
+
+def test_quantile_samples_fall_in_their_intervals_and_fill_them(setup):
+    record, f_CTF, _ = setup
+    n = CFG.n_intervals
+    for j in range(f_CTF.shape[-1]):
+        acts = f_CTF[..., j].flatten()
+        acts = acts[acts > 0]
+        if acts.numel() == 0:
+            continue
+        population = torch.bincount(interval_of(acts, acts.max(), n), minlength=n)
+        feat = record.feature(j)
+        got = torch.bincount(torch.tensor([e.interval for e in feat.quantiles], dtype=torch.long), minlength=n)
+        assert torch.equal(got, population.clamp(max=CFG.per_interval))
+        for e in feat.quantiles:
+            low, high = e.interval / n * feat.max_act, (e.interval + 1) / n * feat.max_act
+            assert low <= e.value and (e.value < high or (e.interval == n - 1 and e.value <= high))
+
+
+def test_batch_size_does_not_change_the_top_examples(setup):
+    record, _, ctx = setup
+    other = record_sae(tiny_model("llama"), TinySAE(), list(ctx), site=SITE, tokenizer=tiny_tokenizer(),
+                       cfg=RecordConfig(**{**CFG.__dict__, "batch_size": 4}))
+    assert torch.equal(other.examples.value_E[other.examples.interval_E < 0],
+                       record.examples.value_E[record.examples.interval_E < 0])
+
+
+def test_quantile_sampling_is_roughly_uniform_within_an_interval():
+    from sae_core.records import Recorder
+
+    cfg = RecordConfig(n_top=1, before=0, after=0, n_intervals=1, per_interval=1, seed=0)
+    hits = torch.zeros(20)
+    for seed in range(400):
+        rec = Recorder(1, RecordConfig(**{**cfg.__dict__, "seed": seed}))
+        for block in torch.arange(20.0).view(4, 5):
+            rec.add(block[None].long(), torch.ones(1, 5, 1), torch.ones(1, 5, dtype=torch.bool))
+        kept = rec.quantile.entries.payload
+        hits[int(kept["context"][0]) * 5 + int(kept["start"][0] + kept["peak"][0])] += 1
+    assert hits.min() > 5 and hits.max() < 40  # expected 20 each
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_logit_effects_read_through_the_final_norm(family):
+    model = tiny_model(family)
+    norm, unembed = final_norm_and_unembed(model)
+    W_dec = torch.randn(5, 32)
+    promoted, suppressed = logit_effects(model, W_dec, 3)
+    logits = unembed(norm(W_dec))
+    assert torch.equal(promoted.index_FK, logits.topk(3, dim=1).indices)
+    assert torch.equal(suppressed.index_FK, (-logits).topk(3, dim=1).indices)
+    assert norm is not model.get_output_embeddings()
+
+
+def test_nearest_features_match_brute_force_across_chunks(monkeypatch):
+    monkeypatch.setattr("sae_core.directions.CHUNK", 7)
+    W = torch.randn(30, 8)
+    table = nearest_features(W, 4)
+    cos = torch.nn.functional.cosine_similarity(W[:, None], W[None], dim=-1)
+    cos.fill_diagonal_(-2)
+    assert torch.equal(table.index_FK, cos.topk(4, dim=1).indices)
+
+
+def test_empty_stream_is_a_clear_error():
+    with pytest.raises(ValueError, match="no tokens to record"):
+        record_sae(tiny_model("llama"), TinySAE(), [], site=SITE, tokenizer=tiny_tokenizer(), cfg=CFG)
+
+
+@pytest.mark.parametrize("architecture", ["relu", "topk", "batchtopk", "jumprelu"])
+def test_every_architecture_records_its_true_top_activations(architecture):
+    from sae_core.saes import SAEConfig, build_sae
+
+    sae = build_sae(SAEConfig(architecture=architecture, d_in=32, d_sae=16, k=4), seed=3)
+    with torch.no_grad():
+        sae.W_enc.mul_(40.0)  # the tiny model's residual stream is small; make features fire
+    model, ctx = tiny_model("llama"), contexts(n=10)
+    record = record_sae(model, sae, list(ctx), site=SITE, tokenizer=tiny_tokenizer(), cfg=CFG)
+    f_CTF = sae.encode(truncated_forward(model, SITE, ctx).reshape(-1, 32)).reshape(10, 24, 16)
+    f_CTF[ctx < 3] = 0
+    assert record.count_F.sum() > 0
+    for j in range(16):
+        values = f_CTF[..., j].flatten().topk(CFG.n_top).values
+        assert [e.value for e in record.feature(j).top] == values[values > 0].tolist()
