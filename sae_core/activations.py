@@ -62,6 +62,29 @@ class ActivationSource:
             have += len(part)
         return torch.cat(parts).float()
 
+    def split_tail(self, n_rows: int) -> tuple[ActivationSource, ActivationSource]:
+        """(all but the last `n_rows` rows, the last `n_rows`): held-out rows for evaluation after training.
+
+        Harvest rows are stored in corpus order, so the tail comes from text no training row came from.
+        """
+        if not 0 < n_rows < self.n_rows:
+            raise ValueError(f"cannot hold out {n_rows} of {self.n_rows} rows; hold out 1..{self.n_rows - 1}")
+        head, tail, cut = [], [], self.n_rows - n_rows
+        start = 0
+        for chunk in self.chunks:
+            end = start + chunk.rows
+            if end <= cut:
+                head.append(chunk)
+            elif start >= cut:
+                tail.append(chunk)
+            else:
+                a = cut - start
+                head.append(Chunk(a, lambda c=chunk, a=a: c.load()[:a]))
+                tail.append(Chunk(chunk.rows - a, lambda c=chunk, a=a: c.load()[a:]))
+            start = end
+        return (ActivationSource(self.path, self.d_in, tuple(head), self.info),
+                ActivationSource(self.path, self.d_in, tuple(tail), self.info))
+
     def iter_rows(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Every row once, in storage order, in float32 batches (for evaluation)."""
         for chunk in self.chunks:

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from .config import HarvestConfig
+from .activations import ActivationsError, open_activations
+from .config import HarvestConfig, TrainConfig
 from .data import CorpusError
+from .evaluate import ce_on_corpus, evaluate_activations, write_metrics
 from .harvest import HarvestError, harvest as run_harvest
 from .models import DEFAULT_MODEL, ModelLoadError, load_model
+from .saes import SAEConfig, SAEFormatError, load_sae
 from .sites import SiteError, valid_sites
+from .train import sae_config_for, train as run_train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse-autoencoder workbench.")
 
 # Errors that come from user input: shown as one line, never as a traceback.
-USER_ERRORS = (ModelLoadError, SiteError, CorpusError, HarvestError)
+USER_ERRORS = (ModelLoadError, SiteError, CorpusError, HarvestError, ActivationsError, SAEFormatError, ValueError)
 
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Model name, directory, .gguf file or hub id.")
 DatasetOpt = typer.Option("demo", "--dataset", help="`demo`, a .txt/.jsonl/.parquet file or folder, or a hub dataset.")
@@ -59,6 +64,67 @@ def harvest(
     except USER_ERRORS as err:
         fail(str(err))
     typer.echo(f"wrote {manifest['n_tokens']} activations of {manifest['model']} at {manifest['site']} to {out}")
+
+
+@app.command()
+def train(
+    activations: Path = typer.Option(..., "--activations", help="Harvest directory, [N, d] .npy, or .safetensors with `activations`."),
+    out: Path = typer.Option(..., "--out", help="Directory for the SAE (SAELens layout), log and metrics."),
+    arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk or jumprelu."),
+    features: int = typer.Option(8192, "--features", help="Dictionary size (d_sae)."),
+    k: int = typer.Option(32, "--k", help="topk/batchtopk: active features per token."),
+    tokens: int | None = typer.Option(None, "--tokens", help="Training budget in rows (default: one pass over the data)."),
+    l1: float = typer.Option(SAEConfig.l1_coefficient, "--l1", help="relu: L1 coefficient."),
+    l0: float = typer.Option(SAEConfig.l0_coefficient, "--l0", help="jumprelu: L0 coefficient."),
+    lr: float | None = typer.Option(None, "--lr", help="Adam learning rate (default scales with --features)."),
+    batch_size: int = typer.Option(TrainConfig.batch_size, "--batch-size", help="Rows per step."),
+    seed: int = typer.Option(TrainConfig.seed, "--seed", help="Seeds initialisation and data order."),
+    dtype: str = typer.Option(TrainConfig.dtype, "--dtype", help="Compute dtype: bfloat16 (fast) or float32 (exact)."),
+    holdout: int | None = typer.Option(None, "--holdout", help="Rows held out for metrics.json (default: 10%, at most 65536)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+) -> None:
+    """Train an SAE on activations; writes cfg.json, sae_weights.safetensors, training_log.jsonl, metrics.json."""
+    try:
+        data = open_activations(activations)
+        held = min(data.n_rows // 10, 65536) if holdout is None else holdout
+        train_rows, heldout = data.split_tail(held) if held else (data, data)
+        sae_cfg = sae_config_for(train_rows, arch, features, k=k if arch in ("topk", "batchtopk") else None,
+                                 l1_coefficient=l1, l0_coefficient=l0)
+        cfg = TrainConfig(tokens=tokens or train_rows.n_rows, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype)
+        sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume)
+        metrics = {**evaluate_activations(sae, heldout), "eval_rows": "held-out tail" if held else "training rows"}
+        write_metrics(out, metrics)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(json.dumps(metrics, indent=2))
+
+
+@app.command("eval")
+def evaluate(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
+    activations: Path | None = typer.Option(None, "--activations", help="Activations to measure reconstruction on."),
+    max_rows: int | None = typer.Option(None, "--max-rows", help="Evaluate on at most this many rows."),
+    model: str | None = typer.Option(None, "--model", help="With --dataset: also measure CE loss with the SAE spliced in."),
+    dataset: str = DatasetOpt,
+    contexts: int = typer.Option(64, "--contexts", help="Contexts for the CE evaluation."),
+    context: int = typer.Option(128, "--context", help="Tokens per context, BOS included."),
+    skip_contexts: int = typer.Option(0, "--skip-contexts", help="Contexts of the corpus to skip (e.g. those trained on)."),
+    save: bool = typer.Option(False, "--save", help="Merge the figures into metrics.json beside the SAE."),
+) -> None:
+    """Print an SAE's metrics as JSON: mse, fvu, explained variance, l0, dead/dense fractions, CE loss recovered."""
+    if activations is None and model is None:
+        fail("give --activations (reconstruction metrics), --model (CE loss), or both")
+    try:
+        loaded = load_sae(sae)
+        metrics = evaluate_activations(loaded, open_activations(activations), max_rows) if activations else {}
+        if model is not None:
+            metrics.update(ce_on_corpus(load_model(model), loaded, dataset, n_contexts=contexts, context_len=context,
+                                        skip_contexts=skip_contexts))
+        if save:
+            write_metrics(sae if sae.is_dir() else sae.parent, metrics)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(json.dumps(metrics, indent=2))
 
 
 @app.command()

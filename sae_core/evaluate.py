@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .activations import ActivationSource
+from .data import iter_contexts, iter_documents, special_ids
+from .fileio import atomic_write_json
+from .harvest import batched
 from .hooks import splice
 from .metrics import ReconstructionStats, ce_loss_recovered
+from .models import LoadedModel
 from .saes import SAE
-from .sites import Site
+from .sites import Site, sae_site
+
+METRICS_FILE = "metrics.json"
 
 
 @torch.no_grad()
@@ -51,6 +60,11 @@ def _next_token_losses(model: nn.Module, ids_BT: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1), ids_BT[:, 1:].flatten(), reduction="none").view(len(ids_BT), -1)
 
 
+def _reconstruct(sae: SAE, x_BTD: torch.Tensor) -> torch.Tensor:
+    """The SAE's reconstruction of [B, T, D] activations, in their dtype."""
+    return sae(x_BTD.flatten(0, -2).float()).view_as(x_BTD).to(x_BTD.dtype)
+
+
 @torch.no_grad()
 def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.Tensor],
                special_ids: torch.Tensor) -> dict[str, float]:
@@ -67,7 +81,7 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
         counted = ~keep_BT[:, :-1]
         replacements = {
             "clean": None,
-            "sae": lambda x: torch.where(keep_BT[..., None], x, sae(x.float()).to(x.dtype)),
+            "sae": lambda x: torch.where(keep_BT[..., None], x, _reconstruct(sae, x)),
             "zero": lambda x: torch.where(keep_BT[..., None], x, torch.zeros_like(x)),
         }
         for name, fn in replacements.items():
@@ -84,3 +98,27 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
     result["ce_loss_recovered"] = ce_loss_recovered(result["ce_clean"], result["ce_sae"], result["ce_zero"])
     result["ce_tokens"] = count
     return result
+
+
+def ce_on_corpus(lm: LoadedModel, sae: SAE, dataset: str, *, n_contexts: int = 64, context_len: int = 128,
+                 skip_contexts: int = 0, batch_size: int = 8, text_field: str = "text") -> dict[str, float]:
+    """CE metrics over `n_contexts` contexts of a corpus, after skipping the first `skip_contexts`.
+
+    Skipping the contexts a harvest used keeps the CE evaluation on text the SAE was not trained on.
+    """
+    if n_contexts <= 0:
+        raise ValueError(f"the CE evaluation needs at least one context, got {n_contexts}")
+    contexts = itertools.islice(iter_contexts(iter_documents(dataset, text_field), lm.tokenizer, context_len),
+                                skip_contexts, skip_contexts + n_contexts)
+    return ce_metrics(lm.model, sae, sae_site(sae, lm.model), batched(contexts, batch_size), special_ids(lm.tokenizer))
+
+
+def write_metrics(directory: str | Path, metrics: dict) -> Path:
+    """metrics.json beside an SAE, merged over what is there (reconstruction and CE come from separate runs)."""
+    path = Path(directory) / METRICS_FILE
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        old = {}  # a torn or foreign file is replaced; the figures in it are recomputed anyway
+    atomic_write_json(path, {**old, **metrics})
+    return path

@@ -28,10 +28,12 @@ import torch
 
 from .data import special_ids
 from .directions import TopTable, logit_effects, nearest_features
+from .evaluate import METRICS_FILE
 from .harvest import batched
 from .hooks import truncated_forward
 from .selection import Entries, GroupBank, rank_in_group
 from .sites import Site
+from .train import LOG_FILE
 
 HIST_EDGES = torch.logspace(-5, 5, 121)
 """Shared log-spaced grid (12 bins a decade) for activation histograms; each feature keeps its occupied span."""
@@ -411,7 +413,7 @@ def token_pieces(tokenizer: Any, ids: torch.Tensor) -> dict[int, str]:
 
 def read_sae_reports(sae_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Evaluation metrics (metrics.json) and training log (training_log.jsonl) beside an SAE, if written."""
-    metrics_path, log_path = sae_dir / "metrics.json", sae_dir / "training_log.jsonl"
+    metrics_path, log_path = sae_dir / METRICS_FILE, sae_dir / LOG_FILE
     try:
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.is_file() else []

@@ -117,3 +117,13 @@ def site_module(model: nn.Module, site: Site) -> nn.Module:
 def valid_sites(model: nn.Module) -> list[str]:
     """Every site name the model offers, for error messages and the CLI's help."""
     return [f"layers.{i}.{kind}" for i in range(num_layers(model)) for kind in KINDS]
+
+
+def sae_site(sae: nn.Module, model: nn.Module) -> Site:
+    """The model site an SAE reads, from its config, checked against the model's depth and width."""
+    site = parse_site(sae.cfg.site or sae.cfg.hook_name or "", num_layers(model))
+    if sae.W_dec.shape[1] != hidden_size(model):
+        raise SiteError(
+            f"the SAE reads {sae.W_dec.shape[1]}-wide activations but the model's are {hidden_size(model)} wide"
+        )
+    return site

@@ -21,7 +21,7 @@ from transformers import PreTrainedModel
 from .generation import Generation, GenerationError, Limits, Sampling, TokenEvent, check_request, collect, stream
 from .hooks import splice
 from .models import LoadedModel
-from .sites import Site, hidden_size, num_layers, parse_site
+from .sites import sae_site
 
 if TYPE_CHECKING:
     from .saes import SAE
@@ -93,16 +93,6 @@ class Steering:
     def at_strength(self, strength: float) -> Steering:
         """The same steering with every intervention's value set to `strength`."""
         return replace(self, interventions=tuple(replace(i, value=strength) for i in self.interventions))
-
-
-def sae_site(sae: SAE, model: PreTrainedModel) -> Site:
-    """The model site an SAE reads, from its config, checked against the model's depth and width."""
-    site = parse_site(getattr(sae.cfg, "site", None) or sae.cfg.hook_name, num_layers(model))
-    if sae.W_dec.shape[1] != hidden_size(model):
-        raise SteeringError(
-            f"the SAE reads {sae.W_dec.shape[1]}-wide activations but the model's are {hidden_size(model)} wide"
-        )
-    return site
 
 
 @dataclass(frozen=True)

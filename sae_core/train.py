@@ -14,13 +14,14 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
 from .activations import ActivationSource
 from .config import TrainConfig
-from .fileio import atomic_write, atomic_write_json
+from .fileio import atomic_write
 from .saes import SAE, SAEConfig, TrainOutput, build_sae
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -229,6 +230,16 @@ def _step_of(line: str) -> int | None:
         return int(json.loads(line)["step"])
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def sae_config_for(data: ActivationSource, architecture: str, d_sae: int, **fields: Any) -> SAEConfig:
+    """An SAE config for a source's activations: width and provenance (model, site, corpus) from the source."""
+    info = data.info
+    return SAEConfig(
+        architecture=architecture, d_in=data.d_in, d_sae=d_sae, model_name=info.get("model_name"),
+        hook_name=info.get("hook_name"), site=info.get("site"), dataset=info.get("dataset"),
+        context_size=info.get("context_size"), **fields,
+    )
 
 
 def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: ActivationSource, out: str | Path, resume: bool = False) -> SAE:

@@ -4,7 +4,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from app import crud, ingest
-from app.models import Base, Context, Example, Feature, Label
+from app.models import Base, Context, Example, Label
 
 
 def add_sae(session, name="tiny", d_sae=24):

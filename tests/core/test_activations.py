@@ -113,3 +113,19 @@ def test_bad_inputs(tmp_path):
     (tmp_path / "dir").mkdir()
     with pytest.raises(ActivationsError, match="not a harvest directory"):
         open_activations(tmp_path / "dir")
+
+
+@pytest.mark.parametrize("n_tail", [1, 35, 40, 119])
+def test_split_tail_holds_out_the_last_rows_across_chunk_boundaries(source, n_tail):
+    train, heldout = source.split_tail(n_tail)
+    everything = torch.cat(list(source.iter_rows(1000)))
+    assert (train.n_rows, heldout.n_rows) == (source.n_rows - n_tail, n_tail)
+    assert torch.equal(torch.cat(list(train.iter_rows(7))), everything[:-n_tail])
+    assert torch.equal(torch.cat(list(heldout.iter_rows(7))), everything[-n_tail:])
+    assert train.d_in == heldout.d_in == source.d_in and train.info == source.info
+
+
+@pytest.mark.parametrize("n_tail", [0, -1, 120])
+def test_split_tail_refuses_impossible_sizes(source, n_tail):
+    with pytest.raises(ValueError, match="cannot hold out"):
+        source.split_tail(n_tail)

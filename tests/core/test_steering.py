@@ -6,7 +6,7 @@ from sae_core.generation import GenerationError, Limits, Sampling, collect, enco
 from sae_core.hooks import splice
 from sae_core.models import LoadedModel
 from sae_core.saes import ARCHITECTURES, SAE, SAEConfig, build_sae
-from sae_core.sites import parse_site, site_module
+from sae_core.sites import SiteError, parse_site, site_module
 from sae_core.steering import (
     Intervention,
     Steering,
@@ -280,5 +280,5 @@ def test_bad_inputs_fail_with_a_clear_error_before_any_token(lm, sae, call, mess
 
 
 def test_an_sae_of_another_width_is_refused(lm):
-    with pytest.raises(SteeringError, match="16-wide activations but the model's are 32 wide"):
+    with pytest.raises(SiteError, match="16-wide activations but the model's are 32 wide"):
         stream_steered(lm, make_sae("relu", d_in=16, d_sae=8), PROMPT, [None], GREEDY)

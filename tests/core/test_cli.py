@@ -1,0 +1,95 @@
+"""`saescope train` and `saescope eval` end to end: harvest -> train -> eval on a tiny model, and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from sae_core.cli import app
+from sae_core.saes import load_sae
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    """(exit code, stdout and stderr together)."""
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def harvested(tmp_path_factory, tiny_model_dir):
+    """A real harvest of the tiny Llama at layer 1 over a small text corpus."""
+    root = tmp_path_factory.mktemp("cli")
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n\n".join(f"Line {i}: the cat sat on mat number {i * 3} and read {i} books." for i in range(80)))
+    code, out = invoke("harvest", "--model", tiny_model_dir, "--site", "layers.1.resid_post", "--dataset", corpus,
+                       "--tokens", 3000, "--context", 32, "--out", root / "acts", "--dtype", "float32")
+    assert code == 0, out
+    return root / "acts", corpus
+
+
+def test_train_writes_the_saelens_layout_with_log_and_heldout_metrics(harvested, tmp_path):
+    acts, _ = harvested
+    code, out = invoke("train", "--activations", acts, "--arch", "topk", "--features", 64, "--k", 4,
+                       "--tokens", 8192, "--batch-size", 256, "--out", tmp_path / "sae")
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
+    assert metrics["eval_rows"] == "held-out tail" and metrics["rows"] == 300
+    assert 0 <= metrics["fvu"] < 1 and metrics["l0"] == pytest.approx(4, abs=0.01)
+    log = [json.loads(line) for line in (tmp_path / "sae" / "training_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 32 and log[-1]["tokens"] == 8192
+    sae = load_sae(tmp_path / "sae")
+    assert (sae.cfg.architecture, sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == ("topk", 32, 64, 4)
+    assert sae.cfg.site == "layers.1.resid_post" and sae.cfg.hook_name == "blocks.1.hook_resid_post"
+
+
+def test_eval_prints_reconstruction_and_ce_metrics(harvested, tmp_path, tiny_model_dir):
+    acts, corpus = harvested
+    assert invoke("train", "--activations", acts, "--features", 64, "--k", 8, "--tokens", 4096,
+                  "--batch-size", 256, "--out", tmp_path / "sae")[0] == 0
+    result = runner.invoke(app, [str(a) for a in ("eval", "--sae", tmp_path / "sae", "--activations", acts, "--model",
+                                                  tiny_model_dir, "--dataset", corpus, "--contexts", 4,
+                                                  "--context", 32, "--save")])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.stdout)
+    assert metrics["rows"] == 3000 and 0 < metrics["ce_tokens"] <= 4 * 30  # BOS and EOS positions are left out
+    assert metrics["ce_loss_recovered"] == pytest.approx(
+        (metrics["ce_zero"] - metrics["ce_sae"]) / (metrics["ce_zero"] - metrics["ce_clean"]))
+    assert set(metrics) >= {"mse", "fvu", "explained_variance", "l0", "dead_fraction", "dense_fraction",
+                            "ce_clean", "ce_sae", "ce_zero", "ce_loss_recovered"}
+    saved = json.loads((tmp_path / "sae" / "metrics.json").read_text())
+    assert saved["ce_loss_recovered"] == metrics["ce_loss_recovered"] and saved["eval_rows"] == "held-out tail"
+
+
+def test_train_from_npy_without_holdout(tmp_path):
+    rows = np.random.default_rng(0).standard_normal((600, 8)).astype(np.float32)
+    np.save(tmp_path / "acts.npy", rows)
+    code, out = invoke("train", "--activations", tmp_path / "acts.npy", "--arch", "relu", "--features", 16,
+                       "--tokens", 1200, "--batch-size", 100, "--holdout", 0, "--out", tmp_path / "sae")
+    assert code == 0, out
+    metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
+    assert metrics["eval_rows"] == "training rows" and metrics["rows"] == 600
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--activations", "nowhere.npy", "--out", "x"], "no activations at nowhere.npy"),
+        (["train", "--activations", "{npy}", "--arch", "gated", "--features", 16, "--out", "{tmp}/s"],
+         "unknown SAE architecture 'gated'"),
+        (["train", "--activations", "{npy}", "--features", 16, "--k", 40, "--out", "{tmp}/s"], "k must be in 1..d_sae=16"),
+        (["train", "--activations", "{npy}", "--features", 16, "--k", 4, "--dtype", "float16", "--out", "{tmp}/s"],
+         "unknown compute dtype 'float16'"),
+        (["eval", "--sae", "{tmp}"], "give --activations"),
+        (["eval", "--sae", "{tmp}", "--activations", "{npy}"], "no SAE found"),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(tmp_path, args, message):
+    np.save(tmp_path / "acts.npy", np.ones((50, 8), dtype=np.float32))
+    filled = [str(a).format(npy=tmp_path / "acts.npy", tmp=tmp_path) for a in args]
+    code, out = invoke(*filled)
+    assert code == 2 and message in out and "Traceback" not in out
