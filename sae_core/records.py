@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from tqdm import tqdm
 
 from .data import special_ids
 from .directions import TopTable, logit_effects, nearest_features
@@ -353,16 +354,20 @@ def record_activations(
     site: Site,
     cfg: RecordConfig,
     skip_ids: Sequence[int],
+    progress: bool = False,
 ) -> Recorder:
     """The streaming part of the pass: truncated forward, encode, fold in; tokens in `skip_ids` are ignored."""
     device = sae.W_dec.device
     recorder = Recorder(sae.W_dec.shape[0], cfg, device)
     skip = torch.tensor(sorted(set(skip_ids)), dtype=torch.long, device=device)
+    bar = tqdm(unit="tok", unit_scale=True, desc="record", disable=not progress, dynamic_ncols=True)
     for tokens_BT in batched(contexts, cfg.batch_size):
+        bar.update(tokens_BT.numel())
         tokens_BT = tokens_BT.to(device)
         x_BTD = truncated_forward(model, site, tokens_BT)
         f_NF = sae.encode(x_BTD.reshape(-1, x_BTD.shape[-1]).to(sae.W_dec.dtype))
         recorder.add(tokens_BT, f_NF.reshape(*tokens_BT.shape, -1), ~torch.isin(tokens_BT, skip))
+    bar.close()
     return recorder
 
 
@@ -376,10 +381,11 @@ def record_sae(
     cfg: RecordConfig = RecordConfig(),
     eval_metrics: dict[str, Any] | None = None,
     training_log: list[dict[str, Any]] | None = None,
+    progress: bool = False,
 ) -> SAERecord:
     """Record every feature of `sae` over `contexts` ([T] token tensors starting with BOS)."""
     recorder = record_activations(
-        model, sae, contexts, site=site, cfg=cfg, skip_ids=special_ids(tokenizer).tolist()
+        model, sae, contexts, site=site, cfg=cfg, skip_ids=special_ids(tokenizer).tolist(), progress=progress
     )
     if recorder.n_tokens == 0:
         raise ValueError("no tokens to record: the contexts were empty or held only special tokens")
