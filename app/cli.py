@@ -6,6 +6,7 @@ They live here, not in sae_core/cli.py, because the library never imports the ap
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -145,12 +146,12 @@ def demo(
     train_tokens: int = typer.Option(DemoConfig.train_tokens, "--train-tokens", help="Training budget in rows."),
     record_tokens: int = typer.Option(DemoConfig.record_tokens, "--record-tokens", help="Tokens to record."),
     model_dtype: str = typer.Option(DemoConfig.model_dtype, "--model-dtype", help="Model compute dtype."),
-    db: str | None = typer.Option(None, "--db", help="Database URL (default: a SQLite file in --out)."),
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL, else a SQLite file in --out)."),
 ) -> None:
     """The whole pipeline (harvest, train, evaluate, record) on the embedded defaults; finished stages are reused."""
     cfg = DemoConfig(model=model, site=site, dataset=dataset, harvest_tokens=tokens, features=features, k=k,
                      train_tokens=train_tokens, record_tokens=record_tokens, model_dtype=model_dtype)
-    url = db or f"sqlite:///{(out / 'saescope.db').resolve()}"
+    url = db or os.environ.get("DATABASE_URL") or f"sqlite:///{(out / 'saescope.db').resolve()}"
     try:
         out.mkdir(parents=True, exist_ok=True)
         upgrade(url)
