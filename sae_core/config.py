@@ -48,7 +48,7 @@ class TrainConfig:
     batch_size: int = 4096
     """Rows per optimiser step."""
     lr: float | None = None
-    """Adam learning rate; None scales with the dictionary: 2e-4 / sqrt(d_sae / 16384) (OpenAI 2024)."""
+    """Adam learning rate; None scales with the dictionary: 2e-3 / sqrt(d_sae / 8192) (see train.default_lr)."""
     warmup_fraction: float = 0.01
     """Fraction of steps over which the learning rate rises linearly from zero."""
     decay_fraction: float = 0.2

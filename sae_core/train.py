@@ -31,8 +31,13 @@ INIT_SAMPLE_ROWS = 16384
 
 
 def default_lr(d_sae: int) -> float:
-    """OpenAI's scaling of the learning rate with dictionary size."""
-    return 2e-4 / math.sqrt(d_sae / 16384)
+    """Adam's learning rate: 2e-3 at 8192 features, scaled by 1/sqrt(d_sae) as OpenAI (2024) scale theirs.
+
+    OpenAI's constant (2e-4 at 16384) suits runs of billions of tokens. Measured here on SmolLM2 layer-6
+    residuals (TopK, 8192 features, k=32, batch 4096, 262k tokens; held-out FVU / dead fraction):
+    2.8e-4 gives 0.287 / 0.000, 1e-3 0.155 / 0.001, 2e-3 0.125 / 0.005, 4e-3 0.107 / 0.116 (too many dead).
+    """
+    return 2e-3 / math.sqrt(d_sae / 8192)
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, decay_fraction: float) -> float:

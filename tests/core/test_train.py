@@ -142,7 +142,7 @@ def test_width_mismatch_rejected(sparse_data, tmp_path):
 
 
 def test_schedule_and_defaults():
-    assert default_lr(16384) == pytest.approx(2e-4) and default_lr(4 * 16384) == pytest.approx(1e-4)
+    assert default_lr(8192) == pytest.approx(2e-3) and default_lr(4 * 8192) == pytest.approx(1e-3)
     factors = [lr_factor(s, 100, 0.1, 0.2) for s in range(100)]
     assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0 and factors[50] == 1.0
     assert factors[80] == 1.0 and factors[99] == pytest.approx(0.05) and factors[90] < factors[85]
