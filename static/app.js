@@ -1,0 +1,26 @@
+// saescope: token hover read-out and keyboard shortcuts. Everything works without it; it only adds speed.
+"use strict";
+
+// Hovering a token shows its piece and value in #tok-info (the title attribute holds the same for no-JS).
+document.addEventListener("mouseover", (event) => {
+  const tok = event.target.closest(".tok");
+  const info = document.getElementById("tok-info");
+  if (!tok || !info) return;
+  info.textContent = `${JSON.stringify(tok.dataset.piece)}  activation ${tok.dataset.act}` +
+    (tok.dataset.extra ? `  ${tok.dataset.extra}` : "");
+});
+
+// Keys name elements with data-key="..."; links are followed, form fields are focused.
+document.addEventListener("keydown", (event) => {
+  const target = event.target;
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (target.closest("input, textarea, select, [contenteditable]")) {
+    if (event.key === "Escape") target.blur();
+    return;
+  }
+  const el = document.querySelector(`[data-key="${CSS.escape(event.key)}"]`);
+  if (!el) return;
+  event.preventDefault();
+  if (el.matches("a")) window.location.href = el.href;
+  else el.focus();
+});
