@@ -127,6 +127,7 @@ def get_templates(request: Request) -> Jinja2Templates:
 
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
     """A template with what every page needs: the user, the CSRF token and the settings."""
-    base = {"user": getattr(request.state, "user", None), "csrf_token": request_csrf_token(request),
-            "settings": request.app.state.settings, "htmx": is_htmx(request)}
+    user = getattr(request.state, "user", None)
+    base = {"user": user, "can_write": user is not None and user.role in WRITERS, "htmx": is_htmx(request),
+            "csrf_token": request_csrf_token(request), "settings": request.app.state.settings}
     return get_templates(request).TemplateResponse(request, name, base | context, status_code=status_code)

@@ -12,6 +12,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -42,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         engine.dispose()
 
     app = FastAPI(title="saescope", summary="Browse, search and label sparse-autoencoder features.",
-                  lifespan=lifespan)
+                  lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = session_factory(engine)
@@ -52,9 +54,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)
+    app.get("/docs", include_in_schema=False)(api_docs)
     install_error_handlers(app)
     app.middleware("http")(csrf_seed_cookie)
     return app
+
+
+def api_docs() -> HTMLResponse:
+    """The OpenAPI page with Swagger UI served from static/ (FastAPI's default loads it from a CDN)."""
+    return get_swagger_ui_html(openapi_url="/openapi.json", title="saescope API",
+                               swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                               swagger_css_url="/static/swagger/swagger-ui.css",
+                               swagger_favicon_url="/static/favicon.svg")
 
 
 async def csrf_seed_cookie(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:

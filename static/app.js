@@ -10,7 +10,7 @@ document.addEventListener("mouseover", (event) => {
     (tok.dataset.extra ? `  ${tok.dataset.extra}` : "");
 });
 
-// Keys name elements with data-key="..."; links are followed, form fields are focused.
+// Elements name their keys in data-key (space-separated); links are followed, form fields are focused.
 document.addEventListener("keydown", (event) => {
   const target = event.target;
   if (event.ctrlKey || event.metaKey || event.altKey) return;
@@ -18,7 +18,7 @@ document.addEventListener("keydown", (event) => {
     if (event.key === "Escape") target.blur();
     return;
   }
-  const el = document.querySelector(`[data-key="${CSS.escape(event.key)}"]`);
+  const el = document.querySelector(`[data-key~="${CSS.escape(event.key)}"]`);
   if (!el) return;
   event.preventDefault();
   if (el.matches("a")) window.location.href = el.href;

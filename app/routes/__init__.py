@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import home
+from . import api, auth, bookmarks, features, home, labels, search
 
-ROUTERS: list[APIRouter] = [home.router]
+ROUTERS: list[APIRouter] = [home.router, auth.router, features.router, labels.router, search.router,
+                            bookmarks.router, api.router]

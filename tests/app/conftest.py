@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 import psycopg
 import pytest
 import torch
 
+from app import crud
 from app.db import make_engine, session_factory
 from app.migrate import upgrade
 from app.models import Base
@@ -131,3 +133,33 @@ def client(engine, db_url):
     """A browser-like client of the app on this test's store (reading open)."""
     with make_client(db_url) as c:
         yield c
+
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(client) -> str:
+    """The CSRF token the app put in this client's forms."""
+    return CSRF_RE.search(client.get("/login").text).group(1)
+
+
+def add_user(session, name: str, role: str = "labeller", password: str = "pw-" + "x" * 8):
+    from app.security import hash_password
+
+    return crud.create_user(session, name=name, password_hash=hash_password(password), role=role)
+
+
+def log_in(client, name: str, password: str = "pw-" + "x" * 8) -> str:
+    """Sign the client in through the login form; returns its CSRF token."""
+    token = csrf_of(client)
+    response = client.post("/login", data={"name": name, "password": password, "csrf_token": token},
+                           follow_redirects=False)
+    assert response.status_code == 303, response.text
+    return token
+
+
+@pytest.fixture()
+def labeller(client, session):
+    """The client signed in as a labeller; yields (user, csrf token)."""
+    user = add_user(session, "ada")
+    return user, log_in(client, "ada")
