@@ -210,11 +210,14 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int) -> Featur
     feature = session.scalar(select(Feature).where(Feature.sae_id == sae_id, Feature.feature_index == feature_index))
     if feature is None:
         raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
+    # Plain columns, not ORM objects: a page holds ~70 examples and this query is most of its database time.
     rows = session.execute(
-        select(Example, Context).join(Context, Example.context_id == Context.id)
+        select(Context.token_ids, Context.pieces, Example.acts, Example.peak, Example.value, Example.interval,
+               Context.context_index, Context.start)
+        .join(Context, Example.context_id == Context.id)
         .where(Example.feature_id == feature.id).order_by(Example.interval.is_not(None), Example.interval, Example.rank)
     )
-    views = [_view(example, context) for example, context in rows]
+    views = [ExampleView(unpack_ids(ids), list(pieces), unpack_acts(acts), *rest) for ids, pieces, acts, *rest in rows]
     quantiles: dict[int, list[ExampleView]] = {}
     for view in views:
         if view.interval is not None:
@@ -222,11 +225,6 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int) -> Featur
     return FeaturePage(sae, feature, [v for v in views if v.interval is None], quantiles,
                        label_history(session, sae_id=sae_id, feature_index=feature_index),
                        feature_tags(session, sae_id=sae_id, feature_index=feature_index))
-
-
-def _view(example: Example, context: Context) -> ExampleView:
-    return ExampleView(unpack_ids(context.token_ids), list(context.pieces), unpack_acts(example.acts),
-                       example.peak, example.value, example.interval, context.context_index, context.start)
 
 
 # Labels
@@ -275,7 +273,8 @@ def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str
 def label_history(session: Session, *, sae_id: int, feature_index: int) -> list[Label]:
     """Every label a feature has had, newest first."""
     return list(session.scalars(
-        select(Label).where(Label.sae_id == sae_id, Label.feature_index == feature_index).order_by(Label.id.desc())
+        select(Label).options(joinedload(Label.author))
+        .where(Label.sae_id == sae_id, Label.feature_index == feature_index).order_by(Label.id.desc())
     ))
 
 

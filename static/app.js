@@ -1,13 +1,14 @@
 // saescope: token hover read-out and keyboard shortcuts. Everything works without it; it only adds speed.
 "use strict";
 
-// Hovering a token shows its piece and value in #tok-info (the title attribute holds the same for no-JS).
+// Hovering a token shows its text and its title (the activation, or the next-token guesses) in #tok-info;
+// without JavaScript the browser shows the same title as a tooltip.
 document.addEventListener("mouseover", (event) => {
   const tok = event.target.closest(".tok");
   const info = document.getElementById("tok-info");
   if (!tok || !info) return;
-  info.textContent = `${JSON.stringify(tok.dataset.piece)}  activation ${tok.dataset.act}` +
-    (tok.dataset.extra ? `  ${tok.dataset.extra}` : "");
+  const what = /^[-+\d.e]+$/.test(tok.title) ? `activation ${tok.title}` : tok.title;
+  info.textContent = `${JSON.stringify(tok.textContent)}  ${what}`;
 });
 
 // Elements name their keys in data-key (space-separated); links are followed, form fields are focused.
