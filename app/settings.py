@@ -21,5 +21,5 @@ class Settings(BaseSettings):
     """Seconds a login lasts."""
     cookie_secure: bool = False
     """Send cookies over HTTPS only; turn on behind TLS."""
-    device: str = "cpu"
+    inference_device: str = "cpu"
     """Torch device for the "test it" box and text search."""

@@ -13,7 +13,6 @@ from ..schemas import (
     FeatureActivations,
     FeatureList,
     FeatureOut,
-    FeatureRowOut,
     LabelConflictOut,
     LabelIn,
     LabelOut,
@@ -51,8 +50,7 @@ def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, sort: crud.So
     row = crud.find_sae(session, ref=sae_id)
     rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag,
                                      query=q, limit=per_page, offset=(page - 1) * per_page)
-    return FeatureList(total=total, page=page, per_page=per_page,
-                       features=[FeatureRowOut.model_validate(r) for r in rows])
+    return FeatureList(total=total, page=page, per_page=per_page, features=rows)
 
 
 @router.get("/saes/{sae_id}/features/{feature_index}", response_model=FeatureOut, responses=ERRORS)

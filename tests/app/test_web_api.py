@@ -32,7 +32,8 @@ def test_feature_has_examples_and_labels(client, stored_sae, session):
     stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=2)
     assert data["label"] == "v2" and [l["text"] for l in data["labels"]] == ["v2", "v1"]
     assert [e["value"] for e in data["top"]] == pytest.approx([e.value for e in stored.top])
-    assert [e["tokens"] for e in data["top"]] == [e.pieces for e in stored.top]
+    assert [e["pieces"] for e in data["top"]] == [e.pieces for e in stored.top]
+    assert [e["acts"] for e in data["top"]] == [e.acts for e in stored.top]
     assert {int(k): len(v) for k, v in data["quantiles"].items()} == {k: len(v) for k, v in stored.quantiles.items()}
 
 
