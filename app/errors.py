@@ -19,6 +19,9 @@ def wants_json(request: Request) -> bool:
 
 
 def error_response(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """JSON for the API, a line in place of the fragment for htmx, else an error page."""
+    if is_htmx(request) and not request.url.path.startswith("/api/"):
+        return render(request, "_error.html", {"detail": detail}, status_code=status)
     if wants_json(request):
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
     return render(request, "error.html", {"status": status, "detail": detail}, status_code=status)
@@ -41,10 +44,10 @@ async def unavailable(request: Request, exc: InferenceUnavailable) -> Response:
 
 
 async def invalid(request: Request, exc: RequestValidationError) -> Response:
-    if wants_json(request):
+    if wants_json(request) and not is_htmx(request):
         return await request_validation_exception_handler(request, exc)
     problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
-    return render(request, "error.html", {"status": 422, "detail": problems}, status_code=422)
+    return error_response(request, 422, problems)
 
 
 async def login_required(request: Request, _exc: Exception) -> Response:

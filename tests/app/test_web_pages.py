@@ -170,3 +170,13 @@ def test_example_activations_survive_the_store(session, stored_sae):
     feature = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index).feature
     for example in feature.examples:
         assert unpack_acts(example.acts)[example.peak] == pytest.approx(example.value, rel=1e-2)
+
+
+def test_htmx_errors_come_back_as_a_fragment(client, stored_sae, session):
+    stored_sae.source_path = "/no/such/sae"
+    session.commit()
+    response = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "hi"}, headers={"HX-Request": "true"})
+    assert response.status_code == 503 and response.text.startswith('<p class="error"') and "cannot run SAE" in response.text
+    too_long = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "a" * 2001},
+                          headers={"HX-Request": "true"})
+    assert too_long.status_code == 422 and "at most 2000 characters" in too_long.text
