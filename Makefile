@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench bench-web clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,11 +23,17 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/saescope demo --out $(DEMO_DIR)
 
+# The browser tests drive Debian's Chromium; as root, install it when it is missing (quietly).
 test: install
+	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
+		(apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null))
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/harvest.py
+
+bench-web: install
+	$(PY) bench/web.py
 
 clean:
 	rm -rf $(VENV) runs

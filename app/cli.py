@@ -1,4 +1,4 @@
-"""The store's `saescope` commands (db upgrade, import, record, export), added to the library's CLI.
+"""The store's `saescope` commands (db upgrade, import, record, export, serve, user), added to the library's CLI.
 
 They live here, not in sae_core/cli.py, because the library never imports the app or SQLAlchemy; the
 `saescope` console script points at this module's `main`, which is the library's CLI plus these.
@@ -7,6 +7,7 @@ They live here, not in sae_core/cli.py, because the library never imports the ap
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,10 +30,13 @@ from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import upgrade
 from .pipeline import LoadedSae, limit_tokens, read_sae, record_into_store, register_sae
+from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
 
 db_app = typer.Typer(no_args_is_help=True, help="The feature store.")
 app.add_typer(db_app, name="db")
+user_app = typer.Typer(no_args_is_help=True, help="Accounts of the web app.")
+app.add_typer(user_app, name="user")
 
 DB_OPTION = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL or sqlite:///saescope.db).")
 USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatError, ModelLoadError, SiteError,
@@ -164,6 +168,63 @@ def demo(
         fail(str(err).splitlines()[0])
     typer.echo(summary(row))
     typer.echo(f"store: {url}")
+
+
+@app.command()
+def serve(
+    db: str | None = DB_OPTION,
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(1, min=1, help="Worker processes (each loads its own model for text search)."),
+) -> None:
+    """Serve the feature browser (uvicorn, factory mode)."""
+    import uvicorn
+
+    # Workers build their app from the environment; one secret shared by all keeps sessions valid in each.
+    os.environ["DATABASE_URL"] = database_url(db)
+    os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
+
+
+@user_app.command("add")
+def user_add(
+    name: str = typer.Argument(..., help="Login name."),
+    role: str = typer.Option("viewer", help=f"One of: {', '.join(ROLES)}."),
+    generate: bool = typer.Option(False, "--generate", help="Generate a password and print it once."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Add an account; the password is asked for twice unless --generate makes one."""
+    if role not in ROLES:
+        fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+    password = secrets.token_urlsafe(12) if generate else typer.prompt("Password", hide_input=True,
+                                                                       confirmation_prompt=True)
+    try:
+        with open_session(db) as session:
+            user = crud.create_user(session, name=name, password_hash=hash_password(password), role=role)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"user {user.name!r} added as {user.role}")
+    if generate:
+        typer.echo(f"password (shown once): {password}")
+
+
+@user_app.command("token")
+def user_token(
+    name: str = typer.Argument(..., help="The user the token acts as."),
+    label: str = typer.Option("script", "--label", help="What the token is for."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Make an API token (Authorization: Bearer TOKEN) for a user; it is printed once, only its hash is kept."""
+    token = new_api_token()
+    try:
+        with open_session(db) as session:
+            user = crud.find_user(session, name=name)
+            if user is None:
+                raise LookupError(f"no user {name!r}: saescope user add {name} first")
+            crud.add_api_token(session, user_id=user.id, name=label, token_hash=hash_api_token(token))
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(token)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Select, case, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from .models import (
     ApiToken,
@@ -35,6 +35,14 @@ class NotFound(LookupError):
 
 class Conflict(ValueError):
     """A write that would duplicate something unique (an SAE or user name, a list name)."""
+
+
+class LabelConflict(Exception):
+    """Someone else changed a feature's label since the editor loaded it; carries the label now current."""
+
+    def __init__(self, current: Label | None):
+        super().__init__("the label changed while you were editing it")
+        self.current = current
 
 
 # SAEs
@@ -202,11 +210,14 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int) -> Featur
     feature = session.scalar(select(Feature).where(Feature.sae_id == sae_id, Feature.feature_index == feature_index))
     if feature is None:
         raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
+    # Plain columns, not ORM objects: a page holds ~70 examples and this query is most of its database time.
     rows = session.execute(
-        select(Example, Context).join(Context, Example.context_id == Context.id)
+        select(Context.token_ids, Context.pieces, Example.acts, Example.peak, Example.value, Example.interval,
+               Context.context_index, Context.start)
+        .join(Context, Example.context_id == Context.id)
         .where(Example.feature_id == feature.id).order_by(Example.interval.is_not(None), Example.interval, Example.rank)
     )
-    views = [_view(example, context) for example, context in rows]
+    views = [ExampleView(unpack_ids(ids), list(pieces), unpack_acts(acts), *rest) for ids, pieces, acts, *rest in rows]
     quantiles: dict[int, list[ExampleView]] = {}
     for view in views:
         if view.interval is not None:
@@ -214,11 +225,6 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int) -> Featur
     return FeaturePage(sae, feature, [v for v in views if v.interval is None], quantiles,
                        label_history(session, sae_id=sae_id, feature_index=feature_index),
                        feature_tags(session, sae_id=sae_id, feature_index=feature_index))
-
-
-def _view(example: Example, context: Context) -> ExampleView:
-    return ExampleView(unpack_ids(context.token_ids), list(context.pieces), unpack_acts(example.acts),
-                       example.peak, example.value, example.interval, context.context_index, context.start)
 
 
 # Labels
@@ -236,10 +242,39 @@ def add_label(session: Session, *, sae_id: int, feature_index: int, text: str,
     return label
 
 
+def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str, base_id: int | None,
+                 author_id: int | None = None) -> Label:
+    """Append a label only if the current one is still `base_id` (None: unlabelled), else LabelConflict.
+
+    The feature row is locked first (FOR UPDATE on PostgreSQL; SQLite takes its single write lock at the
+    insert), and the check runs after the insert inside the same transaction, so of two concurrent edits
+    from the same base exactly one wins.
+    """
+    text = text.strip()
+    if not text:
+        raise ValueError("a label cannot be empty")
+    locked = session.scalar(select(Feature.id).where(Feature.sae_id == sae_id, Feature.feature_index == feature_index)
+                            .with_for_update())
+    if locked is None:
+        raise NotFound(f"SAE {sae_id} has no recorded feature {feature_index}")
+    label = Label(sae_id=sae_id, feature_index=feature_index, text=text, author_id=author_id, source="human")
+    session.add(label)
+    session.flush()
+    previous = session.scalar(select(Label).where(Label.sae_id == sae_id, Label.feature_index == feature_index,
+                                                  Label.id < label.id).order_by(Label.id.desc()).limit(1))
+    if (previous.id if previous else None) != base_id:
+        session.rollback()
+        history = label_history(session, sae_id=sae_id, feature_index=feature_index)
+        raise LabelConflict(history[0] if history else None)
+    session.commit()
+    return label
+
+
 def label_history(session: Session, *, sae_id: int, feature_index: int) -> list[Label]:
     """Every label a feature has had, newest first."""
     return list(session.scalars(
-        select(Label).where(Label.sae_id == sae_id, Label.feature_index == feature_index).order_by(Label.id.desc())
+        select(Label).options(joinedload(Label.author))
+        .where(Label.sae_id == sae_id, Label.feature_index == feature_index).order_by(Label.id.desc())
     ))
 
 
@@ -247,6 +282,51 @@ def current_labels(session: Session, *, sae_id: int) -> dict[int, Label]:
     """The current label of every labelled feature of an SAE."""
     newest = select(func.max(Label.id)).where(Label.sae_id == sae_id).group_by(Label.feature_index)
     return {label.feature_index: label for label in session.scalars(select(Label).where(Label.id.in_(newest)))}
+
+
+def label_texts(session: Session, *, sae_id: int, indices: list[int]) -> dict[int, str]:
+    """The current label text of those of `indices` that are labelled (for links to neighbours)."""
+    newest = (select(func.max(Label.id)).where(Label.sae_id == sae_id, Label.feature_index.in_(indices))
+              .group_by(Label.feature_index))
+    return {index: text for index, text in session.execute(select(Label.feature_index, Label.text).where(Label.id.in_(newest)))}
+
+
+def labelled_count(session: Session, *, sae_id: int) -> int:
+    """How many features of an SAE have a label."""
+    return session.scalar(select(func.count(func.distinct(Label.feature_index))).where(Label.sae_id == sae_id)) or 0
+
+
+def next_unlabelled(session: Session, *, sae_id: int, after: int = -1) -> int | None:
+    """The first live unlabelled feature after index `after`, wrapping round; None when all are labelled."""
+    labelled = exists().where(Label.sae_id == sae_id, Label.feature_index == Feature.feature_index)
+    base = select(Feature.feature_index).where(Feature.sae_id == sae_id, ~Feature.is_dead, ~labelled)
+    found = session.scalar(base.where(Feature.feature_index > after).order_by(Feature.feature_index).limit(1))
+    if found is None:
+        found = session.scalar(base.order_by(Feature.feature_index).limit(1))
+    return found
+
+
+def import_labels(session: Session, *, sae_id: int, labels: list[tuple[int, str]], author_id: int | None) -> int:
+    """Append imported (index, text) labels that differ from the current ones; returns how many were added."""
+    sae = find_sae(session, ref=sae_id)
+    outside = [i for i, _ in labels if not 0 <= i < sae.d_sae]
+    if outside:
+        raise ValueError(f"feature {outside[0]} is outside SAE {sae.name!r} (0..{sae.d_sae - 1})")
+    current = {i: label.text for i, label in current_labels(session, sae_id=sae_id).items()}
+    added = 0
+    for index, text in labels:
+        if current.get(index) != text:
+            session.add(Label(sae_id=sae_id, feature_index=index, text=text, author_id=author_id, source="import"))
+            current[index] = text
+            added += 1
+    session.commit()
+    return added
+
+
+def all_labels(session: Session, *, sae_id: int) -> list[Label]:
+    """The whole label history of an SAE, oldest first, authors loaded."""
+    return list(session.scalars(select(Label).options(joinedload(Label.author)).where(Label.sae_id == sae_id)
+                                .order_by(Label.feature_index, Label.id)))
 
 
 # Tags
@@ -322,6 +402,14 @@ def create_bookmark_list(session: Session, *, owner_id: int, name: str, descript
     except IntegrityError:
         session.rollback()
         raise Conflict(f"you already have a list named {name!r}") from None
+    return lst
+
+
+def find_bookmark_list(session: Session, *, list_id: int, owner_id: int) -> BookmarkList:
+    """One of the owner's lists; another user's list is as missing as a list that does not exist."""
+    lst = session.get(BookmarkList, list_id)
+    if lst is None or lst.owner_id != owner_id:
+        raise NotFound(f"you have no bookmark list {list_id}")
     return lst
 
 

@@ -1,4 +1,4 @@
-"""Application settings from the environment (prefix-free DATABASE_URL) or explicit arguments."""
+"""Application settings from the environment (prefix-free: DATABASE_URL, SECRET_KEY, ...) or explicit arguments."""
 
 from __future__ import annotations
 
@@ -12,3 +12,14 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite:///saescope.db"
     """SQLAlchemy URL: a SQLite file by default, or postgresql://user@host/db."""
+    read_open: bool = True
+    """Whether anonymous visitors may read pages and the API; writing always needs a labeller."""
+    secret_key: str = ""
+    """Signs session cookies and CSRF tokens. Empty: a random key per process (sessions end on restart;
+    `saescope serve` generates one shared key for all its workers)."""
+    session_max_age: int = 14 * 24 * 3600
+    """Seconds a login lasts."""
+    cookie_secure: bool = False
+    """Send cookies over HTTPS only; turn on behind TLS."""
+    inference_device: str = "cpu"
+    """Torch device for the "test it" box and text search."""

@@ -1,8 +1,9 @@
-"""Shared fixtures: tiny models and a saved tiny model directory."""
+"""Shared fixtures: tiny models, a saved tiny model directory, a saved SAE recorded over it."""
 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.factories import save_tiny_model
 
@@ -19,3 +20,25 @@ def smollm2():
     from sae_core.models import load_model
 
     return load_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def web_sae(tmp_path_factory, tiny_model_dir):
+    """A 24-feature ReLU SAE saved in saescope's layout and its real recording over the saved tiny Llama."""
+    from app.pipeline import read_sae  # imported here: the core tests never load the app
+    from sae_core.models import load_model
+    from sae_core.records import RecordConfig, record_sae
+    from sae_core.saes import SAEConfig, build_sae
+    from sae_core.sites import parse_site
+
+    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=24, model_name="tiny-llama", site="layers.1.resid_post")
+    directory = build_sae(cfg, seed=3).save(tmp_path_factory.mktemp("web-sae") / "tiny-sae")
+    loaded = read_sae(directory)
+    lm = load_model(str(tiny_model_dir))
+    gen = torch.Generator().manual_seed(5)
+    ctx = torch.randint(3, 512, (16, 24), generator=gen)
+    ctx[:, 0] = 0
+    record = record_sae(lm.model, loaded.sae, list(ctx), site=parse_site("layers.1.resid_post"),
+                        tokenizer=lm.tokenizer,
+                        cfg=RecordConfig(n_top=5, before=6, after=3, n_intervals=3, per_interval=2, batch_size=8))
+    return loaded, record, str(tiny_model_dir)

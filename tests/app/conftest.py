@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import uuid
 
 import psycopg
 import pytest
 import torch
 
+from app import crud
 from app.db import make_engine, session_factory
 from app.migrate import upgrade
 from app.models import Base
@@ -80,3 +82,64 @@ def make_record(seed: int = 0, d_sae: int = 24, n_contexts: int = 12):
 def records():
     """Two different recordings of the same 24-feature SAE shape."""
     return make_record(seed=0), make_record(seed=1)
+
+
+# Web app fixtures: a real SAE saved on disk, recorded over the saved tiny model, served by create_app.
+
+
+@pytest.fixture()
+def stored_sae(session, web_sae):
+    """The web SAE registered and recorded into this test's store."""
+    from app.ingest import store_record
+    from app.pipeline import register_sae
+
+    loaded, record, model_spec = web_sae
+    row = register_sae(session, loaded=loaded, model_spec=model_spec)
+    store_record(session, sae_id=row.id, record=record, dataset="random tokens")
+    return row
+
+
+def make_client(db_url: str, **settings):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+    from app.settings import Settings
+
+    return TestClient(create_app(Settings(database_url=db_url, secret_key="test-secret", **settings)))
+
+
+@pytest.fixture()
+def client(engine, db_url):
+    """A browser-like client of the app on this test's store (reading open)."""
+    with make_client(db_url) as c:
+        yield c
+
+
+CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
+
+
+def csrf_of(client) -> str:
+    """The CSRF token the app put in this client's forms."""
+    return CSRF_RE.search(client.get("/login").text).group(1)
+
+
+def add_user(session, name: str, role: str = "labeller", password: str = "pw-" + "x" * 8):
+    from app.security import hash_password
+
+    return crud.create_user(session, name=name, password_hash=hash_password(password), role=role)
+
+
+def log_in(client, name: str, password: str = "pw-" + "x" * 8) -> str:
+    """Sign the client in through the login form; returns its CSRF token."""
+    token = csrf_of(client)
+    response = client.post("/login", data={"name": name, "password": password, "csrf_token": token},
+                           follow_redirects=False)
+    assert response.status_code == 303, response.text
+    return token
+
+
+@pytest.fixture()
+def labeller(client, session):
+    """The client signed in as a labeller; yields (user, csrf token)."""
+    user = add_user(session, "ada")
+    return user, log_in(client, "ada")

@@ -1,0 +1,133 @@
+"""Request dependencies shared by every router: the DB session, the user, permissions, CSRF, templates.
+
+Routes declare what they need with the `Annotated` aliases below (SessionDep, CurrentUser, ReaderDep,
+LabellerDep) and form POSTs add `dependencies=[CsrfChecked]`; nothing here holds state of its own, it
+all lives on `app.state` (see app/main.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import Depends, HTTPException, Path, Request
+from fastapi.responses import HTMLResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from . import crud
+from .models import User
+from .security import WRITERS, csrf_token, csrf_valid, hash_api_token, session_user_id
+from .settings import Settings
+
+SESSION_COOKIE = "saescope_session"
+CSRF_COOKIE = "saescope_csrf"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "X-CSRF-Token"
+
+# Ids beyond int32 would overflow PostgreSQL's integer columns: refuse them as bad input (422), not a 500.
+SaeId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the SAE in the store.")]
+FeatureIndex = Annotated[int, Path(ge=0, lt=2**31, description="Index of the feature in the SAE.")]
+
+
+class LoginRequired(Exception):
+    """Raised when a page or API call needs a signed-in user; pages redirect, the API answers 401."""
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request, closed when the response is done."""
+    with request.app.state.session_factory() as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User | None:
+    """The user of a Bearer API token or of the session cookie; None for anonymous visitors."""
+    token = bearer_token(request)
+    if token is not None:
+        user = crud.user_for_token(session, token_hash=hash_api_token(token))
+        if user is None:
+            raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
+    else:
+        user_id = session_user_id(settings.secret_key, request.cookies.get(SESSION_COOKIE), settings.session_max_age)
+        user = session.get(User, user_id) if user_id is not None else None
+    request.state.user = user
+    return user
+
+
+CurrentUser = Annotated[User | None, Depends(current_user)]
+
+
+def require_reader(user: CurrentUser, settings: SettingsDep) -> User | None:
+    """Anyone may read when READ_OPEN is on; otherwise only signed-in users."""
+    if user is None and not settings.read_open:
+        raise LoginRequired()
+    return user
+
+
+ReaderDep = Annotated[User | None, Depends(require_reader)]
+
+
+def require_labeller(user: CurrentUser) -> User:
+    """Writing (labels, tags, imports, bookmarks) needs a labeller or admin account."""
+    if user is None:
+        raise LoginRequired()
+    if user.role not in WRITERS:
+        raise HTTPException(403, f"user {user.name!r} is a {user.role}; writing needs a labeller account")
+    return user
+
+
+LabellerDep = Annotated[User, Depends(require_labeller)]
+
+
+def is_htmx(request: Request) -> bool:
+    """Whether the request comes from htmx, which wants a fragment rather than the whole page."""
+    return request.headers.get("HX-Request") == "true"
+
+
+def request_csrf_token(request: Request) -> str:
+    """The CSRF token for this browser, which every form and htmx request sends back."""
+    return csrf_token(request.app.state.settings.secret_key, request.state.csrf_seed)
+
+
+async def check_csrf(request: Request) -> None:
+    """Reject a cookie-authenticated write without the browser's CSRF token (header or form field).
+
+    Bearer-token calls are exempt: a cross-site page cannot make the browser attach that header.
+    """
+    if bearer_token(request) is not None:
+        return
+    token = request.headers.get(CSRF_HEADER)
+    if token is None and "form" in request.headers.get("content-type", ""):
+        token = (await request.form()).get(CSRF_FIELD)
+    if not csrf_valid(request.app.state.settings.secret_key, request.cookies.get(CSRF_COOKIE), token):
+        raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
+
+
+CsrfChecked = Depends(check_csrf)
+
+
+def get_templates(request: Request) -> Jinja2Templates:
+    return request.app.state.templates
+
+
+def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
+    """A template with what every page needs: the user, the CSRF token and the settings."""
+    user = getattr(request.state, "user", None)
+    base = {"user": user, "can_write": user is not None and user.role in WRITERS, "htmx": is_htmx(request),
+            "csrf_token": request_csrf_token(request), "settings": request.app.state.settings}
+    return get_templates(request).TemplateResponse(request, name, base | context, status_code=status_code)

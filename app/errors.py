@@ -1,0 +1,71 @@
+"""Errors as JSON for the API and as a page for browsers; user input never produces a 500."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import crud
+from .deps import LoginRequired, is_htmx, render
+from .services.inference import InferenceUnavailable
+
+
+def wants_json(request: Request) -> bool:
+    """API paths and clients that do not ask for HTML get JSON errors."""
+    return request.url.path.startswith("/api/") or "text/html" not in request.headers.get("accept", "")
+
+
+def error_response(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """JSON for the API, a line in place of the fragment for htmx, else an error page."""
+    if is_htmx(request) and not request.url.path.startswith("/api/"):
+        return render(request, "_error.html", {"detail": detail}, status_code=status)
+    if wants_json(request):
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
+    return render(request, "error.html", {"status": status, "detail": detail}, status_code=status)
+
+
+async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+    return error_response(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def not_found(request: Request, exc: crud.NotFound) -> Response:
+    return error_response(request, 404, str(exc))
+
+
+async def conflict(request: Request, exc: crud.Conflict) -> Response:
+    return error_response(request, 409, str(exc))
+
+
+async def unavailable(request: Request, exc: InferenceUnavailable) -> Response:
+    return error_response(request, 503, str(exc))
+
+
+async def invalid(request: Request, exc: RequestValidationError) -> Response:
+    if wants_json(request) and not is_htmx(request):
+        return await request_validation_exception_handler(request, exc)
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
+    return error_response(request, 422, problems)
+
+
+async def login_required(request: Request, _exc: Exception) -> Response:
+    """Pages send the browser to the login form (htmx via HX-Redirect); the API answers 401."""
+    target = f"/login?next={request.url.path}"
+    if request.url.path.startswith("/api/") or request.headers.get("authorization"):
+        return JSONResponse({"detail": "sign in or send an API token"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+    if is_htmx(request):
+        return Response(status_code=401, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(crud.NotFound, not_found)
+    app.add_exception_handler(crud.Conflict, conflict)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(LoginRequired, login_required)
+    app.add_exception_handler(InferenceUnavailable, unavailable)

@@ -1,0 +1,10 @@
+"""One router per resource; create_app includes ROUTERS in this order (append new ones at the end)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from . import api, auth, bookmarks, features, home, labels, search
+
+ROUTERS: list[APIRouter] = [home.router, auth.router, features.router, labels.router, search.router,
+                            bookmarks.router, api.router]

@@ -1,0 +1,104 @@
+"""The JSON API: everything the pages show, for scripts (documented at /docs)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+
+from .. import crud
+from ..deps import CsrfChecked, FeatureIndex, LabellerDep, ReaderDep, SaeId, SessionDep
+from ..schemas import (
+    FeatureActivations,
+    FeatureList,
+    FeatureOut,
+    LabelConflictOut,
+    LabelIn,
+    LabelOut,
+    SaeDetail,
+    SaeOut,
+    SearchResult,
+    SearchToken,
+    TokenActivation,
+)
+from .features import Page, PerPage
+from .search import SearchText, TopN, token_rows
+
+router = APIRouter(prefix="/api", tags=["api"])
+ERRORS = {404: {"description": "No such SAE or feature"}, 422: {"description": "Bad parameters"}}
+Text = Annotated[str, Query(min_length=1, max_length=2000)]
+
+
+@router.get("/saes", response_model=list[SaeOut])
+def saes(session: SessionDep, _user: ReaderDep):
+    return crud.list_saes(session)
+
+
+@router.get("/saes/{sae_id}", response_model=SaeDetail, responses=ERRORS)
+def sae(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+    row = crud.find_sae(session, ref=sae_id)
+    return SaeDetail(**SaeOut.model_validate(row).model_dump(), training_log=row.training_log,
+                     density_histogram=row.density_histogram, labelled_count=crud.labelled_count(session, sae_id=row.id))
+
+
+@router.get("/saes/{sae_id}/features", response_model=FeatureList, responses=ERRORS)
+def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, sort: crud.SortKey = "index", desc: bool = False,
+             state: crud.StateFilter = "all", tag: Annotated[str | None, Query(max_length=64)] = None,
+             q: Annotated[str | None, Query(max_length=200)] = None, page: Page = 1, per_page: PerPage = 50):
+    """One page of features, sorted and filtered like the list page; `q` searches labels and top tokens."""
+    row = crud.find_sae(session, ref=sae_id)
+    rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag,
+                                     query=q, limit=per_page, offset=(page - 1) * per_page)
+    return FeatureList(total=total, page=page, per_page=per_page, features=rows)
+
+
+@router.get("/saes/{sae_id}/features/{feature_index}", response_model=FeatureOut, responses=ERRORS)
+def feature(session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex):
+    """A feature with its statistics, examples (top and per quantile interval), logits, neighbours and labels."""
+    return FeatureOut.of(crud.feature_page(session, sae_id=sae_id, feature_index=feature_index))
+
+
+@router.get("/saes/{sae_id}/features/{feature_index}/activations", response_model=FeatureActivations,
+            responses=ERRORS)
+def activations(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex,
+                text: Text):
+    """This feature's activation on each token of `text` (BOS first), computed now."""
+    page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
+    result = request.app.state.models.run(page.sae, text)
+    return FeatureActivations(feature_index=feature_index, tokens=[
+        TokenActivation(token=p, token_id=t, activation=a)
+        for p, t, a in zip(result.pieces, result.token_ids, result.feature(feature_index))])
+
+
+@router.get("/saes/{sae_id}/search", response_model=SearchResult, responses=ERRORS)
+def search(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, text: SearchText, n: TopN = 5):
+    """Per token of `text`: the `n` features that fire most and the model's likeliest next tokens."""
+    row = crud.find_sae(session, ref=sae_id)
+    rows = token_rows(session, row.id, request.app.state.models.run(row, text), n) if text.strip() else []
+    return SearchResult(tokens=[SearchToken(token=r["piece"], token_id=r["token_id"], features=r["features"],
+                                            next_tokens=[{"token": t, "probability": p} for t, p in r["next"]])
+                                for r in rows])
+
+
+@router.get("/saes/{sae_id}/labels", response_model=list[LabelOut], responses=ERRORS)
+def labels(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+    """Every label version of the SAE, oldest first."""
+    row = crud.find_sae(session, ref=sae_id)
+    return [LabelOut.of(label) for label in crud.all_labels(session, sae_id=row.id)]
+
+
+@router.post("/saes/{sae_id}/features/{feature_index}/labels", status_code=201, response_model=LabelOut,
+             responses=ERRORS | {409: {"model": LabelConflictOut, "description": "The label changed meanwhile"}},
+             dependencies=[CsrfChecked])
+def add_label(session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_index: FeatureIndex, body: LabelIn):
+    """Append a label (needs a labeller: Authorization: Bearer TOKEN); `base_label_id` guards against overwrites."""
+    try:
+        label = crud.revise_label(session, sae_id=sae_id, feature_index=feature_index, text=body.text,
+                                  base_id=body.base_label_id, author_id=user.id)
+    except crud.LabelConflict as err:
+        current = LabelOut.of(err.current) if err.current else None
+        return JSONResponse(LabelConflictOut(detail=str(err), current=current).model_dump(mode="json"), status_code=409)
+    except ValueError as err:
+        return JSONResponse({"detail": str(err)}, status_code=422)
+    return LabelOut.of(label)

@@ -1,0 +1,82 @@
+"""The feature list, the feature page, its "test it" box and the next-unlabelled flow."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from sqlalchemy.orm import Session
+
+from .. import charts, crud
+from ..deps import FeatureIndex, ReaderDep, SaeId, SessionDep, is_htmx, render
+from ..models import Sae
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+TAG_SUGGESTIONS = ("interpretable", "polysemantic", "uninterpretable", "high-frequency", "token-level", "abstract")
+Page = Annotated[int, Query(ge=1, le=10**6)]
+PerPage = Annotated[int, Query(ge=1, le=500)]
+Text = Annotated[str, Query(max_length=2000)]
+"""Typed text for the model; a bound keeps each request short on a CPU."""
+
+
+@router.get("/saes/{sae_id}/features", response_class=HTMLResponse)
+def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
+                 sort: crud.SortKey = "index", desc: bool = False, state: crud.StateFilter = "all",
+                 tag: Annotated[str, Query(max_length=64)] = "", q: Annotated[str, Query(max_length=200)] = "",
+                 page: Page = 1, per_page: PerPage = 50):
+    sae = crud.find_sae(session, ref=sae_id)
+    rows, total = crud.list_features(session, sae_id=sae.id, sort=sort, descending=desc, state=state,
+                                     tag=tag or None, query=q or None, limit=per_page, offset=(page - 1) * per_page)
+    context = {"sae": sae, "rows": rows, "total": total, "page": page, "per_page": per_page,
+               "pages": max(1, -(-total // per_page)), "tags": crud.list_tags(session),
+               "params": {"sort": sort, "desc": desc, "state": state, "tag": tag, "q": q, "per_page": per_page}}
+    return render(request, "_feature_table.html" if is_htmx(request) else "features.html", context)
+
+
+@router.get("/saes/{sae_id}/features/{feature_index}", response_class=HTMLResponse)
+def feature(request: Request, session: SessionDep, user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex):
+    return render(request, "feature.html", feature_context(session, sae_id, feature_index, user))
+
+
+def feature_context(session: Session, sae_id: int, index: int, user, **extra: Any) -> dict[str, Any]:
+    """What the feature page template needs: the stored page, charts, neighbour labels, bookmark lists."""
+    page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
+    f = page.feature
+    neighbours = [n[0] for n in f.neighbours]
+    hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
+                       title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
+    return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
+            "neighbour_labels": crud.label_texts(session, sae_id=sae_id, indices=neighbours),
+            "tag_choices": sorted(set(TAG_SUGGESTIONS) | set(crud.list_tags(session))),
+            "lists": crud.bookmark_lists(session, owner_id=user.id) if user else [],
+            "intervals": (page.sae.record_config or {}).get("n_intervals", 0)} | extra
+
+
+def label_editor(page: crud.FeaturePage, conflict: dict[str, Any] | None = None, saved: bool = False) -> dict[str, Any]:
+    """The label editor's state; `conflict` holds the label someone saved meanwhile and the text typed here."""
+    return {"sae_id": page.sae.id, "index": page.feature.feature_index, "labels": page.labels,
+            "base_id": page.labels[0].id if page.labels else None, "conflict": conflict, "saved": saved}
+
+
+@router.get("/saes/{sae_id}/features/{feature_index}/test", response_class=HTMLResponse)
+def test_text(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex,
+              text: Text = ""):
+    """This feature's activation on each token of typed text, run through the model now."""
+    page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
+    result = request.app.state.models.run(page.sae, text) if text.strip() else None
+    acts = result.feature(feature_index) if result else []
+    peak = max(range(len(acts)), key=acts.__getitem__) if acts else -1
+    return render(request, "_test_result.html", {"result": result, "acts": acts, "peak": peak,
+                                                 "top": max([page.feature.max_act, *acts])})
+
+
+@router.get("/saes/{sae_id}/next-unlabelled")
+def next_unlabelled(session: SessionDep, _user: ReaderDep, sae_id: SaeId,
+                    after: Annotated[int, Query(ge=-1, lt=2**31)] = -1):
+    """Go to the next live feature nobody has labelled yet (wrapping round), or to the list when none is left."""
+    sae: Sae = crud.find_sae(session, ref=sae_id)
+    index = crud.next_unlabelled(session, sae_id=sae.id, after=after)
+    target = f"/saes/{sae.id}/features/{index}" if index is not None else f"/saes/{sae.id}/features?state=unlabelled"
+    return RedirectResponse(target, status_code=303)

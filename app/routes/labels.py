@@ -1,0 +1,103 @@
+"""Writing labels and tags from the feature page, and label export/import as CSV or JSON."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from .. import crud, label_files
+from ..deps import CsrfChecked, FeatureIndex, LabellerDep, ReaderDep, SaeId, SessionDep, is_htmx, render
+from .features import feature_context, label_editor
+
+router = APIRouter(tags=["pages"], include_in_schema=False)
+
+LabelText = Annotated[str, Form(min_length=1, max_length=2000)]
+TagName = Annotated[str, Form(min_length=1, max_length=64)]
+MAX_IMPORT_BYTES = 20 * 2**20
+
+
+def _back(request: Request, sae_id: int, index: int, fragment: str, context: dict, status: int = 200) -> Response:
+    """htmx gets the updated fragment; a plain form post goes back to the feature page."""
+    if is_htmx(request):
+        return render(request, fragment, context, status_code=status)
+    return RedirectResponse(f"/saes/{sae_id}/features/{index}", status_code=303)
+
+
+@router.post("/saes/{sae_id}/features/{feature_index}/label", response_class=HTMLResponse,
+             dependencies=[CsrfChecked])
+def save_label(request: Request, session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_index: FeatureIndex,
+               text: LabelText, base_label_id: Annotated[str, Form(pattern=r"^\d*$", max_length=12)] = ""):
+    """Append a label unless someone saved one since this editor loaded (409, both texts shown)."""
+    base = int(base_label_id) if base_label_id else None
+    try:
+        crud.revise_label(session, sae_id=sae_id, feature_index=feature_index, text=text, base_id=base,
+                          author_id=user.id)
+    except crud.LabelConflict as err:
+        conflict = {"current": err.current, "yours": text}
+        page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
+        if is_htmx(request):
+            return render(request, "_label_editor.html", {"editor": label_editor(page, conflict)}, status_code=409)
+        context = feature_context(session, sae_id, feature_index, user)
+        return render(request, "feature.html", context | {"label_editor": label_editor(page, conflict)},
+                      status_code=409)
+    page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
+    return _back(request, sae_id, feature_index, "_label_editor.html", {"editor": label_editor(page, saved=True)})
+
+
+@router.post("/saes/{sae_id}/features/{feature_index}/tags", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def add_tag(request: Request, session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_index: FeatureIndex,
+            tag: TagName):
+    crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
+    crud.tag_feature(session, sae_id=sae_id, feature_index=feature_index, tag=tag, author_id=user.id)
+    return _tags(request, session, sae_id, feature_index)
+
+
+@router.post("/saes/{sae_id}/features/{feature_index}/tags/remove", response_class=HTMLResponse,
+             dependencies=[CsrfChecked])
+def remove_tag(request: Request, session: SessionDep, _user: LabellerDep, sae_id: SaeId, feature_index: FeatureIndex,
+               tag: TagName):
+    crud.untag_feature(session, sae_id=sae_id, feature_index=feature_index, tag=tag)
+    return _tags(request, session, sae_id, feature_index)
+
+
+def _tags(request: Request, session, sae_id: int, index: int) -> Response:
+    page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
+    context = {"sae": page.sae, "page": page, "f": page.feature,
+               "tag_choices": sorted(set(crud.list_tags(session)))}
+    return _back(request, sae_id, index, "_tags.html", context)
+
+
+@router.get("/saes/{sae_id}/labels.csv")
+def export_csv(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+    """Every label version of the SAE, oldest first, as CSV."""
+    sae = crud.find_sae(session, ref=sae_id)
+    return Response(label_files.to_csv(crud.all_labels(session, sae_id=sae.id)), media_type="text/csv",
+                    headers={"Content-Disposition": f'attachment; filename="labels-{sae.id}.csv"'})
+
+
+@router.get("/saes/{sae_id}/labels.json")
+def export_json(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+    sae = crud.find_sae(session, ref=sae_id)
+    return Response(label_files.to_json(sae.name, crud.all_labels(session, sae_id=sae.id)),
+                    media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="labels-{sae.id}.json"'})
+
+
+@router.post("/saes/{sae_id}/labels/import", response_class=HTMLResponse, dependencies=[CsrfChecked])
+def import_labels(request: Request, session: SessionDep, user: LabellerDep, sae_id: SaeId,
+                  file: Annotated[UploadFile, File()]):
+    """Add the labels of a CSV or JSON file (as exported) that differ from the current ones."""
+    sae = crud.find_sae(session, ref=sae_id)
+    content = file.file.read(MAX_IMPORT_BYTES + 1)
+    try:
+        if len(content) > MAX_IMPORT_BYTES:
+            raise label_files.LabelFileError(f"the file is over {MAX_IMPORT_BYTES // 2**20} MiB")
+        rows = label_files.parse(content, file.filename or "")
+        added = crud.import_labels(session, sae_id=sae.id, labels=[(r.feature_index, r.text) for r in rows],
+                                   author_id=user.id)
+    except ValueError as err:
+        return render(request, "imported.html", {"sae": sae, "error": str(err), "added": 0, "rows": 0},
+                      status_code=422)
+    return render(request, "imported.html", {"sae": sae, "error": None, "added": added, "rows": len(rows)})

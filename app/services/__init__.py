@@ -1,0 +1,1 @@
+"""Long-lived objects the app keeps on app.state (the model cache)."""

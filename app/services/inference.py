@@ -1,0 +1,104 @@
+"""Run an SAE's model on typed text: per-token feature activations and next-token probabilities.
+
+Models and SAEs are loaded on first use and kept for the life of the process (loading SmolLM2 takes
+about 20 s; a forward over a sentence takes milliseconds), one copy per worker process.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from sae_core.data import CorpusError, bos_id
+from sae_core.hooks import capture
+from sae_core.models import LoadedModel, ModelLoadError, load_model
+from sae_core.records import token_pieces
+from sae_core.saes import SAE, SAEFormatError
+from sae_core.sites import Site, SiteError
+from sae_core.steering import SteeringError, sae_site
+
+from ..models import Sae
+from ..pipeline import read_sae
+
+MAX_TEXT_TOKENS = 512
+"""Longest text run at once: enough for a paragraph, short enough to keep a request quick on a CPU."""
+
+
+class InferenceUnavailable(RuntimeError):
+    """The SAE's model or weights cannot be loaded here (moved files, no model spec, wrong width)."""
+
+
+@dataclass(frozen=True)
+class TextActivations:
+    """One text through the model: tokens (BOS first), SAE activations and the likeliest next tokens."""
+
+    token_ids: list[int]
+    pieces: list[str]
+    acts_TF: torch.Tensor
+    next_tokens: list[list[tuple[str, float]]]
+    """Per position: the model's top next tokens with their probabilities."""
+
+    def feature(self, index: int) -> list[float]:
+        """One feature's activation on each token."""
+        return self.acts_TF[:, index].tolist()
+
+    def top_features(self, n: int) -> list[list[tuple[int, float]]]:
+        """Per token: the `n` features that fire most, strongest first (zeros left out)."""
+        values_TN, index_TN = self.acts_TF.topk(min(n, self.acts_TF.shape[1]), dim=1)
+        return [[(i, v) for i, v in zip(idx, val) if v > 0]
+                for idx, val in zip(index_TN.tolist(), values_TN.tolist())]
+
+
+@dataclass
+class _Loaded:
+    lm: LoadedModel
+    sae: SAE
+    site: Site
+
+
+class ModelCache:
+    """Models and SAEs by spec and path, loaded once; a lock keeps loading and forwards one at a time."""
+
+    def __init__(self, device: str = "cpu", n_next: int = 5):
+        self.device = device
+        self.n_next = n_next
+        self._models: dict[str, LoadedModel] = {}
+        self._saes: dict[tuple[str, str], _Loaded] = {}
+        self._lock = threading.Lock()
+
+    def _load(self, sae: Sae) -> _Loaded:
+        spec = sae.model_spec or sae.model_name
+        key = (spec, sae.source_path)
+        if key not in self._saes:
+            try:
+                if spec not in self._models:
+                    self._models[spec] = load_model(spec, device=self.device)
+                lm = self._models[spec]
+                loaded = read_sae(sae.source_path).sae.to(self.device)
+                self._saes[key] = _Loaded(lm, loaded, sae_site(loaded, lm.model))
+            except (ModelLoadError, SAEFormatError, SiteError, SteeringError, OSError) as err:
+                raise InferenceUnavailable(f"cannot run SAE {sae.name!r} here: {str(err).splitlines()[0]}") from err
+        return self._saes[key]
+
+    @torch.no_grad()
+    def run(self, sae: Sae, text: str) -> TextActivations:
+        """Tokenise `text` after a BOS, as the recording pass does, and run the model and the SAE on it."""
+        with self._lock:
+            loaded = self._load(sae)
+            tokenizer = loaded.lm.tokenizer
+            try:
+                bos = bos_id(tokenizer)
+            except CorpusError as err:
+                raise InferenceUnavailable(str(err)) from err
+            ids = [bos, *tokenizer(text, add_special_tokens=False).input_ids][:MAX_TEXT_TOKENS]
+            ids_1T = torch.tensor([ids], device=self.device)
+            with capture(loaded.lm.model, loaded.site, stop=False) as captured:
+                logits_1TV = loaded.lm.model(input_ids=ids_1T, use_cache=False).logits
+            acts_TF = loaded.sae.encode(captured.value[0].to(loaded.sae.W_dec.dtype)).float().cpu()
+            probs_TK, next_TK = logits_1TV[0].float().softmax(-1).topk(self.n_next, dim=-1)
+            text_of = token_pieces(tokenizer, torch.cat([ids_1T.flatten(), next_TK.flatten()]))
+        next_tokens = [[(text_of[t], p) for t, p in zip(row_t, row_p)]
+                       for row_t, row_p in zip(next_TK.tolist(), probs_TK.tolist())]
+        return TextActivations(ids, [text_of[i] for i in ids], acts_TF, next_tokens)

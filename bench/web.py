@@ -1,0 +1,188 @@
+"""Feature-page latency under load: concurrent clients on a store holding 16k recorded features.
+
+Target (issue 5): p50 <= 30 ms and p99 <= 100 ms with 16 clients, on SQLite and on PostgreSQL.
+The store is filled by a real recording pass (a tiny Llama over the demo corpus, a random ReLU SAE with
+--features features, default RecordConfig: 20 top examples and 10x5 quantile samples per feature), then
+`saescope serve` runs in a subprocess and each client thread asks for random feature pages until time is up.
+Run: .venv/bin/python bench/web.py [--features 16384] [--clients 16] [--seconds 20] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from itertools import islice
+from pathlib import Path
+
+import httpx
+import psycopg
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests.factories builds the tiny model from a config, as the tests do
+
+from app.db import make_engine, session_factory  # noqa: E402
+from app.ingest import store_record  # noqa: E402
+from app.migrate import upgrade  # noqa: E402
+from app.pipeline import read_sae, register_sae  # noqa: E402
+from sae_core.data import iter_contexts, iter_documents  # noqa: E402
+from sae_core.models import load_model  # noqa: E402
+from sae_core.records import RecordConfig, record_sae  # noqa: E402
+from sae_core.saes import SAEConfig, build_sae  # noqa: E402
+from sae_core.sites import parse_site  # noqa: E402
+from tests.factories import save_tiny_model  # noqa: E402
+
+PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
+PG_BENCH = "saescope_bench_web"
+SITE = "layers.1.resid_post"
+
+
+def make_recording(work: Path, d_sae: int, contexts: int):
+    """A random SAE saved to disk and a real recording pass of it over the tiny model."""
+    model_dir = save_tiny_model(work / "model")
+    lm = load_model(str(model_dir))
+    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=d_sae, model_name="tiny-llama", site=SITE)
+    loaded = read_sae(build_sae(cfg, seed=0).save(work / f"random-{d_sae}"))
+    ctx = list(islice(iter_contexts(iter_documents("demo"), lm.tokenizer, 128), contexts))
+    started = time.perf_counter()
+    record = record_sae(lm.model, loaded.sae, ctx, site=parse_site(SITE), tokenizer=lm.tokenizer, cfg=RecordConfig())
+    print(f"recorded {d_sae} features over {record.n_tokens} tokens in {time.perf_counter() - started:.1f} s "
+          f"({len(record.examples.feature_E)} examples)")
+    return loaded, record, str(model_dir)
+
+
+def fill(url: str, loaded, record, model_spec: str) -> int:
+    """Migrate the store at `url` and put the recording in; returns the SAE id."""
+    upgrade(url)
+    engine = make_engine(url)
+    started = time.perf_counter()
+    with session_factory(engine)() as session:
+        sae = register_sae(session, loaded=loaded, model_spec=model_spec)
+        store_record(session, sae_id=sae.id, record=record, dataset="demo")
+        sae_id = sae.id
+    engine.dispose()
+    print(f"  stored in {time.perf_counter() - started:.1f} s")
+    return sae_id
+
+
+def postgres_database(create: bool) -> str:
+    """(Re)create the benchmark's PostgreSQL database, or just drop it when done."""
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{PG_BENCH}" WITH (FORCE)')
+        if create:
+            admin.execute(f'CREATE DATABASE "{PG_BENCH}"')
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{PG_BENCH}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve(url: str, port: int, workers: int) -> subprocess.Popen:
+    """`saescope serve` in a subprocess, returned once it answers."""
+    command = [sys.executable, "-c", "from app.cli import main; main()", "serve", "--db", url,
+               "--port", str(port), "--workers", str(workers)]
+    server = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
+                return server
+        except httpx.TransportError:
+            time.sleep(0.2)
+        if server.poll() is not None:
+            raise SystemExit(f"server exited: {server.stderr.read().decode()[-2000:]}")
+    server.kill()
+    raise SystemExit("server did not start within 60 s")
+
+
+def load(base: str, sae_id: int, d_sae: int, clients: int, seconds: float) -> tuple[list[float], int]:
+    """`clients` threads asking for random feature pages for `seconds`; returns latencies and failures."""
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+    deadline = time.monotonic() + seconds
+
+    def client(seed: int) -> None:
+        rng = random.Random(seed)
+        with httpx.Client(base_url=base, timeout=30) as http:
+            while time.monotonic() < deadline:
+                started = time.perf_counter()
+                response = http.get(f"/saes/{sae_id}/features/{rng.randrange(d_sae)}")
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if response.status_code == 200:
+                        latencies.append(elapsed)
+                    else:
+                        failures[0] += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return latencies, failures[0]
+
+
+def percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def run_backend(name: str, url: str, recording, args) -> None:
+    print(f"{name}: {url}")
+    sae_id = fill(url, *recording)
+    port = free_port()
+    server = serve(url, port, args.workers)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        load(base, sae_id, args.features, args.clients, min(3.0, args.seconds))  # warm-up: caches, pools
+        for clients in (1, args.clients):  # one client alone gives the service time the queueing adds to
+            latencies, failures = load(base, sae_id, args.features, clients, args.seconds)
+            report(clients, latencies, failures, args.seconds)
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def report(clients: int, latencies: list[float], failures: int, seconds: float) -> None:
+    ms = [1000 * t for t in latencies]
+    print(f"  {clients:2d} client{'s' if clients > 1 else ' '}: {len(ms)} pages in {seconds:.0f} s "
+          f"({len(ms) / seconds:.0f}/s), {failures} failed; p50 {percentile(ms, 50):.1f} ms  "
+          f"p99 {percentile(ms, 99):.1f} ms  max {max(ms):.1f} ms (target p50 <= 30, p99 <= 100)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--features", type=int, default=16384)
+    parser.add_argument("--contexts", type=int, default=256, help="128-token contexts of the demo corpus to record")
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--backends", default="sqlite,postgres")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="saescope-bench-web-") as tmp:
+        work = Path(tmp)
+        recording = make_recording(work, args.features, args.contexts)
+        print(f"clients={args.clients} workers={args.workers} seconds={args.seconds:.0f} "
+              f"cpus={torch.get_num_threads()}")
+        backends = {"sqlite": lambda: f"sqlite:///{work / 'store.db'}", "postgres": lambda: postgres_database(True)}
+        try:
+            for name in args.backends.split(","):
+                run_backend(name, backends[name](), recording, args)
+        finally:
+            if "postgres" in args.backends:
+                postgres_database(False)
+
+
+if __name__ == "__main__":
+    main()

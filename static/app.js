@@ -1,0 +1,27 @@
+// saescope: token hover read-out and keyboard shortcuts. Everything works without it; it only adds speed.
+"use strict";
+
+// Hovering a token shows its text and its title (the activation, or the next-token guesses) in #tok-info;
+// without JavaScript the browser shows the same title as a tooltip.
+document.addEventListener("mouseover", (event) => {
+  const tok = event.target.closest(".tok");
+  const info = document.getElementById("tok-info");
+  if (!tok || !info) return;
+  const what = /^[-+\d.e]+$/.test(tok.title) ? `activation ${tok.title}` : tok.title;
+  info.textContent = `${JSON.stringify(tok.textContent)}  ${what}`;
+});
+
+// Elements name their keys in data-key (space-separated); links are followed, form fields are focused.
+document.addEventListener("keydown", (event) => {
+  const target = event.target;
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  if (target.closest("input, textarea, select, [contenteditable]")) {
+    if (event.key === "Escape") target.blur();
+    return;
+  }
+  const el = document.querySelector(`[data-key~="${CSS.escape(event.key)}"]`);
+  if (!el) return;
+  event.preventDefault();
+  if (el.matches("a")) window.location.href = el.href;
+  else el.focus();
+});

@@ -1,0 +1,27 @@
+"""The SAE list page and the app skeleton: static files, base template, nothing at import time."""
+
+from __future__ import annotations
+
+
+def test_index_lists_the_saes(client, stored_sae):
+    page = client.get("/")
+    assert page.status_code == 200
+    assert f'href="/saes/{stored_sae.id}"' in page.text
+    assert "tiny-sae" in page.text and "layers.1.resid_post" in page.text and "relu" in page.text
+    assert '<script src="/static/htmx.min.js"' in page.text
+
+
+def test_index_without_saes_says_how_to_add_one(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "saescope import" in page.text
+
+
+def test_static_files_are_served(client):
+    assert "htmx" in client.get("/static/htmx.min.js").text
+    assert client.get("/static/style.css").headers["content-type"].startswith("text/css")
+
+
+def test_importing_the_app_builds_nothing():
+    import app.main as main
+
+    assert not hasattr(main, "app")

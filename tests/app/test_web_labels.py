@@ -1,0 +1,176 @@
+"""Labelling: append-only history, edit conflicts, escaping, tags, export/import, bookmarks."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+
+from app import crud
+from tests.app.conftest import add_user, log_in
+
+XSS = '<script>alert("x")</script>'
+
+
+def label_url(sae, index=0):
+    return f"/saes/{sae.id}/features/{index}/label"
+
+
+def base_id_of(html: str) -> str:
+    return re.search(r'name="base_label_id" value="(\d*)"', html).group(1)
+
+
+def test_labels_append_to_the_history_with_author_and_time(client, labeller, stored_sae, session):
+    user, token = labeller
+    url = label_url(stored_sae)
+    client.post(url, data={"text": "first", "base_label_id": "", "csrf_token": token})
+    base = base_id_of(client.get(f"/saes/{stored_sae.id}/features/0").text)
+    client.post(url, data={"text": "second", "base_label_id": base, "csrf_token": token})
+    history = crud.label_history(session, sae_id=stored_sae.id, feature_index=0)
+    assert [l.text for l in history] == ["second", "first"]
+    assert all(l.author_id == user.id and l.created_at is not None for l in history)
+    page = client.get(f"/saes/{stored_sae.id}/features/0").text
+    assert "History (2)" in page and "by ada" in page
+
+
+def test_htmx_save_returns_the_editor_fragment(client, labeller, stored_sae):
+    response = client.post(label_url(stored_sae), data={"text": "numbers", "base_label_id": "", "csrf_token": labeller[1]},
+                           headers={"HX-Request": "true"})
+    assert response.status_code == 200 and "<html" not in response.text
+    assert "Saved." in response.text and '<p class="current-label">numbers</p>' in response.text
+
+
+def test_two_editors_from_the_same_base_get_a_visible_conflict(client, session, stored_sae, db_url):
+    from tests.app.conftest import make_client
+
+    add_user(session, "ada")
+    add_user(session, "bob")
+    token_a = log_in(client, "ada")
+    with make_client(db_url) as other:
+        token_b = log_in(other, "bob")
+        base = base_id_of(client.get(f"/saes/{stored_sae.id}/features/0").text)
+        assert base_id_of(other.get(f"/saes/{stored_sae.id}/features/0").text) == base
+        first = other.post(label_url(stored_sae), data={"text": "bob's idea", "base_label_id": base,
+                                                        "csrf_token": token_b}, follow_redirects=False)
+        assert first.status_code == 303
+    clash = client.post(label_url(stored_sae), data={"text": "ada's idea", "base_label_id": base, "csrf_token": token_a})
+    assert clash.status_code == 409
+    assert "Conflict" in clash.text and "bob&#39;s idea" in clash.text and "ada&#39;s idea" in clash.text
+    assert [l.text for l in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == ["bob's idea"]
+    retry = client.post(label_url(stored_sae), data={"text": "ada's idea", "base_label_id": base_id_of(clash.text),
+                                                     "csrf_token": token_a}, follow_redirects=False)
+    assert retry.status_code == 303
+    assert [l.text for l in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == [
+        "ada's idea", "bob's idea"]
+
+
+def test_revise_label_lets_exactly_one_of_two_concurrent_edits_win(engine, session, stored_sae):
+    """Two threads save from the same base at once: one label lands, the other conflicts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.db import session_factory
+
+    def save(index_and_text):
+        index, text = index_and_text
+        with session_factory(engine)() as own:
+            try:
+                crud.revise_label(own, sae_id=stored_sae.id, feature_index=index, text=text, base_id=None)
+                return "saved"
+            except crud.LabelConflict:
+                return "conflict"
+
+    for index in range(5, 10):
+        with ThreadPoolExecutor(2) as pool:
+            outcomes = sorted(pool.map(save, [(index, "a"), (index, "b")]))
+        assert outcomes == ["conflict", "saved"]
+        assert len(crud.label_history(session, sae_id=stored_sae.id, feature_index=index)) == 1
+
+
+def test_script_labels_are_escaped_everywhere(client, labeller, stored_sae):
+    client.post(label_url(stored_sae, 3), data={"text": XSS, "base_label_id": "", "csrf_token": labeller[1]})
+    pages = [f"/saes/{stored_sae.id}/features/3", f"/saes/{stored_sae.id}/features?state=labelled",
+             f"/saes/{stored_sae.id}/features?q=alert"]
+    for path in pages:
+        html = client.get(path).text
+        assert XSS not in html and "&lt;script&gt;" in html
+    svg_title = re.search(r"<title>activations of feature 3: (.*?)</title>", client.get(pages[0]).text).group(1)
+    assert svg_title.startswith("&lt;script&gt;")
+    assert json.loads(client.get(f"/saes/{stored_sae.id}/labels.json").text)["labels"][0]["label"] == XSS
+    assert client.get(f"/api/saes/{stored_sae.id}/features/3").json()["label"] == XSS
+
+
+def test_neighbour_labels_are_shown_and_escaped(client, labeller, stored_sae, session):
+    neighbour = crud.feature_page(session, sae_id=stored_sae.id, feature_index=0).feature.neighbours[0][0]
+    crud.add_label(session, sae_id=stored_sae.id, feature_index=neighbour, text=XSS)
+    html = client.get(f"/saes/{stored_sae.id}/features/0").text
+    assert XSS not in html and "&lt;script&gt;alert" in html
+
+
+def test_tags_are_added_and_removed(client, labeller, stored_sae, session):
+    url = f"/saes/{stored_sae.id}/features/2/tags"
+    fragment = client.post(url, data={"tag": "polysemantic", "csrf_token": labeller[1]}, headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "polysemantic" in fragment.text and "<html" not in fragment.text
+    assert crud.feature_tags(session, sae_id=stored_sae.id, feature_index=2) == ["polysemantic"]
+    client.post(url + "/remove", data={"tag": "polysemantic", "csrf_token": labeller[1]})
+    assert crud.feature_tags(session, sae_id=stored_sae.id, feature_index=2) == []
+    assert client.post(f"/saes/{stored_sae.id}/features/9999/tags",
+                       data={"tag": "x", "csrf_token": labeller[1]}).status_code == 404
+
+
+def test_export_holds_the_whole_history_and_defuses_formulas(client, labeller, stored_sae, session):
+    crud.add_label(session, sae_id=stored_sae.id, feature_index=1, text="old", author_id=labeller[0].id)
+    crud.add_label(session, sae_id=stored_sae.id, feature_index=1, text="=HYPERLINK(\"x\")", author_id=labeller[0].id)
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/saes/{stored_sae.id}/labels.csv").text)))
+    assert [r["label"] for r in rows] == ["old", "'=HYPERLINK(\"x\")"]
+    assert rows[0]["author"] == "ada" and rows[0]["feature_index"] == "1"
+    data = client.get(f"/saes/{stored_sae.id}/labels.json").json()
+    assert [r["label"] for r in data["labels"]] == ["old", "=HYPERLINK(\"x\")"]
+
+
+def test_export_then_import_round_trips(client, labeller, stored_sae, session):
+    for index, text in [(1, "one"), (2, "-minus sign"), (3, "three")]:
+        crud.add_label(session, sae_id=stored_sae.id, feature_index=index, text=text)
+    exported_csv = client.get(f"/saes/{stored_sae.id}/labels.csv").content
+    exported_json = client.get(f"/saes/{stored_sae.id}/labels.json").content
+    url = f"/saes/{stored_sae.id}/labels/import"
+    same = client.post(url, data={"csrf_token": labeller[1]}, files={"file": ("labels.csv", exported_csv)})
+    assert same.status_code == 200 and "0 of 3 labels added" in same.text
+    changed = exported_json.replace(b'"three"', b'"three, revised"')
+    again = client.post(url, data={"csrf_token": labeller[1]}, files={"file": ("labels.json", changed)})
+    assert "1 of 3 labels added" in again.text
+    current = crud.current_labels(session, sae_id=stored_sae.id)
+    assert {i: l.text for i, l in current.items()} == {1: "one", 2: "-minus sign", 3: "three, revised"}
+    assert current[3].source == "import" and current[3].author_id == labeller[0].id
+
+
+def test_bad_import_files_are_422_and_change_nothing(client, labeller, stored_sae, session):
+    url = f"/saes/{stored_sae.id}/labels/import"
+    for name, content in [("x.json", b"{nope"), ("x.csv", b"feature_index,label\n5,fine\nabc,bad\n"),
+                          ("x.csv", b"feature_index,label\n99999,outside\n"), ("x.csv", b"\xff\xfe")]:
+        response = client.post(url, data={"csrf_token": labeller[1]}, files={"file": (name, content)})
+        assert response.status_code == 422 and "Nothing imported" in response.text
+    assert crud.current_labels(session, sae_id=stored_sae.id) == {}
+
+
+def test_bookmark_lists_with_notes(client, labeller, stored_sae, session):
+    token = labeller[1]
+    client.post("/bookmarks", data={"name": "curious", "description": "look again", "csrf_token": token})
+    lst = crud.bookmark_lists(session, owner_id=labeller[0].id)[0]
+    page = client.get(f"/saes/{stored_sae.id}/features/4").text
+    assert f'<option value="{lst.id}">curious</option>' in page
+    client.post(f"/saes/{stored_sae.id}/features/4/bookmark", data={"list_id": lst.id, "note": XSS, "csrf_token": token})
+    listing = client.get("/bookmarks").text
+    assert f'href="/saes/{stored_sae.id}/features/4"' in listing and "&lt;script&gt;" in listing and XSS not in listing
+    client.post(f"/bookmarks/{lst.id}/remove", data={"sae_id": stored_sae.id, "feature_index": 4, "csrf_token": token})
+    assert "No features yet" in client.get("/bookmarks").text
+    assert client.post("/bookmarks", data={"name": "curious", "csrf_token": token}).status_code == 409
+
+
+def test_other_users_lists_are_out_of_reach(client, labeller, stored_sae, session):
+    other = add_user(session, "bob")
+    theirs = crud.create_bookmark_list(session, owner_id=other.id, name="bob's")
+    response = client.post(f"/saes/{stored_sae.id}/features/4/bookmark",
+                           data={"list_id": theirs.id, "csrf_token": labeller[1]})
+    assert response.status_code == 404
+    assert "bob&#39;s" not in client.get("/bookmarks").text

@@ -1,0 +1,182 @@
+"""Reading pages: SAE overview, feature list, feature page, "test it", text search, errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from markupsafe import escape
+
+from app import crud
+from app.packing import unpack_acts
+from app.services.inference import ModelCache
+
+HTML = {"accept": "text/html"}
+
+
+def test_overview_shows_metrics_charts_and_progress(client, stored_sae, session):
+    crud.add_label(session, sae_id=stored_sae.id, feature_index=2, text="commas")
+    page = client.get(f"/saes/{stored_sae.id}")
+    assert page.status_code == 200
+    assert f'id="labelled">1 / {stored_sae.d_sae}<' in page.text
+    density = crud.find_sae(session, ref=stored_sae.id).density_histogram
+    assert page.text.count('class="bar"') == sum(1 for c in density["counts"] if c)
+    assert "feature densities of tiny-sae" in page.text
+
+
+def rows_of(html: str) -> list[int]:
+    return [int(i) for i in re.findall(r'<td class="num"><a href="/saes/\d+/features/(\d+)">', html)]
+
+
+def test_feature_list_pages_sorts_and_filters(client, stored_sae, session):
+    sid = stored_sae.id
+    assert rows_of(client.get(f"/saes/{sid}/features?per_page=10&page=2").text) == list(range(10, 20))
+    by_density = rows_of(client.get(f"/saes/{sid}/features?sort=density&desc=true&per_page=100").text)
+    expected, _ = crud.list_features(session, sae_id=sid, sort="density", descending=True, limit=100)
+    assert by_density == [r.feature_index for r in expected]
+    crud.add_label(session, sae_id=sid, feature_index=7, text="quotation marks")
+    assert rows_of(client.get(f"/saes/{sid}/features?state=labelled").text) == [7]
+    assert rows_of(client.get(f"/saes/{sid}/features?q=QUOTATION").text) == [7]
+    assert 7 not in rows_of(client.get(f"/saes/{sid}/features?state=unlabelled&per_page=100").text)
+    crud.tag_feature(session, sae_id=sid, feature_index=4, tag="polysemantic")
+    assert rows_of(client.get(f"/saes/{sid}/features?tag=polysemantic").text) == [4]
+
+
+def test_feature_list_searches_top_tokens(client, stored_sae, session):
+    rows, _ = crud.list_features(session, sae_id=stored_sae.id, state="alive", limit=1)
+    word = next(w for w in rows[0].top_text.split() if w.isalnum())
+    found = rows_of(client.get(f"/saes/{stored_sae.id}/features", params={"q": word, "per_page": 100}).text)
+    assert rows[0].feature_index in found
+
+
+def test_feature_list_for_htmx_is_a_fragment(client, stored_sae):
+    fragment = client.get(f"/saes/{stored_sae.id}/features", headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text and "<table" in fragment.text
+
+
+def alive_feature(session, sae_id: int) -> int:
+    rows, _ = crud.list_features(session, sae_id=sae_id, state="alive", sort="max_act", descending=True, limit=1)
+    return rows[0].feature_index
+
+
+def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
+    index = alive_feature(session, stored_sae.id)
+    stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
+    html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
+    top = stored.top[0]
+    marked = re.findall(r'<span class="tok max"[^>]*title="([^"]+)"', html)
+    assert len(marked) == len(stored.top) + sum(len(v) for v in stored.quantiles.values())
+    assert float(marked[0]) == pytest.approx(top.acts[top.peak], rel=1e-2)
+    assert html.count("<h3 class=\"muted\">Interval") == len(stored.quantiles)
+    assert 'class="bar"' in html  # activation histogram
+    for _token_id, text, _logit in stored.feature.promoted + stored.feature.suppressed:
+        assert f'<code class="tokpiece">{escape(text)}</code>' in html
+    for neighbour, _cos in stored.feature.neighbours:
+        assert f'href="/saes/{stored_sae.id}/features/{neighbour}"' in html
+    assert f'href="/saes/{stored_sae.id}/steer?feature={index}"' in html
+
+
+def test_feature_page_heat_is_relative_to_the_feature_max(client, stored_sae, session):
+    index = alive_feature(session, stored_sae.id)
+    html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
+    alphas = [float(a) for a in re.findall(r'<span class="tok[^"]*" style="background:rgba\(255,120,0,([\d.]+)\)', html)]
+    top = re.search(r'<span class="tok max" style="background:rgba\(255,120,0,([\d.]+)\)', html).group(1)
+    assert float(top) == 1.0 and all(0 < a <= 1 for a in alphas) and len(set(alphas)) > 3
+
+
+def test_prev_next_and_keyboard_links(client, stored_sae):
+    sid = stored_sae.id
+    first = client.get(f"/saes/{sid}/features/0").text
+    assert 'rel="prev"' not in first and f'href="/saes/{sid}/features/1" data-key="ArrowRight j"' in first
+    last = client.get(f"/saes/{sid}/features/{stored_sae.d_sae - 1}").text
+    assert 'rel="next"' not in last and 'data-key="ArrowLeft k"' in last
+
+
+def test_next_unlabelled_skips_labelled_and_dead_features(client, stored_sae, session):
+    sid = stored_sae.id
+    alive = [r.feature_index for r in crud.list_features(session, sae_id=sid, state="alive", limit=100)[0]]
+    crud.add_label(session, sae_id=sid, feature_index=alive[0], text="first")
+    go = client.get(f"/saes/{sid}/next-unlabelled", follow_redirects=False)
+    assert go.status_code == 303 and go.headers["location"] == f"/saes/{sid}/features/{alive[1]}"
+    wrap = client.get(f"/saes/{sid}/next-unlabelled?after={alive[-1]}", follow_redirects=False)
+    assert wrap.headers["location"] == f"/saes/{sid}/features/{alive[1]}"
+    for index in alive[1:]:
+        crud.add_label(session, sae_id=sid, feature_index=index, text="done")
+    done = client.get(f"/saes/{sid}/next-unlabelled", follow_redirects=False)
+    assert done.headers["location"] == f"/saes/{sid}/features?state=unlabelled"
+
+
+def test_test_it_box_runs_the_real_model(client, stored_sae, session, web_sae):
+    index = alive_feature(session, stored_sae.id)
+    text = "the cat sat on the mat"
+    fragment = client.get(f"/saes/{stored_sae.id}/features/{index}/test", params={"text": text})
+    assert fragment.status_code == 200 and "<html" not in fragment.text
+    shown = [float(a) for a in re.findall(r'<span class="tok[^"]*"[^>]* title="([^"]+)"', fragment.text)]
+    expected = ModelCache().run(stored_sae, text).feature(index)
+    assert len(shown) == len(expected) == len(text) + 1  # one token per byte after the BOS
+    assert shown == pytest.approx(expected, rel=1e-2, abs=1e-3)
+
+
+def test_model_and_sae_are_loaded_once_per_process(client, stored_sae, monkeypatch):
+    import app.services.inference as inference
+
+    calls = []
+    real = inference.load_model
+    monkeypatch.setattr(inference, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
+    for text in ("one", "two", "three"):
+        assert client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": text}).status_code == 200
+    assert len(calls) == 1
+
+
+def test_search_shows_firing_features_and_next_tokens(client, stored_sae):
+    text = "hello world"
+    page = client.get(f"/saes/{stored_sae.id}/search", params={"text": text, "n": 3})
+    assert page.status_code == 200
+    result = ModelCache().run(stored_sae, text)
+    tops = result.top_features(3)
+    assert page.text.count('class="search-token"') == len(result.pieces)
+    shown = re.findall(r'<li><a href="/saes/\d+/features/(\d+)">', page.text)
+    assert [int(i) for i in shown] == [i for row in tops for i, _ in row]
+    assert "next: " in page.text and "%" in page.text
+    fragment = client.get(f"/saes/{stored_sae.id}/search", params={"text": text}, headers={"HX-Request": "true"})
+    assert "<html" not in fragment.text and 'class="search-token"' in fragment.text
+
+
+def test_an_sae_whose_files_are_gone_gives_503_not_500(client, stored_sae, session):
+    stored_sae.source_path = "/no/such/sae"
+    session.commit()
+    response = client.get(f"/api/saes/{stored_sae.id}/search", params={"text": "hi"})
+    assert response.status_code == 503 and "cannot run SAE" in response.json()["detail"]
+
+
+@pytest.mark.parametrize("path", ["/saes/999", "/saes/999/features", "/saes/{sid}/features/100000",
+                                  "/saes/999/features/0/test?text=a", "/saes/999/search"])
+def test_wrong_ids_are_404_pages(client, stored_sae, path):
+    response = client.get(path.format(sid=stored_sae.id), headers=HTML)
+    assert response.status_code == 404 and "<h1>404</h1>" in response.text
+
+
+@pytest.mark.parametrize("path", ["/saes/1/features?sort=nope", "/saes/1/features?page=0", "/saes/1/features?state=x",
+                                  "/saes/abc", "/saes/1/features/-1", "/saes/1/features/99999999999999999999",
+                                  "/saes/1/features?per_page=100000", "/saes/1/search?n=0"])
+def test_bad_parameters_are_422(client, stored_sae, path):
+    response = client.get(path, headers=HTML)
+    assert response.status_code == 422, response.text
+
+
+def test_example_activations_survive_the_store(session, stored_sae):
+    """The page reads float16 activations; each window's chosen token holds its recorded value."""
+    index = alive_feature(session, stored_sae.id)
+    feature = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index).feature
+    for example in feature.examples:
+        assert unpack_acts(example.acts)[example.peak] == pytest.approx(example.value, rel=1e-2)
+
+
+def test_htmx_errors_come_back_as_a_fragment(client, stored_sae, session):
+    stored_sae.source_path = "/no/such/sae"
+    session.commit()
+    response = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "hi"}, headers={"HX-Request": "true"})
+    assert response.status_code == 503 and response.text.startswith('<p class="error"') and "cannot run SAE" in response.text
+    too_long = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "a" * 2001},
+                          headers={"HX-Request": "true"})
+    assert too_long.status_code == 422 and "at most 2000 characters" in too_long.text
