@@ -25,7 +25,7 @@ from sae_core.sites import SiteError
 
 from . import crud
 from .db import make_engine, session_factory
-from .demo import DemoConfig, DemoRun, summary
+from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import upgrade
@@ -151,8 +151,11 @@ def demo(
     record_tokens: int = typer.Option(DemoConfig.record_tokens, "--record-tokens", help="Tokens to record."),
     model_dtype: str = typer.Option(DemoConfig.model_dtype, "--model-dtype", help="Model compute dtype."),
     db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL, else a SQLite file in --out)."),
+    serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the browser when the stages are done."),
+    host: str = typer.Option("127.0.0.1", help="Address to serve on."),
+    port: int = typer.Option(8000, help="Port to serve on."),
 ) -> None:
-    """The whole pipeline (harvest, train, evaluate, record) on the embedded defaults; finished stages are reused."""
+    """The whole pipeline (harvest, train, evaluate, record, serve) on the embedded defaults; finished stages are reused."""
     cfg = DemoConfig(model=model, site=site, dataset=dataset, harvest_tokens=tokens, features=features, k=k,
                      train_tokens=train_tokens, record_tokens=record_tokens, model_dtype=model_dtype)
     url = db or os.environ.get("DATABASE_URL") or f"sqlite:///{(out / 'saescope.db').resolve()}"
@@ -164,10 +167,16 @@ def demo(
         sae_dir, key = run.sae(activations, key)
         with open_session(url) as session:
             row = run.record(session, sae_dir, key)
+            password = ensure_account(session)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     typer.echo(summary(row))
     typer.echo(f"store: {url}")
+    if password is not None:
+        typer.echo(f"account {DEMO_USER!r} (admin) created; its password, shown only this once: {password}")
+    if serve_after:
+        typer.echo(f"feature pages: http://{host}:{port}/saes/{row.id}/features")
+        run_server(url, host, port)
 
 
 @app.command()
@@ -178,11 +187,17 @@ def serve(
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads its own model for text search)."),
 ) -> None:
     """Serve the feature browser (uvicorn, factory mode)."""
+    run_server(database_url(db), host, port, workers)
+
+
+def run_server(url: str, host: str, port: int, workers: int = 1) -> None:
+    """uvicorn in factory mode on the store at `url`, until interrupted."""
     import uvicorn
 
     # Workers build their app from the environment; one secret shared by all keeps sessions valid in each.
-    os.environ["DATABASE_URL"] = database_url(db)
+    os.environ["DATABASE_URL"] = url
     os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
+    typer.echo(f"serving at http://{host}:{port}/  (Ctrl-C stops)")
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,8 +29,13 @@ from sae_core.models import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
 from sae_core.records import RecordConfig
 from sae_core.train import sae_config_for, train
 
+from . import crud
 from .models import Sae
 from .pipeline import limit_tokens, read_sae, record_into_store, register_sae
+from .security import hash_password
+
+DEMO_USER = "researcher"
+"""The local account the demo creates, an admin, so that labelling and steering work at once."""
 
 DONE_FILE = "stage.json"
 """Written last into a stage's directory: the settings it ran with."""
@@ -152,6 +158,15 @@ class DemoRun:
         record_into_store(session, sae_row=row, loaded=loaded, lm=self.lm, model_spec=c.model, contexts=contexts,
                           dataset=c.dataset, cfg=rcfg)
         return row
+
+
+def ensure_account(session: Session) -> str | None:
+    """Create the demo's account on first run; its password (shown once), or None when it exists."""
+    if crud.find_user(session, name=DEMO_USER) is not None:
+        return None
+    password = secrets.token_urlsafe(12)
+    crud.create_user(session, name=DEMO_USER, password_hash=hash_password(password), role="admin")
+    return password
 
 
 def summary(row: Sae) -> str:

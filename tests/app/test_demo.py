@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
 from app.cli import app
 from app import crud
 from app.db import make_engine, session_factory
+from app.security import check_password
 
 runner = CliRunner()
 
@@ -25,7 +31,7 @@ def run_demo(tmp_path, tiny_model_dir, corpus, **overrides):
     options = {"--out": tmp_path / "demo", "--model": tiny_model_dir, "--site": "layers.1.resid_post",
                "--dataset": corpus, "--tokens": 2000, "--features": 64, "--k": 4, "--train-tokens": 4096,
                "--record-tokens": 1500, "--model-dtype": "float32", **overrides}
-    args = ["demo"] + [str(part) for item in options.items() for part in item]
+    args = ["demo", "--no-serve"] + [str(part) for item in options.items() for part in item]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     return result.output
@@ -34,9 +40,12 @@ def run_demo(tmp_path, tiny_model_dir, corpus, **overrides):
 def test_demo_runs_every_stage_then_reuses_them(tmp_path, tiny_model_dir, corpus):
     first = run_demo(tmp_path, tiny_model_dir, corpus)
     assert "[1/4] harvesting 2000" in first and "[2/4] training" in first and "[4/4] recording 64" in first
+    assert "account 'researcher' (admin) created" in first
+    password = first.split("shown only this once: ")[1].split()[0]
     second = run_demo(tmp_path, tiny_model_dir, corpus)
     assert "[1/4] activations: reusing" in second and "[2/4] SAE: reusing" in second
     assert "[4/4] features: already recorded" in second and "loading" not in second
+    assert "password" not in second
 
     engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'saescope.db'}")
     with session_factory(engine)() as session:
@@ -44,6 +53,8 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, tiny_model_dir, corpus
         assert sae.d_sae == 64 and sae.n_tokens >= 1500 and sae.recorded_at is not None
         assert {"fvu", "l0", "dead_fraction", "ce_loss_recovered"} <= set(sae.eval_metrics)
         assert crud.feature_page(session, sae_id=sae.id, feature_index=0) is not None
+        user = crud.find_user(session, name="researcher")
+        assert user.role == "admin" and check_password(user.password_hash, password)
     engine.dispose()
     [sae_dir] = (tmp_path / "demo").glob("sae-*")
     assert json.loads((sae_dir / "metrics.json").read_text())["eval_rows"] == "held-out tail"
@@ -60,3 +71,31 @@ def test_demo_with_an_unknown_model_is_a_one_line_error(tmp_path, corpus):
     result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "nothing"),
                                  "--dataset", str(corpus)])
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
+
+
+def test_a_second_demo_run_serves_the_recorded_sae(tmp_path, tiny_model_dir, corpus):
+    run_demo(tmp_path, tiny_model_dir, corpus)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = [sys.executable, "-m", "app", "demo", "--port", str(port), "--out", str(tmp_path / "demo"),
+            "--model", str(tiny_model_dir), "--site", "layers.1.resid_post", "--dataset", str(corpus),
+            "--tokens", "2000", "--features", "64", "--k", "4", "--train-tokens", "4096", "--record-tokens", "1500",
+            "--model-dtype", "float32"]
+    server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        page = None
+        for _ in range(120):
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/saes/1/features", timeout=2)
+                break
+            except httpx.TransportError:
+                if server.poll() is not None:
+                    break
+                time.sleep(0.5)
+        assert page is not None and page.status_code == 200, server.stdout.read() if server.poll() is not None else ""
+        assert "demo-" in page.text
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert "[2/4] SAE: reusing" in output and f"http://127.0.0.1:{port}/saes/1/features" in output
