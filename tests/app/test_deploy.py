@@ -1,0 +1,87 @@
+"""The team deployment: docker-compose.yml's commands, run outside Docker against PostgreSQL.
+
+No Docker engine runs here, so the test runs what the compose services run (migrations, then the web app
+with several workers) on this machine, reading the commands from docker-compose.yml itself.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from app import crud
+from app.db import make_engine, session_factory
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def saescope(command: list[str]) -> list[str]:
+    """A compose `command` as this machine runs it: the same CLI under this interpreter."""
+    assert command[0] == "saescope"
+    return [sys.executable, "-m", "app", *command[1:]]
+
+
+def test_compose_services_share_the_database_and_the_sae_volume():
+    services = COMPOSE["services"]
+    assert {"db", "migrate", "web", "job"} <= set(services)
+    urls = {services[name]["environment"]["DATABASE_URL"] for name in ("migrate", "web", "job")}
+    assert len(urls) == 1 and next(iter(urls)).startswith("postgresql+psycopg://")
+    assert "saes:/data" in services["web"]["volumes"] and "saes:/data" in services["job"]["volumes"]
+    assert "SECRET_KEY" in services["web"]["environment"]
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
+def test_docker_compose_parses_the_file():
+    env = {**os.environ, "SAESCOPE_SECRET_KEY": "test"}
+    result = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.postgres
+def test_migrate_then_serve_with_several_workers_on_postgresql(postgres_url):
+    services = COMPOSE["services"]
+    env = {**os.environ, "DATABASE_URL": postgres_url, "SECRET_KEY": "deploy-test"}
+    migrate = subprocess.run(saescope(services["migrate"]["command"]), env=env, capture_output=True, text=True)
+    assert migrate.returncode == 0, migrate.stderr
+    engine = make_engine(postgres_url)
+    with session_factory(engine)() as session:
+        crud.create_sae(session, name="deployed-sae", model_name="tiny", site="layers.1.resid_post",
+                        architecture="topk", d_in=32, d_sae=64)
+    engine.dispose()
+
+    command = saescope(services["web"]["command"])
+    port = free_port()
+    command[command.index("--host") + 1] = "127.0.0.1"
+    command[command.index("--port") + 1] = str(port)
+    assert int(command[command.index("--workers") + 1]) > 1
+    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        pages = []
+        deadline = time.monotonic() + 90
+        while len(pages) < 8 and time.monotonic() < deadline and server.poll() is None:
+            try:
+                pages.append(httpx.get(f"http://127.0.0.1:{port}/", timeout=5))
+            except httpx.TransportError:
+                time.sleep(0.5)
+        assert len(pages) == 8, "the server did not answer"
+        assert all(p.status_code == 200 and "deployed-sae" in p.text for p in pages)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert output.count("Started server process") >= 2, output
