@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..distributed import Dist
 from ..fileio import atomic_write, atomic_write_json
 from .sparse import Selector, SparseActs, attach_encoder_grad, sparse_decode
 
@@ -113,6 +114,8 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.sparse_kernels = False
         """Train TopK-style SAEs with the sparse kernels of `sparse.py` (tested equal to the dense path)."""
+        self.dist = Dist()
+        """The ranks sharing each training batch: batch-wide statistics and selections are taken over all of them."""
 
     # --- initialisation -------------------------------------------------------------------------
 
