@@ -1,7 +1,8 @@
-"""Two processes over gloo give what one process gives: the trained SAE, resumed runs, global top-k."""
+"""Two processes over gloo give what one process gives: the trained SAE, resumed runs, harvests, global top-k."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from sae_core.activations import open_activations
-from sae_core.config import TrainConfig
+from sae_core.config import HarvestConfig, TrainConfig
 from sae_core.distributed import Dist
+from sae_core.harvest import harvest, load_shard, read_manifest
 from sae_core.saes import SAEConfig
 from sae_core.train import Trainer, train
 from tests.spawn import run_ranks
@@ -79,3 +81,53 @@ def sae_cfg_init_W_enc(arch: str) -> torch.Tensor:
 def test_a_batch_that_does_not_split_evenly_is_refused(acts_path, tmp_path):
     with pytest.raises(ValueError, match="split evenly"):
         Trainer(sae_cfg("topk"), train_cfg(batch_size=255), open_activations(acts_path), tmp_path, Dist(0, 2))
+
+
+# --- harvest ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
+    path.write_text("\n".join(json.dumps({"text": f"document {i}: " + "the quick brown fox. " * (i % 4 + 1)})
+                              for i in range(60)))
+    return str(path)
+
+
+def harvest_cfg(model_dir: Path, corpus: str, tokens: int) -> HarvestConfig:
+    return HarvestConfig(model=str(model_dir), site="layers.1.resid_post", dataset=corpus, tokens=tokens,
+                         context_len=32, batch_size=3, shard_tokens=150, dtype="float32")
+
+
+def harvest_on_ranks(dist: Dist, model_dir: Path, corpus: str, out: Path) -> None:
+    """A direct 600-row harvest, and one grown from 300 rows by a resumed run (which reads the rank manifests)."""
+    harvest(harvest_cfg(model_dir, corpus, 600), out / "direct", progress=False, dist=dist)
+    harvest(harvest_cfg(model_dir, corpus, 300), out / "grown", progress=False, dist=dist)
+    harvest(harvest_cfg(model_dir, corpus, 600), out / "grown", resume=True, progress=False, dist=dist)
+
+
+def rows_by_address(directory: Path) -> dict[tuple[int, int], torch.Tensor]:
+    """(global context, position) -> activation row, checking each shard's tokens sit at their contexts."""
+    manifest, found = read_manifest(directory), {}
+    for entry in manifest["shards"]:
+        shard = load_shard(directory, entry, manifest["d_model"])
+        for (ctx, pos), row in zip(shard["positions"].tolist(), shard["activations"]):
+            assert (ctx - entry["first_context"]) % entry["context_stride"] == 0
+            found[(ctx, pos)] = row
+    return found
+
+
+def test_two_ranks_harvest_disjoint_contexts_into_one_manifest(tiny_model_dir, corpus, tmp_path):
+    run_ranks(2, harvest_on_ranks, tiny_model_dir, corpus, tmp_path)
+    harvest(harvest_cfg(tiny_model_dir, corpus, 1400), tmp_path / "one", progress=False)
+    one = rows_by_address(tmp_path / "one")
+    for name in ("direct", "grown"):
+        manifest = read_manifest(tmp_path / name)
+        assert manifest["complete"] and manifest["n_tokens"] == 600 and manifest["world"] == 2
+        files = [e["file"] for e in manifest["shards"]]
+        assert len(set(files)) == len(files) and {f[:9] for f in files} == {"shard_r0_", "shard_r1_"}
+        two = rows_by_address(tmp_path / name)
+        assert len(two) == 600 and {ctx % 2 for ctx, _ in two} == {0, 1}
+        for address, row in two.items():
+            torch.testing.assert_close(row, one[address])
+    assert open_activations(tmp_path / "direct").n_rows == 600
