@@ -14,8 +14,13 @@ from sae_core.activations import open_activations
 from sae_core.config import HarvestConfig, TrainConfig
 from sae_core.distributed import Dist
 from sae_core.harvest import harvest, load_shard, read_manifest
+from sae_core.hooks import truncated_forward
+from sae_core.records import RecordConfig, SAERecord, record_sae
+from sae_core.sites import parse_site
 from sae_core.saes import SAEConfig
 from sae_core.train import Trainer, train
+from tests.core.tiny_sae import TinySAE
+from tests.factories import tiny_model, tiny_tokenizer
 from tests.spawn import run_ranks
 
 D, D_SAE, ROWS = 16, 64, 4096
@@ -131,3 +136,52 @@ def test_two_ranks_harvest_disjoint_contexts_into_one_manifest(tiny_model_dir, c
         for address, row in two.items():
             torch.testing.assert_close(row, one[address])
     assert open_activations(tmp_path / "direct").n_rows == 600
+
+
+# --- recording --------------------------------------------------------------------------------------
+
+RECORD_CFG = RecordConfig(n_top=5, before=6, after=3, n_intervals=4, per_interval=3, batch_size=4)
+SITE = parse_site("layers.1.resid_post")
+
+
+def record_contexts() -> torch.Tensor:
+    """Random contexts, some sharing their first tokens: equal activations, so ties must break the same way."""
+    ids = torch.randint(3, 512, (31, 24), generator=torch.Generator().manual_seed(1))
+    ids[:, 0] = 0
+    ids[5:9, 1:4] = ids[20, 1:4]
+    return ids
+
+
+def one_record(dist: Dist) -> SAERecord:
+    return record_sae(tiny_model("llama"), TinySAE(), list(record_contexts()), site=SITE, tokenizer=tiny_tokenizer(),
+                      cfg=RECORD_CFG, dist=dist)
+
+
+def record_on_ranks(dist: Dist, out: Path) -> None:
+    record = one_record(dist)
+    if dist.is_main:
+        torch.save(record, out)
+
+
+def test_two_ranks_record_the_same_top_examples_and_statistics_as_one(tmp_path):
+    run_ranks(2, record_on_ranks, tmp_path / "two.pt")
+    two, one = torch.load(tmp_path / "two.pt", weights_only=False), one_record(Dist())
+    assert (two.n_tokens, two.n_contexts) == (one.n_tokens, one.n_contexts)
+    for name in ("count_F", "hist_FB"):
+        assert torch.equal(getattr(two, name), getattr(one, name)), name
+    for name in ("max_F", "mean_F"):
+        torch.testing.assert_close(getattr(two, name), getattr(one, name))
+    top_two, top_one = (r.examples.interval_E < 0 for r in (two, one))
+    assert top_one.sum() > 0
+    for name in ("feature_E", "rank_E", "context_E", "start_E", "peak_E", "value_E", "tokens_EW", "acts_EW"):
+        assert torch.equal(getattr(two.examples, name)[top_two], getattr(one.examples, name)[top_one]), name
+    f_CTF = TinySAE().encode(truncated_forward(tiny_model("llama"), SITE, record_contexts()))
+    for j in range(f_CTF.shape[-1]):
+        feat = two.feature(j)
+        per_interval = torch.bincount(torch.tensor([e.interval for e in feat.quantiles], dtype=torch.long),
+                                      minlength=RECORD_CFG.n_intervals)
+        assert per_interval.max() <= RECORD_CFG.per_interval
+        assert (len(feat.quantiles) > 0) == (feat.max_act > 0)
+        for e in feat.quantiles:
+            assert e.value == f_CTF[e.context, e.start + e.peak, j]
+            assert e.interval / 4 * feat.max_act <= e.value <= (e.interval + 1) / 4 * feat.max_act
