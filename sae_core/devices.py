@@ -29,11 +29,18 @@ def prefetch_to(batches: Iterator[torch.Tensor], device: torch.device) -> Iterat
     if device.type != "cuda":
         yield from batches
         return
-    pending = next(batches).pin_memory().to(device, non_blocking=True)
+    pending = _copy_to(next(batches), device)
     for batch in batches:
-        ready, pending = pending, batch.pin_memory().to(device, non_blocking=True)
+        ready, pending = pending, _copy_to(batch, device)
         yield ready
     yield pending
+
+
+def _copy_to(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An asynchronous copy from pinned memory; a batch already on the device (streamed) stays put."""
+    if batch.device == device:
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True)
 
 
 def autocast(device: torch.device, enabled: bool) -> torch.autocast:

@@ -240,7 +240,7 @@ def _harvest_share(cfg: HarvestConfig, out: Path, manifest: dict | None, lm: Loa
                    contexts: Iterable[torch.Tensor] | None, dist: Dist) -> dict:
     """This rank's rows: every world-th context from its rank on, continuing after its last shard."""
     dtype = parse_dtype(cfg.dtype)
-    lm = lm or load_model(cfg.model, dtype=parse_dtype(cfg.model_dtype))
+    lm = lm or load_model(cfg.model, dtype=parse_dtype(cfg.model_dtype), device=str(dist.device))
     site = parse_site(cfg.site, num_layers(lm.model))
     out.mkdir(parents=True, exist_ok=True)
     manifest = manifest or _new_manifest(cfg, lm, site, dist.world)

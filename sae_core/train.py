@@ -19,12 +19,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
-from .activations import ActivationSource
 from .config import TrainConfig
 from .devices import autocast, prefetch_to
 from .distributed import Dist
@@ -62,6 +61,19 @@ def geometric_median(x_ND: torch.Tensor, iterations: int = 64) -> torch.Tensor:
     return median_D
 
 
+class TrainingData(Protocol):
+    """What the trainer reads: activation files (`ActivationSource`) or a model streamed live (`ModelStream`)."""
+
+    d_in: int
+    info: dict
+
+    def head(self, n_rows: int) -> torch.Tensor: ...
+
+    def rank_batches(self, batch_size: int, seed: int, start_row: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
+        """This rank's rows of the global batches from global row `start_row` of the seeded stream."""
+        ...
+
+
 @dataclass
 class TrainState:
     """Everything besides the weights that a resumed run needs to continue identically."""
@@ -75,7 +87,7 @@ class TrainState:
 class Trainer:
     """Owns one SAE, its optimiser and its counters; `run` trains to the budget, checkpointing on the way."""
 
-    def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, data: ActivationSource, out: Path,
+    def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: Path,
                  dist: Dist | None = None):
         if data.d_in != sae_cfg.d_in:
             raise ValueError(f"the activations have width {data.d_in}, the SAE expects d_in={sae_cfg.d_in}")
@@ -184,9 +196,9 @@ class Trainer:
         else:
             self.initialize_from_data()
         log = TrainingLog(self.out / LOG_FILE, keep_through_step=self.state.step) if self.dist.is_main else None
-        batches = self.data.batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
-                                    self.cfg.shuffle_window)
-        self._loop(prefetch_to((b[self.dist.share(len(b))] for b in batches), self.device), log, on_step)
+        batches = self.data.rank_batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
+                                         self.cfg.shuffle_window, self.dist)
+        self._loop(prefetch_to(batches, self.device), log, on_step)
         self.save_checkpoint()
         sae = self.finish()
         self.dist.barrier()  # no rank returns before rank 0's files are on disk
@@ -255,7 +267,7 @@ def _step_of(line: str) -> int | None:
         return None
 
 
-def sae_config_for(data: ActivationSource, architecture: str, d_sae: int, **fields: Any) -> SAEConfig:
+def sae_config_for(data: TrainingData, architecture: str, d_sae: int, **fields: Any) -> SAEConfig:
     """An SAE config for a source's activations: width and provenance (model, site, corpus) from the source."""
     info = data.info
     return SAEConfig(
@@ -265,7 +277,7 @@ def sae_config_for(data: ActivationSource, architecture: str, d_sae: int, **fiel
     )
 
 
-def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: ActivationSource, out: str | Path, resume: bool = False,
+def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: str | Path, resume: bool = False,
           dist: Dist | None = None) -> SAE:
     """Train an SAE and write it, its training log and a checkpoint to `out` (on `dist`'s ranks and device)."""
     return Trainer(sae_cfg, cfg, data, Path(out), dist).run(resume=resume)

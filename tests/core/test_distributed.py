@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from typer.testing import CliRunner
 
 from sae_core.activations import open_activations
+from sae_core.cli import app
 from sae_core.config import HarvestConfig, TrainConfig
 from sae_core.distributed import Dist
 from sae_core.harvest import harvest, load_shard, read_manifest
@@ -21,7 +26,7 @@ from sae_core.saes import SAEConfig
 from sae_core.train import Trainer, train
 from tests.core.tiny_sae import TinySAE
 from tests.factories import tiny_model, tiny_tokenizer
-from tests.spawn import run_ranks
+from tests.spawn import free_port, run_ranks
 
 D, D_SAE, ROWS = 16, 64, 4096
 
@@ -185,3 +190,28 @@ def test_two_ranks_record_the_same_top_examples_and_statistics_as_one(tmp_path):
         for e in feat.quantiles:
             assert e.value == f_CTF[e.context, e.start + e.peak, j]
             assert e.interval / 4 * feat.max_act <= e.value <= (e.interval + 1) / 4 * feat.max_act
+
+
+# --- the command line under torchrun ----------------------------------------------------------------
+
+
+def test_torchrun_trains_the_same_sae_as_one_process(acts_path, tmp_path):
+    args = ["train", "--activations", str(acts_path), "--arch", "topk", "--features", "64", "--k", "4",
+            "--tokens", "4096", "--batch-size", "256", "--dtype", "float32", "--device", "cpu"]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
+    assert result.exit_code == 0, result.output
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(free_port()), "-m", "sae_core", *args, "--distributed", "--out", str(tmp_path / "two")],
+        env=env, capture_output=True, text=True, timeout=120)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert json.loads(launched.stdout)["eval_rows"] == "held-out tail"  # rank 0 alone prints the metrics
+    one, two = (load_file(tmp_path / d / "sae_weights.safetensors") for d in ("one", "two"))
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=2e-5, rtol=1e-4), name
+
+
+def test_distributed_flag_without_torchrun_is_a_clear_error(acts_path, tmp_path):
+    result = CliRunner().invoke(app, ["train", "--activations", str(acts_path), "--distributed", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "torchrun" in result.output
