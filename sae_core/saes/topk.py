@@ -16,9 +16,9 @@ def aux_k_loss(sae: SAE, x_ND: torch.Tensor, x_hat_ND: torch.Tensor, pre_NF: tor
     as a mean over rows times a batch-wide ratio, so that under data parallelism (both variances over the
     whole global batch) the ranks' averaged gradients equal one process's.
     """
-    if not dead_F.any():
+    if not sae.shards.any(dead_F.any()):
         return x_hat_ND.new_zeros(())
-    acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux))
+    acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux, sae.shards))
     e_ND = (x_ND - x_hat_ND).detach()
     e_hat_ND = sae.decode_sparse(acts, bias=False)
     ratio = sae.dist.centred_ss(x_ND) / sae.dist.centred_ss(e_ND).clamp_min(1e-12)

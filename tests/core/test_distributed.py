@@ -22,7 +22,8 @@ from sae_core.harvest import harvest, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, SAERecord, record_sae
 from sae_core.sites import parse_site
-from sae_core.saes import SAEConfig
+from sae_core.saes import SAEConfig, build_sae
+from sae_core.saes.sharded import ShardedTopKSAE
 from sae_core.train import Trainer, train
 from tests.core.tiny_sae import TinySAE
 from tests.factories import tiny_model, tiny_tokenizer
@@ -83,8 +84,6 @@ def test_two_processes_train_the_same_sae_as_one(arch, kill_at, acts_path, tmp_p
 
 
 def sae_cfg_init_W_enc(arch: str) -> torch.Tensor:
-    from sae_core.saes import build_sae
-
     return build_sae(sae_cfg(arch)).W_enc.detach()
 
 
@@ -215,3 +214,48 @@ def test_torchrun_trains_the_same_sae_as_one_process(acts_path, tmp_path):
 def test_distributed_flag_without_torchrun_is_a_clear_error(acts_path, tmp_path):
     result = CliRunner().invoke(app, ["train", "--activations", str(acts_path), "--distributed", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "torchrun" in result.output
+
+
+# --- feature sharding -------------------------------------------------------------------------------
+
+
+def sharded_matches_unsharded(dist: Dist) -> None:
+    """On every rank: the shard's encoding, loss and gradients are the unsharded SAE's, sliced."""
+    cfg = SAEConfig(architecture="topk", d_in=D, d_sae=D_SAE, k=4, aux_k=6)
+    full, shard = build_sae(cfg, seed=5), ShardedTopKSAE(cfg, dist, seed=5)
+    part = slice(dist.rank * D_SAE // 2, (dist.rank + 1) * D_SAE // 2)
+    x = torch.randn(64, D, generator=torch.Generator().manual_seed(2)) + 1.0
+    with torch.no_grad():
+        assert torch.equal(shard.encode(x), full.encode(x)[:, part])
+        torch.testing.assert_close(shard(x), full(x))
+    dead_F = torch.arange(D_SAE) % 3 == 0  # AuxK over dead features on both shards
+    for sparse_kernels in (False, True):
+        full.sparse_kernels = shard.sparse_kernels = sparse_kernels
+        outs = [sae.training_forward(x, dead_F=d) for sae, d in ((full, dead_F), (shard, dead_F[part]))]
+        for sae, out in zip((full, shard), outs):
+            sae.zero_grad()
+            out.loss.backward()
+        assert outs[0].losses.keys() == outs[1].losses.keys() == {"mse", "aux_k"}
+        for name in outs[0].losses:
+            torch.testing.assert_close(outs[1].losses[name], outs[0].losses[name])
+        assert outs[1].l0 == outs[0].l0 and torch.equal(outs[1].fired_F, outs[0].fired_F[part])
+        torch.testing.assert_close(shard.W_enc.grad, full.W_enc.grad[:, part])
+        torch.testing.assert_close(shard.W_dec.grad, full.W_dec.grad[part])
+        torch.testing.assert_close(shard.b_enc.grad, full.b_enc.grad[part])
+        torch.testing.assert_close(shard.b_dec.grad, full.b_dec.grad)
+    gathered = shard.unsharded()
+    assert all(torch.equal(a, b) for a, b in zip(gathered.state_dict().values(), full.state_dict().values()))
+
+
+def train_sharded_on_ranks(dist: Dist, path: Path, out: Path) -> None:
+    train(sae_cfg("topk"), train_cfg(), open_activations(path), out, dist=dist, shard_features=True)
+
+
+def test_feature_sharded_topk_equals_the_unsharded_sae(acts_path, tmp_path):
+    run_ranks(2, sharded_matches_unsharded)
+    run_ranks(2, train_sharded_on_ranks, acts_path, tmp_path / "sharded")
+    train(sae_cfg("topk"), train_cfg(), open_activations(acts_path), tmp_path / "one")
+    one, two = (load_file(tmp_path / d / "sae_weights.safetensors") for d in ("one", "sharded"))
+    for name in one:
+        assert torch.allclose(one[name], two[name], atol=2e-5, rtol=1e-4), name
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("checkpoint*")) == ["checkpoint.rank0.pt", "checkpoint.rank1.pt"]
