@@ -99,10 +99,12 @@ def train(
     holdout_contexts: int = typer.Option(16, "--holdout-contexts", help="With --model: first contexts kept for metrics.json."),
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
+    shard_features: bool = typer.Option(False, "--shard-features", help="topk under torchrun: split the features over the ranks."),
 ) -> None:
     """Train an SAE on activations (or streamed from a model); writes the SAE, training_log.jsonl, metrics.json.
 
-    Under `torchrun --nproc-per-node N -m sae_core train ...` the ranks train data-parallel.
+    Under `torchrun --nproc-per-node N -m sae_core train ...` the ranks train data-parallel, or with
+    --shard-features each holds 1/N of the dictionary.
     """
     if (activations is None) == (model is None) or (model is not None and tokens is None):
         fail("give --activations, or --model with --tokens to stream activations from the model")
@@ -121,7 +123,7 @@ def train(
         sae_cfg = sae_config_for(train_rows, arch, features, k=k if arch in ("topk", "batchtopk") else None,
                                  l1_coefficient=l1, l0_coefficient=l0)
         cfg = TrainConfig(tokens=tokens or train_rows.n_rows, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype)
-        sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume, dist=dist)
+        sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume, dist=dist, shard_features=shard_features)
         metrics = {**evaluate_activations(sae, heldout), "eval_rows": eval_rows} if heldout is not None and dist.is_main else {}
         if metrics:
             write_metrics(out, metrics)
