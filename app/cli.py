@@ -6,6 +6,7 @@ They live here, not in sae_core/cli.py, because the library never imports the ap
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from sae_core.sites import SiteError
 
 from . import crud
 from .db import make_engine, session_factory
+from .demo import DemoConfig, DemoRun, summary
 from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import upgrade
@@ -130,6 +132,38 @@ def export(
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for every stage's output."),
+    model: str = ModelOpt,
+    site: str = typer.Option(DemoConfig.site, "--site", help="Hook site the SAE reads."),
+    dataset: str = DatasetOpt,
+    tokens: int = typer.Option(DemoConfig.harvest_tokens, "--tokens", help="Activation rows to harvest."),
+    features: int = typer.Option(DemoConfig.features, "--features", help="SAE dictionary size."),
+    k: int = typer.Option(DemoConfig.k, "--k", help="Active features per token (TopK)."),
+    train_tokens: int = typer.Option(DemoConfig.train_tokens, "--train-tokens", help="Training budget in rows."),
+    record_tokens: int = typer.Option(DemoConfig.record_tokens, "--record-tokens", help="Tokens to record."),
+    model_dtype: str = typer.Option(DemoConfig.model_dtype, "--model-dtype", help="Model compute dtype."),
+    db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL, else a SQLite file in --out)."),
+) -> None:
+    """The whole pipeline (harvest, train, evaluate, record) on the embedded defaults; finished stages are reused."""
+    cfg = DemoConfig(model=model, site=site, dataset=dataset, harvest_tokens=tokens, features=features, k=k,
+                     train_tokens=train_tokens, record_tokens=record_tokens, model_dtype=model_dtype)
+    url = db or os.environ.get("DATABASE_URL") or f"sqlite:///{(out / 'saescope.db').resolve()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        upgrade(url)
+        run = DemoRun(cfg, out)
+        activations, key = run.activations()
+        sae_dir, key = run.sae(activations, key)
+        with open_session(url) as session:
+            row = run.record(session, sae_dir, key)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(summary(row))
+    typer.echo(f"store: {url}")
 
 
 def main() -> None:

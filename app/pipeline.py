@@ -86,6 +86,7 @@ def record_into_store(
     contexts: Iterable[torch.Tensor],
     dataset: str,
     cfg: RecordConfig = RecordConfig(),
+    progress: bool = True,
 ) -> SAERecord:
     """Run the recording pass for a registered SAE and replace its stored features with the result."""
     cfg_sae = loaded.sae.cfg
@@ -95,7 +96,7 @@ def record_into_store(
     site = parse_site(site_name, num_layers(lm.model))
     metrics, log = read_sae_reports(loaded.path if loaded.path.is_dir() else loaded.path.parent)
     record = record_sae(lm.model, loaded.sae, contexts, site=site, tokenizer=lm.tokenizer, cfg=cfg,
-                        eval_metrics=metrics, training_log=log)
+                        eval_metrics=metrics, training_log=log, progress=progress)
     sae_row.model_spec = model_spec
     store_record(session, sae_id=sae_row.id, record=record, dataset=dataset)
     return record

@@ -31,7 +31,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PEER_TOOLS = ("saelens", "sparsify")
 ALL_TOOLS = ("saescope", "reference", "saelens", "sparsify")
-DEFAULT_ACTS = ROOT / "runs" / "bench" / "acts.npy"
+DEFAULT_ACTS = ROOT / "runs" / "bench" / "acts"
 DEFAULT_CURVE = (65536, 131072, 262144, 524288, 1048576)
 
 
@@ -49,12 +49,15 @@ def load_rows(path: Path) -> np.ndarray:
     return np.concatenate(shards)
 
 
-def ensure_default_activations(path: Path) -> None:
-    """Harvest the default activations with bench/make_acts.py the first time they are needed."""
-    if path != DEFAULT_ACTS or path.exists():
+def ensure_default_activations(path: Path, tokens: int) -> None:
+    """Harvest the default activations (SmolLM2 layer 6 over the demo corpus) the first time they are needed."""
+    if path != DEFAULT_ACTS or (path / "manifest.json").is_file():
         return
-    print(f"no activations at {path}; harvesting them once with bench/make_acts.py", flush=True)
-    subprocess.run([sys.executable, str(BENCH / "make_acts.py"), "--out", str(path)], check=True)
+    from sae_core.config import HarvestConfig
+    from sae_core.harvest import harvest
+
+    print(f"no activations at {path}; harvesting {tokens} rows of SmolLM2 layer 6 once", flush=True)
+    harvest(HarvestConfig(tokens=tokens, model_dtype="bfloat16"), path, resume=True)
 
 
 def split(rows_ND: np.ndarray, heldout_rows: int, workdir: Path) -> tuple[Path, Path]:
@@ -132,7 +135,8 @@ def curve_table(results: list[dict]) -> str:
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--activations", type=Path, default=DEFAULT_ACTS,
-                        help="harvest directory or [N, d] .npy (default: made by bench/make_acts.py)")
+                        help="harvest directory or [N, d] .npy (default: harvested on first use)")
+    parser.add_argument("--harvest-tokens", type=int, default=300_000, help="rows harvested for the default")
     parser.add_argument("--tokens", type=int, default=262144, help="training budget per tool, in rows")
     parser.add_argument("--tools", default=",".join(ALL_TOOLS), help="comma-separated subset of "
                         + ",".join(ALL_TOOLS))
@@ -157,7 +161,7 @@ def main() -> None:
     unknown = sorted(set(tools) - set(ALL_TOOLS))
     if unknown:
         raise SystemExit(f"error: unknown tool(s) {', '.join(unknown)}; choose from {', '.join(ALL_TOOLS)}")
-    ensure_default_activations(args.activations)
+    ensure_default_activations(args.activations, args.harvest_tokens)
     rows_ND = load_rows(args.activations)
     print(f"{len(rows_ND)} rows of width {rows_ND.shape[1]} from {args.activations}; "
           f"{args.heldout_rows} held out; batch {args.batch_size}, {args.features} features, k={args.k}; "

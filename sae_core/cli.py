@@ -163,22 +163,6 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2))
 
 
-@app.command()
-def demo(out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for every stage's output."),
-         model: str = ModelOpt,
-         site: str = typer.Option(HarvestConfig.site, "--site", help="Hook site."),
-         dataset: str = DatasetOpt,
-         tokens: int = typer.Option(HarvestConfig.tokens, "--tokens", help="Training tokens to harvest.")) -> None:
-    """The whole pipeline on the embedded defaults; finished stages are reused."""
-    cfg = HarvestConfig(model=model, site=site, dataset=dataset, tokens=tokens)
-    typer.echo(f"[1/1] harvesting {tokens} activations of {model} at {site} from {dataset}")
-    try:
-        manifest = run_harvest(cfg, out / "activations", resume=True)
-    except USER_ERRORS as err:
-        fail(str(err))
-    typer.echo(f"      {manifest['n_tokens']} activations in {out / 'activations'}")
-
-
 def main() -> None:
     """Console-script entry point."""
     app()

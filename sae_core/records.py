@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .data import special_ids
 from .directions import TopTable, logit_effects, nearest_features
@@ -353,6 +354,7 @@ def record_activations(
     site: Site,
     cfg: RecordConfig,
     skip_ids: Sequence[int],
+    progress: bool = False,
     dist: Dist | None = None,
 ) -> Recorder:
     """The streaming part of the pass: truncated forward, encode, fold in; tokens in `skip_ids` are ignored.
@@ -364,11 +366,14 @@ def record_activations(
     device = sae.W_dec.device
     recorder = Recorder(sae.W_dec.shape[0], cfg, device, dist.rank)
     skip = torch.tensor(sorted(set(skip_ids)), dtype=torch.long, device=device)
+    bar = tqdm(unit="tok", unit_scale=True, desc="record", disable=not progress or not dist.is_main, dynamic_ncols=True)
     for tokens_BT in batched(islice(contexts, dist.rank, None, dist.world), cfg.batch_size):
+        bar.update(tokens_BT.numel())
         tokens_BT = tokens_BT.to(device)
         x_BTD = truncated_forward(model, site, tokens_BT)
         f_NF = sae.encode(x_BTD.reshape(-1, x_BTD.shape[-1]).to(sae.W_dec.dtype))
         recorder.add(tokens_BT, f_NF.reshape(*tokens_BT.shape, -1), ~torch.isin(tokens_BT, skip))
+    bar.close()
     merge_recorders(recorder, dist)
     return recorder
 
@@ -383,6 +388,7 @@ def record_sae(
     cfg: RecordConfig = RecordConfig(),
     eval_metrics: dict[str, Any] | None = None,
     training_log: list[dict[str, Any]] | None = None,
+    progress: bool = False,
     dist: Dist | None = None,
 ) -> SAERecord:
     """Record every feature of `sae` over `contexts` ([T] token tensors starting with BOS).
@@ -391,7 +397,8 @@ def record_sae(
     should store it.
     """
     recorder = record_activations(
-        model, sae, contexts, site=site, cfg=cfg, skip_ids=special_ids(tokenizer).tolist(), dist=dist
+        model, sae, contexts, site=site, cfg=cfg, skip_ids=special_ids(tokenizer).tolist(), progress=progress,
+        dist=dist,
     )
     if recorder.n_tokens == 0:
         raise ValueError("no tokens to record: the contexts were empty or held only special tokens")
