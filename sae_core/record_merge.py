@@ -39,8 +39,8 @@ def merge_recorders(recorder: Recorder, dist: Dist) -> None:
     feat_M = quantile.group_M // n
     quantile.group_M = feat_M * n + interval_of(quantile.payload["value"], recorder.max_F[feat_M], n)
     recorder.quantile = _rebuilt(recorder.quantile, quantile)
-    recorder.n_tokens = int(dist.sum(torch.tensor(recorder.n_tokens)))
-    recorder.n_contexts = int(dist.sum(torch.tensor(recorder.n_contexts)))
+    counts = dist.sum(torch.tensor([recorder.n_tokens, recorder.n_contexts], device=recorder.count_F.device))
+    recorder.n_tokens, recorder.n_contexts = (int(c) for c in counts)
 
 
 def _gathered(entries: Entries, dist: Dist) -> Entries:
