@@ -26,15 +26,18 @@ from sae_core.distributed import Dist
 from sae_core.harvest import harvest, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, SAERecord, record_sae
-from sae_core.saes import SAEConfig, build_sae
+from sae_core.models import load_model
+from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.saes.sharded import ShardedTopKSAE
 from sae_core.sites import parse_site
-from sae_core.train import Trainer, train
+from sae_core.streaming import stream_from_corpus
+from sae_core.train import Trainer, sae_config_for, train
 from tests.core.tiny_sae import TinySAE
 from tests.factories import tiny_model, tiny_tokenizer
 from tests.spawn import free_port, run_ranks
 
 D, D_SAE, ROWS = 16, 64, 4096
+SITE = parse_site("layers.1.resid_post")
 TRAIN_RUNS = {"topk": ("topk", None, False), "batchtopk-resumed": ("batchtopk", 13, False),
               "sharded-resumed": ("topk", 13, True)}
 """name -> (architecture, step the first attempt is killed after, feature sharding)."""
@@ -73,6 +76,7 @@ def all_jobs(dist: Dist, acts: Path, model_dir: Path, corpus: str, out: Path) ->
     for name, (arch, kill_at, sharded) in TRAIN_RUNS.items():
         train_run(dist, arch, acts, out / name, kill_at, sharded)
     harvest_runs(dist, model_dir, corpus, out)
+    stream_run(dist, model_dir, corpus, out / "streamed")
     record = one_record(dist)
     if dist.is_main:
         torch.save(record, out / "record.pt")
@@ -124,6 +128,19 @@ def test_two_processes_train_the_same_sae_as_one(name, two_ranks, acts_path, tmp
         a, b = json.loads(a), json.loads(b)
         assert a["step"] == b["step"] and a["l0"] == pytest.approx(b["l0"], rel=1e-4)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-3) and a["dead_fraction"] == b["dead_fraction"]
+
+
+def stream_run(dist: Dist, model_dir: Path, corpus: str, out: Path) -> None:
+    """Data-parallel training straight from the model, each rank streaming its own contexts."""
+    stream, _ = stream_from_corpus(load_model(str(model_dir)), SITE, corpus, context_len=32)
+    train(sae_config_for(stream, "topk", 64, k=4), train_cfg(tokens=256 * 8), stream, out, dist=dist)
+
+
+def test_two_ranks_train_from_a_streamed_model(two_ranks):
+    sae = load_sae(two_ranks / "streamed")
+    assert sae.cfg.site == "layers.1.resid_post" and sae.cfg.d_in == 32
+    log = [json.loads(line) for line in (two_ranks / "streamed" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [4, 8] and log[-1]["l0"] == pytest.approx(4.0)
 
 
 def test_feature_shards_checkpoint_separately(two_ranks):
@@ -221,7 +238,6 @@ def test_a_two_rank_harvest_is_not_resumed_by_one_process(two_ranks, tiny_model_
 # --- recording --------------------------------------------------------------------------------------
 
 RECORD_CFG = RecordConfig(n_top=5, before=6, after=3, n_intervals=4, per_interval=3, batch_size=4)
-SITE = parse_site("layers.1.resid_post")
 
 
 def record_contexts() -> torch.Tensor:
