@@ -51,7 +51,7 @@ def read_manifest(directory: Path | str, name: str = MANIFEST) -> dict:
     """The manifest of a harvest directory (or one rank's, by `name`), checked for the fields readers rely on."""
     path = Path(directory) / name
     if not path.is_file():
-        raise HarvestError(f"{directory} is not a harvest directory (no {MANIFEST})")
+        raise HarvestError(f"{directory} is not a harvest directory (no {name})")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:

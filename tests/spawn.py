@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.multiprocessing as mp
 
-from sae_core.distributed import Dist, close_distributed, init_distributed
+from sae_core.distributed import close_distributed, init_distributed
 
 
 def free_port() -> int:
@@ -37,8 +37,3 @@ def run_ranks(world: int, fn: Callable[..., Any], *args: Any) -> None:
     Results come back through files the function writes; a failing rank fails the call.
     """
     mp.spawn(_rank_main, args=(world, free_port(), fn, args), nprocs=world, join=True)
-
-
-def one_rank() -> Dist:
-    """The single-process world the reference runs use."""
-    return Dist()

@@ -109,8 +109,11 @@ def train_run(dist: Dist, arch: str, path: Path, out: Path, kill_at: int | None,
     if kill_at is not None:
         with pytest.raises(Killed):
             Trainer(sae_cfg(arch), train_cfg(), open_activations(path), out, dist, sharded).run(on_step=kill)
-    train(sae_cfg(arch), train_cfg(), open_activations(path), out, resume=kill_at is not None, dist=dist,
-          shard_features=sharded)
+    sae = train(sae_cfg(arch), train_cfg(), open_activations(path), out, resume=kill_at is not None, dist=dist,
+                shard_features=sharded)
+    for tensor in sae.state_dict().values():  # every rank ends with the same SAE, bit for bit
+        both = dist.gather_cat(tensor[None])
+        assert torch.equal(both[0], both[1])
 
 
 @pytest.mark.parametrize("name", TRAIN_RUNS)
