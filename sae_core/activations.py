@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .distributed import Dist
 from .harvest import HarvestError, load_shard, read_manifest
 
 FILE_CHUNK_ROWS = 65536
@@ -46,6 +47,11 @@ class ActivationSource:
     chunks: tuple[Chunk, ...]
     info: dict = field(default_factory=dict)
     """model_name, hook_name, site, dataset, context_size where the source records them."""
+
+    @classmethod
+    def in_memory(cls, rows_ND: torch.Tensor, info: dict | None = None) -> ActivationSource:
+        """Rows already in memory (e.g. held out from a model stream) as a one-chunk source."""
+        return cls(Path("<memory>"), rows_ND.shape[1], (Chunk(len(rows_ND), lambda: rows_ND),), dict(info or {}))
 
     @property
     def n_rows(self) -> int:
@@ -92,20 +98,17 @@ class ActivationSource:
 
     def batches(self, batch_size: int, seed: int, start_row: int = 0, window: int = 8) -> Iterator[torch.Tensor]:
         """Endless shuffled float32 batches starting at row `start_row` of the seeded stream."""
-        carry = torch.empty(0)
-        for rows in self._stream(seed, start_row, window):
-            if len(carry):
-                rows = torch.cat([carry, rows])
-            starts = range(0, len(rows) - batch_size + 1, batch_size)
-            for a in starts:
-                yield rows[a : a + batch_size].float()
-            carry = rows[len(starts) * batch_size :]
+        return rebatch(self._stream(seed, start_row, window), batch_size)
+
+    def rank_batches(self, batch_size: int, seed: int, start_row: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
+        """This rank's contiguous share of each global batch of the stream (every rank reads the same windows)."""
+        return (batch[dist.share(batch_size)] for batch in self.batches(batch_size, seed, start_row, window))
 
     def _stream(self, seed: int, start_row: int, window: int) -> Iterator[torch.Tensor]:
         """Rows of the stream from `start_row` on, one shuffled window at a time."""
         epoch, skip = divmod(start_row, self.n_rows)
         while True:
-            order = _permutation(len(self.chunks), seed, epoch)
+            order = permutation(len(self.chunks), seed, epoch)
             for w, first in enumerate(range(0, len(order), window)):
                 members = [self.chunks[i] for i in order[first : first + window]]
                 size = sum(c.rows for c in members)
@@ -113,12 +116,24 @@ class ActivationSource:
                     skip -= size
                     continue
                 rows = torch.cat([c.load() for c in members])
-                yield rows[_permutation(size, seed, epoch, w + 1)][skip:]
+                yield rows[permutation(size, seed, epoch, w + 1)][skip:]
                 skip = 0
             epoch += 1
 
 
-def _permutation(n: int, *key: int) -> torch.Tensor:
+def rebatch(blocks: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
+    """Float32 batches of exactly `batch_size` rows cut from a stream of row blocks of any sizes."""
+    carry = torch.empty(0)
+    for rows in blocks:
+        if len(carry):
+            rows = torch.cat([carry, rows])
+        starts = range(0, len(rows) - batch_size + 1, batch_size)
+        for a in starts:
+            yield rows[a : a + batch_size].float()
+        carry = rows[len(starts) * batch_size :]
+
+
+def permutation(n: int, *key: int) -> torch.Tensor:
     """A permutation of range(n) that depends only on the integers in `key`."""
     state = np.random.SeedSequence(list(key)).generate_state(2)
     generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

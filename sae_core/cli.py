@@ -10,11 +10,13 @@ import typer
 from .activations import ActivationsError, open_activations
 from .config import HarvestConfig, TrainConfig
 from .data import CorpusError
+from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations, write_metrics
 from .harvest import HarvestError, harvest as run_harvest
 from .models import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
-from .sites import SiteError, valid_sites
+from .sites import SiteError, num_layers, parse_site, valid_sites
+from .streaming import stream_from_corpus
 from .train import sae_config_for, train as run_train
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse-autoencoder workbench.")
@@ -24,6 +26,8 @@ USER_ERRORS = (ModelLoadError, SiteError, CorpusError, HarvestError, Activations
 
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Model name, directory, .gguf file or hub id.")
 DatasetOpt = typer.Option("demo", "--dataset", help="`demo`, a .txt/.jsonl/.parquet file or folder, or a hub dataset.")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
+DistributedOpt = typer.Option(False, "--distributed", help="Insist on torchrun's environment (torchrun is detected anyway).")
 
 
 def fail(message: str) -> None:
@@ -55,20 +59,26 @@ def harvest(
     dtype: str = typer.Option(HarvestConfig.dtype, "--dtype", help="Storage dtype of the activations."),
     model_dtype: str = typer.Option(HarvestConfig.model_dtype, "--model-dtype", help="Compute dtype of the model."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted harvest in --out."),
+    device: str = DeviceOpt,
+    distributed: bool = DistributedOpt,
 ) -> None:
-    """Run a model over a corpus and write its activations at one site to disk."""
+    """Run a model over a corpus and write its activations at one site to disk (split by rank under torchrun)."""
     cfg = HarvestConfig(model=model, site=site, dataset=dataset, text_field=text_field, tokens=tokens,
                         context_len=context, batch_size=batch_size, dtype=dtype, model_dtype=model_dtype)
     try:
-        manifest = run_harvest(cfg, out, resume=resume)
+        dist = init_distributed(device, require=distributed)
+        manifest = run_harvest(cfg, out, resume=resume, dist=dist)
     except USER_ERRORS as err:
         fail(str(err))
-    typer.echo(f"wrote {manifest['n_tokens']} activations of {manifest['model']} at {manifest['site']} to {out}")
+    finally:
+        close_distributed()
+    if dist.is_main:
+        typer.echo(f"wrote {manifest['n_tokens']} activations of {manifest['model']} at {manifest['site']} to {out}")
 
 
 @app.command()
 def train(
-    activations: Path = typer.Option(..., "--activations", help="Harvest directory, [N, d] .npy, or .safetensors with `activations`."),
+    activations: Path | None = typer.Option(None, "--activations", help="Harvest directory, [N, d] .npy, or .safetensors with `activations`."),
     out: Path = typer.Option(..., "--out", help="Directory for the SAE (SAELens layout), log and metrics."),
     arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk or jumprelu."),
     features: int = typer.Option(8192, "--features", help="Dictionary size (d_sae)."),
@@ -82,21 +92,47 @@ def train(
     dtype: str = typer.Option(TrainConfig.dtype, "--dtype", help="Compute dtype: bfloat16 (fast) or float32 (exact)."),
     holdout: int | None = typer.Option(None, "--holdout", help="Rows held out for metrics.json (default: 10%, at most 65536)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    model: str | None = typer.Option(None, "--model", help="Instead of --activations: stream from this model (needs --tokens)."),
+    dataset: str = DatasetOpt,
+    site: str = typer.Option(HarvestConfig.site, "--site", help="With --model: hook site to stream."),
+    context: int = typer.Option(HarvestConfig.context_len, "--context", help="With --model: tokens per context."),
+    holdout_contexts: int = typer.Option(16, "--holdout-contexts", help="With --model: first contexts kept for metrics.json."),
+    device: str = DeviceOpt,
+    distributed: bool = DistributedOpt,
+    shard_features: bool = typer.Option(False, "--shard-features", help="topk under torchrun: split the features over the ranks."),
 ) -> None:
-    """Train an SAE on activations; writes cfg.json, sae_weights.safetensors, training_log.jsonl, metrics.json."""
+    """Train an SAE on activations (or streamed from a model); writes the SAE, training_log.jsonl, metrics.json.
+
+    Under `torchrun --nproc-per-node N -m sae_core train ...` the ranks train data-parallel, or with
+    --shard-features each holds 1/N of the dictionary.
+    """
+    if (activations is None) == (model is None) or (model is not None and tokens is None):
+        fail("give --activations, or --model with --tokens to stream activations from the model")
     try:
-        data = open_activations(activations)
-        held = min(data.n_rows // 10, 65536) if holdout is None else holdout
-        train_rows, heldout = data.split_tail(held) if held else (data, data)
+        dist = init_distributed(device, require=distributed)
+        if activations is not None:
+            data = open_activations(activations)
+            held = min(data.n_rows // 10, 65536) if holdout is None else holdout
+            train_rows, heldout = data.split_tail(held) if held else (data, data)
+            eval_rows = "held-out tail" if held else "training rows"
+        else:
+            lm = load_model(model, device=str(dist.device))
+            train_rows, heldout = stream_from_corpus(lm, parse_site(site, num_layers(lm.model)), dataset, context_len=context,
+                                                     holdout_contexts=holdout_contexts)
+            eval_rows = f"first {holdout_contexts} contexts (not trained on)"
         sae_cfg = sae_config_for(train_rows, arch, features, k=k if arch in ("topk", "batchtopk") else None,
                                  l1_coefficient=l1, l0_coefficient=l0)
         cfg = TrainConfig(tokens=tokens or train_rows.n_rows, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype)
-        sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume)
-        metrics = {**evaluate_activations(sae, heldout), "eval_rows": "held-out tail" if held else "training rows"}
-        write_metrics(out, metrics)
+        sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume, dist=dist, shard_features=shard_features)
+        metrics = {**evaluate_activations(sae, heldout), "eval_rows": eval_rows} if heldout is not None and dist.is_main else {}
+        if metrics:
+            write_metrics(out, metrics)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(json.dumps(metrics, indent=2))
+    finally:
+        close_distributed()
+    if dist.is_main:
+        typer.echo(json.dumps(metrics, indent=2))
 
 
 @app.command("eval")

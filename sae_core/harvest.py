@@ -7,6 +7,11 @@ Layout of a harvest directory (format `saescope-activations/1`):
   activation row can be shown with its text.
 A shard is listed in the manifest only after it is fully on disk, so an interrupted run never leaves a
 shard that readers would trust half-written, and `resume` continues after the last listed shard.
+
+Under torchrun each of N ranks harvests every N-th context (rank r: contexts r, r+N, ...) and its share
+of the rows, into `shard_rR_NNNNN.safetensors` files under its own `manifest.rankR.json` (its resume
+state), so ranks never write one path. When all are done rank 0 merges them into `manifest.json`, which
+lists every shard (ordered by first context) and records `world` and each shard's `context_stride`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .config import HarvestConfig
+from .distributed import Dist
 from .fileio import atomic_write, atomic_write_json
 from .data import iter_contexts, iter_documents, special_ids
 from .hooks import truncated_forward
@@ -41,11 +47,11 @@ class HarvestError(ValueError):
     """A harvest directory that cannot be written to or read as activations."""
 
 
-def read_manifest(directory: Path | str) -> dict:
-    """The manifest of a harvest directory, checked for the fields every reader relies on."""
-    path = Path(directory) / MANIFEST
+def read_manifest(directory: Path | str, name: str = MANIFEST) -> dict:
+    """The manifest of a harvest directory (or one rank's, by `name`), checked for the fields readers rely on."""
+    path = Path(directory) / name
     if not path.is_file():
-        raise HarvestError(f"{directory} is not a harvest directory (no {MANIFEST})")
+        raise HarvestError(f"{directory} is not a harvest directory (no {name})")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -115,9 +121,10 @@ class _ShardBuffer:
 class _ShardWriter:
     """Writes shards on a background thread (so disk time overlaps the forward) and keeps the manifest."""
 
-    def __init__(self, out: Path, manifest: dict):
+    def __init__(self, out: Path, manifest: dict, dist: Dist):
         self.out = out
         self.manifest = manifest
+        self.dist = dist
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: Future | None = None
 
@@ -136,16 +143,23 @@ class _ShardWriter:
 
     def _write(self, tensors: dict[str, torch.Tensor], first_context: int) -> None:
         shards = self.manifest["shards"]
-        name = f"shard_{len(shards):05d}.safetensors"
+        rank = f"r{self.dist.rank}_" if self.dist.active else ""
+        name = f"shard_{rank}{len(shards):05d}.safetensors"
         atomic_write(self.out / name, lambda tmp: save_file(tensors, tmp))
         shards.append({"file": name, "rows": tensors["activations"].shape[0],
-                       "contexts": tensors["tokens"].shape[0], "first_context": first_context})
+                       "contexts": tensors["tokens"].shape[0], "first_context": first_context,
+                       "context_stride": self.dist.world})
         self.manifest["n_tokens"] += tensors["activations"].shape[0]
         self.manifest["n_contexts"] += tensors["tokens"].shape[0]
-        atomic_write_json(self.out / MANIFEST, self.manifest)
+        atomic_write_json(self.out / manifest_name(self.dist), self.manifest)
 
 
-def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, site: Site) -> dict:
+def manifest_name(dist: Dist) -> str:
+    """The manifest a rank keeps its progress in: the directory's own in a one-process run."""
+    return f"manifest.rank{dist.rank}.json" if dist.active else MANIFEST
+
+
+def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, site: Site, world: int) -> dict:
     return {
         "format": FORMAT,
         "model": lm.name,
@@ -162,20 +176,25 @@ def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, site: Site) -> dict:
                             else lm.tokenizer.eos_token_id),
         "n_contexts": 0,
         "n_tokens": 0,
+        "world": world,
         "complete": False,
         "shards": [],
     }
 
 
-def _existing_manifest(cfg: HarvestConfig, out: Path, resume: bool) -> dict | None:
-    """The manifest to continue from, or None for a fresh directory; refuses to clobber data."""
-    if not (out / MANIFEST).exists():
+def _existing_manifest(cfg: HarvestConfig, out: Path, resume: bool, dist: Dist) -> dict | None:
+    """This rank's manifest to continue from, or None for a fresh directory; refuses to clobber data."""
+    if not (out / manifest_name(dist)).exists():
+        if (out / MANIFEST).exists():
+            raise HarvestError(f"{out} already holds activations from a run of another number of processes; "
+                               "resume with the same number or choose another --out")
         return None
     if not resume:
         raise HarvestError(f"{out} already holds activations; pass --resume to continue it or choose another --out")
-    manifest = read_manifest(out)
-    wanted = {**cfg.to_dict(), "model_spec": cfg.model, "site": parse_site(cfg.site).name}
-    clashes = [f"{k}: {manifest.get(k)!r} != {wanted[k]!r}" for k in IDENTITY if manifest.get(k) != wanted[k]]
+    manifest = read_manifest(out, manifest_name(dist))
+    manifest.setdefault("world", 1)  # manifests from before distributed harvesting
+    wanted = {**cfg.to_dict(), "model_spec": cfg.model, "site": parse_site(cfg.site).name, "world": dist.world}
+    clashes = [f"{k}: {manifest.get(k)!r} != {wanted[k]!r}" for k in (*IDENTITY, "world") if manifest.get(k) != wanted[k]]
     if clashes:
         raise HarvestError(f"cannot resume {out}: it was harvested with other settings ({'; '.join(clashes)})")
     return manifest
@@ -189,55 +208,87 @@ def batched(contexts: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch
 
 
 def harvest(cfg: HarvestConfig, out: Path | str, resume: bool = False, lm: LoadedModel | None = None,
-            progress: bool = True, contexts: Iterable[torch.Tensor] | None = None) -> dict:
+            progress: bool = True, contexts: Iterable[torch.Tensor] | None = None, dist: Dist | None = None) -> dict:
     """Write `cfg.tokens` activation rows at `cfg.site` into `out`; returns the final manifest.
 
     `contexts` replaces the corpus named in `cfg` (benchmarks feed the very batches they compare with).
+    With `dist` of several ranks every rank calls this; each harvests its share and rank 0 merges.
     """
+    dist = dist or Dist()
     out = Path(out)
-    if cfg.tokens <= 0:
-        raise HarvestError(f"--tokens must be positive, got {cfg.tokens}")
+    if cfg.tokens < max(1, dist.world):
+        raise HarvestError(f"--tokens must be positive and at least one per process, got {cfg.tokens}")
     parse_site(cfg.site)  # a malformed name fails before the model's slow load
-    manifest = _existing_manifest(cfg, out, resume)
-    if manifest is not None and manifest["n_tokens"] >= cfg.tokens:
+    manifest = _existing_manifest(cfg, out, resume, dist)
+    if manifest is None or manifest["n_tokens"] < rank_tokens(cfg.tokens, dist):
+        manifest = _harvest_share(cfg, out, manifest, lm, progress, contexts, dist)
+    if not dist.active:
         return manifest
+    dist.barrier()
+    if dist.is_main:
+        merge_rank_manifests(out, dist.world)
+    dist.barrier()
+    return read_manifest(out)
+
+
+def rank_tokens(tokens: int, dist: Dist) -> int:
+    """This rank's share of the rows (the first `tokens % world` ranks take one more)."""
+    return tokens // dist.world + (dist.rank < tokens % dist.world)
+
+
+def _harvest_share(cfg: HarvestConfig, out: Path, manifest: dict | None, lm: LoadedModel | None, progress: bool,
+                   contexts: Iterable[torch.Tensor] | None, dist: Dist) -> dict:
+    """This rank's rows: every world-th context from its rank on, continuing after its last shard."""
     dtype = parse_dtype(cfg.dtype)
-    lm = lm or load_model(cfg.model, dtype=parse_dtype(cfg.model_dtype))
+    lm = lm or load_model(cfg.model, dtype=parse_dtype(cfg.model_dtype), device=str(dist.device))
     site = parse_site(cfg.site, num_layers(lm.model))
     out.mkdir(parents=True, exist_ok=True)
-    manifest = manifest or _new_manifest(cfg, lm, site)
+    manifest = manifest or _new_manifest(cfg, lm, site, dist.world)
     manifest["complete"] = False
-    atomic_write_json(out / MANIFEST, manifest)
+    atomic_write_json(out / manifest_name(dist), manifest)
     if contexts is None:
         contexts = iter_contexts(iter_documents(cfg.dataset, cfg.text_field), lm.tokenizer, cfg.context_len)
-    _run(cfg, lm, site, islice(contexts, manifest["n_contexts"], None), out, manifest, dtype, progress)
+    mine = islice(contexts, dist.rank + manifest["n_contexts"] * dist.world, None, dist.world)
+    _run(cfg, lm, site, mine, out, manifest, dtype, progress and dist.is_main, dist)
     manifest["complete"] = True
-    atomic_write_json(out / MANIFEST, manifest)
+    atomic_write_json(out / manifest_name(dist), manifest)
     return manifest
 
 
+def merge_rank_manifests(out: Path, world: int) -> dict:
+    """One manifest listing every rank's shards, ordered by first context; complete when every rank is."""
+    parts = [read_manifest(out, manifest_name(Dist(rank, world))) for rank in range(world)]
+    merged = {**parts[0], "shards": sorted((e for p in parts for e in p["shards"]), key=lambda e: e["first_context"]),
+              "n_tokens": sum(p["n_tokens"] for p in parts), "n_contexts": sum(p["n_contexts"] for p in parts),
+              "complete": all(p["complete"] for p in parts)}
+    atomic_write_json(out / MANIFEST, merged)
+    return merged
+
+
 def _run(cfg: HarvestConfig, lm: LoadedModel, site: Site, contexts: Iterator[torch.Tensor], out: Path,
-         manifest: dict, dtype: torch.dtype, progress: bool) -> None:
+         manifest: dict, dtype: torch.dtype, progress: bool, dist: Dist) -> None:
     """The harvesting loop: forward, drop special tokens, buffer rows, hand full shards to the writer."""
     specials = special_ids(lm.tokenizer)
-    writer = _ShardWriter(out, manifest)
+    writer = _ShardWriter(out, manifest, dist)
     buffer = _ShardBuffer()
+    budget = rank_tokens(cfg.tokens, dist)
     done = manifest["n_tokens"]
-    next_context = manifest["n_contexts"]
-    bar = tqdm(total=cfg.tokens, initial=done, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
+    next_context = manifest["n_contexts"]  # this rank's count; its global number is rank + count * world
+    bar = tqdm(total=budget, initial=done, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
     try:
         for ids_BT in batched(contexts, cfg.batch_size):
-            acts_RD, positions_R2 = _activation_rows(lm, site, ids_BT, specials, next_context)
-            keep = min(acts_RD.shape[0], cfg.tokens - done - buffer.rows)
+            first = dist.rank + next_context * dist.world
+            acts_RD, positions_R2 = _activation_rows(lm, site, ids_BT, specials, first, dist.world)
+            keep = min(acts_RD.shape[0], budget - done - buffer.rows)
             if keep < acts_RD.shape[0]:  # the budget ends inside this batch: keep only contexts it reaches
-                ids_BT = ids_BT[: int(positions_R2[keep - 1, 0]) - next_context + 1]
-            buffer.add(acts_RD[:keep].to(dtype), positions_R2[:keep], ids_BT, next_context)
+                ids_BT = ids_BT[: (int(positions_R2[keep - 1, 0]) - first) // dist.world + 1]
+            buffer.add(acts_RD[:keep].to(dtype), positions_R2[:keep], ids_BT, first)
             next_context += ids_BT.shape[0]
             bar.update(keep)
-            if buffer.rows >= cfg.shard_tokens or done + buffer.rows >= cfg.tokens:
+            if buffer.rows >= cfg.shard_tokens or done + buffer.rows >= budget:
                 done += buffer.rows
                 writer.submit(buffer.take())
-            if done >= cfg.tokens:
+            if done >= budget:
                 break
         if buffer.rows:
             writer.submit(buffer.take())
@@ -250,10 +301,13 @@ def _run(cfg: HarvestConfig, lm: LoadedModel, site: Site, contexts: Iterator[tor
 
 @torch.inference_mode()
 def _activation_rows(lm: LoadedModel, site: Site, ids_BT: torch.Tensor, specials: torch.Tensor,
-                     first_context: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations of the non-special tokens of a batch, with their (context, position) addresses."""
+                     first_context: int, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations of the non-special tokens of a batch, with their (global context, position) addresses.
+
+    Row b of the batch is global context `first_context + b * stride` (a rank takes every stride-th context).
+    """
     acts_BTD = truncated_forward(lm.model, site, ids_BT.to(lm.model.device))
     keep_BT = ~torch.isin(ids_BT, specials)
     positions_R2 = keep_BT.nonzero().to(torch.int32)
-    positions_R2[:, 0] += first_context
+    positions_R2[:, 0] = positions_R2[:, 0] * stride + first_context
     return acts_BTD[keep_BT.to(acts_BTD.device)].cpu(), positions_R2

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import json
 import math
+from itertools import islice
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -32,7 +34,9 @@ from .directions import TopTable, logit_effects, nearest_features
 from .evaluate import METRICS_FILE
 from .harvest import batched
 from .hooks import truncated_forward
-from .selection import Entries, GroupBank, rank_in_group
+from .distributed import Dist
+from .record_merge import merge_recorders
+from .selection import Entries, GroupBank, interval_of, rank_in_group
 from .sites import Site
 from .train import LOG_FILE
 
@@ -224,16 +228,10 @@ def _pairs(table: TopTable, index: int) -> list[tuple[int, float]]:
     return list(zip(table.index_FK[index].tolist(), table.value_FK[index].tolist()))
 
 
-def interval_of(value: torch.Tensor, max_: torch.Tensor, n_intervals: int) -> torch.Tensor:
-    """Interval number of each activation relative to its feature's max (the top interval is closed)."""
-    frac = value / max_.clamp_min(torch.finfo(value.dtype).tiny)
-    return (frac * n_intervals).floor().long().clamp(0, n_intervals - 1)
-
-
 class Recorder:
     """Accumulates per-feature statistics and example windows over batches of contexts."""
 
-    def __init__(self, d_sae: int, cfg: RecordConfig, device: torch.device | str = "cpu"):
+    def __init__(self, d_sae: int, cfg: RecordConfig, device: torch.device | str = "cpu", rank: int = 0):
         self.cfg = cfg
         self.d_sae = d_sae
         self.n_tokens = 0
@@ -245,7 +243,9 @@ class Recorder:
         self.hist_FB = torch.zeros(d_sae, HIST_EDGES.numel() - 1, dtype=torch.long, device=device)
         self.top = GroupBank(d_sae, cfg.n_top, self._empty(device))
         self.quantile = GroupBank(d_sae * cfg.n_intervals, cfg.per_interval, self._empty(device))
-        self.generator = torch.Generator(device=device).manual_seed(cfg.seed)
+        # Each rank of a distributed pass draws its own keys; rank 0 (and a single process) from the seed itself.
+        seed = int(np.random.SeedSequence([cfg.seed, rank]).generate_state(1)[0]) if rank else cfg.seed
+        self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def _empty(self, device: torch.device | str) -> Entries:
         """An empty entry set with the window payloads."""
@@ -355,19 +355,26 @@ def record_activations(
     cfg: RecordConfig,
     skip_ids: Sequence[int],
     progress: bool = False,
+    dist: Dist | None = None,
 ) -> Recorder:
-    """The streaming part of the pass: truncated forward, encode, fold in; tokens in `skip_ids` are ignored."""
+    """The streaming part of the pass: truncated forward, encode, fold in; tokens in `skip_ids` are ignored.
+
+    With `dist` of several ranks, rank r takes contexts r, r+N, ... and the ranks' recorders are merged
+    (see `record_merge`), so every rank returns the whole pass's recorder.
+    """
+    dist = dist or Dist()
     device = sae.W_dec.device
-    recorder = Recorder(sae.W_dec.shape[0], cfg, device)
+    recorder = Recorder(sae.W_dec.shape[0], cfg, device, dist.rank)
     skip = torch.tensor(sorted(set(skip_ids)), dtype=torch.long, device=device)
-    bar = tqdm(unit="tok", unit_scale=True, desc="record", disable=not progress, dynamic_ncols=True)
-    for tokens_BT in batched(contexts, cfg.batch_size):
+    bar = tqdm(unit="tok", unit_scale=True, desc="record", disable=not progress or not dist.is_main, dynamic_ncols=True)
+    for tokens_BT in batched(islice(contexts, dist.rank, None, dist.world), cfg.batch_size):
         bar.update(tokens_BT.numel())
         tokens_BT = tokens_BT.to(device)
         x_BTD = truncated_forward(model, site, tokens_BT)
         f_NF = sae.encode(x_BTD.reshape(-1, x_BTD.shape[-1]).to(sae.W_dec.dtype))
         recorder.add(tokens_BT, f_NF.reshape(*tokens_BT.shape, -1), ~torch.isin(tokens_BT, skip))
     bar.close()
+    merge_recorders(recorder, dist)
     return recorder
 
 
@@ -382,10 +389,16 @@ def record_sae(
     eval_metrics: dict[str, Any] | None = None,
     training_log: list[dict[str, Any]] | None = None,
     progress: bool = False,
+    dist: Dist | None = None,
 ) -> SAERecord:
-    """Record every feature of `sae` over `contexts` ([T] token tensors starting with BOS)."""
+    """Record every feature of `sae` over `contexts` ([T] token tensors starting with BOS).
+
+    Under torchrun every rank calls this with the same `contexts` and gets the same record; rank 0 alone
+    should store it.
+    """
     recorder = record_activations(
-        model, sae, contexts, site=site, cfg=cfg, skip_ids=special_ids(tokenizer).tolist(), progress=progress
+        model, sae, contexts, site=site, cfg=cfg, skip_ids=special_ids(tokenizer).tolist(), progress=progress,
+        dist=dist,
     )
     if recorder.n_tokens == 0:
         raise ValueError("no tokens to record: the contexts were empty or held only special tokens")

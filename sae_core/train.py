@@ -4,6 +4,14 @@ The run is a pure function of (SAE config, train config, data): initialisation a
 the seed, nothing reads the global RNG, and the data stream is addressed by row position. A checkpoint
 holds the step, the weights, Adam's state, the dead-feature counters and the input scale, so a run
 killed at any moment and resumed ends bit-for-bit where an uninterrupted run ends.
+
+Data parallelism (torchrun): every rank walks the same seeded stream of global batches and computes on
+its contiguous share of each; gradients are averaged over ranks, and the fired masks OR-ed, so weights,
+Adam state, decoder norms and dead-feature counters stay identical on every rank and the run matches one
+process's within float tolerance. Rank 0 writes the checkpoint, log and SAE.
+
+Feature sharding (`shard_features`, TopK only): every rank sees the whole batch and holds a slice of the
+features (`saes/sharded.py`); each rank checkpoints its own shard and rank 0 writes the gathered SAE.
 """
 
 from __future__ import annotations
@@ -14,15 +22,17 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
-from .activations import ActivationSource
 from .config import TrainConfig
+from .devices import autocast, prefetch_to
+from .distributed import Dist
 from .fileio import atomic_write
 from .saes import SAE, SAEConfig, TrainOutput, build_sae
+from .saes.sharded import ShardedTopKSAE
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "training_log.jsonl"
@@ -60,6 +70,19 @@ def geometric_median(x_ND: torch.Tensor, iterations: int = 64) -> torch.Tensor:
     return median_D
 
 
+class TrainingData(Protocol):
+    """What the trainer reads: activation files (`ActivationSource`) or a model streamed live (`ModelStream`)."""
+
+    d_in: int
+    info: dict
+
+    def head(self, n_rows: int) -> torch.Tensor: ...
+
+    def rank_batches(self, batch_size: int, seed: int, start_row: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
+        """This rank's rows of the global batches from global row `start_row` of the seeded stream."""
+        ...
+
+
 @dataclass
 class TrainState:
     """Everything besides the weights that a resumed run needs to continue identically."""
@@ -73,18 +96,26 @@ class TrainState:
 class Trainer:
     """Owns one SAE, its optimiser and its counters; `run` trains to the budget, checkpointing on the way."""
 
-    def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, data: ActivationSource, out: Path):
+    def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: Path,
+                 dist: Dist | None = None, shard_features: bool = False):
         if data.d_in != sae_cfg.d_in:
             raise ValueError(f"the activations have width {data.d_in}, the SAE expects d_in={sae_cfg.d_in}")
         self.cfg, self.data, self.out = cfg, data, Path(out)
-        self.sae = build_sae(sae_cfg, seed=cfg.seed)
+        self.dist = dist or Dist()
+        self.device = self.dist.device
+        # The ranks that split each batch: all of them (data parallel), or none when the features are split.
+        self.batch_dist = Dist(device=self.device) if shard_features else self.dist
+        self.batch_dist.share(cfg.batch_size)  # refuse a batch that does not split evenly before any work
+        sae = ShardedTopKSAE(sae_cfg, self.dist, cfg.seed) if shard_features else build_sae(sae_cfg, seed=cfg.seed)
+        self.sae = sae.to(self.device)
         self.sae.sparse_kernels = cfg.sparse_kernels
+        self.sae.dist = self.batch_dist
         self.lr = cfg.lr or default_lr(sae_cfg.d_sae)
         # fused: one kernel for the whole update, measured 5x faster than the default loop on this CPU.
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
         self.dead_after = cfg.dead_after_tokens or min(10_000_000, max(cfg.tokens // 10, cfg.batch_size))
-        self.state = TrainState(0, 1.0, torch.zeros(sae_cfg.d_sae, dtype=torch.long))
-        self.autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.dtype == "bfloat16")
+        self.state = TrainState(0, 1.0, torch.zeros(self.sae.cfg.d_sae, dtype=torch.long, device=self.device))
+        self.autocast = autocast(self.device, enabled=cfg.dtype == "bfloat16")
         if cfg.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose bfloat16 or float32")
 
@@ -93,15 +124,18 @@ class Trainer:
     @torch.no_grad()
     def initialize_from_data(self) -> None:
         """Input scale from the mean norm of a sample, and b_dec at the sample's geometric median."""
-        sample_ND = self.data.head(INIT_SAMPLE_ROWS)
+        sample_ND = self.data.head(INIT_SAMPLE_ROWS).to(self.device)
         if self.cfg.normalize:
             self.state.input_scale = math.sqrt(self.data.d_in) / sample_ND.norm(dim=1).mean().clamp_min(1e-12).item()
         self.sae.b_dec.copy_(geometric_median(sample_ND * self.state.input_scale))
+        # Every rank computed the same start; rank 0's copy is made everyone's so no device quirk can split them.
+        self.state.input_scale = self.batch_dist.broadcast_object(self.state.input_scale)
+        self.batch_dist.broadcast_(list(self.sae.parameters()))
 
     # --- one step ---------------------------------------------------------------------------------
 
     def step(self, x_ND: torch.Tensor) -> dict[str, float] | None:
-        """One optimiser step on a batch of raw activations; returns the log's figures on logging steps."""
+        """One optimiser step on this rank's share of a batch of raw activations; the log's figures on logging steps."""
         cfg, sae, state = self.cfg, self.sae, self.state
         x_ND = x_ND * state.input_scale
         for group in self.optimizer.param_groups:
@@ -111,34 +145,44 @@ class Trainer:
             out = sae.training_forward(x_ND, dead_F=state.since_fired_F >= self.dead_after, sparsity_scale=sparsity_scale)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
+        self.batch_dist.mean_grads_(list(sae.parameters()))
         if sae.unit_norm_decoder:
             sae.remove_parallel_grad_()
         self.optimizer.step()
         if sae.unit_norm_decoder:
             sae.normalize_decoder_()
-        state.since_fired_F += len(x_ND)
-        state.since_fired_F[out.fired_F] = 0
+        state.since_fired_F += len(x_ND) * self.batch_dist.world
+        state.since_fired_F[self.batch_dist.any(out.fired_F)] = 0
         state.step += 1
         if state.step % cfg.log_every and state.step != cfg.total_steps:
             return None
         return self._figures(out, x_ND)
 
     def _figures(self, out: TrainOutput, x_ND: torch.Tensor) -> dict[str, float]:
-        """Loss terms, L0, batch FVU and dead fraction as plain floats."""
-        total_var = (x_ND - x_ND.mean(0)).pow(2).sum().clamp_min(1e-12)
-        fvu = (out.x_hat_ND.float() - x_ND).pow(2).sum() / total_var
+        """Loss terms, L0, batch FVU and dead fraction as plain floats, over the whole global batch."""
+        dist, shards = self.batch_dist, self.sae.shards
+        fvu = dist.sum((out.x_hat_ND.float() - x_ND).pow(2).sum()) / dist.centred_ss(x_ND).clamp_min(1e-12)
+        names = [*out.losses, "loss", "l0"]
+        values = torch.stack([v.detach().float() for v in (*out.losses.values(), out.loss, out.l0)])
+        means = (dist.sum(values) / dist.world).tolist()
         return {
-            **{name: float(v.detach()) for name, v in out.losses.items()},
-            "loss": float(out.loss.detach()),
-            "l0": float(out.l0),
+            **dict(zip(names, means)),
             "fvu": float(fvu),
-            "dead_fraction": float((self.state.since_fired_F >= self.dead_after).float().mean()),
+            "dead_fraction": float(shards.sum((self.state.since_fired_F >= self.dead_after).sum()))
+            / (len(self.state.since_fired_F) * shards.world),
         }
 
     # --- checkpoints ------------------------------------------------------------------------------
 
+    @property
+    def checkpoint_file(self) -> str:
+        """One checkpoint for replicated ranks (rank 0 writes it), one per shard when features are split."""
+        return f"checkpoint.rank{self.dist.rank}.pt" if self.sae.shards.active else CHECKPOINT_FILE
+
     def save_checkpoint(self) -> None:
-        """Weights, optimiser, counters and step, written atomically."""
+        """Weights, optimiser, counters and step, written atomically by rank 0 or by every shard."""
+        if not (self.dist.is_main or self.sae.shards.active):
+            return
         payload = {
             "step": self.state.step,
             "input_scale": self.state.input_scale,
@@ -148,12 +192,12 @@ class Trainer:
             "sae_cfg": asdict(self.sae.cfg),
             "train_cfg": asdict(replace(self.cfg, progress=True)),
         }
-        atomic_write(self.out / CHECKPOINT_FILE, lambda tmp: torch.save(payload, tmp))
+        atomic_write(self.out / self.checkpoint_file, lambda tmp: torch.save(payload, tmp))
 
     def load_checkpoint(self) -> None:
         """Continue from the checkpoint in the output directory, which must come from the same configs."""
-        path = self.out / CHECKPOINT_FILE
-        payload = torch.load(path, weights_only=True)
+        path = self.out / self.checkpoint_file
+        payload = torch.load(path, weights_only=True, map_location=self.device)
         if payload["sae_cfg"] != asdict(self.sae.cfg) or payload["train_cfg"] != asdict(replace(self.cfg, progress=True)):
             raise ValueError(f"{path} was written by a run with other settings; resume with the same options")
         self.sae.load_state_dict(payload["sae"])
@@ -165,28 +209,31 @@ class Trainer:
     def run(self, resume: bool = False, on_step: Callable[[int], None] | None = None) -> SAE:
         """Train to the budget and write the final SAE; `on_step` sees each finished step (tests use it)."""
         self.out.mkdir(parents=True, exist_ok=True)
-        if resume and (self.out / CHECKPOINT_FILE).is_file():
+        if resume and (self.out / self.checkpoint_file).is_file():
             self.load_checkpoint()
         else:
             self.initialize_from_data()
-        log = TrainingLog(self.out / LOG_FILE, keep_through_step=self.state.step)
-        batches = self.data.batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
-                                    self.cfg.shuffle_window)
-        self._loop(batches, log, on_step)
+        log = TrainingLog(self.out / LOG_FILE, keep_through_step=self.state.step) if self.dist.is_main else None
+        batches = self.data.rank_batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
+                                         self.cfg.shuffle_window, self.batch_dist)
+        self._loop(prefetch_to(batches, self.device), log, on_step)
         self.save_checkpoint()
-        return self.finish()
+        sae = self.finish()
+        self.dist.barrier()  # no rank returns before rank 0's files are on disk
+        return sae
 
-    def _loop(self, batches: Iterator[torch.Tensor], log: TrainingLog, on_step: Callable[[int], None] | None) -> None:
+    def _loop(self, batches: Iterator[torch.Tensor], log: TrainingLog | None,
+              on_step: Callable[[int], None] | None) -> None:
         cfg, state = self.cfg, self.state
         bar = tqdm(total=cfg.total_steps * cfg.batch_size, initial=state.step * cfg.batch_size, unit="tok",
-                   unit_scale=True, disable=not cfg.progress, dynamic_ncols=True)
+                   unit_scale=True, disable=not cfg.progress or not self.dist.is_main, dynamic_ncols=True)
         last_checkpoint, started, start_step = time.monotonic(), time.monotonic(), state.step
         with bar:
             while state.step < cfg.total_steps:
                 figures = self.step(next(batches))
                 bar.update(cfg.batch_size)
                 rate = (state.step - start_step) * cfg.batch_size / max(1e-9, time.monotonic() - started)
-                if figures is not None:
+                if figures is not None and log is not None:
                     log.write({"step": state.step, "tokens": state.step * cfg.batch_size, **figures,
                                "tokens_per_s": round(rate)})
                     bar.set_postfix(loss=f"{figures['loss']:.4g}", l0=f"{figures['l0']:.1f}",
@@ -201,16 +248,18 @@ class Trainer:
         every = self.cfg.checkpoint_every_steps
         if every and self.state.step % every == 0:
             return True
-        return time.monotonic() - last >= self.cfg.checkpoint_every_s
+        due = time.monotonic() - last >= self.cfg.checkpoint_every_s
+        # Shards checkpoint together (rank 0's clock decides), or a resume would mix steps.
+        return bool(self.sae.shards.broadcast_object(due)) if self.sae.shards.active else due
 
     def finish(self) -> SAE:
-        """The trained SAE acting on raw activations, saved in SAELens layout."""
-        sae = build_sae(self.sae.cfg)
-        sae.load_state_dict(self.sae.state_dict())
+        """The trained SAE acting on raw activations (on the CPU), saved in SAELens layout by rank 0."""
+        sae = self.sae.unsharded()
         sae.fold_input_scale_(self.state.input_scale)
         if not sae.unit_norm_decoder:
             sae.fold_decoder_norm_()
-        sae.save(self.out)
+        if self.dist.is_main:
+            sae.save(self.out)
         return sae.eval()
 
 
@@ -237,7 +286,7 @@ def _step_of(line: str) -> int | None:
         return None
 
 
-def sae_config_for(data: ActivationSource, architecture: str, d_sae: int, **fields: Any) -> SAEConfig:
+def sae_config_for(data: TrainingData, architecture: str, d_sae: int, **fields: Any) -> SAEConfig:
     """An SAE config for a source's activations: width and provenance (model, site, corpus) from the source."""
     info = data.info
     return SAEConfig(
@@ -247,6 +296,7 @@ def sae_config_for(data: ActivationSource, architecture: str, d_sae: int, **fiel
     )
 
 
-def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: ActivationSource, out: str | Path, resume: bool = False) -> SAE:
-    """Train an SAE and write it, its training log and a checkpoint to `out`."""
-    return Trainer(sae_cfg, cfg, data, Path(out)).run(resume=resume)
+def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: str | Path, resume: bool = False,
+          dist: Dist | None = None, shard_features: bool = False) -> SAE:
+    """Train an SAE and write it, its training log and a checkpoint to `out` (on `dist`'s ranks and device)."""
+    return Trainer(sae_cfg, cfg, data, Path(out), dist, shard_features).run(resume=resume)

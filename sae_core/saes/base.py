@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..distributed import Dist
 from ..fileio import atomic_write, atomic_write_json
 from .sparse import Selector, SparseActs, attach_encoder_grad, sparse_decode
 
@@ -113,6 +114,10 @@ class SAE(nn.Module):
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
         self.sparse_kernels = False
         """Train TopK-style SAEs with the sparse kernels of `sparse.py` (tested equal to the dense path)."""
+        self.dist = Dist()
+        """The ranks sharing each training batch: batch-wide statistics and selections are taken over all of them."""
+        self.shards = Dist()
+        """The ranks the features are split over (one: this SAE holds them all; see `sharded.py`)."""
 
     # --- initialisation -------------------------------------------------------------------------
 
@@ -182,6 +187,12 @@ class SAE(nn.Module):
     def mse(x_hat_ND: torch.Tensor, x_ND: torch.Tensor) -> torch.Tensor:
         """Squared error summed over the feature dimension, averaged over rows."""
         return (x_hat_ND - x_ND).pow(2).sum(dim=-1).mean()
+
+    def unsharded(self) -> SAE:
+        """A CPU copy of the SAE holding every feature (collective for a feature-sharded SAE)."""
+        sae = type(self)(self.cfg)
+        sae.load_state_dict(self.state_dict())
+        return sae
 
     # --- decoder norms and rescaling -----------------------------------------------------------
 

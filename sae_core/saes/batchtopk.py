@@ -29,9 +29,14 @@ class BatchTopKSAE(SAE):
         self.register_buffer("threshold", torch.zeros(cfg.d_sae))
 
     def select(self, pre_NF: torch.Tensor) -> SparseActs:
-        """The N*k largest rectified pre-activations anywhere in the batch."""
+        """The N*k largest rectified pre-activations anywhere in the batch (over every rank's rows)."""
         n, d_sae = pre_NF.shape
-        vals_M, flat_M = pre_NF.relu().flatten().topk(n * self.cfg.k, sorted=False)
+        total = n * self.cfg.k * self.dist.world
+        # One rank may hold all of the global winners, so each offers up to the global count.
+        vals_M, flat_M = pre_NF.relu().flatten().topk(min(total, n * d_sae), sorted=False)
+        if self.dist.active:
+            won_M = self.dist.top_mask(vals_M, total)
+            vals_M, flat_M = vals_M[won_M], flat_M[won_M]
         return SparseActs.from_flat(vals_M, flat_M, n, d_sae)
 
     def encode(self, x_ND: torch.Tensor) -> torch.Tensor:
@@ -48,8 +53,9 @@ class BatchTopKSAE(SAE):
         acts = self.select(pre_NF)
         with torch.no_grad():
             positive = acts.vals_M[acts.vals_M > 0]
-            if len(positive):
-                self.threshold.lerp_(positive.min().float().expand_as(self.threshold), THRESHOLD_MOMENTUM)
+            smallest = self.dist.min(positive.min().float() if len(positive) else pre_NF.new_tensor(torch.inf).float())
+            if smallest.isfinite():
+                self.threshold.lerp_(smallest.expand_as(self.threshold), THRESHOLD_MOMENTUM)
         return acts
 
     def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:

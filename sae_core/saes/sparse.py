@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..distributed import Dist
+
 
 @dataclass(frozen=True)
 class SparseActs:
@@ -102,8 +104,23 @@ def attach_encoder_grad(acts: SparseActs, x_in_ND: torch.Tensor, W_enc_DF: torch
 Selector = Callable[[torch.Tensor], SparseActs]
 
 
-def top_dead(pre_NF: torch.Tensor, dead_F: torch.Tensor, n_aux: int) -> SparseActs:
-    """The largest pre-activations of dead features in each row, rectified (AuxK's latents)."""
-    k = min(n_aux, int(dead_F.sum()))
-    vals_NK, idx_NK = pre_NF.masked_fill(~dead_F, float("-inf")).topk(k, dim=-1, sorted=False)
+def top_dead(pre_NF: torch.Tensor, dead_F: torch.Tensor, n_aux: int, shards: Dist = Dist()) -> SparseActs:
+    """The largest pre-activations of dead features in each row, rectified (AuxK's latents).
+
+    With features split over `shards`, the largest over every shard's dead features (see `top_of_shards`).
+    """
+    k = min(n_aux, int(shards.sum(dead_F.sum())))
+    vals_NK, idx_NK = pre_NF.masked_fill(~dead_F, float("-inf")).topk(min(k, pre_NF.shape[1]), dim=-1, sorted=False)
+    return top_of_shards(vals_NK, idx_NK, k, shards)
+
+
+def top_of_shards(vals_NK: torch.Tensor, idx_NK: torch.Tensor, k: int, shards: Dist) -> SparseActs:
+    """Rectified row-wise top-k over all shards, from each shard's own top candidates.
+
+    Every shard's candidates are gathered and the global k per row picked; a shard keeps its winners and
+    zeroes its losers (a zero is inactive everywhere: no decode, no gradient, not fired), so every row
+    keeps its fixed width. One shard (the unsharded SAE) keeps its candidates as they are.
+    """
+    if shards.active:
+        vals_NK = vals_NK.masked_fill(~shards.top_mask(vals_NK, k), 0.0)
     return SparseActs.from_rows(vals_NK.relu(), idx_NK)

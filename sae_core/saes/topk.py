@@ -11,17 +11,18 @@ from .sparse import Selector, SparseActs, top_dead
 def aux_k_loss(sae: SAE, x_ND: torch.Tensor, x_hat_ND: torch.Tensor, pre_NF: torch.Tensor, dead_F: torch.Tensor) -> torch.Tensor:
     """AuxK: dead features alone try to reconstruct the residual, so they get gradient and come back.
 
-    OpenAI normalise it by the residual's variance; it is rescaled here by the input's variance per row so
-    it sits in the units of the `mse` term, keeping their ratio (and so `aux_k_coefficient`) as published.
+    OpenAI normalise it by the residual's variance; it is rescaled here by the input's variance so it sits
+    in the units of the `mse` term, keeping their ratio (and so `aux_k_coefficient`) as published. Written
+    as a mean over rows times a batch-wide ratio, so that under data parallelism (both variances over the
+    whole global batch) the ranks' averaged gradients equal one process's.
     """
-    if not dead_F.any():
+    if not sae.shards.any(dead_F.any()):
         return x_hat_ND.new_zeros(())
-    acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux))
+    acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux, sae.shards))
     e_ND = (x_ND - x_hat_ND).detach()
     e_hat_ND = sae.decode_sparse(acts, bias=False)
-    residual_var = (e_ND - e_ND.mean(0)).pow(2).sum().clamp_min(1e-12)
-    input_var_per_row = (x_ND - x_ND.mean(0)).pow(2).sum() / len(x_ND)
-    return (e_hat_ND - e_ND).pow(2).sum() / residual_var * input_var_per_row
+    ratio = sae.dist.centred_ss(x_ND) / sae.dist.centred_ss(e_ND).clamp_min(1e-12)
+    return (e_hat_ND - e_ND).pow(2).sum(-1).mean() * ratio
 
 
 def train_topk_family(sae: SAE, x_ND: torch.Tensor, select: Selector, dead_F: torch.Tensor | None) -> TrainOutput:

@@ -1,0 +1,48 @@
+"""Devices: CUDA when present, the CPU otherwise, through one code path.
+
+On CUDA a batch is copied from pinned host memory with `non_blocking=True`, one batch ahead, so the copy
+overlaps the previous step's kernels; on the CPU the same generator passes batches through untouched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def resolve_device(spec: str = "auto", local_rank: int = 0) -> torch.device:
+    """`auto`: this rank's CUDA device when CUDA is present, else the CPU; `cuda` picks the local rank's GPU."""
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(spec)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("--device cuda was asked for, but torch sees no CUDA device")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    return device
+
+
+def prefetch_to(batches: Iterator[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
+    """The batches on `device`; on CUDA the next batch's host-to-device copy is in flight during this one's step."""
+    if device.type != "cuda":
+        yield from batches
+        return
+    pending = _copy_to(next(batches), device)
+    for batch in batches:
+        ready, pending = pending, _copy_to(batch, device)
+        yield ready
+    yield pending
+
+
+def _copy_to(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """An asynchronous copy from pinned memory; a batch already on the device (streamed) stays put."""
+    if batch.device == device:
+        return batch
+    return batch.pin_memory().to(device, non_blocking=True)
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast on the device's own backend (weights and Adam state stay float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)

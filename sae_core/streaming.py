@@ -1,0 +1,108 @@
+"""Train straight from the model: contexts -> forward at the site -> shuffle window -> SAE, no activation files.
+
+For budgets that do not fit on disk. The stream is a pure function of (seed, row position), like a
+harvest's: contexts are taken in corpus order, `window` groups of `chunk_contexts` at a time; a group's
+non-special rows are computed by one truncated forward and shuffled together by a permutation keyed by
+(seed, epoch, group, rank). Resuming at a row position re-reads the corpus but runs the model only from
+the group that position falls in: a group's row count comes from its token ids alone.
+
+Under torchrun each rank streams every N-th context and trains on its own rows, so the model's forward
+is split too; the global batch is then a different (equally shuffled) draw than one process's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+
+import torch
+
+from .activations import ActivationSource, permutation, rebatch
+from .data import iter_contexts, iter_documents, special_ids
+from .distributed import Dist
+from .harvest import batched
+from .hooks import truncated_forward
+from .models import LoadedModel
+from .sites import Site, hidden_size
+
+
+@dataclass(frozen=True)
+class ModelStream:
+    """Activation rows of one model site, computed as training asks for them."""
+
+    lm: LoadedModel
+    site: Site
+    contexts: Callable[[], Iterable[torch.Tensor]] = field(repr=False)
+    """A fresh pass over the corpus's [T] token contexts, BOS first, each time it is called."""
+    info: dict = field(default_factory=dict)
+    """model_name, hook_name, site, dataset, context_size, as a harvest's manifest records them."""
+    chunk_contexts: int = 32
+    """Contexts per shuffle chunk; a window of `window` chunks is held (as rows) at once."""
+    forward_batch: int = 8
+    """Contexts per forward pass."""
+
+    @property
+    def d_in(self) -> int:
+        return hidden_size(self.lm.model)
+
+    def head(self, n_rows: int) -> torch.Tensor:
+        """The first `n_rows` rows in corpus order, float32 (initialisation; the same on every rank)."""
+        parts, have = [], 0
+        for ids_BT in batched(self.contexts(), self.forward_batch):
+            parts.append(self._rows(ids_BT))
+            have += len(parts[-1])
+            if have >= n_rows:
+                break
+        if not parts:
+            raise ValueError("the corpus produced no contexts to stream")
+        return torch.cat(parts)[:n_rows].float()
+
+    def rank_batches(self, batch_size: int, seed: int, start_row: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
+        """This rank's `batch_size / world` rows of each global batch, from global row `start_row` on."""
+        per_rank = dist.share(batch_size)
+        return rebatch(self._stream(seed, start_row // dist.world, window, dist), per_rank.stop - per_rank.start)
+
+    def _stream(self, seed: int, skip: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
+        """This rank's shuffled rows, window by window, skipping its first `skip` rows; cycles the corpus."""
+        specials = special_ids(self.lm.tokenizer)
+        epoch = 0
+        while True:
+            mine = islice(self.contexts(), dist.rank, None, dist.world)
+            groups = batched(mine, window * self.chunk_contexts)
+            seen = False
+            for g, ids_CT in enumerate(groups):
+                seen = True
+                size = int((~torch.isin(ids_CT, specials)).sum())
+                if skip >= size:
+                    skip -= size
+                    continue
+                rows = torch.cat([self._rows(ids_BT) for ids_BT in ids_CT.split(self.forward_batch)])
+                yield rows[permutation(size, seed, epoch, g, dist.rank).to(rows.device)][skip:]
+                skip = 0
+            if not seen:
+                raise ValueError("the corpus produced no contexts to stream")
+            epoch += 1
+
+    @torch.no_grad()
+    def _rows(self, ids_BT: torch.Tensor) -> torch.Tensor:
+        """Activations of the non-special tokens of a batch of contexts, on the model's device."""
+        device = self.lm.model.device
+        acts_BTD = truncated_forward(self.lm.model, self.site, ids_BT.to(device))
+        keep_BT = ~torch.isin(ids_BT, special_ids(self.lm.tokenizer)).to(device)
+        return acts_BTD[keep_BT].clone()
+
+
+def stream_from_corpus(lm: LoadedModel, site: Site, dataset: str, *, context_len: int, text_field: str = "text",
+                       holdout_contexts: int = 0) -> tuple[ModelStream, ActivationSource | None]:
+    """A training stream over a corpus and, from its first `holdout_contexts` contexts (never trained on), held-out rows."""
+    def contexts(skip: int = holdout_contexts) -> Iterator[torch.Tensor]:
+        return islice(iter_contexts(iter_documents(dataset, text_field), lm.tokenizer, context_len), skip, None)
+
+    info = {"model_name": lm.name, "hook_name": site.hook_name, "site": site.name, "dataset": dataset,
+            "context_size": context_len}
+    stream = ModelStream(lm, site, contexts, info)
+    if not holdout_contexts:
+        return stream, None
+    held = ModelStream(lm, site, lambda: islice(contexts(0), holdout_contexts), info)
+    return stream, ActivationSource.in_memory(held.head(holdout_contexts * context_len).cpu(), info)
