@@ -16,7 +16,8 @@ import typer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from sae_core.cli import DatasetOpt, ModelOpt, app, fail
+from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, app, fail
+from sae_core.distributed import close_distributed, init_distributed
 from sae_core.data import CorpusError, iter_contexts, iter_documents
 from sae_core.models import ModelLoadError, load_model
 from sae_core.records import RecordConfig
@@ -29,6 +30,7 @@ from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import upgrade
+from .models import Sae
 from .pipeline import LoadedSae, limit_tokens, read_sae, record_into_store, register_sae
 from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
@@ -94,30 +96,39 @@ def record(
     context_len: int = typer.Option(128, "--context", help="Tokens per context, BOS included."),
     batch_size: int = typer.Option(16, help="Contexts per forward pass."),
     n_top: int = typer.Option(20, help="Top examples kept per feature."),
-    device: str = typer.Option("cpu", help="Torch device."),
+    device: str = DeviceOpt,
+    distributed: bool = DistributedOpt,
     db: str | None = DB_OPTION,
 ) -> None:
-    """Record every feature of an SAE (top examples, quantile samples, statistics, logits) into the store."""
+    """Record every feature of an SAE (top examples, quantile samples, statistics, logits) into the store.
+
+    Under torchrun the contexts are split by rank and the ranks' records merged exactly; rank 0 alone
+    registers the SAE and writes the store.
+    """
     try:
+        dist = init_distributed(device, require=distributed)
         with open_session(db) as session:
-            loaded, row = _sae_for_recording(session, sae)
-            loaded.sae.to(device)
-            lm = load_model(model, device=device)
+            loaded, row = _sae_for_recording(session, sae, register=dist.is_main)
+            loaded.sae.to(dist.device)
+            lm = load_model(model, device=str(dist.device))
             contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer, context_len), tokens)
             result = record_into_store(session, sae_row=row, loaded=loaded, lm=lm, model_spec=model,
                                        contexts=contexts, dataset=dataset,
-                                       cfg=RecordConfig(n_top=n_top, batch_size=batch_size))
+                                       cfg=RecordConfig(n_top=n_top, batch_size=batch_size), dist=dist)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(f"recorded {row.name!r}: {result.d_sae} features over {result.n_tokens} tokens, "
-               f"{result.dead_count} dead, {result.dense_count} dense")
+    finally:
+        close_distributed()
+    if row is not None:
+        typer.echo(f"recorded {row.name!r}: {result.d_sae} features over {result.n_tokens} tokens, "
+                   f"{result.dead_count} dead, {result.dense_count} dense")
 
 
-def _sae_for_recording(session: Session, ref: str) -> tuple[LoadedSae, object]:
-    """An SAE given as a path (registered on first use) or as an id/name already in the store."""
+def _sae_for_recording(session: Session, ref: str, register: bool = True) -> tuple[LoadedSae, Sae | None]:
+    """An SAE given as a path (registered on first use when `register`) or as an id/name in the store."""
     if Path(ref).expanduser().exists():
         loaded = read_sae(ref)
-        return loaded, register_sae(session, loaded=loaded)
+        return loaded, register_sae(session, loaded=loaded) if register else None
     row = crud.find_sae(session, ref=ref)
     return read_sae(row.source_path), row
 

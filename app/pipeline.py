@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from sqlalchemy.orm import Session
 
+from sae_core.distributed import Dist
 from sae_core.models import LoadedModel
 from sae_core.records import RecordConfig, SAERecord, read_sae_reports, record_sae
 from sae_core.saes import SAE, formats, load_sae
@@ -79,7 +80,7 @@ def limit_tokens(contexts: Iterable[torch.Tensor], n_tokens: int) -> Iterator[to
 def record_into_store(
     session: Session,
     *,
-    sae_row: Sae,
+    sae_row: Sae | None,
     loaded: LoadedSae,
     lm: LoadedModel,
     model_spec: str,
@@ -87,17 +88,24 @@ def record_into_store(
     dataset: str,
     cfg: RecordConfig = RecordConfig(),
     progress: bool = True,
+    dist: Dist | None = None,
 ) -> SAERecord:
-    """Run the recording pass for a registered SAE and replace its stored features with the result."""
+    """Run the recording pass for a registered SAE and replace its stored features with the result.
+
+    Under torchrun every rank records its share; the main rank (the only one given `sae_row`) stores it.
+    """
+    dist = dist or Dist()
     cfg_sae = loaded.sae.cfg
     site_name = cfg_sae.site or cfg_sae.hook_name
     if not site_name:
-        raise ValueError(f"SAE {sae_row.name!r} names no hook site in its config; cannot record it")
+        raise ValueError(f"the SAE at {loaded.path} names no hook site in its config; cannot record it")
     site = parse_site(site_name, num_layers(lm.model))
     metrics, log = read_sae_reports(loaded.path if loaded.path.is_dir() else loaded.path.parent)
     record = record_sae(lm.model, loaded.sae, contexts, site=site, tokenizer=lm.tokenizer, cfg=cfg,
-                        eval_metrics=metrics, training_log=log, progress=progress)
-    sae_row.model_spec = model_spec
-    store_record(session, sae_id=sae_row.id, record=record, dataset=dataset)
+                        eval_metrics=metrics, training_log=log, progress=progress, dist=dist)
+    if dist.is_main:
+        if sae_row is None:
+            raise ValueError("the main rank needs the SAE's row in the store to record into")
+        sae_row.model_spec = model_spec
+        store_record(session, sae_id=sae_row.id, record=record, dataset=dataset)
     return record
-

@@ -1,12 +1,17 @@
 import gzip
 import json
 import os
+import subprocess
+import sys
+import os
 
 import pytest
 from typer.testing import CliRunner
 
 from app import crud
 from app.cli import app
+from app.db import make_engine, session_factory
+from tests.spawn import free_port
 from sae_core.saes import SAEConfig, build_sae
 
 runner = CliRunner()
@@ -102,3 +107,29 @@ def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch):
     assert code == 0, out
     assert calls == [("app.main:create_app", {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 3})]
     assert environ["DATABASE_URL"] == "sqlite:////tmp/served.db" and len(environ["SECRET_KEY"]) == 64
+
+
+def test_torchrun_record_stores_what_one_process_stores(sae_dir, corpus, tiny_model_dir, tmp_path):
+    args = ["record", "--sae", str(sae_dir), "--model", str(tiny_model_dir), "--dataset", str(corpus),
+            "--tokens", "600", "--context", "40", "--batch-size", "4", "--device", "cpu"]
+    one, two = f"sqlite:///{tmp_path / 'one.db'}", f"sqlite:///{tmp_path / 'two.db'}"
+    for url in (one, two):
+        assert invoke("db", "upgrade", "--db", url)[0] == 0
+    code, out = invoke(*args, "--db", one)
+    assert code == 0, out
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(free_port()), "-m", "app", *args, "--distributed", "--db", two],
+        env=env, capture_output=True, text=True, timeout=180)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert launched.stdout.count("recorded 'tiny-sae'") == 1  # rank 0 alone registers, stores and reports
+    pages = []
+    for url in (one, two):
+        engine = make_engine(url)
+        with session_factory(engine)() as session:
+            [sae] = crud.list_saes(session)
+            pages.append([(p.feature.fire_count, p.feature.max_act, [(e.context_index, e.start, e.value) for e in p.top])
+                          for p in (crud.feature_page(session, sae_id=sae.id, feature_index=i) for i in range(24))])
+        engine.dispose()
+    assert pages[0] == pages[1]
