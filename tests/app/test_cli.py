@@ -3,7 +3,6 @@ import json
 import os
 import subprocess
 import sys
-import os
 
 import pytest
 from typer.testing import CliRunner
