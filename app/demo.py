@@ -59,7 +59,7 @@ class DemoConfig:
     """SAE dictionary size."""
     k: int = 32
     """TopK: active features per token."""
-    train_tokens: int = 600_000
+    train_tokens: int = 1_000_000
     """Training budget in rows."""
     ce_contexts: int = 32
     """Held-out contexts for the CE-loss evaluation."""
