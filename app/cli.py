@@ -94,7 +94,7 @@ def record(
     dataset: str = DatasetOpt,
     tokens: int = typer.Option(100_000, help="Tokens to record over."),
     context_len: int = typer.Option(128, "--context", help="Tokens per context, BOS included."),
-    batch_size: int = typer.Option(16, help="Contexts per forward pass."),
+    batch_size: int | None = typer.Option(None, help="Contexts per forward pass (default: sized to the dictionary)."),
     n_top: int = typer.Option(20, help="Top examples kept per feature."),
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,

@@ -20,7 +20,7 @@ from sae_core.directions import logit_effects, nearest_features
 from sae_core.hooks import truncated_forward
 from sae_core.models import load_model
 from sae_core.harvest import batched
-from sae_core.records import RecordConfig, record_activations
+from sae_core.records import RecordConfig, contexts_per_batch, record_activations
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.sites import parse_site
 
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--contexts", type=int, default=64)
     parser.add_argument("--context-len", type=int, default=128)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-size", type=int, default=None, help="contexts per batch (default: as record sizes it)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -60,6 +60,7 @@ def main() -> None:
         SAEConfig(architecture=args.architecture, d_in=d_model, d_sae=args.d_sae, k=args.k), seed=0)
     contexts = list(islice(iter_contexts(iter_documents("demo"), lm.tokenizer, args.context_len), args.contexts))
     cfg = RecordConfig(batch_size=args.batch_size)
+    args.batch_size = contexts_per_batch(cfg, args.context_len, sae.W_dec.shape[0])
     specials = special_ids(lm.tokenizer).tolist()
     bare_forward(lm.model, site, contexts[: args.batch_size], args.batch_size)  # warm-up
 
@@ -73,7 +74,7 @@ def main() -> None:
     n_tokens = len(contexts) * args.context_len
     print(f"model={lm.name} site={site.name} sae={args.sae or f'random {args.architecture}'} "
           f"d_sae={sae.W_dec.shape[0]} contexts={len(contexts)} tokens/run={n_tokens} repeats={args.repeats} "
-          f"threads={torch.get_num_threads()}")
+          f"batch={args.batch_size} threads={torch.get_num_threads()}")
     print(f"bare truncated forward: median {statistics.median(bare):.2f} s  runs {[round(t, 2) for t in bare]}")
     print(f"recording pass:         median {statistics.median(recorded):.2f} s  runs {[round(t, 2) for t in recorded]}")
     print(f"ratio record/bare: {statistics.median(recorded) / statistics.median(bare):.3f} (target <= 1.3)")

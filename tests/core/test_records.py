@@ -3,7 +3,7 @@ import torch
 
 from sae_core.directions import final_norm_and_unembed, logit_effects, nearest_features
 from sae_core.hooks import truncated_forward
-from sae_core.records import RecordConfig, interval_of, record_sae
+from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae
 from sae_core.sites import parse_site
 from tests.core.tiny_sae import TinySAE
 from tests.factories import FAMILIES, tiny_model, tiny_tokenizer
@@ -140,3 +140,11 @@ def test_every_architecture_records_its_true_top_activations(architecture):
     for j in range(16):
         values = f_CTF[..., j].flatten().topk(CFG.n_top).values
         assert [e.value for e in record.feature(j).top] == values[values > 0].tolist()
+
+
+def test_batches_are_sized_to_the_dictionary_unless_given():
+    assert contexts_per_batch(RecordConfig(), 128, 8192) == 128
+    assert contexts_per_batch(RecordConfig(), 128, 131072) == 8
+    assert contexts_per_batch(RecordConfig(), 128, 1 << 24) == 1
+    assert contexts_per_batch(RecordConfig(), 20, 24) == 256
+    assert contexts_per_batch(RecordConfig(batch_size=5), 128, 8192) == 5
