@@ -180,3 +180,22 @@ def test_htmx_errors_come_back_as_a_fragment(client, stored_sae, session):
     too_long = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "a" * 2001},
                           headers={"HX-Request": "true"})
     assert too_long.status_code == 422 and "at most 2000 characters" in too_long.text
+
+
+def test_token_text_cannot_break_out_of_an_attribute(client):
+    """Next-token guesses sit in a title attribute; a quote in a token must stay inside it."""
+    from html.parser import HTMLParser
+
+    class Spans(HTMLParser):
+        attrs: list[dict] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "span":
+                self.attrs.append(dict(attrs))
+
+    evil = '" onmouseover="alert(1)'
+    rows = [{"piece": evil, "token_id": 1, "next": [(evil, 0.5)], "features": []}]
+    html = client.app.state.templates.get_template("_search_tokens.html").render(rows=rows, sae=None, text="x")
+    parser = Spans()
+    parser.feed(html)
+    assert parser.attrs == [{"class": "piece tok", "title": 'next: "\\" onmouseover=\\"alert(1)" 50%'}]
