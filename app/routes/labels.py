@@ -6,10 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
 
 from .. import crud, label_files
 from ..deps import CsrfChecked, FeatureIndex, LabellerDep, ReaderDep, SaeId, SessionDep, is_htmx, render
-from .features import feature_context, label_editor
+from .features import feature_context, label_editor, tag_choices
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -35,13 +36,11 @@ def save_label(request: Request, session: SessionDep, user: LabellerDep, sae_id:
         crud.revise_label(session, sae_id=sae_id, feature_index=feature_index, text=text, base_id=base,
                           author_id=user.id)
     except crud.LabelConflict as err:
-        conflict = {"current": err.current, "yours": text}
-        page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
-        if is_htmx(request):
-            return render(request, "_label_editor.html", {"editor": label_editor(page, conflict)}, status_code=409)
         context = feature_context(session, sae_id, feature_index, user)
-        return render(request, "feature.html", context | {"label_editor": label_editor(page, conflict)},
-                      status_code=409)
+        editor = label_editor(context["page"], {"current": err.current, "yours": text})
+        if is_htmx(request):
+            return render(request, "_label_editor.html", {"editor": editor}, status_code=409)
+        return render(request, "feature.html", context | {"label_editor": editor}, status_code=409)
     page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
     return _back(request, sae_id, feature_index, "_label_editor.html", {"editor": label_editor(page, saved=True)})
 
@@ -62,10 +61,9 @@ def remove_tag(request: Request, session: SessionDep, _user: LabellerDep, sae_id
     return _tags(request, session, sae_id, feature_index)
 
 
-def _tags(request: Request, session, sae_id: int, index: int) -> Response:
+def _tags(request: Request, session: Session, sae_id: int, index: int) -> Response:
     page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
-    context = {"sae": page.sae, "page": page, "f": page.feature,
-               "tag_choices": sorted(set(crud.list_tags(session)))}
+    context = {"sae": page.sae, "page": page, "f": page.feature, "tag_choices": tag_choices(session)}
     return _back(request, sae_id, index, "_tags.html", context)
 
 

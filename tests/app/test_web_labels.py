@@ -63,6 +63,9 @@ def test_two_editors_from_the_same_base_get_a_visible_conflict(client, session, 
     assert retry.status_code == 303
     assert [l.text for l in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == [
         "ada's idea", "bob's idea"]
+    stale = client.post(label_url(stored_sae), data={"text": "late", "base_label_id": base, "csrf_token": token_a},
+                        headers={"HX-Request": "true"})
+    assert stale.status_code == 409 and "<html" not in stale.text and "ada&#39;s idea" in stale.text
 
 
 def test_revise_label_lets_exactly_one_of_two_concurrent_edits_win(engine, session, stored_sae):
