@@ -199,3 +199,13 @@ def test_token_text_cannot_break_out_of_an_attribute(client):
     parser = Spans()
     parser.feed(html)
     assert parser.attrs == [{"class": "piece tok", "title": 'next: "\\" onmouseover=\\"alert(1)" 50%'}]
+
+
+def test_overview_draws_the_training_loss_curve(client, stored_sae, session):
+    stored_sae.training_log = [{"step": s, "tokens": 4096 * s, "loss": 10 / s} for s in range(1, 21)]
+    session.commit()
+    html = client.get(f"/saes/{stored_sae.id}").text
+    points = re.search(r'<polyline class="line" points="([^"]+)"', html).group(1).split()
+    assert len(points) == 20
+    ys = [float(p.split(",")[1]) for p in points]
+    assert ys == sorted(ys)  # loss falls, so the line goes down the page (SVG y grows downwards)
