@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
@@ -19,10 +19,10 @@ TagName = Annotated[str, Form(min_length=1, max_length=64)]
 MAX_IMPORT_BYTES = 20 * 2**20
 
 
-def _back(request: Request, sae_id: int, index: int, fragment: str, context: dict, status: int = 200) -> Response:
+def _back(request: Request, sae_id: int, index: int, fragment: str, context: dict) -> Response:
     """htmx gets the updated fragment; a plain form post goes back to the feature page."""
     if is_htmx(request):
-        return render(request, fragment, context, status_code=status)
+        return render(request, fragment, context)
     return RedirectResponse(f"/saes/{sae_id}/features/{index}", status_code=303)
 
 
@@ -41,6 +41,8 @@ def save_label(request: Request, session: SessionDep, user: LabellerDep, sae_id:
         if is_htmx(request):
             return render(request, "_label_editor.html", {"editor": editor}, status_code=409)
         return render(request, "feature.html", context | {"label_editor": editor}, status_code=409)
+    except ValueError as err:  # a blank label
+        raise HTTPException(422, str(err)) from None
     page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
     return _back(request, sae_id, feature_index, "_label_editor.html", {"editor": label_editor(page, saved=True)})
 
@@ -49,7 +51,10 @@ def save_label(request: Request, session: SessionDep, user: LabellerDep, sae_id:
 def add_tag(request: Request, session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_index: FeatureIndex,
             tag: TagName):
     crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
-    crud.tag_feature(session, sae_id=sae_id, feature_index=feature_index, tag=tag, author_id=user.id)
+    try:
+        crud.tag_feature(session, sae_id=sae_id, feature_index=feature_index, tag=tag, author_id=user.id)
+    except ValueError as err:  # a blank tag
+        raise HTTPException(422, str(err)) from None
     return _tags(request, session, sae_id, feature_index)
 
 
