@@ -6,6 +6,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import crud
@@ -39,6 +40,11 @@ async def conflict(request: Request, exc: crud.Conflict) -> Response:
     return error_response(request, 409, str(exc))
 
 
+async def unstorable(request: Request, exc: DataError) -> Response:
+    """Values the database refuses (PostgreSQL rejects NUL characters in text): bad input, not a crash."""
+    return error_response(request, 422, f"the database refused a value: {str(exc.orig).splitlines()[0]}")
+
+
 async def unavailable(request: Request, exc: InferenceUnavailable) -> Response:
     return error_response(request, 503, str(exc))
 
@@ -69,3 +75,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(InferenceUnavailable, unavailable)
+    app.add_exception_handler(DataError, unstorable)

@@ -128,3 +128,18 @@ class SearchToken(BaseModel):
 
 class SearchResult(BaseModel):
     tokens: list[SearchToken]
+
+
+class BookmarkOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    sae_id: int
+    feature_index: int
+    note: str
+
+
+class BookmarkListOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    description: str
+    bookmarks: list[BookmarkOut]

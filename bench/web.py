@@ -10,6 +10,7 @@ Run: .venv/bin/python bench/web.py [--features 16384] [--clients 16] [--seconds 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import socket
 import statistics
@@ -18,10 +19,10 @@ import sys
 import tempfile
 import threading
 import time
+from http.client import HTTPConnection
 from itertools import islice
 from pathlib import Path
 
-import httpx
 import psycopg
 import torch
 
@@ -95,9 +96,11 @@ def serve(url: str, port: int, workers: int) -> subprocess.Popen:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/", timeout=1).status_code == 200:
+            http = HTTPConnection("127.0.0.1", port, timeout=1)
+            http.request("GET", "/")
+            if http.getresponse().status == 200:
                 return server
-        except httpx.TransportError:
+        except OSError:
             time.sleep(0.2)
         if server.poll() is not None:
             raise SystemExit(f"server exited: {server.stderr.read().decode()[-2000:]}")
@@ -105,25 +108,33 @@ def serve(url: str, port: int, workers: int) -> subprocess.Popen:
     raise SystemExit("server did not start within 60 s")
 
 
-def load(base: str, sae_id: int, d_sae: int, clients: int, seconds: float) -> tuple[list[float], int]:
+def load(port: int, sae_id: int, d_sae: int, clients: int, seconds: float) -> tuple[list[float], int]:
     """`clients` threads asking for random feature pages for `seconds`; returns latencies and failures."""
+    host = "127.0.0.1"
     latencies: list[float] = []
     failures = [0]
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
 
     def client(seed: int) -> None:
+        # http.client, not httpx: the load generator shares the CPUs with the server, and httpx spent
+        # about 4 ms of CPU per page here (as much as the server), http.client a fraction of that.
         rng = random.Random(seed)
-        with httpx.Client(base_url=base, timeout=30) as http:
+        http = HTTPConnection(host, port, timeout=30)
+        try:
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                response = http.get(f"/saes/{sae_id}/features/{rng.randrange(d_sae)}")
+                http.request("GET", f"/saes/{sae_id}/features/{rng.randrange(d_sae)}")
+                response = http.getresponse()
+                response.read()
                 elapsed = time.perf_counter() - started
                 with lock:
-                    if response.status_code == 200:
+                    if response.status == 200:
                         latencies.append(elapsed)
                     else:
                         failures[0] += 1
+        finally:
+            http.close()
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     for t in threads:
@@ -143,10 +154,9 @@ def run_backend(name: str, url: str, recording, args) -> None:
     port = free_port()
     server = serve(url, port, args.workers)
     try:
-        base = f"http://127.0.0.1:{port}"
-        load(base, sae_id, args.features, args.clients, min(3.0, args.seconds))  # warm-up: caches, pools
+        load(port, sae_id, args.features, args.clients, min(3.0, args.seconds))  # warm-up: caches, pools
         for clients in (1, args.clients):  # one client alone gives the service time the queueing adds to
-            latencies, failures = load(base, sae_id, args.features, clients, args.seconds)
+            latencies, failures = load(port, sae_id, args.features, clients, args.seconds)
             report(clients, latencies, failures, args.seconds)
     finally:
         server.terminate()
@@ -173,8 +183,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="saescope-bench-web-") as tmp:
         work = Path(tmp)
         recording = make_recording(work, args.features, args.contexts)
-        print(f"clients={args.clients} workers={args.workers} seconds={args.seconds:.0f} "
-              f"cpus={torch.get_num_threads()}")
+        print(f"clients={args.clients} workers={args.workers} seconds={args.seconds:.0f} cpus={os.cpu_count()} "
+              f"load average {os.getloadavg()[0]:.1f} (other work on the machine slows every figure)")
         backends = {"sqlite": lambda: f"sqlite:///{work / 'store.db'}", "postgres": lambda: postgres_database(True)}
         try:
             for name in args.backends.split(","):
