@@ -51,7 +51,10 @@ def database_url(db: str | None) -> str:
 
 
 @contextmanager
-def open_session(db: str | None) -> Iterator[Session]:
+def open_session(db: str | None, migrate: bool = False) -> Iterator[Session]:
+    """A session on the store; `migrate` first brings its schema up to date (commands that write)."""
+    if migrate:
+        upgrade(database_url(db))
     engine = make_engine(database_url(db))
     try:
         with session_factory(engine)() as session:
@@ -79,7 +82,7 @@ def import_sae(
     """Register an SAE written elsewhere so that it can be recorded and browsed."""
     try:
         loaded = read_sae(sae)
-        with open_session(db) as session:
+        with open_session(db, migrate=True) as session:
             row = register_sae(session, loaded=loaded, name=name)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
@@ -107,7 +110,7 @@ def record(
     """
     try:
         dist = init_distributed(device, require=distributed)
-        with open_session(db) as session:
+        with open_session(db, migrate=dist.is_main) as session:
             loaded, row = _sae_for_recording(session, sae, register=dist.is_main)
             loaded.sae.to(dist.device)
             lm = load_model(model, device=str(dist.device))
@@ -206,6 +209,7 @@ def run_server(url: str, host: str, port: int, workers: int = 1) -> None:
     import uvicorn
 
     # Workers build their app from the environment; one secret shared by all keeps sessions valid in each.
+    upgrade(url)  # once, here, before the workers start reading
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
     typer.echo(f"serving at http://{host}:{port}/  (Ctrl-C stops)")
@@ -225,7 +229,7 @@ def user_add(
     password = secrets.token_urlsafe(12) if generate else typer.prompt("Password", hide_input=True,
                                                                        confirmation_prompt=True)
     try:
-        with open_session(db) as session:
+        with open_session(db, migrate=True) as session:
             user = crud.create_user(session, name=name, password_hash=hash_password(password), role=role)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
@@ -243,7 +247,7 @@ def user_token(
     """Make an API token (Authorization: Bearer TOKEN) for a user; it is printed once, only its hash is kept."""
     token = new_api_token()
     try:
-        with open_session(db) as session:
+        with open_session(db, migrate=True) as session:
             user = crud.find_user(session, name=name)
             if user is None:
                 raise LookupError(f"no user {name!r}: saescope user add {name} first")

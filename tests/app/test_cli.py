@@ -95,17 +95,27 @@ def test_unreachable_database_is_a_clear_error(tmp_path):
     assert code == 2 and "cannot upgrade" in out
 
 
-def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch):
+def test_writing_commands_create_the_schema_of_a_new_store(tmp_path, sae_dir, corpus, tiny_model_dir):
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code, out = invoke("record", "--sae", sae_dir, "--model", tiny_model_dir, "--dataset", corpus,
+                       "--tokens", 200, "--context", 40, "--db", url)
+    assert code == 0, out
+    assert invoke("user", "add", "ada", "--role", "labeller", "--generate", "--db", f"sqlite:///{tmp_path / 'u.db'}")[0] == 0
+
+
+def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch, tmp_path):
     import uvicorn
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
     environ = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL")}
     monkeypatch.setattr(os, "environ", environ)  # what serve exports stays out of the real environment
-    code, out = invoke("serve", "--db", "sqlite:////tmp/served.db", "--port", 8123, "--workers", 3)
+    url = f"sqlite:///{tmp_path / 'served.db'}"
+    code, out = invoke("serve", "--db", url, "--port", 8123, "--workers", 3)
     assert code == 0, out
     assert calls == [("app.main:create_app", {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 3})]
-    assert environ["DATABASE_URL"] == "sqlite:////tmp/served.db" and len(environ["SECRET_KEY"]) == 64
+    assert environ["DATABASE_URL"] == url and len(environ["SECRET_KEY"]) == 64
+    assert (tmp_path / "served.db").is_file()  # migrated before the workers start
 
 
 def test_torchrun_record_stores_what_one_process_stores(sae_dir, corpus, tiny_model_dir, tmp_path):
