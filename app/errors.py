@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import crud
 from .deps import LoginRequired, is_htmx, render
 from .services.inference import InferenceUnavailable
+from .services.steering import WorkerBusy
 
 
 def wants_json(request: Request) -> bool:
@@ -40,6 +41,10 @@ async def unavailable(request: Request, exc: InferenceUnavailable) -> Response:
     return error_response(request, 503, str(exc))
 
 
+async def busy(request: Request, exc: WorkerBusy) -> Response:
+    return error_response(request, 429, str(exc), {"Retry-After": str(exc.retry_after)})
+
+
 async def invalid(request: Request, exc: RequestValidationError) -> Response:
     if wants_json(request):
         return await request_validation_exception_handler(request, exc)
@@ -66,3 +71,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(InferenceUnavailable, unavailable)
+    app.add_exception_handler(WorkerBusy, busy)
