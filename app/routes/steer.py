@@ -68,25 +68,26 @@ async def steer(request: Request, user: LabellerDep, body: SteerIn, sae: Annotat
     """Generate the baseline and the steered rows from one prompt and seed, streamed or as one JSON answer."""
     job = request.app.state.steering.start(sae, body)
     first = await job.next_event()
-    if first is None or first[0] == "error":
+    if first is None or first[0] == "error":  # every check fails before the first token
         job.cancel()
-        error = first[1] if first else {"status": 500, "detail": "the generation ended without output"}
-        return JSONResponse({"detail": error["detail"]}, status_code=error["status"])
+        return _error(first[1] if first else {})
     finish = _Finisher(request, user, body)
     if "text/event-stream" in request.headers.get("accept", ""):
         return JobStream(job, _event_stream(job, first, finish))
     try:
-        events = [first, *[event async for event in job.events()]]
+        kind, data = [first, *[event async for event in job.events()]][-1]
     finally:
         job.cancel()
-    kind, data = events[-1]
-    if kind != "done":
-        return JSONResponse({"detail": data.get("detail", "the generation stopped")}, status_code=data.get("status", 500))
-    return SteerOut(**await finish(data))
+    return SteerOut(**await finish(data)) if kind == "done" else _error(data)
+
+
+def _error(data: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"detail": data.get("detail", "the generation stopped without output")},
+                        status_code=data.get("status", 500))
 
 
 class _Finisher:
-    """Completes a finished run's data: the sweep curve and, when asked, the saved experiment's permalink."""
+    """Completes a finished run's data with the saved experiment's permalink (None unless asked to save)."""
 
     def __init__(self, request: Request, user: User, body: SteerIn):
         self.request, self.user, self.body = request, user, body
