@@ -280,9 +280,20 @@ def test_the_feature_picker_finds_features_by_label_and_index(client, session, s
     assert "No feature matches" in client.get(f"/saes/{stored_sae.id}/steer/features?q=zzzz").text
 
 
-def test_the_model_is_loaded_once_for_pages_and_steering(client, steerer, stored_sae):
-    before = client.app.state.models.load(stored_sae)
-    tokens(steerer())
-    client.get(f"/saes/{stored_sae.id}/features/3/test?text=hello")
-    assert client.app.state.models.load(stored_sae) is before
-    assert torch.equal(before.sae.W_dec, client.app.state.models.load(stored_sae).sae.W_dec)
+def test_the_model_is_loaded_once_for_pages_and_steering(client, steerer, stored_sae, monkeypatch):
+    import sae_core.models
+    from app.services import inference
+
+    loads = []
+
+    def counting_load(*args, **kwargs):
+        loads.append(args)
+        return real_load(*args, **kwargs)
+
+    real_load = sae_core.models.load_model
+    monkeypatch.setattr(inference, "load_model", counting_load)
+    monkeypatch.setattr(sae_core.models, "load_model", counting_load)
+    assert tokens(steerer()) == tokens(steerer())
+    assert client.get(f"/saes/{stored_sae.id}/features/3/test?text=hello").status_code == 200
+    assert tokens(steerer(strengths=[1.0, 2.0]))
+    assert len(loads) == 1

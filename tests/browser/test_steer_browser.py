@@ -48,6 +48,7 @@ def test_baseline_and_steered_outputs_stream_in_side_by_side(page, live_store, s
     baseline, steered = page.locator("#steer-rows .out").all_inner_texts()
     assert page.locator("#steer-rows h3").all_inner_texts() == ["baseline", "steered"]
     assert baseline and steered and baseline != steered
+    assert page.locator("#steer-rows .steer-row.finished").count() == 2
     lengths = page.evaluate("window.lengths")
     final = lengths[-1]
     partial = [seen for seen in lengths if len(seen) == 2 and 0 < seen[0] < final[0] and 0 < seen[1] < final[1]]
