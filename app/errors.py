@@ -8,6 +8,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import crud
@@ -22,6 +23,9 @@ def wants_json(request: Request) -> bool:
 
 
 def error_response(request: Request, status: int, detail: str, headers: dict[str, str] | None = None) -> Response:
+    """JSON for the API, a line in place of the fragment for htmx, else an error page."""
+    if is_htmx(request) and not request.url.path.startswith("/api/"):
+        return render(request, "_error.html", {"detail": detail}, status_code=status)
     if wants_json(request):
         return JSONResponse({"detail": detail}, status_code=status, headers=headers)
     return render(request, "error.html", {"status": status, "detail": detail}, status_code=status)
@@ -39,6 +43,11 @@ async def conflict(request: Request, exc: crud.Conflict) -> Response:
     return error_response(request, 409, str(exc))
 
 
+async def unstorable(request: Request, exc: DataError) -> Response:
+    """Values the database refuses (PostgreSQL rejects NUL characters in text): bad input, not a crash."""
+    return error_response(request, 422, f"the database refused a value: {str(exc.orig).splitlines()[0]}")
+
+
 async def unavailable(request: Request, exc: InferenceUnavailable) -> Response:
     return error_response(request, 503, str(exc))
 
@@ -53,11 +62,11 @@ def _json_number(value: float) -> float | str:
 
 
 async def invalid(request: Request, exc: RequestValidationError) -> Response:
-    if wants_json(request):
+    if wants_json(request) and not is_htmx(request):
         return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder={float: _json_number})},
                             status_code=422)
     problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
-    return render(request, "error.html", {"status": 422, "detail": problems}, status_code=422)
+    return error_response(request, 422, problems)
 
 
 async def login_required(request: Request, _exc: Exception) -> Response:
@@ -79,4 +88,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(InferenceUnavailable, unavailable)
+    app.add_exception_handler(DataError, unstorable)
     app.add_exception_handler(WorkerBusy, busy)

@@ -55,7 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = session_factory(engine)
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
     install_filters(app.state.templates.env)
-    app.state.models = ModelCache(device=settings.device)
+    app.state.models = ModelCache(device=settings.inference_device)
     app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:

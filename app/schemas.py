@@ -1,4 +1,4 @@
-"""Shapes of the JSON API (what /docs shows); built from the ORM rows and crud's dataclasses."""
+"""Shapes of the JSON API (what /docs shows); crud's dataclasses serve as they are where they fit."""
 
 from __future__ import annotations
 
@@ -36,35 +36,11 @@ class SaeDetail(SaeOut):
     labelled_count: int
 
 
-class FeatureRowOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    feature_index: int
-    density: float
-    max_act: float
-    mean_act: float
-    is_dead: bool
-    is_dense: bool
-    label: str | None
-    top_text: str
-
-
 class FeatureList(BaseModel):
     total: int
     page: int
     per_page: int
-    features: list[FeatureRowOut]
-
-
-class ExampleOut(BaseModel):
-    model_config = ConfigDict(from_attributes=True)
-    tokens: list[str] = Field(validation_alias="pieces")
-    token_ids: list[int]
-    acts: list[float]
-    peak: int
-    value: float
-    interval: int | None
-    context_index: int
-    start: int
+    features: list[crud.FeatureRow]
 
 
 class LabelOut(BaseModel):
@@ -97,8 +73,8 @@ class FeatureOut(BaseModel):
     label: str | None
     labels: list[LabelOut] = Field(description="label history, newest first")
     tags: list[str]
-    top: list[ExampleOut]
-    quantiles: dict[int, list[ExampleOut]]
+    top: list[crud.ExampleView]
+    quantiles: dict[int, list[crud.ExampleView]]
 
     @classmethod
     def of(cls, page: crud.FeaturePage) -> FeatureOut:
@@ -107,8 +83,7 @@ class FeatureOut(BaseModel):
                    max_act=f.max_act, mean_act=f.mean_act, is_dead=f.is_dead, is_dense=f.is_dense, hist=f.hist,
                    promoted=f.promoted, suppressed=f.suppressed, neighbours=f.neighbours, label=page.label,
                    labels=[LabelOut.of(l) for l in page.labels], tags=page.tags,
-                   top=[ExampleOut.model_validate(e) for e in page.top],
-                   quantiles={i: [ExampleOut.model_validate(e) for e in group] for i, group in page.quantiles.items()})
+                   top=page.top, quantiles=page.quantiles)
 
 
 class LabelIn(BaseModel):
@@ -153,3 +128,18 @@ class SearchToken(BaseModel):
 
 class SearchResult(BaseModel):
     tokens: list[SearchToken]
+
+
+class BookmarkOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    sae_id: int
+    feature_index: int
+    note: str
+
+
+class BookmarkListOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+    id: int
+    name: str
+    description: str
+    bookmarks: list[BookmarkOut]

@@ -21,8 +21,8 @@ class Settings(BaseSettings):
     """Seconds a login lasts."""
     cookie_secure: bool = False
     """Send cookies over HTTPS only; turn on behind TLS."""
-    device: str = "cpu"
-    """Torch device for the "test it" box and text search."""
+    inference_device: str = "cpu"
+    """Torch device for the "test it" box, text search and steering."""
     steer_max_prompt_tokens: int = 512
     """Longest steering prompt accepted, counted after the chat template."""
     steer_max_new_tokens: int = 256

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -38,10 +39,16 @@ def num(value: float | int | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def quoted(text: str) -> str:
+    """A token's text in double quotes with escapes, so spaces and newlines show. A plain str, not Markup
+    (unlike Jinja's tojson), so autoescape still escapes its quotes inside an attribute."""
+    return json.dumps(text, ensure_ascii=False)
+
+
 def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.3g}%"
 
 
 def install_filters(env: Environment) -> None:
-    env.filters.update(num=num, percent=percent)
+    env.filters.update(num=num, percent=percent, quoted=quoted)
     env.globals.update(heatmap=heatmap)

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from .. import crud
-from ..deps import CsrfChecked, FeatureIndex, LabellerDep, ReaderDep, SaeId, SessionDep
+from ..deps import CsrfChecked, FeatureIndex, LabellerDep, LoginRequired, ReaderDep, SaeId, SessionDep
 from ..schemas import (
+    BookmarkListOut,
     FeatureActivations,
     FeatureList,
     FeatureOut,
-    FeatureRowOut,
     LabelConflictOut,
     LabelIn,
     LabelOut,
@@ -51,8 +51,7 @@ def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, sort: crud.So
     row = crud.find_sae(session, ref=sae_id)
     rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag,
                                      query=q, limit=per_page, offset=(page - 1) * per_page)
-    return FeatureList(total=total, page=page, per_page=per_page,
-                       features=[FeatureRowOut.model_validate(r) for r in rows])
+    return FeatureList(total=total, page=page, per_page=per_page, features=rows)
 
 
 @router.get("/saes/{sae_id}/features/{feature_index}", response_model=FeatureOut, responses=ERRORS)
@@ -104,3 +103,17 @@ def add_label(session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_ind
     except ValueError as err:
         return JSONResponse({"detail": str(err)}, status_code=422)
     return LabelOut.of(label)
+
+
+@router.get("/tags", response_model=list[str])
+def tags(session: SessionDep, _user: ReaderDep):
+    """Every tag in use, by name."""
+    return crud.list_tags(session)
+
+
+@router.get("/bookmarks", response_model=list[BookmarkListOut], responses={401: {"description": "Not signed in"}})
+def bookmarks(session: SessionDep, user: ReaderDep):
+    """The caller's bookmark lists with their features and notes."""
+    if user is None:
+        raise LoginRequired()
+    return crud.bookmark_lists(session, owner_id=user.id)

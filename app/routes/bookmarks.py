@@ -22,7 +22,8 @@ def bookmarks(request: Request, session: SessionDep, user: LabellerDep):
 
 
 @router.post("/bookmarks", dependencies=[CsrfChecked])
-def create_list(session: SessionDep, user: LabellerDep, name: Annotated[str, Form(min_length=1, max_length=200)],
+def create_list(session: SessionDep, user: LabellerDep,
+                name: Annotated[str, Form(max_length=200, pattern=r"\S", description="Not blank.")],
                 description: Note = ""):
     crud.create_bookmark_list(session, owner_id=user.id, name=name.strip(), description=description)
     return RedirectResponse("/bookmarks", status_code=303)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from .. import charts, crud
 from ..deps import FeatureIndex, ReaderDep, SaeId, SessionDep, is_htmx, render
-from ..models import Sae
+from ..models import Sae, User
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -40,7 +40,7 @@ def feature(request: Request, session: SessionDep, user: ReaderDep, sae_id: SaeI
     return render(request, "feature.html", feature_context(session, sae_id, feature_index, user))
 
 
-def feature_context(session: Session, sae_id: int, index: int, user, **extra: Any) -> dict[str, Any]:
+def feature_context(session: Session, sae_id: int, index: int, user: User | None) -> dict[str, Any]:
     """What the feature page template needs: the stored page, charts, neighbour labels, bookmark lists."""
     page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
     f = page.feature
@@ -49,9 +49,14 @@ def feature_context(session: Session, sae_id: int, index: int, user, **extra: An
                        title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
             "neighbour_labels": crud.label_texts(session, sae_id=sae_id, indices=neighbours),
-            "tag_choices": sorted(set(TAG_SUGGESTIONS) | set(crud.list_tags(session))),
+            "tag_choices": tag_choices(session),
             "lists": crud.bookmark_lists(session, owner_id=user.id) if user else [],
-            "intervals": (page.sae.record_config or {}).get("n_intervals", 0)} | extra
+            "intervals": (page.sae.record_config or {}).get("n_intervals", 0)}
+
+
+def tag_choices(session: Session) -> list[str]:
+    """What the tag field offers: the usual tags and every tag already in use."""
+    return sorted(set(TAG_SUGGESTIONS) | set(crud.list_tags(session)))
 
 
 def label_editor(page: crud.FeaturePage, conflict: dict[str, Any] | None = None, saved: bool = False) -> dict[str, Any]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy.orm import Session
 
 from .. import crud, label_files
 from ..deps import CsrfChecked, FeatureIndex, LabellerDep, ReaderDep, SaeId, SessionDep, is_htmx, render
-from .features import feature_context, label_editor
+from .features import feature_context, label_editor, tag_choices
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -18,10 +19,10 @@ TagName = Annotated[str, Form(min_length=1, max_length=64)]
 MAX_IMPORT_BYTES = 20 * 2**20
 
 
-def _back(request: Request, sae_id: int, index: int, fragment: str, context: dict, status: int = 200) -> Response:
+def _back(request: Request, sae_id: int, index: int, fragment: str, context: dict) -> Response:
     """htmx gets the updated fragment; a plain form post goes back to the feature page."""
     if is_htmx(request):
-        return render(request, fragment, context, status_code=status)
+        return render(request, fragment, context)
     return RedirectResponse(f"/saes/{sae_id}/features/{index}", status_code=303)
 
 
@@ -35,13 +36,13 @@ def save_label(request: Request, session: SessionDep, user: LabellerDep, sae_id:
         crud.revise_label(session, sae_id=sae_id, feature_index=feature_index, text=text, base_id=base,
                           author_id=user.id)
     except crud.LabelConflict as err:
-        conflict = {"current": err.current, "yours": text}
-        page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
-        if is_htmx(request):
-            return render(request, "_label_editor.html", {"editor": label_editor(page, conflict)}, status_code=409)
         context = feature_context(session, sae_id, feature_index, user)
-        return render(request, "feature.html", context | {"label_editor": label_editor(page, conflict)},
-                      status_code=409)
+        editor = label_editor(context["page"], {"current": err.current, "yours": text})
+        if is_htmx(request):
+            return render(request, "_label_editor.html", {"editor": editor}, status_code=409)
+        return render(request, "feature.html", context | {"label_editor": editor}, status_code=409)
+    except ValueError as err:  # a blank label
+        raise HTTPException(422, str(err)) from None
     page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
     return _back(request, sae_id, feature_index, "_label_editor.html", {"editor": label_editor(page, saved=True)})
 
@@ -50,7 +51,10 @@ def save_label(request: Request, session: SessionDep, user: LabellerDep, sae_id:
 def add_tag(request: Request, session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_index: FeatureIndex,
             tag: TagName):
     crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
-    crud.tag_feature(session, sae_id=sae_id, feature_index=feature_index, tag=tag, author_id=user.id)
+    try:
+        crud.tag_feature(session, sae_id=sae_id, feature_index=feature_index, tag=tag, author_id=user.id)
+    except ValueError as err:  # a blank tag
+        raise HTTPException(422, str(err)) from None
     return _tags(request, session, sae_id, feature_index)
 
 
@@ -62,10 +66,9 @@ def remove_tag(request: Request, session: SessionDep, _user: LabellerDep, sae_id
     return _tags(request, session, sae_id, feature_index)
 
 
-def _tags(request: Request, session, sae_id: int, index: int) -> Response:
+def _tags(request: Request, session: Session, sae_id: int, index: int) -> Response:
     page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
-    context = {"sae": page.sae, "page": page, "f": page.feature,
-               "tag_choices": sorted(set(crud.list_tags(session)))}
+    context = {"sae": page.sae, "page": page, "f": page.feature, "tag_choices": tag_choices(session)}
     return _back(request, sae_id, index, "_tags.html", context)
 
 

@@ -1,5 +1,6 @@
 import gzip
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -88,3 +89,16 @@ def test_too_short_contexts_are_a_clear_error(db_url, sae_dir, corpus, tiny_mode
 def test_unreachable_database_is_a_clear_error(tmp_path):
     code, out = invoke("db", "upgrade", "--db", "postgresql://postgres@127.0.0.1:1/none")
     assert code == 2 and "cannot upgrade" in out
+
+
+def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
+    environ = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL")}
+    monkeypatch.setattr(os, "environ", environ)  # what serve exports stays out of the real environment
+    code, out = invoke("serve", "--db", "sqlite:////tmp/served.db", "--port", 8123, "--workers", 3)
+    assert code == 0, out
+    assert calls == [("app.main:create_app", {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 3})]
+    assert environ["DATABASE_URL"] == "sqlite:////tmp/served.db" and len(environ["SECRET_KEY"]) == 64

@@ -32,7 +32,8 @@ def test_feature_has_examples_and_labels(client, stored_sae, session):
     stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=2)
     assert data["label"] == "v2" and [l["text"] for l in data["labels"]] == ["v2", "v1"]
     assert [e["value"] for e in data["top"]] == pytest.approx([e.value for e in stored.top])
-    assert [e["tokens"] for e in data["top"]] == [e.pieces for e in stored.top]
+    assert [e["pieces"] for e in data["top"]] == [e.pieces for e in stored.top]
+    assert [e["acts"] for e in data["top"]] == [e.acts for e in stored.top]
     assert {int(k): len(v) for k, v in data["quantiles"].items()} == {k: len(v) for k, v in stored.quantiles.items()}
 
 
@@ -90,3 +91,20 @@ def test_openapi_documents_the_api_and_docs_work_offline(client):
     docs = client.get("/docs").text
     assert "/static/swagger/swagger-ui-bundle.js" in docs and "cdn" not in docs
     assert client.get("/static/swagger/swagger-ui-bundle.js").status_code == 200
+
+
+def test_tags_and_own_bookmarks(client, stored_sae, session):
+    from app.security import hash_api_token
+    from tests.app.conftest import add_user
+
+    crud.tag_feature(session, sae_id=stored_sae.id, feature_index=1, tag="interpretable")
+    assert client.get("/api/tags").json() == ["interpretable"]
+    assert client.get("/api/bookmarks").status_code == 401
+    user, other = add_user(session, "ada"), add_user(session, "bob")
+    crud.add_api_token(session, user_id=user.id, name="t", token_hash=hash_api_token("ada-token"))
+    mine = crud.create_bookmark_list(session, owner_id=user.id, name="mine")
+    crud.create_bookmark_list(session, owner_id=other.id, name="theirs")
+    crud.add_bookmark(session, list_id=mine.id, sae_id=stored_sae.id, feature_index=3, note="odd")
+    lists = client.get("/api/bookmarks", headers={"Authorization": "Bearer ada-token"}).json()
+    assert lists == [{"id": mine.id, "name": "mine", "description": "",
+                      "bookmarks": [{"sae_id": stored_sae.id, "feature_index": 3, "note": "odd"}]}]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 
-def test_index_lists_the_saes(client, stored_sae):
+def test_index_lists_the_saes(client, stored_sae, session):
+    stored_sae.eval_metrics = {"fvu": 0.123456, "ce_loss_recovered": 0.875}
+    session.commit()
     page = client.get("/")
     assert page.status_code == 200
     assert f'href="/saes/{stored_sae.id}"' in page.text
     assert "tiny-sae" in page.text and "layers.1.resid_post" in page.text and "relu" in page.text
     assert '<script src="/static/htmx.min.js"' in page.text
+    assert "<td>0.123</td><td>87.5%</td>" in page.text
 
 
 def test_index_without_saes_says_how_to_add_one(client):

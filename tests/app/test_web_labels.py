@@ -63,6 +63,9 @@ def test_two_editors_from_the_same_base_get_a_visible_conflict(client, session, 
     assert retry.status_code == 303
     assert [l.text for l in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == [
         "ada's idea", "bob's idea"]
+    stale = client.post(label_url(stored_sae), data={"text": "late", "base_label_id": base, "csrf_token": token_a},
+                        headers={"HX-Request": "true"})
+    assert stale.status_code == 409 and "<html" not in stale.text and "ada&#39;s idea" in stale.text
 
 
 def test_revise_label_lets_exactly_one_of_two_concurrent_edits_win(engine, session, stored_sae):
@@ -174,3 +177,24 @@ def test_other_users_lists_are_out_of_reach(client, labeller, stored_sae, sessio
                            data={"list_id": theirs.id, "csrf_token": labeller[1]})
     assert response.status_code == 404
     assert "bob&#39;s" not in client.get("/bookmarks").text
+
+
+def test_blank_labels_and_tags_are_422_not_500(client, labeller, stored_sae, session):
+    token = labeller[1]
+    assert client.post(label_url(stored_sae), data={"text": "   ", "csrf_token": token}).status_code == 422
+    assert client.post(label_url(stored_sae), data={"text": "", "csrf_token": token}).status_code == 422
+    assert client.post(label_url(stored_sae), data={"text": "x" * 2001, "csrf_token": token}).status_code == 422
+    assert client.post(label_url(stored_sae), data={"text": "ok", "base_label_id": "abc",
+                                                    "csrf_token": token}).status_code == 422
+    assert client.post(f"/saes/{stored_sae.id}/features/0/tags", data={"tag": "  ", "csrf_token": token}).status_code == 422
+    assert crud.label_history(session, sae_id=stored_sae.id, feature_index=0) == []
+
+
+def test_text_the_database_refuses_is_422(client, labeller, stored_sae):
+    """PostgreSQL refuses NUL in text; SQLite stores it. Neither may answer 500."""
+    token = labeller[1]
+    assert client.get(f"/saes/{stored_sae.id}/features", params={"q": "a\x00b"}).status_code in (200, 422)
+    assert client.get(f"/api/saes/{stored_sae.id}/features", params={"q": "a\x00b"}).status_code in (200, 422)
+    saved = client.post(label_url(stored_sae), data={"text": "nul\x00here", "csrf_token": token}, follow_redirects=False)
+    assert saved.status_code in (303, 422)
+    assert client.post("/bookmarks", data={"name": "   ", "csrf_token": token}).status_code == 422

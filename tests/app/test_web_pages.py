@@ -170,3 +170,42 @@ def test_example_activations_survive_the_store(session, stored_sae):
     feature = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index).feature
     for example in feature.examples:
         assert unpack_acts(example.acts)[example.peak] == pytest.approx(example.value, rel=1e-2)
+
+
+def test_htmx_errors_come_back_as_a_fragment(client, stored_sae, session):
+    stored_sae.source_path = "/no/such/sae"
+    session.commit()
+    response = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "hi"}, headers={"HX-Request": "true"})
+    assert response.status_code == 503 and response.text.startswith('<p class="error"') and "cannot run SAE" in response.text
+    too_long = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "a" * 2001},
+                          headers={"HX-Request": "true"})
+    assert too_long.status_code == 422 and "at most 2000 characters" in too_long.text
+
+
+def test_token_text_cannot_break_out_of_an_attribute(client):
+    """Next-token guesses sit in a title attribute; a quote in a token must stay inside it."""
+    from html.parser import HTMLParser
+
+    class Spans(HTMLParser):
+        attrs: list[dict] = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "span":
+                self.attrs.append(dict(attrs))
+
+    evil = '" onmouseover="alert(1)'
+    rows = [{"piece": evil, "token_id": 1, "next": [(evil, 0.5)], "features": []}]
+    html = client.app.state.templates.get_template("_search_tokens.html").render(rows=rows, sae=None, text="x")
+    parser = Spans()
+    parser.feed(html)
+    assert parser.attrs == [{"class": "piece tok", "title": 'next: "\\" onmouseover=\\"alert(1)" 50%'}]
+
+
+def test_overview_draws_the_training_loss_curve(client, stored_sae, session):
+    stored_sae.training_log = [{"step": s, "tokens": 4096 * s, "loss": 10 / s} for s in range(1, 21)]
+    session.commit()
+    html = client.get(f"/saes/{stored_sae.id}").text
+    points = re.search(r'<polyline class="line" points="([^"]+)"', html).group(1).split()
+    assert len(points) == 20
+    ys = [float(p.split(",")[1]) for p in points]
+    assert ys == sorted(ys)  # loss falls, so the line goes down the page (SVG y grows downwards)

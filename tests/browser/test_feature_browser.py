@@ -73,3 +73,13 @@ def test_keyboard_moves_between_features(page, live_store):
     page.wait_for_url(f"**/saes/{sae_id}/features/3")
     page.keyboard.press("e")
     assert page.evaluate("document.activeElement.tagName") in ("TEXTAREA", "BODY")
+
+
+def test_search_shows_next_token_probabilities_on_hover(page, live_store):
+    sae_id, _ = strongest_feature(live_store)
+    page.goto(f"/saes/{sae_id}/search")
+    page.locator("#search-text").press_sequentially("abc", delay=20)
+    page.wait_for_function("document.querySelectorAll('#search-tokens .search-token').length === 4")
+    page.locator("#search-tokens .tok").nth(1).hover()
+    info = page.locator("#tok-info").inner_text()
+    assert info.startswith('"a"') and "next: " in info and "%" in info
