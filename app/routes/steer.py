@@ -50,9 +50,10 @@ def picker(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeI
     sae = crud.find_sae(session, ref=sae_id)
     q = q.strip()
     rows, _ = crud.list_features(session, sae_id=sae.id, query=q, limit=PICKER_SIZE) if q else ([], 0)
-    matches = [(r.feature_index, r.label or r.top_text) for r in rows]
-    if q.isdigit() and int(q) < sae.d_sae:
-        matches.insert(0, (int(q), crud.label_texts(session, sae_id=sae.id, indices=[int(q)]).get(int(q), "")))
+    index = int(q) if q.isdigit() and int(q) < sae.d_sae else None
+    matches = [(r.feature_index, r.label or r.top_text) for r in rows if r.feature_index != index]
+    if index is not None:
+        matches.insert(0, (index, crud.label_texts(session, sae_id=sae.id, indices=[index]).get(index, "")))
     return render(request, "_steer_picker.html", {"matches": matches, "q": q})
 
 
@@ -136,12 +137,12 @@ class JobStream(StreamingResponse):
 
 def sweep_chart(rows: list[RowOut]) -> str:
     """The measured effect against strength: the target's log-probability when there is one, else the KL."""
-    points = sorted((r.strength, r) for r in rows if r.strength is not None)
+    points = sorted((r for r in rows if r.strength is not None), key=lambda r: r.strength)
     if not points:
         return ""
-    by_target = all(r.target_logprob is not None for _, r in points)
+    by_target = all(r.target_logprob is not None for r in points)
     y_name = "log p(target)" if by_target else "KL from baseline"
-    return charts.line([(s, r.target_logprob if by_target else r.kl) for s, r in points],
+    return charts.line([(r.strength, r.target_logprob if by_target else r.kl) for r in points],
                        title=f"{y_name} against strength", x_label=f"strength · {y_name}")
 
 

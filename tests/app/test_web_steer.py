@@ -106,6 +106,16 @@ def test_the_event_stream_carries_every_token_then_the_whole_rows(steerer):
     assert done["chart"].startswith("<svg") and "log p(target) against strength" in done["chart"]
 
 
+def test_a_sweep_without_target_charts_the_kl_even_with_repeated_strengths(steerer):
+    response = steerer(headers={"Accept": "text/event-stream"}, strengths=[8.0, 2.0, 8.0],
+                       interventions=[{"feature": 0, "mode": "add"}])
+    done = json.loads(response.text.strip().split("\n\n")[-1].split("\n")[1].removeprefix("data: "))
+    assert [r["label"] for r in done["rows"]] == ["baseline", "strength 8", "strength 2", "strength 8"]
+    assert done["rows"][1]["token_ids"] == done["rows"][3]["token_ids"]
+    assert all(r["target_logprob"] is None for r in done["rows"])
+    assert "KL from baseline against strength" in done["chart"]
+
+
 @pytest.mark.parametrize("fields,status,message", [
     ({"sae_id": 999}, 404, "999"),
     ({"interventions": [{"feature": 24, "mode": "ablate"}]}, 422, "feature 24 is out of range"),
