@@ -2,11 +2,13 @@
 
 POST /api/steer answers an event stream (Accept: text/event-stream; what the page reads) or, for scripts,
 one JSON document when the run is over. Errors found before the first token (bad prompt, limits, unknown
-feature) come back as a plain 422/404/503 JSON answer, never as a half-opened stream.
+feature) come back as a plain 422/404/503 JSON answer, never as a half-opened stream. A client that
+disconnects, in either mode, stops its generation before the next token.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -25,6 +27,8 @@ from ..steer_schemas import ExperimentOut, InterventionIn, RowOut, SteerIn, Stee
 router = APIRouter(tags=["steering"])
 ExperimentId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the saved experiment.")]
 PICKER_SIZE = 12
+DISCONNECT_POLL_S = 0.5
+"""How often a JSON (non-streaming) steering request checks that its client is still connected."""
 
 
 @router.get("/saes/{sae_id}/steer", response_class=HTMLResponse, include_in_schema=False)
@@ -76,10 +80,28 @@ async def steer(request: Request, user: LabellerDep, body: SteerIn, sae: Annotat
     if "text/event-stream" in request.headers.get("accept", ""):
         return JobStream(job, _event_stream(job, first, finish))
     try:
-        kind, data = [first, *[event async for event in job.events()]][-1]
+        kind, data = await _last_event(request, job, first)
     finally:
         job.cancel()
     return SteerOut(**await finish(data)) if kind == "done" else _error(data)
+
+
+async def _last_event(request: Request, job: Job, first: Event) -> Event:
+    """Wait out a run for a client that wants one answer; the run stops if the client leaves meanwhile."""
+    watcher = asyncio.create_task(_cancel_when_gone(request, job))
+    last = first
+    try:
+        async for event in job.events():
+            last = event
+    finally:
+        watcher.cancel()
+    return ("error", {"status": 499, "detail": "the client went away"}) if job.cancelled.is_set() else last
+
+
+async def _cancel_when_gone(request: Request, job: Job) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+    job.cancel()
 
 
 def _error(data: dict[str, Any]) -> JSONResponse:

@@ -193,8 +193,9 @@ def test_a_busy_worker_answers_429_with_retry_after_and_pages_stay_fast(client, 
     assert tokens(steerer()) == tokens(answers[0])
 
 
-def test_a_disconnected_client_cancels_its_generation(client, session, stored_sae):
-    """Drive the ASGI app directly: the client goes away after two token events."""
+@pytest.mark.parametrize("accept,tokens_before_leaving", [("text/event-stream", 2), ("application/json", 0)])
+def test_a_disconnected_client_cancels_its_generation(client, session, stored_sae, accept, tokens_before_leaving):
+    """Drive the ASGI app directly: the client goes away after some token events (a JSON client sees none)."""
     user = add_user(session, "bea")
     crud.add_api_token(session, user_id=user.id, name="t", token_hash=hash_api_token("bea-token"))
     lm = client.app.state.models.load(stored_sae).lm
@@ -210,11 +211,13 @@ def test_a_disconnected_client_cancels_its_generation(client, session, stored_sa
              "method": "POST", "scheme": "http", "path": "/api/steer", "raw_path": b"/api/steer", "query_string": b"",
              "root_path": "", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
              "headers": [(b"host", b"testserver"), (b"content-type", b"application/json"),
-                         (b"accept", b"text/event-stream"), (b"authorization", b"Bearer bea-token")]}
+                         (b"accept", accept.encode()), (b"authorization", b"Bearer bea-token")]}
 
     async def call() -> list[bytes]:
         chunks: list[bytes] = []
         gone = asyncio.Event()
+        if not tokens_before_leaving:
+            gone.set()
         messages = iter([{"type": "http.request", "body": body, "more_body": False}])
 
         async def receive():
@@ -227,7 +230,7 @@ def test_a_disconnected_client_cancels_its_generation(client, session, stored_sa
         async def send(message):
             if message["type"] == "http.response.body":
                 chunks.append(message["body"])
-                if sum(c.count(b"event: token") for c in chunks) >= 2:
+                if sum(c.count(b"event: token") for c in chunks) >= tokens_before_leaving:
                     gone.set()
 
         await client.app(scope, receive, send)
