@@ -457,3 +457,14 @@ def steering_experiments(session: Session, *, sae_id: int | None = None, owner_i
     if owner_id is not None:
         stmt = stmt.where(SteeringExperiment.owner_id == owner_id)
     return list(session.scalars(stmt.order_by(SteeringExperiment.id.desc()).limit(limit)))
+
+
+def find_steering(session: Session, *, sae_id: int, experiment_id: int) -> tuple[SteeringExperiment, str | None]:
+    """A saved experiment of one SAE and its author's name (None once the account is deleted)."""
+    row = session.execute(
+        select(SteeringExperiment, User.name).outerjoin(User, User.id == SteeringExperiment.owner_id)
+        .where(SteeringExperiment.id == experiment_id, SteeringExperiment.sae_id == sae_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"SAE {sae_id} has no saved steering experiment {experiment_id}")
+    return row[0], row[1]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
@@ -12,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from . import crud
 from .deps import LoginRequired, is_htmx, render
 from .services.inference import InferenceUnavailable
+from .services.steering import WorkerBusy
 
 
 def wants_json(request: Request) -> bool:
@@ -49,9 +52,19 @@ async def unavailable(request: Request, exc: InferenceUnavailable) -> Response:
     return error_response(request, 503, str(exc))
 
 
+async def busy(request: Request, exc: WorkerBusy) -> Response:
+    return error_response(request, 429, str(exc), {"Retry-After": str(exc.retry_after)})
+
+
+def _json_number(value: float) -> float | str:
+    """JSON has no NaN or infinity; a request that sent one (Python's json reads them) gets it back as text."""
+    return value if math.isfinite(value) else str(value)
+
+
 async def invalid(request: Request, exc: RequestValidationError) -> Response:
     if wants_json(request) and not is_htmx(request):
-        return await request_validation_exception_handler(request, exc)
+        return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder={float: _json_number})},
+                            status_code=422)
     problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
     return error_response(request, 422, problems)
 
@@ -76,3 +89,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LoginRequired, login_required)
     app.add_exception_handler(InferenceUnavailable, unavailable)
     app.add_exception_handler(DataError, unstorable)
+    app.add_exception_handler(WorkerBusy, busy)

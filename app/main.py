@@ -26,6 +26,7 @@ from .errors import install_error_handlers
 from .routes import ROUTERS
 from .security import new_csrf_seed
 from .services.inference import ModelCache
+from .services.steering import SteeringWorker, steer_limits
 from .settings import Settings
 from .templating import install_filters
 
@@ -44,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        app.state.steering.close()
         engine.dispose()
 
     app = FastAPI(title="saescope", summary="Browse, search and label sparse-autoencoder features.",
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
     install_filters(app.state.templates.env)
     app.state.models = ModelCache(device=settings.inference_device)
+    app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)

@@ -240,9 +240,10 @@ class SteeringExperiment(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     prompt: Mapped[str] = mapped_column(Text)
     interventions: Mapped[list[Any]]
-    """[{"feature_index": i, "strength": s}, ...]."""
+    """[{"feature": i, "mode": "clamp", "value": v}, ...] (app/steer_schemas.InterventionIn)."""
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    """Generation settings: max_new_tokens, temperature, seed..."""
+    """Generation settings (max_new_tokens, temperature, top_p, seed, positions, raw, strengths, target)
+    and "rows": every row's output and measured effect, a sweep's included (app/steer_schemas.RowOut)."""
     baseline_text: Mapped[str | None] = mapped_column(Text)
     steered_text: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=now)

@@ -22,4 +22,10 @@ class Settings(BaseSettings):
     cookie_secure: bool = False
     """Send cookies over HTTPS only; turn on behind TLS."""
     inference_device: str = "cpu"
-    """Torch device for the "test it" box and text search."""
+    """Torch device for the "test it" box, text search and steering."""
+    steer_max_prompt_tokens: int = 512
+    """Longest steering prompt accepted, counted after the chat template."""
+    steer_max_new_tokens: int = 256
+    """Hard cap on the tokens one steering request may generate per row."""
+    steer_retry_after: int = 5
+    """Seconds a client told 429 (a steering generation is running) should wait before trying again."""

@@ -262,6 +262,14 @@ def measure(
     return kl_B.tolist(), logprob_B.tolist()
 
 
+def encode_target(lm: LoadedModel, target: str) -> list[int]:
+    """Token ids of a target text as it would continue the prompt (no BOS); refuses an empty one."""
+    target_ids = lm.tokenizer(target, add_special_tokens=False).input_ids
+    if not target_ids:
+        raise SteeringError("the target text is empty")
+    return target_ids
+
+
 def sweep(
     lm: LoadedModel,
     sae: SAE,
@@ -277,9 +285,7 @@ def sweep(
         raise SteeringError("a sweep needs at least one strength and one intervention")
     runs = [None, *(steering.at_strength(s) for s in strengths)]
     generations = generate_steered(lm, sae, prompt_ids, runs, sampling, limits)
-    target_ids = lm.tokenizer(target, add_special_tokens=False).input_ids if target is not None else None
-    if target_ids == []:
-        raise SteeringError("the target text is empty")
+    target_ids = encode_target(lm, target) if target is not None else None
     kls, logprobs = measure(lm, sae, prompt_ids, runs, generations[0], target_ids)
     return [
         SweepPoint(s, g, kl, logprobs[i] if logprobs else None)

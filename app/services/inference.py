@@ -7,6 +7,8 @@ about 20 s; a forward over a sentence takes milliseconds), one copy per worker p
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -16,8 +18,7 @@ from sae_core.hooks import capture
 from sae_core.models import LoadedModel, ModelLoadError, load_model
 from sae_core.records import token_pieces
 from sae_core.saes import SAE, SAEFormatError
-from sae_core.sites import Site, SiteError
-from sae_core.steering import SteeringError, sae_site
+from sae_core.sites import Site, SiteError, sae_site
 
 from ..models import Sae
 from ..pipeline import read_sae
@@ -52,7 +53,9 @@ class TextActivations:
 
 
 @dataclass
-class _Loaded:
+class LoadedSae:
+    """A store SAE ready to run: its model (shared by every SAE of that model), weights and site."""
+
     lm: LoadedModel
     sae: SAE
     site: Site
@@ -65,10 +68,10 @@ class ModelCache:
         self.device = device
         self.n_next = n_next
         self._models: dict[str, LoadedModel] = {}
-        self._saes: dict[tuple[str, str], _Loaded] = {}
+        self._saes: dict[tuple[str, str], LoadedSae] = {}
         self._lock = threading.Lock()
 
-    def _load(self, sae: Sae) -> _Loaded:
+    def _load(self, sae: Sae) -> LoadedSae:
         spec = sae.model_spec or sae.model_name
         key = (spec, sae.source_path)
         if key not in self._saes:
@@ -77,16 +80,26 @@ class ModelCache:
                     self._models[spec] = load_model(spec, device=self.device)
                 lm = self._models[spec]
                 loaded = read_sae(sae.source_path).sae.to(self.device)
-                self._saes[key] = _Loaded(lm, loaded, sae_site(loaded, lm.model))
-            except (ModelLoadError, SAEFormatError, SiteError, SteeringError, OSError) as err:
+                self._saes[key] = LoadedSae(lm, loaded, sae_site(loaded, lm.model))
+            except (ModelLoadError, SAEFormatError, SiteError, OSError) as err:
                 raise InferenceUnavailable(f"cannot run SAE {sae.name!r} here: {str(err).splitlines()[0]}") from err
         return self._saes[key]
+
+    def load(self, sae: Sae) -> LoadedSae:
+        """The SAE and its model, loaded on first use; the tokenizer may be used without holding the model."""
+        with self._lock:
+            return self._load(sae)
+
+    @contextmanager
+    def hold(self, sae: Sae) -> Iterator[LoadedSae]:
+        """The model to oneself for a block: steering splices hooks into it that every forward would see."""
+        with self._lock:
+            yield self._load(sae)
 
     @torch.no_grad()
     def run(self, sae: Sae, text: str) -> TextActivations:
         """Tokenise `text` after a BOS, as the recording pass does, and run the model and the SAE on it."""
-        with self._lock:
-            loaded = self._load(sae)
+        with self.hold(sae) as loaded:
             tokenizer = loaded.lm.tokenizer
             try:
                 bos = bos_id(tokenizer)

@@ -70,12 +70,17 @@ def live_store(tmp_path_factory, web_sae):
 
 
 @pytest.fixture(scope="session")
-def live_server(live_store):
-    """uvicorn serving the app in a thread; yields its base URL and stops it at the end."""
+def live_app(live_store):
+    """The app the live server serves, for tests that look at its state (the steering worker, the model)."""
     url, _sae_id, _engine = live_store
+    return create_app(Settings(database_url=url, secret_key="browser"))
+
+
+@pytest.fixture(scope="session")
+def live_server(live_app):
+    """uvicorn serving the app in a thread; yields its base URL and stops it at the end."""
     port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(Settings(database_url=url, secret_key="browser")),
-                                           host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(live_app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

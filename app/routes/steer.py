@@ -1,0 +1,182 @@
+"""The steering playground: the page, its feature picker, POST /api/steer and saved experiments.
+
+POST /api/steer answers an event stream (Accept: text/event-stream; what the page reads) or, for scripts,
+one JSON document when the run is over. Errors found before the first token (bad prompt, limits, unknown
+feature) come back as a plain 422/404/503 JSON answer, never as a half-opened stream. A client that
+disconnects, in either mode, stops its generation before the next token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from .. import charts, crud
+from ..deps import CsrfChecked, LabellerDep, ReaderDep, SaeId, SessionDep, render
+from ..models import Sae, User
+from ..services.steering import Event, Job
+from ..steer_schemas import ExperimentOut, InterventionIn, RowOut, SteerIn, SteerOut, experiment_url
+
+router = APIRouter(tags=["steering"])
+ExperimentId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the saved experiment.")]
+PICKER_SIZE = 12
+DISCONNECT_POLL_S = 0.5
+"""How often a JSON (non-streaming) steering request checks that its client is still connected."""
+
+
+@router.get("/saes/{sae_id}/steer", response_class=HTMLResponse, include_in_schema=False)
+def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
+               feature: Annotated[int | None, Query(ge=0, lt=2**31)] = None,
+               experiment: Annotated[int | None, Query(ge=1, lt=2**31)] = None):
+    """The form, prefilled from a saved experiment or with one feature (the feature page's steer link)."""
+    sae = crud.find_sae(session, ref=sae_id)
+    if experiment is not None:
+        form = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment)).request()
+    else:
+        start = [InterventionIn(feature=feature, mode="add", value=4.0)] if feature is not None else []
+        form = SteerIn.model_construct(sae_id=sae.id, prompt="", interventions=start)
+    labels = crud.label_texts(session, sae_id=sae.id, indices=[i.feature for i in form.interventions])
+    return render(request, "steer.html", {"sae": sae, "form": form, "labels": labels,
+                                          "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=20)})
+
+
+@router.get("/saes/{sae_id}/steer/features", response_class=HTMLResponse, include_in_schema=False)
+def picker(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
+           q: Annotated[str, Query(max_length=200)] = ""):
+    """Features matching a label or top-token search, and the feature with that index when q is a number."""
+    sae = crud.find_sae(session, ref=sae_id)
+    q = q.strip()
+    rows, _ = crud.list_features(session, sae_id=sae.id, query=q, limit=PICKER_SIZE) if q else ([], 0)
+    index = int(q) if q.isdigit() and int(q) < sae.d_sae else None
+    matches = [(r.feature_index, r.label or r.top_text) for r in rows if r.feature_index != index]
+    if index is not None:
+        matches.insert(0, (index, crud.label_texts(session, sae_id=sae.id, indices=[index]).get(index, "")))
+    return render(request, "_steer_picker.html", {"matches": matches, "q": q})
+
+
+def steer_sae(session: SessionDep, body: SteerIn) -> Sae:
+    """The SAE a request names (404 if none), looked up on a worker thread, not on the event loop."""
+    return crud.find_sae(session, ref=body.sae_id)
+
+
+@router.post("/api/steer", response_model=SteerOut, dependencies=[CsrfChecked],
+             responses={404: {"description": "No such SAE"}, 422: {"description": "Bad request or over a limit"},
+                        429: {"description": "A generation is running; see Retry-After"}})
+async def steer(request: Request, user: LabellerDep, body: SteerIn, sae: Annotated[Sae, Depends(steer_sae)]):
+    """Generate the baseline and the steered rows from one prompt and seed, streamed or as one JSON answer."""
+    job = request.app.state.steering.start(sae, body)
+    first = await job.next_event()
+    if first is None or first[0] == "error":  # every check fails before the first token
+        job.cancel()
+        return _error(first[1] if first else {})
+    finish = _Finisher(request, user, body)
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return JobStream(job, _event_stream(job, first, finish))
+    try:
+        kind, data = await _last_event(request, job, first)
+    finally:
+        job.cancel()
+    return SteerOut(**await finish(data)) if kind == "done" else _error(data)
+
+
+async def _last_event(request: Request, job: Job, first: Event) -> Event:
+    """Wait out a run for a client that wants one answer; the run stops if the client leaves meanwhile."""
+    watcher = asyncio.create_task(_cancel_when_gone(request, job))
+    last = first
+    try:
+        async for event in job.events():
+            last = event
+    finally:
+        watcher.cancel()
+    return ("error", {"status": 499, "detail": "the client went away"}) if job.cancelled.is_set() else last
+
+
+async def _cancel_when_gone(request: Request, job: Job) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(DISCONNECT_POLL_S)
+    job.cancel()
+
+
+def _error(data: dict[str, Any]) -> JSONResponse:
+    return JSONResponse({"detail": data.get("detail", "the generation stopped without output")},
+                        status_code=data.get("status", 500))
+
+
+class _Finisher:
+    """Completes a finished run's data with the saved experiment's permalink (None unless asked to save)."""
+
+    def __init__(self, request: Request, user: User, body: SteerIn):
+        self.request, self.user, self.body = request, user, body
+
+    async def __call__(self, done: dict[str, Any]) -> dict[str, Any]:
+        rows = [RowOut(**row) for row in done["rows"]]
+        url = await run_in_threadpool(self._save, rows) if self.body.save else None
+        return done | {"experiment_url": url}
+
+    def _save(self, rows: list[RowOut]) -> str:
+        with self.request.app.state.session_factory() as session:
+            experiment = crud.save_steering(session, owner_id=self.user.id, **self.body.experiment_fields(rows))
+            return experiment_url(experiment.sae_id, experiment.id)
+
+
+def sse(kind: str, data: dict[str, Any]) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n"
+
+
+async def _event_stream(job: Job, first: Event, finish: _Finisher) -> AsyncIterator[str]:
+    try:
+        yield sse(*first)
+        async for kind, data in job.events():
+            if kind == "done":
+                data = await finish(data)
+                data["chart"] = str(sweep_chart([RowOut(**row) for row in data["rows"]]))
+            yield sse(kind, data)
+    finally:
+        job.cancel()
+
+
+class JobStream(StreamingResponse):
+    """An event stream that cancels its job however the response ends: finished, failed or client gone."""
+
+    def __init__(self, job: Job, content: AsyncIterator[str]):
+        super().__init__(content, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+        self.job = job
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.job.cancel()
+
+
+def sweep_chart(rows: list[RowOut]) -> str:
+    """The measured effect against strength: the target's log-probability when there is one, else the KL."""
+    points = sorted((r for r in rows if r.strength is not None), key=lambda r: r.strength)
+    if not points:
+        return ""
+    by_target = all(r.target_logprob is not None for r in points)
+    y_name = "log p(target)" if by_target else "KL from baseline"
+    return charts.line([(r.strength, r.target_logprob if by_target else r.kl) for r in points],
+                       title=f"{y_name} against strength", x_label=f"strength · {y_name}")
+
+
+@router.get("/saes/{sae_id}/steer/experiments/{experiment_id}", response_class=HTMLResponse, include_in_schema=False)
+def experiment_page(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, experiment_id: ExperimentId):
+    """A saved experiment's permalink: what was asked, who ran it when, and every row's output."""
+    sae = crud.find_sae(session, ref=sae_id)
+    out = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment_id))
+    return render(request, "experiment.html", {"sae": sae, "x": out, "chart": sweep_chart(out.rows)})
+
+
+@router.get("/api/saes/{sae_id}/steer/experiments/{experiment_id}", response_model=ExperimentOut,
+            responses={404: {"description": "No such experiment"}})
+def experiment(session: SessionDep, _user: ReaderDep, sae_id: SaeId, experiment_id: ExperimentId) -> ExperimentOut:
+    return ExperimentOut.of(*crud.find_steering(session, sae_id=sae_id, experiment_id=experiment_id))

@@ -1,0 +1,115 @@
+"""Shapes of the steering API: the request a playground form or a script sends, and saved experiments.
+
+Bounds that depend on the server (prompt length, the max_new_tokens cap, rows per batch) are checked by
+sae_core's Limits, which say the limit in their message; the bounds here only keep input sane.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from sae_core.generation import Sampling
+from sae_core.steering import Intervention, Steering
+
+from .models import SteeringExperiment
+
+Mode = Literal["clamp", "add", "scale", "ablate"]
+
+
+class InterventionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    feature: int = Field(ge=0, lt=2**31, description="Index of the SAE feature.")
+    mode: Mode = Field(description="clamp (set to value), add (add value), scale (multiply by value), ablate.")
+    value: float = Field(0.0, ge=-1e4, le=1e4, description="The mode's operand; ignored by ablate.")
+
+
+class SteerIn(BaseModel):
+    """One steering request: a baseline row and one steered row, or one row per strength of a sweep."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    sae_id: int = Field(ge=1, lt=2**31)
+    prompt: str = Field(min_length=1, max_length=20_000)
+    raw: bool = Field(False, description="Feed the prompt as raw text instead of a chat-template user turn.")
+    interventions: list[InterventionIn] = Field(min_length=1, max_length=32)
+    positions: Literal["all", "prompt", "generated"] = "all"
+    strengths: list[float] = Field([], max_length=64, description="A sweep: every intervention's value set "
+                                   "to each strength in turn, each generated beside the baseline.")
+    target: str | None = Field(None, max_length=2000, description="Text whose log-probability a sweep measures.")
+    max_new_tokens: int = Field(48, ge=1, le=100_000)
+    temperature: float = Field(0.7, ge=0, le=100)
+    top_p: float = Field(0.9, gt=0, le=1)
+    seed: int = Field(0, ge=0, lt=2**63)
+    save: bool = Field(False, description="Store the finished run as an experiment with a permalink.")
+    name: str = Field("", max_length=200)
+
+    def steering(self) -> Steering:
+        """The library's steering; raises SteeringError (a feature twice, a sweep of ablations)."""
+        return Steering(tuple(Intervention(i.feature, i.mode, i.value) for i in self.interventions), self.positions)
+
+    def sampling(self) -> Sampling:
+        return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
+
+    def params(self) -> dict[str, Any]:
+        """Everything but the prompt and interventions, as an experiment stores it."""
+        return self.model_dump(include={"raw", "positions", "strengths", "target", "max_new_tokens",
+                                        "temperature", "top_p", "seed"})
+
+    def experiment_fields(self, rows: list[RowOut]) -> dict[str, Any]:
+        """What crud.save_steering stores: the request, and every row's output and effect in params["rows"]."""
+        return {"sae_id": self.sae_id, "prompt": self.prompt, "name": self.name,
+                "interventions": [i.model_dump() for i in self.interventions],
+                "params": self.params() | {"rows": [r.model_dump() for r in rows]},
+                "baseline_text": rows[0].text, "steered_text": None if self.strengths else rows[1].text}
+
+
+class RowOut(BaseModel):
+    row: int
+    label: str
+    strength: float | None
+    text: str
+    token_ids: list[int]
+    finished: str | None
+    kl: float | None = None
+    target_logprob: float | None = None
+
+
+class SteerOut(BaseModel):
+    """A whole steering run, for clients that ask for JSON instead of an event stream."""
+
+    prompt_tokens: int
+    rows: list[RowOut]
+    experiment_url: str | None = None
+
+
+class ExperimentOut(BaseModel):
+    id: int
+    sae_id: int
+    name: str
+    author: str | None
+    created_at: datetime
+    prompt: str
+    interventions: list[dict[str, Any]]
+    params: dict[str, Any]
+    rows: list[RowOut]
+    url: str
+
+    @classmethod
+    def of(cls, experiment: SteeringExperiment, author: str | None) -> ExperimentOut:
+        return cls(id=experiment.id, sae_id=experiment.sae_id, name=experiment.name, author=author,
+                   created_at=experiment.created_at, prompt=experiment.prompt,
+                   interventions=experiment.interventions,
+                   params={k: v for k, v in experiment.params.items() if k != "rows"},
+                   rows=experiment.params.get("rows", []), url=experiment_url(experiment.sae_id, experiment.id))
+
+    def request(self) -> SteerIn:
+        """The request that reruns this experiment (it gives the same outputs: generation is seeded)."""
+        return SteerIn(sae_id=self.sae_id, prompt=self.prompt, interventions=self.interventions,
+                       name=self.name, **self.params)
+
+
+def experiment_url(sae_id: int, experiment_id: int) -> str:
+    """The permalink of a saved experiment."""
+    return f"/saes/{sae_id}/steer/experiments/{experiment_id}"

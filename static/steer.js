@@ -1,0 +1,147 @@
+// saescope steering playground: posts the form as JSON to /api/steer and appends each streamed token to its
+// row. The answer is a server-sent event stream read with fetch (EventSource cannot POST); aborting the fetch
+// (Stop, or leaving the page) closes the connection, which cancels the generation on the server.
+"use strict";
+
+(() => {
+  const form = document.getElementById("steer-form");
+  if (!form) return;
+  const rows = document.getElementById("steer-rows");
+  const chart = document.getElementById("steer-chart");
+  const status = document.getElementById("steer-status");
+  const stop = document.getElementById("steer-stop");
+  const csrf = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRF-Token"];
+  let controller = null;
+
+  const say = (text, isError = false) => {
+    status.textContent = text;
+    status.className = isError ? "error" : "muted";
+  };
+
+  // The form as the API's SteerIn; numbers the browser cannot read become null and come back as a 422.
+  function body() {
+    const data = new FormData(form);
+    const num = (name) => (data.get(name) === "" ? null : Number(data.get(name)));
+    const interventions = [...form.querySelectorAll(".intervention")].map((el) => ({
+      feature: Number(el.querySelector("[name=feature]").value),
+      mode: el.querySelector("[name=mode]").value,
+      value: Number(el.querySelector("[name=value]").value || 0),
+    }));
+    const strengths = data.get("strengths").split(",").map((s) => s.trim()).filter(Boolean).map(Number);
+    return {
+      sae_id: Number(form.dataset.sae), prompt: data.get("prompt"), raw: data.has("raw"), interventions,
+      positions: data.get("positions"), strengths, target: data.get("target") || null,
+      max_new_tokens: num("max_new_tokens"), temperature: num("temperature"), top_p: num("top_p"),
+      seed: num("seed"), save: data.has("save"), name: data.get("name"),
+    };
+  }
+
+  // FastAPI's 422 lists each bad field; everything else has one message.
+  async function errorText(response) {
+    const { detail } = await response.json().catch(() => ({ detail: response.statusText }));
+    const text = Array.isArray(detail) ? detail.map((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ") : detail;
+    const retry = response.headers.get("Retry-After");
+    return `${response.status}: ${text}${retry ? ` (retry in ${retry} s)` : ""}`;
+  }
+
+  function column(row) {
+    const el = document.createElement("div");
+    el.className = "steer-row";
+    el.dataset.row = row.row;
+    const title = document.createElement("h3");
+    title.textContent = row.label;
+    const effect = document.createElement("p");
+    effect.className = "muted effect";
+    const out = document.createElement("pre");
+    out.className = "out";
+    el.append(title, effect, out);
+    return el;
+  }
+
+  const fmt = (v) => (Math.abs(v) >= 0.01 || v === 0 ? v.toFixed(3) : v.toExponential(2));
+  const handlers = {
+    start(data) {
+      rows.replaceChildren(...data.rows.map(column));
+      say(`generating (prompt ${data.prompt_tokens} tokens)…`);
+    },
+    token(data) {
+      const row = rows.querySelector(`[data-row="${data.row}"]`);
+      row.querySelector(".out").append(data.text);
+      if (data.finished) row.classList.add("finished");
+    },
+    done(data) {
+      for (const row of data.rows) {
+        if (row.kl === null) continue;
+        const parts = [`KL ${fmt(row.kl)}`];
+        if (row.target_logprob !== null) parts.push(`log p(target) ${fmt(row.target_logprob)}`);
+        rows.querySelector(`[data-row="${row.row}"] .effect`).textContent = parts.join(" · ");
+      }
+      chart.innerHTML = data.chart || "";  // server-drawn SVG; every text in it is escaped there
+      say("done");
+      if (data.experiment_url) {
+        const link = document.createElement("a");
+        link.href = data.experiment_url;
+        link.textContent = "saved: permalink";
+        status.append(" · ", link);
+      }
+    },
+    error(data) {
+      say(data.detail, true);
+    },
+  };
+
+  function dispatch(block) {
+    const kind = /^event: (.*)$/m.exec(block);
+    const data = /^data: (.*)$/m.exec(block);
+    if (kind && data && handlers[kind[1]]) handlers[kind[1]](JSON.parse(data[1]));
+  }
+
+  async function run(event) {
+    event.preventDefault();
+    if (controller) controller.abort();
+    controller = new AbortController();
+    rows.replaceChildren();
+    chart.replaceChildren();
+    say("waiting for the model…");
+    stop.hidden = false;
+    try {
+      const response = await fetch("/api/steer", {
+        method: "POST", signal: controller.signal, body: JSON.stringify(body()),
+        headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-CSRF-Token": csrf },
+      });
+      if (!response.ok) return say(await errorText(response), true);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value;
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          dispatch(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+        }
+      }
+    } catch (err) {
+      say(err.name === "AbortError" ? "stopped" : `failed: ${err.message}`, err.name !== "AbortError");
+    } finally {
+      stop.hidden = true;
+    }
+  }
+
+  function addIntervention(feature, label) {
+    const row = document.getElementById("intervention-template").content.firstElementChild.cloneNode(true);
+    row.querySelector("[name=feature]").value = feature;
+    row.querySelector(".feature-label").textContent = label;
+    document.getElementById("interventions").append(row);
+  }
+
+  form.addEventListener("submit", run);
+  stop.addEventListener("click", () => controller && controller.abort());
+  form.addEventListener("click", (event) => {
+    const pick = event.target.closest(".pick");
+    if (pick) addIntervention(pick.dataset.feature, pick.dataset.label);
+    const remove = event.target.closest(".intervention .remove");
+    if (remove) remove.closest(".intervention").remove();
+  });
+})();

@@ -1,0 +1,69 @@
+"""Real-browser checks of the steering playground: both rows stream in token by token; Stop cancels the run."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app.db import session_factory
+from app.models import Sae
+from tests.browser.test_feature_browser import log_in
+
+# Counts each row's text length whenever the rows change, to see the outputs grow rather than appear whole.
+WATCH_ROWS = """() => {
+  window.lengths = [];
+  new MutationObserver(() => window.lengths.push(
+    [...document.querySelectorAll('#steer-rows .out')].map((el) => el.textContent.length)))
+    .observe(document.getElementById('steer-rows'), {subtree: true, childList: true, characterData: true});
+}"""
+
+
+@pytest.fixture()
+def slow_model(live_app, live_store):
+    """The live server's model with a 20 ms pause per forward, so a run lasts long enough to watch it."""
+    _url, sae_id, engine = live_store
+    with session_factory(engine)() as session:
+        model = live_app.state.models.load(session.get(Sae, sae_id)).lm.model
+    handle = model.register_forward_hook(lambda *_: time.sleep(0.02))
+    yield
+    handle.remove()
+
+
+def start_run(page, sae_id: int, tokens: int) -> None:
+    page.goto(f"/saes/{sae_id}/steer?feature=1")
+    page.fill("textarea[name=prompt]", "the cat sat")
+    page.fill("input[name=max_new_tokens]", str(tokens))
+    page.fill("input[name=temperature]", "0")
+    page.fill(".intervention input[name=value]", "5")
+    page.evaluate(WATCH_ROWS)
+    page.click("#steer-run")
+
+
+def test_baseline_and_steered_outputs_stream_in_side_by_side(page, live_store, slow_model):
+    _url, sae_id, _engine = live_store
+    log_in(page)
+    start_run(page, sae_id, tokens=40)
+    page.wait_for_selector("#steer-status:text-is('done')", timeout=30_000)
+    baseline, steered = page.locator("#steer-rows .out").all_inner_texts()
+    assert page.locator("#steer-rows h3").all_inner_texts() == ["baseline", "steered"]
+    assert baseline and steered and baseline != steered
+    assert page.locator("#steer-rows .steer-row.finished").count() == 2
+    lengths = page.evaluate("window.lengths")
+    final = lengths[-1]
+    partial = [seen for seen in lengths if len(seen) == 2 and 0 < seen[0] < final[0] and 0 < seen[1] < final[1]]
+    assert len(partial) >= 3, f"the rows did not grow step by step: {lengths}"
+
+
+def test_stop_cancels_the_generation_on_the_server(page, live_app, live_store, slow_model):
+    _url, sae_id, _engine = live_store
+    log_in(page)
+    start_run(page, sae_id, tokens=256)
+    page.wait_for_function("window.lengths.some((seen) => seen.length === 2 && seen[0] > 0)")
+    assert live_app.state.steering.busy
+    page.click("#steer-stop")
+    page.wait_for_selector("#steer-status:text-is('stopped')")
+    deadline = time.monotonic() + 3  # the whole run would take over 10 s
+    while live_app.state.steering.busy:
+        assert time.monotonic() < deadline, "the generation went on after the browser stopped reading"
+        time.sleep(0.02)
