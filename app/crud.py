@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Select, case, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +24,8 @@ from .models import (
     User,
 )
 from .packing import unpack_acts, unpack_ids
+
+RowT = TypeVar("RowT")
 
 SortKey = Literal["index", "density", "max_act", "mean_act", "label"]
 StateFilter = Literal["all", "alive", "dead", "dense", "labelled", "unlabelled"]
@@ -48,16 +50,20 @@ class LabelConflict(Exception):
 # SAEs
 
 
-def create_sae(session: Session, *, name: str, **fields: Any) -> Sae:
-    """Register an SAE under a unique name; `fields` are Sae columns (model_name, site, d_sae, ...)."""
-    sae = Sae(name=name, **fields)
-    session.add(sae)
+def _add_unique(session: Session, row: RowT, conflict: str) -> RowT:
+    """Insert and commit a row whose name must be unique; a duplicate is a Conflict saying `conflict`."""
+    session.add(row)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        raise Conflict(f"an SAE named {name!r} is already in the store") from None
-    return sae
+        raise Conflict(conflict) from None
+    return row
+
+
+def create_sae(session: Session, *, name: str, **fields: Any) -> Sae:
+    """Register an SAE under a unique name; `fields` are Sae columns (model_name, site, d_sae, ...)."""
+    return _add_unique(session, Sae(name=name, **fields), f"an SAE named {name!r} is already in the store")
 
 
 def list_saes(session: Session) -> list[Sae]:
@@ -366,14 +372,8 @@ def list_tags(session: Session) -> list[str]:
 
 
 def create_user(session: Session, *, name: str, password_hash: str, role: str = "viewer") -> User:
-    user = User(name=name, password_hash=password_hash, role=role)
-    session.add(user)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(f"a user named {name!r} already exists") from None
-    return user
+    return _add_unique(session, User(name=name, password_hash=password_hash, role=role),
+                       f"a user named {name!r} already exists")
 
 
 def find_user(session: Session, *, name: str) -> User | None:
@@ -395,14 +395,8 @@ def user_for_token(session: Session, *, token_hash: str) -> User | None:
 
 
 def create_bookmark_list(session: Session, *, owner_id: int, name: str, description: str = "") -> BookmarkList:
-    lst = BookmarkList(owner_id=owner_id, name=name, description=description)
-    session.add(lst)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        raise Conflict(f"you already have a list named {name!r}") from None
-    return lst
+    return _add_unique(session, BookmarkList(owner_id=owner_id, name=name, description=description),
+                       f"you already have a list named {name!r}")
 
 
 def find_bookmark_list(session: Session, *, list_id: int, owner_id: int) -> BookmarkList:
