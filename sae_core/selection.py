@@ -66,6 +66,19 @@ class GroupBank:
         self.entries.group_M = group_M
         return touched_G
 
+    def _best_per_group(self, group_C: torch.Tensor, score_C: torch.Tensor, keep_C: torch.Tensor) -> torch.Tensor:
+        """Narrow `keep_C` to the `slots` best candidates of each group, keeping their stream order.
+
+        Only these can survive the merge, and payloads are built for kept candidates alone: without this a
+        first batch of a densely firing SAE (every candidate beats the empty bank) built a window for every
+        firing token and feature, gigabytes of them.
+        """
+        index = keep_C.nonzero().squeeze(1)
+        order, rank = rank_in_group(group_C[index], score_C[index])
+        narrowed = torch.zeros_like(keep_C)
+        narrowed[index[order[rank < self.slots]]] = True
+        return narrowed
+
     def merge(
         self,
         group_C: torch.Tensor,
@@ -81,7 +94,7 @@ class GroupBank:
         threshold_G = self.threshold_G.clone()
         if touched_G is not None:
             threshold_G[touched_G] = -torch.inf
-        keep_C = score_C > threshold_G[group_C]
+        keep_C = self._best_per_group(group_C, score_C, score_C > threshold_G[group_C])
         if touched_G is None:
             touched_G = torch.zeros(self.n_groups, dtype=torch.bool, device=keep_C.device)
         else:
