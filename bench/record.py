@@ -2,7 +2,9 @@
 
 Target (issue 4): the streaming recording pass (forward + SAE encode + statistics + top-k and quantile
 merging) takes at most 1.3x the bare truncated forward. The per-SAE steps that do not depend on the
-number of tokens (logit effects, nearest neighbours) are timed once and printed separately.
+number of tokens (logit effects, nearest neighbours) are timed once and printed separately. Bare and
+recording run with the allocator setting the CLI uses (`sae_core.allocator`); a third arm records with
+glibc's defaults, to show what that setting is worth.
 Run: .venv/bin/python bench/record.py [--d-sae 4096] [--architecture topk] [--contexts 64] [--repeats 3]
 """
 
@@ -15,6 +17,7 @@ from itertools import islice
 
 import torch
 
+from sae_core.allocator import keep_freed_memory
 from sae_core.data import iter_contexts, iter_documents, special_ids
 from sae_core.directions import logit_effects, nearest_features
 from sae_core.hooks import truncated_forward
@@ -64,11 +67,17 @@ def main() -> None:
     specials = special_ids(lm.tokenizer).tolist()
     bare_forward(lm.model, site, contexts[: args.batch_size], args.batch_size)  # warm-up
 
-    bare, recorded = [], []
-    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
+    def record() -> None:
+        record_activations(lm.model, sae, contexts, site=site, cfg=cfg, skip_ids=specials)
+
+    bare, recorded, recorded_glibc = [], [], []
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits all alike
+        keep_freed_memory(True)  # as the CLI runs
         bare.append(timed(lambda: bare_forward(lm.model, site, contexts, args.batch_size)))
-        recorded.append(timed(lambda: record_activations(lm.model, sae, contexts, site=site, cfg=cfg,
-                                                         skip_ids=specials)))
+        recorded.append(timed(record))
+        keep_freed_memory(False)
+        recorded_glibc.append(timed(record))
+    keep_freed_memory(True)
     W_dec = sae.W_dec.detach()
     per_sae = timed(lambda: (logit_effects(lm.model, W_dec, cfg.n_logits), nearest_features(W_dec, cfg.n_neighbours)))
     n_tokens = len(contexts) * args.context_len
@@ -78,6 +87,9 @@ def main() -> None:
     print(f"bare truncated forward: median {statistics.median(bare):.2f} s  runs {[round(t, 2) for t in bare]}")
     print(f"recording pass:         median {statistics.median(recorded):.2f} s  runs {[round(t, 2) for t in recorded]}")
     print(f"ratio record/bare: {statistics.median(recorded) / statistics.median(bare):.3f} (target <= 1.3)")
+    print(f"recording with glibc's default malloc: median {statistics.median(recorded_glibc):.2f} s  "
+          f"runs {[round(t, 2) for t in recorded_glibc]}  "
+          f"(x{statistics.median(recorded_glibc) / statistics.median(recorded):.2f} the tuned allocator)")
     print(f"per-SAE logit effects + neighbours (once, independent of tokens): {per_sae:.2f} s")
 
 

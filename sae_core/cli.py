@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from .activations import ActivationsError, open_activations
+from .allocator import keep_freed_memory
 from .config import HarvestConfig, TrainConfig
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
@@ -165,4 +166,5 @@ def evaluate(
 
 def main() -> None:
     """Console-script entry point."""
+    keep_freed_memory()  # batch loops reuse their big temporaries instead of page-faulting them in again
     app()

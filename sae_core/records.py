@@ -32,10 +32,12 @@ from tqdm import tqdm
 from .data import special_ids
 from .directions import TopTable, logit_effects, nearest_features
 from .evaluate import METRICS_FILE
+from .firing import Firing
 from .harvest import batched
 from .hooks import truncated_forward
 from .distributed import Dist
 from .record_merge import merge_recorders
+from .saes.topk import TopKSAE
 from .selection import Entries, GroupBank, interval_of, rank_in_group
 from .sites import Site
 from .train import LOG_FILE
@@ -264,25 +266,22 @@ class Recorder:
             },
         )
 
-    def add(self, tokens_BT: torch.Tensor, f_BTF: torch.Tensor, valid_BT: torch.Tensor) -> None:
-        """Fold in one batch of feature activations; tokens where `valid_BT` is False are ignored."""
-        B, T, F = f_BTF.shape
-        f_NF = f_BTF.reshape(B * T, F).float()
+    def add(self, tokens_BT: torch.Tensor, firing: Firing, valid_BT: torch.Tensor) -> None:
+        """Fold in one batch (`firing` over its B*T tokens, row-major); tokens where `valid_BT` is False are ignored."""
+        B, T = tokens_BT.shape
         valid_N = valid_BT.reshape(-1)
-        row_C, feat_C = (f_NF > 0).nonzero(as_tuple=True)
-        on_valid = valid_N[row_C]
-        row_C, feat_C = row_C[on_valid], feat_C[on_valid]
-        value_C = f_NF[row_C, feat_C]
+        firing = firing.take(valid_N[firing.row_C])
+        feat_C, value_C = firing.feat_C, firing.value_C
         # Statistics from the firing entries alone: column sums over the dense [N, F] matrix cost 40% of
         # the whole merge on the demo SAE (activations are >= 0, so nothing else contributes).
-        self.count_F += torch.bincount(feat_C, minlength=F)
+        self.count_F += torch.bincount(feat_C, minlength=self.d_sae)
         self.total_F.index_add_(0, feat_C, value_C.double())
         old_max_F = self.max_F
         self.max_F = old_max_F.scatter_reduce(0, feat_C, value_C, "amax")
         self._add_hist(feat_C, value_C)
 
         def windows(mask: torch.Tensor) -> dict[str, torch.Tensor]:
-            return self._windows(tokens_BT, f_NF, valid_N, row_C[mask], feat_C[mask], value_C[mask])
+            return self._windows(tokens_BT, firing, valid_N, mask)
 
         self.top.merge(feat_C, value_C, windows)
         self._sample_quantiles(feat_C, value_C, windows, grew=(self.max_F > old_max_F).any())
@@ -307,8 +306,8 @@ class Recorder:
         key_C = torch.rand(value_C.shape, generator=self.generator, device=value_C.device)
         self.quantile.merge(group_C, -key_C, windows, touched_G)
 
-    def _windows(self, tokens_BT, f_NF, valid_N, row_C, feat_C, value_C) -> dict[str, torch.Tensor]:
-        """The context window around each candidate token, with the candidate feature's activations.
+    def _windows(self, tokens_BT, firing: Firing, valid_N, mask) -> dict[str, torch.Tensor]:
+        """The context window around each candidate in `mask`, with the candidate feature's activations.
 
         Ignored tokens in a window (BOS above all) show an activation of zero.
         """
@@ -316,11 +315,12 @@ class Recorder:
         width = self.cfg.before + self.cfg.after + 1
         if width > T:
             raise ValueError(f"context length {T} is shorter than the example window ({width} tokens)")
+        row_C, feat_C, value_C = firing.row_C[mask], firing.feat_C[mask], firing.value_C[mask]
         b_C, t_C = row_C // T, row_C % T
         start_C = (t_C - self.cfg.before).clamp(0, T - width)
         pos_CW = start_C[:, None] + torch.arange(width, device=row_C.device)
         rows_CW = (b_C * T)[:, None] + pos_CW
-        acts_CW = f_NF[rows_CW, feat_C[:, None]] * valid_N[rows_CW]
+        acts_CW = firing.at(rows_CW, feat_C[:, None].expand_as(rows_CW)) * valid_N[rows_CW]
         return {
             "context": b_C + self.n_contexts,
             "start": start_C,
@@ -351,6 +351,15 @@ class Recorder:
             tokens_EW=payload["tokens"],
             acts_EW=payload["acts"],
         )
+
+
+def encode_firing(sae: SparseCoder, x_ND: torch.Tensor) -> Firing:
+    """The SAE's firing entries on `x_ND`, straight from its selection when it is a TopK SAE."""
+    x_ND = x_ND.to(sae.W_dec.dtype)
+    if isinstance(sae, TopKSAE):
+        pre_NF = sae.pre_acts(x_ND)
+        return Firing.from_topk(pre_NF, sae.select(pre_NF))
+    return Firing.from_dense(sae.encode(x_ND))
 
 
 ACTIVATION_BUDGET = 1 << 27
@@ -398,8 +407,7 @@ def record_activations(
         bar.update(tokens_BT.numel())
         tokens_BT = tokens_BT.to(device)
         x_BTD = truncated_forward(model, site, tokens_BT)
-        f_NF = sae.encode(x_BTD.reshape(-1, x_BTD.shape[-1]).to(sae.W_dec.dtype))
-        recorder.add(tokens_BT, f_NF.reshape(*tokens_BT.shape, -1), ~torch.isin(tokens_BT, skip))
+        recorder.add(tokens_BT, encode_firing(sae, x_BTD.reshape(-1, x_BTD.shape[-1])), ~torch.isin(tokens_BT, skip))
     bar.close()
     merge_recorders(recorder, dist)
     return recorder

@@ -86,6 +86,7 @@ def test_batch_size_does_not_change_the_top_examples(setup):
 
 
 def test_quantile_sampling_is_roughly_uniform_within_an_interval():
+    from sae_core.firing import Firing
     from sae_core.records import Recorder
 
     cfg = RecordConfig(n_top=1, before=0, after=0, n_intervals=1, per_interval=1, seed=0)
@@ -93,7 +94,7 @@ def test_quantile_sampling_is_roughly_uniform_within_an_interval():
     for seed in range(400):
         rec = Recorder(1, RecordConfig(**{**cfg.__dict__, "seed": seed}))
         for block in torch.arange(20.0).view(4, 5):
-            rec.add(block[None].long(), torch.ones(1, 5, 1), torch.ones(1, 5, dtype=torch.bool))
+            rec.add(block[None].long(), Firing.from_dense(torch.ones(5, 1)), torch.ones(1, 5, dtype=torch.bool))
         kept = rec.quantile.entries.payload
         hits[int(kept["context"][0]) * 5 + int(kept["start"][0] + kept["peak"][0])] += 1
     assert hits.min() > 5 and hits.max() < 40  # expected 20 each
@@ -148,3 +149,27 @@ def test_batches_are_sized_to_the_dictionary_unless_given():
     assert contexts_per_batch(RecordConfig(), 128, 1 << 24) == 1
     assert contexts_per_batch(RecordConfig(), 20, 24) == 256
     assert contexts_per_batch(RecordConfig(batch_size=5), 128, 8192) == 5
+
+
+def test_topk_sparse_path_records_what_the_dense_path_records():
+    """TopK SAEs are recorded from their (row, feature, value) triples; the dense matrix must give the same."""
+    from sae_core.saes import SAEConfig, build_sae
+
+    sae = build_sae(SAEConfig(architecture="topk", d_in=32, d_sae=64, k=6), seed=5)
+    with torch.no_grad():
+        sae.W_enc.mul_(40.0)
+
+    class DenseOnly(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.W_dec = sae.W_dec
+
+        def encode(self, x_ND):
+            return sae.encode(x_ND)
+
+    model, ctx = tiny_model("llama"), list(contexts(n=20))
+    sparse, dense = (record_sae(model, s, ctx, site=SITE, tokenizer=tiny_tokenizer(), cfg=CFG) for s in (sae, DenseOnly()))
+    assert sparse.count_F.sum() > 0 and torch.equal(sparse.count_F, dense.count_F)
+    assert torch.equal(sparse.hist_FB, dense.hist_FB) and torch.equal(sparse.max_F, dense.max_F)
+    for name, value in vars(sparse.examples).items():
+        assert torch.equal(value, getattr(dense.examples, name)), name

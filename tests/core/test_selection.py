@@ -1,6 +1,6 @@
 import torch
 
-from sae_core.selection import Entries, GroupBank
+from sae_core.selection import Entries, GroupBank, rank_in_group
 
 
 def brute_force(groups, scores, slots):
@@ -55,3 +55,18 @@ def test_regroup_then_merge_reselects_overfull_groups():
     touched = bank.regroup(torch.where(bank.entries.group_M == 1, 0, bank.entries.group_M))
     bank.merge(torch.tensor([1]), torch.tensor([0.5]), lambda m: {"id": torch.tensor([9])[m]}, touched)
     assert kept(bank) == {0: [4.0, 3.0], 1: [0.5]}
+
+
+def test_rank_in_group_orders_by_group_then_descending_score_ties_in_input_order():
+    gen = torch.Generator().manual_seed(0)
+    group = torch.randint(0, 40, (5000,), generator=gen)
+    score = torch.randn(5000, generator=gen).round(decimals=1)  # many ties
+    score[::7], score[::11], score[::13], score[::17] = -0.0, 0.0, torch.inf, -torch.inf
+    order, rank = rank_in_group(group, score)
+    expected = sorted(range(5000), key=lambda i: (int(group[i]), -float(score[i]), i))
+    assert order.tolist() == expected
+    seen: dict[int, int] = {}
+    for position, i in enumerate(expected):
+        g = int(group[i])
+        assert rank[position] == seen.get(g, 0)
+        seen[g] = seen.get(g, 0) + 1
