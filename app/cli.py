@@ -16,6 +16,7 @@ import typer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from sae_core.allocator import keep_freed_memory
 from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, app, fail
 from sae_core.distributed import close_distributed, init_distributed
 from sae_core.data import CorpusError, iter_contexts, iter_documents
@@ -259,4 +260,5 @@ def user_token(
 
 def main() -> None:
     """Console-script entry point: the library's commands plus the store's."""
+    keep_freed_memory()  # batch loops reuse their big temporaries instead of page-faulting them in again
     app()
