@@ -11,7 +11,7 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session
 
 from sae_core.records import SAERecord
@@ -44,6 +44,20 @@ def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: s
     except BaseException:
         session.rollback()
         raise
+    refresh_statistics(session)
+
+
+def refresh_statistics(session: Session) -> None:
+    """Update the planner's statistics after a bulk replace, so feature pages are read through the indexes.
+
+    PostgreSQL's autovacuum analyses the tables only some time later, and meanwhile plans from stale
+    statistics; SQLite's `PRAGMA optimize` analyses what needs it.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("ANALYZE features, contexts, examples"))
+    else:
+        session.execute(text("PRAGMA optimize"))
+    session.commit()
 
 
 def _delete_recording(session: Session, sae_id: int) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from .. import charts, crud
 from ..deps import FeatureIndex, ReaderDep, SaeId, SessionDep, is_htmx, render
 from ..models import Sae, User
+from ..security import WRITERS
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -47,13 +48,14 @@ def feature_context(session: Session, sae_id: int, index: int, user: User | None
     """What the feature page template needs: the stored page, charts, neighbour labels, bookmark lists."""
     page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
     f = page.feature
+    writer = user is not None and user.role in WRITERS
     neighbours = [n[0] for n in f.neighbours]
     hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
                        title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
             "neighbour_labels": crud.label_texts(session, sae_id=sae_id, indices=neighbours),
-            "tag_choices": tag_choices(session),
-            "lists": crud.bookmark_lists(session, owner_id=user.id) if user else [],
+            "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
+            "lists": crud.bookmark_lists(session, owner_id=user.id) if writer else [],
             "intervals": (page.sae.record_config or {}).get("n_intervals", 0)}
 
 
