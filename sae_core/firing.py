@@ -35,7 +35,8 @@ class Firing:
     """The dense activations, or for TopK the pre-activations."""
     floor_N: torch.Tensor | None = None
     """TopK: each row's smallest selected (rectified) value, +inf for a row with none."""
-    keys_C: torch.Tensor | None = None
+    keys_K: torch.Tensor | None = None
+    """TopK: the sorted keys row * F + feature of every selected positive value (all rows, untouched by `take`)."""
 
     @classmethod
     def from_dense(cls, f_NF: torch.Tensor) -> Firing:
@@ -49,9 +50,9 @@ class Firing:
         n, n_features = pre_NF.shape
         floor_N = torch.full((n,), torch.inf, device=pre_NF.device).scatter_reduce(0, acts.rows_M, acts.vals_M, "amin")
         positive = acts.vals_M > 0
-        keys_C, order = (acts.rows_M[positive] * n_features + acts.cols_M[positive]).sort()
+        keys_K, order = (acts.rows_M[positive] * n_features + acts.cols_M[positive]).sort()
         value_C = acts.vals_M[positive][order].float()
-        return cls(keys_C // n_features, keys_C % n_features, value_C, n_features, pre_NF, floor_N, keys_C)
+        return cls(keys_K // n_features, keys_K % n_features, value_C, n_features, pre_NF, floor_N, keys_K)
 
     def take(self, mask: torch.Tensor) -> Firing:
         """The entries where `mask` holds; lookups still see the whole matrix."""
@@ -60,7 +61,7 @@ class Firing:
     def at(self, row_X: torch.Tensor, feat_X: torch.Tensor) -> torch.Tensor:
         """Activation of feature `feat_X` on row `row_X`, elementwise (zero where it does not fire)."""
         value_X = self.dense_NF[row_X, feat_X].float()
-        if self.floor_N is None or self.keys_C is None:
+        if self.floor_N is None:
             return value_X
         floor_X = self.floor_N[row_X]
         selected_X = value_X > floor_X
@@ -70,8 +71,8 @@ class Firing:
         return torch.where(selected_X, value_X.clamp_min(0), 0.0)
 
     def _is_selected(self, row_X: torch.Tensor, feat_X: torch.Tensor) -> torch.Tensor:
-        keys_C = self.keys_C
-        if keys_C is None or keys_C.numel() == 0:
+        keys_K = self.keys_K
+        if keys_K is None or keys_K.numel() == 0:
             return torch.zeros(row_X.shape, dtype=torch.bool, device=row_X.device)
         query_X = row_X * self.n_features + feat_X
-        return keys_C[torch.searchsorted(keys_C, query_X).clamp_max(keys_C.numel() - 1)] == query_X
+        return keys_K[torch.searchsorted(keys_K, query_X).clamp_max(keys_K.numel() - 1)] == query_X
