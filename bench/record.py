@@ -7,7 +7,7 @@ recording run with the allocator setting the CLI uses (`sae_core.allocator`); a 
 glibc's defaults, to show what that setting is worth.
 The default size, 1024 contexts of 128 tokens (131k tokens, about the demo's recording), is a real
 recording's regime: the first batches fill the empty top-k and quantile banks, where a large share of firing
-token is a candidate, so a short run measures mostly that warm-up (at 384 contexts the overhead per token is
+tokens become candidates, so a short run measures mostly that warm-up (at 384 contexts the overhead per token is
 about twice that at 1024).
 Run: .venv/bin/python bench/record.py --sae runs/demo/sae-* [--contexts 1024] [--repeats 5]
 (without --sae: a random SAE, --architecture topk --d-sae 4096)
