@@ -205,6 +205,9 @@ def serve(
     run_server(database_url(db), host, port, workers)
 
 
+WORKER_STARTUP_S = 120
+
+
 def run_server(url: str, host: str, port: int, workers: int = 1) -> None:
     """uvicorn in factory mode on the store at `url`, until interrupted."""
     import uvicorn
@@ -214,7 +217,11 @@ def run_server(url: str, host: str, port: int, workers: int = 1) -> None:
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
     typer.echo(f"serving at http://{host}:{port}/  (Ctrl-C stops)")
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers)
+    # Each worker process imports this console script (and with it torch) before it answers the supervisor's
+    # health check: several seconds on a small machine, past uvicorn's 5 s default, which kills and
+    # respawns the workers for ever.
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, workers=workers,
+                timeout_worker_healthcheck=WORKER_STARTUP_S)
 
 
 @user_app.command("add")

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app import crud
-from app.cli import app
+from app.cli import WORKER_STARTUP_S, app
 from app.db import make_engine, session_factory
 from tests.spawn import free_port
 from sae_core.saes import SAEConfig, build_sae
@@ -113,7 +113,8 @@ def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch, tm
     url = f"sqlite:///{tmp_path / 'served.db'}"
     code, out = invoke("serve", "--db", url, "--port", 8123, "--workers", 3)
     assert code == 0, out
-    assert calls == [("app.main:create_app", {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 3})]
+    assert calls == [("app.main:create_app", {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 3,
+                                              "timeout_worker_healthcheck": WORKER_STARTUP_S})]
     assert environ["DATABASE_URL"] == url and len(environ["SECRET_KEY"]) == 64
     assert (tmp_path / "served.db").is_file()  # migrated before the workers start
 
