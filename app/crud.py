@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Select, case, exists, func, or_, select
+from sqlalchemy import Row, Select, bindparam, case, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.orm import Session, defer, joinedload
 
 from .models import (
     ApiToken,
@@ -199,8 +200,10 @@ class FeaturePage:
 
     sae: Sae
     feature: Feature
-    top: list[ExampleView]
-    quantiles: dict[int, list[ExampleView]]
+    examples: list[Row[Any]]
+    """(token_ids, pieces, acts, peak, value, interval, context_index, start) as stored: top examples by rank,
+    then the quantile samples by interval and rank. Packed, because the HTML page renders them straight
+    from the float16 bytes; `top` and `quantiles` unpack them for the API and the exports."""
     labels: list[Label]
     """Label history, newest first."""
     tags: list[str]
@@ -209,26 +212,49 @@ class FeaturePage:
     def label(self) -> str | None:
         return self.labels[0].text if self.labels else None
 
+    @cached_property
+    def top(self) -> list[ExampleView]:
+        return [_view(row) for row in self.examples if row.interval is None]
+
+    @cached_property
+    def quantiles(self) -> dict[int, list[ExampleView]]:
+        groups: dict[int, list[ExampleView]] = {}
+        for row in self.examples:
+            if row.interval is not None:
+                groups.setdefault(row.interval, []).append(_view(row))
+        return groups
+
+
+def _view(row: Row[Any]) -> ExampleView:
+    ids, pieces, acts, *rest = row
+    return ExampleView(unpack_ids(ids), list(pieces), unpack_acts(acts), *rest)
+
+
+# Built once: constructing a statement costs about as much as running it on SQLite, and a page runs four.
+_FEATURE_AND_SAE = (
+    select(Feature, Sae).join(Sae, Feature.sae_id == Sae.id)
+    .where(Feature.sae_id == bindparam("sae_id"), Feature.feature_index == bindparam("index"))
+    .options(defer(Sae.training_log))  # the longest column of an SAE, shown on its overview page only
+)
+_EXAMPLES = (
+    select(Context.token_ids, Context.pieces, Example.acts, Example.peak, Example.value, Example.interval,
+           Context.context_index, Context.start)
+    .join(Context, Example.context_id == Context.id)
+    .where(Example.feature_id == bindparam("feature_id"))
+    .order_by(Example.interval.is_not(None), Example.interval, Example.rank)
+)
+
 
 def feature_page(session: Session, *, sae_id: int, feature_index: int) -> FeaturePage:
-    """The data of one feature page, loaded in a few queries."""
-    sae = find_sae(session, ref=sae_id)
-    feature = session.scalar(select(Feature).where(Feature.sae_id == sae_id, Feature.feature_index == feature_index))
-    if feature is None:
+    """The data of one feature page, loaded in four queries."""
+    found = session.execute(_FEATURE_AND_SAE, {"sae_id": sae_id, "index": feature_index}).one_or_none()
+    if found is None:
+        sae = find_sae(session, ref=sae_id)
         raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
-    # Plain columns, not ORM objects: a page holds ~70 examples and this query is most of its database time.
-    rows = session.execute(
-        select(Context.token_ids, Context.pieces, Example.acts, Example.peak, Example.value, Example.interval,
-               Context.context_index, Context.start)
-        .join(Context, Example.context_id == Context.id)
-        .where(Example.feature_id == feature.id).order_by(Example.interval.is_not(None), Example.interval, Example.rank)
-    )
-    views = [ExampleView(unpack_ids(ids), list(pieces), unpack_acts(acts), *rest) for ids, pieces, acts, *rest in rows]
-    quantiles: dict[int, list[ExampleView]] = {}
-    for view in views:
-        if view.interval is not None:
-            quantiles.setdefault(view.interval, []).append(view)
-    return FeaturePage(sae, feature, [v for v in views if v.interval is None], quantiles,
+    feature, sae = found
+    # Plain rows through the Core connection: the ORM's per-statement bookkeeping cost more than the query.
+    examples = session.connection().execute(_EXAMPLES, {"feature_id": feature.id}).all()
+    return FeaturePage(sae, feature, examples,
                        label_history(session, sae_id=sae_id, feature_index=feature_index),
                        feature_tags(session, sae_id=sae_id, feature_index=feature_index))
 
@@ -276,12 +302,15 @@ def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str
     return label
 
 
+_LABEL_HISTORY = (
+    select(Label).options(joinedload(Label.author))
+    .where(Label.sae_id == bindparam("sae_id"), Label.feature_index == bindparam("index")).order_by(Label.id.desc())
+)
+
+
 def label_history(session: Session, *, sae_id: int, feature_index: int) -> list[Label]:
     """Every label a feature has had, newest first."""
-    return list(session.scalars(
-        select(Label).options(joinedload(Label.author))
-        .where(Label.sae_id == sae_id, Label.feature_index == feature_index).order_by(Label.id.desc())
-    ))
+    return list(session.scalars(_LABEL_HISTORY, {"sae_id": sae_id, "index": feature_index}))
 
 
 def current_labels(session: Session, *, sae_id: int) -> dict[int, Label]:
@@ -290,11 +319,17 @@ def current_labels(session: Session, *, sae_id: int) -> dict[int, Label]:
     return {label.feature_index: label for label in session.scalars(select(Label).where(Label.id.in_(newest)))}
 
 
+_LABEL_TEXTS = select(Label.feature_index, Label.text).where(Label.id.in_(
+    select(func.max(Label.id))
+    .where(Label.sae_id == bindparam("sae_id"), Label.feature_index.in_(bindparam("indices", expanding=True)))
+    .group_by(Label.feature_index)
+))
+
+
 def label_texts(session: Session, *, sae_id: int, indices: list[int]) -> dict[int, str]:
     """The current label text of those of `indices` that are labelled (for links to neighbours)."""
-    newest = (select(func.max(Label.id)).where(Label.sae_id == sae_id, Label.feature_index.in_(indices))
-              .group_by(Label.feature_index))
-    return {index: text for index, text in session.execute(select(Label.feature_index, Label.text).where(Label.id.in_(newest)))}
+    rows = session.connection().execute(_LABEL_TEXTS, {"sae_id": sae_id, "indices": indices})
+    return {index: text for index, text in rows}
 
 
 def labelled_count(session: Session, *, sae_id: int) -> int:
@@ -359,9 +394,12 @@ def untag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str
         session.commit()
 
 
+_FEATURE_TAGS = select(Tag.name).join(FeatureTag).where(
+    FeatureTag.sae_id == bindparam("sae_id"), FeatureTag.feature_index == bindparam("index")).order_by(Tag.name)
+
+
 def feature_tags(session: Session, *, sae_id: int, feature_index: int) -> list[str]:
-    return list(session.scalars(select(Tag.name).join(FeatureTag).where(
-        FeatureTag.sae_id == sae_id, FeatureTag.feature_index == feature_index).order_by(Tag.name)))
+    return list(session.connection().execute(_FEATURE_TAGS, {"sae_id": sae_id, "index": feature_index}).scalars())
 
 
 def list_tags(session: Session) -> list[str]:

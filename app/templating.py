@@ -6,29 +6,36 @@ import json
 import math
 from collections.abc import Sequence
 from functools import lru_cache
-from itertools import chain
 
+import numpy as np
 from jinja2 import Environment
 from markupsafe import Markup
 
 HTML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34;", "'": "&#39;"})
 """The five characters markupsafe escapes; str.translate does it without a Markup object per token."""
 
+SHADES = ["", *(f'" style="--act:{level / 100:.2f}' for level in range(1, 101))]
+"""A token's shade per hundredth of the window's top activation (none below half a hundredth), written to
+close the class attribute that the span opens. The stylesheet turns --act into the background: a page holds
+~2,300 tokens, and the shorter attribute keeps it a third smaller than a full background colour would."""
 
-SHADES = ["", *(f'" style="background:rgba(255,120,0,{level / 100:.2f})' for level in range(1, 101))]
-"""A token's background per hundredth of the window's top activation (none below half a hundredth),
-written to close the class attribute that the window format opens."""
+OPEN = np.array([f'<span class="tok{shade}" title="' for shade in SHADES], dtype=object)
+OPEN_PEAK = np.array([f'<span class="tok max{shade}" title="' for shade in SHADES], dtype=object)
+CLOSE = "</span>"
 
 
 @lru_cache(maxsize=1 << 16)
 def value_title(act: float) -> str:
-    """An activation as its hover text; stored activations are float16, so few distinct values recur."""
-    return f"{act:.3g}"
+    """An activation as its hover text, closing the title attribute."""
+    return f'{act:.3g}">'
 
 
-@lru_cache(maxsize=256)
-def _window_format(n_tokens: int) -> str:
-    return '<div class="tokens">' + '<span class="tok%s" title="%s">%s</span>' * n_tokens + "</div>"
+@lru_cache(maxsize=1)
+def float16_titles() -> np.ndarray:
+    """value_title of every float16, indexed by its bits: stored activations are float16, so a page's titles
+    are one table lookup instead of a format per token."""
+    values = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.float32).tolist()
+    return np.array([f'{v:.3g}">' for v in values], dtype=object)
 
 
 @lru_cache(maxsize=1 << 16)
@@ -37,22 +44,48 @@ def escaped_piece(piece: str) -> str:
     return piece.translate(HTML_ESCAPES)
 
 
-def heatmap(pieces: Sequence[str], acts: Sequence[float], top: float, peak: int = -1) -> Markup:
-    """One window of tokens coloured by activation over `top`, the value in each title, `peak` marked.
+def shade_levels(acts: np.ndarray, top: float) -> np.ndarray:
+    """Each activation in hundredths of `top`, rounded, clipped to 100; 0 where it is not positive."""
+    if not top > 0:
+        return np.zeros(len(acts), dtype=np.intp)
+    wide = acts.astype(np.float64)  # rounds as the Python floats of the values would
+    with np.errstate(invalid="ignore", over="ignore"):
+        levels = np.floor(np.minimum(wide * (100.0 / top), 100.0) + 0.5)
+        return np.where(wide > 0, levels, 0).astype(np.intp)
 
-    A feature page holds ~70 windows of ~33 tokens, and formatting each token was most of its rendering
-    time; so shades come from a table, titles and escaped pieces from caches, and one %-format fills the
-    window (numpy is no help at this size: its per-call cost exceeds the work).
+
+def heatmaps(pieces: Sequence[str], acts: np.ndarray, lengths: Sequence[int], peaks: Sequence[int],
+             top: float) -> list[Markup]:
+    """Windows laid end to end in `pieces` and `acts` (`lengths` tokens each), coloured by activation over
+    `top`, the value in each token's title, each window's `peaks` token marked (-1: none).
+
+    A feature page holds ~70 windows of ~33 tokens and formatting each token in Python was most of its
+    time; so the page's spans are assembled column by column from tables (shade, title, escaped text) and
+    joined once per window.
     """
-    if top > 0:
-        scale = 100.0 / top
-        shades = [SHADES[int(min(act * scale, 100.0) + 0.5)] if act > 0 else "" for act in acts]
+    n = len(acts)
+    levels = shade_levels(acts, top)
+    cells = np.empty((n, 4), dtype=object)
+    cells[:, 0] = OPEN[levels]
+    ends = np.cumsum(np.asarray(lengths, dtype=np.intp))
+    starts = ends - np.asarray(lengths, dtype=np.intp)
+    marked = [s + p for s, p, length in zip(starts.tolist(), peaks, lengths) if 0 <= p < length]
+    cells[marked, 0] = OPEN_PEAK[levels[marked]]
+    if acts.dtype == np.float16:
+        cells[:, 1] = float16_titles()[acts.view(np.uint16)]
     else:
-        shades = [""] * len(acts)
-    if 0 <= peak < len(shades):
-        shades[peak] = " max" + shades[peak]
-    cells = zip(shades, map(value_title, acts), map(escaped_piece, pieces))
-    return Markup(_window_format(len(shades)) % tuple(chain.from_iterable(cells)))
+        cells[:, 1] = np.fromiter(map(value_title, acts.tolist()), dtype=object, count=n)
+    cells[:, 2] = np.fromiter(map(escaped_piece, pieces), dtype=object, count=n)
+    cells[:, 3] = CLOSE
+    flat = cells.ravel().tolist()
+    return [Markup('<div class="tokens">' + "".join(flat[4 * s:4 * e]) + "</div>")
+            for s, e in zip(starts.tolist(), ends.tolist())]
+
+
+def heatmap(pieces: Sequence[str], acts: Sequence[float], top: float, peak: int = -1) -> Markup:
+    """One window of tokens (see heatmaps); extra pieces or activations beyond the shorter are dropped."""
+    n = min(len(pieces), len(acts))
+    return heatmaps(pieces[:n], np.asarray(acts[:n], dtype=np.float64), [n], [peak], top)[0]
 
 
 def num(value: float | int | None, digits: int = 3) -> str:

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from itertools import chain
 from typing import Annotated, Any
+
+import numpy as np
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
+from markupsafe import Markup
 from sqlalchemy.orm import Session
 
 from .. import charts, crud
 from ..deps import FeatureIndex, ReaderDep, SaeId, SessionDep, is_htmx, render
 from ..models import Sae, User
+from ..packing import ACTS
 from ..security import WRITERS
+from ..templating import heatmaps
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -52,11 +58,28 @@ def feature_context(session: Session, sae_id: int, index: int, user: User | None
     neighbours = [n[0] for n in f.neighbours]
     hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
                        title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
+    top, quantiles = example_windows(page)
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
+            "top_windows": top, "quantile_windows": quantiles,
             "neighbour_labels": crud.label_texts(session, sae_id=sae_id, indices=neighbours),
             "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
             "lists": crud.bookmark_lists(session, owner_id=user.id) if writer else [],
             "intervals": (page.sae.record_config or {}).get("n_intervals", 0)}
+
+
+def example_windows(page: crud.FeaturePage) -> tuple[list[Markup], list[tuple[int, list[Markup]]]]:
+    """The page's example windows as heatmaps, rendered together from the stored float16 bytes: the top
+    examples, and the quantile samples grouped by interval, highest first."""
+    rows = page.examples
+    lengths = [min(len(row.acts) // 2, len(row.pieces)) for row in rows]  # a damaged row shows what it has
+    acts = np.frombuffer(b"".join(row.acts[:2 * n] for n, row in zip(lengths, rows)), dtype=ACTS)
+    pieces = list(chain.from_iterable(row.pieces[:n] for n, row in zip(lengths, rows)))
+    windows = heatmaps(pieces, acts, lengths, [row.peak for row in rows], page.feature.max_act)
+    top: list[Markup] = []
+    groups: dict[int, list[Markup]] = {}
+    for row, window in zip(rows, windows):
+        (top if row.interval is None else groups.setdefault(row.interval, [])).append(window)
+    return top, sorted(groups.items(), reverse=True)
 
 
 def tag_choices(session: Session) -> list[str]:

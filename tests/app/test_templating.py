@@ -4,7 +4,7 @@ from app.templating import heatmap, num
 
 
 def spans(html):
-    return re.findall(r'<span class="(tok[^"]*)"(?: style="background:rgba\(255,120,0,([\d.]+)\)")? title="([^"]*)">(.*?)</span>', html)
+    return re.findall(r'<span class="(tok[^"]*)"(?: style="--act:([\d.]+)")? title="([^"]*)">(.*?)</span>', html)
 
 
 def test_heatmap_shades_relative_to_top_marks_the_peak_and_titles_every_value():

@@ -79,8 +79,8 @@ def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
 def test_feature_page_heat_is_relative_to_the_feature_max(client, stored_sae, session):
     index = alive_feature(session, stored_sae.id)
     html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
-    alphas = [float(a) for a in re.findall(r'<span class="tok[^"]*" style="background:rgba\(255,120,0,([\d.]+)\)', html)]
-    top = re.search(r'<span class="tok max" style="background:rgba\(255,120,0,([\d.]+)\)', html).group(1)
+    alphas = [float(a) for a in re.findall(r'<span class="tok[^"]*" style="--act:([\d.]+)"', html)]
+    top = re.search(r'<span class="tok max" style="--act:([\d.]+)"', html).group(1)
     assert float(top) == 1.0 and all(0 < a <= 1 for a in alphas) and len(set(alphas)) > 3
 
 
