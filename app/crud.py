@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal, TypeVar
 
-from sqlalchemy import Row, Select, bindparam, case, exists, func, or_, select
+from sqlalchemy import Row, Select, bindparam, case, exists, func, null, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, joinedload
 
@@ -22,6 +22,7 @@ from .models import (
     Sae,
     SteeringExperiment,
     Tag,
+    TokenText,
     User,
 )
 from .packing import unpack_acts, unpack_ids
@@ -236,27 +237,42 @@ _FEATURE_AND_SAE = (
     .where(Feature.sae_id == bindparam("sae_id"), Feature.feature_index == bindparam("index"))
     .options(defer(Sae.training_log))  # the longest column of an SAE, shown on its overview page only
 )
-_EXAMPLES = (
-    select(Context.token_ids, Context.pieces, Example.acts, Example.peak, Example.value, Example.interval,
-           Context.context_index, Context.start)
-    .join(Context, Example.context_id == Context.id)
-    .where(Example.feature_id == bindparam("feature_id"))
-    .order_by(Example.interval.is_not(None), Example.interval, Example.rank)
-)
 
 
-def feature_page(session: Session, *, sae_id: int, feature_index: int) -> FeaturePage:
-    """The data of one feature page, loaded in four queries."""
+def _examples(pieces: Any) -> Select[Any]:
+    return (
+        select(Context.token_ids, pieces.label("pieces"), Example.acts, Example.peak, Example.value,
+               Example.interval, Context.context_index, Context.start)
+        .join(Context, Example.context_id == Context.id)
+        .where(Example.feature_id == bindparam("feature_id"))
+        .order_by(Example.interval.is_not(None), Example.interval, Example.rank)
+    )
+
+
+_EXAMPLES = _examples(Context.pieces)
+_EXAMPLES_WITHOUT_PIECES = _examples(null())
+"""For the HTML page, which takes the pieces from the SAE's token texts (app/vocab.py)."""
+
+
+def feature_page(session: Session, *, sae_id: int, feature_index: int, with_pieces: bool = True) -> FeaturePage:
+    """The data of one feature page, loaded in four queries; without pieces, the examples' are None."""
     found = session.execute(_FEATURE_AND_SAE, {"sae_id": sae_id, "index": feature_index}).one_or_none()
     if found is None:
         sae = find_sae(session, ref=sae_id)
         raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
     feature, sae = found
     # Plain rows through the Core connection: the ORM's per-statement bookkeeping cost more than the query.
-    examples = session.connection().execute(_EXAMPLES, {"feature_id": feature.id}).all()
+    statement = _EXAMPLES if with_pieces else _EXAMPLES_WITHOUT_PIECES
+    examples = session.connection().execute(statement, {"feature_id": feature.id}).all()
     return FeaturePage(sae, feature, examples,
                        label_history(session, sae_id=sae_id, feature_index=feature_index),
                        feature_tags(session, sae_id=sae_id, feature_index=feature_index))
+
+
+def token_texts(session: Session, *, sae_id: int) -> dict[int, str]:
+    """The text of every token id the SAE's recording shows."""
+    rows = session.connection().execute(select(TokenText.token_id, TokenText.text).where(TokenText.sae_id == sae_id))
+    return {token_id: text for token_id, text in rows}
 
 
 # Labels

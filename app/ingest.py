@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from sae_core.records import SAERecord
 
-from .models import Context, Example, Feature, Sae, now
+from .models import Context, Example, Feature, Sae, TokenText, now
 from .packing import pack_acts, pack_ids
 
 BATCH_ROWS = 5000
@@ -39,6 +39,8 @@ def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: s
         feature_ids = _insert_features(session, sae_id, record)
         context_ids, context_of_E = _insert_contexts(session, sae_id, record)
         _insert_examples(session, record, feature_ids, context_ids[context_of_E])
+        _bulk_insert(session, TokenText, ({"sae_id": sae_id, "token_id": t, "text": text}
+                                          for t, text in record.token_text.items()))
         _update_summary(sae, record, dataset)
         session.commit()
     except BaseException:
@@ -66,6 +68,7 @@ def _delete_recording(session: Session, sae_id: int) -> None:
     session.execute(delete(Example).where(Example.feature_id.in_(features)))
     session.execute(delete(Feature).where(Feature.sae_id == sae_id))
     session.execute(delete(Context).where(Context.sae_id == sae_id))
+    session.execute(delete(TokenText).where(TokenText.sae_id == sae_id))
 
 
 def _batches(rows: Sequence[dict[str, Any]] | Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:

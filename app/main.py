@@ -29,6 +29,7 @@ from .services.inference import ModelCache
 from .services.steering import SteeringWorker, steer_limits
 from .settings import Settings
 from .templating import install_filters
+from .vocab import TokenTables
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"
@@ -56,6 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
     install_filters(app.state.templates.env)
     app.state.models = ModelCache(device=settings.inference_device)
+    app.state.token_tables = TokenTables()
     app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:

@@ -153,6 +153,16 @@ class Context(Base):
     pieces: Mapped[list[Any]]
 
 
+class TokenText(Base):
+    """The text of one token id on its own, as recorded for an SAE's model: the pieces of every window are
+    these, so a feature page reads them from a per-SAE table it loads once instead of a list per window."""
+
+    __tablename__ = "token_texts"
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    token_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(Text)
+
+
 class Example(Base):
     """One window for one feature: which token it was chosen for and the feature's float16 activations."""
 

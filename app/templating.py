@@ -54,9 +54,14 @@ def shade_levels(acts: np.ndarray, top: float) -> np.ndarray:
         return np.where(wide > 0, levels, 0).astype(np.intp)
 
 
-def heatmaps(pieces: Sequence[str], acts: np.ndarray, lengths: Sequence[int], peaks: Sequence[int],
+def escape_pieces(pieces: Sequence[str]) -> np.ndarray:
+    """Token texts escaped for HTML, as the object array `heatmaps` takes."""
+    return np.fromiter(map(escaped_piece, pieces), dtype=object, count=len(pieces))
+
+
+def heatmaps(escaped: np.ndarray, acts: np.ndarray, lengths: Sequence[int], peaks: Sequence[int],
              top: float) -> list[Markup]:
-    """Windows laid end to end in `pieces` and `acts` (`lengths` tokens each), coloured by activation over
+    """Windows laid end to end in `escaped` token texts and `acts` (`lengths` tokens each), coloured by activation over
     `top`, the value in each token's title, each window's `peaks` token marked (-1: none).
 
     A feature page holds ~70 windows of ~33 tokens and formatting each token in Python was most of its
@@ -75,7 +80,7 @@ def heatmaps(pieces: Sequence[str], acts: np.ndarray, lengths: Sequence[int], pe
         cells[:, 1] = float16_titles()[acts.view(np.uint16)]
     else:
         cells[:, 1] = np.fromiter(map(value_title, acts.tolist()), dtype=object, count=n)
-    cells[:, 2] = np.fromiter(map(escaped_piece, pieces), dtype=object, count=n)
+    cells[:, 2] = escaped
     cells[:, 3] = CLOSE
     flat = cells.ravel().tolist()
     return [Markup('<div class="tokens">' + "".join(flat[4 * s:4 * e]) + "</div>")
@@ -85,7 +90,7 @@ def heatmaps(pieces: Sequence[str], acts: np.ndarray, lengths: Sequence[int], pe
 def heatmap(pieces: Sequence[str], acts: Sequence[float], top: float, peak: int = -1) -> Markup:
     """One window of tokens (see heatmaps); extra pieces or activations beyond the shorter are dropped."""
     n = min(len(pieces), len(acts))
-    return heatmaps(pieces[:n], np.asarray(acts[:n], dtype=np.float64), [n], [peak], top)[0]
+    return heatmaps(escape_pieces(pieces[:n]), np.asarray(acts[:n], dtype=np.float64), [n], [peak], top)[0]
 
 
 def num(value: float | int | None, digits: int = 3) -> str:

@@ -15,9 +15,10 @@ from sqlalchemy.orm import Session
 from .. import charts, crud
 from ..deps import FeatureIndex, ReaderDep, SaeId, SessionDep, is_htmx, render
 from ..models import Sae, User
-from ..packing import ACTS
+from ..packing import ACTS, IDS
 from ..security import WRITERS
-from ..templating import heatmaps
+from ..templating import escape_pieces, heatmaps
+from ..vocab import lookup
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -47,34 +48,48 @@ async def feature(request: Request, session: SessionDep, user: ReaderDep, sae_id
     """On the event loop, not the thread pool: a few milliseconds of queries and rendering per page, and a
     worker that takes its pages one at a time serves 16 clients with a far shorter tail than 16 threads
     taking turns at the GIL."""
-    return render(request, "feature.html", feature_context(session, sae_id, feature_index, user))
+    return render(request, "feature.html", feature_context(request, session, sae_id, feature_index, user))
 
 
-def feature_context(session: Session, sae_id: int, index: int, user: User | None) -> dict[str, Any]:
+def feature_context(request: Request, session: Session, sae_id: int, index: int, user: User | None) -> dict[str, Any]:
     """What the feature page template needs: the stored page, charts, neighbour labels, bookmark lists."""
-    page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
+    page = crud.feature_page(session, sae_id=sae_id, feature_index=index, with_pieces=False)
+    windows = example_windows(page, request.app.state.token_tables.get(session, sae_id, page.sae.recorded_at))
+    if windows is None:  # a token the SAE's token texts lack: read the windows' own pieces instead
+        page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
+        windows = example_windows(page, None)
     f = page.feature
     writer = user is not None and user.role in WRITERS
     neighbours = [n[0] for n in f.neighbours]
     hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
                        title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
-    top, quantiles = example_windows(page)
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
-            "top_windows": top, "quantile_windows": quantiles,
+            "top_windows": windows[0], "quantile_windows": windows[1],
             "neighbour_labels": crud.label_texts(session, sae_id=sae_id, indices=neighbours),
             "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
             "lists": crud.bookmark_lists(session, owner_id=user.id) if writer else [],
             "intervals": (page.sae.record_config or {}).get("n_intervals", 0)}
 
 
-def example_windows(page: crud.FeaturePage) -> tuple[list[Markup], list[tuple[int, list[Markup]]]]:
-    """The page's example windows as heatmaps, rendered together from the stored float16 bytes: the top
-    examples, and the quantile samples grouped by interval, highest first."""
+Windows = tuple[list[Markup], list[tuple[int, list[Markup]]]]
+
+
+def example_windows(page: crud.FeaturePage, token_table: np.ndarray | None) -> Windows | None:
+    """The page's example windows as heatmaps, rendered together from the stored bytes: the top examples,
+    and the quantile samples grouped by interval, highest first. Token texts come from `token_table`
+    (app/vocab.py), or the rows' own pieces when it is None; None if the table lacks one of the tokens."""
     rows = page.examples
-    lengths = [min(len(row.acts) // 2, len(row.pieces)) for row in rows]  # a damaged row shows what it has
-    acts = np.frombuffer(b"".join(row.acts[:2 * n] for n, row in zip(lengths, rows)), dtype=ACTS)
-    pieces = list(chain.from_iterable(row.pieces[:n] for n, row in zip(lengths, rows)))
-    windows = heatmaps(pieces, acts, lengths, [row.peak for row in rows], page.feature.max_act)
+    lengths = [min(len(row.acts) // ACTS.itemsize, len(row.token_ids) // IDS.itemsize) for row in rows]
+    if token_table is None:
+        lengths = [min(n, len(row.pieces)) for n, row in zip(lengths, rows)]  # a damaged row shows what it has
+        escaped = escape_pieces(list(chain.from_iterable(row.pieces[:n] for n, row in zip(lengths, rows))))
+    else:
+        ids = np.frombuffer(b"".join(row.token_ids[:IDS.itemsize * n] for n, row in zip(lengths, rows)), dtype=IDS)
+        escaped = lookup(token_table, ids)
+        if escaped is None:
+            return None
+    acts = np.frombuffer(b"".join(row.acts[:ACTS.itemsize * n] for n, row in zip(lengths, rows)), dtype=ACTS)
+    windows = heatmaps(escaped, acts, lengths, [row.peak for row in rows], page.feature.max_act)
     top: list[Markup] = []
     groups: dict[int, list[Markup]] = {}
     for row, window in zip(rows, windows):

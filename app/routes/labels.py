@@ -36,7 +36,7 @@ def save_label(request: Request, session: SessionDep, user: LabellerDep, sae_id:
         crud.revise_label(session, sae_id=sae_id, feature_index=feature_index, text=text, base_id=base,
                           author_id=user.id)
     except crud.LabelConflict as err:
-        context = feature_context(session, sae_id, feature_index, user)
+        context = feature_context(request, session, sae_id, feature_index, user)
         editor = label_editor(context["page"], {"current": err.current, "yours": text})
         if is_htmx(request):
             return render(request, "_label_editor.html", {"editor": editor}, status_code=409)

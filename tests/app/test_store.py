@@ -1,9 +1,11 @@
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import func, select
 
 from app import crud, ingest
+from app.migrate import alembic_config, upgrade
 from app.models import Base, Context, Example, Label
 
 
@@ -21,6 +23,18 @@ def test_migrated_schema_matches_the_models(engine):
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == []
+
+
+def test_token_texts_are_stored_and_rebuilt_from_the_windows_by_the_migration(session, records, db_url):
+    record = records[0]
+    sae = add_sae(session)
+    ingest.store_record(session, sae_id=sae.id, record=record, dataset="demo")
+    assert crud.token_texts(session, sae_id=sae.id) == record.token_text
+    session.close()
+    command.downgrade(alembic_config(db_url), "0001")  # a store recorded before the table existed
+    upgrade(db_url)
+    shown = set(record.examples.tokens_EW.flatten().tolist())
+    assert crud.token_texts(session, sae_id=sae.id) == {t: record.token_text[t] for t in shown}
 
 
 def test_feature_page_returns_exactly_what_was_recorded(session, records):

@@ -6,10 +6,13 @@ import re
 
 import pytest
 from markupsafe import escape
+from sqlalchemy import delete
 
 from app import crud
+from app.models import TokenText
 from app.packing import unpack_acts
 from app.services.inference import ModelCache
+from tests.app.conftest import make_client
 
 HTML = {"accept": "text/html"}
 
@@ -74,6 +77,26 @@ def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
     for neighbour, _cos in stored.feature.neighbours:
         assert f'href="/saes/{stored_sae.id}/features/{neighbour}"' in html
     assert f'href="/saes/{stored_sae.id}/steer?feature={index}"' in html
+
+
+def windows_of(html: str) -> list[list[str]]:
+    return [re.findall(r'<span class="tok[^>]*>(.*?)</span>', w) for w in re.findall(r'<div class="tokens">(.*?)</div>', html)]
+
+
+def test_feature_page_windows_show_the_stored_pieces_with_or_without_the_token_table(client, stored_sae, session,
+                                                                                     db_url):
+    index = alive_feature(session, stored_sae.id)
+    stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
+    expected = [[str(escape(p)) for p in e.pieces] for e in stored.top]
+    html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
+    assert windows_of(html)[:len(expected)] == expected
+    # A token missing from the SAE's token texts (a fresh app, so nothing is cached): the same windows,
+    # read from the stored pieces.
+    session.execute(delete(TokenText).where(TokenText.sae_id == stored_sae.id,
+                                            TokenText.token_id == stored.top[0].token_ids[0]))
+    session.commit()
+    with make_client(db_url) as fresh:
+        assert windows_of(fresh.get(f"/saes/{stored_sae.id}/features/{index}").text) == windows_of(html)
 
 
 def test_feature_page_heat_is_relative_to_the_feature_max(client, stored_sae, session):

@@ -1,0 +1,53 @@
+"""Each recorded SAE's token texts, escaped for HTML, as a table indexed by token id, cached per worker.
+
+A feature page shows ~70 windows of ~33 tokens; reading their pieces from one table loaded once per SAE
+recording is cheaper than decoding a JSON list per window on every page.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from datetime import datetime
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from . import crud
+from .templating import escaped_piece
+
+
+class TokenTables:
+    """The escaped-text tables of the last few SAE recordings seen; a new recording gets a new table."""
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._tables: OrderedDict[tuple[int, datetime | None], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, session: Session, sae_id: int, recorded_at: datetime | None) -> np.ndarray:
+        """Escaped text per token id; None where the recording holds no text for an id."""
+        key = (sae_id, recorded_at)
+        with self._lock:
+            table = self._tables.get(key)
+            if table is not None:
+                self._tables.move_to_end(key)
+                return table
+        texts = crud.token_texts(session, sae_id=sae_id)
+        table = np.full(max(texts, default=-1) + 1, None, dtype=object)
+        for token_id, text in texts.items():
+            table[token_id] = escaped_piece(text)
+        with self._lock:
+            self._tables[key] = table
+            while len(self._tables) > self.capacity:
+                self._tables.popitem(last=False)
+        return table
+
+
+def lookup(table: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
+    """The escaped texts of `ids`, or None if the table lacks any of them (the caller reads the windows'
+    own pieces then)."""
+    if len(ids) and (ids.min() < 0 or ids.max() >= len(table)):
+        return None
+    pieces = table[ids]
+    return None if any(piece is None for piece in pieces) else pieces
