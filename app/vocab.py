@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -22,21 +23,18 @@ class TokenTables:
 
     def __init__(self, capacity: int = 8):
         self.capacity = capacity
-        self._tables: OrderedDict[tuple[int, datetime | None], np.ndarray] = OrderedDict()
+        self._tables: OrderedDict[tuple[int, datetime | None], TokenTable] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, session: Session, sae_id: int, recorded_at: datetime | None) -> np.ndarray:
-        """Escaped text per token id; None where the recording holds no text for an id."""
+    def get(self, session: Session, sae_id: int, recorded_at: datetime | None) -> TokenTable:
+        """The table of the recording of `sae_id` made at `recorded_at`."""
         key = (sae_id, recorded_at)
         with self._lock:
             table = self._tables.get(key)
             if table is not None:
                 self._tables.move_to_end(key)
                 return table
-        texts = crud.token_texts(session, sae_id=sae_id)
-        table = np.full(max(texts, default=-1) + 1, None, dtype=object)
-        for token_id, text in texts.items():
-            table[token_id] = escaped_piece(text)
+        table = TokenTable.of(crud.token_texts(session, sae_id=sae_id))
         with self._lock:
             self._tables[key] = table
             while len(self._tables) > self.capacity:
@@ -44,10 +42,24 @@ class TokenTables:
         return table
 
 
-def lookup(table: np.ndarray, ids: np.ndarray) -> np.ndarray | None:
-    """The escaped texts of `ids`, or None if the table lacks any of them (the caller reads the windows'
-    own pieces then)."""
-    if len(ids) and (ids.min() < 0 or ids.max() >= len(table)):
-        return None
-    pieces = table[ids]
-    return None if any(piece is None for piece in pieces) else pieces
+@dataclass(frozen=True)
+class TokenTable:
+    """Escaped text per token id, and which ids the recording holds a text for."""
+
+    escaped: np.ndarray
+    known: np.ndarray
+
+    @classmethod
+    def of(cls, texts: dict[int, str]) -> TokenTable:
+        size = max(texts, default=-1) + 1
+        escaped, known = np.full(size, "", dtype=object), np.zeros(size, dtype=bool)
+        for token_id, text in texts.items():
+            escaped[token_id], known[token_id] = escaped_piece(text), True
+        return cls(escaped, known)
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray | None:
+        """The escaped texts of `ids`, or None if the table lacks any of them (the caller reads the
+        windows' own pieces then)."""
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.known) or not self.known[ids].all()):
+            return None
+        return self.escaped[ids]

@@ -18,7 +18,7 @@ from ..models import Sae, User
 from ..packing import ACTS, IDS
 from ..security import WRITERS
 from ..templating import escape_pieces, heatmaps
-from ..vocab import lookup
+from ..vocab import TokenTable
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -74,7 +74,7 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
 Windows = tuple[list[Markup], list[tuple[int, list[Markup]]]]
 
 
-def example_windows(page: crud.FeaturePage, token_table: np.ndarray | None) -> Windows | None:
+def example_windows(page: crud.FeaturePage, token_table: TokenTable | None) -> Windows | None:
     """The page's example windows as heatmaps, rendered together from the stored bytes: the top examples,
     and the quantile samples grouped by interval, highest first. Token texts come from `token_table`
     (app/vocab.py), or the rows' own pieces when it is None; None if the table lacks one of the tokens."""
@@ -85,7 +85,7 @@ def example_windows(page: crud.FeaturePage, token_table: np.ndarray | None) -> W
         escaped = escape_pieces(list(chain.from_iterable(row.pieces[:n] for n, row in zip(lengths, rows))))
     else:
         ids = np.frombuffer(b"".join(row.token_ids[:IDS.itemsize * n] for n, row in zip(lengths, rows)), dtype=IDS)
-        escaped = lookup(token_table, ids)
+        escaped = token_table.lookup(ids)
         if escaped is None:
             return None
     acts = np.frombuffer(b"".join(row.acts[:ACTS.itemsize * n] for n, row in zip(lengths, rows)), dtype=ACTS)
