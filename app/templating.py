@@ -17,7 +17,7 @@ HTML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&#34
 SHADES = ["", *(f'" style="--act:{level / 100:.2f}' for level in range(1, 101))]
 """A token's shade per hundredth of the window's top activation (none below half a hundredth), written to
 close the class attribute that the span opens. The stylesheet turns --act into the background: a page holds
-~2,300 tokens, and the shorter attribute keeps it a third smaller than a full background colour would."""
+~2,300 tokens, and the short attribute makes it a fifth smaller than a full background colour did."""
 
 OPEN = np.array([f'<span class="tok{shade}" title="' for shade in SHADES], dtype=object)
 OPEN_PEAK = np.array([f'<span class="tok max{shade}" title="' for shade in SHADES], dtype=object)
