@@ -3,7 +3,9 @@ import json
 import os
 import subprocess
 import sys
+import time
 
+import httpx
 import pytest
 from typer.testing import CliRunner
 
@@ -101,6 +103,28 @@ def test_writing_commands_create_the_schema_of_a_new_store(tmp_path, sae_dir, co
                        "--tokens", 200, "--context", 40, "--db", url)
     assert code == 0, out
     assert invoke("user", "add", "ada", "--role", "labeller", "--generate", "--db", f"sqlite:///{tmp_path / 'u.db'}")[0] == 0
+
+
+def test_serve_from_the_console_script_keeps_its_workers(tmp_path):
+    """Each worker imports the console script (and torch) before its first health check; uvicorn's 5 s
+    default once killed and respawned them for ever on a small machine."""
+    port = free_port()
+    script = os.path.join(os.path.dirname(sys.executable), "saescope")
+    server = subprocess.Popen([script, "serve", "--db", f"sqlite:///{tmp_path / 'served.db'}", "--port", str(port),
+                               "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline, page = time.monotonic() + 120, None
+        while page is None and time.monotonic() < deadline and server.poll() is None:
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
+            except httpx.TransportError:
+                time.sleep(0.5)
+        time.sleep(6)  # past the default health check, which would have killed a worker by now
+        assert page is not None and page.status_code == 200
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert output.count("Started server process") == 2 and "died" not in output, output
 
 
 def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch, tmp_path):
