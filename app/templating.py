@@ -61,8 +61,8 @@ def escape_pieces(pieces: Sequence[str]) -> np.ndarray:
 
 def heatmaps(escaped: np.ndarray, acts: np.ndarray, lengths: Sequence[int], peaks: Sequence[int],
              top: float) -> list[Markup]:
-    """Windows laid end to end in `escaped` token texts and `acts` (`lengths` tokens each), coloured by activation over
-    `top`, the value in each token's title, each window's `peaks` token marked (-1: none).
+    """Windows laid end to end in `escaped` token texts and `acts` (`lengths` tokens each), coloured by
+    activation over `top`, the value in each token's title, each window's `peaks` token marked (-1: none).
 
     A feature page holds ~70 windows of ~33 tokens and formatting each token in Python was most of its
     time; so the page's spans are assembled column by column from tables (shade, title, escaped text) and
@@ -72,8 +72,9 @@ def heatmaps(escaped: np.ndarray, acts: np.ndarray, lengths: Sequence[int], peak
     levels = shade_levels(acts, top)
     cells = np.empty((n, 4), dtype=object)
     cells[:, 0] = OPEN[levels]
-    ends = np.cumsum(np.asarray(lengths, dtype=np.intp))
-    starts = ends - np.asarray(lengths, dtype=np.intp)
+    sizes = np.asarray(lengths, dtype=np.intp)
+    ends = np.cumsum(sizes)
+    starts = ends - sizes
     marked = [s + p for s, p, length in zip(starts.tolist(), peaks, lengths) if 0 <= p < length]
     cells[marked, 0] = OPEN_PEAK[levels[marked]]
     if acts.dtype == np.float16:

@@ -18,6 +18,29 @@ from . import crud
 from .templating import escaped_piece
 
 
+@dataclass(frozen=True)
+class TokenTable:
+    """Escaped text per token id, and which ids the recording holds a text for."""
+
+    escaped: np.ndarray
+    known: np.ndarray
+
+    @classmethod
+    def of(cls, texts: dict[int, str]) -> TokenTable:
+        size = max(texts, default=-1) + 1
+        escaped, known = np.full(size, "", dtype=object), np.zeros(size, dtype=bool)
+        for token_id, text in texts.items():
+            escaped[token_id], known[token_id] = escaped_piece(text), True
+        return cls(escaped, known)
+
+    def lookup(self, ids: np.ndarray) -> np.ndarray | None:
+        """The escaped texts of `ids`, or None if the table lacks any of them (the caller reads the
+        windows' own pieces then)."""
+        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.known) or not self.known[ids].all()):
+            return None
+        return self.escaped[ids]
+
+
 class TokenTables:
     """The escaped-text tables of the last few SAE recordings seen; a new recording gets a new table."""
 
@@ -40,26 +63,3 @@ class TokenTables:
             while len(self._tables) > self.capacity:
                 self._tables.popitem(last=False)
         return table
-
-
-@dataclass(frozen=True)
-class TokenTable:
-    """Escaped text per token id, and which ids the recording holds a text for."""
-
-    escaped: np.ndarray
-    known: np.ndarray
-
-    @classmethod
-    def of(cls, texts: dict[int, str]) -> TokenTable:
-        size = max(texts, default=-1) + 1
-        escaped, known = np.full(size, "", dtype=object), np.zeros(size, dtype=bool)
-        for token_id, text in texts.items():
-            escaped[token_id], known[token_id] = escaped_piece(text), True
-        return cls(escaped, known)
-
-    def lookup(self, ids: np.ndarray) -> np.ndarray | None:
-        """The escaped texts of `ids`, or None if the table lacks any of them (the caller reads the
-        windows' own pieces then)."""
-        if len(ids) and (ids.min() < 0 or ids.max() >= len(self.known) or not self.known[ids].all()):
-            return None
-        return self.escaped[ids]

@@ -6,7 +6,6 @@ from itertools import chain
 from typing import Annotated, Any
 
 import numpy as np
-
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from markupsafe import Markup
