@@ -208,6 +208,8 @@ class FeaturePage:
     labels: list[Label]
     """Label history, newest first."""
     tags: list[str]
+    neighbour_labels: dict[int, str]
+    """The current label of each labelled nearest feature, for the links to them."""
 
     @property
     def label(self) -> str | None:
@@ -231,9 +233,13 @@ def _view(row: Row[Any]) -> ExampleView:
     return ExampleView(unpack_ids(ids), list(pieces), unpack_acts(acts), *rest)
 
 
-# Built once: constructing a statement costs about as much as running it on SQLite, and a page runs four.
+# Built once: constructing a statement costs about as much as running it on SQLite. A page runs three: the
+# feature with its SAE, its examples, and the labels of it and its neighbours; the tags only when it has some.
+# Each is a round trip on PostgreSQL, which is most of a page's time there.
 _FEATURE_AND_SAE = (
-    select(Feature, Sae).join(Sae, Feature.sae_id == Sae.id)
+    select(Feature, Sae, exists().where(FeatureTag.sae_id == Feature.sae_id,
+                                        FeatureTag.feature_index == Feature.feature_index).label("tagged"))
+    .join(Sae, Feature.sae_id == Sae.id)
     .where(Feature.sae_id == bindparam("sae_id"), Feature.feature_index == bindparam("index"))
     .options(defer(Sae.training_log))  # the longest column of an SAE, shown on its overview page only
 )
@@ -253,20 +259,32 @@ _EXAMPLES = _examples(Context.pieces)
 _EXAMPLES_WITHOUT_PIECES = _examples(null())
 """For the HTML page, which takes the pieces from the SAE's token texts (app/vocab.py)."""
 
+_LABELS_OF = (
+    select(Label).options(joinedload(Label.author))
+    .where(Label.sae_id == bindparam("sae_id"), Label.feature_index.in_(bindparam("indices", expanding=True)))
+    .order_by(Label.id.desc())
+)
+
 
 def feature_page(session: Session, *, sae_id: int, feature_index: int, with_pieces: bool = True) -> FeaturePage:
-    """The data of one feature page, loaded in four queries; without pieces, the examples' are None."""
+    """The data of one feature page; without pieces, the examples' are None."""
     found = session.execute(_FEATURE_AND_SAE, {"sae_id": sae_id, "index": feature_index}).one_or_none()
     if found is None:
         sae = find_sae(session, ref=sae_id)
         raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
-    feature, sae = found
+    feature, sae, tagged = found
     # Plain rows through the Core connection: the ORM's per-statement bookkeeping cost more than the query.
     statement = _EXAMPLES if with_pieces else _EXAMPLES_WITHOUT_PIECES
     examples = session.connection().execute(statement, {"feature_id": feature.id}).all()
-    return FeaturePage(sae, feature, examples,
-                       label_history(session, sae_id=sae_id, feature_index=feature_index),
-                       feature_tags(session, sae_id=sae_id, feature_index=feature_index))
+    neighbours = [n[0] for n in feature.neighbours]
+    labels = session.scalars(_LABELS_OF, {"sae_id": sae_id, "indices": [feature_index, *neighbours]}).all()
+    history = [label for label in labels if label.feature_index == feature_index]
+    current: dict[int, str] = {}
+    for label in labels:  # newest first: the first seen of each feature is its current label
+        current.setdefault(label.feature_index, label.text)
+    tags = feature_tags(session, sae_id=sae_id, feature_index=feature_index) if tagged else []
+    return FeaturePage(sae, feature, examples, history, tags,
+                       {index: current[index] for index in neighbours if index in current})
 
 
 def token_texts(session: Session, *, sae_id: int) -> dict[int, str]:

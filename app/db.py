@@ -23,6 +23,19 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def read_engine(engine: Engine) -> Engine:
+    """`engine` for requests that only read, without a transaction where one costs round trips.
+
+    On PostgreSQL each transaction adds a BEGIN and a ROLLBACK to a page's three or four queries; in
+    autocommit each query reads its own snapshot, which a page of separately committed rows can take.
+    pysqlite opens no transaction for a SELECT, so SQLite keeps the engine as it is (switching its
+    isolation level would cost a PRAGMA per connection checkout instead).
+    """
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return engine
+
+
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
     """Foreign keys are off by default in SQLite; WAL lets readers continue while a record is written."""
     cursor = dbapi_connection.cursor()

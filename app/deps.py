@@ -41,13 +41,18 @@ async def get_settings(request: Request) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+READ_METHODS = frozenset({"GET", "HEAD"})
+"""Methods that never write (every write in the app is a POST), so their sessions read without a transaction."""
+
+
 async def get_session(request: Request) -> AsyncIterator[Session]:
     """One session per request, closed when the response is done.
 
     This and the other light dependencies are async so they run on the event loop: each sync one cost a
     hop to the thread pool, and under load the threads' contention for the GIL stretched the tail.
     """
-    with request.app.state.session_factory() as session:
+    state = request.app.state
+    with (state.read_sessions if request.method in READ_METHODS else state.session_factory)() as session:
         yield session
 
 

@@ -20,7 +20,7 @@ from fastapi.templating import Jinja2Templates
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .db import make_engine, session_factory
+from .db import make_engine, read_engine, session_factory
 from .deps import CSRF_COOKIE
 from .errors import install_error_handlers
 from .routes import ROUTERS
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = engine
     app.state.session_factory = session_factory(engine)
+    app.state.read_sessions = session_factory(read_engine(engine))
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
     install_filters(app.state.templates.env)
     app.state.models = ModelCache(device=settings.inference_device)

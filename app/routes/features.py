@@ -59,12 +59,10 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
         windows = example_windows(page, None)
     f = page.feature
     writer = user is not None and user.role in WRITERS
-    neighbours = [n[0] for n in f.neighbours]
     hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
                        title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
             "top_windows": windows[0], "quantile_windows": windows[1],
-            "neighbour_labels": crud.label_texts(session, sae_id=sae_id, indices=neighbours),
             "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
             "lists": crud.bookmark_lists(session, owner_id=user.id) if writer else [],
             "intervals": (page.sae.record_config or {}).get("n_intervals", 0)}

@@ -37,6 +37,21 @@ def test_token_texts_are_stored_and_rebuilt_from_the_windows_by_the_migration(se
     assert crud.token_texts(session, sae_id=sae.id) == {t: record.token_text[t] for t in shown}
 
 
+def test_feature_page_gathers_its_label_history_tags_and_its_neighbours_current_labels(session, records):
+    sae = add_sae(session)
+    ingest.store_record(session, sae_id=sae.id, record=records[0], dataset="demo")
+    neighbours = [n[0] for n in crud.feature_page(session, sae_id=sae.id, feature_index=0).feature.neighbours]
+    elsewhere = next(i for i in range(1, sae.d_sae) if i not in neighbours)
+    for index, text in [(0, "first"), (neighbours[0], "old"), (0, "second"), (neighbours[0], "new"), (elsewhere, "x")]:
+        crud.add_label(session, sae_id=sae.id, feature_index=index, text=text)
+    crud.tag_feature(session, sae_id=sae.id, feature_index=0, tag="polysemantic")
+    page = crud.feature_page(session, sae_id=sae.id, feature_index=0)
+    assert [label.text for label in page.labels] == ["second", "first"]
+    assert page.neighbour_labels == {neighbours[0]: "new"}
+    assert page.tags == ["polysemantic"]
+    assert crud.feature_page(session, sae_id=sae.id, feature_index=neighbours[0]).tags == []
+
+
 def test_feature_page_returns_exactly_what_was_recorded(session, records):
     record = records[0]
     sae = add_sae(session)

@@ -6,7 +6,7 @@ import re
 
 import pytest
 from markupsafe import escape
-from sqlalchemy import delete
+from sqlalchemy import delete, event
 
 from app import crud
 from app.models import TokenText
@@ -97,6 +97,25 @@ def test_feature_page_windows_show_the_stored_pieces_with_or_without_the_token_t
     session.commit()
     with make_client(db_url) as fresh:
         assert windows_of(fresh.get(f"/saes/{stored_sae.id}/features/{index}").text) == windows_of(html)
+
+
+def test_a_feature_page_reads_in_three_statements_outside_a_transaction(client, stored_sae, session):
+    """Every statement is a round trip on PostgreSQL: BEGIN and ROLLBACK would add two to each page."""
+    client.get(f"/saes/{stored_sae.id}/features/0")  # loads the SAE's token texts, once per process
+    seen = []
+
+    def record(conn, _cursor, statement, *_):
+        dbapi = conn.connection.dbapi_connection
+        open_ = dbapi.in_transaction if conn.dialect.name == "sqlite" else dbapi.info.transaction_status != 0
+        seen.append((statement.split()[0], open_))
+
+    engine = client.app.state.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert client.get(f"/saes/{stored_sae.id}/features/1").status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert seen == [("SELECT", False)] * 3
 
 
 def test_feature_page_heat_is_relative_to_the_feature_max(client, stored_sae, session):
