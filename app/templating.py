@@ -39,9 +39,10 @@ def float16_titles() -> np.ndarray:
 
 
 @lru_cache(maxsize=1 << 16)
-def escaped_piece(piece: str) -> str:
-    """A token's text escaped for HTML; pieces come from a bounded vocabulary, so they are cached."""
-    return piece.translate(HTML_ESCAPES)
+def token_cell(piece: str) -> str:
+    """A token's text escaped for HTML and closing its span: the last of the three parts `heatmaps` joins
+    per token. Pieces come from a bounded vocabulary, so they are cached."""
+    return piece.translate(HTML_ESCAPES) + CLOSE
 
 
 def shade_levels(acts: np.ndarray, top: float) -> np.ndarray:
@@ -54,44 +55,43 @@ def shade_levels(acts: np.ndarray, top: float) -> np.ndarray:
         return np.where(wide > 0, levels, 0).astype(np.intp)
 
 
-def escape_pieces(pieces: Sequence[str]) -> np.ndarray:
-    """Token texts escaped for HTML, as the object array `heatmaps` takes."""
-    return np.fromiter(map(escaped_piece, pieces), dtype=object, count=len(pieces))
+def token_cells(pieces: Sequence[str]) -> np.ndarray:
+    """token_cell of each piece, as the object array `heatmaps` takes."""
+    return np.fromiter(map(token_cell, pieces), dtype=object, count=len(pieces))
 
 
-def heatmaps(escaped: np.ndarray, acts: np.ndarray, lengths: Sequence[int], peaks: Sequence[int],
-             top: float) -> list[Markup]:
-    """Windows laid end to end in `escaped` token texts and `acts` (`lengths` tokens each), coloured by
-    activation over `top`, the value in each token's title, each window's `peaks` token marked (-1: none).
+def heatmaps(cells: np.ndarray, acts: np.ndarray, lengths: Sequence[int], peaks: Sequence[int],
+             top: float) -> list[str]:
+    """Windows laid end to end in token `cells` (see token_cell) and `acts` (`lengths` tokens each),
+    coloured by activation over `top`, the value in each token's title, each window's `peaks` token marked
+    (-1: none); plain HTML strings, to be joined and marked safe by the caller.
 
     A feature page holds ~70 windows of ~33 tokens and formatting each token in Python was most of its
-    time; so the page's spans are assembled column by column from tables (shade, title, escaped text) and
-    joined once per window.
+    time; so the page's spans are assembled column by column from tables (shade, title, text) and joined
+    once per window.
     """
     n = len(acts)
     levels = shade_levels(acts, top)
-    cells = np.empty((n, 4), dtype=object)
-    cells[:, 0] = OPEN[levels]
+    parts = np.empty((n, 3), dtype=object)
+    parts[:, 0] = OPEN[levels]
     sizes = np.asarray(lengths, dtype=np.intp)
     ends = np.cumsum(sizes)
     starts = ends - sizes
     marked = [s + p for s, p, length in zip(starts.tolist(), peaks, lengths) if 0 <= p < length]
-    cells[marked, 0] = OPEN_PEAK[levels[marked]]
+    parts[marked, 0] = OPEN_PEAK[levels[marked]]
     if acts.dtype == np.float16:
-        cells[:, 1] = float16_titles()[acts.view(np.uint16)]
+        parts[:, 1] = float16_titles()[acts.view(np.uint16)]
     else:
-        cells[:, 1] = np.fromiter(map(value_title, acts.tolist()), dtype=object, count=n)
-    cells[:, 2] = escaped
-    cells[:, 3] = CLOSE
-    flat = cells.ravel().tolist()
-    return [Markup('<div class="tokens">' + "".join(flat[4 * s:4 * e]) + "</div>")
-            for s, e in zip(starts.tolist(), ends.tolist())]
+        parts[:, 1] = np.fromiter(map(value_title, acts.tolist()), dtype=object, count=n)
+    parts[:, 2] = cells
+    flat = parts.ravel().tolist()
+    return ['<div class="tokens">' + "".join(flat[3 * s:3 * e]) + "</div>" for s, e in zip(starts.tolist(), ends.tolist())]
 
 
 def heatmap(pieces: Sequence[str], acts: Sequence[float], top: float, peak: int = -1) -> Markup:
     """One window of tokens (see heatmaps); extra pieces or activations beyond the shorter are dropped."""
     n = min(len(pieces), len(acts))
-    return heatmaps(escape_pieces(pieces[:n]), np.asarray(acts[:n], dtype=np.float64), [n], [peak], top)[0]
+    return Markup(heatmaps(token_cells(pieces[:n]), np.asarray(acts[:n], dtype=np.float64), [n], [peak], top)[0])
 
 
 def num(value: float | int | None, digits: int = 3) -> str:

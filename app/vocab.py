@@ -1,4 +1,4 @@
-"""Each recorded SAE's token texts, escaped for HTML, as a table indexed by token id, cached per worker.
+"""Each recorded SAE's token texts as heatmap cells (escaped for HTML), a table indexed by token id, cached per worker.
 
 A feature page shows ~70 windows of ~33 tokens; reading their pieces from one table loaded once per SAE
 recording is cheaper than decoding a JSON list per window on every page.
@@ -15,34 +15,34 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from . import crud
-from .templating import escaped_piece
+from .templating import token_cell
 
 
 @dataclass(frozen=True)
 class TokenTable:
-    """Escaped text per token id, and which ids the recording holds a text for."""
+    """The heatmap cell (templating.token_cell) per token id, and which ids the recording holds a text for."""
 
-    escaped: np.ndarray
+    cells: np.ndarray
     known: np.ndarray
 
     @classmethod
     def of(cls, texts: dict[int, str]) -> TokenTable:
         size = max(texts, default=-1) + 1
-        escaped, known = np.full(size, "", dtype=object), np.zeros(size, dtype=bool)
+        cells, known = np.full(size, "", dtype=object), np.zeros(size, dtype=bool)
         for token_id, text in texts.items():
-            escaped[token_id], known[token_id] = escaped_piece(text), True
-        return cls(escaped, known)
+            cells[token_id], known[token_id] = token_cell(text), True
+        return cls(cells, known)
 
     def lookup(self, ids: np.ndarray) -> np.ndarray | None:
-        """The escaped texts of `ids`, or None if the table lacks any of them (the caller reads the
-        windows' own pieces then)."""
+        """The cells of `ids`, or None if the table lacks any of them (the caller reads the windows' own
+        pieces then)."""
         if len(ids) and (ids.min() < 0 or ids.max() >= len(self.known) or not self.known[ids].all()):
             return None
-        return self.escaped[ids]
+        return self.cells[ids]
 
 
 class TokenTables:
-    """The escaped-text tables of the last few SAE recordings seen; a new recording gets a new table."""
+    """The cell tables of the last few SAE recordings seen; a new recording gets a new table."""
 
     def __init__(self, capacity: int = 8):
         self.capacity = capacity

@@ -16,7 +16,7 @@ from ..deps import FeatureIndex, ReaderDep, SaeId, SessionDep, is_htmx, render
 from ..models import Sae, User
 from ..packing import ACTS, IDS
 from ..security import WRITERS
-from ..templating import escape_pieces, heatmaps
+from ..templating import heatmaps, token_cells
 from ..vocab import TokenTable
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -68,30 +68,31 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
             "intervals": (page.sae.record_config or {}).get("n_intervals", 0)}
 
 
-Windows = tuple[list[Markup], list[tuple[int, list[Markup]]]]
+Windows = tuple[Markup, list[tuple[int, Markup]]]
 
 
 def example_windows(page: crud.FeaturePage, token_table: TokenTable | None) -> Windows | None:
     """The page's example windows as heatmaps, rendered together from the stored bytes: the top examples,
-    and the quantile samples grouped by interval, highest first. Token texts come from `token_table`
-    (app/vocab.py), or the rows' own pieces when it is None; None if the table lacks one of the tokens."""
+    and the quantile samples of each interval, highest first, each section one piece of HTML. Token texts
+    come from `token_table` (app/vocab.py), or the rows' own pieces when it is None; None if the table lacks
+    one of the tokens."""
     rows = page.examples
     lengths = [min(len(row.acts) // ACTS.itemsize, len(row.token_ids) // IDS.itemsize) for row in rows]
     if token_table is None:
         lengths = [min(n, len(row.pieces)) for n, row in zip(lengths, rows)]  # a damaged row shows what it has
-        escaped = escape_pieces(list(chain.from_iterable(row.pieces[:n] for n, row in zip(lengths, rows))))
+        cells = token_cells(list(chain.from_iterable(row.pieces[:n] for n, row in zip(lengths, rows))))
     else:
         ids = np.frombuffer(b"".join(row.token_ids[:IDS.itemsize * n] for n, row in zip(lengths, rows)), dtype=IDS)
-        escaped = token_table.lookup(ids)
-        if escaped is None:
+        cells = token_table.lookup(ids)
+        if cells is None:
             return None
     acts = np.frombuffer(b"".join(row.acts[:ACTS.itemsize * n] for n, row in zip(lengths, rows)), dtype=ACTS)
-    windows = heatmaps(escaped, acts, lengths, [row.peak for row in rows], page.feature.max_act)
-    top: list[Markup] = []
-    groups: dict[int, list[Markup]] = {}
+    windows = heatmaps(cells, acts, lengths, [row.peak for row in rows], page.feature.max_act)
+    top: list[str] = []
+    groups: dict[int, list[str]] = {}
     for row, window in zip(rows, windows):
         (top if row.interval is None else groups.setdefault(row.interval, [])).append(window)
-    return top, sorted(groups.items(), reverse=True)
+    return Markup("".join(top)), [(interval, Markup("".join(group))) for interval, group in sorted(groups.items(), reverse=True)]
 
 
 def tag_choices(session: Session) -> list[str]:
