@@ -51,12 +51,15 @@ def bars(edges: Sequence[float], counts: Sequence[int], *, title: str, x_label: 
     x = _scale(xs[0], xs[-1], PAD_L, WIDTH - PAD_R)
     top = max(counts)
     y = _scale(0, top, HEIGHT - PAD_B, PAD_T)
+    px = [x(v) for v in xs]
+    texts = [escape(edge_text(e)) for e in edges]  # each edge once: neighbouring bars share it
+    base = y(0)
     body = []
-    for lo, hi, c, e_lo, e_hi in zip(xs, xs[1:], counts, edges, edges[1:]):
+    for i, c in enumerate(counts):
         if c:
-            body.append(f'<rect class="bar" x="{x(lo):.1f}" y="{y(c):.1f}" width="{max(x(hi) - x(lo) - 0.5, 0.5):.1f}" '
-                        f'height="{y(0) - y(c):.1f}"><title>{escape(edge_text(e_lo))} – {escape(edge_text(e_hi))}: '
-                        f"{c}</title></rect>")
+            top_y = y(c)
+            body.append(f'<rect class="bar" x="{px[i]:.1f}" y="{top_y:.1f}" width="{max(px[i + 1] - px[i] - 0.5, 0.5):.1f}" '
+                        f'height="{base - top_y:.1f}"><title>{texts[i]} – {texts[i + 1]}: {c}</title></rect>')
     ticks = _ticks(xs[0], xs[-1])
     x_ticks = [(x(t), edge_text(10**t if log_x else t)) for t in ticks]
     y_ticks = [(y(t), f"{t:.0f}") for t in _ticks(0, top, 2)]

@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.session_factory = session_factory(engine)
     app.state.read_sessions = session_factory(read_engine(engine))
     app.state.templates = Jinja2Templates(directory=TEMPLATES_DIR)
+    app.state.templates.env.auto_reload = False  # they ship with the package: no stat() of each per render
     install_filters(app.state.templates.env)
     app.state.models = ModelCache(device=settings.inference_device)
     app.state.token_tables = TokenTables()
