@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence, Sized
 from itertools import chain
 from typing import Annotated, Any
 
@@ -76,23 +77,36 @@ def example_windows(page: crud.FeaturePage, token_table: TokenTable | None) -> W
     and the quantile samples of each interval, highest first, each section one piece of HTML. Token texts
     come from `token_table` (app/vocab.py), or the rows' own pieces when it is None; None if the table lacks
     one of the tokens."""
-    rows = page.examples
-    lengths = [min(len(row.acts) // ACTS.itemsize, len(row.token_ids) // IDS.itemsize) for row in rows]
+    if not page.examples:
+        return Markup(""), []
+    token_ids, pieces, acts, peaks, _values, intervals, *_ = zip(*page.examples)  # columns, not rows
+    lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
     if token_table is None:
-        lengths = [min(n, len(row.pieces)) for n, row in zip(lengths, rows)]  # a damaged row shows what it has
-        cells = token_cells(list(chain.from_iterable(row.pieces[:n] for n, row in zip(lengths, rows))))
+        lengths = np.minimum(lengths, _counts(pieces, 1))  # a damaged row shows what it has
+        cells = token_cells(list(chain.from_iterable(p[:n] for n, p in zip(lengths.tolist(), pieces))))
     else:
-        ids = np.frombuffer(b"".join(row.token_ids[:IDS.itemsize * n] for n, row in zip(lengths, rows)), dtype=IDS)
-        cells = token_table.lookup(ids)
+        cells = token_table.lookup(np.frombuffer(_joined(token_ids, lengths, IDS.itemsize), dtype=IDS))
         if cells is None:
             return None
-    acts = np.frombuffer(b"".join(row.acts[:ACTS.itemsize * n] for n, row in zip(lengths, rows)), dtype=ACTS)
-    windows = heatmaps(cells, acts, lengths, [row.peak for row in rows], page.feature.max_act)
+    values = np.frombuffer(_joined(acts, lengths, ACTS.itemsize), dtype=ACTS)
+    windows = heatmaps(cells, values, lengths.tolist(), peaks, page.feature.max_act)
     top: list[str] = []
     groups: dict[int, list[str]] = {}
-    for row, window in zip(rows, windows):
-        (top if row.interval is None else groups.setdefault(row.interval, [])).append(window)
-    return Markup("".join(top)), [(interval, Markup("".join(group))) for interval, group in sorted(groups.items(), reverse=True)]
+    for interval, window in zip(intervals, windows):
+        (top if interval is None else groups.setdefault(interval, [])).append(window)
+    return Markup("".join(top)), [(i, Markup("".join(group))) for i, group in sorted(groups.items(), reverse=True)]
+
+
+def _counts(items: Sequence[Sized], itemsize: int) -> np.ndarray:
+    """How many whole items of `itemsize` bytes (or elements) each of `items` holds."""
+    return np.fromiter(map(len, items), dtype=np.intp, count=len(items)) // itemsize
+
+
+def _joined(blobs: Sequence[bytes], lengths: np.ndarray, itemsize: int) -> bytes:
+    """The first `lengths` items of each blob, end to end; whole blobs when none is longer (the usual case)."""
+    if np.array_equal(_counts(blobs, 1), lengths * itemsize):
+        return b"".join(blobs)
+    return b"".join(blob[:itemsize * n] for blob, n in zip(blobs, lengths.tolist()))
 
 
 def tag_choices(session: Session) -> list[str]:

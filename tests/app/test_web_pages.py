@@ -6,10 +6,10 @@ import re
 
 import pytest
 from markupsafe import escape
-from sqlalchemy import delete, event
+from sqlalchemy import delete, event, select
 
 from app import crud
-from app.models import TokenText
+from app.models import Example, TokenText
 from app.packing import unpack_acts
 from app.services.inference import ModelCache
 from tests.app.conftest import make_client
@@ -97,6 +97,20 @@ def test_feature_page_windows_show_the_stored_pieces_with_or_without_the_token_t
     session.commit()
     with make_client(db_url) as fresh:
         assert windows_of(fresh.get(f"/saes/{stored_sae.id}/features/{index}").text) == windows_of(html)
+
+
+def test_a_window_whose_stored_bytes_disagree_shows_the_tokens_both_hold(client, stored_sae, session):
+    index = alive_feature(session, stored_sae.id)
+    stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
+    expected = [[str(escape(p)) for p in e.pieces] for e in stored.top]
+    example = session.scalars(select(Example).where(Example.feature_id == stored.feature.id,
+                                                    Example.interval.is_(None)).order_by(Example.rank)).first()
+    example.acts = example.acts[:-4]  # two activations short of its window's tokens
+    session.commit()
+    response = client.get(f"/saes/{stored_sae.id}/features/{index}")
+    assert response.status_code == 200
+    windows = windows_of(response.text)
+    assert windows[0] == expected[0][:-2] and windows[1:len(expected)] == expected[1:]
 
 
 def test_a_feature_page_reads_in_three_statements_outside_a_transaction(client, stored_sae, session):
