@@ -241,7 +241,8 @@ _FEATURE_AND_SAE = (
                                         FeatureTag.feature_index == Feature.feature_index).label("tagged"))
     .join(Sae, Feature.sae_id == Sae.id)
     .where(Feature.sae_id == bindparam("sae_id"), Feature.feature_index == bindparam("index"))
-    .options(defer(Sae.training_log))  # the longest column of an SAE, shown on its overview page only
+    # What only the SAE's overview shows: the longest of its columns, and JSON decoded on every page otherwise.
+    .options(defer(Sae.training_log), defer(Sae.config), defer(Sae.eval_metrics), defer(Sae.density_histogram))
 )
 
 
