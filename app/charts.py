@@ -59,7 +59,7 @@ def bars(edges: Sequence[float], counts: Sequence[int], *, title: str, x_label: 
         if c:
             top_y = y(c)
             body.append(f'<rect class="bar" x="{px[i]:.1f}" y="{top_y:.1f}" width="{max(px[i + 1] - px[i] - 0.5, 0.5):.1f}" '
-                        f'height="{base - top_y:.1f}"><title>{texts[i]} – {texts[i + 1]}: {c}</title></rect>')
+                        f'height="{base - top_y:.1f}"><title>{texts[i]} &ndash; {texts[i + 1]}: {c}</title></rect>')
     ticks = _ticks(xs[0], xs[-1])
     x_ticks = [(x(t), edge_text(10**t if log_x else t)) for t in ticks]
     y_ticks = [(y(t), f"{t:.0f}") for t in _ticks(0, top, 2)]

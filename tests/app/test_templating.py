@@ -1,6 +1,9 @@
 import re
 
-from app.templating import heatmap, num
+import html as html_lib
+from pathlib import Path
+
+from app.templating import heatmap, html_text, num
 
 
 def spans(html):
@@ -22,3 +25,11 @@ def test_heatmap_escapes_token_text_and_survives_odd_values():
 
 def test_numbers_read_as_a_researcher_reads_them():
     assert (num(None), num(12345), num(0.000123), num(3.14159)) == ("–", "12,345", "1.23e-04", "3.14")
+
+
+def test_text_beyond_ascii_becomes_character_references_so_pages_stay_ascii():
+    assert html_text('é<b>"漢字"') == "&#233;&lt;b&gt;&#34;&#28450;&#23383;&#34;"
+    window = str(heatmap(["naïve", " 🙂"], [1.0, 2.0], 2.0))
+    assert window.isascii() and [html_lib.unescape(s[3]) for s in spans(window)] == ["naïve", " 🙂"]
+    templates = Path(__file__).resolve().parents[2] / "templates"
+    assert [t.name for t in templates.glob("*.html") if not t.read_text(encoding="utf-8").isascii()] == []

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+from html import unescape
 
 import pytest
-from markupsafe import escape
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, event, select, update
 
 from app import crud
 from app.models import Example, TokenText
@@ -72,22 +72,24 @@ def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
     assert float(marked[0]) == pytest.approx(top.acts[top.peak], rel=1e-2)
     assert html.count("<h3 class=\"muted\">Interval") == len(stored.quantiles)
     assert 'class="bar"' in html  # activation histogram
-    for _token_id, text, _logit in stored.feature.promoted + stored.feature.suppressed:
-        assert f'<code class="tokpiece">{escape(text)}</code>' in html
+    shown = [unescape(t) for t in re.findall(r'<code class="tokpiece">(.*?)</code>', html)]
+    assert shown == [text for _token_id, text, _logit in stored.feature.promoted + stored.feature.suppressed]
     for neighbour, _cos in stored.feature.neighbours:
         assert f'href="/saes/{stored_sae.id}/features/{neighbour}"' in html
     assert f'href="/saes/{stored_sae.id}/steer?feature={index}"' in html
 
 
 def windows_of(html: str) -> list[list[str]]:
-    return [re.findall(r'<span class="tok[^>]*>(.*?)</span>', w) for w in re.findall(r'<div class="tokens">(.*?)</div>', html)]
+    """The token texts of each heatmap window on a page, unescaped."""
+    return [[unescape(t) for t in re.findall(r'<span class="tok[^>]*>(.*?)</span>', w)]
+            for w in re.findall(r'<div class="tokens">(.*?)</div>', html)]
 
 
 def test_feature_page_windows_show_the_stored_pieces_with_or_without_the_token_table(client, stored_sae, session,
                                                                                      db_url):
     index = alive_feature(session, stored_sae.id)
     stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
-    expected = [[str(escape(p)) for p in e.pieces] for e in stored.top]
+    expected = [e.pieces for e in stored.top]
     html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
     assert windows_of(html)[:len(expected)] == expected
     # A token missing from the SAE's token texts (a fresh app, so nothing is cached): the same windows,
@@ -99,10 +101,22 @@ def test_feature_page_windows_show_the_stored_pieces_with_or_without_the_token_t
         assert windows_of(fresh.get(f"/saes/{stored_sae.id}/features/{index}").text) == windows_of(html)
 
 
+def test_token_texts_beyond_ascii_reach_the_page_as_references_and_it_stays_ascii(stored_sae, session, db_url):
+    index = alive_feature(session, stored_sae.id)
+    session.execute(update(TokenText).where(TokenText.sae_id == stored_sae.id).values(text="é" + TokenText.text))
+    session.commit()
+    stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
+    with make_client(db_url) as fresh:  # nothing cached from before the update
+        page = fresh.get(f"/saes/{stored_sae.id}/features/{index}")
+    assert page.content.isascii()
+    texts = crud.token_texts(session, sae_id=stored_sae.id)
+    assert windows_of(page.text)[:len(stored.top)] == [[texts[t] for t in e.token_ids] for e in stored.top]
+
+
 def test_a_window_whose_stored_bytes_disagree_shows_the_tokens_both_hold(client, stored_sae, session):
     index = alive_feature(session, stored_sae.id)
     stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
-    expected = [[str(escape(p)) for p in e.pieces] for e in stored.top]
+    expected = [e.pieces for e in stored.top]
     example = session.scalars(select(Example).where(Example.feature_id == stored.feature.id,
                                                     Example.interval.is_(None)).order_by(Example.rank)).first()
     example.acts = example.acts[:-4]  # two activations short of its window's tokens
