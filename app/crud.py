@@ -205,8 +205,9 @@ class FeaturePage:
     """(token_ids, pieces, acts, peak, value, interval, context_index, start) as stored: top examples by rank,
     then the quantile samples by interval and rank. Packed, because the HTML page renders them straight
     from the float16 bytes; `top` and `quantiles` unpack them for the API and the exports."""
-    labels: list[Label]
-    """Label history, newest first."""
+    labels: list[Row[Any]]
+    """Label history, newest first: (id, feature_index, text, source, created_at, author_name) rows, which read
+    like Label objects."""
     tags: list[str]
     neighbour_labels: dict[int, str]
     """The current label of each labelled nearest feature, for the links to them."""
@@ -261,10 +262,12 @@ _EXAMPLES_WITHOUT_PIECES = _examples(null())
 """For the HTML page, which takes the pieces from the SAE's token texts (app/vocab.py)."""
 
 _LABELS_OF = (
-    select(Label).options(joinedload(Label.author))
+    select(Label.id, Label.feature_index, Label.text, Label.source, Label.created_at, User.name.label("author_name"))
+    .outerjoin(User, Label.author_id == User.id)
     .where(Label.sae_id == bindparam("sae_id"), Label.feature_index.in_(bindparam("indices", expanding=True)))
     .order_by(Label.id.desc())
 )
+"""Plain rows that read like Label objects (author_name included): the ORM cost more than the query."""
 
 
 def feature_page(session: Session, *, sae_id: int, feature_index: int, with_pieces: bool = True) -> FeaturePage:
@@ -275,10 +278,11 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int, with_piec
         raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
     feature, sae, tagged = found
     # Plain rows through the Core connection: the ORM's per-statement bookkeeping cost more than the query.
+    connection = session.connection()
     statement = _EXAMPLES if with_pieces else _EXAMPLES_WITHOUT_PIECES
-    examples = session.connection().execute(statement, {"feature_id": feature.id}).all()
+    examples = connection.execute(statement, {"feature_id": feature.id}).all()
     neighbours = [n[0] for n in feature.neighbours]
-    labels = session.scalars(_LABELS_OF, {"sae_id": sae_id, "indices": [feature_index, *neighbours]}).all()
+    labels = connection.execute(_LABELS_OF, {"sae_id": sae_id, "indices": [feature_index, *neighbours]}).all()
     history = [label for label in labels if label.feature_index == feature_index]
     current: dict[int, str] = {}
     for label in labels:  # newest first: the first seen of each feature is its current label

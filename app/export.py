@@ -135,7 +135,7 @@ def _np_explanations(ids: dict[str, str], page: crud.FeaturePage) -> Iterator[di
             **ids,
             "index": str(page.feature.feature_index),
             "description": label.text,
-            "authorId": label.author.name if label.author else "",
+            "authorId": label.author_name or "",
             "typeName": f"saescope-{label.source}",
             "explanationModelName": "" if label.source == "human" else label.source,
             "createdAt": label.created_at.isoformat(),
@@ -162,7 +162,7 @@ def _json_feature(page: crud.FeaturePage) -> dict[str, Any]:
         "suppressed": f.suppressed, "neighbours": f.neighbours,
         "top": [_json_example(e) for e in page.top],
         "quantiles": {str(i): [_json_example(e) for e in group] for i, group in page.quantiles.items()},
-        "labels": [{"text": l.text, "source": l.source, "author": l.author.name if l.author else None,
+        "labels": [{"text": l.text, "source": l.source, "author": l.author_name,
                     "created_at": l.created_at.isoformat()} for l in page.labels],
         "tags": page.tags,
     }

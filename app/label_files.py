@@ -29,7 +29,7 @@ class ImportedLabel:
 
 
 def label_rows(labels: list[Label]) -> list[dict[str, Any]]:
-    return [{"feature_index": l.feature_index, "label": l.text, "author": l.author.name if l.author else "",
+    return [{"feature_index": l.feature_index, "label": l.text, "author": l.author_name or "",
              "source": l.source, "created_at": l.created_at.isoformat()} for l in labels]
 
 

@@ -195,6 +195,12 @@ class Label(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
     author: Mapped[User | None] = relationship()
 
+    @property
+    def author_name(self) -> str | None:
+        """The author's login name; None for imported labels or a deleted account. Label rows read from
+        the store without the ORM (crud.FeaturePage.labels) carry a column of the same name."""
+        return self.author.name if self.author else None
+
 
 class Tag(Base):
     """A named tag that features can carry."""

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Row
 
 from . import crud
 from .models import Label
@@ -52,9 +53,9 @@ class LabelOut(BaseModel):
     created_at: datetime
 
     @classmethod
-    def of(cls, label: Label) -> LabelOut:
+    def of(cls, label: Label | Row[Any]) -> LabelOut:
         return cls(id=label.id, feature_index=label.feature_index, text=label.text, source=label.source,
-                   author=label.author.name if label.author else None, created_at=label.created_at)
+                   author=label.author_name, created_at=label.created_at)
 
 
 class FeatureOut(BaseModel):
