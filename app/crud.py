@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Row, Select, bindparam, case, exists, func, null, or_, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, joinedload
+from sqlalchemy.orm import Session, joinedload
 
 from .models import (
     ApiToken,
@@ -196,11 +197,23 @@ class ExampleView:
 
 
 @dataclass(frozen=True)
+class SaeHeader:
+    """What a feature page shows of its SAE (the rest waits for the SAE's own page, or find_sae)."""
+
+    id: int
+    name: str
+    d_sae: int
+    record_config: dict[str, Any] | None
+    recorded_at: datetime | None
+
+
+@dataclass(frozen=True)
 class FeaturePage:
     """Everything a feature page shows."""
 
-    sae: Sae
-    feature: Feature
+    sae: SaeHeader
+    feature: Row[Any]
+    """The feature's row of the features table, which reads like a Feature."""
     examples: list[Row[Any]]
     """(token_ids, pieces, acts, peak, value, interval, context_index, start) as stored: top examples by rank,
     then the quantile samples by interval and rank. Packed, because the HTML page renders them straight
@@ -237,13 +250,15 @@ def _view(row: Row[Any]) -> ExampleView:
 # Built once: constructing a statement costs about as much as running it on SQLite. A page runs three: the
 # feature with its SAE, its examples, and the labels of it and its neighbours; the tags only when it has some.
 # Each is a round trip on PostgreSQL, which is most of a page's time there.
+# Plain rows through the Core connection, here and below: the ORM's per-statement bookkeeping and its two
+# entities cost about as much as the query (twice as much on SQLite).
 _FEATURE_AND_SAE = (
-    select(Feature, Sae, exists().where(FeatureTag.sae_id == Feature.sae_id,
-                                        FeatureTag.feature_index == Feature.feature_index).label("tagged"))
+    select(Feature.__table__, Sae.name.label("sae_name"), Sae.d_sae.label("sae_d_sae"),
+           Sae.record_config.label("sae_record_config"), Sae.recorded_at.label("sae_recorded_at"),
+           exists().where(FeatureTag.sae_id == Feature.sae_id,
+                          FeatureTag.feature_index == Feature.feature_index).label("tagged"))
     .join(Sae, Feature.sae_id == Sae.id)
     .where(Feature.sae_id == bindparam("sae_id"), Feature.feature_index == bindparam("index"))
-    # What only the SAE's overview shows: the longest of its columns, and JSON decoded on every page otherwise.
-    .options(defer(Sae.training_log), defer(Sae.config), defer(Sae.eval_metrics), defer(Sae.density_histogram))
 )
 
 
@@ -272,13 +287,12 @@ _LABELS_OF = (
 
 def feature_page(session: Session, *, sae_id: int, feature_index: int, with_pieces: bool = True) -> FeaturePage:
     """The data of one feature page; without pieces, the examples' are None."""
-    found = session.execute(_FEATURE_AND_SAE, {"sae_id": sae_id, "index": feature_index}).one_or_none()
-    if found is None:
+    connection = session.connection()
+    feature = connection.execute(_FEATURE_AND_SAE, {"sae_id": sae_id, "index": feature_index}).one_or_none()
+    if feature is None:
         sae = find_sae(session, ref=sae_id)
         raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
-    feature, sae, tagged = found
-    # Plain rows through the Core connection: the ORM's per-statement bookkeeping cost more than the query.
-    connection = session.connection()
+    sae = SaeHeader(sae_id, feature.sae_name, feature.sae_d_sae, feature.sae_record_config, feature.sae_recorded_at)
     statement = _EXAMPLES if with_pieces else _EXAMPLES_WITHOUT_PIECES
     examples = connection.execute(statement, {"feature_id": feature.id}).all()
     neighbours = [n[0] for n in feature.neighbours]
@@ -287,7 +301,7 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int, with_piec
     current: dict[int, str] = {}
     for label in labels:  # newest first: the first seen of each feature is its current label
         current.setdefault(label.feature_index, label.text)
-    tags = feature_tags(session, sae_id=sae_id, feature_index=feature_index) if tagged else []
+    tags = feature_tags(session, sae_id=sae_id, feature_index=feature_index) if feature.tagged else []
     return FeaturePage(sae, feature, examples, history, tags,
                        {index: current[index] for index in neighbours if index in current})
 

@@ -237,8 +237,9 @@ def test_bad_parameters_are_422(client, stored_sae, path):
 def test_example_activations_survive_the_store(session, stored_sae):
     """The page reads float16 activations; each window's chosen token holds its recorded value."""
     index = alive_feature(session, stored_sae.id)
-    feature = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index).feature
-    for example in feature.examples:
+    page = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
+    assert page.examples
+    for example in page.examples:
         assert unpack_acts(example.acts)[example.peak] == pytest.approx(example.value, rel=1e-2)
 
 
