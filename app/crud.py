@@ -290,8 +290,7 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int, with_piec
     connection = session.connection()
     feature = connection.execute(_FEATURE_AND_SAE, {"sae_id": sae_id, "index": feature_index}).one_or_none()
     if feature is None:
-        sae = find_sae(session, ref=sae_id)
-        raise NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
+        raise _no_feature(session, sae_id, feature_index)
     sae = SaeHeader(sae_id, feature.sae_name, feature.sae_d_sae, feature.sae_record_config, feature.sae_recorded_at)
     statement = _EXAMPLES if with_pieces else _EXAMPLES_WITHOUT_PIECES
     examples = connection.execute(statement, {"feature_id": feature.id}).all()
@@ -304,6 +303,19 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int, with_piec
     tags = feature_tags(session, sae_id=sae_id, feature_index=feature_index) if feature.tagged else []
     return FeaturePage(sae, feature, examples, history, tags,
                        {index: current[index] for index in neighbours if index in current})
+
+
+def find_feature(session: Session, *, sae_id: int, feature_index: int) -> Feature:
+    """A recorded feature alone, for routes that check it exists or run the model on it (not the whole page)."""
+    feature = session.scalar(select(Feature).where(Feature.sae_id == sae_id, Feature.feature_index == feature_index))
+    if feature is None:
+        raise _no_feature(session, sae_id, feature_index)
+    return feature
+
+
+def _no_feature(session: Session, sae_id: int, feature_index: int) -> NotFound:
+    sae = find_sae(session, ref=sae_id)  # NotFound itself for an unknown SAE
+    return NotFound(f"SAE {sae.name!r} has no recorded feature {feature_index} (it has {sae.d_sae})")
 
 
 def token_texts(session: Session, *, sae_id: int) -> dict[int, str]:

@@ -65,7 +65,7 @@ def feature(session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index:
 def activations(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex,
                 text: Text):
     """This feature's activation on each token of `text` (BOS first), computed now."""
-    crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
+    crud.find_feature(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
     result = request.app.state.models.run(crud.find_sae(session, ref=sae_id), text)
     return FeatureActivations(feature_index=feature_index, tokens=[
         TokenActivation(token=p, token_id=t, activation=a)

@@ -32,7 +32,7 @@ def create_list(session: SessionDep, user: LabellerDep,
 @router.post("/saes/{sae_id}/features/{feature_index}/bookmark", dependencies=[CsrfChecked])
 def bookmark(session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_index: FeatureIndex,
              list_id: Annotated[int, Form(ge=1, lt=2**31)], note: Note = ""):
-    crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
+    crud.find_feature(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
     crud.find_bookmark_list(session, list_id=list_id, owner_id=user.id)
     crud.add_bookmark(session, list_id=list_id, sae_id=sae_id, feature_index=feature_index, note=note)
     return RedirectResponse("/bookmarks", status_code=303)

@@ -124,12 +124,12 @@ def label_editor(page: crud.FeaturePage, conflict: dict[str, Any] | None = None,
 def test_text(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex,
               text: Text = ""):
     """This feature's activation on each token of typed text, run through the model now."""
-    page = crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)
+    feature = crud.find_feature(session, sae_id=sae_id, feature_index=feature_index)
     result = request.app.state.models.run(crud.find_sae(session, ref=sae_id), text) if text.strip() else None
     acts = result.feature(feature_index) if result else []
     peak = max(range(len(acts)), key=acts.__getitem__) if acts else -1
     return render(request, "_test_result.html", {"result": result, "acts": acts, "peak": peak,
-                                                 "top": max([page.feature.max_act, *acts])})
+                                                 "top": max([feature.max_act, *acts])})
 
 
 @router.get("/saes/{sae_id}/next-unlabelled")

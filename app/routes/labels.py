@@ -50,7 +50,7 @@ def save_label(request: Request, session: SessionDep, user: LabellerDep, sae_id:
 @router.post("/saes/{sae_id}/features/{feature_index}/tags", response_class=HTMLResponse, dependencies=[CsrfChecked])
 def add_tag(request: Request, session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_index: FeatureIndex,
             tag: TagName):
-    crud.feature_page(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
+    crud.find_feature(session, sae_id=sae_id, feature_index=feature_index)  # 404 for an unknown feature
     try:
         crud.tag_feature(session, sae_id=sae_id, feature_index=feature_index, tag=tag, author_id=user.id)
     except ValueError as err:  # a blank tag
