@@ -20,7 +20,7 @@ from sae_core.allocator import keep_freed_memory
 from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, app, fail
 from sae_core.distributed import close_distributed, init_distributed
 from sae_core.data import CorpusError, iter_contexts, iter_documents
-from sae_core.models import ModelLoadError, load_model
+from sae_core.lm import ModelLoadError, load_model
 from sae_core.records import RecordConfig
 from sae_core.saes import SAEFormatError
 from sae_core.sites import SiteError

@@ -10,7 +10,7 @@ import torch
 from sqlalchemy.orm import Session
 
 from sae_core.distributed import Dist
-from sae_core.models import LoadedModel
+from sae_core.lm import LoadedModel
 from sae_core.records import RecordConfig, SAERecord, read_sae_reports, record_sae
 from sae_core.saes import SAE, formats, load_sae
 from sae_core.sites import num_layers, parse_site

@@ -19,7 +19,7 @@ from sae_core.config import HarvestConfig
 from sae_core.data import iter_contexts, iter_documents
 from sae_core.harvest import batched, harvest
 from sae_core.hooks import truncated_forward
-from sae_core.models import load_model, parse_dtype
+from sae_core.lm import load_model, parse_dtype
 from sae_core.sites import parse_site
 
 

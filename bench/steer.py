@@ -18,7 +18,7 @@ import torch
 from transformers.generation.streamers import BaseStreamer
 
 from sae_core.generation import Limits, Sampling
-from sae_core.models import load_model
+from sae_core.lm import load_model
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.steering import Intervention, Steering, stream_steered
 

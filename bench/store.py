@@ -31,7 +31,7 @@ from app.migrate import upgrade
 from app.models import Context, Example, Feature
 from app.packing import pack_acts, pack_ids
 from sae_core.data import iter_contexts, iter_documents
-from sae_core.models import load_model, parse_dtype
+from sae_core.lm import load_model, parse_dtype
 from sae_core.records import RecordConfig, record_sae
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.sites import parse_site

@@ -14,7 +14,7 @@ from .data import CorpusError
 from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations, write_metrics
 from .harvest import HarvestError, harvest as run_harvest
-from .models import DEFAULT_MODEL, ModelLoadError, load_model
+from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
 from .sites import SiteError, num_layers, parse_site, valid_sites
 from .streaming import stream_from_corpus

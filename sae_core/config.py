@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from .data import DEFAULT_CONTEXT
-from .models import DEFAULT_MODEL
+from .lm import DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

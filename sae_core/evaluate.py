@@ -17,7 +17,7 @@ from .fileio import atomic_write_json
 from .harvest import batched
 from .hooks import splice
 from .metrics import ReconstructionStats, ce_loss_recovered
-from .models import LoadedModel
+from .lm import LoadedModel
 from .saes import SAE
 from .sites import Site, sae_site
 

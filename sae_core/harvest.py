@@ -34,7 +34,7 @@ from .distributed import Dist
 from .fileio import atomic_write, atomic_write_json
 from .data import iter_contexts, iter_documents, special_ids
 from .hooks import truncated_forward
-from .models import LoadedModel, load_model, parse_dtype
+from .lm import LoadedModel, load_model, parse_dtype
 from .sites import Site, hidden_size, num_layers, parse_site
 
 FORMAT = "saescope-activations/1"

@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from .generation import Generation, GenerationError, Limits, Sampling, TokenEvent, check_request, collect, stream
 from .hooks import splice
-from .models import LoadedModel
+from .lm import LoadedModel
 from .sites import sae_site
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from .data import iter_contexts, iter_documents, special_ids
 from .distributed import Dist
 from .harvest import batched
 from .hooks import truncated_forward
-from .models import LoadedModel
+from .lm import LoadedModel
 from .sites import Site, hidden_size
 
 

@@ -17,7 +17,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def smollm2():
     """The real default model, loaded once per test session (about 20 s)."""
-    from sae_core.models import load_model
+    from sae_core.lm import load_model
 
     return load_model("smollm2")
 
@@ -26,7 +26,7 @@ def smollm2():
 def web_sae(tmp_path_factory, tiny_model_dir):
     """A 24-feature ReLU SAE saved in saescope's layout and its real recording over the saved tiny Llama."""
     from app.pipeline import read_sae  # imported here: the core tests never load the app
-    from sae_core.models import load_model
+    from sae_core.lm import load_model
     from sae_core.records import RecordConfig, record_sae
     from sae_core.saes import SAEConfig, build_sae
     from sae_core.sites import parse_site

@@ -15,7 +15,7 @@ import torch
 
 from sae_core.data import CorpusError, bos_id
 from sae_core.hooks import capture
-from sae_core.models import LoadedModel, ModelLoadError, load_model
+from sae_core.lm import LoadedModel, ModelLoadError, load_model
 from sae_core.records import token_pieces
 from sae_core.saes import SAE, SAEFormatError
 from sae_core.sites import Site, SiteError, sae_site

@@ -294,7 +294,7 @@ def test_the_feature_picker_finds_features_by_label_and_index(client, session, s
 
 
 def test_the_model_is_loaded_once_for_pages_and_steering(client, steerer, stored_sae, monkeypatch):
-    import sae_core.models
+    import sae_core.lm
     from app.services import inference
 
     loads = []
@@ -303,9 +303,9 @@ def test_the_model_is_loaded_once_for_pages_and_steering(client, steerer, stored
         loads.append(args)
         return real_load(*args, **kwargs)
 
-    real_load = sae_core.models.load_model
+    real_load = sae_core.lm.load_model
     monkeypatch.setattr(inference, "load_model", counting_load)
-    monkeypatch.setattr(sae_core.models, "load_model", counting_load)
+    monkeypatch.setattr(sae_core.lm, "load_model", counting_load)
     assert tokens(steerer()) == tokens(steerer())
     assert client.get(f"/saes/{stored_sae.id}/features/3/test?text=hello").status_code == 200
     assert tokens(steerer(strengths=[1.0, 2.0]))

@@ -26,7 +26,7 @@ from sae_core.distributed import Dist
 from sae_core.harvest import harvest, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, SAERecord, record_sae
-from sae_core.models import load_model
+from sae_core.lm import load_model
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.saes.sharded import ShardedTopKSAE
 from sae_core.sites import parse_site

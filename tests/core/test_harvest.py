@@ -7,7 +7,7 @@ import sae_core.harvest as harvest_module
 from sae_core.config import HarvestConfig
 from sae_core.harvest import HarvestError, harvest, iter_shards, read_manifest
 from sae_core.hooks import truncated_forward
-from sae_core.models import load_model
+from sae_core.lm import load_model
 from sae_core.sites import Site
 
 

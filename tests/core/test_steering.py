@@ -4,7 +4,7 @@ import torch
 
 from sae_core.generation import GenerationError, Limits, Sampling, collect, encode_prompt, stream
 from sae_core.hooks import splice
-from sae_core.models import LoadedModel
+from sae_core.lm import LoadedModel
 from sae_core.saes import ARCHITECTURES, SAE, SAEConfig, build_sae
 from sae_core.sites import SiteError, parse_site, site_module
 from sae_core.steering import (

@@ -12,7 +12,7 @@ from sae_core.cli import app
 from sae_core.data import iter_contexts, iter_documents
 from sae_core.distributed import Dist
 from sae_core.hooks import truncated_forward
-from sae_core.models import load_model
+from sae_core.lm import load_model
 from sae_core.saes import load_sae
 from sae_core.sites import parse_site
 from sae_core.streaming import ModelStream, stream_from_corpus

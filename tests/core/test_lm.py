@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sae_core.models import ModelLoadError, load_model, parse_dtype, resolve_model_spec
+from sae_core.lm import ModelLoadError, load_model, parse_dtype, resolve_model_spec
 
 
 def test_local_directory_loads_through_the_hub_code_path(tiny_model_dir):
