@@ -24,7 +24,7 @@ import torch
 
 from sae_core.allocator import keep_freed_memory
 from sae_core.data import iter_contexts, iter_documents, special_ids
-from sae_core.directions import logit_effects, nearest_features
+from sae_core.records.directions import logit_effects, nearest_features
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
 from sae_core.harvest import batched

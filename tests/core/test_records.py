@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from sae_core.directions import final_norm_and_unembed, logit_effects, nearest_features
+from sae_core.records.directions import final_norm_and_unembed, logit_effects, nearest_features
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae
 from sae_core.sites import parse_site
@@ -86,7 +86,7 @@ def test_batch_size_does_not_change_the_top_examples(setup):
 
 
 def test_quantile_sampling_is_roughly_uniform_within_an_interval():
-    from sae_core.firing import Firing
+    from sae_core.records.firing import Firing
     from sae_core.records import Recorder
 
     cfg = RecordConfig(n_top=1, before=0, after=0, n_intervals=1, per_interval=1, seed=0)
@@ -113,7 +113,7 @@ def test_logit_effects_read_through_the_final_norm(family):
 
 
 def test_nearest_features_match_brute_force_across_chunks(monkeypatch):
-    monkeypatch.setattr("sae_core.directions.CHUNK", 7)
+    monkeypatch.setattr("sae_core.records.directions.CHUNK", 7)
     W = torch.randn(30, 8)
     table = nearest_features(W, 4)
     cos = torch.nn.functional.cosine_similarity(W[:, None], W[None], dim=-1)

@@ -1,6 +1,6 @@
 import torch
 
-from sae_core.selection import Entries, GroupBank, rank_in_group
+from sae_core.records.selection import Entries, GroupBank, rank_in_group
 
 
 def brute_force(groups, scores, slots):

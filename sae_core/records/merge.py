@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .distributed import Dist
+from ..distributed import Dist
 from .selection import Entries, GroupBank, interval_of
 
 if TYPE_CHECKING:  # records imports this module to merge its own recorders
-    from .records import Recorder
+    from .recorder import Recorder
 
 
 def merge_recorders(recorder: Recorder, dist: Dist) -> None:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .saes.sparse import SparseActs
+from ..saes.sparse import SparseActs
 
 
 @dataclass(frozen=True)

@@ -29,18 +29,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import special_ids
+from ..data import special_ids
 from .directions import TopTable, logit_effects, nearest_features
-from .evaluate import METRICS_FILE
+from ..evaluate import METRICS_FILE
 from .firing import Firing
-from .harvest import batched
-from .hooks import truncated_forward
-from .distributed import Dist
-from .record_merge import merge_recorders
-from .saes.topk import TopKSAE
+from ..harvest import batched
+from ..hooks import truncated_forward
+from ..distributed import Dist
+from .merge import merge_recorders
+from ..saes.topk import TopKSAE
 from .selection import Entries, GroupBank, interval_of, rank_in_group
-from .sites import Site
-from .train import LOG_FILE
+from ..sites import Site
+from ..train import LOG_FILE
 
 HIST_EDGES = torch.logspace(-5, 5, 121)
 """Shared log-spaced grid (12 bins a decade) for activation histograms; each feature keeps its occupied span."""

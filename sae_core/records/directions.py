@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .sites import decoder_layers
+from ..sites import decoder_layers
 
 CHUNK = 256
 """Features handled at once, so a [chunk, vocab] or [chunk, d_sae] block is all that is held."""
