@@ -1,19 +1,11 @@
 """Recording: what every feature of an SAE responds to, as plain records (no database)."""
 
-from .recorder import (
-    Example,
-    ExampleTable,
-    FeatureRecord,
-    Recorder,
-    RecordConfig,
-    SAERecord,
-    contexts_per_batch,
-    interval_of,
-    read_sae_reports,
-    record_activations,
-    record_sae,
-    token_pieces,
-)
+from .config import RecordConfig
+from .recorder import Recorder
+from .recording import contexts_per_batch, record_activations, record_sae, token_pieces
+from .reports import read_sae_reports
+from .sae_record import Example, ExampleTable, FeatureRecord, SAERecord
+from .selection import interval_of
 
 __all__ = [
     "Example",

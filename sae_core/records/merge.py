@@ -9,7 +9,7 @@ Rank r of N records contexts r, r+N, ... (its local context i is global context 
 - quantile samples: every activation drew a uniform key and each interval keeps the smallest keys. The
   union of the ranks' samples is re-bucketed against the global max and bottom-k taken again: the merge
   of bottom-k reservoirs, so the merged sample is as uniform as each rank's (the module docstring of
-  `records` says how the running max bounds that). The keys differ from one process's (each rank draws
+  `recorder` says how the running max bounds that). The keys differ from one process's (each rank draws
   its own), so the samples are a different fair draw, not the same windows.
 """
 
