@@ -1,11 +1,10 @@
 """Recording: what every feature of an SAE responds to, as plain records (no database)."""
 
 from .config import RecordConfig
-from .recorder import Recorder
+from .recorder import Recorder, interval_of
 from .recording import contexts_per_batch, record_activations, record_sae, token_pieces
 from .reports import read_sae_reports
 from .sae_record import Example, ExampleTable, FeatureRecord, SAERecord
-from .selection import interval_of
 
 __all__ = [
     "Example",

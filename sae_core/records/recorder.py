@@ -9,6 +9,19 @@ are re-bucketed against the new max. Samples therefore always lie in their final
 is exactly uniform over the tokens seen after the feature's last max increase; earlier tokens are
 represented by the survivors of their old intervals, which is uniform within each old interval. The
 alternative, a second pass once the maxima are known, would double the model compute.
+
+Ranks. Rank r of N records contexts r, r+N, ... (its local context i is global context i*N + r), and
+`Recorder.merge_ranks` turns the ranks' recorders into the one pass a single process would have made:
+- counts, sums and histograms add, maxima take the max: exact.
+- top examples: the union of every rank's kept windows, offered in global (context, token) order to a
+  fresh bank, keeps the same windows as one process. A feature's global top-n are each in their rank's
+  local top-n, and one process breaks ties between equal activations in favour of the earliest token,
+  which the ordered offer reproduces, so the result equals one process's, ties included.
+- quantile samples: every activation drew a uniform key and each interval keeps the smallest keys. The
+  union of the ranks' samples is re-bucketed against the global max and bottom-k taken again: the merge
+  of bottom-k reservoirs, so the merged sample is as uniform as each rank's (the running max bounds that
+  as above). The keys differ from one process's (each rank draws its own), so the samples are a
+  different fair draw, not the same windows.
 """
 
 from __future__ import annotations
@@ -16,10 +29,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..distributed import Dist
 from .config import RecordConfig
 from .firing import Firing
 from .sae_record import HIST_EDGES, ExampleTable
-from .selection import Entries, GroupBank, interval_of, rank_in_group
+from .selection import Entries, GroupBank, rank_in_group
 
 FLOAT16_MAX = 65504.0
 
@@ -90,15 +104,19 @@ class Recorder:
 
     def _sample_quantiles(self, feat_C, value_C, windows, grew: bool) -> None:
         """Re-bucket kept samples if maxima grew, then offer this batch's activations with random keys."""
-        n = self.cfg.n_intervals
-        touched_G = None
-        if grew:
-            kept = self.quantile.entries
-            feat_M = kept.group_M // n
-            touched_G = self.quantile.regroup(feat_M * n + interval_of(kept.payload["value"], self.max_F[feat_M], n))
-        group_C = feat_C * n + interval_of(value_C, self.max_F[feat_C], n)
+        touched_G = self.quantile.regroup(self._regrouped(self.quantile.entries)) if grew else None
+        group_C = self._quantile_group(feat_C, value_C)
         key_C = torch.rand(value_C.shape, generator=self.generator, device=value_C.device)
         self.quantile.merge(group_C, -key_C, windows, touched_G)
+
+    def _quantile_group(self, feat_X: torch.Tensor, value_X: torch.Tensor) -> torch.Tensor:
+        """The (feature, interval) group of each activation, against the current maxima."""
+        n = self.cfg.n_intervals
+        return feat_X * n + interval_of(value_X, self.max_F[feat_X], n)
+
+    def _regrouped(self, quantile: Entries) -> torch.Tensor:
+        """The groups of quantile samples once the maxima have moved."""
+        return self._quantile_group(quantile.group_M // self.cfg.n_intervals, quantile.payload["value"])
 
     def _windows(self, tokens_BT, firing: Firing, valid_N, mask) -> dict[str, torch.Tensor]:
         """The context window around each candidate in `mask`, with the candidate feature's activations.
@@ -145,3 +163,44 @@ class Recorder:
             tokens_EW=payload["tokens"],
             acts_EW=payload["acts"],
         )
+
+    def merge_ranks(self, dist: Dist) -> None:
+        """Turn every rank's recorder into the recorder of the whole pass, in place, on every rank."""
+        if not dist.active:
+            return
+        self.count_F, self.total_F, self.hist_FB = (dist.sum(t) for t in (self.count_F, self.total_F, self.hist_FB))
+        self.max_F = dist.max(self.max_F)
+        top, quantile = (_gathered(bank.entries, dist) for bank in (self.top, self.quantile))
+        self.top = _rebuilt(self.top, _in_stream_order(top))
+        quantile.group_M = self._regrouped(quantile)
+        self.quantile = _rebuilt(self.quantile, quantile)
+        counts = dist.sum(torch.tensor([self.n_tokens, self.n_contexts], device=self.count_F.device))
+        self.n_tokens, self.n_contexts = (int(c) for c in counts)
+
+
+def interval_of(value: torch.Tensor, max_: torch.Tensor, n_intervals: int) -> torch.Tensor:
+    """Interval number of each activation relative to its feature's max (the top interval is closed)."""
+    frac = value / max_.clamp_min(torch.finfo(value.dtype).tiny)
+    return (frac * n_intervals).floor().long().clamp(0, n_intervals - 1)
+
+
+def _gathered(entries: Entries, dist: Dist) -> Entries:
+    """Every rank's entries, local context numbers turned global."""
+    local = Entries(entries.group_M, entries.score_M,
+                    {**entries.payload, "context": entries.payload["context"] * dist.world + dist.rank})
+    return Entries(dist.gather_cat(local.group_M), dist.gather_cat(local.score_M),
+                   {k: dist.gather_cat(v) for k, v in local.payload.items()})
+
+
+def _in_stream_order(entries: Entries) -> Entries:
+    """Entries sorted by global (context, token), the order in which one process met them."""
+    token = entries.payload["start"] + entries.payload["peak"]
+    width = int(token.max()) + 1 if len(entries) else 1
+    return entries.take(torch.argsort(entries.payload["context"] * width + token, stable=True))
+
+
+def _rebuilt(bank: GroupBank, entries: Entries) -> GroupBank:
+    """A fresh bank of the same shape holding the best of `entries`."""
+    fresh = GroupBank(bank.n_groups, bank.slots, entries.take(torch.zeros(len(entries), dtype=torch.bool)))
+    fresh.merge(entries.group_M, entries.score_M, lambda keep: {k: v[keep] for k, v in entries.payload.items()})
+    return fresh

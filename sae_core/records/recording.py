@@ -23,7 +23,6 @@ from ..sites import Site
 from .config import RecordConfig
 from .directions import logit_effects, nearest_features
 from .firing import Firing
-from .merge import merge_recorders
 from .recorder import Recorder
 from .sae_record import SAERecord
 
@@ -75,7 +74,7 @@ def record_activations(
     """The streaming part of the pass: truncated forward, encode, fold in; tokens in `skip_ids` are ignored.
 
     With `dist` of several ranks, rank r takes contexts r, r+N, ... and the ranks' recorders are merged
-    (see `merge`), so every rank returns the whole pass's recorder.
+    (see `Recorder.merge_ranks`), so every rank returns the whole pass's recorder.
     """
     dist = dist or Dist()
     device = sae.W_dec.device
@@ -92,7 +91,7 @@ def record_activations(
         x_BTD = truncated_forward(model, site, tokens_BT)
         recorder.add(tokens_BT, encode_firing(sae, x_BTD.reshape(-1, x_BTD.shape[-1])), ~torch.isin(tokens_BT, skip))
     bar.close()
-    merge_recorders(recorder, dist)
+    recorder.merge_ranks(dist)
     return recorder
 
 

@@ -128,9 +128,3 @@ class GroupBank:
         self.threshold_G[touched_G] = -torch.inf
         full = kept_rank == self.slots - 1
         self.threshold_G[kept.group_M[full]] = kept.score_M[full]
-
-
-def interval_of(value: torch.Tensor, max_: torch.Tensor, n_intervals: int) -> torch.Tensor:
-    """Interval number of each activation relative to its feature's max (the top interval is closed)."""
-    frac = value / max_.clamp_min(torch.finfo(value.dtype).tiny)
-    return (frac * n_intervals).floor().long().clamp(0, n_intervals - 1)
