@@ -18,7 +18,7 @@ from ..data import special_ids
 from ..distributed import Dist
 from ..harvest import batched
 from ..hooks import truncated_forward
-from ..saes.topk import TopKSAE
+from ..saes import SAE
 from ..sites import Site
 from .config import RecordConfig
 from .directions import logit_effects, nearest_features
@@ -36,12 +36,12 @@ class SparseCoder(Protocol):
 
 
 def encode_firing(sae: SparseCoder, x_ND: torch.Tensor) -> Firing:
-    """The SAE's firing entries on `x_ND`, straight from its selection when it is a TopK SAE."""
+    """The SAE's firing entries on `x_ND`, straight from its selection when it keeps each row's top k."""
     x_ND = x_ND.to(sae.W_dec.dtype)
-    if isinstance(sae, TopKSAE):
-        pre_NF = sae.pre_acts(x_ND)
-        return Firing.from_topk(pre_NF, sae.select(pre_NF))
-    return Firing.from_dense(sae.encode(x_ND))
+    selection = sae.row_topk_selection(x_ND) if isinstance(sae, SAE) else None
+    if selection is None:
+        return Firing.from_dense(sae.encode(x_ND))
+    return Firing.from_topk(*selection)
 
 
 ACTIVATION_BUDGET = 1 << 27

@@ -288,6 +288,14 @@ class SAE(nn.Module):
         atomic_write_json(directory / CFG_FILE, self.saelens_cfg())
         return directory
 
+    def row_topk_selection(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, SparseActs] | None:
+        """Pre-activations and the active features, where those are each row's largest pre-activations; else None.
+
+        Recording reads the firing entries of such a selection directly instead of scanning the dense
+        `encode` (see `records.firing`). The default is None: the dense activations alone say which fire.
+        """
+        return None
+
 
 def _hook_layer(hook_name: str | None) -> int | None:
     """The layer number in a `blocks.N.hook_*` name, which SAELens records separately."""

@@ -59,3 +59,7 @@ class TopKSAE(SAE):
         self, x_ND: torch.Tensor, *, dead_F: torch.Tensor | None = None, sparsity_scale: float = 1.0
     ) -> TrainOutput:
         return train_topk_family(self, x_ND, self.select, dead_F)
+
+    def row_topk_selection(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, SparseActs]:
+        pre_NF = self.pre_acts(x_ND)
+        return pre_NF, self.select(pre_NF)

@@ -167,6 +167,7 @@ def test_topk_sparse_path_records_what_the_dense_path_records():
         def encode(self, x_ND):
             return sae.encode(x_ND)
 
+    assert sae.row_topk_selection(torch.randn(3, 32)) is not None  # so the sparse path is the one under test
     model, ctx = tiny_model("llama"), list(contexts(n=20))
     sparse, dense = (record_sae(model, s, ctx, site=SITE, tokenizer=tiny_tokenizer(), cfg=CFG) for s in (sae, DenseOnly()))
     assert sparse.count_F.sum() > 0 and torch.equal(sparse.count_F, dense.count_F)
