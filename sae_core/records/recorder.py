@@ -115,7 +115,7 @@ class Recorder:
         return feat_X * n + interval_of(value_X, self.max_F[feat_X], n)
 
     def _regrouped(self, quantile: Entries) -> torch.Tensor:
-        """The groups of quantile samples once the maxima have moved."""
+        """The groups of kept quantile samples against the current maxima, so they stay in their final intervals."""
         return self._quantile_group(quantile.group_M // self.cfg.n_intervals, quantile.payload["value"])
 
     def _windows(self, tokens_BT, firing: Firing, valid_N, mask) -> dict[str, torch.Tensor]:

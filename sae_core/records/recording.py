@@ -36,7 +36,10 @@ class SparseCoder(Protocol):
 
 
 def encode_firing(sae: SparseCoder, x_ND: torch.Tensor) -> Firing:
-    """The SAE's firing entries on `x_ND`, straight from its selection when it keeps each row's top k."""
+    """The SAE's firing entries on `x_ND`, straight from its selection when it keeps each row's top k.
+
+    Coders other than sae_core's SAEs (anything with `encode` and `W_dec`) are read through `encode`.
+    """
     x_ND = x_ND.to(sae.W_dec.dtype)
     selection = sae.row_topk_selection(x_ND) if isinstance(sae, SAE) else None
     if selection is None:
