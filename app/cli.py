@@ -50,7 +50,7 @@ USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatErro
 
 def database_url(db: str | None) -> str:
     """--db wins over DATABASE_URL, which wins over the SQLite default."""
-    return db or Settings().database_url
+    return Settings.on_store(db).database_url
 
 
 @contextmanager
@@ -175,7 +175,7 @@ def demo(
     """The whole pipeline (harvest, train, evaluate, record, serve) on the embedded defaults; finished stages are reused."""
     cfg = DemoConfig(model=model, site=site, dataset=dataset, harvest_tokens=tokens, features=features, k=k,
                      train_tokens=train_tokens, record_tokens=record_tokens, model_dtype=model_dtype)
-    url = db or os.environ.get("DATABASE_URL") or f"sqlite:///{(out / 'saescope.db').resolve()}"
+    url = Settings.on_store(db, default=f"sqlite:///{(out / 'saescope.db').resolve()}").database_url
     try:
         out.mkdir(parents=True, exist_ok=True)
         upgrade(url)
