@@ -3,28 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
-
-import httpx
-import pytest
-from typer.testing import CliRunner
 
 from app.cli import app
 from app import crud
 from app.db import make_engine, session_factory
 from app.security import check_password
-
-runner = CliRunner()
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(f"Note {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i} stones." for i in range(200)))
-    return path
+from tests.conftest import run_cli
+from tests.spawn import free_port, serving
 
 
 def run_demo(tmp_path, tiny_model_dir, corpus, **overrides):
@@ -32,7 +18,7 @@ def run_demo(tmp_path, tiny_model_dir, corpus, **overrides):
                "--dataset": corpus, "--tokens": 2000, "--features": 64, "--k": 4, "--train-tokens": 4096,
                "--record-tokens": 1500, "--model-dtype": "float32", **overrides}
     args = ["demo", "--no-serve"] + [str(part) for item in options.items() for part in item]
-    result = runner.invoke(app, args)
+    result = run_cli(app, *args)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -68,34 +54,19 @@ def test_changing_the_dictionary_reruns_training_beside_the_old_one(tmp_path, ti
 
 
 def test_demo_with_an_unknown_model_is_a_one_line_error(tmp_path, corpus):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "nothing"),
-                                 "--dataset", str(corpus)])
+    result = run_cli(app, "demo", "--out", tmp_path / "d", "--model", tmp_path / "nothing", "--dataset", corpus)
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
 
 
 def test_a_second_demo_run_serves_the_recorded_sae(tmp_path, tiny_model_dir, corpus):
     run_demo(tmp_path, tiny_model_dir, corpus)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = [sys.executable, "-m", "app", "demo", "--port", str(port), "--out", str(tmp_path / "demo"),
             "--model", str(tiny_model_dir), "--site", "layers.1.resid_post", "--dataset", str(corpus),
             "--tokens", "2000", "--features", "64", "--k", "4", "--train-tokens", "4096", "--record-tokens", "1500",
             "--model-dtype", "float32"]
-    server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        page = None
-        for _ in range(120):
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/saes/1/features", timeout=2)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None:
-                    break
-                time.sleep(0.5)
-        assert page is not None and page.status_code == 200, server.stdout.read() if server.poll() is not None else ""
-        assert "demo-" in page.text
-    finally:
-        server.terminate()
-        output = server.communicate(timeout=30)[0]
-    assert "[2/4] SAE: reusing" in output and f"http://127.0.0.1:{port}/saes/1/features" in output
+    with serving(args, port) as server:
+        page = server.page("/saes/1/features")
+    assert page is not None and page.status_code == 200, server.output
+    assert "demo-" in page.text
+    assert "[2/4] SAE: reusing" in server.output and f"http://127.0.0.1:{port}/saes/1/features" in server.output
