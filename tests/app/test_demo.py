@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
+
 from app.cli import app
 from app import crud
 from app.db import make_engine, session_factory
@@ -38,7 +40,10 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, tiny_model_dir, corpus
         [sae] = crud.list_saes(session)
         assert sae.d_sae == 64 and sae.n_tokens >= 1500 and sae.recorded_at is not None
         assert {"fvu", "l0", "dead_fraction", "ce_loss_recovered"} <= set(sae.eval_metrics)
-        assert crud.feature_page(session, sae_id=sae.id, feature_index=0) is not None
+        strongest, total = crud.list_features(session, sae_id=sae.id, sort="max_act", descending=True, limit=1)
+        assert total == 64 and strongest[0].max_act > 0
+        page = crud.feature_page(session, sae_id=sae.id, feature_index=strongest[0].feature_index)
+        assert page.top and page.top[0].value == pytest.approx(strongest[0].max_act, rel=1e-2)
         user = crud.find_user(session, name="researcher")
         assert user.role == "admin" and check_password(user.password_hash, password)
     engine.dispose()
