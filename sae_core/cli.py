@@ -6,6 +6,7 @@ The app's `saescope` offers the same commands, registered on its own Typer with 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -161,7 +162,7 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2))
 
 
-COMMANDS = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate}
+COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 

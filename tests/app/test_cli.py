@@ -13,9 +13,9 @@ from app import crud
 from app.cli import WORKER_STARTUP_S, app
 from app.db import make_engine, session_factory
 from app.settings import Settings
+from sae_core.saes import SAEConfig, build_sae
 from tests.conftest import invoke_cli, listed_commands
 from tests.spawn import free_port, serving
-from sae_core.saes import SAEConfig, build_sae
 
 invoke = partial(invoke_cli, app)
 
@@ -98,7 +98,7 @@ def test_bad_input_is_one_clear_line(db_url, args, message):
     assert message in out and "Traceback" not in out
 
 
-def test_too_short_contexts_are_a_clear_error(db_url, sae_dir, corpus, tiny_model_dir):
+def test_too_short_contexts_are_a_clear_error(db_url, engine, sae_dir, corpus, tiny_model_dir):
     code, out = invoke("record", "--sae", sae_dir, "--model", tiny_model_dir, "--dataset", corpus,
                        "--tokens", 200, "--context", 16, "--db", db_url)
     assert code == 2 and "shorter than the example window" in out

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from app.cli import app
 from app import crud
+from app.cli import app
 from app.db import make_engine, session_factory
 from app.security import check_password
 from tests.conftest import run_cli

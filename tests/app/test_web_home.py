@@ -29,10 +29,10 @@ def test_static_files_are_served(client):
 
 def test_importing_the_app_builds_nothing():
     """No module of the app holds an app, engine, settings or model cache made at import time."""
-    import app
     from fastapi import FastAPI
     from sqlalchemy.engine import Engine
 
+    import app
     from app.services.inference import ModelCache
     from app.settings import Settings
 
