@@ -1,7 +1,8 @@
-"""The store's `saescope` commands (db upgrade, import, record, export, serve, user), added to the library's CLI.
+"""The `saescope` command: the library's commands plus the store's (db upgrade, import, record, export, demo,
+serve, user).
 
-They live here, not in sae_core/cli.py, because the library never imports the app or SQLAlchemy; the
-`saescope` console script points at this module's `main`, which is the library's CLI plus these.
+The store's live here, not in sae_core/cli.py, because the library never imports the app or SQLAlchemy. This
+module builds its own Typer from the library's `new_cli` and adds to it; the library's own CLI stays as it is.
 """
 
 from __future__ import annotations
@@ -16,8 +17,7 @@ import typer
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from sae_core.allocator import keep_freed_memory
-from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, app, fail
+from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, fail, new_cli, run
 from sae_core.distributed import close_distributed, init_distributed
 from sae_core.data import CorpusError, iter_contexts, iter_documents
 from sae_core.lm import ModelLoadError, load_model
@@ -36,6 +36,8 @@ from .pipeline import LoadedSae, limit_tokens, read_sae, record_into_store, regi
 from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
 
+app = new_cli()
+"""`saescope`: a Typer of its own holding the library's commands; the store's are added to it below."""
 db_app = typer.Typer(no_args_is_help=True, help="The feature store.")
 app.add_typer(db_app, name="db")
 user_app = typer.Typer(no_args_is_help=True, help="Accounts of the web app.")
@@ -48,7 +50,7 @@ USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatErro
 
 def database_url(db: str | None) -> str:
     """--db wins over DATABASE_URL, which wins over the SQLite default."""
-    return db or Settings().database_url
+    return Settings.on_store(db).database_url
 
 
 @contextmanager
@@ -173,7 +175,7 @@ def demo(
     """The whole pipeline (harvest, train, evaluate, record, serve) on the embedded defaults; finished stages are reused."""
     cfg = DemoConfig(model=model, site=site, dataset=dataset, harvest_tokens=tokens, features=features, k=k,
                      train_tokens=train_tokens, record_tokens=record_tokens, model_dtype=model_dtype)
-    url = db or os.environ.get("DATABASE_URL") or f"sqlite:///{(out / 'saescope.db').resolve()}"
+    url = Settings.on_store(db, default=f"sqlite:///{(out / 'saescope.db').resolve()}").database_url
     try:
         out.mkdir(parents=True, exist_ok=True)
         upgrade(url)
@@ -267,5 +269,4 @@ def user_token(
 
 def main() -> None:
     """Console-script entry point: the library's commands plus the store's."""
-    keep_freed_memory()  # batch loops reuse their big temporaries instead of page-faulting them in again
-    app()
+    run(app)

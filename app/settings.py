@@ -29,3 +29,17 @@ class Settings(BaseSettings):
     """Hard cap on the tokens one steering request may generate per row."""
     steer_retry_after: int = 5
     """Seconds a client told 429 (a steering generation is running) should wait before trying again."""
+
+    @classmethod
+    def on_store(cls, database_url: str | None, default: str | None = None) -> Settings:
+        """Settings whose store is `database_url` if given, else DATABASE_URL, else `default` or the SQLite file.
+
+        The one precedence every command applies to its --db; `default` lets a command keep its own store
+        (the demo's SQLite file in its output directory) below the environment's.
+        """
+        if database_url:
+            return cls(database_url=database_url)
+        settings = cls()
+        if default and "database_url" not in settings.model_fields_set:
+            return settings.model_copy(update={"database_url": default})
+        return settings

@@ -1,8 +1,12 @@
-"""The `saescope` command: parses arguments, calls the library, holds no logic of its own."""
+"""The library's commands (`python -m sae_core`): parse arguments, call the library, hold no logic of their own.
+
+The app's `saescope` offers the same commands, registered on its own Typer with `new_cli`, plus the store's.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -20,8 +24,6 @@ from .sites import SiteError, num_layers, parse_site, valid_sites
 from .streaming import stream_from_corpus
 from .train import sae_config_for, train as run_train
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse-autoencoder workbench.")
-
 # Errors that come from user input: shown as one line, never as a traceback.
 USER_ERRORS = (ModelLoadError, SiteError, CorpusError, HarvestError, ActivationsError, SAEFormatError, ValueError)
 
@@ -37,7 +39,6 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
-@app.command()
 def sites(model: str = ModelOpt) -> None:
     """List the hook sites a model offers."""
     try:
@@ -47,7 +48,6 @@ def sites(model: str = ModelOpt) -> None:
     typer.echo("\n".join(valid_sites(lm.model)))
 
 
-@app.command()
 def harvest(
     out: Path = typer.Option(..., "--out", help="Directory for the shards and manifest."),
     model: str = ModelOpt,
@@ -77,7 +77,6 @@ def harvest(
         typer.echo(f"wrote {manifest['n_tokens']} activations of {manifest['model']} at {manifest['site']} to {out}")
 
 
-@app.command()
 def train(
     activations: Path | None = typer.Option(None, "--activations", help="Harvest directory, [N, d] .npy, or .safetensors with `activations`."),
     out: Path = typer.Option(..., "--out", help="Directory for the SAE (SAELens layout), log and metrics."),
@@ -136,7 +135,6 @@ def train(
         typer.echo(json.dumps(metrics, indent=2))
 
 
-@app.command("eval")
 def evaluate(
     sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
     activations: Path | None = typer.Option(None, "--activations", help="Activations to measure reconstruction on."),
@@ -164,7 +162,28 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2))
 
 
-def main() -> None:
-    """Console-script entry point."""
+COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate}
+"""The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
+
+
+def new_cli() -> typer.Typer:
+    """A fresh Typer holding the library's commands; the app's `saescope` builds its own and adds the store's."""
+    cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse-autoencoder workbench.")
+    for name, command in COMMANDS.items():
+        cli.command(name)(command)
+    return cli
+
+
+app = new_cli()
+"""`python -m sae_core`: the library's commands, whatever else is imported."""
+
+
+def run(cli: typer.Typer) -> None:
+    """Run `cli` as a console script does, with the allocator set for batch loops."""
     keep_freed_memory()  # batch loops reuse their big temporaries instead of page-faulting them in again
-    app()
+    cli()
+
+
+def main() -> None:
+    """Console-script entry point of the library alone."""
+    run(app)

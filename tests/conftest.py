@@ -1,11 +1,44 @@
-"""Shared fixtures: tiny models, a saved tiny model directory, a saved SAE recorded over it."""
+"""Shared fixtures and helpers: tiny models, a corpus, a saved SAE recorded over the tiny model, the CLI runner."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
+import typer
+from typer.testing import CliRunner, Result
 
 from tests.factories import save_tiny_model
+
+
+def run_cli(cli: typer.Typer, *args: object, input: str | None = None) -> Result:
+    """Run a CLI in-process as the shell would, every argument as a string."""
+    return CliRunner().invoke(cli, [str(a) for a in args], input=input)
+
+
+def invoke_cli(cli: typer.Typer, *args: object, input: str | None = None) -> tuple[int, str]:
+    """(exit code, stdout and stderr together) of a CLI run in-process."""
+    result = run_cli(cli, *args, input=input)
+    return result.exit_code, result.output
+
+
+def listed_commands(cli: typer.Typer) -> list[str]:
+    """The command names a CLI's --help shows, in order: the rows of its Commands panel."""
+    code, out = invoke_cli(cli, "--help")
+    assert code == 0, out
+    return re.findall(r"^│ ([a-z]\w*) ", out.split("Commands")[1], flags=re.MULTILINE)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> str:
+    """A plain-text corpus of 200 short documents of varied length and wording (about 9700 tokens)."""
+    colours = ("red", "blue", "green")
+    docs = (f"Note {i}: the {colours[i % 3]} box holds {i * 7} stones." + " The quick brown fox jumps." * (i % 4 == 0)
+            for i in range(200))
+    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
+    path.write_text("\n\n".join(docs))
+    return str(path)
 
 
 @pytest.fixture(scope="session")

@@ -4,18 +4,20 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 
-import httpx
 import pytest
-from typer.testing import CliRunner
 
+import sae_core.cli
 from app import crud
 from app.cli import WORKER_STARTUP_S, app
 from app.db import make_engine, session_factory
-from tests.spawn import free_port
+from app.settings import Settings
 from sae_core.saes import SAEConfig, build_sae
+from tests.conftest import invoke_cli, listed_commands
+from tests.spawn import free_port, serving
 
-runner = CliRunner()
+invoke = partial(invoke_cli, app)
 
 
 @pytest.fixture()
@@ -27,16 +29,16 @@ def sae_dir(tmp_path):
     return sae.save(tmp_path / "tiny-sae")
 
 
-@pytest.fixture()
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(f"Paragraph {i}: the quick brown fox jumps over {i * 7} lazy dogs." for i in range(40)))
-    return path
+def test_saescope_lists_the_library_commands_then_the_stores():
+    assert listed_commands(app) == ["sites", "harvest", "train", "eval", "import", "record", "export", "demo",
+                                    "serve", "db", "user"]
+    assert listed_commands(sae_core.cli.app) == ["sites", "harvest", "train", "eval"]  # left alone by app.cli
 
 
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
+def test_saescope_runs_the_library_commands_own_code():
+    library = {command.name: command.callback for command in sae_core.cli.app.registered_commands}
+    ours = {command.name: command.callback for command in app.registered_commands}
+    assert library and all(ours[name] is callback for name, callback in library.items())
 
 
 def test_db_upgrade_is_idempotent(db_url):
@@ -49,6 +51,16 @@ def test_db_url_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", url)
     assert invoke("db", "upgrade")[0] == 0
     assert (tmp_path / "env.db").is_file()
+
+
+def test_db_wins_over_database_url_which_wins_over_a_commands_own_default(monkeypatch):
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    assert Settings.on_store(None).database_url == Settings.model_fields["database_url"].default
+    assert Settings.on_store(None, default="sqlite:///demo.db").database_url == "sqlite:///demo.db"
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///env.db")
+    assert Settings.on_store(None).database_url == "sqlite:///env.db"
+    assert Settings.on_store(None, default="sqlite:///demo.db").database_url == "sqlite:///env.db"
+    assert Settings.on_store("sqlite:///flag.db", default="sqlite:///demo.db").database_url == "sqlite:///flag.db"
 
 
 def test_import_record_export(db_url, engine, session, sae_dir, corpus, tiny_model_dir, tmp_path):
@@ -86,7 +98,7 @@ def test_bad_input_is_one_clear_line(db_url, args, message):
     assert message in out and "Traceback" not in out
 
 
-def test_too_short_contexts_are_a_clear_error(db_url, sae_dir, corpus, tiny_model_dir):
+def test_too_short_contexts_are_a_clear_error(db_url, engine, sae_dir, corpus, tiny_model_dir):
     code, out = invoke("record", "--sae", sae_dir, "--model", tiny_model_dir, "--dataset", corpus,
                        "--tokens", 200, "--context", 16, "--db", db_url)
     assert code == 2 and "shorter than the example window" in out
@@ -110,21 +122,12 @@ def test_serve_from_the_console_script_keeps_its_workers(tmp_path):
     default once killed and respawned them for ever on a small machine."""
     port = free_port()
     script = os.path.join(os.path.dirname(sys.executable), "saescope")
-    server = subprocess.Popen([script, "serve", "--db", f"sqlite:///{tmp_path / 'served.db'}", "--port", str(port),
-                               "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline, page = time.monotonic() + 120, None
-        while page is None and time.monotonic() < deadline and server.poll() is None:
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=5)
-            except httpx.TransportError:
-                time.sleep(0.5)
+    with serving([script, "serve", "--db", f"sqlite:///{tmp_path / 'served.db'}", "--port", str(port),
+                  "--workers", "2"], port) as server:
+        page = server.page("/")
         time.sleep(6)  # past the default health check, which would have killed a worker by now
-        assert page is not None and page.status_code == 200
-    finally:
-        server.terminate()
-        output = server.communicate(timeout=30)[0]
-    assert output.count("Started server process") == 2 and "died" not in output, output
+    assert page is not None and page.status_code == 200, server.output
+    assert server.output.count("Started server process") == 2 and "died" not in server.output, server.output
 
 
 def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch, tmp_path):

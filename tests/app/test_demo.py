@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
-import time
 
-import httpx
 import pytest
-from typer.testing import CliRunner
 
-from app.cli import app
 from app import crud
+from app.cli import app
 from app.db import make_engine, session_factory
 from app.security import check_password
-
-runner = CliRunner()
-
-
-@pytest.fixture()
-def corpus(tmp_path):
-    path = tmp_path / "corpus.txt"
-    path.write_text("\n\n".join(f"Note {i}: the {['red', 'blue', 'green'][i % 3]} box holds {i} stones." for i in range(200)))
-    return path
+from tests.conftest import run_cli
+from tests.spawn import free_port, serving
 
 
 def run_demo(tmp_path, tiny_model_dir, corpus, **overrides):
@@ -32,7 +20,7 @@ def run_demo(tmp_path, tiny_model_dir, corpus, **overrides):
                "--dataset": corpus, "--tokens": 2000, "--features": 64, "--k": 4, "--train-tokens": 4096,
                "--record-tokens": 1500, "--model-dtype": "float32", **overrides}
     args = ["demo", "--no-serve"] + [str(part) for item in options.items() for part in item]
-    result = runner.invoke(app, args)
+    result = run_cli(app, *args)
     assert result.exit_code == 0, result.output
     return result.output
 
@@ -52,7 +40,10 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, tiny_model_dir, corpus
         [sae] = crud.list_saes(session)
         assert sae.d_sae == 64 and sae.n_tokens >= 1500 and sae.recorded_at is not None
         assert {"fvu", "l0", "dead_fraction", "ce_loss_recovered"} <= set(sae.eval_metrics)
-        assert crud.feature_page(session, sae_id=sae.id, feature_index=0) is not None
+        strongest, total = crud.list_features(session, sae_id=sae.id, sort="max_act", descending=True, limit=1)
+        assert total == 64 and strongest[0].max_act > 0
+        page = crud.feature_page(session, sae_id=sae.id, feature_index=strongest[0].feature_index)
+        assert page.top and page.top[0].value == pytest.approx(strongest[0].max_act, rel=1e-2)
         user = crud.find_user(session, name="researcher")
         assert user.role == "admin" and check_password(user.password_hash, password)
     engine.dispose()
@@ -68,34 +59,19 @@ def test_changing_the_dictionary_reruns_training_beside_the_old_one(tmp_path, ti
 
 
 def test_demo_with_an_unknown_model_is_a_one_line_error(tmp_path, corpus):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "d"), "--model", str(tmp_path / "nothing"),
-                                 "--dataset", str(corpus)])
+    result = run_cli(app, "demo", "--out", tmp_path / "d", "--model", tmp_path / "nothing", "--dataset", corpus)
     assert result.exit_code == 2 and "error:" in result.output and "Traceback" not in result.output
 
 
 def test_a_second_demo_run_serves_the_recorded_sae(tmp_path, tiny_model_dir, corpus):
     run_demo(tmp_path, tiny_model_dir, corpus)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     args = [sys.executable, "-m", "app", "demo", "--port", str(port), "--out", str(tmp_path / "demo"),
             "--model", str(tiny_model_dir), "--site", "layers.1.resid_post", "--dataset", str(corpus),
             "--tokens", "2000", "--features", "64", "--k", "4", "--train-tokens", "4096", "--record-tokens", "1500",
             "--model-dtype", "float32"]
-    server = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        page = None
-        for _ in range(120):
-            try:
-                page = httpx.get(f"http://127.0.0.1:{port}/saes/1/features", timeout=2)
-                break
-            except httpx.TransportError:
-                if server.poll() is not None:
-                    break
-                time.sleep(0.5)
-        assert page is not None and page.status_code == 200, server.stdout.read() if server.poll() is not None else ""
-        assert "demo-" in page.text
-    finally:
-        server.terminate()
-        output = server.communicate(timeout=30)[0]
-    assert "[2/4] SAE: reusing" in output and f"http://127.0.0.1:{port}/saes/1/features" in output
+    with serving(args, port) as server:
+        page = server.page("/saes/1/features")
+    assert page is not None and page.status_code == 200, server.output
+    assert "demo-" in page.text
+    assert "[2/4] SAE: reusing" in server.output and f"http://127.0.0.1:{port}/saes/1/features" in server.output

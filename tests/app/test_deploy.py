@@ -8,27 +8,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from app import crud
 from app.db import make_engine, session_factory
+from tests.spawn import free_port, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def saescope(command: list[str]) -> list[str]:
@@ -70,18 +62,8 @@ def test_migrate_then_serve_with_several_workers_on_postgresql(postgres_url):
     command[command.index("--host") + 1] = "127.0.0.1"
     command[command.index("--port") + 1] = str(port)
     assert int(command[command.index("--workers") + 1]) > 1
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        pages = []
-        deadline = time.monotonic() + 90
-        while len(pages) < 8 and time.monotonic() < deadline and server.poll() is None:
-            try:
-                pages.append(httpx.get(f"http://127.0.0.1:{port}/", timeout=5))
-            except httpx.TransportError:
-                time.sleep(0.5)
-        assert len(pages) == 8, "the server did not answer"
-        assert all(p.status_code == 200 and "deployed-sae" in p.text for p in pages)
-    finally:
-        server.terminate()
-        output = server.communicate(timeout=30)[0]
-    assert output.count("Started server process") >= 2, output
+    with serving(command, port, env) as server:
+        pages = [server.page("/", timeout=90) for _ in range(8)]
+    assert all(p is not None for p in pages), f"the server did not answer: {server.output}"
+    assert all(p.status_code == 200 and "deployed-sae" in p.text for p in pages)
+    assert server.output.count("Started server process") >= 2, server.output

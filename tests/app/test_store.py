@@ -7,6 +7,7 @@ from sqlalchemy import func, select
 from app import crud, ingest
 from app.migrate import alembic_config, upgrade
 from app.models import Base, Context, Example, Label
+from app.steer_schemas import ExperimentOut, RowOut, SteerIn
 
 
 def add_sae(session, name="tiny", d_sae=24):
@@ -157,9 +158,11 @@ def test_feature_list_sorts_filters_and_searches(session, records):
     assert [r.feature_index for r in crud.list_features(session, sae_id=sae.id, tag="syntax")[0]] == [4]
     dead = crud.list_features(session, sae_id=sae.id, state="dead")[1]
     assert dead == record.dead_count
-    peak = crud.feature_page(session, sae_id=sae.id, feature_index=0).feature.top_text.split(" ")[0]
-    if peak:
-        assert 0 in [r.feature_index for r in crud.list_features(session, sae_id=sae.id, query=peak, limit=100)[0]]
+    shown = next(r for r in crud.list_features(session, sae_id=sae.id, limit=100)[0] if r.top_text.strip())
+    peak = next(token for token in shown.top_text.split(" ") if token)
+    found = crud.list_features(session, sae_id=sae.id, query=peak, limit=100)[0]
+    assert shown.feature_index in [r.feature_index for r in found]
+    assert all(peak.lower() in f"{r.top_text} {r.label or ''}".lower() for r in found)
 
 
 def test_unknown_sort_or_filter_is_a_clear_error(session):
@@ -172,7 +175,7 @@ def test_unknown_sort_or_filter_is_a_clear_error(session):
 
 def test_label_history_is_kept_with_author(session):
     sae = add_sae(session)
-    user = crud.create_user(session, name="ada", password_hash="x", role="editor")
+    user = crud.create_user(session, name="ada", password_hash="x", role="labeller")
     crud.add_label(session, sae_id=sae.id, feature_index=1, text="old", author_id=user.id)
     crud.add_label(session, sae_id=sae.id, feature_index=1, text="new", source="auto")
     history = crud.label_history(session, sae_id=sae.id, feature_index=1)
@@ -195,10 +198,13 @@ def test_users_tokens_bookmarks_and_steering(session):
     crud.add_bookmark(session, list_id=lst.id, sae_id=sae.id, feature_index=3, note="b")
     session.refresh(lst)
     assert [(b.feature_index, b.note) for b in lst.bookmarks] == [(3, "b")]
-    crud.save_steering(session, sae_id=sae.id, prompt="Hi", interventions=[{"feature_index": 3, "strength": 4.0}],
-                       params={"max_new_tokens": 8}, owner_id=user.id, steered_text="Hello")
-    saved = crud.steering_experiments(session, owner_id=user.id)
-    assert saved[0].interventions[0]["strength"] == 4.0
+    request = SteerIn(sae_id=sae.id, prompt="Hi", interventions=[{"feature": 3, "mode": "add", "value": 4.0}],
+                      max_new_tokens=8)
+    rows = [RowOut(row=i, label=label, strength=None, text=text, token_ids=[5, 6], finished="length")
+            for i, (label, text) in enumerate([("baseline", "Hey"), ("steered", "Hello")])]
+    crud.save_steering(session, owner_id=user.id, **request.experiment_fields(rows))
+    [saved] = crud.steering_experiments(session, owner_id=user.id)
+    assert saved.steered_text == "Hello" and ExperimentOut.of(saved, "ada").request() == request
     crud.delete_sae(session, sae_id=sae.id)
     assert crud.steering_experiments(session) == []
     with pytest.raises(crud.NotFound):

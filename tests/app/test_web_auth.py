@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 from app import crud
 from app.cli import app as cli
 from app.security import hash_api_token, new_api_token
 from tests.app.conftest import add_user, csrf_of, log_in, make_client
+from tests.conftest import invoke_cli
 
 
 def test_login_sets_an_httponly_samesite_session_cookie(client, session):
@@ -107,17 +107,16 @@ def test_api_writes_with_a_session_cookie_need_the_csrf_header(client, labeller,
 
 
 def test_user_add_and_token_commands(db_url, engine, session):
-    runner = CliRunner()
-    added = runner.invoke(cli, ["user", "add", "ada", "--role", "labeller", "--generate", "--db", db_url])
-    assert added.exit_code == 0, added.output
-    password = added.output.split("password (shown once): ")[1].strip()
-    prompted = runner.invoke(cli, ["user", "add", "bob", "--db", db_url], input="s3cret\ns3cret\n")
-    assert prompted.exit_code == 0 and "bob' added as viewer" in prompted.output
-    assert runner.invoke(cli, ["user", "add", "eve", "--role", "boss", "--db", db_url]).exit_code == 2
-    assert runner.invoke(cli, ["user", "add", "ada", "--generate", "--db", db_url]).exit_code == 2
-    token = runner.invoke(cli, ["user", "token", "ada", "--db", db_url]).output.strip()
+    code, out = invoke_cli(cli, "user", "add", "ada", "--role", "labeller", "--generate", "--db", db_url)
+    assert code == 0, out
+    password = out.split("password (shown once): ")[1].strip()
+    code, out = invoke_cli(cli, "user", "add", "bob", "--db", db_url, input="s3cret\ns3cret\n")
+    assert code == 0 and "bob' added as viewer" in out
+    assert invoke_cli(cli, "user", "add", "eve", "--role", "boss", "--db", db_url)[0] == 2
+    assert invoke_cli(cli, "user", "add", "ada", "--generate", "--db", db_url)[0] == 2
+    token = invoke_cli(cli, "user", "token", "ada", "--db", db_url)[1].strip()
     assert crud.user_for_token(session, token_hash=hash_api_token(token)).name == "ada"
-    assert runner.invoke(cli, ["user", "token", "nobody", "--db", db_url]).exit_code == 2
+    assert invoke_cli(cli, "user", "token", "nobody", "--db", db_url)[0] == 2
     with make_client(db_url) as client:
         log_in(client, "ada", password)
         assert "ada (labeller)" in client.get("/").text

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 
 def test_index_lists_the_saes(client, stored_sae, session):
     stored_sae.eval_metrics = {"fvu": 0.123456, "ce_loss_recovered": 0.875}
@@ -25,6 +28,17 @@ def test_static_files_are_served(client):
 
 
 def test_importing_the_app_builds_nothing():
-    import app.main as main
+    """No module of the app holds an app, engine, settings or model cache made at import time."""
+    from fastapi import FastAPI
+    from sqlalchemy.engine import Engine
 
-    assert not hasattr(main, "app")
+    import app
+    from app.services.inference import ModelCache
+    from app.settings import Settings
+
+    modules = [importlib.import_module(info.name) for info in pkgutil.walk_packages(app.__path__, "app.")
+               if not info.name.endswith("__main__")]  # that one runs the CLI
+    assert "app.main" in {module.__name__ for module in modules}
+    built = [f"{module.__name__}.{name}" for module in modules for name, value in vars(module).items()
+             if isinstance(value, (FastAPI, Engine, Settings, ModelCache))]
+    assert built == []

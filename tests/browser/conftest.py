@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import threading
 import time
 
@@ -22,6 +21,7 @@ from app.migrate import upgrade
 from app.pipeline import register_sae
 from app.security import hash_password
 from app.settings import Settings
+from tests.spawn import free_port
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -46,12 +46,6 @@ def browser():
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -79,7 +73,7 @@ def live_app(live_store):
 @pytest.fixture(scope="session")
 def live_server(live_app):
     """uvicorn serving the app in a thread; yields its base URL and stops it at the end."""
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(live_app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

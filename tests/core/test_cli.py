@@ -1,31 +1,29 @@
-"""`saescope train` and `saescope eval` end to end: harvest -> train -> eval on a tiny model, and bad inputs."""
+"""The library's CLI: its commands alone, and harvest -> train -> eval end to end on a tiny model, and bad inputs."""
 
 from __future__ import annotations
 
 import json
+from functools import partial
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from sae_core.cli import app
 from sae_core.saes import load_sae
+from tests.conftest import invoke_cli, listed_commands, run_cli
 
-runner = CliRunner()
+invoke = partial(invoke_cli, app)
+LIBRARY_COMMANDS = ["sites", "harvest", "train", "eval"]
 
 
-def invoke(*args):
-    """(exit code, stdout and stderr together)."""
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
+def test_the_library_cli_lists_its_own_commands_alone():
+    assert listed_commands(app) == LIBRARY_COMMANDS
 
 
 @pytest.fixture(scope="module")
-def harvested(tmp_path_factory, tiny_model_dir):
+def harvested(tmp_path_factory, tiny_model_dir, corpus):
     """A real harvest of the tiny Llama at layer 1 over a small text corpus."""
     root = tmp_path_factory.mktemp("cli")
-    corpus = root / "corpus.txt"
-    corpus.write_text("\n\n".join(f"Line {i}: the cat sat on mat number {i * 3} and read {i} books." for i in range(80)))
     code, out = invoke("harvest", "--model", tiny_model_dir, "--site", "layers.1.resid_post", "--dataset", corpus,
                        "--tokens", 3000, "--context", 32, "--out", root / "acts", "--dtype", "float32")
     assert code == 0, out
@@ -51,9 +49,8 @@ def test_eval_prints_reconstruction_and_ce_metrics(harvested, tmp_path, tiny_mod
     acts, corpus = harvested
     assert invoke("train", "--activations", acts, "--features", 64, "--k", 8, "--tokens", 4096,
                   "--batch-size", 256, "--out", tmp_path / "sae")[0] == 0
-    result = runner.invoke(app, [str(a) for a in ("eval", "--sae", tmp_path / "sae", "--activations", acts, "--model",
-                                                  tiny_model_dir, "--dataset", corpus, "--contexts", 4,
-                                                  "--context", 32, "--save")])
+    result = run_cli(app, "eval", "--sae", tmp_path / "sae", "--activations", acts, "--model", tiny_model_dir,
+                     "--dataset", corpus, "--contexts", 4, "--context", 32, "--save")
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert metrics["rows"] == 3000 and 0 < metrics["ce_tokens"] <= 4 * 30  # BOS and EOS positions are left out

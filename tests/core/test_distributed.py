@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from typer.testing import CliRunner
 
 from sae_core.activations import open_activations
 from sae_core.cli import app
@@ -34,6 +33,7 @@ from sae_core.streaming import stream_from_corpus
 from sae_core.train import Trainer, sae_config_for, train
 from tests.core.tiny_sae import TinySAE
 from tests.factories import tiny_model, tiny_tokenizer
+from tests.conftest import run_cli
 from tests.spawn import free_port, run_ranks
 
 D, D_SAE, ROWS = 16, 64, 4096
@@ -55,14 +55,6 @@ def acts_path(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("data") / "acts.npy"
     np.save(path, x.numpy())
     return path
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    path.write_text("\n".join(json.dumps({"text": f"document {i}: " + "the quick brown fox. " * (i % 4 + 1)})
-                              for i in range(60)))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -292,7 +284,7 @@ def test_merged_quantile_samples_are_real_activations_in_their_intervals(two_ran
 def test_torchrun_trains_the_same_sae_as_one_process(acts_path, tmp_path):
     args = ["train", "--activations", str(acts_path), "--arch", "topk", "--features", "64", "--k", "4",
             "--tokens", "4096", "--batch-size", "256", "--dtype", "float32", "--device", "cpu"]
-    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
+    result = run_cli(app, *args, "--out", tmp_path / "one")
     assert result.exit_code == 0, result.output
     env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo", "OMP_NUM_THREADS": "1"}
     launched = subprocess.run(
@@ -307,5 +299,5 @@ def test_torchrun_trains_the_same_sae_as_one_process(acts_path, tmp_path):
 
 
 def test_distributed_flag_without_torchrun_is_a_clear_error(acts_path, tmp_path):
-    result = CliRunner().invoke(app, ["train", "--activations", str(acts_path), "--distributed", "--out", str(tmp_path)])
+    result = run_cli(app, "train", "--activations", acts_path, "--distributed", "--out", tmp_path)
     assert result.exit_code == 2 and "torchrun" in result.output

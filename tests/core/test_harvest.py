@@ -1,5 +1,3 @@
-import json
-
 import pytest
 import torch
 
@@ -9,14 +7,6 @@ from sae_core.harvest import HarvestError, harvest, iter_shards, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
 from sae_core.sites import Site
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl"
-    lines = [json.dumps({"text": f"document {i}: " + "the quick brown fox jumps. " * (i % 5 + 1)}) for i in range(60)]
-    path.write_text("\n".join(lines))
-    return str(path)
 
 
 @pytest.fixture(scope="module")

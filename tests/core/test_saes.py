@@ -56,8 +56,13 @@ def test_encode_matches_formula(arch):
     assert torch.allclose(sae.encode(x), expected, atol=1e-6)
 
 
-def test_topk_has_k_active():
-    assert ((make("topk").encode(x_batch()) > 0).sum(1) <= K).all()
+def test_topk_keeps_the_k_largest_preactivations_of_each_row():
+    sae = make("topk")
+    x = x_batch()
+    top = ((x - sae.b_dec) @ sae.W_enc + sae.b_enc).topk(K, dim=1)
+    assert (top.values > 0).all()  # else fewer than K could rightly fire
+    expected_active = torch.zeros(len(x), D_SAE, dtype=torch.bool).scatter(1, top.indices, True)
+    assert torch.equal(sae.encode(x) > 0, expected_active)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

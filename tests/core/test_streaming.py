@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from sae_core.cli import app
 from sae_core.data import iter_contexts, iter_documents
@@ -16,15 +15,9 @@ from sae_core.lm import load_model
 from sae_core.saes import load_sae
 from sae_core.sites import parse_site
 from sae_core.streaming import ModelStream, stream_from_corpus
+from tests.conftest import run_cli
 
 SITE = parse_site("layers.1.resid_post")
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("corpus") / "docs.txt"
-    path.write_text("\n\n".join(f"Line {i}: the cat sat on mat {i * 7} and read {i} books." for i in range(40)))
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -68,10 +61,9 @@ def test_ranks_stream_disjoint_contexts(stream):
 
 
 def test_cli_trains_straight_from_the_model(tiny_model_dir, corpus, tmp_path):
-    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dir), "--dataset", corpus, "--site",
-                                      "layers.1.resid_post", "--context", "24", "--tokens", "2048", "--batch-size",
-                                      "128", "--features", "64", "--k", "4", "--holdout-contexts", "4",
-                                      "--out", str(tmp_path / "sae")])
+    result = run_cli(app, "train", "--model", tiny_model_dir, "--dataset", corpus, "--site", "layers.1.resid_post",
+                     "--context", 24, "--tokens", 2048, "--batch-size", 128, "--features", 64, "--k", 4,
+                     "--holdout-contexts", 4, "--out", tmp_path / "sae")
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
     assert metrics["eval_rows"].startswith("first 4 contexts") and metrics["fvu"] < 1
