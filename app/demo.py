@@ -22,11 +22,12 @@ from sqlalchemy.orm import Session
 from sae_core.activations import open_activations
 from sae_core.config import HarvestConfig, TrainConfig
 from sae_core.data import iter_contexts, iter_documents
-from sae_core.evaluate import ce_on_corpus, evaluate_activations, write_metrics
+from sae_core.evaluate import ce_on_corpus, evaluate_activations
 from sae_core.fileio import atomic_write_json
 from sae_core.harvest import harvest
 from sae_core.lm import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
 from sae_core.records import RecordConfig
+from sae_core.saes.artifact import write_metrics
 from sae_core.train import sae_config_for, train
 
 from . import crud

@@ -12,10 +12,11 @@ from .allocator import keep_freed_memory
 from .config import HarvestConfig, TrainConfig
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
-from .evaluate import ce_on_corpus, evaluate_activations, write_metrics
+from .evaluate import ce_on_corpus, evaluate_activations
 from .harvest import HarvestError, harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
+from .saes.artifact import sae_directory, write_metrics
 from .sites import SiteError, num_layers, parse_site, valid_sites
 from .streaming import stream_from_corpus
 from .train import sae_config_for, train as run_train
@@ -158,7 +159,7 @@ def evaluate(
             metrics.update(ce_on_corpus(load_model(model), loaded, dataset, n_contexts=contexts, context_len=context,
                                         skip_contexts=skip_contexts))
         if save:
-            write_metrics(sae if sae.is_dir() else sae.parent, metrics)
+            write_metrics(sae_directory(sae), metrics)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     typer.echo(json.dumps(metrics, indent=2))

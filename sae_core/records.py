@@ -17,12 +17,9 @@ alternative, a second pass once the maxima are known, would double the model com
 
 from __future__ import annotations
 
-import json
-import math
 from itertools import chain, islice
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,7 +28,6 @@ from tqdm import tqdm
 
 from .data import special_ids
 from .directions import TopTable, logit_effects, nearest_features
-from .evaluate import METRICS_FILE
 from .firing import Firing
 from .harvest import batched
 from .hooks import truncated_forward
@@ -40,7 +36,6 @@ from .record_merge import merge_recorders
 from .saes.topk import TopKSAE
 from .selection import Entries, GroupBank, interval_of, rank_in_group
 from .sites import Site
-from .train import LOG_FILE
 
 HIST_EDGES = torch.logspace(-5, 5, 121)
 """Shared log-spaced grid (12 bins a decade) for activation histograms; each feature keeps its occupied span."""
@@ -152,8 +147,6 @@ class SAERecord:
     neighbours: TopTable
     token_text: dict[int, str]
     """Text piece of every token id that appears in examples or logit tables."""
-    eval_metrics: dict[str, Any] = field(default_factory=dict)
-    training_log: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def d_sae(self) -> int:
@@ -421,8 +414,6 @@ def record_sae(
     site: Site,
     tokenizer: Any,
     cfg: RecordConfig = RecordConfig(),
-    eval_metrics: dict[str, Any] | None = None,
-    training_log: list[dict[str, Any]] | None = None,
     progress: bool = False,
     dist: Dist | None = None,
 ) -> SAERecord:
@@ -454,8 +445,6 @@ def record_sae(
         suppressed=suppressed,
         neighbours=nearest_features(W_dec_FD, cfg.n_neighbours),
         token_text=token_pieces(tokenizer, ids),
-        eval_metrics=dict(eval_metrics or {}),
-        training_log=list(training_log or []),
     )
 
 
@@ -464,24 +453,3 @@ def token_pieces(tokenizer: Any, ids: torch.Tensor) -> dict[int, str]:
     unique = ids.unique().tolist()
     return {i: piece.replace("\x00", "\u2400") for i, piece in zip(unique, tokenizer.batch_decode([[i] for i in unique]))}
 
-
-def read_sae_reports(sae_dir: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Evaluation metrics (metrics.json) and training log (training_log.jsonl) beside an SAE, if written."""
-    metrics_path, log_path = sae_dir / METRICS_FILE, sae_dir / LOG_FILE
-    try:
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        log = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] if log_path.is_file() else []
-    except json.JSONDecodeError as err:
-        raise ValueError(f"corrupt report beside the SAE in {sae_dir}: {err}") from None
-    return _finite(metrics), [_finite(entry) for entry in log]
-
-
-def _finite(value: Any) -> Any:
-    """Replace NaN and infinities (which JSON columns reject) by None, recursively."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value

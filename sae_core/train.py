@@ -16,7 +16,6 @@ features (`saes/sharded.py`); each rank checkpoints its own shard and rank 0 wri
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -31,11 +30,11 @@ from .config import TrainConfig
 from .devices import autocast, prefetch_to
 from .distributed import Dist
 from .fileio import atomic_write
+from .saes import artifact
+from .saes.artifact import TrainingLog
 from .saes import SAE, SAEConfig, TrainOutput, build_sae
 from .saes.sharded import ShardedTopKSAE
 
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "training_log.jsonl"
 INIT_SAMPLE_ROWS = 16384
 """Rows used to initialise b_dec and the input scale."""
 
@@ -177,7 +176,7 @@ class Trainer:
     @property
     def checkpoint_file(self) -> str:
         """One checkpoint for replicated ranks (rank 0 writes it), one per shard when features are split."""
-        return f"checkpoint.rank{self.dist.rank}.pt" if self.sae.shards.active else CHECKPOINT_FILE
+        return artifact.checkpoint_file(self.dist.rank if self.sae.shards.active else None)
 
     def save_checkpoint(self) -> None:
         """Weights, optimiser, counters and step, written atomically by rank 0 or by every shard."""
@@ -213,7 +212,7 @@ class Trainer:
             self.load_checkpoint()
         else:
             self.initialize_from_data()
-        log = TrainingLog(self.out / LOG_FILE, keep_through_step=self.state.step) if self.dist.is_main else None
+        log = TrainingLog(self.out, keep_through_step=self.state.step) if self.dist.is_main else None
         batches = self.data.rank_batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
                                          self.cfg.shuffle_window, self.batch_dist)
         self._loop(prefetch_to(batches, self.device), log, on_step)
@@ -261,29 +260,6 @@ class Trainer:
         if self.dist.is_main:
             sae.save(self.out)
         return sae.eval()
-
-
-class TrainingLog:
-    """JSON lines, one per logged step; on resume, lines past the checkpoint are dropped (they will recur)."""
-
-    def __init__(self, path: Path, keep_through_step: int):
-        self.path = path
-        lines = path.read_text().splitlines() if path.is_file() and keep_through_step else []
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= keep_through_step]
-        text = "".join(f"{line}\n" for line in kept)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _step_of(line: str) -> int | None:
-    """The step of a log line, None for a torn or foreign line."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 def sae_config_for(data: TrainingData, architecture: str, d_sae: int, **fields: Any) -> SAEConfig:

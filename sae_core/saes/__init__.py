@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import SAE, SAEConfig, SAEFormatError, TrainOutput
+from .artifact import SAEFormatError
+from .base import SAE, SAEConfig, TrainOutput
 from .batchtopk import BatchTopKSAE
 from .jumprelu import JumpReLUSAE
 from .relu import ReLUSAE
@@ -30,8 +31,9 @@ def build_sae(cfg: SAEConfig, seed: int = 0) -> SAE:
     return sae
 
 
-from .formats import load_sae  # noqa: E402  (formats needs the registry above)
+from .formats import load_sae, load_sae_and_layout  # noqa: E402  (formats needs the registry above)
 
 __all__ = [
-    "ARCHITECTURES", "SAE", "SAEConfig", "SAEFormatError", "TrainOutput", "build_sae", "load_sae", "sae_class",
+    "ARCHITECTURES", "SAE", "SAEConfig", "SAEFormatError", "TrainOutput", "build_sae", "load_sae", "load_sae_and_layout",
+    "sae_class",
 ]

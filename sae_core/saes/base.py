@@ -7,19 +7,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..distributed import Dist
-from ..fileio import atomic_write, atomic_write_json
+from .artifact import write_sae
 from .sparse import Selector, SparseActs, attach_encoder_grad, sparse_decode
-
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
-
-
-class SAEFormatError(ValueError):
-    """An SAE directory or file that cannot be read as any supported layout; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -281,12 +273,7 @@ class SAE(nn.Module):
 
     def save(self, directory: str | Path) -> Path:
         """Write cfg.json and sae_weights.safetensors atomically into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = self.saved_tensors()
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        atomic_write_json(directory / CFG_FILE, self.saelens_cfg())
-        return directory
+        return write_sae(directory, self.saelens_cfg(), self.saved_tensors())
 
 
 def _hook_layer(hook_name: str | None) -> int | None:
