@@ -121,6 +121,11 @@ class ActivationSource:
             epoch += 1
 
 
+def holdout_rows(n_rows: int) -> int:
+    """Rows held out of training for metrics.json by default: a tenth, at most 65536."""
+    return min(n_rows // 10, 65536)
+
+
 def rebatch(blocks: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
     """Float32 batches of exactly `batch_size` rows cut from a stream of row blocks of any sizes."""
     carry = torch.empty(0)

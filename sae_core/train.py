@@ -32,7 +32,7 @@ from .distributed import Dist
 from .fileio import atomic_write
 from .saes import artifact
 from .saes.artifact import TrainingLog
-from .saes import SAE, SAEConfig, TrainOutput, build_sae
+from .saes import SAE, Runtime, SAEConfig, TrainOutput, build_sae, takes_k
 from .saes.sharded import ShardedTopKSAE
 
 INIT_SAMPLE_ROWS = 16384
@@ -105,15 +105,16 @@ class Trainer:
         # The ranks that split each batch: all of them (data parallel), or none when the features are split.
         self.batch_dist = Dist(device=self.device) if shard_features else self.dist
         self.batch_dist.share(cfg.batch_size)  # refuse a batch that does not split evenly before any work
-        sae = ShardedTopKSAE(sae_cfg, self.dist, cfg.seed) if shard_features else build_sae(sae_cfg, seed=cfg.seed)
+        if shard_features:
+            sae = ShardedTopKSAE(sae_cfg, Runtime(cfg.sparse_kernels, self.batch_dist, shards=self.dist), cfg.seed)
+        else:
+            sae = build_sae(sae_cfg, seed=cfg.seed, runtime=Runtime(cfg.sparse_kernels, self.batch_dist))
         self.sae = sae.to(self.device)
-        self.sae.sparse_kernels = cfg.sparse_kernels
-        self.sae.dist = self.batch_dist
         self.lr = cfg.lr or default_lr(sae_cfg.d_sae)
         # fused: one kernel for the whole update, measured 5x faster than the default loop on this CPU.
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
         self.dead_after = cfg.dead_after_tokens or min(10_000_000, max(cfg.tokens // 10, cfg.batch_size))
-        self.state = TrainState(0, 1.0, torch.zeros(self.sae.cfg.d_sae, dtype=torch.long, device=self.device))
+        self.state = TrainState(0, 1.0, torch.zeros(self.sae.d_local, dtype=torch.long, device=self.device))
         self.autocast = autocast(self.device, enabled=cfg.dtype == "bfloat16")
         if cfg.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose bfloat16 or float32")
@@ -159,7 +160,7 @@ class Trainer:
 
     def _figures(self, out: TrainOutput, x_ND: torch.Tensor) -> dict[str, float]:
         """Loss terms, L0, batch FVU and dead fraction as plain floats, over the whole global batch."""
-        dist, shards = self.batch_dist, self.sae.shards
+        dist, shards = self.batch_dist, self.sae.runtime.shards
         fvu = dist.sum((out.x_hat_ND.float() - x_ND).pow(2).sum()) / dist.centred_ss(x_ND).clamp_min(1e-12)
         names = [*out.losses, "loss", "l0"]
         values = torch.stack([v.detach().float() for v in (*out.losses.values(), out.loss, out.l0)])
@@ -176,11 +177,11 @@ class Trainer:
     @property
     def checkpoint_file(self) -> str:
         """One checkpoint for replicated ranks (rank 0 writes it), one per shard when features are split."""
-        return artifact.checkpoint_file(self.dist.rank if self.sae.shards.active else None)
+        return artifact.checkpoint_file(self.dist.rank if self.sae.runtime.shards.active else None)
 
     def save_checkpoint(self) -> None:
         """Weights, optimiser, counters and step, written atomically by rank 0 or by every shard."""
-        if not (self.dist.is_main or self.sae.shards.active):
+        if not (self.dist.is_main or self.sae.runtime.shards.active):
             return
         payload = {
             "step": self.state.step,
@@ -249,7 +250,7 @@ class Trainer:
             return True
         due = time.monotonic() - last >= self.cfg.checkpoint_every_s
         # Shards checkpoint together (rank 0's clock decides), or a resume would mix steps.
-        return bool(self.sae.shards.broadcast_object(due)) if self.sae.shards.active else due
+        return bool(self.sae.runtime.shards.broadcast_object(due)) if self.sae.runtime.shards.active else due
 
     def finish(self) -> SAE:
         """The trained SAE acting on raw activations (on the CPU), saved in SAELens layout by rank 0."""
@@ -262,13 +263,13 @@ class Trainer:
         return sae.eval()
 
 
-def sae_config_for(data: TrainingData, architecture: str, d_sae: int, **fields: Any) -> SAEConfig:
-    """An SAE config for a source's activations: width and provenance (model, site, corpus) from the source."""
+def sae_config_for(data: TrainingData, architecture: str, d_sae: int, *, k: int | None = None, **fields: Any) -> SAEConfig:
+    """An SAE config for a source's activations: width and provenance from the source; k only where it applies."""
     info = data.info
     return SAEConfig(
-        architecture=architecture, d_in=data.d_in, d_sae=d_sae, model_name=info.get("model_name"),
-        hook_name=info.get("hook_name"), site=info.get("site"), dataset=info.get("dataset"),
-        context_size=info.get("context_size"), **fields,
+        architecture=architecture, d_in=data.d_in, d_sae=d_sae, k=k if takes_k(architecture) else None,
+        model_name=info.get("model_name"), hook_name=info.get("hook_name"), site=info.get("site"),
+        dataset=info.get("dataset"), context_size=info.get("context_size"), **fields,
     )
 
 

@@ -17,10 +17,9 @@ import numpy as np
 import torch
 
 from ..sites import SiteError, parse_site
-from . import ARCHITECTURES, build_sae
+from . import ARCHITECTURES, build_sae, sae_class
 from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, read_json, read_safetensors, read_sae, sae_directory
 from .base import SAE, SAEConfig
-from .jumprelu import JumpReLUSAE
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
@@ -68,10 +67,7 @@ def load_sae_and_layout(path: str | Path) -> tuple[SAE, Layout]:
 def assemble(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: Path) -> SAE:
     """Build the SAE after checking every tensor it needs is present, correctly shaped and finite."""
     sae = build_sae(cfg)
-    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
-    if isinstance(sae, JumpReLUSAE) or cfg.architecture == "batchtopk":
-        expected["threshold"] = (cfg.d_sae,)
-    for name, shape in expected.items():
+    for name, shape in sae.saved_shapes().items():
         if name not in tensors:
             raise SAEFormatError(f"{source}: missing tensor {name!r} (found {', '.join(sorted(tensors)) or 'none'})")
         tensor = tensors[name]
@@ -79,13 +75,7 @@ def assemble(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: Path) -> 
             raise SAEFormatError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
         if not torch.isfinite(tensor.float()).all():
             raise SAEFormatError(f"{source}: tensor {name!r} contains NaN or infinite values")
-    with torch.no_grad():
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(sae, name).copy_(tensors[name].float())
-        if isinstance(sae, JumpReLUSAE):
-            sae.set_threshold_(tensors["threshold"])
-        elif "threshold" in expected:
-            sae.threshold.copy_(tensors["threshold"].float())
+    sae.load_tensors_(tensors)
     return sae.eval()
 
 
@@ -144,7 +134,7 @@ def read_saelens(directory: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
         source,
         d_in=int_field(raw, "d_in", source),
         d_sae=int_field(raw, "d_sae", source),
-        k=k if architecture == "topk" else None,
+        k=k if sae_class(architecture).takes_k else None,
         model_name=meta.get("model_name"),
         dataset=meta.get("dataset_path"),
         context_size=meta.get("context_size"),

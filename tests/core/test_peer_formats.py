@@ -52,7 +52,7 @@ def test_loads_with_the_tools_shape_and_architecture(name: str):
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (16, 32)
     assert sae.cfg.architecture in ARCHITECTURE[name]
     assert sae.W_enc.shape == (16, 32) and sae.W_dec.shape == (32, 16)
-    if sae.cfg.architecture == "topk":
+    if sae.takes_k:
         assert sae.cfg.k == 4
 
 

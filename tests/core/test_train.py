@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from sae_core.activations import open_activations
 from sae_core.config import TrainConfig
 from sae_core.metrics import fvu
-from sae_core.saes import ARCHITECTURES, SAEConfig, load_sae
+from sae_core.saes import ARCHITECTURES, SAEConfig, load_sae, takes_k
 from sae_core.train import Trainer, default_lr, geometric_median, lr_factor, train
 
 D, TRUE_FEATURES, D_SAE = 16, 48, 64
@@ -43,7 +43,7 @@ def sparse_data(tmp_path_factory):
 
 
 def sae_cfg(arch, **kw):
-    return SAEConfig(architecture=arch, d_in=D, d_sae=D_SAE, k=4 if "topk" in arch else None,
+    return SAEConfig(architecture=arch, d_in=D, d_sae=D_SAE, k=4 if takes_k(arch) else None,
                      **{**ARCH_SETTINGS.get(arch, {}), **kw})
 
 
