@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ from sae_core.lm import LoadedModel
 from sae_core.records import RecordConfig, SAERecord, record_sae
 from sae_core.saes import SAE, load_sae_and_layout
 from sae_core.saes.artifact import read_reports, sae_directory
-from sae_core.sites import num_layers, parse_site
+from sae_core.sites import sae_site
 
 from . import crud
 from .ingest import store_record
@@ -61,24 +61,34 @@ def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None
     if existing and name in (None, existing[0].name):
         return existing[0]
     cfg = loaded.sae.cfg
+    provenance = cfg.provenance
     row = crud.create_sae(
         session,
         name=name or loaded.path.name,
-        model_name=cfg.model_name or "unknown",
+        model_name=provenance.model or "unknown",
         model_spec=model_spec,
-        site=cfg.site or "",
-        hook_name=cfg.hook_name or "",
+        site=provenance.site.name if provenance.site else "",
+        hook_name=provenance.hook_name or "",
         architecture=cfg.architecture,
         d_in=cfg.d_in,
         d_sae=cfg.d_sae,
         k=cfg.k,
         source_path=str(loaded.path),
         source_format=loaded.source_format,
-        config=asdict(cfg),
+        config=cfg.to_dict(),
     )
     refresh_reports(row, loaded)
     session.commit()
     return row
+
+
+DEFAULT_RECORD_CONTEXT = 128
+"""Tokens per recording context for an SAE whose config does not say what it was trained on."""
+
+
+def record_context_len(loaded: LoadedSae, given: int | None) -> int:
+    """The context length to record with: the one asked for, else the SAE's own, else DEFAULT_RECORD_CONTEXT."""
+    return given or loaded.sae.cfg.provenance.context_len or DEFAULT_RECORD_CONTEXT
 
 
 def limit_tokens(contexts: Iterable[torch.Tensor], n_tokens: int) -> Iterator[torch.Tensor]:
@@ -111,11 +121,9 @@ def record_into_store(
     Under torchrun every rank records its share; the main rank (the only one given `sae_row`) stores it.
     """
     dist = dist or Dist()
-    cfg_sae = loaded.sae.cfg
-    site_name = cfg_sae.site or cfg_sae.hook_name
-    if not site_name:
+    if loaded.sae.cfg.provenance.hook_name is None:
         raise ValueError(f"the SAE at {loaded.path} names no hook site in its config; cannot record it")
-    site = parse_site(site_name, num_layers(lm.model))
+    site = sae_site(loaded.sae, lm.model)
     if dist.is_main:
         if sae_row is None:
             raise ValueError("the main rank needs the SAE's row in the store to record into")

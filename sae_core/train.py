@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .devices import autocast, prefetch_to
 from .distributed import Dist
 from .fileio import atomic_write
+from .provenance import Provenance
 from .saes import artifact
 from .saes.artifact import TrainingLog
 from .saes import SAE, Runtime, SAEConfig, TrainOutput, build_sae, takes_k
@@ -73,7 +74,7 @@ class TrainingData(Protocol):
     """What the trainer reads: activation files (`ActivationSource`) or a model streamed live (`ModelStream`)."""
 
     d_in: int
-    info: dict
+    provenance: Provenance
 
     def head(self, n_rows: int) -> torch.Tensor: ...
 
@@ -189,7 +190,7 @@ class Trainer:
             "since_fired_F": self.state.since_fired_F,
             "sae": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "sae_cfg": asdict(self.sae.cfg),
+            "sae_cfg": self.sae.cfg.to_dict(),
             "train_cfg": asdict(replace(self.cfg, progress=True)),
         }
         atomic_write(self.out / self.checkpoint_file, lambda tmp: torch.save(payload, tmp))
@@ -198,7 +199,7 @@ class Trainer:
         """Continue from the checkpoint in the output directory, which must come from the same configs."""
         path = self.out / self.checkpoint_file
         payload = torch.load(path, weights_only=True, map_location=self.device)
-        if payload["sae_cfg"] != asdict(self.sae.cfg) or payload["train_cfg"] != asdict(replace(self.cfg, progress=True)):
+        if payload["sae_cfg"] != self.sae.cfg.to_dict() or payload["train_cfg"] != asdict(replace(self.cfg, progress=True)):
             raise ValueError(f"{path} was written by a run with other settings; resume with the same options")
         self.sae.load_state_dict(payload["sae"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -265,12 +266,8 @@ class Trainer:
 
 def sae_config_for(data: TrainingData, architecture: str, d_sae: int, *, k: int | None = None, **fields: Any) -> SAEConfig:
     """An SAE config for a source's activations: width and provenance from the source; k only where it applies."""
-    info = data.info
-    return SAEConfig(
-        architecture=architecture, d_in=data.d_in, d_sae=d_sae, k=k if takes_k(architecture) else None,
-        model_name=info.get("model_name"), hook_name=info.get("hook_name"), site=info.get("site"),
-        dataset=info.get("dataset"), context_size=info.get("context_size"), **fields,
-    )
+    return SAEConfig(architecture=architecture, d_in=data.d_in, d_sae=d_sae, k=k if takes_k(architecture) else None,
+                     provenance=data.provenance, **fields)
 
 
 def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: str | Path, resume: bool = False,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..distributed import Dist
+from ..provenance import Provenance
 from .artifact import write_sae
 from .sparse import Selector, SparseActs, attach_encoder_grad, sparse_decode
 
@@ -26,16 +27,8 @@ class SAEConfig:
     """Number of dictionary features."""
     k: int | None = None
     """Active features per token for topk, mean active features per token for batchtopk."""
-    model_name: str | None = None
-    """Display name of the model whose activations the SAE was trained on."""
-    hook_name: str | None = None
-    """TransformerLens-style site name, as SAELens writes it (`blocks.6.hook_resid_post`)."""
-    site: str | None = None
-    """saescope's canonical site name (`layers.6.resid_post`)."""
-    dataset: str | None = None
-    """Corpus the training activations came from."""
-    context_size: int | None = None
-    """Tokens per context when the activations were harvested."""
+    provenance: Provenance = Provenance()
+    """Model, site, corpus and context length of the activations the SAE was trained on."""
     dtype: str = "float32"
     """Dtype of the stored weights."""
     apply_b_dec_to_input: bool = True
@@ -63,6 +56,14 @@ class SAEConfig:
     def n_aux(self) -> int:
         """How many dead features the AuxK loss may use."""
         return min(self.aux_k or self.d_in // 2, self.d_sae)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON form of cfg.json's `saescope` entry, checkpoints and the store's config column."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out.update(value.to_cfg() if isinstance(value, Provenance) else {f.name: value})
+        return out
 
 
 @dataclass(frozen=True)
@@ -261,14 +262,14 @@ class SAE(nn.Module):
         return {name: getattr(self, name).detach().to(dtype).contiguous() for name in names}
 
     def saelens_activation(self) -> dict[str, Any]:
-        """The cfg.json fields that name SAELens's activation function for this architecture."""
-        return {"activation_fn_str": "relu", "activation_fn_kwargs": {}}
+        """cfg.json fields by which SAELens tells this architecture's activation from the ReLU default."""
+        return {}
 
     def saelens_cfg(self) -> dict[str, Any]:
         """cfg.json as SAELens reads it, with saescope's own config under `saescope` for a lossless reload."""
-        cfg = self.cfg
-        hook_layer = _hook_layer(cfg.hook_name)
-        return {
+        cfg, provenance = self.cfg, self.cfg.provenance
+        hook_layer = provenance.site.layer if provenance.site else None
+        saved = {
             "architecture": self.saelens_architecture,
             "d_in": cfg.d_in,
             "d_sae": cfg.d_sae,
@@ -278,36 +279,30 @@ class SAE(nn.Module):
             "normalize_activations": "none",
             "reshape_activations": "none",
             "metadata": {
-                "model_name": cfg.model_name,
-                "hook_name": cfg.hook_name,
+                "model_name": provenance.model,
+                "hook_name": provenance.hook_name,
                 "hook_layer": hook_layer,
                 "hook_head_index": None,
                 "prepend_bos": True,
-                "context_size": cfg.context_size,
-                "dataset_path": cfg.dataset,
+                "context_size": provenance.context_len,
+                "dataset_path": provenance.dataset,
             },
             # Flat copies for SAELens < 6, which read these at the top level.
-            "model_name": cfg.model_name,
-            "hook_name": cfg.hook_name,
+            "model_name": provenance.model,
+            "hook_name": provenance.hook_name,
             "hook_layer": hook_layer,
             "hook_head_index": None,
-            "context_size": cfg.context_size,
-            "dataset_path": cfg.dataset,
+            "context_size": provenance.context_len,
+            "dataset_path": provenance.dataset,
             "prepend_bos": True,
             "finetuning_scaling_factor": False,
-            **self.saelens_activation(),
-            "saescope": asdict(cfg),
+            "activation_fn_str": "relu",
+            "activation_fn_kwargs": {},
+            "saescope": cfg.to_dict(),
         }
+        return saved | self.saelens_activation()
 
     def save(self, directory: str | Path) -> Path:
         """Write cfg.json and sae_weights.safetensors atomically into `directory`."""
         return write_sae(directory, self.saelens_cfg(), self.saved_tensors())
-
-
-def _hook_layer(hook_name: str | None) -> int | None:
-    """The layer number in a `blocks.N.hook_*` name, which SAELens records separately."""
-    if hook_name and hook_name.startswith("blocks."):
-        part = hook_name.split(".")[1]
-        return int(part) if part.isdigit() else None
-    return None
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..sites import SiteError, parse_site
+from ..provenance import Provenance
 from . import ARCHITECTURES, build_sae, sae_class
 from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, read_json, read_safetensors, read_sae, sae_directory
 from .base import SAE, SAEConfig
@@ -90,15 +90,6 @@ def make_config(architecture: str, source: Path, **values: Any) -> SAEConfig:
         raise SAEFormatError(f"{source}: bad config ({err})") from None
 
 
-def site_fields(hook_name: str | None) -> dict[str, str | None]:
-    """hook_name and saescope's site name for it, when it is a residual/MLP/attention site."""
-    try:
-        site = parse_site(hook_name) if hook_name else None
-    except SiteError:
-        site = None
-    return {"hook_name": hook_name, "site": site.name if site else None}
-
-
 def int_field(cfg: dict[str, Any], name: str, source: Path) -> int:
     """A required positive integer field of a foreign config."""
     value = cfg.get(name)
@@ -113,7 +104,8 @@ def read_saelens(directory: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     raw, tensors = read_sae(directory)
     if isinstance(raw.get("saescope"), dict):
         own = raw["saescope"]
-        return make_config(own.get("architecture"), source, **{k: v for k, v in own.items() if k != "architecture"}), tensors
+        values = {k: v for k, v in own.items() if k != "architecture"}
+        return make_config(own.get("architecture"), source, provenance=Provenance.from_cfg(own), **values), tensors
     architecture = SAELENS_ARCHITECTURES.get(raw.get("architecture", "standard"))
     if architecture is None:
         raise SAEFormatError(
@@ -135,11 +127,9 @@ def read_saelens(directory: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
         d_in=int_field(raw, "d_in", source),
         d_sae=int_field(raw, "d_sae", source),
         k=k if sae_class(architecture).takes_k else None,
-        model_name=meta.get("model_name"),
-        dataset=meta.get("dataset_path"),
-        context_size=meta.get("context_size"),
+        provenance=Provenance.of_hook(meta.get("hook_name"), model=meta.get("model_name"),
+                                      dataset=meta.get("dataset_path"), context_len=meta.get("context_size")),
         apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
-        **site_fields(meta.get("hook_name")),
     ), tensors
 
 
@@ -218,8 +208,8 @@ def read_dictionary_learning(directory: Path) -> tuple[SAEConfig, dict[str, torc
         raise SAEFormatError(f"{source}: missing 2-D encoder weight (found {', '.join(sorted(state)) or 'none'})")
     d_in, d_sae = tensors["W_enc"].shape
     hook = f"blocks.{trainer['layer']}.hook_resid_post" if isinstance(trainer.get("layer"), int) else None
-    return make_config(architecture, source, d_in=d_in, d_sae=d_sae, model_name=trainer.get("lm_name"),
-                       **site_fields(hook), **extra), tensors
+    return make_config(architecture, source, d_in=d_in, d_sae=d_sae,
+                       provenance=Provenance.of_hook(hook, model=trainer.get("lm_name")), **extra), tensors
 
 
 def _guess_dict_class(state: dict, source: Path) -> str:

@@ -144,7 +144,7 @@ def stream_run(dist: Dist, model_dir: Path, corpus: str, out: Path) -> None:
 
 def test_two_ranks_train_from_a_streamed_model(two_ranks):
     sae = load_sae(two_ranks / "streamed")
-    assert sae.cfg.site == "layers.1.resid_post" and sae.cfg.d_in == 32
+    assert sae.cfg.provenance.site.name == "layers.1.resid_post" and sae.cfg.d_in == 32
     log = [json.loads(line) for line in (two_ranks / "streamed" / "training_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [4, 8] and log[-1]["l0"] == pytest.approx(4.0)
 

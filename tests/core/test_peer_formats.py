@@ -70,9 +70,9 @@ def test_encode_decode_forward_match_the_tool(name: str, x_ND: torch.Tensor):
 @pytest.mark.parametrize("name", ["saelens_standard", "saelens_topk", "saelens_jumprelu", "saelens_batchtopk"])
 def test_saelens_site_metadata_is_kept(name: str):
     sae = load_sae(FIXTURES / name)
-    assert sae.cfg.hook_name == "blocks.6.hook_resid_post"
-    assert sae.cfg.site == "layers.6.resid_post"
-    assert sae.cfg.model_name == "tiny-test"
+    assert sae.cfg.provenance.hook_name == "blocks.6.hook_resid_post"
+    assert sae.cfg.provenance.site.name == "layers.6.resid_post"
+    assert sae.cfg.provenance.model == "tiny-test"
 
 
 def drop_saelens(directory: Path) -> None:
