@@ -50,7 +50,8 @@ def make_recording(work: Path, d_sae: int, contexts: int):
     """A random SAE saved to disk and a real recording pass of it over the tiny model."""
     model_dir = save_tiny_model(work / "model")
     lm = load_model(str(model_dir))
-    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=d_sae, provenance=Provenance(model="tiny-llama", site=parse_site(SITE)))
+    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=d_sae,
+                    provenance=Provenance(model="tiny-llama", site=parse_site(SITE)))
     loaded = read_sae(build_sae(cfg, seed=0).save(work / f"random-{d_sae}"))
     ctx = list(islice(iter_contexts(iter_documents("demo"), lm.tokenizer, 128), contexts))
     started = time.perf_counter()

@@ -264,7 +264,8 @@ class Trainer:
         return sae.eval()
 
 
-def sae_config_for(data: TrainingData, architecture: str, d_sae: int, *, k: int | None = None, **fields: Any) -> SAEConfig:
+def sae_config_for(data: TrainingData, architecture: str, d_sae: int, *, k: int | None = None,
+                   **fields: Any) -> SAEConfig:
     """An SAE config for a source's activations: width and provenance from the source; k only where it applies."""
     return SAEConfig(architecture=architecture, d_in=data.d_in, d_sae=d_sae, k=k if takes_k(architecture) else None,
                      provenance=data.provenance, **fields)

@@ -39,6 +39,6 @@ def build_sae(cfg: SAEConfig, seed: int = 0, runtime: Runtime | None = None) -> 
 from .formats import load_sae, load_sae_and_layout  # noqa: E402  (formats needs the registry above)
 
 __all__ = [
-    "ARCHITECTURES", "SAE", "Runtime", "SAEConfig", "SAEFormatError", "TrainOutput", "build_sae", "load_sae", "load_sae_and_layout",
-    "sae_class", "takes_k",
+    "ARCHITECTURES", "SAE", "Runtime", "SAEConfig", "SAEFormatError", "TrainOutput", "build_sae", "load_sae",
+    "load_sae_and_layout", "sae_class", "takes_k",
 ]

@@ -38,7 +38,8 @@ def test_saelens_standard_v5_flat_cfg(tmp_path):
     f = ((x - b_dec) @ W_enc + b_enc).relu()
     assert torch.allclose(sae.encode(x), f, atol=1e-5)
     assert torch.allclose(sae(x), f @ W_dec + b_dec, atol=1e-4)
-    assert sae.cfg.architecture == "relu" and sae.cfg.provenance.site.name == "layers.3.resid_pre" and sae.cfg.provenance.model == "gpt2"
+    assert sae.cfg.architecture == "relu" and sae.cfg.provenance.site.name == "layers.3.resid_pre"
+    assert sae.cfg.provenance.model == "gpt2"
 
 
 def test_saelens_topk_and_jumprelu_v6_metadata(tmp_path):
