@@ -32,7 +32,7 @@ from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import upgrade
 from .models import Sae
-from .pipeline import LoadedSae, limit_tokens, read_sae, record_into_store, register_sae
+from .pipeline import LoadedSae, limit_tokens, read_sae, record_context_len, record_into_store, register_sae
 from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
 
@@ -99,7 +99,7 @@ def record(
     model: str = ModelOpt,
     dataset: str = DatasetOpt,
     tokens: int = typer.Option(100_000, help="Tokens to record over."),
-    context_len: int = typer.Option(128, "--context", help="Tokens per context, BOS included."),
+    context_len: int | None = typer.Option(None, "--context", help="Tokens per context, BOS included (default: the SAE's own, else 128)."),
     batch_size: int | None = typer.Option(None, help="Contexts per forward pass (default: sized to the dictionary)."),
     n_top: int = typer.Option(20, help="Top examples kept per feature."),
     device: str = DeviceOpt,
@@ -117,7 +117,8 @@ def record(
             loaded, row = _sae_for_recording(session, sae, register=dist.is_main)
             loaded.sae.to(dist.device)
             lm = load_model(model, device=str(dist.device))
-            contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer, context_len), tokens)
+            contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer,
+                                                  record_context_len(loaded, context_len)), tokens)
             result = record_into_store(session, sae_row=row, loaded=loaded, lm=lm, model_spec=model,
                                        contexts=contexts, dataset=dataset,
                                        cfg=RecordConfig(n_top=n_top, batch_size=batch_size), dist=dist)

@@ -19,14 +19,15 @@ from typing import Any
 import typer
 from sqlalchemy.orm import Session
 
-from sae_core.activations import open_activations
+from sae_core.activations import holdout_rows, open_activations
 from sae_core.config import HarvestConfig, TrainConfig
 from sae_core.data import iter_contexts, iter_documents
-from sae_core.evaluate import ce_on_corpus, evaluate_activations, write_metrics
+from sae_core.evaluate import ce_on_corpus, evaluate_activations
 from sae_core.fileio import atomic_write_json
 from sae_core.harvest import harvest
 from sae_core.lm import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
 from sae_core.records import RecordConfig
+from sae_core.saes.artifact import write_metrics
 from sae_core.train import sae_config_for, train
 
 from . import crud
@@ -132,7 +133,7 @@ class DemoRun:
             return directory, key
         self.say(f"[2/4] training a TopK SAE ({c.features} features, k={c.k}) on {c.train_tokens} tokens")
         data = open_activations(activations)
-        train_rows, heldout = data.split_tail(min(data.n_rows // 10, 65536))
+        train_rows, heldout = data.split_tail(holdout_rows(data.n_rows))
         sae_cfg = sae_config_for(train_rows, "topk", c.features, k=c.k)
         sae = train(sae_cfg, TrainConfig(tokens=c.train_tokens, seed=c.seed), train_rows, directory, resume=True)
         write_metrics(directory, {**evaluate_activations(sae, heldout), "eval_rows": "held-out tail"})

@@ -177,7 +177,3 @@ def _update_summary(sae: Sae, record: SAERecord, dataset: str) -> None:
     sae.dead_count = record.dead_count
     sae.dense_count = record.dense_count
     sae.mean_l0 = float(record.count_F.sum()) / max(record.n_tokens, 1)
-    if record.eval_metrics:
-        sae.eval_metrics = record.eval_metrics
-    if record.training_log:
-        sae.training_log = record.training_log

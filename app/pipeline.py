@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -11,9 +11,10 @@ from sqlalchemy.orm import Session
 
 from sae_core.distributed import Dist
 from sae_core.lm import LoadedModel
-from sae_core.records import RecordConfig, SAERecord, read_sae_reports, record_sae
-from sae_core.saes import SAE, formats, load_sae
-from sae_core.sites import num_layers, parse_site
+from sae_core.records import RecordConfig, SAERecord, record_sae
+from sae_core.saes import SAE, load_sae_and_layout
+from sae_core.saes.artifact import read_reports, sae_directory
+from sae_core.sites import sae_site
 
 from . import crud
 from .ingest import store_record
@@ -28,15 +29,30 @@ class LoadedSae:
     path: Path
     source_format: str
 
+    @property
+    def directory(self) -> Path:
+        """The SAE's directory, where the runs that made it left their reports."""
+        return sae_directory(self.path)
+
 
 def read_sae(path: str | Path) -> LoadedSae:
     """Load an SAE in any supported layout (SAEFormatError if none fits) and name the layout."""
     path = Path(path).expanduser().resolve()
-    sae = load_sae(path)
-    directory = path if path.is_dir() else path.parent
-    layout = next((reader.__name__.removeprefix("read_") for marker, reader in formats.READERS
-                   if (directory / marker).is_file()), "unknown")
-    return LoadedSae(sae, path, layout)
+    sae, layout = load_sae_and_layout(path)
+    return LoadedSae(sae, path, layout.name)
+
+
+def refresh_reports(row: Sae, loaded: LoadedSae) -> None:
+    """Copy the metrics and training log beside the SAE onto its row; the caller's commit saves them.
+
+    Called when an SAE is registered and again when it is recorded, so a later `saescope eval --save`
+    reaches the pages with the next recording.
+    """
+    reports = read_reports(loaded.directory)
+    if reports.metrics:
+        row.eval_metrics = reports.metrics
+    if reports.training_log:
+        row.training_log = reports.training_log
 
 
 def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None, model_spec: str = "") -> Sae:
@@ -45,24 +61,34 @@ def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None
     if existing and name in (None, existing[0].name):
         return existing[0]
     cfg = loaded.sae.cfg
-    metrics, log = read_sae_reports(loaded.path if loaded.path.is_dir() else loaded.path.parent)
-    return crud.create_sae(
+    provenance = cfg.provenance
+    row = crud.create_sae(
         session,
         name=name or loaded.path.name,
-        model_name=cfg.model_name or "unknown",
+        model_name=provenance.model or "unknown",
         model_spec=model_spec,
-        site=cfg.site or "",
-        hook_name=cfg.hook_name or "",
+        site=provenance.site.name if provenance.site else "",
+        hook_name=provenance.hook_name or "",
         architecture=cfg.architecture,
         d_in=cfg.d_in,
         d_sae=cfg.d_sae,
         k=cfg.k,
         source_path=str(loaded.path),
         source_format=loaded.source_format,
-        config=asdict(cfg),
-        eval_metrics=metrics,
-        training_log=log,
+        config=cfg.to_dict(),
     )
+    refresh_reports(row, loaded)
+    session.commit()
+    return row
+
+
+DEFAULT_RECORD_CONTEXT = 128
+"""Tokens per recording context for an SAE whose config does not say what it was trained on."""
+
+
+def record_context_len(loaded: LoadedSae, given: int | None) -> int:
+    """The context length to record with: the one asked for, else the SAE's own, else DEFAULT_RECORD_CONTEXT."""
+    return given or loaded.sae.cfg.provenance.context_len or DEFAULT_RECORD_CONTEXT
 
 
 def limit_tokens(contexts: Iterable[torch.Tensor], n_tokens: int) -> Iterator[torch.Tensor]:
@@ -95,17 +121,16 @@ def record_into_store(
     Under torchrun every rank records its share; the main rank (the only one given `sae_row`) stores it.
     """
     dist = dist or Dist()
-    cfg_sae = loaded.sae.cfg
-    site_name = cfg_sae.site or cfg_sae.hook_name
-    if not site_name:
+    if loaded.sae.cfg.provenance.hook_name is None:
         raise ValueError(f"the SAE at {loaded.path} names no hook site in its config; cannot record it")
-    site = parse_site(site_name, num_layers(lm.model))
-    metrics, log = read_sae_reports(loaded.path if loaded.path.is_dir() else loaded.path.parent)
-    record = record_sae(lm.model, loaded.sae, contexts, site=site, tokenizer=lm.tokenizer, cfg=cfg,
-                        eval_metrics=metrics, training_log=log, progress=progress, dist=dist)
+    site = sae_site(loaded.sae, lm.model)
     if dist.is_main:
         if sae_row is None:
             raise ValueError("the main rank needs the SAE's row in the store to record into")
+        refresh_reports(sae_row, loaded)  # read before the long pass, committed with the recording
+    record = record_sae(lm.model, loaded.sae, contexts, site=site, tokenizer=lm.tokenizer, cfg=cfg,
+                        progress=progress, dist=dist)
+    if dist.is_main:
         sae_row.model_spec = model_spec
         store_record(session, sae_id=sae_row.id, record=record, dataset=dataset)
     return record

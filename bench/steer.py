@@ -19,7 +19,9 @@ from transformers.generation.streamers import BaseStreamer
 
 from sae_core.generation import Limits, Sampling
 from sae_core.lm import load_model
+from sae_core.provenance import Provenance
 from sae_core.saes import SAEConfig, build_sae, load_sae
+from sae_core.sites import parse_site
 from sae_core.steering import Intervention, Steering, stream_steered
 
 SITE = "layers.6.resid_post"
@@ -76,8 +78,7 @@ def bench_sae(path: str | None, d_model: int):
     """A saved SAE, or a randomly initialised TopK one: generation speed does not depend on training."""
     if path:
         return load_sae(path), f"SAE from {path}"
-    cfg = SAEConfig(architecture="topk", d_in=d_model, d_sae=8192, k=32, site=SITE,
-                    hook_name="blocks.6.hook_resid_post")
+    cfg = SAEConfig(architecture="topk", d_in=d_model, d_sae=8192, k=32, provenance=Provenance(site=parse_site(SITE)))
     return build_sae(cfg), "randomly initialised TopK SAE (8192 features, k=32; no trained SAE given)"
 
 

@@ -33,6 +33,7 @@ from app.packing import pack_acts, pack_ids
 from sae_core.data import iter_contexts, iter_documents
 from sae_core.lm import load_model, parse_dtype
 from sae_core.records import RecordConfig, record_sae
+from sae_core.provenance import Provenance
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.sites import parse_site
 
@@ -45,9 +46,9 @@ def make_record(args: argparse.Namespace):
         sae = load_sae(args.sae)
     else:
         sae = build_sae(SAEConfig(architecture="topk", d_in=576, d_sae=args.d_sae, k=32,
-                                  site="layers.6.resid_post"), seed=0)
+                                  provenance=Provenance(site=parse_site("layers.6.resid_post"))), seed=0)
     contexts = list(islice(iter_contexts(iter_documents("demo"), lm.tokenizer), args.tokens // 127 + 1))
-    return record_sae(lm.model, sae, contexts, site=parse_site(sae.cfg.site or "layers.6.resid_post"),
+    return record_sae(lm.model, sae, contexts, site=sae.cfg.provenance.site or parse_site("layers.6.resid_post"),
                       tokenizer=lm.tokenizer, cfg=RecordConfig(batch_size=16), progress=True)
 
 

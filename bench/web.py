@@ -36,6 +36,7 @@ from app.pipeline import read_sae, register_sae  # noqa: E402
 from sae_core.data import iter_contexts, iter_documents  # noqa: E402
 from sae_core.lm import load_model  # noqa: E402
 from sae_core.records import RecordConfig, record_sae  # noqa: E402
+from sae_core.provenance import Provenance  # noqa: E402
 from sae_core.saes import SAEConfig, build_sae  # noqa: E402
 from sae_core.sites import parse_site  # noqa: E402
 from tests.factories import save_tiny_model  # noqa: E402
@@ -49,7 +50,8 @@ def make_recording(work: Path, d_sae: int, contexts: int):
     """A random SAE saved to disk and a real recording pass of it over the tiny model."""
     model_dir = save_tiny_model(work / "model")
     lm = load_model(str(model_dir))
-    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=d_sae, model_name="tiny-llama", site=SITE)
+    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=d_sae,
+                    provenance=Provenance(model="tiny-llama", site=parse_site(SITE)))
     loaded = read_sae(build_sae(cfg, seed=0).save(work / f"random-{d_sae}"))
     ctx = list(islice(iter_contexts(iter_documents("demo"), lm.tokenizer, 128), contexts))
     started = time.perf_counter()

@@ -17,7 +17,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .distributed import Dist
-from .harvest import HarvestError, load_shard, read_manifest
+from .harvest import HarvestError, load_shard, provenance_of, read_manifest
+from .provenance import Provenance
 
 FILE_CHUNK_ROWS = 65536
 """Rows per chunk when one file holds all activations."""
@@ -45,13 +46,13 @@ class ActivationSource:
     path: Path
     d_in: int
     chunks: tuple[Chunk, ...]
-    info: dict = field(default_factory=dict)
-    """model_name, hook_name, site, dataset, context_size where the source records them."""
+    provenance: Provenance = Provenance()
+    """Where the rows came from, as far as the source records it (a harvest's manifest does; a bare array not)."""
 
     @classmethod
-    def in_memory(cls, rows_ND: torch.Tensor, info: dict | None = None) -> ActivationSource:
+    def in_memory(cls, rows_ND: torch.Tensor, provenance: Provenance = Provenance()) -> ActivationSource:
         """Rows already in memory (e.g. held out from a model stream) as a one-chunk source."""
-        return cls(Path("<memory>"), rows_ND.shape[1], (Chunk(len(rows_ND), lambda: rows_ND),), dict(info or {}))
+        return cls(Path("<memory>"), rows_ND.shape[1], (Chunk(len(rows_ND), lambda: rows_ND),), provenance)
 
     @property
     def n_rows(self) -> int:
@@ -88,8 +89,8 @@ class ActivationSource:
                 head.append(Chunk(a, lambda c=chunk, a=a: c.load()[:a]))
                 tail.append(Chunk(chunk.rows - a, lambda c=chunk, a=a: c.load()[a:]))
             start = end
-        return (ActivationSource(self.path, self.d_in, tuple(head), self.info),
-                ActivationSource(self.path, self.d_in, tuple(tail), self.info))
+        return (ActivationSource(self.path, self.d_in, tuple(head), self.provenance),
+                ActivationSource(self.path, self.d_in, tuple(tail), self.provenance))
 
     def iter_rows(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Every row once, in storage order, in float32 batches (for evaluation)."""
@@ -119,6 +120,11 @@ class ActivationSource:
                 yield rows[permutation(size, seed, epoch, w + 1)][skip:]
                 skip = 0
             epoch += 1
+
+
+def holdout_rows(n_rows: int) -> int:
+    """Rows held out of training for metrics.json by default: a tenth, at most 65536."""
+    return min(n_rows // 10, 65536)
 
 
 def rebatch(blocks: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.Tensor]:
@@ -208,9 +214,5 @@ def _open_harvest(directory: Path) -> ActivationSource:
         raise ActivationsError(f"{directory}: manifest d_model must be a positive integer, got {d_model!r}")
     chunks = [Chunk(int(e["rows"]), lambda e=e: load_shard(directory, e, d_model, ("activations",))["activations"])
               for e in manifest["shards"] if e.get("rows")]
-    info = {
-        "model_name": manifest.get("model"), "hook_name": manifest.get("hook_name"), "site": manifest.get("site"),
-        "dataset": manifest.get("dataset"), "context_size": manifest.get("context_len"),
-    }
     _check_shape(directory, (sum(c.rows for c in chunks), d_model))
-    return ActivationSource(directory, d_model, tuple(chunks), info)
+    return ActivationSource(directory, d_model, tuple(chunks), provenance_of(manifest))

@@ -11,15 +11,16 @@ from pathlib import Path
 
 import typer
 
-from .activations import ActivationsError, open_activations
+from .activations import ActivationsError, holdout_rows, open_activations
 from .allocator import keep_freed_memory
 from .config import HarvestConfig, TrainConfig
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
-from .evaluate import ce_on_corpus, evaluate_activations, write_metrics
+from .evaluate import ce_on_corpus, evaluate_activations
 from .harvest import HarvestError, harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
+from .saes.artifact import sae_directory, write_metrics
 from .sites import SiteError, num_layers, parse_site, valid_sites
 from .streaming import stream_from_corpus
 from .train import sae_config_for, train as run_train
@@ -112,7 +113,7 @@ def train(
         dist = init_distributed(device, require=distributed)
         if activations is not None:
             data = open_activations(activations)
-            held = min(data.n_rows // 10, 65536) if holdout is None else holdout
+            held = holdout_rows(data.n_rows) if holdout is None else holdout
             train_rows, heldout = data.split_tail(held) if held else (data, data)
             eval_rows = "held-out tail" if held else "training rows"
         else:
@@ -120,8 +121,7 @@ def train(
             train_rows, heldout = stream_from_corpus(lm, parse_site(site, num_layers(lm.model)), dataset, context_len=context,
                                                      holdout_contexts=holdout_contexts)
             eval_rows = f"first {holdout_contexts} contexts (not trained on)"
-        sae_cfg = sae_config_for(train_rows, arch, features, k=k if arch in ("topk", "batchtopk") else None,
-                                 l1_coefficient=l1, l0_coefficient=l0)
+        sae_cfg = sae_config_for(train_rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
         cfg = TrainConfig(tokens=tokens or train_rows.n_rows, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype)
         sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume, dist=dist, shard_features=shard_features)
         metrics = {**evaluate_activations(sae, heldout), "eval_rows": eval_rows} if heldout is not None and dist.is_main else {}
@@ -156,7 +156,7 @@ def evaluate(
             metrics.update(ce_on_corpus(load_model(model), loaded, dataset, n_contexts=contexts, context_len=context,
                                         skip_contexts=skip_contexts))
         if save:
-            write_metrics(sae if sae.is_dir() else sae.parent, metrics)
+            write_metrics(sae_directory(sae), metrics)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     typer.echo(json.dumps(metrics, indent=2))

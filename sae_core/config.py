@@ -1,4 +1,8 @@
-"""Small frozen configs, one per stage; each field says what it controls."""
+"""The harvest and training stages' frozen configs; each field says what it controls.
+
+The other stages keep theirs beside their code: SAEConfig (what an SAE is) in saes/base.py,
+RecordConfig with the recording pass, DemoConfig in app/demo.py.
+"""
 
 from __future__ import annotations
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -13,15 +11,12 @@ from torch import nn
 
 from .activations import ActivationSource
 from .data import iter_contexts, iter_documents, special_ids
-from .fileio import atomic_write_json
 from .harvest import batched
 from .hooks import splice
 from .metrics import ReconstructionStats, ce_loss_recovered
 from .lm import LoadedModel
 from .saes import SAE
 from .sites import Site, sae_site
-
-METRICS_FILE = "metrics.json"
 
 
 @torch.no_grad()
@@ -112,13 +107,3 @@ def ce_on_corpus(lm: LoadedModel, sae: SAE, dataset: str, *, n_contexts: int = 6
                                 skip_contexts, skip_contexts + n_contexts)
     return ce_metrics(lm.model, sae, sae_site(sae, lm.model), batched(contexts, batch_size), special_ids(lm.tokenizer))
 
-
-def write_metrics(directory: str | Path, metrics: dict) -> Path:
-    """metrics.json beside an SAE, merged over what is there (reconstruction and CE come from separate runs)."""
-    path = Path(directory) / METRICS_FILE
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        old = {}  # a torn or foreign file is replaced; the figures in it are recomputed anyway
-    atomic_write_json(path, {**old, **metrics})
-    return path

@@ -32,9 +32,10 @@ from tqdm import tqdm
 from .config import HarvestConfig
 from .distributed import Dist
 from .fileio import atomic_write, atomic_write_json
-from .data import iter_contexts, iter_documents, special_ids
+from .data import bos_id, iter_contexts, iter_documents, special_ids
 from .hooks import truncated_forward
 from .lm import LoadedModel, load_model, parse_dtype
+from .provenance import Provenance
 from .sites import Site, hidden_size, num_layers, parse_site
 
 FORMAT = "saescope-activations/1"
@@ -82,11 +83,10 @@ def load_shard(directory: Path | str, entry: dict, d_model: int,
     return tensors
 
 
-def iter_shards(directory: Path | str) -> Iterator[dict[str, torch.Tensor]]:
-    """Tensors of every finished shard, in order."""
-    manifest = read_manifest(directory)
-    for entry in manifest["shards"]:
-        yield load_shard(directory, entry, manifest["d_model"])
+def provenance_of(manifest: dict) -> Provenance:
+    """Where a harvest's rows came from, as its manifest records it."""
+    return Provenance(model=manifest.get("model"), site=parse_site(manifest["site"]), dataset=manifest.get("dataset"),
+                      context_len=manifest.get("context_len"))
 
 
 @dataclass
@@ -159,21 +159,21 @@ def manifest_name(dist: Dist) -> str:
     return f"manifest.rank{dist.rank}.json" if dist.active else MANIFEST
 
 
-def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, site: Site, world: int) -> dict:
+def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, provenance: Provenance, world: int) -> dict:
+    site = provenance.site
     return {
         "format": FORMAT,
-        "model": lm.name,
+        "model": provenance.model,
         "model_spec": cfg.model,
         "site": site.name,
         "hook_name": site.hook_name,
         "d_model": hidden_size(lm.model),
         "dtype": cfg.dtype,
         "model_dtype": cfg.model_dtype,
-        "context_len": cfg.context_len,
-        "dataset": cfg.dataset,
+        "context_len": provenance.context_len,
+        "dataset": provenance.dataset,
         "text_field": cfg.text_field,
-        "bos_token_id": int(lm.tokenizer.bos_token_id if lm.tokenizer.bos_token_id is not None
-                            else lm.tokenizer.eos_token_id),
+        "bos_token_id": bos_id(lm.tokenizer),
         "n_contexts": 0,
         "n_tokens": 0,
         "world": world,
@@ -182,7 +182,7 @@ def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, site: Site, world: int) -
     }
 
 
-def _existing_manifest(cfg: HarvestConfig, out: Path, resume: bool, dist: Dist) -> dict | None:
+def _existing_manifest(cfg: HarvestConfig, site: Site, out: Path, resume: bool, dist: Dist) -> dict | None:
     """This rank's manifest to continue from, or None for a fresh directory; refuses to clobber data."""
     if not (out / manifest_name(dist)).exists():
         if (out / MANIFEST).exists():
@@ -193,7 +193,7 @@ def _existing_manifest(cfg: HarvestConfig, out: Path, resume: bool, dist: Dist) 
         raise HarvestError(f"{out} already holds activations; pass --resume to continue it or choose another --out")
     manifest = read_manifest(out, manifest_name(dist))
     manifest.setdefault("world", 1)  # manifests from before distributed harvesting
-    wanted = {**cfg.to_dict(), "model_spec": cfg.model, "site": parse_site(cfg.site).name, "world": dist.world}
+    wanted = {**cfg.to_dict(), "model_spec": cfg.model, "site": site.name, "world": dist.world}
     clashes = [f"{k}: {manifest.get(k)!r} != {wanted[k]!r}" for k in (*IDENTITY, "world") if manifest.get(k) != wanted[k]]
     if clashes:
         raise HarvestError(f"cannot resume {out}: it was harvested with other settings ({'; '.join(clashes)})")
@@ -218,10 +218,10 @@ def harvest(cfg: HarvestConfig, out: Path | str, resume: bool = False, lm: Loade
     out = Path(out)
     if cfg.tokens < max(1, dist.world):
         raise HarvestError(f"--tokens must be positive and at least one per process, got {cfg.tokens}")
-    parse_site(cfg.site)  # a malformed name fails before the model's slow load
-    manifest = _existing_manifest(cfg, out, resume, dist)
+    site = parse_site(cfg.site)  # a malformed name fails before the model's slow load
+    manifest = _existing_manifest(cfg, site, out, resume, dist)
     if manifest is None or manifest["n_tokens"] < rank_tokens(cfg.tokens, dist):
-        manifest = _harvest_share(cfg, out, manifest, lm, progress, contexts, dist)
+        manifest = _harvest_share(cfg, site, out, manifest, lm, progress, contexts, dist)
     if not dist.active:
         return manifest
     dist.barrier()
@@ -236,14 +236,15 @@ def rank_tokens(tokens: int, dist: Dist) -> int:
     return tokens // dist.world + (dist.rank < tokens % dist.world)
 
 
-def _harvest_share(cfg: HarvestConfig, out: Path, manifest: dict | None, lm: LoadedModel | None, progress: bool,
-                   contexts: Iterable[torch.Tensor] | None, dist: Dist) -> dict:
+def _harvest_share(cfg: HarvestConfig, site: Site, out: Path, manifest: dict | None, lm: LoadedModel | None,
+                   progress: bool, contexts: Iterable[torch.Tensor] | None, dist: Dist) -> dict:
     """This rank's rows: every world-th context from its rank on, continuing after its last shard."""
     dtype = parse_dtype(cfg.dtype)
     lm = lm or load_model(cfg.model, dtype=parse_dtype(cfg.model_dtype), device=str(dist.device))
-    site = parse_site(cfg.site, num_layers(lm.model))
+    site = site.within(num_layers(lm.model))
     out.mkdir(parents=True, exist_ok=True)
-    manifest = manifest or _new_manifest(cfg, lm, site, dist.world)
+    provenance = Provenance(model=lm.name, site=site, dataset=cfg.dataset, context_len=cfg.context_len)
+    manifest = manifest or _new_manifest(cfg, lm, provenance, dist.world)
     manifest["complete"] = False
     atomic_write_json(out / manifest_name(dist), manifest)
     if contexts is None:
@@ -306,8 +307,19 @@ def _activation_rows(lm: LoadedModel, site: Site, ids_BT: torch.Tensor, specials
 
     Row b of the batch is global context `first_context + b * stride` (a rank takes every stride-th context).
     """
-    acts_BTD = truncated_forward(lm.model, site, ids_BT.to(lm.model.device))
-    keep_BT = ~torch.isin(ids_BT, specials)
+    acts_RD, keep_BT = token_rows(lm.model, site, ids_BT, specials)
     positions_R2 = keep_BT.nonzero().to(torch.int32)
     positions_R2[:, 0] = positions_R2[:, 0] * stride + first_context
-    return acts_BTD[keep_BT.to(acts_BTD.device)].cpu(), positions_R2
+    return acts_RD.cpu(), positions_R2
+
+
+def token_rows(model: torch.nn.Module, site: Site, ids_BT: torch.Tensor,
+               specials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations [R, D] of the non-special tokens of a batch of contexts (on the model's device), and the mask.
+
+    Special tokens (BOS above all) are left out of every activation set: their norms are outliers. The
+    mask [B, T] says which positions the rows are, on the device `ids_BT` came on.
+    """
+    acts_BTD = truncated_forward(model, site, ids_BT.to(model.device))
+    keep_BT = ~torch.isin(ids_BT, specials)
+    return acts_BTD[keep_BT.to(acts_BTD.device)], keep_BT

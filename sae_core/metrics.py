@@ -67,36 +67,6 @@ class ReconstructionStats:
         return out
 
 
-def mse(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:
-    """Mean squared error per element."""
-    return ReconstructionStats().add(x_ND, x_hat_ND).summary()["mse"]
-
-
-def fvu(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:
-    """Fraction of variance unexplained: squared error over the variance around the mean."""
-    return ReconstructionStats().add(x_ND, x_hat_ND).summary()["fvu"]
-
-
-def explained_variance(x_ND: torch.Tensor, x_hat_ND: torch.Tensor) -> float:
-    """1 - FVU."""
-    return 1 - fvu(x_ND, x_hat_ND)
-
-
-def l0(f_NF: torch.Tensor) -> float:
-    """Mean number of nonzero features per row."""
-    return float((f_NF != 0).sum(1).double().mean())
-
-
-def dead_fraction(f_NF: torch.Tensor) -> float:
-    """Fraction of features that never fire on these rows."""
-    return float(((f_NF != 0).sum(0) == 0).double().mean())
-
-
-def dense_fraction(f_NF: torch.Tensor, rate: float = DENSE_FIRING_RATE) -> float:
-    """Fraction of features firing on more than `rate` of the rows."""
-    return float(((f_NF != 0).double().mean(0) > rate).double().mean())
-
-
 def ce_loss_recovered(ce_clean: float, ce_sae: float, ce_zero: float) -> float:
     """How much of the loss gap from zero-ablating the site the SAE closes: 1 is perfect, 0 is no better."""
     gap = ce_zero - ce_clean

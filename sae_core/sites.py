@@ -45,6 +45,12 @@ class Site:
         """The TransformerLens-style name SAELens writes into cfg.json."""
         return f"blocks.{self.layer}.hook_{self.kind}"
 
+    def within(self, n_layers: int) -> Site:
+        """This site, checked against a model's depth."""
+        if not 0 <= self.layer < n_layers:
+            raise SiteError(f"layer {self.layer} is out of range: this model has layers 0..{n_layers - 1}")
+        return self
+
 
 def parse_site(name: str, n_layers: int | None = None) -> Site:
     """Parse a canonical or aliased site name, checking the layer against the model's depth."""
@@ -55,9 +61,7 @@ def parse_site(name: str, n_layers: int | None = None) -> Site:
             "or blocks.N.hook_{resid_pre,resid_post,mlp_out,attn_out}"
         )
     site = Site(layer=int(match.group(1)), kind=match.group(2))
-    if n_layers is not None and not 0 <= site.layer < n_layers:
-        raise SiteError(f"layer {site.layer} is out of range: this model has layers 0..{n_layers - 1}")
-    return site
+    return site if n_layers is None else site.within(n_layers)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -121,7 +125,8 @@ def valid_sites(model: nn.Module) -> list[str]:
 
 def sae_site(sae: nn.Module, model: nn.Module) -> Site:
     """The model site an SAE reads, from its config, checked against the model's depth and width."""
-    site = parse_site(sae.cfg.site or sae.cfg.hook_name or "", num_layers(model))
+    provenance = sae.cfg.provenance
+    site = (provenance.site or parse_site(provenance.hook_name or "")).within(num_layers(model))
     if sae.W_dec.shape[1] != hidden_size(model):
         raise SiteError(
             f"the SAE reads {sae.W_dec.shape[1]}-wide activations but the model's are {hidden_size(model)} wide"

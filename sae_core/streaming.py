@@ -21,9 +21,9 @@ import torch
 from .activations import ActivationSource, permutation, rebatch
 from .data import iter_contexts, iter_documents, special_ids
 from .distributed import Dist
-from .harvest import batched
-from .hooks import truncated_forward
+from .harvest import batched, token_rows
 from .lm import LoadedModel
+from .provenance import Provenance
 from .sites import Site, hidden_size
 
 
@@ -35,8 +35,8 @@ class ModelStream:
     site: Site
     contexts: Callable[[], Iterable[torch.Tensor]] = field(repr=False)
     """A fresh pass over the corpus's [T] token contexts, BOS first, each time it is called."""
-    info: dict = field(default_factory=dict)
-    """model_name, hook_name, site, dataset, context_size, as a harvest's manifest records them."""
+    provenance: Provenance = Provenance()
+    """Model, site, corpus and context length, as a harvest records them."""
     chunk_contexts: int = 32
     """Contexts per shuffle chunk; a window of `window` chunks is held (as rows) at once."""
     forward_batch: int = 8
@@ -84,13 +84,10 @@ class ModelStream:
                 raise ValueError("the corpus produced no contexts to stream")
             epoch += 1
 
-    @torch.no_grad()
+    @torch.no_grad()  # not inference_mode: the rows become training inputs that autograd saves
     def _rows(self, ids_BT: torch.Tensor) -> torch.Tensor:
         """Activations of the non-special tokens of a batch of contexts, on the model's device."""
-        device = self.lm.model.device
-        acts_BTD = truncated_forward(self.lm.model, self.site, ids_BT.to(device))
-        keep_BT = ~torch.isin(ids_BT, special_ids(self.lm.tokenizer)).to(device)
-        return acts_BTD[keep_BT].clone()
+        return token_rows(self.lm.model, self.site, ids_BT, special_ids(self.lm.tokenizer))[0]
 
 
 def stream_from_corpus(lm: LoadedModel, site: Site, dataset: str, *, context_len: int, text_field: str = "text",
@@ -99,10 +96,9 @@ def stream_from_corpus(lm: LoadedModel, site: Site, dataset: str, *, context_len
     def contexts(skip: int = holdout_contexts) -> Iterator[torch.Tensor]:
         return islice(iter_contexts(iter_documents(dataset, text_field), lm.tokenizer, context_len), skip, None)
 
-    info = {"model_name": lm.name, "hook_name": site.hook_name, "site": site.name, "dataset": dataset,
-            "context_size": context_len}
-    stream = ModelStream(lm, site, contexts, info)
+    provenance = Provenance(model=lm.name, site=site, dataset=dataset, context_len=context_len)
+    stream = ModelStream(lm, site, contexts, provenance)
     if not holdout_contexts:
         return stream, None
-    held = ModelStream(lm, site, lambda: islice(contexts(0), holdout_contexts), info)
-    return stream, ActivationSource.in_memory(held.head(holdout_contexts * context_len).cpu(), info)
+    held = ModelStream(lm, site, lambda: islice(contexts(0), holdout_contexts), provenance)
+    return stream, ActivationSource.in_memory(held.head(holdout_contexts * context_len).cpu(), provenance)

@@ -16,7 +16,6 @@ features (`saes/sharded.py`); each rank checkpoints its own shard and rank 0 wri
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -31,11 +30,12 @@ from .config import TrainConfig
 from .devices import autocast, prefetch_to
 from .distributed import Dist
 from .fileio import atomic_write
-from .saes import SAE, SAEConfig, TrainOutput, build_sae
+from .provenance import Provenance
+from .saes import artifact
+from .saes.artifact import TrainingLog
+from .saes import SAE, Runtime, SAEConfig, TrainOutput, build_sae, takes_k
 from .saes.sharded import ShardedTopKSAE
 
-CHECKPOINT_FILE = "checkpoint.pt"
-LOG_FILE = "training_log.jsonl"
 INIT_SAMPLE_ROWS = 16384
 """Rows used to initialise b_dec and the input scale."""
 
@@ -74,7 +74,7 @@ class TrainingData(Protocol):
     """What the trainer reads: activation files (`ActivationSource`) or a model streamed live (`ModelStream`)."""
 
     d_in: int
-    info: dict
+    provenance: Provenance
 
     def head(self, n_rows: int) -> torch.Tensor: ...
 
@@ -106,15 +106,16 @@ class Trainer:
         # The ranks that split each batch: all of them (data parallel), or none when the features are split.
         self.batch_dist = Dist(device=self.device) if shard_features else self.dist
         self.batch_dist.share(cfg.batch_size)  # refuse a batch that does not split evenly before any work
-        sae = ShardedTopKSAE(sae_cfg, self.dist, cfg.seed) if shard_features else build_sae(sae_cfg, seed=cfg.seed)
+        if shard_features:
+            sae = ShardedTopKSAE(sae_cfg, Runtime(cfg.sparse_kernels, self.batch_dist, shards=self.dist), cfg.seed)
+        else:
+            sae = build_sae(sae_cfg, seed=cfg.seed, runtime=Runtime(cfg.sparse_kernels, self.batch_dist))
         self.sae = sae.to(self.device)
-        self.sae.sparse_kernels = cfg.sparse_kernels
-        self.sae.dist = self.batch_dist
         self.lr = cfg.lr or default_lr(sae_cfg.d_sae)
         # fused: one kernel for the whole update, measured 5x faster than the default loop on this CPU.
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
         self.dead_after = cfg.dead_after_tokens or min(10_000_000, max(cfg.tokens // 10, cfg.batch_size))
-        self.state = TrainState(0, 1.0, torch.zeros(self.sae.cfg.d_sae, dtype=torch.long, device=self.device))
+        self.state = TrainState(0, 1.0, torch.zeros(self.sae.d_local, dtype=torch.long, device=self.device))
         self.autocast = autocast(self.device, enabled=cfg.dtype == "bfloat16")
         if cfg.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose bfloat16 or float32")
@@ -160,7 +161,7 @@ class Trainer:
 
     def _figures(self, out: TrainOutput, x_ND: torch.Tensor) -> dict[str, float]:
         """Loss terms, L0, batch FVU and dead fraction as plain floats, over the whole global batch."""
-        dist, shards = self.batch_dist, self.sae.shards
+        dist, shards = self.batch_dist, self.sae.runtime.shards
         fvu = dist.sum((out.x_hat_ND.float() - x_ND).pow(2).sum()) / dist.centred_ss(x_ND).clamp_min(1e-12)
         names = [*out.losses, "loss", "l0"]
         values = torch.stack([v.detach().float() for v in (*out.losses.values(), out.loss, out.l0)])
@@ -177,11 +178,11 @@ class Trainer:
     @property
     def checkpoint_file(self) -> str:
         """One checkpoint for replicated ranks (rank 0 writes it), one per shard when features are split."""
-        return f"checkpoint.rank{self.dist.rank}.pt" if self.sae.shards.active else CHECKPOINT_FILE
+        return artifact.checkpoint_file(self.dist.rank if self.sae.runtime.shards.active else None)
 
     def save_checkpoint(self) -> None:
         """Weights, optimiser, counters and step, written atomically by rank 0 or by every shard."""
-        if not (self.dist.is_main or self.sae.shards.active):
+        if not (self.dist.is_main or self.sae.runtime.shards.active):
             return
         payload = {
             "step": self.state.step,
@@ -189,7 +190,7 @@ class Trainer:
             "since_fired_F": self.state.since_fired_F,
             "sae": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "sae_cfg": asdict(self.sae.cfg),
+            "sae_cfg": self.sae.cfg.to_dict(),
             "train_cfg": asdict(replace(self.cfg, progress=True)),
         }
         atomic_write(self.out / self.checkpoint_file, lambda tmp: torch.save(payload, tmp))
@@ -198,7 +199,7 @@ class Trainer:
         """Continue from the checkpoint in the output directory, which must come from the same configs."""
         path = self.out / self.checkpoint_file
         payload = torch.load(path, weights_only=True, map_location=self.device)
-        if payload["sae_cfg"] != asdict(self.sae.cfg) or payload["train_cfg"] != asdict(replace(self.cfg, progress=True)):
+        if payload["sae_cfg"] != self.sae.cfg.to_dict() or payload["train_cfg"] != asdict(replace(self.cfg, progress=True)):
             raise ValueError(f"{path} was written by a run with other settings; resume with the same options")
         self.sae.load_state_dict(payload["sae"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -213,7 +214,7 @@ class Trainer:
             self.load_checkpoint()
         else:
             self.initialize_from_data()
-        log = TrainingLog(self.out / LOG_FILE, keep_through_step=self.state.step) if self.dist.is_main else None
+        log = TrainingLog(self.out, keep_through_step=self.state.step) if self.dist.is_main else None
         batches = self.data.rank_batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
                                          self.cfg.shuffle_window, self.batch_dist)
         self._loop(prefetch_to(batches, self.device), log, on_step)
@@ -250,7 +251,7 @@ class Trainer:
             return True
         due = time.monotonic() - last >= self.cfg.checkpoint_every_s
         # Shards checkpoint together (rank 0's clock decides), or a resume would mix steps.
-        return bool(self.sae.shards.broadcast_object(due)) if self.sae.shards.active else due
+        return bool(self.sae.runtime.shards.broadcast_object(due)) if self.sae.runtime.shards.active else due
 
     def finish(self) -> SAE:
         """The trained SAE acting on raw activations (on the CPU), saved in SAELens layout by rank 0."""
@@ -263,37 +264,11 @@ class Trainer:
         return sae.eval()
 
 
-class TrainingLog:
-    """JSON lines, one per logged step; on resume, lines past the checkpoint are dropped (they will recur)."""
-
-    def __init__(self, path: Path, keep_through_step: int):
-        self.path = path
-        lines = path.read_text().splitlines() if path.is_file() and keep_through_step else []
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= keep_through_step]
-        text = "".join(f"{line}\n" for line in kept)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
-def _step_of(line: str) -> int | None:
-    """The step of a log line, None for a torn or foreign line."""
-    try:
-        return int(json.loads(line)["step"])
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def sae_config_for(data: TrainingData, architecture: str, d_sae: int, **fields: Any) -> SAEConfig:
-    """An SAE config for a source's activations: width and provenance (model, site, corpus) from the source."""
-    info = data.info
-    return SAEConfig(
-        architecture=architecture, d_in=data.d_in, d_sae=d_sae, model_name=info.get("model_name"),
-        hook_name=info.get("hook_name"), site=info.get("site"), dataset=info.get("dataset"),
-        context_size=info.get("context_size"), **fields,
-    )
+def sae_config_for(data: TrainingData, architecture: str, d_sae: int, *, k: int | None = None,
+                   **fields: Any) -> SAEConfig:
+    """An SAE config for a source's activations: width and provenance from the source; k only where it applies."""
+    return SAEConfig(architecture=architecture, d_in=data.d_in, d_sae=d_sae, k=k if takes_k(architecture) else None,
+                     provenance=data.provenance, **fields)
 
 
 def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: str | Path, resume: bool = False,

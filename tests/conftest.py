@@ -61,10 +61,12 @@ def web_sae(tmp_path_factory, tiny_model_dir):
     from app.pipeline import read_sae  # imported here: the core tests never load the app
     from sae_core.lm import load_model
     from sae_core.records import RecordConfig, record_sae
+    from sae_core.provenance import Provenance
     from sae_core.saes import SAEConfig, build_sae
     from sae_core.sites import parse_site
 
-    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=24, model_name="tiny-llama", site="layers.1.resid_post")
+    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=24,
+                    provenance=Provenance(model="tiny-llama", site=parse_site("layers.1.resid_post")))
     directory = build_sae(cfg, seed=3).save(tmp_path_factory.mktemp("web-sae") / "tiny-sae")
     loaded = read_sae(directory)
     lm = load_model(str(tiny_model_dir))

@@ -3,7 +3,6 @@
 from .config import RecordConfig
 from .recorder import Recorder, interval_of
 from .recording import contexts_per_batch, record_activations, record_sae, token_pieces
-from .reports import read_sae_reports
 from .sae_record import Example, ExampleTable, FeatureRecord, SAERecord
 
 __all__ = [
@@ -15,7 +14,6 @@ __all__ = [
     "SAERecord",
     "contexts_per_batch",
     "interval_of",
-    "read_sae_reports",
     "record_activations",
     "record_sae",
     "token_pieces",

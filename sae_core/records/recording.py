@@ -106,8 +106,6 @@ def record_sae(
     site: Site,
     tokenizer: Any,
     cfg: RecordConfig = RecordConfig(),
-    eval_metrics: dict[str, Any] | None = None,
-    training_log: list[dict[str, Any]] | None = None,
     progress: bool = False,
     dist: Dist | None = None,
 ) -> SAERecord:
@@ -139,8 +137,6 @@ def record_sae(
         suppressed=suppressed,
         neighbours=nearest_features(W_dec_FD, cfg.n_neighbours),
         token_text=token_pieces(tokenizer, ids),
-        eval_metrics=dict(eval_metrics or {}),
-        training_log=list(training_log or []),
     )
 
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
@@ -84,8 +83,6 @@ class SAERecord:
     neighbours: TopTable
     token_text: dict[int, str]
     """Text piece of every token id that appears in examples or logit tables."""
-    eval_metrics: dict[str, Any] = field(default_factory=dict)
-    training_log: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def d_sae(self) -> int:

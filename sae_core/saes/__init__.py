@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import SAE, SAEConfig, SAEFormatError, TrainOutput
+from .artifact import SAEFormatError
+from .base import SAE, Runtime, SAEConfig, TrainOutput
 from .batchtopk import BatchTopKSAE
 from .jumprelu import JumpReLUSAE
 from .relu import ReLUSAE
@@ -23,15 +24,21 @@ def sae_class(architecture: str) -> type[SAE]:
         raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}") from None
 
 
-def build_sae(cfg: SAEConfig, seed: int = 0) -> SAE:
+def takes_k(architecture: str) -> bool:
+    """Whether an architecture reads k (active features per token), so a CLI's --k applies to it."""
+    return sae_class(architecture).takes_k
+
+
+def build_sae(cfg: SAEConfig, seed: int = 0, runtime: Runtime | None = None) -> SAE:
     """A freshly initialised SAE of the configured architecture, the same for the same seed."""
-    sae = sae_class(cfg.architecture)(cfg)
+    sae = sae_class(cfg.architecture)(cfg, runtime)
     sae.initialize(torch.Generator().manual_seed(seed))
     return sae
 
 
-from .formats import load_sae  # noqa: E402  (formats needs the registry above)
+from .formats import load_sae, load_sae_and_layout  # noqa: E402  (formats needs the registry above)
 
 __all__ = [
-    "ARCHITECTURES", "SAE", "SAEConfig", "SAEFormatError", "TrainOutput", "build_sae", "load_sae", "sae_class",
+    "ARCHITECTURES", "SAE", "Runtime", "SAEConfig", "SAEFormatError", "TrainOutput", "build_sae", "load_sae",
+    "load_sae_and_layout", "sae_class", "takes_k",
 ]

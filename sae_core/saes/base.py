@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from ..distributed import Dist
-from ..fileio import atomic_write, atomic_write_json
+from ..provenance import Provenance
+from .artifact import write_sae
 from .sparse import Selector, SparseActs, attach_encoder_grad, sparse_decode
-
-CFG_FILE = "cfg.json"
-WEIGHTS_FILE = "sae_weights.safetensors"
-
-
-class SAEFormatError(ValueError):
-    """An SAE directory or file that cannot be read as any supported layout; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -34,16 +27,8 @@ class SAEConfig:
     """Number of dictionary features."""
     k: int | None = None
     """Active features per token for topk, mean active features per token for batchtopk."""
-    model_name: str | None = None
-    """Display name of the model whose activations the SAE was trained on."""
-    hook_name: str | None = None
-    """TransformerLens-style site name, as SAELens writes it (`blocks.6.hook_resid_post`)."""
-    site: str | None = None
-    """saescope's canonical site name (`layers.6.resid_post`)."""
-    dataset: str | None = None
-    """Corpus the training activations came from."""
-    context_size: int | None = None
-    """Tokens per context when the activations were harvested."""
+    provenance: Provenance = Provenance()
+    """Model, site, corpus and context length of the activations the SAE was trained on."""
     dtype: str = "float32"
     """Dtype of the stored weights."""
     apply_b_dec_to_input: bool = True
@@ -71,6 +56,26 @@ class SAEConfig:
     def n_aux(self) -> int:
         """How many dead features the AuxK loss may use."""
         return min(self.aux_k or self.d_in // 2, self.d_sae)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON form of cfg.json's `saescope` entry, checkpoints and the store's config column."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out.update(value.to_cfg() if isinstance(value, Provenance) else {f.name: value})
+        return out
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """How an SAE computes while it trains: chosen by the trainer at construction, never saved with the SAE."""
+
+    sparse_kernels: bool = False
+    """Train TopK-style SAEs with the sparse kernels of `sparse.py` (tested equal to the dense path)."""
+    batch: Dist = field(default_factory=Dist)
+    """The ranks sharing each training batch: batch-wide statistics and selections are taken over all of them."""
+    shards: Dist = field(default_factory=Dist)
+    """The ranks the features are split over (one: this SAE holds them all; see `sharded.py`)."""
 
 
 @dataclass
@@ -102,22 +107,26 @@ class SAE(nn.Module):
     """Whether training keeps decoder rows at unit norm (false where the loss uses the norms instead)."""
     init_decoder_norm: ClassVar[float] = 1.0
     """Row norm of the initial decoder."""
+    takes_k: ClassVar[bool] = False
+    """Whether the config's k (active features per token) means anything to this architecture."""
+    extra_tensors: ClassVar[tuple[str, ...]] = ()
+    """Per-feature [d_sae] tensors saved and loaded beside W_enc, b_enc, W_dec and b_dec."""
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):
         super().__init__()
         if cfg.architecture != self.architecture:
             raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, got {cfg.architecture!r}")
         self.cfg = cfg
-        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, cfg.d_sae))
-        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae))
-        self.W_dec = nn.Parameter(torch.zeros(cfg.d_sae, cfg.d_in))
+        self.runtime = runtime or Runtime()
+        self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, self.d_local))
+        self.b_enc = nn.Parameter(torch.zeros(self.d_local))
+        self.W_dec = nn.Parameter(torch.zeros(self.d_local, cfg.d_in))
         self.b_dec = nn.Parameter(torch.zeros(cfg.d_in))
-        self.sparse_kernels = False
-        """Train TopK-style SAEs with the sparse kernels of `sparse.py` (tested equal to the dense path)."""
-        self.dist = Dist()
-        """The ranks sharing each training batch: batch-wide statistics and selections are taken over all of them."""
-        self.shards = Dist()
-        """The ranks the features are split over (one: this SAE holds them all; see `sharded.py`)."""
+
+    @property
+    def d_local(self) -> int:
+        """Features this module holds: all `cfg.d_sae` of them, unless they are split over ranks."""
+        return self.cfg.d_sae
 
     # --- initialisation -------------------------------------------------------------------------
 
@@ -152,7 +161,7 @@ class SAE(nn.Module):
 
     def training_pre_acts(self, x_ND: torch.Tensor) -> torch.Tensor:
         """Pre-activations for a training step; detached when the sparse kernels will supply the gradient."""
-        if not self.sparse_kernels:
+        if not self.runtime.sparse_kernels:
             return self.pre_acts(x_ND)
         with torch.no_grad():
             return self.pre_acts(x_ND)
@@ -160,17 +169,17 @@ class SAE(nn.Module):
     def select_for_training(self, x_ND: torch.Tensor, pre_NF: torch.Tensor, select: Selector) -> SparseActs:
         """Pick active (row, feature) pairs; with sparse kernels, reattach the encoder's gradient to them."""
         acts = select(pre_NF)
-        if not self.sparse_kernels:
+        if not self.runtime.sparse_kernels:
             return acts
         x_in_ND = x_ND - self.b_dec if self.cfg.apply_b_dec_to_input else x_ND
         return attach_encoder_grad(acts, x_in_ND, self.W_enc, self.b_enc)
 
     def decode_sparse(self, acts: SparseActs, bias: bool = True) -> torch.Tensor:
         """Reconstruction from sparse activations: embedding_bag with sparse kernels, a dense matmul without."""
-        if self.sparse_kernels:
+        if self.runtime.sparse_kernels:
             x_hat_ND = sparse_decode(acts, self.W_dec)
         else:
-            x_hat_ND = acts.dense(self.cfg.d_sae).to(self.W_dec.dtype) @ self.W_dec
+            x_hat_ND = acts.dense(self.d_local).to(self.W_dec.dtype) @ self.W_dec
         return x_hat_ND + self.b_dec if bias else x_hat_ND
 
     def training_forward(
@@ -193,6 +202,18 @@ class SAE(nn.Module):
         sae = type(self)(self.cfg)
         sae.load_state_dict(self.state_dict())
         return sae
+
+    def saved_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The tensors the saved SAE holds, with their shapes (what a loader must find)."""
+        cfg = self.cfg
+        shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+        return {**shapes, **{name: (cfg.d_sae,) for name in self.extra_tensors}}
+
+    @torch.no_grad()
+    def load_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy in saved tensors (SAELens names and shapes, checked by the caller)."""
+        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+            getattr(self, name).copy_(tensors[name].float())
 
     # --- decoder norms and rescaling -----------------------------------------------------------
 
@@ -227,7 +248,7 @@ class SAE(nn.Module):
         """
         self.b_dec /= scale
         self.b_enc /= scale
-        self._scale_thresholds_(torch.full((self.cfg.d_sae,), 1 / scale))
+        self._scale_thresholds_(torch.full((self.d_local,), 1 / scale))
 
     def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
         """Multiply any activation thresholds by a per-feature factor (architectures with thresholds)."""
@@ -237,13 +258,17 @@ class SAE(nn.Module):
     def saved_tensors(self) -> dict[str, torch.Tensor]:
         """The tensors written to sae_weights.safetensors, in SAELens names and shapes."""
         dtype = getattr(torch, self.cfg.dtype)
-        names = ("W_enc", "b_enc", "W_dec", "b_dec")
+        names = ("W_enc", "b_enc", "W_dec", "b_dec", *self.extra_tensors)
         return {name: getattr(self, name).detach().to(dtype).contiguous() for name in names}
+
+    def saelens_activation(self) -> dict[str, Any]:
+        """cfg.json fields by which SAELens tells this architecture's activation from the ReLU default."""
+        return {}
 
     def saelens_cfg(self) -> dict[str, Any]:
         """cfg.json as SAELens reads it, with saescope's own config under `saescope` for a lossless reload."""
-        cfg = self.cfg
-        hook_layer = _hook_layer(cfg.hook_name)
+        cfg, provenance = self.cfg, self.cfg.provenance
+        hook_layer = provenance.site.layer if provenance.site else None
         saved = {
             "architecture": self.saelens_architecture,
             "d_in": cfg.d_in,
@@ -254,39 +279,32 @@ class SAE(nn.Module):
             "normalize_activations": "none",
             "reshape_activations": "none",
             "metadata": {
-                "model_name": cfg.model_name,
-                "hook_name": cfg.hook_name,
+                "model_name": provenance.model,
+                "hook_name": provenance.hook_name,
                 "hook_layer": hook_layer,
                 "hook_head_index": None,
                 "prepend_bos": True,
-                "context_size": cfg.context_size,
-                "dataset_path": cfg.dataset,
+                "context_size": provenance.context_len,
+                "dataset_path": provenance.dataset,
             },
             # Flat copies for SAELens < 6, which read these at the top level.
-            "model_name": cfg.model_name,
-            "hook_name": cfg.hook_name,
+            "model_name": provenance.model,
+            "hook_name": provenance.hook_name,
             "hook_layer": hook_layer,
             "hook_head_index": None,
-            "context_size": cfg.context_size,
-            "dataset_path": cfg.dataset,
+            "context_size": provenance.context_len,
+            "dataset_path": provenance.dataset,
             "prepend_bos": True,
             "finetuning_scaling_factor": False,
-            "activation_fn_str": "topk" if self.saelens_architecture == "topk" else "relu",
-            "activation_fn_kwargs": {"k": cfg.k} if self.saelens_architecture == "topk" else {},
-            "saescope": asdict(cfg),
+            "activation_fn_str": "relu",
+            "activation_fn_kwargs": {},
+            "saescope": cfg.to_dict(),
         }
-        if self.saelens_architecture == "topk":
-            saved["k"] = cfg.k
-        return saved
+        return saved | self.saelens_activation()
 
     def save(self, directory: str | Path) -> Path:
         """Write cfg.json and sae_weights.safetensors atomically into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = self.saved_tensors()
-        atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        atomic_write_json(directory / CFG_FILE, self.saelens_cfg())
-        return directory
+        return write_sae(directory, self.saelens_cfg(), self.saved_tensors())
 
     def row_topk_selection(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, SparseActs] | None:
         """Pre-activations and the active features, where those are each row's largest pre-activations; else None.
@@ -295,12 +313,4 @@ class SAE(nn.Module):
         `encode` (see `records.firing`). The default is None: the dense activations alone say which fire.
         """
         return None
-
-
-def _hook_layer(hook_name: str | None) -> int | None:
-    """The layer number in a `blocks.N.hook_*` name, which SAELens records separately."""
-    if hook_name and hook_name.startswith("blocks."):
-        part = hook_name.split(".")[1]
-        return int(part) if part.isdigit() else None
-    return None
 

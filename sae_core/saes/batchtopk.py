@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import SAE, SAEConfig, TrainOutput
+from .base import SAE, Runtime, SAEConfig, TrainOutput
 from .sparse import SparseActs
 from .topk import train_topk_family
 
@@ -21,21 +21,24 @@ class BatchTopKSAE(SAE):
 
     architecture = "batchtopk"
     saelens_architecture = "jumprelu"
+    takes_k = True
+    extra_tensors = ("threshold",)
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):
         if cfg.k is None:
             raise ValueError("a batchtopk SAE needs k (mean active features per token)")
-        super().__init__(cfg)
-        self.register_buffer("threshold", torch.zeros(cfg.d_sae))
+        super().__init__(cfg, runtime)
+        self.register_buffer("threshold", torch.zeros(self.d_local))
 
     def select(self, pre_NF: torch.Tensor) -> SparseActs:
         """The N*k largest rectified pre-activations anywhere in the batch (over every rank's rows)."""
         n, d_sae = pre_NF.shape
-        total = n * self.cfg.k * self.dist.world
+        batch = self.runtime.batch
+        total = n * self.cfg.k * batch.world
         # One rank may hold all of the global winners, so each offers up to the global count.
         vals_M, flat_M = pre_NF.relu().flatten().topk(min(total, n * d_sae), sorted=False)
-        if self.dist.active:
-            won_M = self.dist.top_mask(vals_M, total)
+        if batch.active:
+            won_M = batch.top_mask(vals_M, total)
             vals_M, flat_M = vals_M[won_M], flat_M[won_M]
         return SparseActs.from_flat(vals_M, flat_M, n, d_sae)
 
@@ -53,7 +56,7 @@ class BatchTopKSAE(SAE):
         acts = self.select(pre_NF)
         with torch.no_grad():
             positive = acts.vals_M[acts.vals_M > 0]
-            smallest = self.dist.min(positive.min().float() if len(positive) else pre_NF.new_tensor(torch.inf).float())
+            smallest = self.runtime.batch.min(positive.min().float() if len(positive) else pre_NF.new_tensor(torch.inf).float())
             if smallest.isfinite():
                 self.threshold.lerp_(smallest.expand_as(self.threshold), THRESHOLD_MOMENTUM)
         return acts
@@ -61,5 +64,7 @@ class BatchTopKSAE(SAE):
     def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
         self.threshold *= factor_F
 
-    def saved_tensors(self) -> dict[str, torch.Tensor]:
-        return {**super().saved_tensors(), "threshold": self.threshold.to(getattr(torch, self.cfg.dtype))}
+    @torch.no_grad()
+    def load_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_tensors_(tensors)
+        self.threshold.copy_(tensors["threshold"].float())

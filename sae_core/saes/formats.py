@@ -7,21 +7,19 @@ validation and the same clear errors.
 
 from __future__ import annotations
 
-import json
 import zipfile
-from dataclasses import fields
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
-from ..sites import SiteError, parse_site
-from . import ARCHITECTURES, build_sae
-from .base import CFG_FILE, WEIGHTS_FILE, SAE, SAEConfig, SAEFormatError
-from .jumprelu import JumpReLUSAE
+from ..provenance import Provenance
+from . import ARCHITECTURES, build_sae, sae_class
+from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, read_json, read_safetensors, read_sae, sae_directory
+from .base import SAE, SAEConfig
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
@@ -31,20 +29,37 @@ SAELENS_ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumpre
 """SAELens `architecture` values saescope reads, and the architecture each becomes."""
 
 
+@dataclass(frozen=True)
+class Layout:
+    """One way the field writes an SAE: its name, the file that marks it, and its reader."""
+
+    name: str
+    """The name the store keeps as the SAE's `source_format`."""
+    marker: str
+    """The file whose presence in a directory means this layout."""
+    read: Callable[[Path], tuple[SAEConfig, dict[str, torch.Tensor]]]
+    """The directory -> (config, tensors in SAELens names and shapes)."""
+
+
 def load_sae(path: str | Path) -> SAE:
     """Load an SAE from a directory or file in any supported layout, or raise SAEFormatError saying why."""
+    return load_sae_and_layout(path)[0]
+
+
+def load_sae_and_layout(path: str | Path) -> tuple[SAE, Layout]:
+    """The SAE at `path` and the layout it was read in."""
     path = Path(path)
     if not path.exists():
         raise SAEFormatError(f"no SAE at {path}: the path does not exist")
-    directory = path if path.is_dir() else path.parent
-    for marker, reader in READERS:
-        if (directory / marker).is_file() and (path.is_dir() or path.name == marker):
-            cfg, tensors = reader(directory)
-            return assemble(cfg, tensors, directory / marker)
+    directory = sae_directory(path)
+    for layout in LAYOUTS:
+        if (directory / layout.marker).is_file() and (path.is_dir() or path.name == layout.marker):
+            cfg, tensors = layout.read(directory)
+            return assemble(cfg, tensors, directory / layout.marker), layout
     if (directory / CFG_FILE).is_file():
         raise SAEFormatError(f"{directory} has {CFG_FILE} but no {WEIGHTS_FILE} (SAELens) or {SPARSIFY_WEIGHTS} (sparsify)")
     raise SAEFormatError(
-        f"no SAE found at {path}: expected {', '.join(m for m, _ in READERS)} "
+        f"no SAE found at {path}: expected {', '.join(layout.marker for layout in LAYOUTS)} "
         "(SAELens/saescope, sparsify, Gemma Scope, dictionary_learning)"
     )
 
@@ -52,10 +67,7 @@ def load_sae(path: str | Path) -> SAE:
 def assemble(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: Path) -> SAE:
     """Build the SAE after checking every tensor it needs is present, correctly shaped and finite."""
     sae = build_sae(cfg)
-    expected = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
-    if isinstance(sae, JumpReLUSAE) or cfg.architecture == "batchtopk":
-        expected["threshold"] = (cfg.d_sae,)
-    for name, shape in expected.items():
+    for name, shape in sae.saved_shapes().items():
         if name not in tensors:
             raise SAEFormatError(f"{source}: missing tensor {name!r} (found {', '.join(sorted(tensors)) or 'none'})")
         tensor = tensors[name]
@@ -63,35 +75,8 @@ def assemble(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: Path) -> 
             raise SAEFormatError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
         if not torch.isfinite(tensor.float()).all():
             raise SAEFormatError(f"{source}: tensor {name!r} contains NaN or infinite values")
-    with torch.no_grad():
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(sae, name).copy_(tensors[name].float())
-        if isinstance(sae, JumpReLUSAE):
-            sae.set_threshold_(tensors["threshold"])
-        elif "threshold" in expected:
-            sae.threshold.copy_(tensors["threshold"].float())
+    sae.load_tensors_(tensors)
     return sae.eval()
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object from a config file, or SAEFormatError."""
-    if not path.is_file():
-        raise SAEFormatError(f"missing config file {path}")
-    try:
-        value = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise SAEFormatError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(value, dict):
-        raise SAEFormatError(f"{path}: expected a JSON object")
-    return value
-
-
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, or SAEFormatError for a corrupt one."""
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError, ValueError) as err:
-        raise SAEFormatError(f"{path}: unreadable safetensors file ({err})") from None
 
 
 def make_config(architecture: str, source: Path, **values: Any) -> SAEConfig:
@@ -105,15 +90,6 @@ def make_config(architecture: str, source: Path, **values: Any) -> SAEConfig:
         raise SAEFormatError(f"{source}: bad config ({err})") from None
 
 
-def site_fields(hook_name: str | None) -> dict[str, str | None]:
-    """hook_name and saescope's site name for it, when it is a residual/MLP/attention site."""
-    try:
-        site = parse_site(hook_name) if hook_name else None
-    except SiteError:
-        site = None
-    return {"hook_name": hook_name, "site": site.name if site else None}
-
-
 def int_field(cfg: dict[str, Any], name: str, source: Path) -> int:
     """A required positive integer field of a foreign config."""
     value = cfg.get(name)
@@ -125,11 +101,11 @@ def int_field(cfg: dict[str, Any], name: str, source: Path) -> int:
 def read_saelens(directory: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
     """cfg.json + sae_weights.safetensors, as SAELens (v5 flat or v6 with metadata) and saescope write it."""
     source = directory / CFG_FILE
-    raw = read_json(source)
-    tensors = read_safetensors(directory / WEIGHTS_FILE)
+    raw, tensors = read_sae(directory)
     if isinstance(raw.get("saescope"), dict):
         own = raw["saescope"]
-        return make_config(own.get("architecture"), source, **{k: v for k, v in own.items() if k != "architecture"}), tensors
+        values = {k: v for k, v in own.items() if k != "architecture"}
+        return make_config(own.get("architecture"), source, provenance=Provenance.from_cfg(own), **values), tensors
     architecture = SAELENS_ARCHITECTURES.get(raw.get("architecture", "standard"))
     if architecture is None:
         raise SAEFormatError(
@@ -150,12 +126,10 @@ def read_saelens(directory: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
         source,
         d_in=int_field(raw, "d_in", source),
         d_sae=int_field(raw, "d_sae", source),
-        k=k if architecture == "topk" else None,
-        model_name=meta.get("model_name"),
-        dataset=meta.get("dataset_path"),
-        context_size=meta.get("context_size"),
+        k=k if sae_class(architecture).takes_k else None,
+        provenance=Provenance.of_hook(meta.get("hook_name"), model=meta.get("model_name"),
+                                      dataset=meta.get("dataset_path"), context_len=meta.get("context_size")),
         apply_b_dec_to_input=bool(raw.get("apply_b_dec_to_input", True)),
-        **site_fields(meta.get("hook_name")),
     ), tensors
 
 
@@ -181,7 +155,7 @@ def read_sparsify(directory: Path) -> tuple[SAEConfig, dict[str, torch.Tensor]]:
 
     sparsify encodes topk(relu(encoder(x - b_dec))); our TopK takes relu after topk, the same features.
     """
-    source = directory / "cfg.json"
+    source = directory / CFG_FILE
     raw = read_json(source)
     tensors = read_safetensors(directory / SPARSIFY_WEIGHTS)
     if raw.get("activation", "topk") != "topk":
@@ -234,8 +208,8 @@ def read_dictionary_learning(directory: Path) -> tuple[SAEConfig, dict[str, torc
         raise SAEFormatError(f"{source}: missing 2-D encoder weight (found {', '.join(sorted(state)) or 'none'})")
     d_in, d_sae = tensors["W_enc"].shape
     hook = f"blocks.{trainer['layer']}.hook_resid_post" if isinstance(trainer.get("layer"), int) else None
-    return make_config(architecture, source, d_in=d_in, d_sae=d_sae, model_name=trainer.get("lm_name"),
-                       **site_fields(hook), **extra), tensors
+    return make_config(architecture, source, d_in=d_in, d_sae=d_sae,
+                       provenance=Provenance.of_hook(hook, model=trainer.get("lm_name")), **extra), tensors
 
 
 def _guess_dict_class(state: dict, source: Path) -> str:
@@ -304,10 +278,10 @@ DICTIONARY_LEARNING_CLASSES = {
 """dictionary_learning's class names -> converters to (architecture, SAELens-named tensors, config fields)."""
 
 
-READERS = [
-    (WEIGHTS_FILE, read_saelens),
-    (SPARSIFY_WEIGHTS, read_sparsify),
-    (GEMMA_SCOPE_FILE, read_gemma_scope),
-    (DICTIONARY_LEARNING_FILE, read_dictionary_learning),
-]
-"""(file that marks the layout, reader of the directory holding it), tried in order."""
+LAYOUTS = (
+    Layout("saelens", WEIGHTS_FILE, read_saelens),
+    Layout("sparsify", SPARSIFY_WEIGHTS, read_sparsify),
+    Layout("gemma_scope", GEMMA_SCOPE_FILE, read_gemma_scope),
+    Layout("dictionary_learning", DICTIONARY_LEARNING_FILE, read_dictionary_learning),
+)
+"""Every layout saescope reads, tried in this order."""

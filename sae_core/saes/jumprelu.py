@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import SAE, SAEConfig, TrainOutput
+from .base import SAE, Runtime, SAEConfig, TrainOutput
 
 
 def _rectangle(u: torch.Tensor) -> torch.Tensor:
@@ -58,10 +58,11 @@ class JumpReLUSAE(SAE):
 
     architecture = "jumprelu"
     saelens_architecture = "jumprelu"
+    extra_tensors = ("threshold",)
 
-    def __init__(self, cfg: SAEConfig):
-        super().__init__(cfg)
-        self.log_threshold = nn.Parameter(torch.full((cfg.d_sae,), cfg.jumprelu_init_threshold).log())
+    def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):
+        super().__init__(cfg, runtime)
+        self.log_threshold = nn.Parameter(torch.full((self.d_local,), cfg.jumprelu_init_threshold).log())
 
     @property
     def threshold(self) -> torch.Tensor:
@@ -96,6 +97,6 @@ class JumpReLUSAE(SAE):
     def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
         self.log_threshold += factor_F.log()
 
-    def saved_tensors(self) -> dict[str, torch.Tensor]:
-        threshold = self.threshold.detach().to(getattr(torch, self.cfg.dtype))
-        return {**super().saved_tensors(), "threshold": threshold}
+    def load_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
+        super().load_tensors_(tensors)
+        self.set_threshold_(tensors["threshold"])

@@ -17,12 +17,10 @@ starts where the unsharded SAE of the same seed starts.
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import torch
 
 from ..distributed import Dist
-from .base import SAE, SAEConfig, TrainOutput
+from .base import SAE, Runtime, SAEConfig, TrainOutput
 from .sparse import SparseActs, top_of_shards
 from .topk import TopKSAE
 
@@ -40,27 +38,37 @@ class _SumOverShards(torch.autograd.Function):
 
 
 class ShardedTopKSAE(TopKSAE):
-    """This rank's shard of a TopK SAE; forward and gradients equal the unsharded SAE's (tested)."""
+    """This rank's shard of a TopK SAE; forward and gradients equal the unsharded SAE's (tested).
 
-    def __init__(self, cfg: SAEConfig, shards: Dist, seed: int = 0):
-        if cfg.architecture != "topk":
+    Its config is the whole SAE's (so a checkpoint records the real `d_sae`); `d_local` is this shard's width.
+    """
+
+    def __init__(self, cfg: SAEConfig, runtime: Runtime, seed: int = 0):
+        if cfg.architecture != TopKSAE.architecture:
             raise ValueError(f"feature sharding supports topk SAEs, not {cfg.architecture!r}")
+        shards = runtime.shards
         if cfg.d_sae % shards.world:
             raise ValueError(f"--features {cfg.d_sae} does not split evenly over {shards.world} processes")
-        local = replace(cfg, d_sae=cfg.d_sae // shards.world, aux_k=cfg.n_aux)
-        if local.d_sae < max(cfg.k, cfg.n_aux):
+        if cfg.d_sae // shards.world < max(cfg.k, cfg.n_aux):
             raise ValueError(f"each shard needs at least k={cfg.k} and aux_k={cfg.n_aux} features; use fewer processes")
-        super().__init__(local)
-        self.full_cfg = cfg
-        self.shards = shards
+        super().__init__(cfg, runtime)
         full = TopKSAE(cfg)
         full.initialize(torch.Generator().manual_seed(seed))  # as build_sae does, on the host
         self._load_slice(full.state_dict())
         self.b_dec.register_hook(shards.sum)
 
+    @property
+    def shards(self) -> Dist:
+        """The ranks holding the other features."""
+        return self.runtime.shards
+
+    @property
+    def d_local(self) -> int:
+        return self.cfg.d_sae // self.runtime.shards.world
+
     def _load_slice(self, full: dict[str, torch.Tensor]) -> None:
         """Copy this rank's features out of an unsharded state dict."""
-        part = slice(self.shards.rank * self.cfg.d_sae, (self.shards.rank + 1) * self.cfg.d_sae)
+        part = slice(self.shards.rank * self.d_local, (self.shards.rank + 1) * self.d_local)
         with torch.no_grad():
             self.W_enc.copy_(full["W_enc"][:, part])
             self.b_enc.copy_(full["b_enc"][part])
@@ -88,7 +96,7 @@ class ShardedTopKSAE(TopKSAE):
 
     def unsharded(self) -> SAE:
         """The whole SAE on the CPU, gathered from every shard (every rank must call this)."""
-        sae = TopKSAE(self.full_cfg)
+        sae = TopKSAE(self.cfg)
         full = {"W_enc": self.shards.gather_cat(self.W_enc.detach(), dim=1),
                 "b_enc": self.shards.gather_cat(self.b_enc.detach()),
                 "W_dec": self.shards.gather_cat(self.W_dec.detach()), "b_dec": self.b_dec.detach()}

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
-from .base import SAE, SAEConfig, TrainOutput
+from .base import SAE, Runtime, SAEConfig, TrainOutput
 from .sparse import Selector, SparseActs, top_dead
 
 
@@ -16,12 +18,13 @@ def aux_k_loss(sae: SAE, x_ND: torch.Tensor, x_hat_ND: torch.Tensor, pre_NF: tor
     as a mean over rows times a batch-wide ratio, so that under data parallelism (both variances over the
     whole global batch) the ranks' averaged gradients equal one process's.
     """
-    if not sae.shards.any(dead_F.any()):
+    shards, batch = sae.runtime.shards, sae.runtime.batch
+    if not shards.any(dead_F.any()):
         return x_hat_ND.new_zeros(())
-    acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux, sae.shards))
+    acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux, shards))
     e_ND = (x_ND - x_hat_ND).detach()
     e_hat_ND = sae.decode_sparse(acts, bias=False)
-    ratio = sae.dist.centred_ss(x_ND) / sae.dist.centred_ss(e_ND).clamp_min(1e-12)
+    ratio = batch.centred_ss(x_ND) / batch.centred_ss(e_ND).clamp_min(1e-12)
     return (e_hat_ND - e_ND).pow(2).sum(-1).mean() * ratio
 
 
@@ -33,7 +36,7 @@ def train_topk_family(sae: SAE, x_ND: torch.Tensor, select: Selector, dead_F: to
     losses = {"mse": sae.mse(x_hat_ND, x_ND)}
     if dead_F is not None:
         losses["aux_k"] = sae.cfg.aux_k_coefficient * aux_k_loss(sae, x_ND, x_hat_ND, pre_NF, dead_F)
-    return TrainOutput(losses, acts.fired(sae.cfg.d_sae), acts.l0(len(x_ND)), x_hat_ND.detach())
+    return TrainOutput(losses, acts.fired(sae.d_local), acts.l0(len(x_ND)), x_hat_ND.detach())
 
 
 class TopKSAE(SAE):
@@ -41,11 +44,12 @@ class TopKSAE(SAE):
 
     architecture = "topk"
     saelens_architecture = "topk"
+    takes_k = True
 
-    def __init__(self, cfg: SAEConfig):
+    def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):
         if cfg.k is None:
             raise ValueError("a topk SAE needs k (active features per token)")
-        super().__init__(cfg)
+        super().__init__(cfg, runtime)
 
     def select(self, pre_NF: torch.Tensor) -> SparseActs:
         """The k largest pre-activations of every row, rectified."""
@@ -53,12 +57,15 @@ class TopKSAE(SAE):
         return SparseActs.from_rows(vals_NK.relu(), idx_NK)
 
     def encode(self, x_ND: torch.Tensor) -> torch.Tensor:
-        return self.select(self.pre_acts(x_ND)).dense(self.cfg.d_sae)
+        return self.select(self.pre_acts(x_ND)).dense(self.d_local)
 
     def training_forward(
         self, x_ND: torch.Tensor, *, dead_F: torch.Tensor | None = None, sparsity_scale: float = 1.0
     ) -> TrainOutput:
         return train_topk_family(self, x_ND, self.select, dead_F)
+
+    def saelens_activation(self) -> dict[str, Any]:
+        return {"activation_fn_str": "topk", "activation_fn_kwargs": {"k": self.cfg.k}, "k": self.cfg.k}
 
     def row_topk_selection(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, SparseActs]:
         pre_NF = self.pre_acts(x_ND)

@@ -13,7 +13,9 @@ from app import crud
 from app.cli import WORKER_STARTUP_S, app
 from app.db import make_engine, session_factory
 from app.settings import Settings
+from sae_core.provenance import Provenance
 from sae_core.saes import SAEConfig, build_sae
+from sae_core.sites import parse_site
 from tests.conftest import invoke_cli, listed_commands
 from tests.spawn import free_port, serving
 
@@ -22,8 +24,8 @@ invoke = partial(invoke_cli, app)
 
 @pytest.fixture()
 def sae_dir(tmp_path):
-    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=24, model_name="tiny", site="layers.1.resid_post",
-                    hook_name="blocks.1.hook_resid_post")
+    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=24,
+                    provenance=Provenance(model="tiny", site=parse_site("layers.1.resid_post")))
     sae = build_sae(cfg, seed=0)
     sae.W_enc.data *= 40.0
     return sae.save(tmp_path / "tiny-sae")

@@ -86,7 +86,7 @@ def test_stream_is_deterministic_and_resumable(source):
 
 def test_harvest_metadata(tmp_path):
     src = open_activations(write_harvest(tmp_path / "h"))
-    assert src.info["hook_name"] == "blocks.1.hook_resid_post" and src.info["context_size"] == 11
+    assert src.provenance.hook_name == "blocks.1.hook_resid_post" and src.provenance.context_len == 11
 
 
 def test_bad_inputs(tmp_path):
@@ -122,7 +122,7 @@ def test_split_tail_holds_out_the_last_rows_across_chunk_boundaries(source, n_ta
     assert (train.n_rows, heldout.n_rows) == (source.n_rows - n_tail, n_tail)
     assert torch.equal(torch.cat(list(train.iter_rows(7))), everything[:-n_tail])
     assert torch.equal(torch.cat(list(heldout.iter_rows(7))), everything[-n_tail:])
-    assert train.d_in == heldout.d_in == source.d_in and train.info == source.info
+    assert train.d_in == heldout.d_in == source.d_in and train.provenance == source.provenance
 
 
 @pytest.mark.parametrize("n_tail", [0, -1, 120])

@@ -42,7 +42,8 @@ def test_train_writes_the_saelens_layout_with_log_and_heldout_metrics(harvested,
     assert log[-1]["step"] == 32 and log[-1]["tokens"] == 8192
     sae = load_sae(tmp_path / "sae")
     assert (sae.cfg.architecture, sae.cfg.d_in, sae.cfg.d_sae, sae.cfg.k) == ("topk", 32, 64, 4)
-    assert sae.cfg.site == "layers.1.resid_post" and sae.cfg.hook_name == "blocks.1.hook_resid_post"
+    provenance = sae.cfg.provenance
+    assert provenance.site.name == "layers.1.resid_post" and provenance.hook_name == "blocks.1.hook_resid_post"
 
 
 def test_eval_prints_reconstruction_and_ce_metrics(harvested, tmp_path, tiny_model_dir):

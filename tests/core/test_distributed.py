@@ -26,7 +26,7 @@ from sae_core.harvest import harvest, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, SAERecord, record_sae
 from sae_core.lm import load_model
-from sae_core.saes import SAEConfig, build_sae, load_sae
+from sae_core.saes import Runtime, SAEConfig, build_sae, load_sae
 from sae_core.saes.sharded import ShardedTopKSAE
 from sae_core.sites import parse_site
 from sae_core.streaming import stream_from_corpus
@@ -136,7 +136,7 @@ def stream_run(dist: Dist, model_dir: Path, corpus: str, out: Path) -> None:
 
 def test_two_ranks_train_from_a_streamed_model(two_ranks):
     sae = load_sae(two_ranks / "streamed")
-    assert sae.cfg.site == "layers.1.resid_post" and sae.cfg.d_in == 32
+    assert sae.cfg.provenance.site.name == "layers.1.resid_post" and sae.cfg.d_in == 32
     log = [json.loads(line) for line in (two_ranks / "streamed" / "training_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [4, 8] and log[-1]["l0"] == pytest.approx(4.0)
 
@@ -144,6 +144,8 @@ def test_two_ranks_train_from_a_streamed_model(two_ranks):
 def test_feature_shards_checkpoint_separately(two_ranks):
     files = sorted(p.name for p in (two_ranks / "sharded-resumed").glob("checkpoint*"))
     assert files == ["checkpoint.rank0.pt", "checkpoint.rank1.pt"]
+    for name in files:  # each shard's checkpoint records the whole SAE's config, not its shard's width
+        assert torch.load(two_ranks / "sharded-resumed" / name, weights_only=True)["sae_cfg"]["d_sae"] == D_SAE
     assert not (two_ranks / "topk" / "checkpoint.rank0.pt").exists()
 
 
@@ -155,7 +157,8 @@ def test_a_batch_that_does_not_split_evenly_is_refused(acts_path, tmp_path):
 def sharded_matches_unsharded(dist: Dist) -> None:
     """On every rank: the shard's encoding, losses and gradients are the unsharded SAE's, sliced."""
     cfg = SAEConfig(architecture="topk", d_in=D, d_sae=D_SAE, k=4, aux_k=6)
-    full, shard = build_sae(cfg, seed=5), ShardedTopKSAE(cfg, dist, seed=5)
+    full, shard = build_sae(cfg, seed=5), ShardedTopKSAE(cfg, Runtime(shards=dist), seed=5)
+    assert shard.cfg == full.cfg and shard.d_local == D_SAE // 2  # the shard's config is the whole SAE's
     part = slice(dist.rank * D_SAE // 2, (dist.rank + 1) * D_SAE // 2)
     x = torch.randn(64, D, generator=torch.Generator().manual_seed(2)) + 1.0
     with torch.no_grad():
@@ -163,7 +166,8 @@ def sharded_matches_unsharded(dist: Dist) -> None:
         torch.testing.assert_close(shard(x), full(x))
     dead_F = torch.arange(D_SAE) % 3 == 0  # AuxK over dead features on both shards
     for sparse_kernels in (False, True):
-        full.sparse_kernels = shard.sparse_kernels = sparse_kernels
+        full = build_sae(cfg, seed=5, runtime=Runtime(sparse_kernels))
+        shard = ShardedTopKSAE(cfg, Runtime(sparse_kernels, shards=dist), seed=5)
         outs = [sae.training_forward(x, dead_F=d) for sae, d in ((full, dead_F), (shard, dead_F[part]))]
         for sae, out in zip((full, shard), outs):
             sae.zero_grad()
@@ -182,9 +186,9 @@ def sharded_matches_unsharded(dist: Dist) -> None:
 
 def test_sharded_topk_refuses_what_it_cannot_split():
     with pytest.raises(ValueError, match="split evenly"):
-        ShardedTopKSAE(SAEConfig(architecture="topk", d_in=D, d_sae=63, k=4), Dist(0, 2))
+        ShardedTopKSAE(SAEConfig(architecture="topk", d_in=D, d_sae=63, k=4), Runtime(shards=Dist(0, 2)))
     with pytest.raises(ValueError, match="supports topk"):
-        ShardedTopKSAE(sae_cfg("batchtopk"), Dist(0, 2))
+        ShardedTopKSAE(sae_cfg("batchtopk"), Runtime(shards=Dist(0, 2)))
 
 
 # --- harvest ----------------------------------------------------------------------------------------

@@ -38,7 +38,8 @@ def test_saelens_standard_v5_flat_cfg(tmp_path):
     f = ((x - b_dec) @ W_enc + b_enc).relu()
     assert torch.allclose(sae.encode(x), f, atol=1e-5)
     assert torch.allclose(sae(x), f @ W_dec + b_dec, atol=1e-4)
-    assert sae.cfg.architecture == "relu" and sae.cfg.site == "layers.3.resid_pre" and sae.cfg.model_name == "gpt2"
+    assert sae.cfg.architecture == "relu" and sae.cfg.provenance.site.name == "layers.3.resid_pre"
+    assert sae.cfg.provenance.model == "gpt2"
 
 
 def test_saelens_topk_and_jumprelu_v6_metadata(tmp_path):
@@ -52,7 +53,7 @@ def test_saelens_topk_and_jumprelu_v6_metadata(tmp_path):
     top = pre.topk(K, dim=-1)
     expected = torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
     sae = load_sae(tmp_path)
-    assert sae.cfg.k == K and sae.cfg.hook_name == "blocks.1.hook_resid_post"
+    assert sae.cfg.k == K and sae.cfg.provenance.hook_name == "blocks.1.hook_resid_post"
     assert torch.allclose(sae.encode(x), expected, atol=1e-5)
 
     threshold = rand(F).abs()
@@ -145,7 +146,7 @@ def test_dictionary_learning_autoencoder(tmp_path):
     f = torch.nn.functional.linear(x - state["bias"], state["encoder.weight"], state["encoder.bias"]).relu()
     recon = torch.nn.functional.linear(f, state["decoder.weight"]) + state["bias"]
     sae = load_sae(tmp_path / "ae")
-    assert sae.cfg.architecture == "relu" and sae.cfg.model_name == "lm" and sae.cfg.site == "layers.4.resid_post"
+    assert sae.cfg.architecture == "relu" and sae.cfg.provenance.model == "lm" and sae.cfg.provenance.site.name == "layers.4.resid_post"
     assert torch.allclose(sae.encode(x), f, atol=1e-5) and torch.allclose(sae(x), recon, atol=1e-4)
 
 

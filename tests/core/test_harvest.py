@@ -3,7 +3,7 @@ import torch
 
 import sae_core.harvest as harvest_module
 from sae_core.config import HarvestConfig
-from sae_core.harvest import HarvestError, harvest, iter_shards, read_manifest
+from sae_core.harvest import HarvestError, harvest, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
 from sae_core.sites import Site
@@ -20,8 +20,14 @@ def config(tiny_model_dir, corpus, **overrides):
     return HarvestConfig(**{**base, **overrides})
 
 
+def shards_of(directory):
+    """Every listed shard's tensors, in manifest order."""
+    manifest = read_manifest(directory)
+    return [load_shard(directory, entry, manifest["d_model"]) for entry in manifest["shards"]]
+
+
 def all_rows(directory):
-    shards = list(iter_shards(directory))
+    shards = shards_of(directory)
     return {k: torch.cat([s[k] for s in shards]) for k in ("activations", "positions")}, shards
 
 
@@ -66,7 +72,7 @@ def test_interrupted_run_resumes_to_identical_data(tmp_path, tiny_model_dir, cor
         harvest(cfg, tmp_path / "cut", lm=lm, progress=False)
     cut = read_manifest(tmp_path / "cut")
     assert not cut["complete"] and 0 < cut["n_tokens"] < 700
-    list(iter_shards(tmp_path / "cut"))  # every listed shard is whole
+    shards_of(tmp_path / "cut")  # every listed shard is whole
     monkeypatch.setattr(harvest_module, "_activation_rows", real)
     with pytest.raises(HarvestError, match="--resume"):
         harvest(cfg, tmp_path / "cut", lm=lm, progress=False)
@@ -87,7 +93,7 @@ def test_corrupt_and_missing_shards_give_clear_errors(tmp_path, tiny_model_dir, 
     manifest = harvest(config(tiny_model_dir, corpus), tmp_path / "h", lm=lm, progress=False)
     (tmp_path / "h" / manifest["shards"][1]["file"]).write_bytes(b"garbage")
     with pytest.raises(HarvestError, match="unreadable shard"):
-        list(iter_shards(tmp_path / "h"))
+        shards_of(tmp_path / "h")
     (tmp_path / "h" / "manifest.json").write_text("{")
     with pytest.raises(HarvestError, match="corrupt manifest"):
         read_manifest(tmp_path / "h")

@@ -52,7 +52,7 @@ def test_loads_with_the_tools_shape_and_architecture(name: str):
     assert (sae.cfg.d_in, sae.cfg.d_sae) == (16, 32)
     assert sae.cfg.architecture in ARCHITECTURE[name]
     assert sae.W_enc.shape == (16, 32) and sae.W_dec.shape == (32, 16)
-    if sae.cfg.architecture == "topk":
+    if sae.takes_k:
         assert sae.cfg.k == 4
 
 
@@ -70,9 +70,9 @@ def test_encode_decode_forward_match_the_tool(name: str, x_ND: torch.Tensor):
 @pytest.mark.parametrize("name", ["saelens_standard", "saelens_topk", "saelens_jumprelu", "saelens_batchtopk"])
 def test_saelens_site_metadata_is_kept(name: str):
     sae = load_sae(FIXTURES / name)
-    assert sae.cfg.hook_name == "blocks.6.hook_resid_post"
-    assert sae.cfg.site == "layers.6.resid_post"
-    assert sae.cfg.model_name == "tiny-test"
+    assert sae.cfg.provenance.hook_name == "blocks.6.hook_resid_post"
+    assert sae.cfg.provenance.site.name == "layers.6.resid_post"
+    assert sae.cfg.provenance.model == "tiny-test"
 
 
 def drop_saelens(directory: Path) -> None:

@@ -8,16 +8,18 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae_core.saes import ARCHITECTURES, SAEConfig, SAEFormatError, build_sae, load_sae, sae_class
+from sae_core.provenance import Provenance
+from sae_core.saes import ARCHITECTURES, Runtime, SAEConfig, SAEFormatError, build_sae, load_sae, sae_class, takes_k
+from sae_core.sites import Site
 
 D_IN, D_SAE, K = 16, 64, 4
 ARCHS = sorted(ARCHITECTURES)
 
 
-def make(arch: str, seed: int = 0, **kw):
-    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=K if "topk" in arch else None,
-                    hook_name="blocks.2.hook_resid_post", site="layers.2.resid_post", model_name="tiny", **kw)
-    sae = build_sae(cfg, seed=seed)
+def make(arch: str, seed: int = 0, runtime: Runtime | None = None, **kw):
+    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=K if takes_k(arch) else None,
+                    provenance=Provenance(model="tiny", site=Site(2, "resid_post")), **kw)
+    sae = build_sae(cfg, seed=seed, runtime=runtime)
     with torch.no_grad():  # non-trivial biases and thresholds so round trips test them
         sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
         sae.b_dec.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed + 1))
@@ -180,8 +182,7 @@ def test_sparse_kernels_equal_dense_reference(arch):
     dead[::3] = True
     grads, losses = [], []
     for sparse in (False, True):
-        sae = make(arch)
-        sae.sparse_kernels = sparse
+        sae = make(arch, runtime=Runtime(sparse_kernels=sparse))
         out = sae.training_forward(x, dead_F=dead)
         out.loss.backward()
         losses.append({k: float(v.detach()) for k, v in out.losses.items()})

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sae_core.config import HarvestConfig
-from sae_core.harvest import harvest, iter_shards
+from sae_core.harvest import harvest, load_shard
 from sae_core.hooks import truncated_forward
 from sae_core.sites import parse_site, valid_sites
 
@@ -23,7 +23,7 @@ def test_smollm2_harvest_of_the_demo_corpus(tmp_path, smollm2):
     cfg = HarvestConfig(site="blocks.6.hook_resid_post", tokens=600, batch_size=4, shard_tokens=256)
     manifest = harvest(cfg, tmp_path / "h", lm=smollm2, progress=False)
     assert manifest["model"] == "SmolLM2-135M-Instruct" and manifest["d_model"] == 576
-    shards = list(iter_shards(tmp_path / "h"))
+    shards = [load_shard(tmp_path / "h", entry, 576) for entry in manifest["shards"]]
     acts = torch.cat([s["activations"] for s in shards]).float()
     positions = torch.cat([s["positions"] for s in shards])
     assert acts.shape == (600, 576) and (positions[:, 1] > 0).all()

@@ -5,7 +5,8 @@ import torch
 from sae_core.generation import GenerationError, Limits, Sampling, collect, encode_prompt, stream
 from sae_core.hooks import splice
 from sae_core.lm import LoadedModel
-from sae_core.saes import ARCHITECTURES, SAE, SAEConfig, build_sae
+from sae_core.provenance import Provenance
+from sae_core.saes import ARCHITECTURES, SAE, SAEConfig, build_sae, takes_k
 from sae_core.sites import SiteError, parse_site, site_module
 from sae_core.steering import (
     Intervention,
@@ -26,9 +27,8 @@ SAMPLED = Sampling(max_new_tokens=12, temperature=1.0, top_p=0.9, seed=3)
 
 def make_sae(architecture: str, d_in: int = 32, d_sae: int = 24, seed: int = 0) -> SAE:
     """A real SAE whose orthonormal decoder rows (encoder their transpose) make re-encoding exact."""
-    k = 8 if architecture in ("topk", "batchtopk") else None
-    cfg = SAEConfig(architecture=architecture, d_in=d_in, d_sae=d_sae, k=k, site=SITE,
-                    hook_name="blocks.1.hook_resid_post")
+    k = 8 if takes_k(architecture) else None
+    cfg = SAEConfig(architecture=architecture, d_in=d_in, d_sae=d_sae, k=k, provenance=Provenance(site=parse_site(SITE)))
     sae = build_sae(cfg, seed).requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     q_DF, _ = torch.linalg.qr(torch.randn(d_in, d_sae, generator=generator))

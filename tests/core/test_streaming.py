@@ -67,7 +67,7 @@ def test_cli_trains_straight_from_the_model(tiny_model_dir, corpus, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
     assert metrics["eval_rows"].startswith("first 4 contexts") and metrics["fvu"] < 1
-    assert load_sae(tmp_path / "sae").cfg.site == "layers.1.resid_post"
+    assert load_sae(tmp_path / "sae").cfg.provenance.site.name == "layers.1.resid_post"
 
 
 def test_held_out_contexts_are_not_streamed(tiny_model_dir, corpus):

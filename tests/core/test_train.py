@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from sae_core.activations import open_activations
 from sae_core.config import TrainConfig
-from sae_core.metrics import fvu
-from sae_core.saes import ARCHITECTURES, SAEConfig, load_sae
+from sae_core.evaluate import reconstruction_metrics
+from sae_core.saes import ARCHITECTURES, SAEConfig, load_sae, takes_k
 from sae_core.train import Trainer, default_lr, geometric_median, lr_factor, train
 
 D, TRUE_FEATURES, D_SAE = 16, 48, 64
@@ -43,7 +43,7 @@ def sparse_data(tmp_path_factory):
 
 
 def sae_cfg(arch, **kw):
-    return SAEConfig(architecture=arch, d_in=D, d_sae=D_SAE, k=4 if "topk" in arch else None,
+    return SAEConfig(architecture=arch, d_in=D, d_sae=D_SAE, k=4 if takes_k(arch) else None,
                      **{**ARCH_SETTINGS.get(arch, {}), **kw})
 
 
@@ -57,7 +57,7 @@ def test_training_recovers_planted_features(arch, sparse_data, tmp_path):
     sae = train(sae_cfg(arch), train_cfg(), open_activations(path), tmp_path)
     held_out = x[-2000:]
     with torch.no_grad():
-        assert fvu(held_out, sae(held_out)) < 0.2
+        assert reconstruction_metrics(sae, [held_out])["fvu"] < 0.2
         assert (sae.encode(held_out) > 0).sum(1).float().mean() < 12
     loaded = load_sae(tmp_path)
     assert torch.allclose(loaded(held_out), sae(held_out), atol=1e-5)
@@ -131,7 +131,7 @@ def test_bf16_fast_path_tracks_float32_reference(sparse_data, tmp_path):
     for name, kw in {"ref": dict(dtype="float32", sparse_kernels=False), "fast": dict(dtype="bfloat16", sparse_kernels=True)}.items():
         sae = train(sae_cfg("topk"), train_cfg(**kw), open_activations(path), tmp_path / name)
         with torch.no_grad():
-            results[name] = fvu(x[-2000:], sae(x[-2000:]))
+            results[name] = reconstruction_metrics(sae, [x[-2000:]])["fvu"]
     assert results["fast"] < results["ref"] + 0.03
 
 
