@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from sqlalchemy.orm import Session
@@ -42,17 +43,19 @@ def read_sae(path: str | Path) -> LoadedSae:
     return LoadedSae(sae, path, layout.name)
 
 
-def refresh_reports(row: Sae, loaded: LoadedSae) -> None:
-    """Copy the metrics and training log beside the SAE onto its row; the caller's commit saves them.
+def report_fields(loaded: LoadedSae) -> dict[str, Any]:
+    """The SAE row's columns that come from the metrics and training log beside the SAE (only those written).
 
-    Called when an SAE is registered and again when it is recorded, so a later `saescope eval --save`
-    reaches the pages with the next recording.
+    Read when an SAE is registered and again when it is recorded, so a later `saescope eval --save`
+    reaches the pages with the next recording. Reading first means a corrupt report leaves no row behind.
     """
     reports = read_reports(loaded.directory)
+    fields: dict[str, Any] = {}
     if reports.metrics:
-        row.eval_metrics = reports.metrics
+        fields["eval_metrics"] = reports.metrics
     if reports.training_log:
-        row.training_log = reports.training_log
+        fields["training_log"] = reports.training_log
+    return fields
 
 
 def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None, model_spec: str = "") -> Sae:
@@ -62,7 +65,8 @@ def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None
         return existing[0]
     cfg = loaded.sae.cfg
     provenance = cfg.provenance
-    row = crud.create_sae(
+    reports = report_fields(loaded)
+    return crud.create_sae(
         session,
         name=name or loaded.path.name,
         model_name=provenance.model or "unknown",
@@ -76,10 +80,8 @@ def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None
         source_path=str(loaded.path),
         source_format=loaded.source_format,
         config=cfg.to_dict(),
+        **reports,
     )
-    refresh_reports(row, loaded)
-    session.commit()
-    return row
 
 
 DEFAULT_RECORD_CONTEXT = 128
@@ -127,10 +129,12 @@ def record_into_store(
     if dist.is_main:
         if sae_row is None:
             raise ValueError("the main rank needs the SAE's row in the store to record into")
-        refresh_reports(sae_row, loaded)  # read before the long pass, committed with the recording
+        reports = report_fields(loaded)  # read before the long pass, committed with the recording
     record = record_sae(lm.model, loaded.sae, contexts, site=site, tokenizer=lm.tokenizer, cfg=cfg,
                         progress=progress, dist=dist)
     if dist.is_main:
         sae_row.model_spec = model_spec
+        for column, value in reports.items():
+            setattr(sae_row, column, value)
         store_record(session, sae_id=sae_row.id, record=record, dataset=dataset)
     return record
