@@ -1,42 +1,9 @@
 """SAE architectures, found by name through one registry, and loading from the layouts the field uses."""
 
-from __future__ import annotations
-
-import torch
-
 from .artifact import SAEFormatError
 from .base import SAE, Runtime, SAEConfig, TrainOutput
-from .batchtopk import BatchTopKSAE
-from .jumprelu import JumpReLUSAE
-from .relu import ReLUSAE
-from .topk import TopKSAE
-
-ARCHITECTURES: dict[str, type[SAE]] = {
-    cls.architecture: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
-}
-
-
-def sae_class(architecture: str) -> type[SAE]:
-    """The class registered under `architecture`, or a ValueError naming the known ones."""
-    try:
-        return ARCHITECTURES[architecture]
-    except KeyError:
-        raise ValueError(f"unknown SAE architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}") from None
-
-
-def takes_k(architecture: str) -> bool:
-    """Whether an architecture reads k (active features per token), so a CLI's --k applies to it."""
-    return sae_class(architecture).takes_k
-
-
-def build_sae(cfg: SAEConfig, seed: int = 0, runtime: Runtime | None = None) -> SAE:
-    """A freshly initialised SAE of the configured architecture, the same for the same seed."""
-    sae = sae_class(cfg.architecture)(cfg, runtime)
-    sae.initialize(torch.Generator().manual_seed(seed))
-    return sae
-
-
-from .formats import load_sae, load_sae_and_layout  # noqa: E402  (formats needs the registry above)
+from .formats import load_sae, load_sae_and_layout
+from .registry import ARCHITECTURES, build_sae, sae_class, takes_k
 
 __all__ = [
     "ARCHITECTURES", "SAE", "Runtime", "SAEConfig", "SAEFormatError", "TrainOutput", "build_sae", "load_sae",

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from ..provenance import Provenance
-from . import ARCHITECTURES, build_sae, sae_class
 from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, read_json, read_safetensors, read_sae, sae_directory
 from .base import SAE, SAEConfig
+from .registry import ARCHITECTURES, build_sae, sae_class
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
