@@ -199,7 +199,8 @@ def test_users_tokens_bookmarks_and_steering(session):
                        params={"max_new_tokens": 8}, owner_id=user.id, steered_text="Hello")
     saved = crud.steering_experiments(session, owner_id=user.id)
     assert saved[0].interventions[0]["strength"] == 4.0
-    crud.delete_sae(session, sae_id=sae.id)
+    session.delete(sae)  # an SAE's rows go with it: the schema cascades
+    session.commit()
     assert crud.steering_experiments(session) == []
     with pytest.raises(crud.NotFound):
         crud.find_sae(session, ref="tiny")
