@@ -11,7 +11,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 ROLES = ("viewer", "labeller", "admin")
+"""What an account may be; `saescope user add --role` takes one."""
 WRITERS = ("labeller", "admin")
+"""The roles that may write (labels, tags, imports, bookmarks, steering): models.User.can_write asks this."""
 
 _hasher = PasswordHasher()
 

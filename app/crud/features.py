@@ -158,10 +158,8 @@ class FeaturePage:
 
     def interval_bounds(self, interval: int) -> tuple[float, float] | None:
         """The activations quantile interval `interval` covers; None when the recording names no intervals."""
-        if not self.n_intervals:
-            return None
-        width = self.feature.max_act / self.n_intervals
-        return interval * width, (interval + 1) * width
+        n, top = self.n_intervals, self.feature.max_act
+        return (interval / n * top, (interval + 1) / n * top) if n else None
 
     @cached_property
     def top(self) -> list[ExampleView]:
