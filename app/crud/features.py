@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
@@ -55,8 +56,9 @@ def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: 
     }
     if state not in conditions:
         raise ValueError(f"unknown filter {state!r}; choose one of {', '.join(conditions)}")
-    if conditions[state] is not None:
-        stmt = stmt.where(conditions[state])
+    condition = conditions[state]
+    if condition is not None:
+        stmt = stmt.where(condition)
     if tag:
         stmt = stmt.where(exists().where(
             FeatureTag.sae_id == sae_id, FeatureTag.feature_index == Feature.feature_index,
@@ -135,7 +137,7 @@ class FeaturePage:
     sae: SaeHeader
     feature: Row[Any]
     """The feature's row of the features table, which reads like a Feature."""
-    examples: list[Row[Any]]
+    examples: Sequence[Row[Any]]
     """(token_ids, pieces, acts, peak, value, interval, context_index, start) as stored: top examples by rank,
     then the quantile samples by interval and rank. Packed, because the HTML page renders them straight
     from the float16 bytes (app/presenters/feature_page.py); `top` and `quantiles` unpack them for the API

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import BindParameter, Row, Select, Subquery, bindparam, exists, func, select
@@ -55,12 +56,12 @@ _LABEL_TEXTS = select(Label.feature_index, Label.text).where(
     Label.id.in_(newest_label_ids(bindparam("sae_id"), bindparam("indices", expanding=True))))
 
 
-def label_rows(session: Session, *, sae_id: int, indices: list[int]) -> list[Row[Any]]:
+def label_rows(session: Session, *, sae_id: int, indices: list[int]) -> Sequence[Row[Any]]:
     """The label histories of several features together, newest first, as plain rows (one statement)."""
     return session.connection().execute(_LABEL_ROWS, {"sae_id": sae_id, "indices": indices}).all()
 
 
-def current_texts(history: list[Row[Any]]) -> dict[int, str]:
+def current_texts(history: Sequence[Row[Any]]) -> dict[int, str]:
     """The current label text of each feature in a newest-first history (label_rows)."""
     current: dict[int, str] = {}
     for label in history:

@@ -32,7 +32,7 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
     windows = example_windows(page, request.app.state.token_tables.get(session, sae_id, page.sae.recorded_at))
     if windows is None:  # a token the SAE's token texts lack: read the windows' own pieces instead
         page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
-        windows = example_windows(page, None)
+        windows = example_windows_of_pieces(page)
     f = page.feature
     writer = user if user is not None and user.can_write else None
     hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
@@ -43,22 +43,33 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
             "lists": crud.bookmark_lists(session, owner_id=writer.id) if writer else []}
 
 
-def example_windows(page: crud.FeaturePage, token_table: TokenTable | None) -> Windows | None:
-    """The page's example windows as heatmaps, rendered together from the stored bytes. Token texts come
-    from `token_table`, or the rows' own pieces when it is None; None if the table lacks one of the tokens."""
+def example_windows(page: crud.FeaturePage, token_table: TokenTable) -> Windows | None:
+    """The page's example windows as heatmaps, rendered together from the stored bytes with token texts from
+    `token_table`; None if the table lacks one of the tokens."""
     if not page.examples:
         return Markup(""), []
-    token_ids, pieces, acts, peaks, _values, intervals, *_ = zip(*page.examples)  # columns, not rows
+    token_ids, _pieces, acts, peaks, _values, intervals, *_ = zip(*page.examples)  # columns, not rows
     lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
-    if token_table is None:
-        lengths = np.minimum(lengths, _counts(pieces, 1))  # a damaged row shows what it has
-        cells = token_cells(list(chain.from_iterable(p[:n] for n, p in zip(lengths.tolist(), pieces))))
-    else:
-        cells = token_table.lookup(np.frombuffer(_joined(token_ids, lengths, IDS.itemsize), dtype=IDS))
-        if cells is None:
-            return None
+    cells = token_table.lookup(np.frombuffer(_joined(token_ids, lengths, IDS.itemsize), dtype=IDS))
+    return None if cells is None else _windows(cells, acts, lengths, peaks, intervals, page.feature.max_act)
+
+
+def example_windows_of_pieces(page: crud.FeaturePage) -> Windows:
+    """example_windows with the token texts the rows hold themselves (a page read with pieces)."""
+    if not page.examples:
+        return Markup(""), []
+    token_ids, pieces, acts, peaks, _values, intervals, *_ = zip(*page.examples)
+    lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
+    lengths = np.minimum(lengths, _counts(pieces, 1))  # a damaged row shows what it has
+    cells = token_cells(list(chain.from_iterable(p[:n] for n, p in zip(lengths.tolist(), pieces))))
+    return _windows(cells, acts, lengths, peaks, intervals, page.feature.max_act)
+
+
+def _windows(cells: np.ndarray, acts: Sequence[bytes], lengths: np.ndarray, peaks: Sequence[int],
+             intervals: Sequence[int | None], top_act: float) -> Windows:
+    """The heatmaps of windows whose token cells lie end to end, `lengths` tokens each, in their sections."""
     values = np.frombuffer(_joined(acts, lengths, ACTS.itemsize), dtype=ACTS)
-    windows = heatmaps(cells, values, lengths.tolist(), peaks, page.feature.max_act)
+    windows = heatmaps(cells, values, lengths.tolist(), peaks, top_act)
     top: list[str] = []
     groups: dict[int, list[str]] = {}
     for interval, window in zip(intervals, windows):
