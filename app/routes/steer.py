@@ -18,6 +18,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from sae_core.steering import MODES
+
 from .. import charts, crud
 from ..deps import CsrfChecked, LabellerDep, ReaderDep, SaeId, SessionDep, render
 from ..models import Sae, User
@@ -43,7 +45,7 @@ def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: 
         start = [InterventionIn(feature=feature, mode="add", value=4.0)] if feature is not None else []
         form = SteerIn.model_construct(sae_id=sae.id, prompt="", interventions=start)
     labels = crud.label_texts(session, sae_id=sae.id, indices=[i.feature for i in form.interventions])
-    return render(request, "steer.html", {"sae": sae, "form": form, "labels": labels,
+    return render(request, "steer.html", {"sae": sae, "form": form, "labels": labels, "modes": MODES,
                                           "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=20)})
 
 
