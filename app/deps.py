@@ -127,7 +127,8 @@ async def check_csrf(request: Request) -> None:
         return
     token = request.headers.get(CSRF_HEADER)
     if token is None and "form" in request.headers.get("content-type", ""):
-        token = (await request.form()).get(CSRF_FIELD)
+        field = (await request.form()).get(CSRF_FIELD)
+        token = field if isinstance(field, str) else None
     if not csrf_valid(request.app.state.settings.secret_key, request.cookies.get(CSRF_COOKIE), token):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
 

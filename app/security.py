@@ -72,4 +72,6 @@ def csrf_token(key: str, seed: str) -> str:
 
 
 def csrf_valid(key: str, seed: str | None, token: str | None) -> bool:
-    return bool(seed and token) and hmac.compare_digest(csrf_token(key, seed), token)
+    if not seed or not token:
+        return False
+    return hmac.compare_digest(csrf_token(key, seed), token)

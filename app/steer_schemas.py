@@ -104,8 +104,8 @@ class ExperimentOut(BaseModel):
 
     def request(self) -> SteerIn:
         """The request that reruns this experiment (it gives the same outputs: generation is seeded)."""
-        return SteerIn(sae_id=self.sae_id, prompt=self.prompt, interventions=self.interventions,
-                       name=self.name, **self.params)
+        return SteerIn.model_validate({"sae_id": self.sae_id, "prompt": self.prompt,
+                                       "interventions": self.interventions, "name": self.name, **self.params})
 
 
 def experiment_url(sae_id: int, experiment_id: int) -> str:

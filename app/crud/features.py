@@ -177,8 +177,8 @@ class FeaturePage:
 
 
 def _view(row: Row[Any]) -> ExampleView:
-    ids, pieces, acts, *rest = row
-    return ExampleView(unpack_ids(ids), list(pieces), unpack_acts(acts), *rest)
+    return ExampleView(unpack_ids(row.token_ids), list(row.pieces), unpack_acts(row.acts), row.peak, row.value,
+                       row.interval, row.context_index, row.start)
 
 
 # Built once: constructing a statement costs about as much as running it on SQLite. A page runs three: the

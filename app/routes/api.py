@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
@@ -30,6 +30,7 @@ from ..schemas import (
     LabelConflictOut,
     LabelIn,
     LabelOut,
+    NextToken,
     SaeDetail,
     SaeOut,
     SearchResult,
@@ -38,7 +39,7 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix="/api", tags=["api"])
-ERRORS = {404: {"description": "No such SAE or feature"}, 422: {"description": "Bad parameters"}}
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or feature"}, 422: {"description": "Bad parameters"}}
 Text = Annotated[str, Query(min_length=1, max_length=2000)]
 
 
@@ -89,7 +90,7 @@ def search(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeI
     row = crud.find_sae(session, ref=sae_id)
     rows = token_rows(session, row.id, request.app.state.models.run(row, text), n) if text.strip() else []
     return SearchResult(tokens=[SearchToken(token=r["piece"], token_id=r["token_id"], features=r["features"],
-                                            next_tokens=[{"token": t, "probability": p} for t, p in r["next"]])
+                                            next_tokens=[NextToken(token=t, probability=p) for t, p in r["next"]])
                                 for r in rows])
 
 

@@ -161,12 +161,13 @@ class JobStream(StreamingResponse):
 
 def sweep_chart(rows: list[RowOut]) -> str:
     """The measured effect against strength: the target's log-probability when there is one, else the KL."""
-    points = sorted((r for r in rows if r.strength is not None), key=lambda r: r.strength)
-    if not points:
+    swept = sorted(((r.strength, r) for r in rows if r.strength is not None), key=lambda point: point[0])
+    if not swept:
         return ""
-    by_target = all(r.target_logprob is not None for r in points)
+    by_target = all(r.target_logprob is not None for _, r in swept)
     y_name = "log p(target)" if by_target else "KL from baseline"
-    return charts.line([(r.strength, r.target_logprob if by_target else r.kl) for r in points],
+    effects = [(s, r.target_logprob if by_target else r.kl) for s, r in swept]
+    return charts.line([(s, y) for s, y in effects if y is not None],  # a sweep's rows all have both
                        title=f"{y_name} against strength", x_label=f"strength · {y_name}")
 
 
