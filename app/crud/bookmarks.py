@@ -40,4 +40,5 @@ def remove_bookmark(session: Session, *, list_id: int, sae_id: int, feature_inde
 
 
 def bookmark_lists(session: Session, *, owner_id: int) -> list[BookmarkList]:
-    return list(session.scalars(select(BookmarkList).where(BookmarkList.owner_id == owner_id).order_by(BookmarkList.name)))
+    mine = select(BookmarkList).where(BookmarkList.owner_id == owner_id)
+    return list(session.scalars(mine.order_by(BookmarkList.name)))

@@ -108,7 +108,8 @@ def heatmaps(cells: np.ndarray, acts: np.ndarray, lengths: Sequence[int], peaks:
         parts[:, 1] = np.fromiter(map(value_title, acts.tolist()), dtype=object, count=n)
     parts[:, 2] = cells
     flat = parts.ravel().tolist()
-    return ['<div class="tokens">' + "".join(flat[3 * s:3 * e]) + "</div>" for s, e in zip(starts.tolist(), ends.tolist())]
+    return ['<div class="tokens">' + "".join(flat[3 * s:3 * e]) + "</div>"
+            for s, e in zip(starts.tolist(), ends.tolist())]
 
 
 def heatmap(pieces: Sequence[str], acts: Sequence[float], top: float, peak: int = -1) -> Markup:

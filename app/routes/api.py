@@ -39,7 +39,8 @@ from ..schemas import (
 )
 
 router = APIRouter(prefix="/api", tags=["api"])
-ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or feature"}, 422: {"description": "Bad parameters"}}
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or feature"},
+                                           422: {"description": "Bad parameters"}}
 Text = Annotated[str, Query(min_length=1, max_length=2000)]
 
 
