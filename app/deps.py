@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Request
+from fastapi import Depends, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from . import crud
 from .models import User
-from .security import WRITERS, csrf_token, csrf_valid, hash_api_token, session_user_id
+from .security import csrf_token, csrf_valid, hash_api_token, session_user_id
 from .settings import Settings
 
 SESSION_COOKIE = "saescope_session"
@@ -28,6 +28,11 @@ CSRF_HEADER = "X-CSRF-Token"
 # Ids beyond int32 would overflow PostgreSQL's integer columns: refuse them as bad input (422), not a 500.
 SaeId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the SAE in the store.")]
 FeatureIndex = Annotated[int, Path(ge=0, lt=2**31, description="Index of the feature in the SAE.")]
+Page = Annotated[int, Query(ge=1, le=10**6)]
+PerPage = Annotated[int, Query(ge=1, le=500)]
+TypedText = Annotated[str, Query(max_length=2000)]
+"""Typed text for the model; a bound keeps each request short on a CPU."""
+TopN = Annotated[int, Query(ge=1, le=20)]
 
 
 class LoginRequired(Exception):
@@ -95,7 +100,7 @@ async def require_labeller(user: CurrentUser) -> User:
     """Writing (labels, tags, imports, bookmarks) needs a labeller or admin account."""
     if user is None:
         raise LoginRequired()
-    if user.role not in WRITERS:
+    if not user.can_write:
         raise HTTPException(403, f"user {user.name!r} is a {user.role}; writing needs a labeller account")
     return user
 
@@ -122,7 +127,8 @@ async def check_csrf(request: Request) -> None:
         return
     token = request.headers.get(CSRF_HEADER)
     if token is None and "form" in request.headers.get("content-type", ""):
-        token = (await request.form()).get(CSRF_FIELD)
+        field = (await request.form()).get(CSRF_FIELD)
+        token = field if isinstance(field, str) else None
     if not csrf_valid(request.app.state.settings.secret_key, request.cookies.get(CSRF_COOKIE), token):
         raise HTTPException(403, "missing or wrong CSRF token: reload the page and try again")
 
@@ -137,6 +143,6 @@ def get_templates(request: Request) -> Jinja2Templates:
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
     """A template with what every page needs: the user, the CSRF token and the settings."""
     user = getattr(request.state, "user", None)
-    base = {"user": user, "can_write": user is not None and user.role in WRITERS, "htmx": is_htmx(request),
+    base = {"user": user, "can_write": user is not None and user.can_write, "htmx": is_htmx(request),
             "csrf_token": request_csrf_token(request), "settings": request.app.state.settings}
     return get_templates(request).TemplateResponse(request, name, base | context, status_code=status_code)

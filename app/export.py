@@ -110,7 +110,6 @@ def _bin_centres(edges: list[float]) -> list[float]:
 
 
 def _np_activations(ids: dict[str, str], page: crud.FeaturePage) -> Iterator[dict[str, Any]]:
-    n_intervals = (page.sae.record_config or {}).get("n_intervals", 0)
     examples = page.top + [e for group in page.quantiles.values() for e in group]
     for e in examples:
         row = {
@@ -123,9 +122,9 @@ def _np_activations(ids: dict[str, str], page: crud.FeaturePage) -> Iterator[dic
             "minValue": min(e.acts),
             "dataIndex": str(e.context_index),
         }
-        if e.interval is not None and n_intervals:
-            top = page.feature.max_act
-            row["binMin"], row["binMax"] = e.interval / n_intervals * top, (e.interval + 1) / n_intervals * top
+        bounds = page.interval_bounds(e.interval) if e.interval is not None else None
+        if bounds:
+            row["binMin"], row["binMax"] = bounds
         yield row
 
 

@@ -23,13 +23,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .db import make_engine, read_engine, session_factory
 from .deps import CSRF_COOKIE
 from .errors import install_error_handlers
+from .presenters.heatmaps import TokenTables
 from .routes import ROUTERS
 from .security import new_csrf_seed
 from .services.inference import ModelCache
 from .services.steering import SteeringWorker, steer_limits
 from .settings import Settings
 from .templating import install_filters
-from .vocab import TokenTables
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"

@@ -27,6 +27,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from .security import WRITERS
+
 # Named constraints let Alembic's batch mode rebuild SQLite tables and drop constraints by name.
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -48,7 +50,7 @@ class Base(DeclarativeBase):
 
 
 class User(Base):
-    """A person who labels, tags, bookmarks and steers; role is admin, editor or viewer."""
+    """A person who reads and, as a labeller or admin, labels, tags, bookmarks and steers (security.ROLES)."""
 
     __tablename__ = "users"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -57,6 +59,11 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=now)
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
+
+    @property
+    def can_write(self) -> bool:
+        """Whether the account may write: labels, tags, imports, bookmarks and steering runs."""
+        return self.role in WRITERS
 
 
 class ApiToken(Base):
@@ -87,7 +94,9 @@ class Sae(Base):
     d_sae: Mapped[int]
     k: Mapped[int | None]
     source_path: Mapped[str] = mapped_column(String(1000), default="")
-    source_format: Mapped[str] = mapped_column(String(32), default="saescope")
+    source_format: Mapped[str] = mapped_column(String(32), default="")
+    """The layout the SAE was read from (app/pipeline.read_sae names it); empty, as source_path, for an SAE
+    registered without files."""
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
     eval_metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     training_log: Mapped[list[Any]] = mapped_column(default=list)

@@ -11,7 +11,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 ROLES = ("viewer", "labeller", "admin")
+"""What an account may be; `saescope user add --role` takes one."""
 WRITERS = ("labeller", "admin")
+"""The roles that may write (labels, tags, imports, bookmarks, steering): models.User.can_write asks this."""
 
 _hasher = PasswordHasher()
 
@@ -70,4 +72,6 @@ def csrf_token(key: str, seed: str) -> str:
 
 
 def csrf_valid(key: str, seed: str | None, token: str | None) -> bool:
-    return bool(seed and token) and hmac.compare_digest(csrf_token(key, seed), token)
+    if not seed or not token:
+        return False
+    return hmac.compare_digest(csrf_token(key, seed), token)

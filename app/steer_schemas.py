@@ -7,16 +7,14 @@ sae_core's Limits, which say the limit in their message; the bounds here only ke
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sae_core.generation import Sampling
-from sae_core.steering import Intervention, Steering
+from sae_core.steering import Intervention, Mode, Positions, Steering
 
 from .models import SteeringExperiment
-
-Mode = Literal["clamp", "add", "scale", "ablate"]
 
 
 class InterventionIn(BaseModel):
@@ -34,7 +32,7 @@ class SteerIn(BaseModel):
     prompt: str = Field(min_length=1, max_length=20_000)
     raw: bool = Field(False, description="Feed the prompt as raw text instead of a chat-template user turn.")
     interventions: list[InterventionIn] = Field(min_length=1, max_length=32)
-    positions: Literal["all", "prompt", "generated"] = "all"
+    positions: Positions = "all"
     strengths: list[float] = Field([], max_length=64, description="A sweep: every intervention's value set "
                                    "to each strength in turn, each generated beside the baseline.")
     target: str | None = Field(None, max_length=2000, description="Text whose log-probability a sweep measures.")
@@ -106,8 +104,8 @@ class ExperimentOut(BaseModel):
 
     def request(self) -> SteerIn:
         """The request that reruns this experiment (it gives the same outputs: generation is seeded)."""
-        return SteerIn(sae_id=self.sae_id, prompt=self.prompt, interventions=self.interventions,
-                       name=self.name, **self.params)
+        return SteerIn.model_validate({"sae_id": self.sae_id, "prompt": self.prompt,
+                                       "interventions": self.interventions, "name": self.name, **self.params})
 
 
 def experiment_url(sae_id: int, experiment_id: int) -> str:

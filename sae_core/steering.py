@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from transformers import PreTrainedModel
@@ -31,8 +31,11 @@ class SteeringError(GenerationError):
     """An intervention the SAE cannot carry out; a GenerationError, so one except clause serves a request."""
 
 
+Mode = Literal["clamp", "add", "scale", "ablate"]
+Positions = Literal["all", "prompt", "generated"]
+
 # Each mode is the affine map f' = a * f + b, as (a, b) from the intervention's value.
-MODES: dict[str, Callable[[float], tuple[float, float]]] = {
+MODES: dict[Mode, Callable[[float], tuple[float, float]]] = {
     "clamp": lambda value: (0.0, value),
     "add": lambda value: (1.0, value),
     "scale": lambda value: (value, 0.0),
@@ -40,7 +43,7 @@ MODES: dict[str, Callable[[float], tuple[float, float]]] = {
 }
 
 # Which positions a run steers, as (prompt tokens, generated tokens).
-POSITIONS: dict[str, tuple[bool, bool]] = {
+POSITIONS: dict[Positions, tuple[bool, bool]] = {
     "all": (True, True),
     "prompt": (True, False),
     "generated": (False, True),
@@ -53,7 +56,7 @@ class Intervention:
 
     feature: int
     """Index of the SAE feature."""
-    mode: str
+    mode: Mode
     """clamp (set to value), add (add value: a multiple of the decoder direction), scale (multiply), ablate."""
     value: float = 0.0
     """The mode's operand; ignored by ablate."""
@@ -69,7 +72,7 @@ class Intervention:
         try:
             if len(parts) not in (2, 3):
                 raise ValueError
-            return cls(int(parts[0]), parts[1], float(parts[2]) if len(parts) == 3 else 0.0)
+            return cls(int(parts[0]), cast(Mode, parts[1]), float(parts[2]) if len(parts) == 3 else 0.0)
         except ValueError:
             raise SteeringError(f"cannot read intervention {spec!r}; write FEATURE:MODE[:VALUE]") from None
 
@@ -80,7 +83,7 @@ class Steering:
 
     interventions: tuple[Intervention, ...]
     """Features changed together; each feature at most once."""
-    positions: str = "all"
+    positions: Positions = "all"
     """Which tokens are steered: all, prompt (only the prompt's) or generated (only new ones)."""
 
     def __post_init__(self):
@@ -270,6 +273,36 @@ def encode_target(lm: LoadedModel, target: str) -> list[int]:
     return target_ids
 
 
+@dataclass(frozen=True)
+class Sweep:
+    """One steering at several strengths, each generated beside the baseline in one batch."""
+
+    steering: Steering
+    strengths: tuple[float, ...]
+
+    def __post_init__(self):
+        if not self.strengths or not self.steering.interventions:
+            raise SteeringError("a sweep needs at least one strength and one intervention")
+        if all(i.mode == "ablate" for i in self.steering.interventions):
+            raise SteeringError("a sweep sets the value of clamp, add or scale interventions; ablate takes none")
+
+    @property
+    def runs(self) -> list[Steering | None]:
+        """The batch's rows: the baseline (None), then the steering at each strength."""
+        return [None, *(self.steering.at_strength(s) for s in self.strengths)]
+
+    def score(
+        self, lm: LoadedModel, sae: SAE, prompt_ids: list[int], generations: Sequence[Generation],
+        target_ids: list[int] | None = None,
+    ) -> list[SweepPoint]:
+        """Each row's measured effect (see measure), given the rows' generations from `runs`."""
+        kls, logprobs = measure(lm, sae, prompt_ids, self.runs, generations[0], target_ids)
+        return [
+            SweepPoint(s, g, kl, logprobs[i] if logprobs else None)
+            for i, (s, g, kl) in enumerate(zip([None, *self.strengths], generations, kls))
+        ]
+
+
 def sweep(
     lm: LoadedModel,
     sae: SAE,
@@ -281,13 +314,7 @@ def sweep(
     target: str | None = None,
 ) -> list[SweepPoint]:
     """Generate at several strengths in one batch beside the baseline, and measure each one's effect."""
-    if not strengths or not steering.interventions:
-        raise SteeringError("a sweep needs at least one strength and one intervention")
-    runs = [None, *(steering.at_strength(s) for s in strengths)]
-    generations = generate_steered(lm, sae, prompt_ids, runs, sampling, limits)
+    plan = Sweep(steering, tuple(strengths))
+    generations = generate_steered(lm, sae, prompt_ids, plan.runs, sampling, limits)
     target_ids = encode_target(lm, target) if target is not None else None
-    kls, logprobs = measure(lm, sae, prompt_ids, runs, generations[0], target_ids)
-    return [
-        SweepPoint(s, g, kl, logprobs[i] if logprobs else None)
-        for i, (s, g, kl) in enumerate(zip([None, *strengths], generations, kls))
-    ]
+    return plan.score(lm, sae, prompt_ids, generations, target_ids)

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from .. import crud
-from ..deps import CsrfChecked, FeatureIndex, LabellerDep, LoginRequired, ReaderDep, SaeId, SessionDep
+from ..deps import (
+    CsrfChecked,
+    FeatureIndex,
+    LabellerDep,
+    LoginRequired,
+    Page,
+    PerPage,
+    ReaderDep,
+    SaeId,
+    SessionDep,
+    TopN,
+    TypedText,
+)
+from ..presenters.search import token_rows
 from ..schemas import (
     BookmarkListOut,
     FeatureActivations,
@@ -17,17 +30,17 @@ from ..schemas import (
     LabelConflictOut,
     LabelIn,
     LabelOut,
+    NextToken,
     SaeDetail,
     SaeOut,
     SearchResult,
     SearchToken,
     TokenActivation,
 )
-from .features import Page, PerPage
-from .search import SearchText, TopN, token_rows
 
 router = APIRouter(prefix="/api", tags=["api"])
-ERRORS = {404: {"description": "No such SAE or feature"}, 422: {"description": "Bad parameters"}}
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or feature"},
+                                           422: {"description": "Bad parameters"}}
 Text = Annotated[str, Query(min_length=1, max_length=2000)]
 
 
@@ -73,12 +86,12 @@ def activations(request: Request, session: SessionDep, _user: ReaderDep, sae_id:
 
 
 @router.get("/saes/{sae_id}/search", response_model=SearchResult, responses=ERRORS)
-def search(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, text: SearchText, n: TopN = 5):
+def search(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, text: TypedText, n: TopN = 5):
     """Per token of `text`: the `n` features that fire most and the model's likeliest next tokens."""
     row = crud.find_sae(session, ref=sae_id)
     rows = token_rows(session, row.id, request.app.state.models.run(row, text), n) if text.strip() else []
     return SearchResult(tokens=[SearchToken(token=r["piece"], token_id=r["token_id"], features=r["features"],
-                                            next_tokens=[{"token": t, "probability": p} for t, p in r["next"]])
+                                            next_tokens=[NextToken(token=t, probability=p) for t, p in r["next"]])
                                 for r in rows])
 
 

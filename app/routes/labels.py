@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from .. import crud, label_files
 from ..deps import CsrfChecked, FeatureIndex, LabellerDep, ReaderDep, SaeId, SessionDep, is_htmx, render
-from .features import feature_context, label_editor, tag_choices
+from ..presenters.feature_page import feature_context, label_editor, tags_context
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -68,8 +68,7 @@ def remove_tag(request: Request, session: SessionDep, _user: LabellerDep, sae_id
 
 def _tags(request: Request, session: Session, sae_id: int, index: int) -> Response:
     page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
-    context = {"sae": page.sae, "page": page, "f": page.feature, "tag_choices": tag_choices(session)}
-    return _back(request, sae_id, index, "_tags.html", context)
+    return _back(request, sae_id, index, "_tags.html", tags_context(session, page))
 
 
 @router.get("/saes/{sae_id}/labels.csv")

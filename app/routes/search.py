@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from .. import crud
-from ..deps import ReaderDep, SaeId, SessionDep, is_htmx, render
-from ..services.inference import TextActivations
+from ..deps import ReaderDep, SaeId, SessionDep, TopN, TypedText, is_htmx, render
+from ..presenters.search import token_rows
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
-SearchText = Annotated[str, Query(max_length=2000)]
-TopN = Annotated[int, Query(ge=1, le=20)]
-
-
-def token_rows(session, sae_id: int, result: TextActivations, n: int) -> list[dict]:
-    """Per token: its piece, the strongest features (with their labels) and the likeliest next tokens."""
-    tops = result.top_features(n)
-    labels = crud.label_texts(session, sae_id=sae_id, indices=sorted({i for row in tops for i, _ in row}))
-    return [{"piece": piece, "token_id": token_id, "next": nxt,
-             "features": [{"index": i, "activation": v, "label": labels.get(i)} for i, v in top]}
-            for piece, token_id, nxt, top in zip(result.pieces, result.token_ids, result.next_tokens, tops)]
-
 
 @router.get("/saes/{sae_id}/search", response_class=HTMLResponse)
-def search(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, text: SearchText = "",
+def search(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, text: TypedText = "",
            n: TopN = 5):
     """The page (or, for htmx, the token fragment); the form also works without JavaScript."""
     sae = crud.find_sae(session, ref=sae_id)

@@ -18,6 +18,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from sae_core.steering import MODES
+
 from .. import charts, crud
 from ..deps import CsrfChecked, LabellerDep, ReaderDep, SaeId, SessionDep, render
 from ..models import Sae, User
@@ -43,7 +45,7 @@ def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: 
         start = [InterventionIn(feature=feature, mode="add", value=4.0)] if feature is not None else []
         form = SteerIn.model_construct(sae_id=sae.id, prompt="", interventions=start)
     labels = crud.label_texts(session, sae_id=sae.id, indices=[i.feature for i in form.interventions])
-    return render(request, "steer.html", {"sae": sae, "form": form, "labels": labels,
+    return render(request, "steer.html", {"sae": sae, "form": form, "labels": labels, "modes": MODES,
                                           "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=20)})
 
 
@@ -159,12 +161,13 @@ class JobStream(StreamingResponse):
 
 def sweep_chart(rows: list[RowOut]) -> str:
     """The measured effect against strength: the target's log-probability when there is one, else the KL."""
-    points = sorted((r for r in rows if r.strength is not None), key=lambda r: r.strength)
-    if not points:
+    swept = sorted(((r.strength, r) for r in rows if r.strength is not None), key=lambda point: point[0])
+    if not swept:
         return ""
-    by_target = all(r.target_logprob is not None for r in points)
+    by_target = all(r.target_logprob is not None for _, r in swept)
     y_name = "log p(target)" if by_target else "KL from baseline"
-    return charts.line([(r.strength, r.target_logprob if by_target else r.kl) for r in points],
+    effects = [(s, r.target_logprob if by_target else r.kl) for s, r in swept]
+    return charts.line([(s, y) for s, y in effects if y is not None],  # a sweep's rows all have both
                        title=f"{y_name} against strength", x_label=f"strength · {y_name}")
 
 

@@ -53,7 +53,7 @@ class TextActivations:
 
 
 @dataclass
-class LoadedSae:
+class RunnableSae:
     """A store SAE ready to run: its model (shared by every SAE of that model), weights and site."""
 
     lm: LoadedModel
@@ -68,10 +68,10 @@ class ModelCache:
         self.device = device
         self.n_next = n_next
         self._models: dict[str, LoadedModel] = {}
-        self._saes: dict[tuple[str, str], LoadedSae] = {}
+        self._saes: dict[tuple[str, str], RunnableSae] = {}
         self._lock = threading.Lock()
 
-    def _load(self, sae: Sae) -> LoadedSae:
+    def _load(self, sae: Sae) -> RunnableSae:
         spec = sae.model_spec or sae.model_name
         key = (spec, sae.source_path)
         if key not in self._saes:
@@ -80,18 +80,18 @@ class ModelCache:
                     self._models[spec] = load_model(spec, device=self.device)
                 lm = self._models[spec]
                 loaded = read_sae(sae.source_path).sae.to(self.device)
-                self._saes[key] = LoadedSae(lm, loaded, sae_site(loaded, lm.model))
+                self._saes[key] = RunnableSae(lm, loaded, sae_site(loaded, lm.model))
             except (ModelLoadError, SAEFormatError, SiteError, OSError) as err:
                 raise InferenceUnavailable(f"cannot run SAE {sae.name!r} here: {str(err).splitlines()[0]}") from err
         return self._saes[key]
 
-    def load(self, sae: Sae) -> LoadedSae:
+    def load(self, sae: Sae) -> RunnableSae:
         """The SAE and its model, loaded on first use; the tokenizer may be used without holding the model."""
         with self._lock:
             return self._load(sae)
 
     @contextmanager
-    def hold(self, sae: Sae) -> Iterator[LoadedSae]:
+    def hold(self, sae: Sae) -> Iterator[RunnableSae]:
         """The model to oneself for a block: steering splices hooks into it that every forward would see."""
         with self._lock:
             yield self._load(sae)

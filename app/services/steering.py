@@ -17,12 +17,12 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from sae_core.generation import GenerationError, Limits, TokenEvent, collect, encode_prompt
-from sae_core.steering import Steering, SteeringError, encode_target, measure, stream_steered
+from sae_core.steering import Steering, Sweep, encode_target, stream_steered
 
 from ..models import Sae
 from ..settings import Settings
 from ..steer_schemas import RowOut, SteerIn
-from .inference import InferenceUnavailable, LoadedSae, ModelCache
+from .inference import InferenceUnavailable, ModelCache, RunnableSae
 
 log = logging.getLogger(__name__)
 
@@ -84,14 +84,14 @@ def row_labels(body: SteerIn) -> list[tuple[str, float | None]]:
     return [("baseline", None), ("steered", None)]
 
 
-def plan_runs(body: SteerIn) -> list[Steering | None]:
-    """The rows' steerings: None for the baseline, then the request's steering or one per strength."""
+def plan_runs(body: SteerIn) -> tuple[list[Steering | None], Sweep | None]:
+    """The rows' steerings (None for the baseline, then the request's steering or one per strength), and
+    the sweep when the request is one; raises SteeringError for a steering the library refuses."""
     steering = body.steering()
     if not body.strengths:
-        return [None, steering]
-    if all(i.mode == "ablate" for i in steering.interventions):
-        raise SteeringError("a sweep sets the value of clamp, add or scale interventions; ablate takes none")
-    return [None, *(steering.at_strength(s) for s in body.strengths)]
+        return [None, steering], None
+    sweep = Sweep(steering, tuple(body.strengths))
+    return sweep.runs, sweep
 
 
 class SteeringWorker:
@@ -141,12 +141,12 @@ class SteeringWorker:
             self._slot.release()
             job.end()
 
-    def _generate(self, job: Job, loaded: LoadedSae, body: SteerIn) -> None:
+    def _generate(self, job: Job, loaded: RunnableSae, body: SteerIn) -> None:
         """Validate, stream every row's tokens, then measure a sweep's effect; all errors come before tokens."""
         lm, sae = loaded.lm, loaded.sae
-        runs = plan_runs(body)
+        runs, sweep = plan_runs(body)
         prompt_ids = encode_prompt(lm.tokenizer, body.prompt, chat=not body.raw, limits=self.limits)
-        target_ids = encode_target(lm, body.target) if body.strengths and body.target else None
+        target_ids = encode_target(lm, body.target) if sweep and body.target else None
         events = stream_steered(lm, sae, prompt_ids, runs, body.sampling(), self.limits, job.cancelled)
         labels = row_labels(body)
         job.push("start", {"prompt_tokens": len(prompt_ids),
@@ -154,10 +154,10 @@ class SteeringWorker:
         generations = collect(_relayed(job, events), len(runs))
         if job.cancelled.is_set():
             return
-        kls, logprobs = measure(lm, sae, prompt_ids, runs, generations[0], target_ids) if body.strengths else ([], None)
+        points = sweep.score(lm, sae, prompt_ids, generations, target_ids) if sweep else [None] * len(runs)
         rows = [RowOut(row=r, label=label, strength=s, text=g.text, token_ids=g.token_ids, finished=g.finished,
-                       kl=kls[r] if kls else None, target_logprob=logprobs[r] if logprobs else None)
-                for r, ((label, s), g) in enumerate(zip(labels, generations))]
+                       kl=p.kl if p else None, target_logprob=p.target_logprob if p else None)
+                for r, ((label, s), g, p) in enumerate(zip(labels, generations, points))]
         job.push("done", {"prompt_tokens": len(prompt_ids), "rows": [row.model_dump() for row in rows]})
 
 

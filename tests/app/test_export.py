@@ -58,3 +58,13 @@ def test_export_refuses_unknown_format_and_unrecorded_sae(session, tmp_path):
         export_sae(session, sae_ref=sae.id, fmt="csv", out=tmp_path)
     with pytest.raises(ValueError, match="has not been recorded yet"):
         export_sae(session, sae_ref=sae.id, fmt="json", out=tmp_path)
+
+
+def test_quantile_samples_carry_their_intervals_bounds_an_equal_share_of_the_max(session, stored, tmp_path):
+    export_sae(session, sae_ref="Tiny SAE", fmt="neuronpedia", out=tmp_path)
+    acts = read_jsonl_gz(tmp_path / "activations" / "batch-0.jsonl.gz")
+    page = crud.feature_page(session, sae_id=stored.id, feature_index=3)
+    n, top = page.n_intervals, page.feature.max_act
+    assert n == 3 and page.quantiles
+    assert {(a["binMin"], a["binMax"]) for a in acts if a["index"] == "3" and "binMin" in a} == {
+        (i / n * top, (i + 1) / n * top) for i in page.quantiles}

@@ -1,9 +1,9 @@
-import re
-
 import html as html_lib
+import re
 from pathlib import Path
 
-from app.templating import heatmap, html_text, num
+from app.presenters.heatmaps import heatmap, html_text
+from app.templating import num
 
 
 def spans(html):

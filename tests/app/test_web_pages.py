@@ -12,6 +12,7 @@ from app import crud
 from app.models import Example, TokenText
 from app.packing import unpack_acts
 from app.services.inference import ModelCache
+from app.templating import num
 from tests.app.conftest import make_client
 
 HTML = {"accept": "text/html"}
@@ -280,3 +281,13 @@ def test_overview_draws_the_training_loss_curve(client, stored_sae, session):
     assert len(points) == 20
     ys = [float(p.split(",")[1]) for p in points]
     assert ys == sorted(ys)  # loss falls, so the line goes down the page (SVG y grows downwards)
+
+
+def test_feature_page_heads_each_interval_with_the_bounds_the_exports_give(client, stored_sae, session):
+    index = alive_feature(session, stored_sae.id)
+    stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
+    html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
+    assert stored.quantiles
+    for interval in stored.quantiles:
+        low, high = stored.interval_bounds(interval)
+        assert f"Interval {interval + 1} of {stored.n_intervals}: {num(low)} &ndash; {num(high)}</h3>" in html

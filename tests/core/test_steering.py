@@ -1,4 +1,6 @@
 import threading
+from typing import get_args
+
 import pytest
 import torch
 
@@ -9,7 +11,11 @@ from sae_core.provenance import Provenance
 from sae_core.saes import ARCHITECTURES, SAE, SAEConfig, build_sae, takes_k
 from sae_core.sites import SiteError, parse_site, site_module
 from sae_core.steering import (
+    MODES,
+    POSITIONS,
     Intervention,
+    Mode,
+    Positions,
     Steering,
     SteeringError,
     generate_steered,
@@ -273,10 +279,17 @@ def test_encode_prompt_uses_the_chat_template_or_raw_text_with_bos():
      "exceeds the model's context of 2048"),
     (lambda lm, sae: sweep(lm, sae, PROMPT, Steering((Intervention(1, "add"),)), [1.0], GREEDY, target=""),
      "target text is empty"),
+    (lambda lm, sae: sweep(lm, sae, PROMPT, Steering((Intervention(1, "add"),)), [], GREEDY), "at least one strength"),
+    (lambda lm, sae: sweep(lm, sae, PROMPT, Steering((Intervention(1, "ablate"),)), [1.0], GREEDY), "ablate takes none"),
 ])
 def test_bad_inputs_fail_with_a_clear_error_before_any_token(lm, sae, call, message):
     with pytest.raises(GenerationError, match=message):
         call(lm, sae)
+
+
+def test_every_mode_and_positions_value_the_api_accepts_has_a_meaning():
+    assert set(MODES) == set(get_args(Mode))
+    assert set(POSITIONS) == set(get_args(Positions))
 
 
 def test_an_sae_of_another_width_is_refused(lm):

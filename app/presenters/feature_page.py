@@ -1,0 +1,105 @@
+"""The feature page's view: its example windows as heatmaps, its charts, the label editor and the tag field.
+
+Routes fetch nothing for the page themselves: `feature_context` reads the stored page (crud.feature_page),
+renders its windows and gathers what feature.html needs; the label and tag routes re-render parts of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence, Sized
+from itertools import chain
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from markupsafe import Markup
+from sqlalchemy.orm import Session
+
+from .. import charts, crud
+from ..models import User
+from ..packing import ACTS, IDS
+from .heatmaps import TokenTable, heatmaps, token_cells
+
+TAG_SUGGESTIONS = ("interpretable", "polysemantic", "uninterpretable", "high-frequency", "token-level", "abstract")
+
+Windows = tuple[Markup, list[tuple[int, Markup]]]
+"""The top examples' windows, and each quantile interval's (highest first), each section one piece of HTML."""
+
+
+def feature_context(request: Request, session: Session, sae_id: int, index: int, user: User | None) -> dict[str, Any]:
+    """What the feature page template needs: the stored page, charts, neighbour labels, bookmark lists."""
+    page = crud.feature_page(session, sae_id=sae_id, feature_index=index, with_pieces=False)
+    windows = example_windows(page, request.app.state.token_tables.get(session, sae_id, page.sae.recorded_at))
+    if windows is None:  # a token the SAE's token texts lack: read the windows' own pieces instead
+        page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
+        windows = example_windows_of_pieces(page)
+    f = page.feature
+    writer = user if user is not None and user.can_write else None
+    hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
+                       title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
+    return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
+            "top_windows": windows[0], "quantile_windows": windows[1],
+            "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
+            "lists": crud.bookmark_lists(session, owner_id=writer.id) if writer else []}
+
+
+def example_windows(page: crud.FeaturePage, token_table: TokenTable) -> Windows | None:
+    """The page's example windows as heatmaps, rendered together from the stored bytes with token texts from
+    `token_table`; None if the table lacks one of the tokens."""
+    if not page.examples:
+        return Markup(""), []
+    token_ids, _pieces, acts, peaks, _values, intervals, *_ = zip(*page.examples)  # columns, not rows
+    lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
+    cells = token_table.lookup(np.frombuffer(_joined(token_ids, lengths, IDS.itemsize), dtype=IDS))
+    return None if cells is None else _windows(cells, acts, lengths, peaks, intervals, page.feature.max_act)
+
+
+def example_windows_of_pieces(page: crud.FeaturePage) -> Windows:
+    """example_windows with the token texts the rows hold themselves (a page read with pieces)."""
+    if not page.examples:
+        return Markup(""), []
+    token_ids, pieces, acts, peaks, _values, intervals, *_ = zip(*page.examples)
+    lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
+    lengths = np.minimum(lengths, _counts(pieces, 1))  # a damaged row shows what it has
+    cells = token_cells(list(chain.from_iterable(p[:n] for n, p in zip(lengths.tolist(), pieces))))
+    return _windows(cells, acts, lengths, peaks, intervals, page.feature.max_act)
+
+
+def _windows(cells: np.ndarray, acts: Sequence[bytes], lengths: np.ndarray, peaks: Sequence[int],
+             intervals: Sequence[int | None], top_act: float) -> Windows:
+    """The heatmaps of windows whose token cells lie end to end, `lengths` tokens each, in their sections."""
+    values = np.frombuffer(_joined(acts, lengths, ACTS.itemsize), dtype=ACTS)
+    windows = heatmaps(cells, values, lengths.tolist(), peaks, top_act)
+    top: list[str] = []
+    groups: dict[int, list[str]] = {}
+    for interval, window in zip(intervals, windows):
+        (top if interval is None else groups.setdefault(interval, [])).append(window)
+    return Markup("".join(top)), [(i, Markup("".join(group))) for i, group in sorted(groups.items(), reverse=True)]
+
+
+def _counts(items: Sequence[Sized], itemsize: int) -> np.ndarray:
+    """How many whole items of `itemsize` bytes (or elements) each of `items` holds."""
+    return np.fromiter(map(len, items), dtype=np.intp, count=len(items)) // itemsize
+
+
+def _joined(blobs: Sequence[bytes], lengths: np.ndarray, itemsize: int) -> bytes:
+    """The first `lengths` items of each blob, end to end; whole blobs when none is longer (the usual case)."""
+    if np.array_equal(_counts(blobs, 1), lengths * itemsize):
+        return b"".join(blobs)
+    return b"".join(blob[:itemsize * n] for blob, n in zip(blobs, lengths.tolist()))
+
+
+def tag_choices(session: Session) -> list[str]:
+    """What the tag field offers: the usual tags and every tag already in use."""
+    return sorted(set(TAG_SUGGESTIONS) | set(crud.list_tags(session)))
+
+
+def label_editor(page: crud.FeaturePage, conflict: dict[str, Any] | None = None, saved: bool = False) -> dict[str, Any]:
+    """The label editor's state; `conflict` holds the label someone saved meanwhile and the text typed here."""
+    return {"sae_id": page.sae.id, "index": page.feature.feature_index, "labels": page.labels,
+            "base_id": page.labels[0].id if page.labels else None, "conflict": conflict, "saved": saved}
+
+
+def tags_context(session: Session, page: crud.FeaturePage) -> dict[str, Any]:
+    """What the tags fragment needs after a tag is added or removed."""
+    return {"sae": page.sae, "page": page, "f": page.feature, "tag_choices": tag_choices(session)}
