@@ -18,8 +18,8 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, fail, new_cli, run
-from sae_core.distributed import close_distributed, init_distributed
 from sae_core.data import CorpusError, iter_contexts, iter_documents
+from sae_core.distributed import close_distributed, init_distributed
 from sae_core.lm import ModelLoadError, load_model
 from sae_core.records import RecordConfig
 from sae_core.saes import SAEFormatError
@@ -78,7 +78,8 @@ def db_upgrade(db: str | None = DB_OPTION) -> None:
 
 @app.command("import")
 def import_sae(
-    sae: Path = typer.Option(..., "--sae", help="SAE directory or file (saescope/SAELens, sparsify, Gemma Scope, dictionary_learning)."),
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file (saescope/SAELens, sparsify, Gemma Scope, "
+                                                "dictionary_learning)."),
     name: str | None = typer.Option(None, help="Name in the store (default: the directory name)."),
     db: str | None = DB_OPTION,
 ) -> None:
@@ -99,7 +100,8 @@ def record(
     model: str = ModelOpt,
     dataset: str = DatasetOpt,
     tokens: int = typer.Option(100_000, help="Tokens to record over."),
-    context_len: int | None = typer.Option(None, "--context", help="Tokens per context, BOS included (default: the SAE's own, else 128)."),
+    context_len: int | None = typer.Option(None, "--context",
+                                           help="Tokens per context, BOS included (default: the SAE's own, else 128)."),
     batch_size: int | None = typer.Option(None, help="Contexts per forward pass (default: sized to the dictionary)."),
     n_top: int = typer.Option(20, help="Top examples kept per feature."),
     device: str = DeviceOpt,

@@ -8,6 +8,7 @@ maxActApprox, pos_str/pos_values, tokens/values...). `layer` is Neuronpedia's so
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import re
 from collections.abc import Iterator
@@ -106,7 +107,7 @@ def _np_feature(ids: dict[str, str], sae: Sae, page: crud.FeaturePage) -> dict[s
 
 def _bin_centres(edges: list[float]) -> list[float]:
     """Geometric centres of log-spaced bins."""
-    return [(lo * hi) ** 0.5 for lo, hi in zip(edges, edges[1:])]
+    return [(lo * hi) ** 0.5 for lo, hi in itertools.pairwise(edges)]
 
 
 def _np_activations(ids: dict[str, str], page: crud.FeaturePage) -> Iterator[dict[str, Any]]:
@@ -161,8 +162,8 @@ def _json_feature(page: crud.FeaturePage) -> dict[str, Any]:
         "suppressed": f.suppressed, "neighbours": f.neighbours,
         "top": [_json_example(e) for e in page.top],
         "quantiles": {str(i): [_json_example(e) for e in group] for i, group in page.quantiles.items()},
-        "labels": [{"text": l.text, "source": l.source, "author": l.author_name,
-                    "created_at": l.created_at.isoformat()} for l in page.labels],
+        "labels": [{"text": lab.text, "source": lab.source, "author": lab.author_name,
+                    "created_at": lab.created_at.isoformat()} for lab in page.labels],
         "tags": page.tags,
     }
 

@@ -29,8 +29,8 @@ class ImportedLabel:
 
 
 def label_rows(labels: list[Label]) -> list[dict[str, Any]]:
-    return [{"feature_index": l.feature_index, "label": l.text, "author": l.author_name or "",
-             "source": l.source, "created_at": l.created_at.isoformat()} for l in labels]
+    return [{"feature_index": lab.feature_index, "label": lab.text, "author": lab.author_name or "",
+             "source": lab.source, "created_at": lab.created_at.isoformat()} for lab in labels]
 
 
 def _cell(value: Any) -> Any:

@@ -83,7 +83,7 @@ class FeatureOut(BaseModel):
         return cls(sae_id=f.sae_id, feature_index=f.feature_index, density=f.density, fire_count=f.fire_count,
                    max_act=f.max_act, mean_act=f.mean_act, is_dead=f.is_dead, is_dense=f.is_dense, hist=f.hist,
                    promoted=f.promoted, suppressed=f.suppressed, neighbours=f.neighbours, label=page.label,
-                   labels=[LabelOut.of(l) for l in page.labels], tags=page.tags,
+                   labels=[LabelOut.of(lab) for lab in page.labels], tags=page.tags,
                    top=page.top, quantiles=page.quantiles)
 
 

@@ -24,11 +24,11 @@ import torch
 
 from sae_core.allocator import keep_freed_memory
 from sae_core.data import iter_contexts, iter_documents, special_ids
-from sae_core.records.directions import logit_effects, nearest_features
+from sae_core.harvest import batched
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
-from sae_core.harvest import batched
 from sae_core.records import RecordConfig, contexts_per_batch, record_activations
+from sae_core.records.directions import logit_effects, nearest_features
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.sites import parse_site
 

@@ -150,8 +150,8 @@ class ReplayLM(torch.nn.Module):
 
 def train_sparsify(s: Setup, clock: StepClock) -> tuple[EncodeDecode, dict]:
     """EleutherAI sparsify's Trainer with its defaults (signum, FVU loss), on replayed activations."""
-    from sparsify import SparseCoder, SparseCoderConfig, Trainer, TrainConfig
     from common import row_order
+    from sparsify import SparseCoder, SparseCoderConfig, TrainConfig, Trainer
 
     seq = 128
     n_steps = steps(s.tokens, s.batch_size)

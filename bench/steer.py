@@ -103,7 +103,7 @@ def main() -> None:
         "ours, baseline+steered (2 rows, both counted)": ours(lm, sae, prompt_ids, [None, steering], sampling),
     }
     results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in variants}
-    for name, run in variants.items():
+    for run in variants.values():
         run()  # warm-up
     for _ in range(args.repeats):
         for name, run in variants.items():

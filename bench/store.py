@@ -32,8 +32,8 @@ from app.models import Context, Example, Feature
 from app.packing import pack_acts, pack_ids
 from sae_core.data import iter_contexts, iter_documents
 from sae_core.lm import load_model, parse_dtype
-from sae_core.records import RecordConfig, record_sae
 from sae_core.provenance import Provenance
+from sae_core.records import RecordConfig, record_sae
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.sites import parse_site
 

@@ -35,8 +35,8 @@ from app.migrate import upgrade  # noqa: E402
 from app.pipeline import read_sae, register_sae  # noqa: E402
 from sae_core.data import iter_contexts, iter_documents  # noqa: E402
 from sae_core.lm import load_model  # noqa: E402
-from sae_core.records import RecordConfig, record_sae  # noqa: E402
 from sae_core.provenance import Provenance  # noqa: E402
+from sae_core.records import RecordConfig, record_sae  # noqa: E402
 from sae_core.saes import SAEConfig, build_sae  # noqa: E402
 from sae_core.sites import parse_site  # noqa: E402
 from tests.factories import save_tiny_model  # noqa: E402

@@ -190,7 +190,7 @@ def _open_npy(path: Path) -> ActivationSource:
 def _open_safetensors(path: Path) -> ActivationSource:
     try:
         with safe_open(path, "pt") as f:
-            if "activations" not in f.keys():
+            if "activations" not in set(f.keys()):
                 raise ActivationsError(f"{path}: no tensor named 'activations' (found {', '.join(f.keys()) or 'none'})")
             shape = tuple(f.get_slice("activations").get_shape())
     except (SafetensorError, OSError) as err:

@@ -17,13 +17,15 @@ from .config import HarvestConfig, TrainConfig
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations
-from .harvest import HarvestError, harvest as run_harvest
+from .harvest import HarvestError
+from .harvest import harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
 from .saes.artifact import sae_directory, write_metrics
 from .sites import SiteError, num_layers, parse_site, valid_sites
 from .streaming import stream_from_corpus
-from .train import sae_config_for, train as run_train
+from .train import sae_config_for
+from .train import train as run_train
 
 # Errors that come from user input: shown as one line, never as a traceback.
 USER_ERRORS = (ModelLoadError, SiteError, CorpusError, HarvestError, ActivationsError, SAEFormatError, ValueError)
@@ -79,7 +81,8 @@ def harvest(
 
 
 def train(
-    activations: Path | None = typer.Option(None, "--activations", help="Harvest directory, [N, d] .npy, or .safetensors with `activations`."),
+    activations: Path | None = typer.Option(
+        None, "--activations", help="Harvest directory, [N, d] .npy, or .safetensors with `activations`."),
     out: Path = typer.Option(..., "--out", help="Directory for the SAE (SAELens layout), log and metrics."),
     arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk or jumprelu."),
     features: int = typer.Option(8192, "--features", help="Dictionary size (d_sae)."),
@@ -100,7 +103,8 @@ def train(
     holdout_contexts: int = typer.Option(16, "--holdout-contexts", help="With --model: first contexts kept for metrics.json."),
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
-    shard_features: bool = typer.Option(False, "--shard-features", help="topk under torchrun: split the features over the ranks."),
+    shard_features: bool = typer.Option(False, "--shard-features",
+                                        help="topk under torchrun: split the features over the ranks."),
 ) -> None:
     """Train an SAE on activations (or streamed from a model); writes the SAE, training_log.jsonl, metrics.json.
 

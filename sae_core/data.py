@@ -105,7 +105,7 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
         names = ", ".join(table.schema_arrow.names)
         raise CorpusError(f"{path}: no column {text_field!r} (found: {names}); choose one with --text-field")
     for batch in table.iter_batches(columns=[text_field]):
-        for number, text in enumerate(batch.column(0).to_pylist()):
+        for _number, text in enumerate(batch.column(0).to_pylist()):
             if text is not None and not isinstance(text, str):
                 raise CorpusError(f"{path}: column {text_field!r} holds {type(text).__name__}, not text")
             if text:
@@ -131,8 +131,8 @@ def _hub_documents(name: str, text_field: str, split: str) -> Iterator[str]:
 def demo_documents() -> Iterator[str]:
     """An offline corpus from the running Python: pydoc topics, module docstrings and source code.
 
-    It mixes prose and code in equal volume (until the prose runs out) so that an SAE sees both, and its order depends only on the Python
-    installation, so a run is reproducible on one machine.
+    It mixes prose and code in equal volume (until the prose runs out) so that an SAE sees both, and its order
+    depends only on the Python installation, so a run is reproducible on one machine.
     """
     return _interleave(_demo_prose(), _demo_code())
 

@@ -13,8 +13,8 @@ from .activations import ActivationSource
 from .data import iter_contexts, iter_documents, special_ids
 from .harvest import batched
 from .hooks import splice
-from .metrics import ReconstructionStats, ce_loss_recovered
 from .lm import LoadedModel
+from .metrics import ReconstructionStats, ce_loss_recovered
 from .saes import SAE
 from .sites import Site, sae_site
 
@@ -76,8 +76,8 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
         counted = ~keep_BT[:, :-1]
         replacements = {
             "clean": None,
-            "sae": lambda x: torch.where(keep_BT[..., None], x, _reconstruct(sae, x)),
-            "zero": lambda x: torch.where(keep_BT[..., None], x, torch.zeros_like(x)),
+            "sae": lambda x, keep_BT=keep_BT: torch.where(keep_BT[..., None], x, _reconstruct(sae, x)),
+            "zero": lambda x, keep_BT=keep_BT: torch.where(keep_BT[..., None], x, torch.zeros_like(x)),
         }
         for name, fn in replacements.items():
             if fn is None:

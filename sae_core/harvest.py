@@ -24,15 +24,14 @@ from itertools import islice
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
 from .config import HarvestConfig
+from .data import bos_id, iter_contexts, iter_documents, special_ids
 from .distributed import Dist
 from .fileio import atomic_write, atomic_write_json
-from .data import bos_id, iter_contexts, iter_documents, special_ids
 from .hooks import truncated_forward
 from .lm import LoadedModel, load_model, parse_dtype
 from .provenance import Provenance

@@ -31,9 +31,8 @@ from .devices import autocast, prefetch_to
 from .distributed import Dist
 from .fileio import atomic_write
 from .provenance import Provenance
-from .saes import artifact
+from .saes import SAE, Runtime, SAEConfig, TrainOutput, artifact, build_sae, takes_k
 from .saes.artifact import TrainingLog
-from .saes import SAE, Runtime, SAEConfig, TrainOutput, build_sae, takes_k
 from .saes.sharded import ShardedTopKSAE
 
 INIT_SAMPLE_ROWS = 16384

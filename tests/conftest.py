@@ -60,8 +60,8 @@ def web_sae(tmp_path_factory, tiny_model_dir):
     """A 24-feature ReLU SAE saved in saescope's layout and its real recording over the saved tiny Llama."""
     from app.pipeline import read_sae  # imported here: the core tests never load the app
     from sae_core.lm import load_model
-    from sae_core.records import RecordConfig, record_sae
     from sae_core.provenance import Provenance
+    from sae_core.records import RecordConfig, record_sae
     from sae_core.saes import SAEConfig, build_sae
     from sae_core.sites import parse_site
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     AutoModelForCausalLM,
     GemmaConfig,
@@ -15,7 +16,6 @@ from transformers import (
     PreTrainedTokenizerFast,
     Qwen2Config,
 )
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders
 
 VOCAB = 512
 SPECIAL = ["<bos>", "<eos>", "<pad>"]
@@ -23,7 +23,7 @@ SPECIAL = ["<bos>", "<eos>", "<pad>"]
 
 def tiny_config(family: str, layers: int = 3) -> PretrainedConfig:
     """A few-layer, 32-wide config of one model family; ids 0..2 are BOS/EOS/PAD."""
-    common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    common = {"vocab_size": VOCAB, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 2}
     if family == "llama":
         return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
                            num_attention_heads=4, num_key_value_heads=2, **common)

@@ -39,7 +39,8 @@ def bookmark(session: SessionDep, user: LabellerDep, sae_id: SaeId, feature_inde
 
 
 @router.post("/bookmarks/{list_id}/remove", dependencies=[CsrfChecked])
-def remove(session: SessionDep, user: LabellerDep, list_id: Annotated[int, Path(ge=1, lt=2**31)], sae_id: Annotated[int, Form(ge=1, lt=2**31)],
+def remove(session: SessionDep, user: LabellerDep, list_id: Annotated[int, Path(ge=1, lt=2**31)],
+           sae_id: Annotated[int, Form(ge=1, lt=2**31)],
            feature_index: Annotated[int, Form(ge=0, lt=2**31)]):
     crud.find_bookmark_list(session, list_id=list_id, owner_id=user.id)
     crud.remove_bookmark(session, list_id=list_id, sae_id=sae_id, feature_index=feature_index)

@@ -76,7 +76,7 @@ class Recorder:
 
     def add(self, tokens_BT: torch.Tensor, firing: Firing, valid_BT: torch.Tensor) -> None:
         """Fold in one batch (`firing` over its B*T tokens, row-major); tokens where `valid_BT` is False are ignored."""
-        B, T = tokens_BT.shape
+        B, _T = tokens_BT.shape
         valid_N = valid_BT.reshape(-1)
         firing = firing.take(valid_N[firing.row_C])
         feat_C, value_C = firing.feat_C, firing.value_C

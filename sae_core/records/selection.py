@@ -111,10 +111,7 @@ class GroupBank:
         if touched_G is not None:
             threshold_G[touched_G] = -torch.inf
         keep_C = self._best_per_group(group_C, score_C, score_C > threshold_G[group_C])
-        if touched_G is None:
-            touched_G = torch.zeros(self.n_groups, dtype=torch.bool, device=keep_C.device)
-        else:
-            touched_G = touched_G.clone()
+        touched_G = torch.zeros(self.n_groups, dtype=torch.bool, device=keep_C.device) if touched_G is None else touched_G.clone()
         if not keep_C.any() and not touched_G.any():
             return
         candidates = Entries(group_C[keep_C], score_C[keep_C], payload_of(keep_C))

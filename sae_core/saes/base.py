@@ -207,7 +207,7 @@ class SAE(nn.Module):
         """The tensors the saved SAE holds, with their shapes (what a loader must find)."""
         cfg = self.cfg
         shapes = {"W_enc": (cfg.d_in, cfg.d_sae), "b_enc": (cfg.d_sae,), "W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
-        return {**shapes, **{name: (cfg.d_sae,) for name in self.extra_tensors}}
+        return {**shapes, **dict.fromkeys(self.extra_tensors, (cfg.d_sae,))}
 
     @torch.no_grad()
     def load_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..provenance import Provenance
-from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, read_json, read_safetensors, read_sae, sae_directory
+from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, read_json, read_sae, read_safetensors, sae_directory
 from .base import SAE, SAEConfig
 from .registry import ARCHITECTURES, build_sae, sae_class
 

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from app import crud
-
 from app.pipeline import DEFAULT_RECORD_CONTEXT, read_sae, record_context_len, register_sae, report_fields
 from sae_core.provenance import Provenance
 from sae_core.saes import SAEConfig, build_sae

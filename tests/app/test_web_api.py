@@ -30,7 +30,7 @@ def test_feature_has_examples_and_labels(client, stored_sae, session):
     crud.add_label(session, sae_id=stored_sae.id, feature_index=2, text="v2")
     data = client.get(f"/api/saes/{stored_sae.id}/features/2").json()
     stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=2)
-    assert data["label"] == "v2" and [l["text"] for l in data["labels"]] == ["v2", "v1"]
+    assert data["label"] == "v2" and [label["text"] for label in data["labels"]] == ["v2", "v1"]
     assert [e["value"] for e in data["top"]] == pytest.approx([e.value for e in stored.top])
     assert [e["pieces"] for e in data["top"]] == [e.pieces for e in stored.top]
     assert [e["acts"] for e in data["top"]] == [e.acts for e in stored.top]
@@ -61,7 +61,7 @@ def test_label_api_reports_conflicts(client, stored_sae, session):
     assert stale.status_code == 409 and stale.json()["current"]["text"] == "first"
     ok = client.post(url, json={"text": "second", "base_label_id": first["id"]}, headers=headers)
     assert ok.status_code == 201
-    assert [l["text"] for l in client.get(f"/api/saes/{stored_sae.id}/labels").json()] == ["first", "second"]
+    assert [label["text"] for label in client.get(f"/api/saes/{stored_sae.id}/labels").json()] == ["first", "second"]
     assert client.post(url, json={"text": "   ", "base_label_id": ok.json()["id"]}, headers=headers).status_code == 422
     assert client.post(f"/api/saes/{stored_sae.id}/features/999/labels", json={"text": "x"},
                        headers=headers).status_code == 404

@@ -28,8 +28,8 @@ def test_labels_append_to_the_history_with_author_and_time(client, labeller, sto
     base = base_id_of(client.get(f"/saes/{stored_sae.id}/features/0").text)
     client.post(url, data={"text": "second", "base_label_id": base, "csrf_token": token})
     history = crud.label_history(session, sae_id=stored_sae.id, feature_index=0)
-    assert [l.text for l in history] == ["second", "first"]
-    assert all(l.author_id == user.id and l.created_at is not None for l in history)
+    assert [label.text for label in history] == ["second", "first"]
+    assert all(label.author_id == user.id and label.created_at is not None for label in history)
     page = client.get(f"/saes/{stored_sae.id}/features/0").text
     assert "History (2)" in page and "by ada" in page
 
@@ -57,11 +57,11 @@ def test_two_editors_from_the_same_base_get_a_visible_conflict(client, session, 
     clash = client.post(label_url(stored_sae), data={"text": "ada's idea", "base_label_id": base, "csrf_token": token_a})
     assert clash.status_code == 409
     assert "Conflict" in clash.text and "bob&#39;s idea" in clash.text and "ada&#39;s idea" in clash.text
-    assert [l.text for l in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == ["bob's idea"]
+    assert [label.text for label in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == ["bob's idea"]
     retry = client.post(label_url(stored_sae), data={"text": "ada's idea", "base_label_id": base_id_of(clash.text),
                                                      "csrf_token": token_a}, follow_redirects=False)
     assert retry.status_code == 303
-    assert [l.text for l in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == [
+    assert [label.text for label in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == [
         "ada's idea", "bob's idea"]
     stale = client.post(label_url(stored_sae), data={"text": "late", "base_label_id": base, "csrf_token": token_a},
                         headers={"HX-Request": "true"})
@@ -143,7 +143,7 @@ def test_export_then_import_round_trips(client, labeller, stored_sae, session):
     again = client.post(url, data={"csrf_token": labeller[1]}, files={"file": ("labels.json", changed)})
     assert "1 of 3 labels added" in again.text
     current = crud.current_labels(session, sae_id=stored_sae.id)
-    assert {i: l.text for i, l in current.items()} == {1: "one", 2: "-minus sign", 3: "three, revised"}
+    assert {i: label.text for i, label in current.items()} == {1: "one", 2: "-minus sign", 3: "three, revised"}
     assert current[3].source == "import" and current[3].author_id == labeller[0].id
 
 

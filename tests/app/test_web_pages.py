@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from html import unescape
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import delete, event, select, update
@@ -259,7 +260,7 @@ def test_token_text_cannot_break_out_of_an_attribute(client):
     from html.parser import HTMLParser
 
     class Spans(HTMLParser):
-        attrs: list[dict] = []
+        attrs: ClassVar[list[dict]] = []
 
         def handle_starttag(self, tag, attrs):
             if tag == "span":

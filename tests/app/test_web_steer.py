@@ -77,7 +77,7 @@ def test_ablating_a_feature_active_in_the_prompt_removes_its_decoder_share_downs
             rows = tokens(steerer(interventions=[{"feature": feature, "mode": "ablate"}], **greedy))
         return seen[0], rows  # the first forward reads the whole prompt, both rows
 
-    x_2TD, (baseline, ablated) = downstream(active)
+    x_2TD, (baseline, _ablated) = downstream(active)
     f_T = loaded.sae.encode(x_2TD[0])[:, active]
     assert (f_T > 0).any()
     expected_TD = x_2TD[0] - f_T[:, None] * loaded.sae.W_dec[active]
@@ -141,8 +141,8 @@ def test_bad_requests_are_json_errors_with_the_reason(steerer, fields, status, m
 
 def test_a_nan_strength_is_a_422_not_a_500(client, labeller, stored_sae):
     _user, csrf = labeller
-    body = ('{"sae_id": %d, "prompt": "x", "interventions": [{"feature": 1, "mode": "add", "value": NaN}]}'
-            % stored_sae.id)
+    body = (f'{{"sae_id": {stored_sae.id}, "prompt": "x", '
+            '"interventions": [{"feature": 1, "mode": "add", "value": NaN}]}')
     response = client.post("/api/steer", content=body, headers={"X-CSRF-Token": csrf,
                                                                 "Content-Type": "application/json"})
     assert response.status_code == 422
@@ -262,7 +262,7 @@ def test_a_saved_experiment_has_a_permalink_page_and_json(client, steerer, store
     assert saved["author"] == "ada" and saved["name"] == name and saved["created_at"]
     assert [r["token_ids"] for r in saved["rows"]] == tokens(response)
     assert saved["params"]["strengths"] == [0.0, 40.0] and saved["interventions"][0]["mode"] == "clamp"
-    again = steerer(**{k: v for k, v in saved["params"].items()}, prompt=saved["prompt"])
+    again = steerer(**dict(saved["params"].items()), prompt=saved["prompt"])
     assert tokens(again) == tokens(response)
     form = client.get(f"/saes/{stored_sae.id}/steer?experiment={saved['id']}").text
     assert "the cat sat on the mat &lt;b&gt;bold&lt;/b&gt;</textarea>" in form and 'value="0.0, 40.0"' in form

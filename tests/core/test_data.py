@@ -76,7 +76,7 @@ def test_contexts_start_with_bos_and_have_fixed_length(tok):
     stream = torch.cat([c[1:] for c in contexts]).tolist()
     expected = []
     for d in docs:
-        expected += tok(d, add_special_tokens=False).input_ids + [tok.eos_token_id]
+        expected += [*tok(d, add_special_tokens=False).input_ids, tok.eos_token_id]
     assert stream == expected[: len(stream)] and len(expected) - len(stream) < 15
 
 

@@ -24,16 +24,16 @@ from sae_core.config import HarvestConfig, TrainConfig
 from sae_core.distributed import Dist
 from sae_core.harvest import harvest, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
-from sae_core.records import RecordConfig, SAERecord, record_sae
 from sae_core.lm import load_model
+from sae_core.records import RecordConfig, SAERecord, record_sae
 from sae_core.saes import Runtime, SAEConfig, build_sae, load_sae
 from sae_core.saes.sharded import ShardedTopKSAE
 from sae_core.sites import parse_site
 from sae_core.streaming import stream_from_corpus
 from sae_core.train import Trainer, sae_config_for, train
+from tests.conftest import run_cli
 from tests.core.tiny_sae import TinySAE
 from tests.factories import tiny_model, tiny_tokenizer
-from tests.conftest import run_cli
 from tests.spawn import free_port, run_ranks
 
 D, D_SAE, ROWS = 16, 64, 4096
@@ -41,7 +41,7 @@ SITE = parse_site("layers.1.resid_post")
 TRAIN_RUNS = {"topk": ("topk", None, False, "float32"), "batchtopk-resumed": ("batchtopk", 13, False, "float32"),
               "sharded-resumed": ("topk", 13, True, "float32"), "batchtopk-bf16": ("batchtopk", None, False, "bfloat16")}
 """name -> (architecture, step the first attempt is killed after, feature sharding, compute dtype)."""
-TOLERANCE = {"float32": dict(atol=2e-5, rtol=1e-4), "bfloat16": dict(atol=2e-2, rtol=2e-2)}
+TOLERANCE = {"float32": {"atol": 2e-5, "rtol": 1e-4}, "bfloat16": {"atol": 2e-2, "rtol": 2e-2}}
 """bf16 matmuls round differently on a half batch than on a whole one; float32 is the exact comparison."""
 
 

@@ -69,7 +69,8 @@ def test_saelens_topk_and_jumprelu_v6_metadata(tmp_path):
 
 
 def test_saelens_runtime_normalisation_rejected(tmp_path):
-    save_file({"W_enc": rand(D, F), "b_enc": rand(F), "W_dec": rand(F, D), "b_dec": rand(D)}, tmp_path / "sae_weights.safetensors")
+    save_file({"W_enc": rand(D, F), "b_enc": rand(F), "W_dec": rand(F, D), "b_dec": rand(D)},
+              tmp_path / "sae_weights.safetensors")
     (tmp_path / "cfg.json").write_text(json.dumps({"architecture": "standard", "d_in": D, "d_sae": F,
                                                    "normalize_activations": "layer_norm"}))
     with pytest.raises(SAEFormatError, match="normalize_activations"):
@@ -146,7 +147,8 @@ def test_dictionary_learning_autoencoder(tmp_path):
     f = torch.nn.functional.linear(x - state["bias"], state["encoder.weight"], state["encoder.bias"]).relu()
     recon = torch.nn.functional.linear(f, state["decoder.weight"]) + state["bias"]
     sae = load_sae(tmp_path / "ae")
-    assert sae.cfg.architecture == "relu" and sae.cfg.provenance.model == "lm" and sae.cfg.provenance.site.name == "layers.4.resid_post"
+    assert sae.cfg.architecture == "relu" and sae.cfg.provenance.model == "lm"
+    assert sae.cfg.provenance.site.name == "layers.4.resid_post"
     assert torch.allclose(sae.encode(x), f, atol=1e-5) and torch.allclose(sae(x), recon, atol=1e-4)
 
 
@@ -200,5 +202,5 @@ def test_dictionary_learning_rejects_unknown_and_unsafe(tmp_path):
 
 def test_config_without_weights(tmp_path):
     (tmp_path / "cfg.json").write_text("{}")
-    with pytest.raises(SAEFormatError, match="no sae_weights.safetensors"):
+    with pytest.raises(SAEFormatError, match=r"no sae_weights\.safetensors"):
         load_sae(tmp_path)

@@ -15,8 +15,8 @@ def lm(tiny_model_dir):
 
 
 def config(tiny_model_dir, corpus, **overrides):
-    base = dict(model=str(tiny_model_dir), site="layers.1.resid_post", dataset=corpus, tokens=700,
-                context_len=32, batch_size=4, shard_tokens=200, dtype="float32")
+    base = {"model": str(tiny_model_dir), "site": "layers.1.resid_post", "dataset": corpus, "tokens": 700,
+                "context_len": 32, "batch_size": 4, "shard_tokens": 200, "dtype": "float32"}
     return HarvestConfig(**{**base, **overrides})
 
 
@@ -102,7 +102,7 @@ def test_corrupt_and_missing_shards_give_clear_errors(tmp_path, tiny_model_dir, 
 
 
 def test_bad_site_and_budget_are_rejected(tmp_path, tiny_model_dir, corpus, lm):
-    with pytest.raises(ValueError, match="layers 0..2"):
+    with pytest.raises(ValueError, match=r"layers 0\.\.2"):
         harvest(config(tiny_model_dir, corpus, site="layers.7.resid_post"), tmp_path / "a", lm=lm)
     with pytest.raises(HarvestError, match="positive"):
         harvest(config(tiny_model_dir, corpus, tokens=0), tmp_path / "b", lm=lm)

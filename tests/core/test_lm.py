@@ -24,7 +24,7 @@ def test_unknown_name_lists_the_choices():
 
 
 def test_directory_without_config_is_rejected(tmp_path):
-    with pytest.raises(ModelLoadError, match="no config.json"):
+    with pytest.raises(ModelLoadError, match=r"no config\.json"):
         load_model(str(tmp_path))
 
 

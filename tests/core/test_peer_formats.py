@@ -111,5 +111,5 @@ def drop_gemmascope(directory: Path) -> None:
 def test_a_missing_tensor_is_a_clear_format_error(name: str, damage, tmp_path: Path):
     copy = shutil.copytree(FIXTURES / name, tmp_path / name)
     damage(copy)
-    with pytest.raises(SAEFormatError, match="W_dec|decoder"):
+    with pytest.raises(SAEFormatError, match=r"W_dec|decoder"):
         load_sae(copy)

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from sae_core.records.directions import final_norm_and_unembed, logit_effects, nearest_features
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae
+from sae_core.records.directions import final_norm_and_unembed, logit_effects, nearest_features
 from sae_core.sites import parse_site
 from tests.core.tiny_sae import TinySAE
 from tests.factories import FAMILIES, tiny_model, tiny_tokenizer
@@ -31,7 +31,7 @@ def setup():
 
 def test_top_examples_are_exactly_the_true_top_activations(setup):
     record, f_CTF, ctx = setup
-    C, T, F = f_CTF.shape
+    _C, T, F = f_CTF.shape
     width = CFG.before + CFG.after + 1
     for j in range(F):
         values, flat = f_CTF[..., j].flatten().topk(CFG.n_top)
@@ -86,8 +86,8 @@ def test_batch_size_does_not_change_the_top_examples(setup):
 
 
 def test_quantile_sampling_is_roughly_uniform_within_an_interval():
-    from sae_core.records.firing import Firing
     from sae_core.records import Recorder
+    from sae_core.records.firing import Firing
 
     cfg = RecordConfig(n_top=1, before=0, after=0, n_intervals=1, per_interval=1, seed=0)
     hits = torch.zeros(20)

@@ -29,7 +29,7 @@ def test_streamed_merges_keep_exactly_the_best_per_group():
         groups = torch.randint(0, 7, (int(torch.randint(0, 30, (1,), generator=gen)),), generator=gen)
         scores = torch.rand(groups.shape, generator=gen)
         ids = torch.arange(groups.numel()) + 100 * step
-        bank.merge(groups, scores, lambda mask: {"id": ids[mask]})
+        bank.merge(groups, scores, lambda mask, ids=ids: {"id": ids[mask]})
         all_groups += groups.tolist()
         all_scores += scores.tolist()
         assert kept(bank) == brute_force(all_groups, all_scores, 4)
@@ -43,7 +43,7 @@ def test_payload_travels_with_its_entry():
     groups = torch.tensor([0, 0, 0, 1])
     scores = torch.tensor([0.1, 0.9, 0.5, 0.3])
     ids = torch.tensor([10, 11, 12, 13])
-    bank.merge(groups, scores, lambda mask: {"id": ids[mask]})
+    bank.merge(groups, scores, lambda mask, ids=ids: {"id": ids[mask]})
     pairs = sorted(zip(bank.entries.score_M.tolist(), bank.entries.payload["id"].tolist()))
     assert pairs == [(0.30000001192092896, 13), (0.5, 12), (0.8999999761581421, 11)]
 

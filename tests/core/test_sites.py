@@ -18,7 +18,7 @@ def test_parse_site_accepts_canonical_and_saelens_names(name, expected):
 
 @pytest.mark.parametrize("name", ["layers.x.resid_post", "layer.1.resid_post", "blocks.1.hook_z", ""])
 def test_parse_site_rejects_unknown_names_and_lists_the_forms(name):
-    with pytest.raises(SiteError, match="valid forms are layers.N"):
+    with pytest.raises(SiteError, match=r"valid forms are layers\.N"):
         parse_site(name)
 
 
@@ -68,9 +68,8 @@ def test_truncated_forward_runs_no_later_layer(family):
 def test_hooks_are_removed_even_when_the_forward_fails():
     model = tiny_model("llama")
     module = site_module(model, Site(1, "resid_post"))
-    with pytest.raises(RuntimeError):
-        with capture(model, Site(1, "resid_post"), stop=False):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), capture(model, Site(1, "resid_post"), stop=False):
+        raise RuntimeError("boom")
     assert not module._forward_hooks and not module._forward_pre_hooks
 
 

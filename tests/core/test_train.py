@@ -87,7 +87,8 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("arch,dtype", [("topk", "bfloat16"), ("batchtopk", "float32"), ("jumprelu", "bfloat16"), ("relu", "float32")])
+@pytest.mark.parametrize("arch,dtype", [("topk", "bfloat16"), ("batchtopk", "float32"), ("jumprelu", "bfloat16"),
+                                        ("relu", "float32")])
 def test_resume_ends_exactly_like_an_uninterrupted_run(arch, dtype, sparse_data, tmp_path):
     path, _ = sparse_data
     cfg = train_cfg(tokens=256 * 40, checkpoint_every_steps=10, dtype=dtype, dead_after_tokens=256 * 3)
@@ -128,7 +129,8 @@ def test_bf16_fast_path_tracks_float32_reference(sparse_data, tmp_path):
     """bf16 autocast with sparse kernels learns as well as the exact float32 dense path."""
     path, x = sparse_data
     results = {}
-    for name, kw in {"ref": dict(dtype="float32", sparse_kernels=False), "fast": dict(dtype="bfloat16", sparse_kernels=True)}.items():
+    arms = {"ref": {"dtype": "float32", "sparse_kernels": False}, "fast": {"dtype": "bfloat16", "sparse_kernels": True}}
+    for name, kw in arms.items():
         sae = train(sae_cfg("topk"), train_cfg(**kw), open_activations(path), tmp_path / name)
         with torch.no_grad():
             results[name] = reconstruction_metrics(sae, [x[-2000:]])["fvu"]
