@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call `write(tmp_path)`, then rename the temporary file over `path` in one step."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")

@@ -27,6 +27,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
 from .config import HarvestConfig
 from .data import bos_id, iter_contexts, iter_documents, special_ids
@@ -158,8 +159,7 @@ def manifest_name(dist: Dist) -> str:
     return f"manifest.rank{dist.rank}.json" if dist.active else MANIFEST
 
 
-def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, provenance: Provenance, world: int) -> dict:
-    site = provenance.site
+def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, provenance: Provenance, site: Site, world: int) -> dict:
     return {
         "format": FORMAT,
         "model": provenance.model,
@@ -243,7 +243,7 @@ def _harvest_share(cfg: HarvestConfig, site: Site, out: Path, manifest: dict | N
     site = site.within(num_layers(lm.model))
     out.mkdir(parents=True, exist_ok=True)
     provenance = Provenance(model=lm.name, site=site, dataset=cfg.dataset, context_len=cfg.context_len)
-    manifest = manifest or _new_manifest(cfg, lm, provenance, dist.world)
+    manifest = manifest or _new_manifest(cfg, lm, provenance, site, dist.world)
     manifest["complete"] = False
     atomic_write_json(out / manifest_name(dist), manifest)
     if contexts is None:
@@ -312,7 +312,7 @@ def _activation_rows(lm: LoadedModel, site: Site, ids_BT: torch.Tensor, specials
     return acts_RD.cpu(), positions_R2
 
 
-def token_rows(model: torch.nn.Module, site: Site, ids_BT: torch.Tensor,
+def token_rows(model: PreTrainedModel, site: Site, ids_BT: torch.Tensor,
                specials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations [R, D] of the non-special tokens of a batch of contexts (on the model's device), and the mask.
 
