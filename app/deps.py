@@ -75,6 +75,7 @@ async def current_user(request: Request, session: SessionDep, settings: Settings
     A revoked or expired token is a 401 rather than anonymous, so a script learns why it stopped working.
     """
     token = bearer_token(request)
+    user: User | None
     if token is not None:
         try:
             user = crud.user_for_token(session, token_hash=hash_api_token(token))

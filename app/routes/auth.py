@@ -37,9 +37,9 @@ def login(request: Request, session: SessionDep, settings: SettingsDep, name: An
     client = CLIENT_THROTTLE.key(request.client.host if request.client else "unknown")
     wait = crud.login_wait(session, keys=[account, client], moment=moment)
     if wait:
-        response = _login_form(request, next, f"too many failed logins: try again in {wait} s", 429)
-        response.headers["Retry-After"] = str(wait)
-        return response
+        refused = _login_form(request, next, f"too many failed logins: try again in {wait} s", 429)
+        refused.headers["Retry-After"] = str(wait)
+        return refused
     user = crud.find_user(session, name=name)
     if user is None or not check_password(user.password_hash, password):
         for key, throttle in ((account, ACCOUNT_THROTTLE), (client, CLIENT_THROTTLE)):
