@@ -1,8 +1,10 @@
 """Kill -9 at random moments: a command run as the shell runs it, killed at a seeded random point of its work.
 
 A kill is aimed at the command's work, not at its imports: it comes a seeded delay after the command's
-progress bar first reaches a seeded fraction of its total. The fractions of one test's kills rise, so each
-kill of a chain (kill, resume, kill, resume, ..., finish) lands in work the previous one left undone.
+progress bar first reaches a seeded fraction of its total (the delay drawn within a share of an
+uninterrupted run's time, so that it reaches past the bar into the writing that follows it). The fractions
+of one test's kills rise, so each kill of a chain (kill, resume, kill, ..., finish) lands in work the
+previous one left undone.
 More kills per test: SAESCOPE_CRASH_KILLS=N (default 2).
 
 Commands run on one thread, and so do the uninterrupted runs they are compared with: results are then

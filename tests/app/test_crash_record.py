@@ -4,6 +4,7 @@ previous recording (or none) or the new one, never a half; a rerun stores what a
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -54,11 +55,13 @@ def record_args(model_dir, corpus, url, tokens: int = RECORD_TOKENS, n_top: int 
             "--context", 40, "--n-top", n_top, "--device", "cpu", "--db", url]
 
 
-def in_process(*args: object) -> None:
-    """A command through the app's CLI in this process, on one thread as the killed runs use."""
+def in_process(*args: object) -> float:
+    """Seconds a command took through the app's CLI in this process, on one thread as the killed runs use."""
+    start = time.monotonic()
     with one_thread():
         code, out = invoke_cli(app, *args)
     assert code == 0, out
+    return time.monotonic() - start
 
 
 @pytest.fixture(scope="module")
@@ -78,13 +81,14 @@ def store_with_sae(url: str, sae_dir) -> str:
 
 def test_a_killed_recording_leaves_the_old_or_the_new_one_and_a_rerun_the_new(tmp_path, sae_dir, tiny_model_dir, corpus):
     reference = store_with_sae(f"sqlite:///{tmp_path / 'reference.db'}", sae_dir)
-    in_process(*record_args(tiny_model_dir, corpus, reference))
+    seconds = in_process(*record_args(tiny_model_dir, corpus, reference))
     new = recording(reference)
     assert len(new["features"]) == 256 and new["examples"]
     url = store_with_sae(f"sqlite:///{tmp_path / 'store.db'}", sae_dir)
     args = record_args(tiny_model_dir, corpus, url)
     outcomes = []
-    for number, point in enumerate(kill_points(max_delay=1.5)):  # past the pass: building the rows, the store
+    # A delay of up to half a recording's time reaches past the pass: building the rows, the store's transaction.
+    for number, point in enumerate(kill_points(max_delay=seconds / 2)):
         if number:  # from the second kill on, a previous recording stands to be replaced
             in_process(*record_args(tiny_model_dir, corpus, url, tokens=RECORD_TOKENS // 2, n_top=5))
         before = recording(url)

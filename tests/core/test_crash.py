@@ -6,6 +6,7 @@ tensors bit for bit on CPU float32 for training).
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -26,11 +27,16 @@ def harvest_args(model_dir, corpus, out) -> list[object]:
             "--device", "cpu"]
 
 
-def run_in_process(*args: object) -> None:
-    """An uninterrupted run of the command through the CLI's own code, on one thread as the killed ones run."""
+def run_in_process(*args: object) -> float:
+    """Seconds an uninterrupted run of the command took through the CLI's own code, on one thread as killed ones run.
+
+    A kill's delay past its progress point is drawn within a quarter of it: the time scales with the machine.
+    """
+    start = time.monotonic()
     with one_thread():
         code, out = invoke_cli(sae_core.cli.app, *args)
     assert code == 0, out
+    return time.monotonic() - start
 
 
 def assert_harvest_whole(directory) -> None:
@@ -45,18 +51,17 @@ def assert_harvest_whole(directory) -> None:
 
 @pytest.fixture(scope="module")
 def harvested(tmp_path_factory, tiny_model_dir, corpus):
-    """An uninterrupted harvest."""
+    """An uninterrupted harvest, and the seconds it took."""
     out = tmp_path_factory.mktemp("crash") / "whole"
-    run_in_process(*harvest_args(tiny_model_dir, corpus, out))
-    return out
+    return out, run_in_process(*harvest_args(tiny_model_dir, corpus, out))
 
 
 def test_killed_harvests_resume_to_the_uninterrupted_files(tmp_path, tiny_model_dir, corpus, harvested):
-    whole = harvested
+    whole, seconds = harvested
     out = tmp_path / "cut"
     args = harvest_args(tiny_model_dir, corpus, out)
     outcomes = []
-    for point in kill_points(max_delay=0.2):
+    for point in kill_points(max_delay=seconds / 4):
         outcomes.append(kill_during(*CORE, *args, *(["--resume"] if out.exists() else []), at=point))
         assert_harvest_whole(out)
     assert any(o.killed for o in outcomes), outcomes[-1].output[-2000:]
@@ -90,18 +95,17 @@ def log_steps(directory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, harvested):
-    """An SAE trained without interruption."""
+    """An SAE trained without interruption, and the seconds it took."""
     out = tmp_path_factory.mktemp("crash") / "sae"
-    run_in_process(*train_args(harvested, out))
-    return out
+    return out, run_in_process(*train_args(harvested[0], out))
 
 
 def test_killed_training_resumes_to_the_uninterrupted_sae(tmp_path, harvested, trained):
-    whole = trained
+    whole, seconds = trained
     out = tmp_path / "cut"
-    args = train_args(harvested, out)
+    args = train_args(harvested[0], out)
     outcomes = []
-    for point in kill_points(max_delay=0.5):  # past the bar's end: the final checkpoint, the SAE, its metrics
+    for point in kill_points(max_delay=seconds / 4):  # past the bar's end too: the last checkpoint, the SAE, metrics
         outcomes.append(kill_during(*CORE, *args, "--resume", at=point))
         assert_sae_dir_whole(out)
     assert any(o.killed for o in outcomes), outcomes[-1].output[-2000:]
