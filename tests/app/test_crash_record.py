@@ -79,12 +79,14 @@ def store_with_sae(url: str, sae_dir) -> str:
     return url
 
 
-def test_a_killed_recording_leaves_the_old_or_the_new_one_and_a_rerun_the_new(tmp_path, sae_dir, tiny_model_dir, corpus):
+def test_a_killed_recording_leaves_the_old_or_the_new_one_and_a_rerun_the_new(tmp_path, sae_dir, tiny_model_dir, corpus,
+                                                                               db_url, engine):
+    """On each backend (`engine` empties the store afterwards); the uninterrupted recording is made on SQLite."""
     reference = store_with_sae(f"sqlite:///{tmp_path / 'reference.db'}", sae_dir)
     seconds = in_process(*record_args(tiny_model_dir, corpus, reference))
     new = recording(reference)
     assert len(new["features"]) == 256 and new["examples"]
-    url = store_with_sae(f"sqlite:///{tmp_path / 'store.db'}", sae_dir)
+    url = store_with_sae(db_url, sae_dir)
     args = record_args(tiny_model_dir, corpus, url)
     outcomes = []
     # A delay of up to half a recording's time reaches past the pass: building the rows, the store's transaction.
