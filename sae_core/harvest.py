@@ -9,7 +9,7 @@ A shard is listed in the manifest only after it is fully on disk, so an interrup
 shard that readers would trust half-written. `resume` harvests again from the first context of the last
 listed shard: that shard may end where an earlier, smaller `--tokens` cut a context short, and redoing it
 (at most one shard of work) makes a resumed harvest, with any larger budget, byte for byte the harvest a
-direct run with that budget writes (the same `--batch-size` given; the contexts are the same batches).
+direct run with that budget writes (given the same `--batch-size` and `--shard-tokens`: the same batches).
 
 Under torchrun each of N ranks harvests every N-th context (rank r: contexts r, r+N, ...) and its share
 of the rows, into `shard_rR_NNNNN.safetensors` files under its own `manifest.rankR.json` (its resume
