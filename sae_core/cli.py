@@ -62,13 +62,17 @@ def harvest(
     batch_size: int = typer.Option(HarvestConfig.batch_size, "--batch-size", help="Contexts per forward pass."),
     dtype: str = typer.Option(HarvestConfig.dtype, "--dtype", help="Storage dtype of the activations."),
     model_dtype: str = typer.Option(HarvestConfig.model_dtype, "--model-dtype", help="Compute dtype of the model."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted harvest in --out."),
+    shard_tokens: int = typer.Option(HarvestConfig.shard_tokens, "--shard-tokens",
+                                     help="Rows per shard file (the unit of atomic writes and of resume)."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue an interrupted harvest in --out, or extend it to a larger --tokens."),
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
 ) -> None:
     """Run a model over a corpus and write its activations at one site to disk (split by rank under torchrun)."""
     cfg = HarvestConfig(model=model, site=site, dataset=dataset, text_field=text_field, tokens=tokens,
-                        context_len=context, batch_size=batch_size, dtype=dtype, model_dtype=model_dtype)
+                        context_len=context, batch_size=batch_size, dtype=dtype, model_dtype=model_dtype,
+                        shard_tokens=shard_tokens)
     try:
         dist = init_distributed(device, require=distributed)
         manifest = run_harvest(cfg, out, resume=resume, dist=dist)
