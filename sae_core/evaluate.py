@@ -15,7 +15,7 @@ from torch import nn
 
 from .activations import ActivationSource
 from .data import iter_contexts, iter_documents, special_ids
-from .finite import NonFiniteError
+from .finite import NonFiniteError, finite_row_mask
 from .harvest import batched
 from .hooks import splice
 from .lm import LoadedModel
@@ -91,8 +91,8 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
 
         def checked(x, keep_BT=keep_BT, first=first_context):
             """The clean pass's site activations, unchanged once none that counts is NaN or infinite."""
-            _require_finite(torch.isfinite(x).all(-1), ~keep_BT, f"the model's activations at {site.name} are NaN "
-                            "or infinite", first)
+            finite_BT = finite_row_mask(x.flatten(0, -2)).view(keep_BT.shape)
+            _require_finite(finite_BT, ~keep_BT, f"the model's activations at {site.name} are NaN or infinite", first)
             return x
 
         replacements = {

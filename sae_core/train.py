@@ -35,7 +35,7 @@ from .config import TrainConfig
 from .devices import autocast, prefetch_to
 from .distributed import Dist
 from .fileio import atomic_write
-from .finite import NonFiniteError
+from .finite import NonFiniteError, all_finite
 from .provenance import Provenance
 from .saes import SAE, Runtime, SAEConfig, TrainOutput, artifact, build_sae, takes_k
 from .saes.artifact import TrainingLog
@@ -259,7 +259,7 @@ class Trainer:
         step = int(self.dist.min(self.first_nonfinite) if across_ranks else self.first_nonfinite)
         if step != NO_STEP:
             what = f"the loss became NaN or infinite at step {step} of {self.cfg.total_steps}"
-        elif across_ranks or all(bool(p.isfinite().all()) for p in self.sae.parameters()):
+        elif across_ranks or all(all_finite(p.detach()) for p in self.sae.parameters()):
             return
         else:
             what = f"the SAE's weights became NaN or infinite by step {self.state.step}"

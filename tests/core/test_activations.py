@@ -184,3 +184,14 @@ def test_skip_nonfinite_refuses_a_file_with_no_finite_row(tmp_path):
     np.save(tmp_path / "nan.npy", np.full((4, 3), np.nan, dtype=np.float32))
     with pytest.raises(ActivationsError, match="every activation row holds NaN"):
         open_activations(tmp_path / "nan.npy", skip_nonfinite=True)
+
+
+def test_large_finite_float16_rows_are_not_taken_for_infinite(tmp_path):
+    """The check sums each row first; a float16 row whose sum overflows (8 x 60000 > 65504) is still finite."""
+    rows = np.full((5, D), 60000, dtype=np.float16)
+    rows[3, 1] = np.inf
+    np.save(tmp_path / "big.npy", rows)
+    source = open_activations(tmp_path / "big.npy", skip_nonfinite=True)
+    assert source.nonfinite_skipped == 1 and source.n_rows == 4
+    with pytest.raises(NonFiniteError, match=r"big\.npy: row 3 "):
+        open_activations(tmp_path / "big.npy").head(5)
