@@ -235,6 +235,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "sae_cfg": self.sae.cfg.to_dict(),
             "train_cfg": asdict(self.cfg),
+            "data_rows": self.data_rows,
         }
         atomic_write(self.out / self.checkpoint_file, lambda tmp: torch.save(payload, tmp))
 
@@ -244,10 +245,18 @@ class Trainer:
         payload = torch.load(path, weights_only=True, map_location=self.device)
         if payload["sae_cfg"] != self.sae.cfg.to_dict() or run_identity(payload["train_cfg"]) != run_identity(asdict(self.cfg)):
             raise ValueError(f"{path} was written by a run with other settings; resume with the same options")
+        if payload.get("data_rows", self.data_rows) != self.data_rows:
+            raise ValueError(f"{path} was written by a run over {payload['data_rows']} activation rows, these are "
+                             f"{self.data_rows}; resume over the same rows (and the same --skip-nonfinite)")
         self.sae.load_state_dict(payload["sae"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(payload["step"], payload["input_scale"], payload["since_fired_F"])
         self.checkpoint_step = self.state.step
+
+    @property
+    def data_rows(self) -> int | None:
+        """Rows of stored activations (None for a model stream): the stream's positions refer to them."""
+        return getattr(self.data, "n_rows", None)
 
     def require_finite(self, across_ranks: bool = False) -> None:
         """Stop once a loss or a weight is NaN or infinite, so nothing non-finite is ever written.

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_core.activations import open_activations
+from sae_core.activations import ActivationSource, open_activations
 from sae_core.config import TrainConfig
 from sae_core.evaluate import reconstruction_metrics
 from sae_core.finite import NonFiniteError
@@ -239,6 +239,16 @@ def test_resume_refuses_other_settings(sparse_data, tmp_path):
     train(sae_cfg("topk"), cfg, open_activations(path), tmp_path)
     with pytest.raises(ValueError, match="other settings"):
         Trainer(sae_cfg("topk"), train_cfg(tokens=256 * 8), open_activations(path), tmp_path).run(resume=True)
+
+
+def test_resume_refuses_other_activation_rows(sparse_data, tmp_path):
+    """Resume positions address the rows: a source that lost rows (say to --skip-nonfinite) would train on others."""
+    path, x = sparse_data
+    with pytest.raises(Killed):
+        Trainer(sae_cfg("topk"), train_cfg(**KILL_CFG), open_activations(path), tmp_path).run(on_step=kill_at(15))
+    fewer = ActivationSource.in_memory(x[:-3])
+    with pytest.raises(ValueError, match="over 12000 activation rows, these are 11997"):
+        Trainer(sae_cfg("topk"), train_cfg(**KILL_CFG), fewer, tmp_path).run(resume=True)
 
 
 def test_same_seed_same_result_other_seed_differs(sparse_data, tmp_path):
