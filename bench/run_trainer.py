@@ -83,7 +83,7 @@ def train_saescope(s: Setup, clock: StepClock) -> tuple[EncodeDecode, dict]:
     path = s.workdir / "train_ordered.npy"
     np.save(path, s.train_ND)
     cfg = TrainConfig(tokens=s.tokens, batch_size=s.batch_size, seed=s.seed, progress=False,
-                      checkpoint_every_s=1e9)
+                      checkpoint_every_s=1e9, checkpoint_every_tokens=0)
     sae_cfg = SAEConfig(architecture="topk", d_in=s.d_in, d_sae=s.d_sae, k=s.k)
     trainer = Trainer(sae_cfg, cfg, open_activations(path), s.workdir / "saescope")
     clock.tick()

@@ -59,7 +59,8 @@ def measure(args: argparse.Namespace, features: int, dist: Dist, rows_ND: torch.
     """Train `args.steps` steps at one dictionary size; tokens/s and peak memory."""
     sae_cfg = SAEConfig(architecture="topk", d_in=args.d_in, d_sae=features, k=args.k)
     cfg = TrainConfig(tokens=args.steps * args.batch, batch_size=args.batch, dtype=args.dtype, progress=False,
-                      log_every=10**9, checkpoint_every_s=float("inf"), dead_after_tokens=args.batch * 10**6)
+                      log_every=10**9, checkpoint_every_s=float("inf"), checkpoint_every_tokens=0,
+                      dead_after_tokens=args.batch * 10**6)
     trainer = Trainer(sae_cfg, cfg, ActivationSource.in_memory(rows_ND), out / str(features), dist,
                       args.shard_features)
     trainer.state.since_fired_F[::4] = trainer.dead_after  # a quarter dead, so the AuxK branch runs

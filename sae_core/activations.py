@@ -4,12 +4,16 @@ Every source is a list of chunks (harvest shards, or fixed row ranges of one fil
 batches come from a stream that is a pure function of (seed, row position): each epoch visits the chunks
 in a seeded order, a window of several chunks at a time, rows shuffled within the window. Memory stays
 bounded by the window, and resuming needs only the row position.
+
+Every chunk is checked for NaN and infinities as it is read (one reduction per chunk): a non-finite row
+stops the reader with its file and row. With `skip_nonfinite` the source is scanned once when opened and
+such rows are left out of their chunks, so row positions, and with them exact resume, stay well defined.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -18,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from .distributed import Dist
+from .finite import finite_row_mask, nonfinite_error, nonfinite_rows
 from .harvest import HarvestError, load_shard, provenance_of, read_manifest
 from .provenance import Provenance
 
@@ -38,14 +43,22 @@ class Chunk:
 
     rows: int
     load: Callable[[], torch.Tensor] = field(repr=False)
+    origin: str = "<memory>"
+    """The file the rows are read from, for messages about them."""
+    first_row: int = 0
+    """The row of that file the chunk starts at."""
 
     def part(self, start: int, stop: int) -> Chunk:
         """Rows [start, stop) of this chunk, still loaded lazily."""
-        return Chunk(stop - start, partial(_rows_of, self.load, start, stop))
+        return Chunk(stop - start, partial(_rows_of, self.load, start, stop), self.origin, self.first_row + start)
 
 
 def _rows_of(load: Callable[[], torch.Tensor], start: int, stop: int) -> torch.Tensor:
     return load()[start:stop]
+
+
+def _rows_at(load: Callable[[], torch.Tensor], index_R: torch.Tensor) -> torch.Tensor:
+    return load()[index_R]
 
 
 @dataclass(frozen=True)
@@ -57,6 +70,8 @@ class ActivationSource:
     chunks: tuple[Chunk, ...]
     provenance: Provenance = Provenance()
     """Where the rows came from, as far as the source records it (a harvest's manifest does; a bare array not)."""
+    nonfinite_skipped: int = 0
+    """Rows of the files left out for holding NaN or infinities (`open_activations(skip_nonfinite=True)`)."""
 
     @classmethod
     def in_memory(cls, rows_ND: torch.Tensor, provenance: Provenance = Provenance()) -> ActivationSource:
@@ -98,8 +113,7 @@ class ActivationSource:
                 head.append(chunk.part(0, a))
                 tail.append(chunk.part(a, chunk.rows))
             start = end
-        return (ActivationSource(self.path, self.d_in, tuple(head), self.provenance),
-                ActivationSource(self.path, self.d_in, tuple(tail), self.provenance))
+        return replace(self, chunks=tuple(head)), replace(self, chunks=tuple(tail))
 
     def iter_rows(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Every row once, in storage order, in float32 batches (for evaluation)."""
@@ -155,18 +169,53 @@ def permutation(n: int, *key: int) -> torch.Tensor:
     return torch.randperm(n, generator=generator)
 
 
-def open_activations(path: str | Path) -> ActivationSource:
-    """An activation source for a harvest directory, a .npy [N, d] array or a .safetensors file."""
+def open_activations(path: str | Path, skip_nonfinite: bool = False) -> ActivationSource:
+    """An activation source for a harvest directory, a .npy [N, d] array or a .safetensors file.
+
+    A row holding NaN or an infinity raises NonFiniteError (naming its file and row) when it is read;
+    with `skip_nonfinite` every chunk is read once now and such rows are left out and counted instead.
+    """
     path = Path(path)
     if path.is_dir():
-        return _open_harvest(path)
-    if not path.is_file():
+        source = _open_harvest(path)
+    elif not path.is_file():
         raise ActivationsError(f"no activations at {path}: the path does not exist")
-    if path.suffix == ".npy":
-        return _open_npy(path)
-    if path.suffix == ".safetensors":
-        return _open_safetensors(path)
-    raise ActivationsError(f"{path}: expected a harvest directory, a .npy file or a .safetensors file")
+    elif path.suffix == ".npy":
+        source = _open_npy(path)
+    elif path.suffix == ".safetensors":
+        source = _open_safetensors(path)
+    else:
+        raise ActivationsError(f"{path}: expected a harvest directory, a .npy file or a .safetensors file")
+    return _finite_only(source) if skip_nonfinite else replace(source, chunks=tuple(map(_checked, source.chunks)))
+
+
+def _checked(chunk: Chunk) -> Chunk:
+    """The chunk, refusing to load rows that hold NaN or infinities."""
+    def load() -> torch.Tensor:
+        rows = chunk.load()
+        bad = nonfinite_rows(rows)
+        if bad is not None:
+            raise nonfinite_error(chunk.origin, chunk.first_row + int(bad[0]))
+        return rows
+
+    return replace(chunk, load=load)
+
+
+def _finite_only(source: ActivationSource) -> ActivationSource:
+    """The source without its non-finite rows: one read of every chunk finds them, later reads leave them out."""
+    chunks, skipped = [], 0
+    for chunk in source.chunks:
+        keep_N = finite_row_mask(chunk.load())
+        kept = int(keep_N.sum())
+        skipped += chunk.rows - kept
+        if kept == chunk.rows:
+            chunks.append(chunk)
+        elif kept:
+            index = keep_N.nonzero().flatten()
+            chunks.append(replace(chunk, rows=kept, load=partial(_rows_at, chunk.load, index)))
+    if not chunks:
+        raise ActivationsError(f"{source.path}: every activation row holds NaN or infinite values")
+    return replace(source, chunks=tuple(chunks), nonfinite_skipped=skipped)
 
 
 def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
@@ -176,10 +225,10 @@ def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
         raise ActivationsError(f"{path}: holds no activation rows")
 
 
-def _row_chunks(n_rows: int, read: Callable[[int, int], torch.Tensor]) -> list[Chunk]:
+def _row_chunks(path: Path, n_rows: int, read: Callable[[int, int], torch.Tensor]) -> list[Chunk]:
     """Split rows [0, n_rows) of one file into fixed-size lazily read chunks."""
     return [
-        Chunk(min(FILE_CHUNK_ROWS, n_rows - a), partial(read, a, min(a + FILE_CHUNK_ROWS, n_rows)))
+        Chunk(min(FILE_CHUNK_ROWS, n_rows - a), partial(read, a, min(a + FILE_CHUNK_ROWS, n_rows)), str(path), a)
         for a in range(0, n_rows, FILE_CHUNK_ROWS)
     ]
 
@@ -192,7 +241,7 @@ def _open_npy(path: Path) -> ActivationSource:
     if array.dtype.kind != "f":
         raise ActivationsError(f"{path}: activations must be floating point, got {array.dtype}")
     _check_shape(path, array.shape)
-    chunks = _row_chunks(array.shape[0], lambda a, b: torch.from_numpy(np.array(array[a:b])))
+    chunks = _row_chunks(path, array.shape[0], lambda a, b: torch.from_numpy(np.array(array[a:b])))
     return ActivationSource(path, array.shape[1], tuple(chunks))
 
 
@@ -210,7 +259,7 @@ def _open_safetensors(path: Path) -> ActivationSource:
         with safe_open(path, "pt") as f:
             return f.get_slice("activations")[a:b]
 
-    return ActivationSource(path, shape[1], tuple(_row_chunks(shape[0], read)))
+    return ActivationSource(path, shape[1], tuple(_row_chunks(path, shape[0], read)))
 
 
 def _shard_activations(directory: Path, entry: dict, d_model: int) -> torch.Tensor:
@@ -225,7 +274,7 @@ def _open_harvest(directory: Path) -> ActivationSource:
     d_model = manifest["d_model"]
     if not isinstance(d_model, int) or d_model <= 0:
         raise ActivationsError(f"{directory}: manifest d_model must be a positive integer, got {d_model!r}")
-    chunks = [Chunk(int(e["rows"]), partial(_shard_activations, directory, e, d_model))
+    chunks = [Chunk(int(e["rows"]), partial(_shard_activations, directory, e, d_model), str(directory / e["file"]))
               for e in manifest["shards"] if e.get("rows")]
     _check_shape(directory, (sum(c.rows for c in chunks), d_model))
     return ActivationSource(directory, d_model, tuple(chunks), provenance_of(manifest))

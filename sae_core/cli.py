@@ -34,6 +34,8 @@ ModelOpt = typer.Option(DEFAULT_MODEL, "--model", help="Model name, directory, .
 DatasetOpt = typer.Option("demo", "--dataset", help="`demo`, a .txt/.jsonl/.parquet file or folder, or a hub dataset.")
 DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")
 DistributedOpt = typer.Option(False, "--distributed", help="Insist on torchrun's environment (torchrun is detected anyway).")
+SkipNonFiniteOpt = typer.Option(False, "--skip-nonfinite",
+                                help="Leave out and count rows holding NaN or infinities (default: stop at the first).")
 
 
 def fail(message: str) -> None:
@@ -66,13 +68,14 @@ def harvest(
                                      help="Rows per shard file (the unit of atomic writes and of resume)."),
     resume: bool = typer.Option(False, "--resume",
                                 help="Continue an interrupted harvest in --out, or extend it to a larger --tokens."),
+    skip_nonfinite: bool = SkipNonFiniteOpt,
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
 ) -> None:
     """Run a model over a corpus and write its activations at one site to disk (split by rank under torchrun)."""
     cfg = HarvestConfig(model=model, site=site, dataset=dataset, text_field=text_field, tokens=tokens,
                         context_len=context, batch_size=batch_size, dtype=dtype, model_dtype=model_dtype,
-                        shard_tokens=shard_tokens)
+                        shard_tokens=shard_tokens, skip_nonfinite=skip_nonfinite)
     try:
         dist = init_distributed(device, require=distributed)
         manifest = run_harvest(cfg, out, resume=resume, dist=dist)
@@ -81,7 +84,9 @@ def harvest(
     finally:
         close_distributed()
     if dist.is_main:
-        typer.echo(f"wrote {manifest['n_tokens']} activations of {manifest['model']} at {manifest['site']} to {out}")
+        skipped = manifest.get("n_nonfinite_skipped", 0)
+        typer.echo(f"wrote {manifest['n_tokens']} activations of {manifest['model']} at {manifest['site']} to {out}"
+                   + (f"; left out {skipped} rows holding NaN or infinities" if skipped else ""))
 
 
 def train(
@@ -100,6 +105,11 @@ def train(
     dtype: str = typer.Option(TrainConfig.dtype, "--dtype", help="Compute dtype: bfloat16 (fast) or float32 (exact)."),
     holdout: int | None = typer.Option(None, "--holdout", help="Rows held out for metrics.json (default: 10%, at most 65536)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
+    checkpoint_every_s: float = typer.Option(TrainConfig.checkpoint_every_s, "--checkpoint-every-s",
+                                             help="Seconds between checkpoints (longer when a save is slow)."),
+    checkpoint_every_tokens: int | None = typer.Option(
+        None, "--checkpoint-every-tokens", help="Also checkpoint every this many rows (default: a tenth of --tokens; 0: off)."),
+    skip_nonfinite: bool = SkipNonFiniteOpt,
     model: str | None = typer.Option(None, "--model", help="Instead of --activations: stream from this model (needs --tokens)."),
     dataset: str = DatasetOpt,
     site: str = typer.Option(HarvestConfig.site, "--site", help="With --model: hook site to stream."),
@@ -117,12 +127,16 @@ def train(
     """
     if (activations is None) == (model is None) or (model is not None and tokens is None):
         fail("give --activations, or --model with --tokens to stream activations from the model")
+    if skip_nonfinite and model is not None:
+        fail("--skip-nonfinite applies to --activations; a streamed row cannot be skipped (harvest with it instead)")
+    skipped = {}
     train_rows: TrainingData
     heldout: ActivationSource | None
     try:
         dist = init_distributed(device, require=distributed)
         if activations is not None:
-            data = open_activations(activations)
+            data = open_activations(activations, skip_nonfinite=skip_nonfinite)
+            skipped = {"nonfinite_rows_skipped": data.nonfinite_skipped} if skip_nonfinite else {}
             held = holdout_rows(data.n_rows) if holdout is None else holdout
             train_part, heldout = data.split_tail(held) if held else (data, data)
             train_rows, budget = train_part, tokens or train_part.n_rows
@@ -135,9 +149,11 @@ def train(
                                                      holdout_contexts=holdout_contexts)
             eval_rows = f"first {holdout_contexts} contexts (not trained on)"
         sae_cfg = sae_config_for(train_rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
-        cfg = TrainConfig(tokens=budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype)
+        cfg = TrainConfig(tokens=budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype,
+                          checkpoint_every_s=checkpoint_every_s, checkpoint_every_tokens=checkpoint_every_tokens)
         sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume, dist=dist, shard_features=shard_features)
-        metrics = {**evaluate_activations(sae, heldout), "eval_rows": eval_rows} if heldout is not None and dist.is_main else {}
+        metrics = ({**evaluate_activations(sae, heldout), "eval_rows": eval_rows, **skipped}
+                   if heldout is not None and dist.is_main else {})
         if metrics:
             write_metrics(out, metrics)
     except USER_ERRORS as err:
@@ -158,13 +174,19 @@ def evaluate(
     context: int = typer.Option(128, "--context", help="Tokens per context, BOS included."),
     skip_contexts: int = typer.Option(0, "--skip-contexts", help="Contexts of the corpus to skip (e.g. those trained on)."),
     save: bool = typer.Option(False, "--save", help="Merge the figures into metrics.json beside the SAE."),
+    skip_nonfinite: bool = SkipNonFiniteOpt,
 ) -> None:
     """Print an SAE's metrics as JSON: mse, fvu, explained variance, l0, dead/dense fractions, CE loss recovered."""
     if activations is None and model is None:
         fail("give --activations (reconstruction metrics), --model (CE loss), or both")
     try:
         loaded = load_sae(sae)
-        metrics = evaluate_activations(loaded, open_activations(activations), max_rows) if activations else {}
+        metrics = {}
+        if activations is not None:
+            source = open_activations(activations, skip_nonfinite=skip_nonfinite)
+            metrics = evaluate_activations(loaded, source, max_rows)
+            if skip_nonfinite:
+                metrics["nonfinite_rows_skipped"] = source.nonfinite_skipped
         if model is not None:
             metrics.update(ce_on_corpus(load_model(model), loaded, dataset, n_contexts=contexts, context_len=context,
                                         skip_contexts=skip_contexts))

@@ -1,4 +1,8 @@
-"""Evaluate an SAE: reconstruction and sparsity on stored activations, and CE loss with it spliced in."""
+"""Evaluate an SAE: reconstruction and sparsity on stored activations, and CE loss with it spliced in.
+
+No figure is computed over NaN: stored activations are checked as they are read (see activations.py), and
+the CE pass checks the site's activations and each loss on the positions it counts, naming the context.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from torch import nn
 
 from .activations import ActivationSource
 from .data import iter_contexts, iter_documents, special_ids
+from .finite import NonFiniteError, finite_row_mask
 from .harvest import batched
 from .hooks import splice
 from .lm import LoadedModel
@@ -60,13 +65,22 @@ def _reconstruct(sae: SAE, x_BTD: torch.Tensor) -> torch.Tensor:
     return sae(x_BTD.flatten(0, -2).float()).view_as(x_BTD).to(x_BTD.dtype)
 
 
+def _require_finite(finite_BT: torch.Tensor, counted_BT: torch.Tensor, what: str, first_context: int) -> None:
+    """Raise naming the first counted position of a batch where `finite_BT` is False (one reduction when none)."""
+    bad_BT = counted_BT & ~finite_BT
+    if bool(bad_BT.any()):
+        b, t = bad_BT.nonzero()[0].tolist()
+        raise NonFiniteError(f"{what} at context {first_context + b}, position {t}; no CE figure is computed over them")
+
+
 @torch.no_grad()
 def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.Tensor],
-               special_ids: torch.Tensor) -> dict[str, float]:
+               special_ids: torch.Tensor, first_context: int = 0) -> dict[str, float]:
     """CE loss clean, with the SAE's reconstruction spliced in, and with the site zero-ablated.
 
     Positions holding special tokens (BOS above all) keep their activation and are left out of the
-    loss: SAEs are trained without them, and their huge norms would dominate the comparison.
+    loss: SAEs are trained without them, and their huge norms would dominate the comparison. The first
+    context is number `first_context` in the messages about non-finite values.
     """
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     count = 0
@@ -74,19 +88,26 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
         ids_BT = ids_BT.long()
         keep_BT = torch.isin(ids_BT, special_ids)
         counted = ~keep_BT[:, :-1]
+
+        def checked(x, keep_BT=keep_BT, first=first_context):
+            """The clean pass's site activations, unchanged once none that counts is NaN or infinite."""
+            finite_BT = finite_row_mask(x.flatten(0, -2)).view(keep_BT.shape)
+            _require_finite(finite_BT, ~keep_BT, f"the model's activations at {site.name} are NaN or infinite", first)
+            return x
+
         replacements = {
-            "clean": None,
+            "clean": checked,
             "sae": lambda x, keep_BT=keep_BT: torch.where(keep_BT[..., None], x, _reconstruct(sae, x)),
             "zero": lambda x, keep_BT=keep_BT: torch.where(keep_BT[..., None], x, torch.zeros_like(x)),
         }
         for name, fn in replacements.items():
-            if fn is None:
+            with splice(model, site, fn):
                 losses_BT = _next_token_losses(model, ids_BT)
-            else:
-                with splice(model, site, fn):
-                    losses_BT = _next_token_losses(model, ids_BT)
+            _require_finite(torch.isfinite(losses_BT), counted, f"the {name} next-token loss is NaN or infinite",
+                            first_context)
             totals[name] += float(losses_BT[counted].double().sum())
         count += int(counted.sum())
+        first_context += len(ids_BT)
     if count == 0:
         raise ValueError("no non-special token positions to evaluate the CE loss on")
     result = {f"ce_{name}": total / count for name, total in totals.items()}
@@ -105,5 +126,6 @@ def ce_on_corpus(lm: LoadedModel, sae: SAE, dataset: str, *, n_contexts: int = 6
         raise ValueError(f"the CE evaluation needs at least one context, got {n_contexts}")
     contexts = itertools.islice(iter_contexts(iter_documents(dataset, text_field), lm.tokenizer, context_len),
                                 skip_contexts, skip_contexts + n_contexts)
-    return ce_metrics(lm.model, sae, sae.site_in(lm.model), batched(contexts, batch_size), special_ids(lm.tokenizer))
+    return ce_metrics(lm.model, sae, sae.site_in(lm.model), batched(contexts, batch_size), special_ids(lm.tokenizer),
+                      first_context=skip_contexts)
 

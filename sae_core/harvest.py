@@ -1,7 +1,9 @@
 """Model + site + corpus -> activation shards on disk, with a manifest that later stages read.
 
 Layout of a harvest directory (format `saescope-activations/1`):
-- `manifest.json`: model, site, d_model, dtype, context length, counts and the list of finished shards.
+- `manifest.json`: model, site, d_model, dtype, context length, counts and the list of finished shards;
+  `n_nonfinite_skipped` counts rows left out for holding NaN or infinities (only with `skip_nonfinite`,
+  else such a row stops the harvest).
 - `shard_NNNNN.safetensors`: `activations` [rows, d_model], `tokens` [contexts, context_len] int32 (the
   shard's contexts, BOS first) and `positions` [rows, 2] int32 (global context index, position), so any
   activation row can be shown with its text.
@@ -36,6 +38,7 @@ from .config import HarvestConfig
 from .data import bos_id, iter_contexts, iter_documents, special_ids
 from .distributed import Dist
 from .fileio import atomic_write, atomic_write_json
+from .finite import finite_row_mask, nonfinite_error, nonfinite_rows
 from .hooks import truncated_forward
 from .lm import LoadedModel, load_model, parse_dtype
 from .provenance import Provenance
@@ -101,24 +104,27 @@ class _ShardBuffer:
     tokens: list[torch.Tensor] = field(default_factory=list)
     rows: int = 0
     first_context: int = 0
+    nonfinite_skipped: int = 0
 
     def add(self, acts_RD: torch.Tensor, positions_R2: torch.Tensor, tokens_BT: torch.Tensor,
-            first_context: int) -> None:
+            first_context: int, nonfinite_skipped: int = 0) -> None:
         if not self.acts:
             self.first_context = first_context
         self.acts.append(acts_RD)
         self.positions.append(positions_R2)
         self.tokens.append(tokens_BT)
         self.rows += acts_RD.shape[0]
+        self.nonfinite_skipped += nonfinite_skipped
 
-    def take(self) -> tuple[dict[str, torch.Tensor], int]:
+    def take(self) -> tuple[dict[str, torch.Tensor], int, int]:
         tensors = {
             "activations": torch.cat(self.acts).contiguous(),
             "positions": torch.cat(self.positions).contiguous(),
             "tokens": torch.cat(self.tokens).to(torch.int32).contiguous(),
         }
+        skipped, self.nonfinite_skipped = self.nonfinite_skipped, 0
         self.acts, self.positions, self.tokens, self.rows = [], [], [], 0
-        return tensors, self.first_context
+        return tensors, self.first_context, skipped
 
 
 class _ShardWriter:
@@ -131,7 +137,7 @@ class _ShardWriter:
         self.pool = ThreadPoolExecutor(max_workers=1)
         self.pending: Future | None = None
 
-    def submit(self, shard: tuple[dict[str, torch.Tensor], int]) -> None:
+    def submit(self, shard: tuple[dict[str, torch.Tensor], int, int]) -> None:
         self.wait()  # at most one shard in flight bounds memory to two shards
         self.pending = self.pool.submit(self._write, *shard)
 
@@ -144,17 +150,23 @@ class _ShardWriter:
         self.wait()
         self.pool.shutdown()
 
-    def _write(self, tensors: dict[str, torch.Tensor], first_context: int) -> None:
+    def _write(self, tensors: dict[str, torch.Tensor], first_context: int, nonfinite_skipped: int) -> None:
         shards = self.manifest["shards"]
-        rank = f"r{self.dist.rank}_" if self.dist.active else ""
-        name = f"shard_{rank}{len(shards):05d}.safetensors"
+        name = shard_name(self.dist, len(shards))
         atomic_write(self.out / name, lambda tmp: save_file(tensors, tmp))
         shards.append({"file": name, "rows": tensors["activations"].shape[0],
                        "contexts": tensors["tokens"].shape[0], "first_context": first_context,
                        "context_stride": self.dist.world})
         self.manifest["n_tokens"] += tensors["activations"].shape[0]
         self.manifest["n_contexts"] += tensors["tokens"].shape[0]
+        self.manifest["n_nonfinite_skipped"] = self.manifest.get("n_nonfinite_skipped", 0) + nonfinite_skipped
         atomic_write_json(self.out / manifest_name(self.dist), self.manifest)
+
+
+def shard_name(dist: Dist, index: int) -> str:
+    """The file of this rank's shard number `index`."""
+    rank = f"r{dist.rank}_" if dist.active else ""
+    return f"shard_{rank}{index:05d}.safetensors"
 
 
 def manifest_name(dist: Dist) -> str:
@@ -178,6 +190,7 @@ def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, provenance: Provenance, s
         "bos_token_id": bos_id(lm.tokenizer),
         "n_contexts": 0,
         "n_tokens": 0,
+        "n_nonfinite_skipped": 0,
         "world": world,
         "complete": False,
         "shards": [],
@@ -281,6 +294,7 @@ def merge_rank_manifests(out: Path, world: int) -> dict:
     parts = [read_manifest(out, manifest_name(Dist(rank, world))) for rank in range(world)]
     merged = {**parts[0], "shards": sorted((e for p in parts for e in p["shards"]), key=lambda e: e["first_context"]),
               "n_tokens": sum(p["n_tokens"] for p in parts), "n_contexts": sum(p["n_contexts"] for p in parts),
+              "n_nonfinite_skipped": sum(p.get("n_nonfinite_skipped", 0) for p in parts),
               "complete": all(p["complete"] for p in parts)}
     atomic_write_json(out / MANIFEST, merged)
     return merged
@@ -296,28 +310,53 @@ def _run(cfg: HarvestConfig, lm: LoadedModel, site: Site, contexts: Iterator[tor
     done = manifest["n_tokens"]
     next_context = manifest["n_contexts"]  # this rank's count; its global number is rank + count * world
     bar = tqdm(total=budget, initial=done, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
+    shards = len(manifest["shards"])
     try:
         for ids_BT in batched(contexts, cfg.batch_size):
             first = dist.rank + next_context * dist.world
             acts_RD, positions_R2 = _activation_rows(lm, site, ids_BT, specials, first, dist.world)
+            # Checked as stored: a float16 cast overflows to inf above 65504.
+            acts_RD, positions_R2, bad_R2 = _finite_rows(acts_RD.to(dtype), positions_R2, cfg.skip_nonfinite,
+                                                         out / shard_name(dist, shards), buffer.rows)
             keep = min(acts_RD.shape[0], budget - done - buffer.rows)
             if keep < acts_RD.shape[0]:  # the budget ends inside this batch: keep only contexts it reaches
                 ids_BT = ids_BT[: (int(positions_R2[keep - 1, 0]) - first) // dist.world + 1]
-            buffer.add(acts_RD[:keep].to(dtype), positions_R2[:keep], ids_BT, first)
+            skipped = int((bad_R2[:, 0] < first + ids_BT.shape[0] * dist.world).sum())  # in the contexts kept
+            buffer.add(acts_RD[:keep], positions_R2[:keep], ids_BT, first, skipped)
             next_context += ids_BT.shape[0]
             bar.update(keep)
             if buffer.rows >= cfg.shard_tokens or done + buffer.rows >= budget:
                 done += buffer.rows
                 writer.submit(buffer.take())
+                shards += 1
             if done >= budget:
                 break
         if buffer.rows:
             writer.submit(buffer.take())
+            shards += 1
     finally:
         writer.close()
         bar.close()
     if manifest["n_tokens"] == 0:
         raise HarvestError("the corpus produced no activation rows")
+
+
+def _finite_rows(acts_RD: torch.Tensor, positions_R2: torch.Tensor, skip: bool, shard: Path,
+                 shard_row: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(finite rows, their positions, the positions of the rows left out); without `skip` a non-finite row is an error.
+
+    One row-sum check per batch (finite.nonfinite_rows); the error names the shard and row the bad one would have been.
+    """
+    bad = nonfinite_rows(acts_RD)
+    if bad is None:
+        return acts_RD, positions_R2, positions_R2[:0]
+    if not skip:
+        context, position = positions_R2[int(bad[0])].tolist()
+        detail = f" (context {context}, position {position}), so that shard was not written and the shards before it are kept"
+        hint = "pass --skip-nonfinite (with --resume to keep them) to leave such rows out, or --dtype bfloat16 if fp16 overflowed"
+        raise nonfinite_error(str(shard), shard_row + int(bad[0]), detail, hint)
+    keep_R = finite_row_mask(acts_RD)
+    return acts_RD[keep_R], positions_R2[keep_R], positions_R2[~keep_R]
 
 
 @torch.inference_mode()

@@ -21,6 +21,7 @@ import torch
 from .activations import ActivationSource, permutation, rebatch
 from .data import iter_contexts, iter_documents, special_ids
 from .distributed import Dist
+from .finite import NonFiniteError, nonfinite_rows
 from .harvest import batched, token_rows
 from .lm import LoadedModel
 from .provenance import Provenance
@@ -86,8 +87,18 @@ class ModelStream:
 
     @torch.no_grad()  # not inference_mode: the rows become training inputs that autograd saves
     def _rows(self, ids_BT: torch.Tensor) -> torch.Tensor:
-        """Activations of the non-special tokens of a batch of contexts, on the model's device."""
-        return token_rows(self.lm.model, self.site, ids_BT, special_ids(self.lm.tokenizer))[0]
+        """Activations of the non-special tokens of a batch of contexts, on the model's device; never NaN or inf.
+
+        A row count per group must follow from the token ids alone (see the module docstring), so a
+        streamed row cannot be skipped: a non-finite one stops the run, and the last checkpoint stays.
+        """
+        rows_RD, keep_BT = token_rows(self.lm.model, self.site, ids_BT, special_ids(self.lm.tokenizer))
+        bad = nonfinite_rows(rows_RD)
+        if bad is not None:
+            position = keep_BT.nonzero()[int(bad[0])].tolist()
+            raise NonFiniteError(f"{self.lm.name} gives NaN or infinite activations at {self.site.name} (token "
+                                 f"{position[1]} of a streamed context); harvest with --skip-nonfinite and train on that")
+        return rows_RD
 
 
 def stream_from_corpus(lm: LoadedModel, site: Site, dataset: str, *, context_len: int, text_field: str = "text",

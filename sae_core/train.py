@@ -5,6 +5,11 @@ the seed, nothing reads the global RNG, and the data stream is addressed by row 
 holds the step, the weights, Adam's state, the dead-feature counters and the input scale, so a run
 killed at any moment and resumed ends bit-for-bit where an uninterrupted run ends.
 
+Checkpoints come every minute of wall time and every tenth of the budget, whichever is first (see
+`Trainer.checkpoint_steps`), each announced by a line of the training log; a run killed before its first
+resumes as a fresh start, which the determinism makes the same run. A loss or weights that turn NaN or
+infinite stop the run before anything is written, so the last checkpoint on disk is always a good one.
+
 Data parallelism (torchrun): every rank walks the same seeded stream of global batches and computes on
 its contiguous share of each; gradients are averaged over ranks, and the fired masks OR-ed, so weights,
 Adam state, decoder norms and dead-feature counters stay identical on every rank and the run matches one
@@ -19,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +35,7 @@ from .config import TrainConfig
 from .devices import autocast, prefetch_to
 from .distributed import Dist
 from .fileio import atomic_write
+from .finite import NonFiniteError, all_finite
 from .provenance import Provenance
 from .saes import SAE, Runtime, SAEConfig, TrainOutput, artifact, build_sae, takes_k
 from .saes.artifact import TrainingLog
@@ -37,6 +43,23 @@ from .saes.sharded import ShardedTopKSAE
 
 INIT_SAMPLE_ROWS = 16384
 """Rows used to initialise b_dec and the input scale."""
+
+CHECKPOINTS_PER_RUN = 10
+"""With TrainConfig.checkpoint_every_tokens None, a checkpoint every tenth of the run: a kill loses at most 10%."""
+
+SAVE_COST_RATIO = 20
+"""The time between checkpoints is at least this many times the last save's, so saving costs at most ~5%."""
+
+NO_STEP = 2**62
+"""`Trainer.first_nonfinite` while every loss has been finite."""
+
+BOOKKEEPING = ("progress", "checkpoint_every_s", "checkpoint_every_tokens", "checkpoint_every_steps")
+"""TrainConfig fields (and one former field) a resumed run may change: they decide no weight."""
+
+
+def run_identity(train_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The settings a checkpoint and the run resuming it must share: all but display and checkpoint cadence."""
+    return {k: v for k, v in train_cfg.items() if k not in BOOKKEEPING}
 
 
 def default_lr(d_sae: int) -> float:
@@ -119,6 +142,13 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
         self.dead_after = cfg.dead_after_tokens or min(10_000_000, max(cfg.tokens // 10, cfg.batch_size))
         self.state = TrainState(0, 1.0, torch.zeros(self.sae.d_local, dtype=torch.long, device=self.device))
+        self.first_nonfinite = torch.tensor(NO_STEP, device=self.device)
+        """The first step whose loss was NaN or infinite, on the device (read only at logging steps and writes)."""
+        self.checkpoint_step: int | None = None
+        """The step of the checkpoint on disk that this run wrote or resumed from."""
+        self.clock: Callable[[], float] = time.monotonic
+        """Wall time for the checkpoint cadence (tests substitute a fake one)."""
+        self.last_checkpoint_at, self.last_save_s = self.clock(), 0.0
         self.autocast = autocast(self.device, enabled=cfg.dtype == "bfloat16")
         if cfg.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose bfloat16 or float32")
@@ -147,6 +177,8 @@ class Trainer:
         sparsity_scale = min(1.0, (state.step + 1) / max(1, round(cfg.total_steps * cfg.sparsity_warmup_fraction)))
         with self.autocast:
             out = sae.training_forward(x_ND, dead_F=state.since_fired_F >= self.dead_after, sparsity_scale=sparsity_scale)
+        self.first_nonfinite = torch.where(torch.isfinite(out.loss.detach()), self.first_nonfinite,
+                                           self.first_nonfinite.clamp(max=state.step + 1))
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.batch_dist.mean_grads_(list(sae.parameters()))
@@ -183,10 +215,22 @@ class Trainer:
         """One checkpoint for replicated ranks (rank 0 writes it), one per shard when features are split."""
         return artifact.checkpoint_file(self.dist.rank if self.sae.runtime.shards.active else None)
 
-    def save_checkpoint(self) -> None:
-        """Weights, optimiser, counters and step, written atomically by rank 0 or by every shard."""
-        if not (self.dist.is_main or self.sae.runtime.shards.active):
-            return
+    def save_checkpoint(self, log: TrainingLog | None = None) -> None:
+        """Weights, optimiser, counters and step, written atomically by rank 0 or by every shard; noted in `log`.
+
+        The log line comes first: a kill between the two leaves a line past the checkpoint on disk, which
+        a resume drops, never a checkpoint the log does not show.
+        """
+        self.require_finite()
+        if log is not None:
+            log.write({"step": self.state.step, "tokens": self.state.step * self.cfg.batch_size,
+                       "checkpoint": self.checkpoint_file})
+        if self.dist.is_main or self.sae.runtime.shards.active:
+            self._write_checkpoint()
+        self.checkpoint_step = self.state.step
+
+    def _write_checkpoint(self) -> None:
+        """torch.save of the resume state to a temporary file renamed over the checkpoint: a kill leaves the old one."""
         payload = {
             "step": self.state.step,
             "input_scale": self.state.input_scale,
@@ -194,7 +238,8 @@ class Trainer:
             "sae": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sae_cfg": self.sae.cfg.to_dict(),
-            "train_cfg": asdict(replace(self.cfg, progress=True)),
+            "train_cfg": asdict(self.cfg),
+            "data_rows": self.data_rows,
         }
         atomic_write(self.out / self.checkpoint_file, lambda tmp: torch.save(payload, tmp))
 
@@ -202,11 +247,38 @@ class Trainer:
         """Continue from the checkpoint in the output directory, which must come from the same configs."""
         path = self.out / self.checkpoint_file
         payload = torch.load(path, weights_only=True, map_location=self.device)
-        if payload["sae_cfg"] != self.sae.cfg.to_dict() or payload["train_cfg"] != asdict(replace(self.cfg, progress=True)):
+        if payload["sae_cfg"] != self.sae.cfg.to_dict() or run_identity(payload["train_cfg"]) != run_identity(asdict(self.cfg)):
             raise ValueError(f"{path} was written by a run with other settings; resume with the same options")
+        if payload.get("data_rows", self.data_rows) != self.data_rows:
+            raise ValueError(f"{path} was written by a run over {payload['data_rows']} activation rows, these are "
+                             f"{self.data_rows}; resume over the same rows (and the same --skip-nonfinite)")
         self.sae.load_state_dict(payload["sae"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.state = TrainState(payload["step"], payload["input_scale"], payload["since_fired_F"])
+        self.checkpoint_step = self.state.step
+
+    @property
+    def data_rows(self) -> int | None:
+        """Rows of stored activations (None for a model stream): the stream's positions refer to them."""
+        return getattr(self.data, "n_rows", None)
+
+    def require_finite(self, across_ranks: bool = False) -> None:
+        """Stop once a loss or a weight is NaN or infinite, so nothing non-finite is ever written.
+
+        Steps only note the first non-finite loss on the device; reading it costs a host sync, so it is
+        read on logging steps (over all ranks, which reach them together) and, with the weights, before
+        each write. A run stopped so keeps its last checkpoint, which was checked the same way.
+        """
+        step = int(self.dist.min(self.first_nonfinite) if across_ranks else self.first_nonfinite)
+        if step != NO_STEP:
+            what = f"the loss became NaN or infinite at step {step} of {self.cfg.total_steps}"
+        elif across_ranks or all(all_finite(p.detach()) for p in self.sae.parameters()):
+            return
+        else:
+            what = f"the SAE's weights became NaN or infinite by step {self.state.step}"
+        kept = ("no checkpoint was written yet" if self.checkpoint_step is None else
+                f"{self.out / self.checkpoint_file} (step {self.checkpoint_step}) is kept")
+        raise NonFiniteError(f"{what}; training stopped and {kept}. Train again with a lower --lr or --dtype float32")
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -221,7 +293,8 @@ class Trainer:
         batches = self.data.rank_batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
                                          self.cfg.shuffle_window, self.batch_dist)
         self._loop(prefetch_to(batches, self.device), log, on_step)
-        self.save_checkpoint()
+        if self.checkpoint_step != self.state.step:
+            self.save_checkpoint(log)
         sae = self.finish()
         self.dist.barrier()  # no rank returns before rank 0's files are on disk
         return sae
@@ -231,33 +304,60 @@ class Trainer:
         cfg, state = self.cfg, self.state
         bar = tqdm(total=cfg.total_steps * cfg.batch_size, initial=state.step * cfg.batch_size, unit="tok",
                    unit_scale=True, disable=not cfg.progress or not self.dist.is_main, dynamic_ncols=True)
-        last_checkpoint, started, start_step = time.monotonic(), time.monotonic(), state.step
+        started, start_step = time.monotonic(), state.step
+        self.last_checkpoint_at = self.clock()
+        postfix = {"ckpt": "none" if self.checkpoint_step is None else self.checkpoint_step}
         with bar:
             while state.step < cfg.total_steps:
                 figures = self.step(next(batches))
                 bar.update(cfg.batch_size)
                 rate = (state.step - start_step) * cfg.batch_size / max(1e-9, time.monotonic() - started)
-                if figures is not None and log is not None:
-                    log.write({"step": state.step, "tokens": state.step * cfg.batch_size, **figures,
-                               "tokens_per_s": round(rate)})
-                    bar.set_postfix(loss=f"{figures['loss']:.4g}", l0=f"{figures['l0']:.1f}",
-                                    dead=f"{figures['dead_fraction']:.3f}", tok_s=f"{rate:.3g}")
-                if self._checkpoint_due(last_checkpoint):
-                    self.save_checkpoint()
-                    last_checkpoint = time.monotonic()
+                if figures is not None:
+                    self.require_finite(across_ranks=True)
+                    if log is not None:
+                        log.write({"step": state.step, "tokens": state.step * cfg.batch_size, **figures,
+                                   "tokens_per_s": round(rate)})
+                    postfix.update(loss=f"{figures['loss']:.4g}", l0=f"{figures['l0']:.1f}",
+                                   dead=f"{figures['dead_fraction']:.3f}", tok_s=f"{rate:.3g}")
+                    bar.set_postfix(postfix)
+                if self._checkpoint_due():
+                    self._timed_checkpoint(log)
+                    postfix["ckpt"] = state.step
+                    bar.set_postfix(postfix)
                 if on_step is not None:
                     on_step(state.step)
 
-    def _checkpoint_due(self, last: float) -> bool:
-        every = self.cfg.checkpoint_every_steps
+    @property
+    def checkpoint_steps(self) -> int:
+        """Steps between checkpoints by rows (0: by time only): checkpoint_every_tokens, or a tenth of the run.
+
+        Why both clocks: a minute bounds what a kill costs on a long run; a tenth of the budget bounds it
+        on a short fast one, where a minute may be the whole run and a kill would otherwise restart it.
+        """
+        every = self.cfg.checkpoint_every_tokens
+        if every is None:
+            return math.ceil(self.cfg.total_steps / CHECKPOINTS_PER_RUN)
+        return max(1, round(every / self.cfg.batch_size)) if every else 0
+
+    def _checkpoint_due(self) -> bool:
+        every = self.checkpoint_steps
         if every and self.state.step % every == 0:
             return True
-        due = time.monotonic() - last >= self.cfg.checkpoint_every_s
+        wait = max(self.cfg.checkpoint_every_s, SAVE_COST_RATIO * self.last_save_s)
+        due = self.clock() - self.last_checkpoint_at >= wait
         # Shards checkpoint together (rank 0's clock decides), or a resume would mix steps.
         return bool(self.sae.runtime.shards.broadcast_object(due)) if self.sae.runtime.shards.active else due
 
+    def _timed_checkpoint(self, log: TrainingLog | None) -> None:
+        """Save a checkpoint and time it: the next is due no sooner than SAVE_COST_RATIO saves' time later."""
+        started = self.clock()
+        self.save_checkpoint(log)
+        self.last_checkpoint_at = self.clock()
+        self.last_save_s = self.last_checkpoint_at - started
+
     def finish(self) -> SAE:
         """The trained SAE acting on raw activations (on the CPU), saved in SAELens layout by rank 0."""
+        self.require_finite()
         sae = self.sae.unsharded()
         sae.fold_input_scale_(self.state.input_scale)
         if not sae.unit_norm_decoder:

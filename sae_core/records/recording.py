@@ -17,6 +17,7 @@ from transformers import PreTrainedModel
 
 from ..data import special_ids
 from ..distributed import Dist
+from ..finite import NonFiniteError, nonfinite_rows
 from ..harvest import batched
 from ..hooks import truncated_forward
 from ..saes import SAE
@@ -94,10 +95,32 @@ def record_activations(
         bar.update(tokens_BT.numel())
         tokens_BT = tokens_BT.to(device)
         x_BTD = truncated_forward(model, site, tokens_BT)
-        recorder.add(tokens_BT, encode_firing(sae, x_BTD.reshape(-1, x_BTD.shape[-1])), ~torch.isin(tokens_BT, skip))
+        valid_BT = ~torch.isin(tokens_BT, skip)
+        x_ND = finite_site_rows(x_BTD.reshape(-1, x_BTD.shape[-1]), valid_BT, site,
+                                recorder.n_contexts * dist.world + dist.rank, dist.world)
+        recorder.add(tokens_BT, encode_firing(sae, x_ND), valid_BT)
     bar.close()
     recorder.merge_ranks(dist)
     return recorder
+
+
+def finite_site_rows(x_ND: torch.Tensor, valid_BT: torch.Tensor, site: Site, first_context: int,
+                     stride: int = 1) -> torch.Tensor:
+    """The site's rows of a batch of contexts, refusing NaN or infinities on a recorded token.
+
+    On ignored tokens (BOS above all, whose huge norms are what overflows) they are zeroed instead: those
+    rows feed no statistic, but a NaN would reach the example windows' activations through the encoder.
+    Row b*T+t is context `first_context + b * stride`, position t. One reduction per batch when all is well.
+    """
+    bad = nonfinite_rows(x_ND)
+    if bad is None:
+        return x_ND
+    recorded = bad[valid_BT.reshape(-1)[bad]]
+    if len(recorded):
+        b, t = divmod(int(recorded[0]), valid_BT.shape[1])
+        raise NonFiniteError(f"the model's activations at {site.name} hold NaN or infinite values at context "
+                             f"{first_context + b * stride}, position {t}: the features cannot be recorded over them")
+    return x_ND.index_fill(0, bad, 0.0)
 
 
 def record_sae(

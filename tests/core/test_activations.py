@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -10,18 +11,22 @@ import torch
 from safetensors.torch import save_file
 
 from sae_core.activations import ActivationsError, open_activations
+from sae_core.finite import NonFiniteError
 
 D = 8
 
 
-def write_harvest(directory, shard_rows=(50, 30, 40), d=D, dtype=torch.bfloat16):
-    """A harvest directory in the `saescope-activations/1` layout, rows numbered in column 0."""
+def write_harvest(directory, shard_rows=(50, 30, 40), d=D, dtype=torch.bfloat16, bad_rows=()):
+    """A harvest directory in the `saescope-activations/1` layout, rows numbered in column 0; `bad_rows` NaN."""
     directory.mkdir(parents=True)
     shards, first_row, first_context = [], 0, 0
     for i, rows in enumerate(shard_rows):
         contexts = (rows + 9) // 10
         acts = torch.randn(rows, d, generator=torch.Generator().manual_seed(i))
         acts[:, 0] = torch.arange(first_row, first_row + rows)
+        for row in bad_rows:
+            if first_row <= row < first_row + rows:
+                acts[row - first_row, 3] = float("nan")
         positions = torch.stack([torch.arange(rows) // 10 + first_context, torch.arange(rows) % 10 + 1], 1)
         save_file({"activations": acts.to(dtype), "tokens": torch.ones(contexts, 11, dtype=torch.int32),
                    "positions": positions.to(torch.int32)}, directory / f"shard_{i:05d}.safetensors")
@@ -37,9 +42,11 @@ def write_harvest(directory, shard_rows=(50, 30, 40), d=D, dtype=torch.bfloat16)
     return directory
 
 
-def numbered(n, d=D):
+def numbered(n, d=D, bad_rows=()):
     x = np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
     x[:, 0] = np.arange(n)
+    for i, row in enumerate(bad_rows):
+        x[row, 2] = (np.nan, np.inf, -np.inf)[i % 3]
     return x
 
 
@@ -47,16 +54,28 @@ def ids(batch):
     return batch[:, 0].round().long().tolist()
 
 
-@pytest.fixture(params=["harvest", "npy", "safetensors"])
-def source(request, tmp_path, monkeypatch):
+KINDS = ["harvest", "npy", "safetensors"]
+
+
+def write_source(kind, tmp_path, bad_rows=()):
+    """120 numbered rows of one kind of input (rows in `bad_rows` non-finite); the path to open."""
+    if kind == "harvest":
+        return write_harvest(tmp_path / "h", bad_rows=bad_rows)
+    if kind == "npy":
+        np.save(tmp_path / "a.npy", numbered(120, bad_rows=bad_rows))
+        return tmp_path / "a.npy"
+    save_file({"activations": torch.from_numpy(numbered(120, bad_rows=bad_rows))}, tmp_path / "a.safetensors")
+    return tmp_path / "a.safetensors"
+
+
+@pytest.fixture
+def several_chunks(monkeypatch):
     monkeypatch.setattr("sae_core.activations.FILE_CHUNK_ROWS", 37)  # several chunks from one file
-    if request.param == "harvest":
-        return open_activations(write_harvest(tmp_path / "h"))
-    if request.param == "npy":
-        np.save(tmp_path / "a.npy", numbered(120))
-        return open_activations(tmp_path / "a.npy")
-    save_file({"activations": torch.from_numpy(numbered(120))}, tmp_path / "a.safetensors")
-    return open_activations(tmp_path / "a.safetensors")
+
+
+@pytest.fixture(params=KINDS)
+def source(request, tmp_path, several_chunks):
+    return open_activations(write_source(request.param, tmp_path))
 
 
 def test_source_shape_and_order(source):
@@ -129,3 +148,50 @@ def test_split_tail_holds_out_the_last_rows_across_chunk_boundaries(source, n_ta
 def test_split_tail_refuses_impossible_sizes(source, n_tail):
     with pytest.raises(ValueError, match="cannot hold out"):
         source.split_tail(n_tail)
+
+
+# Rows 5 and 60 (in the second file chunk, and in the harvest's second shard at its row 10) are non-finite.
+FIRST_BAD = {"harvest": "shard_00000.safetensors: row 5 ", "npy": "a.npy: row 5 ", "safetensors": "a.safetensors: row 5 "}
+LATER_BAD = {"harvest": "shard_00001.safetensors: row 10 ", "npy": "a.npy: row 60 ", "safetensors": "a.safetensors: row 60 "}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_non_finite_row_is_refused_naming_its_file_and_row(kind, tmp_path, several_chunks):
+    source = open_activations(write_source(kind, tmp_path, bad_rows=(5, 60)))
+    with pytest.raises(NonFiniteError, match=re.escape(FIRST_BAD[kind]) + ".*--skip-nonfinite"):
+        list(source.iter_rows(16))
+    with pytest.raises(NonFiniteError, match=re.escape(LATER_BAD[kind])):
+        source.split_tail(70)[1].head(70)  # the held-out tail starts at row 50: row 60 is its first bad one
+    with pytest.raises(NonFiniteError):
+        next(source.batches(16, seed=0, window=3))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_skip_nonfinite_leaves_the_rows_out_and_counts_them(kind, tmp_path, several_chunks):
+    source = open_activations(write_source(kind, tmp_path, bad_rows=(5, 60, 61)), skip_nonfinite=True)
+    kept = [i for i in range(120) if i not in (5, 60, 61)]
+    assert source.nonfinite_skipped == 3 and source.n_rows == 117
+    assert ids(torch.cat(list(source.iter_rows(16)))) == kept
+    stream = source.batches(9, seed=1, window=2)
+    epoch = [i for _ in range(13) for i in ids(next(stream))]
+    assert sorted(epoch) == kept
+    resumed = source.batches(9, seed=1, start_row=9 * 4, window=2)
+    assert [i for _ in range(9) for i in ids(next(resumed))] == epoch[9 * 4 :]
+    assert source.split_tail(17)[0].nonfinite_skipped == 3
+
+
+def test_skip_nonfinite_refuses_a_file_with_no_finite_row(tmp_path):
+    np.save(tmp_path / "nan.npy", np.full((4, 3), np.nan, dtype=np.float32))
+    with pytest.raises(ActivationsError, match="every activation row holds NaN"):
+        open_activations(tmp_path / "nan.npy", skip_nonfinite=True)
+
+
+def test_large_finite_float16_rows_are_not_taken_for_infinite(tmp_path):
+    """The check sums each row first; a float16 row whose sum overflows (8 x 60000 > 65504) is still finite."""
+    rows = np.full((5, D), 60000, dtype=np.float16)
+    rows[3, 1] = np.inf
+    np.save(tmp_path / "big.npy", rows)
+    source = open_activations(tmp_path / "big.npy", skip_nonfinite=True)
+    assert source.nonfinite_skipped == 1 and source.n_rows == 4
+    with pytest.raises(NonFiniteError, match=r"big\.npy: row 3 "):
+        open_activations(tmp_path / "big.npy").head(5)

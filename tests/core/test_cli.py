@@ -91,3 +91,46 @@ def test_bad_inputs_are_one_line_errors(tmp_path, args, message):
     filled = [str(a).format(npy=tmp_path / "acts.npy", tmp=tmp_path) for a in args]
     code, out = invoke(*filled)
     assert code == 2 and message in out and "Traceback" not in out
+
+
+def nan_rows(path, bad=(7, 300, 301)):
+    """600 rows of width 8 with NaN or infinities in rows `bad`."""
+    rows = np.random.default_rng(0).standard_normal((600, 8)).astype(np.float32)
+    for i, row in enumerate(bad):
+        rows[row, i % 8] = (np.nan, np.inf, -np.inf)[i % 3]
+    np.save(path, rows)
+    return path
+
+
+def test_train_and_eval_refuse_non_finite_rows_naming_file_and_row(tmp_path):
+    acts = nan_rows(tmp_path / "acts.npy")
+    code, out = invoke("train", "--activations", acts, "--features", 16, "--k", 4, "--batch-size", 100,
+                       "--out", tmp_path / "sae")
+    assert code == 2 and f"{acts}: row 7 holds NaN or infinite values" in out and "--skip-nonfinite" in out
+    assert "Traceback" not in out and not (tmp_path / "sae" / "sae_weights.safetensors").exists()
+    code, out = invoke("train", "--activations", acts, "--features", 16, "--k", 4, "--batch-size", 100,
+                       "--skip-nonfinite", "--out", tmp_path / "sae")
+    assert code == 0, out
+    assert json.loads(out[out.index("{"):])["nonfinite_rows_skipped"] == 3
+    assert json.loads((tmp_path / "sae" / "metrics.json").read_text())["nonfinite_rows_skipped"] == 3
+    assert all(t.isfinite().all() for t in load_sae(tmp_path / "sae").state_dict().values())
+    code, out = invoke("eval", "--sae", tmp_path / "sae", "--activations", acts)
+    assert code == 2 and f"{acts}: row 7 holds NaN" in out
+    code, out = invoke("eval", "--sae", tmp_path / "sae", "--activations", acts, "--skip-nonfinite")
+    metrics = json.loads(out)
+    assert code == 0 and metrics["rows"] == 597 and metrics["nonfinite_rows_skipped"] == 3
+    assert all(np.isfinite(v) for v in metrics.values())
+
+
+def test_train_checkpoint_cadence_from_the_command_line(tmp_path):
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).standard_normal((600, 8)).astype(np.float32))
+    code, out = invoke("train", "--activations", tmp_path / "acts.npy", "--features", 16, "--k", 4, "--tokens", 1500,
+                       "--batch-size", 100, "--holdout", 0, "--checkpoint-every-tokens", 400, "--out", tmp_path / "sae")
+    assert code == 0, out
+    log = [json.loads(line) for line in (tmp_path / "sae" / "training_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log if "checkpoint" in r] == [4, 8, 12, 15]
+
+
+def test_skip_nonfinite_does_not_apply_to_a_streamed_model(tmp_path):
+    code, out = invoke("train", "--model", "tiny", "--tokens", 100, "--skip-nonfinite", "--out", tmp_path / "s")
+    assert code == 2 and "--skip-nonfinite applies to --activations" in out

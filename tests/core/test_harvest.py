@@ -1,10 +1,12 @@
 import json
+from dataclasses import replace
 
 import pytest
 import torch
 
 import sae_core.harvest as harvest_module
 from sae_core.config import HarvestConfig
+from sae_core.finite import NonFiniteError
 from sae_core.harvest import HarvestError, harvest, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
@@ -127,3 +129,42 @@ def test_bad_site_and_budget_are_rejected(tmp_path, tiny_model_dir, corpus, lm):
         harvest(config(tiny_model_dir, corpus, site="layers.7.resid_post"), tmp_path / "a", lm=lm)
     with pytest.raises(HarvestError, match="positive"):
         harvest(config(tiny_model_dir, corpus, tokens=0), tmp_path / "b", lm=lm)
+
+
+POISON = {(9, 4): 1e6, (20, 7): float("nan"), (20, 8): float("inf")}
+"""(context, position) -> value: 1e6 is finite in float32 and overflows to inf when stored as float16."""
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """The model's rows with POISON planted, as an fp16 overflow or a broken layer would leave them."""
+    real = harvest_module._activation_rows
+
+    def poisoning(*args):
+        acts_RD, positions_R2 = real(*args)
+        acts_RD = acts_RD.clone()
+        for (context, position), value in POISON.items():
+            acts_RD[((positions_R2[:, 0] == context) & (positions_R2[:, 1] == position)).nonzero().flatten(), 2] = value
+        return acts_RD, positions_R2
+
+    monkeypatch.setattr(harvest_module, "_activation_rows", poisoning)
+
+
+def test_non_finite_rows_stop_the_harvest_or_are_skipped_and_counted(tmp_path, tiny_model_dir, corpus, lm, poisoned):
+    cfg = config(tiny_model_dir, corpus, dtype="float16")
+    with pytest.raises(NonFiniteError) as caught:
+        harvest(cfg, tmp_path / "strict", lm=lm, progress=False)
+    strict = read_manifest(tmp_path / "strict")
+    assert not strict["complete"] and [s["file"] for s in strict["shards"]] == ["shard_00000.safetensors"]
+
+    manifest = harvest(replace(cfg, skip_nonfinite=True), tmp_path / "skip", lm=lm, progress=False)
+    assert manifest["complete"] and manifest["n_tokens"] == 700 and manifest["n_nonfinite_skipped"] == 3
+    rows, shards = all_rows(tmp_path / "skip")
+    assert rows["activations"].isfinite().all() and rows["activations"].shape[0] == 700
+    kept = set(map(tuple, rows["positions"].tolist()))
+    assert not kept & set(POISON) and {(9, 3), (9, 5), (20, 6), (20, 9)} <= kept
+
+    # The strict run names the row (context 9, position 4) would have had: just after (9, 3) in shard 1.
+    row = shards[1]["positions"].tolist().index([9, 3]) + 1
+    assert str(caught.value).startswith(f"{tmp_path / 'strict' / 'shard_00001.safetensors'}: row {row} holds NaN")
+    assert "(context 9, position 4)" in str(caught.value) and "--skip-nonfinite" in str(caught.value)

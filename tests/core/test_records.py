@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from sae_core.finite import NonFiniteError
 from sae_core.hooks import truncated_forward
-from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae
+from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae, recording
 from sae_core.records.directions import final_norm_and_unembed, logit_effects, nearest_features
 from sae_core.sites import parse_site
 from tests.core.tiny_sae import TinySAE
@@ -174,3 +175,35 @@ def test_topk_sparse_path_records_what_the_dense_path_records():
     assert torch.equal(sparse.hist_FB, dense.hist_FB) and torch.equal(sparse.max_F, dense.max_F)
     for name, value in vars(sparse.examples).items():
         assert torch.equal(value, getattr(dense.examples, name)), name
+
+
+def poisoned_forward(poison):
+    """truncated_forward with values planted at {(context, position): value}; contexts come CFG.batch_size a call."""
+    calls = []
+
+    def forward(model, site, tokens_BT):
+        x_BTD = truncated_forward(model, site, tokens_BT).clone()
+        first = len(calls) * CFG.batch_size
+        calls.append(first)
+        for (context, position), value in poison.items():
+            if first <= context < first + len(tokens_BT):
+                x_BTD[context - first, position, 0] = value
+        return x_BTD
+    return forward
+
+
+def test_non_finite_site_activations_on_a_recorded_token_are_an_error(monkeypatch):
+    # Context 9 is the third of the second batch: its global number must survive the batching.
+    monkeypatch.setattr(recording, "truncated_forward", poisoned_forward({(9, 5): float("inf")}))
+    with pytest.raises(NonFiniteError, match=r"at layers\.1\.resid_post .* at context 9, position 5"):
+        record_sae(tiny_model("llama"), TinySAE(), list(contexts()), site=SITE, tokenizer=tiny_tokenizer(), cfg=CFG)
+
+
+def test_non_finite_values_on_ignored_tokens_change_nothing(setup, monkeypatch):
+    """A BOS whose activation overflowed feeds no statistic, and its NaN must not reach the example windows."""
+    monkeypatch.setattr(recording, "truncated_forward", poisoned_forward({(2, 0): float("nan"), (3, 10): float("inf")}))
+    record = record_sae(tiny_model("llama"), TinySAE(), list(contexts()), site=SITE, tokenizer=tiny_tokenizer(), cfg=CFG)
+    clean = setup[0]
+    assert torch.equal(record.max_F, clean.max_F) and torch.equal(record.count_F, clean.count_F)
+    assert torch.equal(record.examples.acts_EW, clean.examples.acts_EW)
+    assert record.examples.acts_EW.isfinite().all()

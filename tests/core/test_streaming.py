@@ -7,9 +7,11 @@ import json
 import pytest
 import torch
 
+import sae_core.streaming
 from sae_core.cli import app
 from sae_core.data import iter_contexts, iter_documents
 from sae_core.distributed import Dist
+from sae_core.finite import NonFiniteError
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
 from sae_core.saes import load_sae
@@ -77,3 +79,18 @@ def test_held_out_contexts_are_not_streamed(tiny_model_dir, corpus):
     assert held.n_rows == sum(int((c >= 3).sum()) for c in first_two)
     assert torch.allclose(train_rows.head(5), all_rows(train_rows)[:5], atol=1e-5)
     assert not torch.allclose(train_rows.head(5), held.head(5), atol=1e-3)
+
+
+def test_a_non_finite_model_row_stops_the_stream(stream, monkeypatch):
+    """A streamed row cannot be skipped (group sizes come from token ids), so a NaN one is an error naming the site."""
+    real = sae_core.streaming.token_rows
+
+    def overflowing(*args):
+        rows_RD, keep_BT = real(*args)
+        return rows_RD.index_fill(0, torch.tensor([4]), float("inf")), keep_BT
+
+    monkeypatch.setattr(sae_core.streaming, "token_rows", overflowing)
+    with pytest.raises(NonFiniteError, match=r"NaN or infinite activations at layers\.1\.resid_post \(token 5 "):
+        next(stream.rank_batches(16, seed=0, start_row=0, window=2, dist=Dist()))
+    with pytest.raises(NonFiniteError):
+        stream.head(10)

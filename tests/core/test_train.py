@@ -1,17 +1,20 @@
-"""Training: recovery of planted sparse features, exact resume, determinism, schedule and bookkeeping."""
+"""Training: recovery of planted sparse features, exact resume from any kill point, checkpoint cadence, NaN guard."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from sae_core.activations import open_activations
+from sae_core.activations import ActivationSource, open_activations
 from sae_core.config import TrainConfig
 from sae_core.evaluate import reconstruction_metrics
+from sae_core.finite import NonFiniteError
 from sae_core.saes import ARCHITECTURES, SAEConfig, load_sae, takes_k
 from sae_core.train import Trainer, default_lr, geometric_median, lr_factor, train
 
@@ -61,7 +64,7 @@ def test_training_recovers_planted_features(arch, sparse_data, tmp_path):
         assert (sae.encode(held_out) > 0).sum(1).float().mean() < 12
     loaded = load_sae(tmp_path)
     assert torch.allclose(loaded(held_out), sae(held_out), atol=1e-5)
-    log = [json.loads(line) for line in (tmp_path / "training_log.jsonl").read_text().splitlines()]
+    log = [r for r in read_log(tmp_path) if "checkpoint" not in r]
     assert [r["step"] for r in log] == list(range(20, 301, 20))
     assert {"step", "tokens", "mse", "loss", "l0", "fvu", "dead_fraction"} <= set(log[-1])
     assert log[-1]["fvu"] < log[0]["fvu"]
@@ -78,33 +81,156 @@ def weights(directory):
     return load_file(directory / "sae_weights.safetensors")
 
 
+def read_log(directory):
+    return [json.loads(line) for line in (directory / "training_log.jsonl").read_text().splitlines()]
+
+
 def log_without_timing(directory):
-    lines = [json.loads(line) for line in (directory / "training_log.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in lines]
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in read_log(directory)]
+
+
+def checkpoint_steps(directory):
+    return [r["step"] for r in read_log(directory) if "checkpoint" in r]
 
 
 class Killed(Exception):
     pass
 
 
+def kill_at(kill_step):
+    def on_step(step):
+        if step == kill_step:
+            raise Killed
+    return on_step
+
+
+def assert_same_run(whole, split):
+    a, b = weights(whole), weights(split)
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
+    assert log_without_timing(whole) == log_without_timing(split)
+
+
 @pytest.mark.parametrize("arch,dtype", [("topk", "bfloat16"), ("batchtopk", "float32"), ("jumprelu", "bfloat16"),
                                         ("relu", "float32")])
 def test_resume_ends_exactly_like_an_uninterrupted_run(arch, dtype, sparse_data, tmp_path):
     path, _ = sparse_data
-    cfg = train_cfg(tokens=256 * 40, checkpoint_every_steps=10, dtype=dtype, dead_after_tokens=256 * 3)
+    cfg = train_cfg(tokens=256 * 40, checkpoint_every_tokens=256 * 10, dtype=dtype, dead_after_tokens=256 * 3)
     train(sae_cfg(arch), cfg, open_activations(path), tmp_path / "whole")
-
-    def kill_at_23(step):
-        if step == 23:
-            raise Killed
-
     with pytest.raises(Killed):
-        Trainer(sae_cfg(arch), cfg, open_activations(path), tmp_path / "split").run(on_step=kill_at_23)
+        Trainer(sae_cfg(arch), cfg, open_activations(path), tmp_path / "split").run(on_step=kill_at(23))
     assert not (tmp_path / "split" / "sae_weights.safetensors").exists()
     Trainer(sae_cfg(arch), cfg, open_activations(path), tmp_path / "split").run(resume=True)
-    whole, split = weights(tmp_path / "whole"), weights(tmp_path / "split")
-    assert all(torch.equal(whole[name], split[name]) for name in whole)
-    assert log_without_timing(tmp_path / "whole") == log_without_timing(tmp_path / "split")
+    assert_same_run(tmp_path / "whole", tmp_path / "split")
+
+
+KILL_CFG = {"tokens": 256 * 40, "checkpoint_every_tokens": 256 * 10, "dead_after_tokens": 256 * 3}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(sparse_data, tmp_path_factory):
+    """One uninterrupted run that every kill point is compared with."""
+    out = tmp_path_factory.mktemp("whole")
+    train(sae_cfg("topk"), train_cfg(**KILL_CFG), open_activations(sparse_data[0]), out)
+    return out
+
+
+# Before the first checkpoint (resume is a fresh start), right before and right after one, mid-run, after
+# the last step's checkpoint but before the SAE is written.
+@pytest.mark.parametrize("kill_step,checkpoint", [(1, None), (9, None), (10, 10), (11, 10), (29, 20), (40, 40)])
+def test_a_kill_at_any_point_resumes_to_the_same_sae(kill_step, checkpoint, uninterrupted, sparse_data, tmp_path):
+    cfg = train_cfg(**KILL_CFG)
+    with pytest.raises(Killed):
+        Trainer(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path).run(on_step=kill_at(kill_step))
+    on_disk = tmp_path / "checkpoint.pt"
+    assert (torch.load(on_disk, weights_only=True)["step"] if on_disk.exists() else None) == checkpoint
+    assert not (tmp_path / "sae_weights.safetensors").exists()
+    Trainer(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path).run(resume=True)
+    assert_same_run(uninterrupted, tmp_path)
+
+
+def test_resume_may_change_the_checkpoint_cadence(uninterrupted, sparse_data, tmp_path):
+    """Cadence and progress display decide no weight, so a resumed run may set them afresh."""
+    with pytest.raises(Killed):
+        Trainer(sae_cfg("topk"), train_cfg(**KILL_CFG), open_activations(sparse_data[0]), tmp_path).run(on_step=kill_at(15))
+    later = train_cfg(**{**KILL_CFG, "checkpoint_every_tokens": 256 * 4, "checkpoint_every_s": 30.0})
+    Trainer(sae_cfg("topk"), later, open_activations(sparse_data[0]), tmp_path).run(resume=True)
+    assert weights(tmp_path).keys() == weights(uninterrupted).keys()
+    assert all(torch.equal(a, b) for a, b in zip(weights(tmp_path).values(), weights(uninterrupted).values()))
+    assert checkpoint_steps(tmp_path) == [10, 12, 16, 20, 24, 28, 32, 36, 40]
+
+
+def test_checkpoints_come_every_tenth_of_the_run_by_default_and_show_in_the_log(sparse_data, tmp_path):
+    cfg = train_cfg(tokens=256 * 45)
+    assert (cfg.checkpoint_every_s, cfg.checkpoint_every_tokens) == (60.0, None)
+    train(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path)
+    assert checkpoint_steps(tmp_path) == [5, 10, 15, 20, 25, 30, 35, 40, 45]
+    line = next(r for r in read_log(tmp_path) if "checkpoint" in r)
+    assert line == {"step": 5, "tokens": 256 * 5, "checkpoint": "checkpoint.pt"}
+
+
+class FakeClock:
+    """Wall time that moves only when told: a step takes `per_step` seconds, a save `per_save`."""
+
+    def __init__(self, per_step, per_save=0.0):
+        self.now, self.per_step, self.per_save, self.saves = 0.0, per_step, per_save, []
+
+    def __call__(self):
+        return self.now
+
+    def on_step(self, step):
+        self.now += self.per_step
+
+    def timed(self, save):
+        def slow_save(log=None):
+            self.saves.append(self.now)
+            save(log)
+            self.now += self.per_save
+        return slow_save
+
+
+@pytest.mark.parametrize("per_save,gap", [(0.0, 60), (5.0, 100)])
+def test_time_cadence_is_a_minute_stretched_by_slow_saves(per_save, gap, sparse_data, tmp_path):
+    """Every 60 s of wall time; when a save takes 5 s, every 20 saves' time (100 s), so saving costs <= 5%."""
+    cfg = train_cfg(tokens=256 * 60, checkpoint_every_tokens=0)
+    trainer = Trainer(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path)
+    trainer.clock = clock = FakeClock(per_step=10.0, per_save=per_save)
+    trainer.save_checkpoint = clock.timed(trainer.save_checkpoint)
+    trainer.run(on_step=clock.on_step)
+    during = clock.saves[:-1]  # the last save is the final step's
+    assert len(during) >= 3
+    assert all(b - a - per_save == gap for a, b in itertools.pairwise(during))
+
+
+class PoisonedBatch:
+    """Training data whose batch at one step holds a NaN, as a diverging model stream would."""
+
+    def __init__(self, source, step):
+        self.source, self.step = source, step
+        self.d_in, self.provenance = source.d_in, source.provenance
+
+    def head(self, n_rows):
+        return self.source.head(n_rows)
+
+    def rank_batches(self, batch_size, seed, start_row, window, dist):
+        for step, batch in enumerate(self.source.rank_batches(batch_size, seed, start_row, window, dist),
+                                     start_row // batch_size + 1):
+            if step == self.step:
+                batch = batch.clone()
+                batch[3, 5] = float("nan")
+            yield batch
+
+
+@pytest.mark.parametrize("log_every", [5, 100])  # found at the logging step 15, or at the checkpoint of step 20
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(log_every, sparse_data, tmp_path):
+    cfg = train_cfg(tokens=256 * 40, checkpoint_every_tokens=256 * 10, log_every=log_every)
+    data = PoisonedBatch(open_activations(sparse_data[0]), step=12)
+    with pytest.raises(NonFiniteError, match=r"at step 12 of 40.*checkpoint.pt \(step 10\) is kept"):
+        Trainer(sae_cfg("topk"), cfg, data, tmp_path).run()
+    payload = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert payload["step"] == 10 and all(torch.isfinite(t).all() for t in payload["sae"].values())
+    assert not (tmp_path / "sae_weights.safetensors").exists()
+    assert checkpoint_steps(tmp_path) == [10]
+    assert all(math.isfinite(r["loss"]) for r in read_log(tmp_path) if "loss" in r)
 
 
 def test_resume_refuses_other_settings(sparse_data, tmp_path):
@@ -113,6 +239,16 @@ def test_resume_refuses_other_settings(sparse_data, tmp_path):
     train(sae_cfg("topk"), cfg, open_activations(path), tmp_path)
     with pytest.raises(ValueError, match="other settings"):
         Trainer(sae_cfg("topk"), train_cfg(tokens=256 * 8), open_activations(path), tmp_path).run(resume=True)
+
+
+def test_resume_refuses_other_activation_rows(sparse_data, tmp_path):
+    """Resume positions address the rows: a source that lost rows (say to --skip-nonfinite) would train on others."""
+    path, x = sparse_data
+    with pytest.raises(Killed):
+        Trainer(sae_cfg("topk"), train_cfg(**KILL_CFG), open_activations(path), tmp_path).run(on_step=kill_at(15))
+    fewer = ActivationSource.in_memory(x[:-3])
+    with pytest.raises(ValueError, match="over 12000 activation rows, these are 11997"):
+        Trainer(sae_cfg("topk"), train_cfg(**KILL_CFG), fewer, tmp_path).run(resume=True)
 
 
 def test_same_seed_same_result_other_seed_differs(sparse_data, tmp_path):
