@@ -61,10 +61,15 @@ def _json_number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+def _json_text(value: str) -> str:
+    """Text echoed back in an error as UTF-8 can carry it: a lone surrogate the request sent becomes its escape."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 async def invalid(request: Request, exc: RequestValidationError) -> Response:
     if wants_json(request) and not is_htmx(request):
-        return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder={float: _json_number})},
-                            status_code=422)
+        errors = jsonable_encoder(exc.errors(), custom_encoder={float: _json_number, str: _json_text})
+        return JSONResponse({"detail": errors}, status_code=422)
     problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
     return error_response(request, 422, problems)
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sae_core.generation import Sampling
 from sae_core.steering import Intervention, Mode, Positions, Steering
 
+from .deps import StoredText
 from .models import SteeringExperiment
 
 
@@ -29,19 +30,19 @@ class SteerIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sae_id: int = Field(ge=1, lt=2**31)
-    prompt: str = Field(min_length=1, max_length=20_000)
+    prompt: StoredText = Field(min_length=1, max_length=20_000)
     raw: bool = Field(False, description="Feed the prompt as raw text instead of a chat-template user turn.")
     interventions: list[InterventionIn] = Field(min_length=1, max_length=32)
     positions: Positions = "all"
     strengths: list[float] = Field([], max_length=64, description="A sweep: every intervention's value set "
                                    "to each strength in turn, each generated beside the baseline.")
-    target: str | None = Field(None, max_length=2000, description="Text whose log-probability a sweep measures.")
+    target: StoredText | None = Field(None, max_length=2000, description="Text whose log-probability a sweep measures.")
     max_new_tokens: int = Field(48, ge=1, le=100_000)
     temperature: float = Field(0.7, ge=0, le=100)
     top_p: float = Field(0.9, gt=0, le=1)
     seed: int = Field(0, ge=0, lt=2**63)
     save: bool = Field(False, description="Store the finished run as an experiment with a permalink.")
-    name: str = Field("", max_length=200)
+    name: StoredText = Field("", max_length=200)
 
     def steering(self) -> Steering:
         """The library's steering; raises SteeringError (a feature twice, a sweep of ablations)."""
