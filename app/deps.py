@@ -49,16 +49,19 @@ def storable(text: str) -> str:
     return text
 
 
-StoredText = Annotated[str, AfterValidator(storable)]
-"""Any text from a client that may reach the store or the model: the one check every text field and parameter
-goes through (pydantic schemas, Form and Query parameters, label files)."""
-TypedText = Annotated[StoredText, Query(max_length=2000)]
+Storable = AfterValidator(storable)
+"""The check every text field and parameter from a client goes through (pydantic schemas, Form and Query
+parameters; label files call `storable`). Last in an Annotated: a length bound placed after a validator is
+checked as a generic length ("at most 2000 items")."""
+StoredText = Annotated[str, Storable]
+"""For pydantic fields, whose Field(...) bounds pydantic applies before the validator."""
+TypedText = Annotated[str, Query(max_length=2000), Storable]
 """Typed text for the model; a bound keeps each request short on a CPU."""
-SearchQuery = Annotated[StoredText, Query(max_length=200, description="Searches labels and top tokens.")]
-TagFilter = Annotated[StoredText, Query(max_length=64, description="Only features with this tag.")]
-TagName = Annotated[StoredText, Form(min_length=1, max_length=64)]
-LabelText = Annotated[StoredText, Form(min_length=1, max_length=2000)]
-Note = Annotated[StoredText, Form(max_length=2000)]
+SearchQuery = Annotated[str, Query(max_length=200, description="Searches labels and top tokens."), Storable]
+TagFilter = Annotated[str, Query(max_length=64, description="Only features with this tag."), Storable]
+TagName = Annotated[str, Form(min_length=1, max_length=64), Storable]
+LabelText = Annotated[str, Form(min_length=1, max_length=2000), Storable]
+Note = Annotated[str, Form(max_length=2000), Storable]
 
 
 class LoginRequired(Exception):

@@ -19,7 +19,7 @@ from ..deps import (
     SaeId,
     SearchQuery,
     SessionDep,
-    StoredText,
+    Storable,
     TagFilter,
     TopN,
     TypedText,
@@ -44,7 +44,7 @@ from ..schemas import (
 router = APIRouter(prefix="/api", tags=["api"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or feature"},
                                            422: {"description": "Bad parameters"}}
-Text = Annotated[StoredText, Query(min_length=1, max_length=2000)]
+Text = Annotated[str, Query(min_length=1, max_length=2000), Storable]
 
 
 @router.get("/saes", response_model=list[SaeOut])
