@@ -7,12 +7,13 @@ import math
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import crud
 from .deps import LoginRequired, is_htmx, render
+from .headers import SECURITY_HEADERS
 from .services.inference import InferenceUnavailable
 from .services.steering import WorkerBusy
 
@@ -85,6 +86,15 @@ async def login_required(request: Request, _exc: Exception) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
+async def server_error(request: Request, _exc: Exception) -> Response:
+    """A bug: the server logs its traceback; the client gets one line. Starlette answers these from outside
+    every middleware, so this answer carries the security headers itself."""
+    detail = "internal server error: the server log has the details"
+    response = JSONResponse({"detail": detail}, status_code=500) if wants_json(request) else PlainTextResponse(detail, 500)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, http_error)
     app.add_exception_handler(HTTPException, http_error)
@@ -95,3 +105,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InferenceUnavailable, unavailable)
     app.add_exception_handler(DataError, unstorable)
     app.add_exception_handler(WorkerBusy, busy)
+    app.add_exception_handler(Exception, server_error)
