@@ -7,7 +7,7 @@ sae_core's Limits, which say the limit in their message; the bounds here only ke
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,12 +17,15 @@ from sae_core.steering import Intervention, Mode, Positions, Steering
 from .deps import StoredText
 from .models import SteeringExperiment
 
+Strength = Annotated[float, Field(ge=-1e4, le=1e4)]
+"""An intervention's operand, given or swept: bounded (a sweep strength of 1e70 overflowed float32, a 500)."""
+
 
 class InterventionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     feature: int = Field(ge=0, lt=2**31, description="Index of the SAE feature.")
     mode: Mode = Field(description="clamp (set to value), add (add value), scale (multiply by value), ablate.")
-    value: float = Field(0.0, ge=-1e4, le=1e4, description="The mode's operand; ignored by ablate.")
+    value: Strength = Field(0.0, description="The mode's operand; ignored by ablate.")
 
 
 class SteerIn(BaseModel):
@@ -34,7 +37,7 @@ class SteerIn(BaseModel):
     raw: bool = Field(False, description="Feed the prompt as raw text instead of a chat-template user turn.")
     interventions: list[InterventionIn] = Field(min_length=1, max_length=32)
     positions: Positions = "all"
-    strengths: list[float] = Field([], max_length=64, description="A sweep: every intervention's value set "
+    strengths: list[Strength] = Field([], max_length=64, description="A sweep: every intervention's value set "
                                    "to each strength in turn, each generated beside the baseline.")
     target: StoredText | None = Field(None, max_length=2000, description="Text whose log-probability a sweep measures.")
     max_new_tokens: int = Field(48, ge=1, le=100_000)
