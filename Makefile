@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test bench bench-web clean
+.PHONY: install demo lint test bench bench-web clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/saescope demo --out $(DEMO_DIR)
 
-# The browser tests drive Debian's Chromium; as root, install it when it is missing (quietly).
-test: install
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+# Lint and types first, then the suite. The browser tests drive Debian's Chromium; as root, install it when
+# it is missing (quietly).
+test: lint
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null))
 	$(PY) -m pytest -q $(PYTEST_ARGS)

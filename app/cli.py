@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import typer
@@ -31,7 +32,7 @@ from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import upgrade
-from .models import Sae
+from .models import ApiToken, Sae, as_utc, now
 from .pipeline import LoadedSae, limit_tokens, read_sae, record_context_len, record_into_store, register_sae
 from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
@@ -229,45 +230,133 @@ def run_server(url: str, host: str, port: int, workers: int = 1) -> None:
                 timeout_worker_healthcheck=WORKER_STARTUP_S)
 
 
+@contextmanager
+def _accounts(db: str | None) -> Iterator[Session]:
+    """The store for a `user` command (its schema brought up to date); a user error becomes its one line."""
+    try:
+        with open_session(db, migrate=True) as session:
+            yield session
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+
+
+def _check_role(role: str) -> None:
+    if role not in ROLES:
+        fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
+
+
+def _new_password(generate: bool) -> str:
+    """A generated password, or one asked for twice."""
+    if generate:
+        return secrets.token_urlsafe(12)
+    return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+
+
+GENERATE_OPTION = typer.Option(False, "--generate", help="Generate a password and print it once.")
+
+
 @user_app.command("add")
 def user_add(
     name: str = typer.Argument(..., help="Login name."),
     role: str = typer.Option("viewer", help=f"One of: {', '.join(ROLES)}."),
-    generate: bool = typer.Option(False, "--generate", help="Generate a password and print it once."),
+    generate: bool = GENERATE_OPTION,
     db: str | None = DB_OPTION,
 ) -> None:
     """Add an account; the password is asked for twice unless --generate makes one."""
-    if role not in ROLES:
-        fail(f"unknown role {role!r}; choose one of {', '.join(ROLES)}")
-    password = secrets.token_urlsafe(12) if generate else typer.prompt("Password", hide_input=True,
-                                                                       confirmation_prompt=True)
-    try:
-        with open_session(db, migrate=True) as session:
-            user = crud.create_user(session, name=name, password_hash=hash_password(password), role=role)
-    except USER_ERRORS as err:
-        fail(str(err).splitlines()[0])
+    _check_role(role)
+    password = _new_password(generate)
+    with _accounts(db) as session:
+        user = crud.create_user(session, name=name, password_hash=hash_password(password), role=role)
     typer.echo(f"user {user.name!r} added as {user.role}")
     if generate:
         typer.echo(f"password (shown once): {password}")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    name: str = typer.Argument(..., help="Login name."),
+    generate: bool = GENERATE_OPTION,
+    db: str | None = DB_OPTION,
+) -> None:
+    """Change an account's password; every browser signed in as it is signed out."""
+    with _accounts(db) as session:
+        user = crud.get_user(session, name=name)
+        password = _new_password(generate)
+        crud.set_password(session, user=user, password_hash=hash_password(password))
+    typer.echo(f"password of {name!r} changed; its logins are ended")
+    if generate:
+        typer.echo(f"password (shown once): {password}")
+
+
+@user_app.command("role")
+def user_role(
+    name: str = typer.Argument(..., help="Login name."),
+    role: str = typer.Argument(..., help=f"One of: {', '.join(ROLES)}."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Change an account's role; every browser signed in as it is signed out (its API tokens act in the new role)."""
+    _check_role(role)
+    with _accounts(db) as session:
+        crud.set_role(session, user=crud.get_user(session, name=name), role=role)
+    typer.echo(f"{name!r} is now a {role}; its logins are ended")
 
 
 @user_app.command("token")
 def user_token(
     name: str = typer.Argument(..., help="The user the token acts as."),
     label: str = typer.Option("script", "--label", help="What the token is for."),
+    expires_days: int | None = typer.Option(None, "--expires-days", min=1,
+                                            help="Refuse the token after this many days (default: never)."),
     db: str | None = DB_OPTION,
 ) -> None:
     """Make an API token (Authorization: Bearer TOKEN) for a user; it is printed once, only its hash is kept."""
     token = new_api_token()
-    try:
-        with open_session(db, migrate=True) as session:
-            user = crud.find_user(session, name=name)
-            if user is None:
-                raise LookupError(f"no user {name!r}: saescope user add {name} first")
-            crud.add_api_token(session, user_id=user.id, name=label, token_hash=hash_api_token(token))
-    except USER_ERRORS as err:
-        fail(str(err).splitlines()[0])
+    expires_at = None if expires_days is None else now() + timedelta(days=expires_days)
+    with _accounts(db) as session:
+        crud.add_api_token(session, user_id=crud.get_user(session, name=name).id, name=label,
+                           token_hash=hash_api_token(token), expires_at=expires_at)
     typer.echo(token)
+
+
+@user_app.command("tokens")
+def user_tokens(
+    name: str = typer.Argument(..., help="Whose tokens to list."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """List a user's API tokens (id, label, created, last used, expiry, state); the tokens themselves are never kept."""
+    with _accounts(db) as session:
+        tokens = crud.api_tokens(session, user_id=crud.get_user(session, name=name).id)
+    if not tokens:
+        typer.echo(f"{name!r} has no API tokens: saescope user token {name} makes one")
+    for line in token_table(tokens, now()):
+        typer.echo(line)
+
+
+@user_app.command("revoke")
+def user_revoke(
+    token_id: int = typer.Argument(..., help="The token's id, as `saescope user tokens NAME` lists it."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Revoke an API token: calls with it are refused (401) from now on; it stays listed as revoked."""
+    with _accounts(db) as session:
+        token = crud.revoke_api_token(session, token_id=token_id)
+        owner = token.user.name
+    typer.echo(f"token {token.id} ({token.name!r} of {owner!r}) revoked at {_when(token.revoked_at)}")
+
+
+def token_table(tokens: list[ApiToken], moment: datetime) -> list[str]:
+    """`saescope user tokens` as aligned columns, a header first (empty for no tokens)."""
+    if not tokens:
+        return []
+    rows = [("id", "label", "created", "last used", "expires", "state")]
+    rows += [(str(t.id), t.name, _when(t.created_at), _when(t.last_used_at), _when(t.expires_at), t.state(moment))
+             for t in tokens]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def _when(moment: datetime | None) -> str:
+    return "never" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def main() -> None:

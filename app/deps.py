@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import crud
 from .models import User
-from .security import csrf_token, csrf_valid, hash_api_token, session_user_id
+from .security import csrf_token, csrf_valid, hash_api_token, session_token_hash
 from .settings import Settings
 
 SESSION_COOKIE = "saescope_session"
@@ -99,15 +99,21 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User | None:
-    """The user of a Bearer API token or of the session cookie; None for anonymous visitors."""
+    """The user of a Bearer API token or of a live login's session cookie; None for anonymous visitors.
+
+    A revoked or expired token is a 401 rather than anonymous, so a script learns why it stopped working.
+    """
     token = bearer_token(request)
+    user: User | None
     if token is not None:
-        user = crud.user_for_token(session, token_hash=hash_api_token(token))
-        if user is None:
-            raise HTTPException(401, "invalid API token", headers={"WWW-Authenticate": "Bearer"})
+        try:
+            user = crud.user_for_token(session, token_hash=hash_api_token(token))
+        except crud.TokenRefused as err:
+            raise HTTPException(401, str(err), headers={"WWW-Authenticate": "Bearer"}) from None
     else:
-        user_id = session_user_id(settings.secret_key, request.cookies.get(SESSION_COOKIE), settings.session_max_age)
-        user = session.get(User, user_id) if user_id is not None else None
+        token_hash = session_token_hash(settings.secret_key, request.cookies.get(SESSION_COOKIE))
+        user = None if token_hash is None else crud.session_user(session, token_hash=token_hash,
+                                                                   max_age=settings.session_max_age)
     request.state.user = user
     return user
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
@@ -95,14 +97,23 @@ async def server_error(request: Request, _exc: Exception) -> Response:
     return response
 
 
+Handler = Callable[[Request, Any], Awaitable[Response]]
+"""Starlette calls each handler with an instance of the class it is registered for."""
+
+HANDLERS: dict[type[Exception], Handler] = {
+    StarletteHTTPException: http_error,
+    HTTPException: http_error,
+    crud.NotFound: not_found,
+    crud.Conflict: conflict,
+    RequestValidationError: invalid,
+    LoginRequired: login_required,
+    InferenceUnavailable: unavailable,
+    DataError: unstorable,
+    WorkerBusy: busy,
+    Exception: server_error,  # Starlette gives this one to its outermost middleware
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(StarletteHTTPException, http_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(crud.NotFound, not_found)
-    app.add_exception_handler(crud.Conflict, conflict)
-    app.add_exception_handler(RequestValidationError, invalid)
-    app.add_exception_handler(LoginRequired, login_required)
-    app.add_exception_handler(InferenceUnavailable, unavailable)
-    app.add_exception_handler(DataError, unstorable)
-    app.add_exception_handler(WorkerBusy, busy)
-    app.add_exception_handler(Exception, server_error)
+    for exc_class, handler in HANDLERS.items():
+        app.add_exception_handler(exc_class, handler)

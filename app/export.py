@@ -147,7 +147,7 @@ def _write_json(sae: Sae, pages: Iterator[crud.FeaturePage], out: Path) -> None:
     columns = ("name", "model_name", "model_spec", "site", "hook_name", "architecture", "d_in", "d_sae", "k",
                "source_format", "config", "eval_metrics", "training_log", "dataset", "n_tokens", "n_contexts",
                "record_config", "density_histogram", "dead_count", "dense_count", "mean_l0")
-    summary = {c: getattr(sae, c) for c in columns} | {"recorded_at": sae.recorded_at.isoformat()}
+    summary = {c: getattr(sae, c) for c in columns} | {"recorded_at": sae.recorded_at and sae.recorded_at.isoformat()}
     (out / "sae.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False))
     with open(out / "features.jsonl", "w", encoding="utf-8") as f:
         for page in pages:

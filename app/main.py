@@ -97,7 +97,8 @@ class CsrfSeedCookie:
             return await self.app(scope, receive, send)
         cookie = SimpleCookie()
         cookie[CSRF_COOKIE] = scope["state"]["csrf_seed"]
-        cookie[CSRF_COOKIE].update({"path": "/", "httponly": True, "samesite": "lax", "secure": self.secure})
+        # Morsel writes a flag attribute (HttpOnly, Secure) for any non-empty value.
+        cookie[CSRF_COOKIE].update({"path": "/", "httponly": "1", "samesite": "lax", "secure": "1" if self.secure else ""})
 
         async def send_with_cookie(message: Message) -> None:
             if message["type"] == "http.response.start":

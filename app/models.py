@@ -44,6 +44,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stored timestamp, comparable with now(): SQLite gives them back without their (UTC) zone."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
     type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
@@ -59,6 +64,7 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=now)
     tokens: Mapped[list[ApiToken]] = relationship(back_populates="user", cascade="all, delete-orphan")
+    sessions: Mapped[list[UserSession]] = relationship(back_populates="user", cascade="all, delete-orphan")
 
     @property
     def can_write(self) -> bool:
@@ -76,7 +82,47 @@ class ApiToken(Base):
     token_hash: Mapped[str] = mapped_column(String(128), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=now)
     last_used_at: Mapped[datetime | None]
+    """Written at most once a minute (crud.accounts.LAST_USED_STEP), so a busy script costs no write per call."""
+    expires_at: Mapped[datetime | None]
+    """None: the token lasts until revoked."""
+    revoked_at: Mapped[datetime | None]
+    """Kept rather than deleting the row, so a revoked token is refused as revoked and still listed."""
     user: Mapped[User] = relationship(back_populates="tokens")
+
+    def state(self, moment: datetime) -> str:
+        """"revoked", "expired" or "active" at `moment`."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and as_utc(self.expires_at) <= moment:
+            return "expired"
+        return "active"
+
+
+class UserSession(Base):
+    """One signed-in browser: the session cookie names it by a random token, of which only the hash is stored.
+
+    Deleting the row ends that login wherever the cookie was copied to; logout deletes its own row, a
+    password or role change deletes all of the user's rows.
+    """
+
+    __tablename__ = "user_sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    user: Mapped[User] = relationship(back_populates="sessions")
+
+
+class LoginFailures(Base):
+    """Recent failed logins under one key (an account name or a client address), shared by every worker."""
+
+    __tablename__ = "login_failures"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    """`account:NAME` or `client:ADDRESS` (security.Throttle.key)."""
+    failures: Mapped[int]
+    last_failed_at: Mapped[datetime]
+    blocked_until: Mapped[datetime]
+    """Logins under this key are refused (429) until then."""
 
 
 class Sae(Base):

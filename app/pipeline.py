@@ -15,7 +15,6 @@ from sae_core.lm import LoadedModel
 from sae_core.records import RecordConfig, SAERecord, record_sae
 from sae_core.saes import SAE, load_sae_and_layout
 from sae_core.saes.artifact import read_reports, sae_directory
-from sae_core.sites import sae_site
 
 from . import crud
 from .ingest import store_record
@@ -125,14 +124,13 @@ def record_into_store(
     dist = dist or Dist()
     if loaded.sae.cfg.provenance.hook_name is None:
         raise ValueError(f"the SAE at {loaded.path} names no hook site in its config; cannot record it")
-    site = sae_site(loaded.sae, lm.model)
-    if dist.is_main:
-        if sae_row is None:
-            raise ValueError("the main rank needs the SAE's row in the store to record into")
-        reports = report_fields(loaded)  # read before the long pass, committed with the recording
+    site = loaded.sae.site_in(lm.model)
+    if dist.is_main and sae_row is None:
+        raise ValueError("the main rank needs the SAE's row in the store to record into")
+    reports = report_fields(loaded) if sae_row is not None else {}  # read before the long pass
     record = record_sae(lm.model, loaded.sae, contexts, site=site, tokenizer=lm.tokenizer, cfg=cfg,
                         progress=progress, dist=dist)
-    if dist.is_main:
+    if sae_row is not None:  # the main rank: it stores the recording with the reports
         sae_row.model_spec = model_spec
         for column, value in reports.items():
             setattr(sae_row, column, value)

@@ -1,11 +1,11 @@
-"""Passwords, API tokens, signed session cookies and CSRF tokens; stdlib hmac plus argon2 for passwords."""
+"""Passwords, API tokens, session cookies, CSRF tokens and the login throttle; stdlib hmac plus argon2."""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
 import secrets
-import time
+from dataclasses import dataclass
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -43,23 +43,51 @@ def _sign(key: str, message: str) -> str:
     return hmac.new(key.encode(), message.encode(), hashlib.sha256).hexdigest()
 
 
-def session_cookie(key: str, user_id: int) -> str:
-    """`user.issued.signature`: the server keeps no session table, the signature vouches for the user id."""
-    body = f"{user_id}.{int(time.time())}"
-    return f"{body}.{_sign(key, 'session:' + body)}"
+def new_session(key: str) -> tuple[str, str]:
+    """A fresh login: (the cookie value, the hash the store keeps in models.UserSession).
+
+    The cookie is a random token plus its signature: the row makes the login revocable server-side, the
+    signature turns away forged cookies without a query and ends every login when SECRET_KEY changes.
+    """
+    token = secrets.token_urlsafe(32)
+    return f"{token}.{_sign(key, 'session:' + token)}", hash_api_token(token)
 
 
-def session_user_id(key: str, cookie: str | None, max_age: int) -> int | None:
-    """The user id in a valid, unexpired session cookie, else None."""
-    parts = (cookie or "").split(".")
-    if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
+def session_token_hash(key: str, cookie: str | None) -> str | None:
+    """The stored hash a validly signed session cookie names, else None (the row decides if it still counts)."""
+    token, _, signature = (cookie or "").rpartition(".")
+    if not token or not hmac.compare_digest(signature, _sign(key, "session:" + token)):
         return None
-    body = f"{parts[0]}.{parts[1]}"
-    if not hmac.compare_digest(parts[2], _sign(key, "session:" + body)):
-        return None
-    if time.time() - int(parts[1]) > max_age:
-        return None
-    return int(parts[0])
+    return hash_api_token(token)
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """How failed logins under one kind of key slow further tries.
+
+    The first `free` failures cost nothing (typos); each one after refuses logins under the key for a
+    window that doubles from a second up to `max_wait_s`, so a guesser gets a few tries a minute while the
+    real user waits at most `max_wait_s`. A success clears the account's count; any count is forgotten
+    `forget_after_s` after its last failure.
+    """
+
+    scope: str
+    free: int
+    max_wait_s: int
+    forget_after_s: int = 15 * 60
+
+    def key(self, value: str) -> str:
+        return f"{self.scope}:{value}"
+
+    def wait_after(self, failures: int) -> int:
+        """Seconds logins are refused after the `failures`-th failure in a row."""
+        return 0 if failures < self.free else min(2 ** (failures - self.free), self.max_wait_s)
+
+
+ACCOUNT_THROTTLE = Throttle("account", free=5, max_wait_s=60)
+"""Per login name, existing or not (so the answer never tells which names exist)."""
+CLIENT_THROTTLE = Throttle("client", free=20, max_wait_s=60)
+"""Per client address: catches one source trying many names; looser, as several people may share a NAT."""
 
 
 def new_csrf_seed() -> str:

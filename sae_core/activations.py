@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,14 @@ class Chunk:
 
     rows: int
     load: Callable[[], torch.Tensor] = field(repr=False)
+
+    def part(self, start: int, stop: int) -> Chunk:
+        """Rows [start, stop) of this chunk, still loaded lazily."""
+        return Chunk(stop - start, partial(_rows_of, self.load, start, stop))
+
+
+def _rows_of(load: Callable[[], torch.Tensor], start: int, stop: int) -> torch.Tensor:
+    return load()[start:stop]
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,8 @@ class ActivationSource:
                 tail.append(chunk)
             else:
                 a = cut - start
-                head.append(Chunk(a, lambda c=chunk, a=a: c.load()[:a]))
-                tail.append(Chunk(chunk.rows - a, lambda c=chunk, a=a: c.load()[a:]))
+                head.append(chunk.part(0, a))
+                tail.append(chunk.part(a, chunk.rows))
             start = end
         return (ActivationSource(self.path, self.d_in, tuple(head), self.provenance),
                 ActivationSource(self.path, self.d_in, tuple(tail), self.provenance))
@@ -170,7 +179,7 @@ def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
 def _row_chunks(n_rows: int, read: Callable[[int, int], torch.Tensor]) -> list[Chunk]:
     """Split rows [0, n_rows) of one file into fixed-size lazily read chunks."""
     return [
-        Chunk(min(FILE_CHUNK_ROWS, n_rows - a), lambda a=a: read(a, min(a + FILE_CHUNK_ROWS, n_rows)))
+        Chunk(min(FILE_CHUNK_ROWS, n_rows - a), partial(read, a, min(a + FILE_CHUNK_ROWS, n_rows)))
         for a in range(0, n_rows, FILE_CHUNK_ROWS)
     ]
 
@@ -204,6 +213,10 @@ def _open_safetensors(path: Path) -> ActivationSource:
     return ActivationSource(path, shape[1], tuple(_row_chunks(shape[0], read)))
 
 
+def _shard_activations(directory: Path, entry: dict, d_model: int) -> torch.Tensor:
+    return load_shard(directory, entry, d_model, ("activations",))["activations"]
+
+
 def _open_harvest(directory: Path) -> ActivationSource:
     try:
         manifest = read_manifest(directory)
@@ -212,7 +225,7 @@ def _open_harvest(directory: Path) -> ActivationSource:
     d_model = manifest["d_model"]
     if not isinstance(d_model, int) or d_model <= 0:
         raise ActivationsError(f"{directory}: manifest d_model must be a positive integer, got {d_model!r}")
-    chunks = [Chunk(int(e["rows"]), lambda e=e: load_shard(directory, e, d_model, ("activations",))["activations"])
+    chunks = [Chunk(int(e["rows"]), partial(_shard_activations, directory, e, d_model))
               for e in manifest["shards"] if e.get("rows")]
     _check_shape(directory, (sum(c.rows for c in chunks), d_model))
     return ActivationSource(directory, d_model, tuple(chunks), provenance_of(manifest))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from .activations import ActivationsError, holdout_rows, open_activations
+from .activations import ActivationsError, ActivationSource, holdout_rows, open_activations
 from .allocator import keep_freed_memory
 from .config import HarvestConfig, TrainConfig
 from .data import CorpusError
@@ -24,7 +24,7 @@ from .saes import SAEConfig, SAEFormatError, load_sae
 from .saes.artifact import sae_directory, write_metrics
 from .sites import SiteError, num_layers, parse_site, valid_sites
 from .streaming import stream_from_corpus
-from .train import sae_config_for
+from .train import TrainingData, sae_config_for
 from .train import train as run_train
 
 # Errors that come from user input: shown as one line, never as a traceback.
@@ -62,13 +62,17 @@ def harvest(
     batch_size: int = typer.Option(HarvestConfig.batch_size, "--batch-size", help="Contexts per forward pass."),
     dtype: str = typer.Option(HarvestConfig.dtype, "--dtype", help="Storage dtype of the activations."),
     model_dtype: str = typer.Option(HarvestConfig.model_dtype, "--model-dtype", help="Compute dtype of the model."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted harvest in --out."),
+    shard_tokens: int = typer.Option(HarvestConfig.shard_tokens, "--shard-tokens",
+                                     help="Rows per shard file (the unit of atomic writes and of resume)."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Continue an interrupted harvest in --out, or extend it to a larger --tokens."),
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
 ) -> None:
     """Run a model over a corpus and write its activations at one site to disk (split by rank under torchrun)."""
     cfg = HarvestConfig(model=model, site=site, dataset=dataset, text_field=text_field, tokens=tokens,
-                        context_len=context, batch_size=batch_size, dtype=dtype, model_dtype=model_dtype)
+                        context_len=context, batch_size=batch_size, dtype=dtype, model_dtype=model_dtype,
+                        shard_tokens=shard_tokens)
     try:
         dist = init_distributed(device, require=distributed)
         manifest = run_harvest(cfg, out, resume=resume, dist=dist)
@@ -113,20 +117,25 @@ def train(
     """
     if (activations is None) == (model is None) or (model is not None and tokens is None):
         fail("give --activations, or --model with --tokens to stream activations from the model")
+    train_rows: TrainingData
+    heldout: ActivationSource | None
     try:
         dist = init_distributed(device, require=distributed)
         if activations is not None:
             data = open_activations(activations)
             held = holdout_rows(data.n_rows) if holdout is None else holdout
-            train_rows, heldout = data.split_tail(held) if held else (data, data)
+            train_part, heldout = data.split_tail(held) if held else (data, data)
+            train_rows, budget = train_part, tokens or train_part.n_rows
             eval_rows = "held-out tail" if held else "training rows"
         else:
+            assert model is not None and tokens is not None  # checked above
+            budget = tokens
             lm = load_model(model, device=str(dist.device))
             train_rows, heldout = stream_from_corpus(lm, parse_site(site, num_layers(lm.model)), dataset, context_len=context,
                                                      holdout_contexts=holdout_contexts)
             eval_rows = f"first {holdout_contexts} contexts (not trained on)"
         sae_cfg = sae_config_for(train_rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
-        cfg = TrainConfig(tokens=tokens or train_rows.n_rows, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype)
+        cfg = TrainConfig(tokens=budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype)
         sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume, dist=dist, shard_features=shard_features)
         metrics = {**evaluate_activations(sae, heldout), "eval_rows": eval_rows} if heldout is not None and dist.is_main else {}
         if metrics:

@@ -105,7 +105,7 @@ def _parquet_documents(path: Path, text_field: str) -> Iterator[str]:
         names = ", ".join(table.schema_arrow.names)
         raise CorpusError(f"{path}: no column {text_field!r} (found: {names}); choose one with --text-field")
     for batch in table.iter_batches(columns=[text_field]):
-        for _number, text in enumerate(batch.column(0).to_pylist()):
+        for text in batch.column(0).to_pylist():
             if text is not None and not isinstance(text, str):
                 raise CorpusError(f"{path}: column {text_field!r} holds {type(text).__name__}, not text")
             if text:

@@ -59,7 +59,7 @@ class Dist:
         """Elementwise OR of a bool tensor over ranks (gloo reduces integers, not bools)."""
         return self.max(mask.to(torch.int32)).bool() if self.active else mask
 
-    def _reduce(self, t: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    def _reduce(self, t: torch.Tensor, op: dist.ReduceOp.RedOpType) -> torch.Tensor:
         if not self.active:
             return t
         out = t.detach().clone()

@@ -16,7 +16,7 @@ from .hooks import splice
 from .lm import LoadedModel
 from .metrics import ReconstructionStats, ce_loss_recovered
 from .saes import SAE
-from .sites import Site, sae_site
+from .sites import Site
 
 
 @torch.no_grad()
@@ -105,5 +105,5 @@ def ce_on_corpus(lm: LoadedModel, sae: SAE, dataset: str, *, n_contexts: int = 6
         raise ValueError(f"the CE evaluation needs at least one context, got {n_contexts}")
     contexts = itertools.islice(iter_contexts(iter_documents(dataset, text_field), lm.tokenizer, context_len),
                                 skip_contexts, skip_contexts + n_contexts)
-    return ce_metrics(lm.model, sae, sae_site(sae, lm.model), batched(contexts, batch_size), special_ids(lm.tokenizer))
+    return ce_metrics(lm.model, sae, sae.site_in(lm.model), batched(contexts, batch_size), special_ids(lm.tokenizer))
 

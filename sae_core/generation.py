@@ -82,9 +82,9 @@ def encode_prompt(
     if not text.strip():
         raise GenerationError("the prompt is empty")
     if chat and tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
+        text = str(tokenizer.apply_chat_template(
             [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-        )
+        ))
         ids = tokenizer(text, add_special_tokens=False).input_ids
     else:
         ids = tokenizer(text).input_ids
@@ -162,7 +162,7 @@ class _Detokenizer:
     def push(self, token_id: int, last: bool) -> str:
         """Add a token; return the text that became final (all of it on the row's last token)."""
         self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        text = str(self.tokenizer.decode(self.ids, skip_special_tokens=True))
         if text.endswith("\ufffd") and not last:
             return ""
         piece, self.sent = text[self.sent:], len(text)

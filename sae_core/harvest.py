@@ -6,7 +6,10 @@ Layout of a harvest directory (format `saescope-activations/1`):
   shard's contexts, BOS first) and `positions` [rows, 2] int32 (global context index, position), so any
   activation row can be shown with its text.
 A shard is listed in the manifest only after it is fully on disk, so an interrupted run never leaves a
-shard that readers would trust half-written, and `resume` continues after the last listed shard.
+shard that readers would trust half-written. `resume` harvests again from the first context of the last
+listed shard: that shard may end where an earlier, smaller `--tokens` cut a context short, and redoing it
+(at most one shard of work) makes a resumed harvest, with any larger budget, byte for byte the harvest a
+direct run with that budget writes (given the same `--batch-size` and `--shard-tokens`: the same batches).
 
 Under torchrun each of N ranks harvests every N-th context (rank r: contexts r, r+N, ...) and its share
 of the rows, into `shard_rR_NNNNN.safetensors` files under its own `manifest.rankR.json` (its resume
@@ -27,6 +30,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
 from .config import HarvestConfig
 from .data import bos_id, iter_contexts, iter_documents, special_ids
@@ -158,8 +162,7 @@ def manifest_name(dist: Dist) -> str:
     return f"manifest.rank{dist.rank}.json" if dist.active else MANIFEST
 
 
-def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, provenance: Provenance, world: int) -> dict:
-    site = provenance.site
+def _new_manifest(cfg: HarvestConfig, lm: LoadedModel, provenance: Provenance, site: Site, world: int) -> dict:
     return {
         "format": FORMAT,
         "model": provenance.model,
@@ -221,6 +224,9 @@ def harvest(cfg: HarvestConfig, out: Path | str, resume: bool = False, lm: Loade
     manifest = _existing_manifest(cfg, site, out, resume, dist)
     if manifest is None or manifest["n_tokens"] < rank_tokens(cfg.tokens, dist):
         manifest = _harvest_share(cfg, site, out, manifest, lm, progress, contexts, dist)
+    elif not manifest["complete"]:  # killed after writing its last shard, before saying it was done
+        manifest["complete"] = True
+        atomic_write_json(out / manifest_name(dist), manifest)
     if not dist.active:
         return manifest
     dist.barrier()
@@ -243,15 +249,30 @@ def _harvest_share(cfg: HarvestConfig, site: Site, out: Path, manifest: dict | N
     site = site.within(num_layers(lm.model))
     out.mkdir(parents=True, exist_ok=True)
     provenance = Provenance(model=lm.name, site=site, dataset=cfg.dataset, context_len=cfg.context_len)
-    manifest = manifest or _new_manifest(cfg, lm, provenance, dist.world)
-    manifest["complete"] = False
-    atomic_write_json(out / manifest_name(dist), manifest)
+    manifest = _reopen_last_shard(manifest) if manifest else _new_manifest(cfg, lm, provenance, site, dist.world)
+    atomic_write_json(out / manifest_name(dist), manifest)  # before any shard file is written again
     if contexts is None:
         contexts = iter_contexts(iter_documents(cfg.dataset, cfg.text_field), lm.tokenizer, cfg.context_len)
     mine = islice(contexts, dist.rank + manifest["n_contexts"] * dist.world, None, dist.world)
     _run(cfg, lm, site, mine, out, manifest, dtype, progress and dist.is_main, dist)
     manifest["complete"] = True
     atomic_write_json(out / manifest_name(dist), manifest)
+    return manifest
+
+
+def _reopen_last_shard(manifest: dict) -> dict:
+    """The manifest without its last shard, marked incomplete: resuming redoes that shard from its first context.
+
+    The last shard may stop inside a batch, where the old budget ran out, and a direct run with a larger
+    budget would have carried on there; shard boundaries also differ. Every earlier shard ended where a
+    full batch took it past `shard_tokens`, as it does in any run, so continuing from here is exact.
+    """
+    shards = manifest["shards"]
+    if shards:
+        last = shards.pop()
+        manifest["n_tokens"] -= last["rows"]
+        manifest["n_contexts"] -= last["contexts"]
+    manifest["complete"] = False
     return manifest
 
 
@@ -312,7 +333,7 @@ def _activation_rows(lm: LoadedModel, site: Site, ids_BT: torch.Tensor, specials
     return acts_RD.cpu(), positions_R2
 
 
-def token_rows(model: torch.nn.Module, site: Site, ids_BT: torch.Tensor,
+def token_rows(model: PreTrainedModel, site: Site, ids_BT: torch.Tensor,
                specials: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Activations [R, D] of the non-special tokens of a batch of contexts (on the model's device), and the mask.
 

@@ -21,6 +21,12 @@ class Captured:
 
     value: torch.Tensor | None = None
 
+    def tensor(self) -> torch.Tensor:
+        """The activation seen; an error if the site's hook never ran (a forward that skipped the site)."""
+        if self.value is None:
+            raise RuntimeError("the site's hook never ran")
+        return self.value
+
 
 def _first(output: Any) -> torch.Tensor:
     """The hidden-state tensor of a module output that may be a tensor or a tuple headed by one."""
@@ -78,8 +84,8 @@ def capture(model: nn.Module, site: Site, stop: bool = True) -> Iterator[Capture
 
 
 @contextmanager
-def splice(model: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
-    """Replace the site's activation [batch, seq, d] by `fn` of it for every forward in the block."""
+def splice(model: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+    """Replace the site's activation [batch, seq, d] by `fn` of it for every forward in the block (None: keep it)."""
     handle = _register(site_module(model, site), site, fn)
     try:
         yield
@@ -91,5 +97,4 @@ def truncated_forward(model: nn.Module, site: Site, input_ids: torch.Tensor) -> 
     """The site's activation for a batch of token ids, computing no layer past the site."""
     with capture(model, site, stop=True) as captured:
         model(input_ids=input_ids, use_cache=False)
-    assert captured.value is not None, "the site's hook never ran"
-    return captured.value
+    return captured.tensor()

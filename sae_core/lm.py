@@ -98,5 +98,5 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, de
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         offline = " (offline: only local files can load)" if os.environ.get("HF_HUB_OFFLINE") else ""
         raise ModelLoadError(f"cannot load model {spec!r}{offline}: {first_line}") from err
-    model.to(device).eval().requires_grad_(False)
+    model.to(device).eval().requires_grad_(False)  # type: ignore[arg-type]  # transformers types `to` as a bare wrapper
     return LoadedModel(model=model, tokenizer=tokenizer, name=name)

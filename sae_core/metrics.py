@@ -40,10 +40,15 @@ class ReconstructionStats:
             self.fired_count_F = counts if self.fired_count_F is None else self.fired_count_F + counts
         return self
 
+    def _sum_x(self) -> torch.Tensor:
+        if self.sum_x_D is None:
+            raise ValueError("no rows were evaluated")
+        return self.sum_x_D
+
     @property
     def total_variance(self) -> float:
         """Sum over rows of |x - mean|^2."""
-        mean_sq = float(self.sum_x_D.pow(2).sum()) / self.rows
+        mean_sq = float(self._sum_x().pow(2).sum()) / self.rows
         return self.sum_sq_norm - mean_sq
 
     def summary(self) -> dict[str, float | int]:
@@ -53,7 +58,7 @@ class ReconstructionStats:
         fvu = self.sum_sq_err / max(self.total_variance, 1e-30)
         out: dict[str, float | int] = {
             "rows": self.rows,
-            "mse": self.sum_sq_err / (self.rows * len(self.sum_x_D)),
+            "mse": self.sum_sq_err / (self.rows * len(self._sum_x())),
             "fvu": fvu,
             "explained_variance": 1 - fvu,
         }

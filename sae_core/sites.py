@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -76,25 +77,25 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return candidates[0]
 
 
-def num_layers(model: nn.Module) -> int:
-    """Depth of the model from its config, whatever the family calls the field."""
-    config = getattr(model, "config", None)
+def _config_int(model: nn.Module, fields: tuple[str, ...], what: str) -> int:
+    """The first of `fields` in the model's (text) config, whatever the family calls it."""
+    config: Any = getattr(model, "config", None)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for field in ("num_hidden_layers", "n_layer", "num_layers"):
+    for field in fields:
         value = getattr(config, field, None)
         if isinstance(value, int):
             return value
-    raise SiteError(f"{type(model).__name__} has no layer count in its config")
+    raise SiteError(f"{type(model).__name__} has no {what} in its config")
+
+
+def num_layers(model: nn.Module) -> int:
+    """Depth of the model."""
+    return _config_int(model, ("num_hidden_layers", "n_layer", "num_layers"), "layer count")
 
 
 def hidden_size(model: nn.Module) -> int:
     """Width of the residual stream."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-    for field in ("hidden_size", "n_embd", "d_model"):
-        value = getattr(config, field, None)
-        if isinstance(value, int):
-            return value
-    raise SiteError(f"{type(model).__name__} has no hidden size in its config")
+    return _config_int(model, ("hidden_size", "n_embd", "d_model"), "hidden size")
 
 
 def _child_named(block: nn.Module, words: tuple[str, ...], what: str) -> nn.Module:
@@ -122,13 +123,3 @@ def valid_sites(model: nn.Module) -> list[str]:
     """Every site name the model offers, for error messages and the CLI's help."""
     return [f"layers.{i}.{kind}" for i in range(num_layers(model)) for kind in KINDS]
 
-
-def sae_site(sae: nn.Module, model: nn.Module) -> Site:
-    """The model site an SAE reads, from its config, checked against the model's depth and width."""
-    provenance = sae.cfg.provenance
-    site = (provenance.site or parse_site(provenance.hook_name or "")).within(num_layers(model))
-    if sae.W_dec.shape[1] != hidden_size(model):
-        raise SiteError(
-            f"the SAE reads {sae.W_dec.shape[1]}-wide activations but the model's are {hidden_size(model)} wide"
-        )
-    return site

@@ -21,7 +21,6 @@ from transformers import PreTrainedModel
 from .generation import Generation, GenerationError, Limits, Sampling, TokenEvent, check_request, collect, stream
 from .hooks import splice
 from .lm import LoadedModel
-from .sites import sae_site
 
 if TYPE_CHECKING:
     from .saes import SAE
@@ -179,7 +178,7 @@ def steer(model: PreTrainedModel, sae: SAE, runs: Sequence[Steering | None], pro
     Positions are counted from the block's first forward, so the block must hold one batch of
     sequences, fed whole or incrementally with a KV cache; `prompt_len` tokens are the prompt.
     """
-    with splice(model, sae_site(sae, model), _Intervene(sae, _plan(sae, runs), prompt_len)):
+    with splice(model, sae.site_in(model), _Intervene(sae, _plan(sae, runs), prompt_len)):
         yield
 
 
@@ -197,7 +196,7 @@ def stream_steered(
     Bad inputs raise here, before any token; the hooks are removed when the stream ends or is closed.
     """
     check_request(lm.model, len(prompt_ids), len(runs), sampling, limits)
-    spliced = splice(lm.model, sae_site(sae, lm.model), _Intervene(sae, _plan(sae, runs), len(prompt_ids)))
+    spliced = splice(lm.model, sae.site_in(lm.model), _Intervene(sae, _plan(sae, runs), len(prompt_ids)))
 
     def events() -> Iterator[TokenEvent]:
         with spliced:

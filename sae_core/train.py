@@ -72,8 +72,11 @@ def geometric_median(x_ND: torch.Tensor, iterations: int = 64) -> torch.Tensor:
 class TrainingData(Protocol):
     """What the trainer reads: activation files (`ActivationSource`) or a model streamed live (`ModelStream`)."""
 
-    d_in: int
-    provenance: Provenance
+    @property
+    def d_in(self) -> int: ...
+
+    @property
+    def provenance(self) -> Provenance: ...
 
     def head(self, n_rows: int) -> torch.Tensor: ...
 
@@ -105,6 +108,7 @@ class Trainer:
         # The ranks that split each batch: all of them (data parallel), or none when the features are split.
         self.batch_dist = Dist(device=self.device) if shard_features else self.dist
         self.batch_dist.share(cfg.batch_size)  # refuse a batch that does not split evenly before any work
+        sae: SAE
         if shard_features:
             sae = ShardedTopKSAE(sae_cfg, Runtime(cfg.sparse_kernels, self.batch_dist, shards=self.dist), cfg.seed)
         else:

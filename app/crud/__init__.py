@@ -1,7 +1,24 @@
 """Queries and writes on the store, one module per resource; every function takes the session and keyword-only
 arguments. Callers use the names re-exported here (`crud.list_features`), not the modules."""
 
-from .accounts import add_api_token, create_user, find_user, user_for_token
+from .accounts import (
+    TokenRefused,
+    add_api_token,
+    api_tokens,
+    clear_login_failures,
+    create_user,
+    end_session,
+    find_user,
+    get_user,
+    login_wait,
+    record_login_failure,
+    revoke_api_token,
+    session_user,
+    set_password,
+    set_role,
+    start_session,
+    user_for_token,
+)
 from .base import Conflict, NotFound
 from .bookmarks import add_bookmark, bookmark_lists, create_bookmark_list, find_bookmark_list, remove_bookmark
 from .features import (
@@ -34,10 +51,12 @@ from .tags import feature_tags, list_tags, tag_feature, untag_feature
 
 __all__ = [
     "Conflict", "ExampleView", "FeaturePage", "FeatureRow", "LabelConflict", "NotFound", "SaeHeader", "SortKey",
-    "StateFilter", "add_api_token", "add_bookmark", "add_label", "all_labels", "bookmark_lists",
-    "create_bookmark_list", "create_sae", "create_user", "current_labels", "feature_page", "feature_tags",
-    "find_bookmark_list", "find_feature", "find_sae", "find_steering", "find_user", "import_labels",
-    "label_history", "label_texts", "labelled_count", "list_features", "list_saes", "list_tags",
-    "next_unlabelled", "remove_bookmark", "revise_label", "save_steering", "steering_experiments",
-    "tag_feature", "token_texts", "untag_feature", "user_for_token",
+    "StateFilter", "TokenRefused", "add_api_token", "add_bookmark", "add_label", "all_labels", "api_tokens",
+    "bookmark_lists", "clear_login_failures", "create_bookmark_list", "create_sae", "create_user", "current_labels",
+    "end_session", "feature_page", "feature_tags", "find_bookmark_list", "find_feature", "find_sae",
+    "find_steering", "find_user", "get_user", "import_labels", "label_history", "label_texts", "labelled_count",
+    "list_features", "list_saes", "list_tags", "login_wait", "next_unlabelled", "record_login_failure",
+    "remove_bookmark", "revise_label", "revoke_api_token", "save_steering", "session_user", "set_password",
+    "set_role", "start_session", "steering_experiments", "tag_feature", "token_texts", "untag_feature",
+    "user_for_token",
 ]

@@ -18,7 +18,7 @@ from sae_core.hooks import capture
 from sae_core.lm import LoadedModel, ModelLoadError, load_model
 from sae_core.records import token_pieces
 from sae_core.saes import SAE, SAEFormatError
-from sae_core.sites import Site, SiteError, sae_site
+from sae_core.sites import Site, SiteError
 
 from ..models import Sae
 from ..pipeline import read_sae
@@ -80,7 +80,7 @@ class ModelCache:
                     self._models[spec] = load_model(spec, device=self.device)
                 lm = self._models[spec]
                 loaded = read_sae(sae.source_path).sae.to(self.device)
-                self._saes[key] = RunnableSae(lm, loaded, sae_site(loaded, lm.model))
+                self._saes[key] = RunnableSae(lm, loaded, loaded.site_in(lm.model))
             except (ModelLoadError, SAEFormatError, SiteError, OSError) as err:
                 raise InferenceUnavailable(f"cannot run SAE {sae.name!r} here: {str(err).splitlines()[0]}") from err
         return self._saes[key]
@@ -109,7 +109,7 @@ class ModelCache:
             ids_1T = torch.tensor([ids], device=self.device)
             with capture(loaded.lm.model, loaded.site, stop=False) as captured:
                 logits_1TV = loaded.lm.model(input_ids=ids_1T, use_cache=False).logits
-            acts_TF = loaded.sae.encode(captured.value[0].to(loaded.sae.W_dec.dtype)).float().cpu()
+            acts_TF = loaded.sae.encode(captured.tensor()[0].to(loaded.sae.W_dec.dtype)).float().cpu()
             probs_TK, next_TK = logits_1TV[0].float().softmax(-1).topk(self.n_next, dim=-1)
             text_of = token_pieces(tokenizer, torch.cat([ids_1T.flatten(), next_TK.flatten()]))
         next_tokens = [[(text_of[t], p) for t, p in zip(row_t, row_p)]

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 from ..sites import decoder_layers
 
@@ -25,7 +26,7 @@ class DirectionError(ValueError):
     """The model lacks the structure needed to read decoder directions out as logits."""
 
 
-def final_norm_and_unembed(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def final_norm_and_unembed(model: PreTrainedModel) -> tuple[nn.Module, nn.Module]:
     """The model's last normalisation (outside the decoder blocks) and its output embedding.
 
     Found by structure: the last module whose class name ends in "Norm" and that lies outside every
@@ -42,7 +43,7 @@ def final_norm_and_unembed(model: nn.Module) -> tuple[nn.Module, nn.Module]:
 
 
 @torch.no_grad()
-def logit_effects(model: nn.Module, W_dec_FD: torch.Tensor, k: int) -> tuple[TopTable, TopTable]:
+def logit_effects(model: PreTrainedModel, W_dec_FD: torch.Tensor, k: int) -> tuple[TopTable, TopTable]:
     """Tokens each decoder direction most promotes and most suppresses, read through norm and unembedding."""
     norm, unembed = final_norm_and_unembed(model)
     param = unembed.weight

@@ -92,7 +92,7 @@ class Recorder:
             return self._windows(tokens_BT, firing, valid_N, mask)
 
         self.top.merge(feat_C, value_C, windows)
-        self._sample_quantiles(feat_C, value_C, windows, grew=(self.max_F > old_max_F).any())
+        self._sample_quantiles(feat_C, value_C, windows, grew=bool((self.max_F > old_max_F).any()))
         self.n_tokens += int(valid_BT.sum())
         self.n_contexts += B
 

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
+from transformers import PreTrainedModel
 
 from ..data import special_ids
 from ..distributed import Dist
@@ -30,7 +31,8 @@ from .sae_record import SAERecord
 class SparseCoder(Protocol):
     """What recording needs of an SAE."""
 
-    W_dec: torch.Tensor
+    @property
+    def W_dec(self) -> torch.Tensor: ...
 
     def encode(self, x_ND: torch.Tensor) -> torch.Tensor: ...
 
@@ -99,7 +101,7 @@ def record_activations(
 
 
 def record_sae(
-    model: torch.nn.Module,
+    model: PreTrainedModel,
     sae: SparseCoder,
     contexts: Iterable[torch.Tensor],
     *,

@@ -133,7 +133,7 @@ class TrainingLog:
     def __init__(self, directory: Path, keep_through_step: int):
         self.path = directory / LOG_FILE
         lines = self.path.read_text().splitlines() if self.path.is_file() and keep_through_step else []
-        kept = [line for line in lines if _step_of(line) is not None and _step_of(line) <= keep_through_step]
+        kept = [line for line in lines if (step := _step_of(line)) is not None and step <= keep_through_step]
         text = "".join(f"{line}\n" for line in kept)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from ..distributed import Dist
 from ..provenance import Provenance
+from ..sites import Site, SiteError, hidden_size, num_layers, parse_site
 from .artifact import write_sae
 from .sparse import Selector, SparseActs, attach_encoder_grad, sparse_decode
 
@@ -220,7 +221,7 @@ class SAE(nn.Module):
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
         """Put every decoder row back at unit norm (after an optimiser step)."""
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8)
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-8))
 
     @torch.no_grad()
     def remove_parallel_grad_(self) -> None:
@@ -234,9 +235,9 @@ class SAE(nn.Module):
     def fold_decoder_norm_(self) -> None:
         """Rescale so decoder rows have unit norm, moving the norms into the features; same reconstructions."""
         norm_F = self.W_dec.norm(dim=1).clamp_min(1e-8)
-        self.W_dec /= norm_F[:, None]
-        self.W_enc *= norm_F
-        self.b_enc *= norm_F
+        self.W_dec.div_(norm_F[:, None])
+        self.W_enc.mul_(norm_F)
+        self.b_enc.mul_(norm_F)
         self._scale_thresholds_(norm_F)
 
     @torch.no_grad()
@@ -246,8 +247,8 @@ class SAE(nn.Module):
         Features come out divided by `scale` (in raw activation units) and decoder rows keep their norm;
         the choice of active features, and so every reconstruction, is unchanged.
         """
-        self.b_dec /= scale
-        self.b_enc /= scale
+        self.b_dec.div_(scale)
+        self.b_enc.div_(scale)
         self._scale_thresholds_(torch.full((self.d_local,), 1 / scale))
 
     def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
@@ -305,6 +306,14 @@ class SAE(nn.Module):
     def save(self, directory: str | Path) -> Path:
         """Write cfg.json and sae_weights.safetensors atomically into `directory`."""
         return write_sae(directory, self.saelens_cfg(), self.saved_tensors())
+
+    def site_in(self, model: nn.Module) -> Site:
+        """The model site this SAE reads, from its provenance, checked against the model's depth and width."""
+        provenance = self.cfg.provenance
+        site = (provenance.site or parse_site(provenance.hook_name or "")).within(num_layers(model))
+        if self.cfg.d_in != hidden_size(model):
+            raise SiteError(f"the SAE reads {self.cfg.d_in}-wide activations but the model's are {hidden_size(model)} wide")
+        return site
 
     def row_topk_selection(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, SparseActs] | None:
         """Pre-activations and the active features, where those are each row's largest pre-activations; else None.

@@ -28,13 +28,15 @@ class BatchTopKSAE(SAE):
         if cfg.k is None:
             raise ValueError("a batchtopk SAE needs k (mean active features per token)")
         super().__init__(cfg, runtime)
+        self.k: int = cfg.k
+        self.threshold: torch.Tensor
         self.register_buffer("threshold", torch.zeros(self.d_local))
 
     def select(self, pre_NF: torch.Tensor) -> SparseActs:
         """The N*k largest rectified pre-activations anywhere in the batch (over every rank's rows)."""
         n, d_sae = pre_NF.shape
         batch = self.runtime.batch
-        total = n * self.cfg.k * batch.world
+        total = n * self.k * batch.world
         # One rank may hold all of the global winners, so each offers up to the global count.
         vals_M, flat_M = pre_NF.relu().flatten().topk(min(total, n * d_sae), sorted=False)
         if batch.active:
@@ -62,7 +64,7 @@ class BatchTopKSAE(SAE):
         return acts
 
     def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
-        self.threshold *= factor_F
+        self.threshold.mul_(factor_F)
 
     @torch.no_grad()
     def load_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:

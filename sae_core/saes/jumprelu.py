@@ -95,7 +95,7 @@ class JumpReLUSAE(SAE):
         return TrainOutput(losses, active_NF.any(0), l0_N.detach().mean(), x_hat_ND.detach())
 
     def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
-        self.log_threshold += factor_F.log()
+        self.log_threshold.add_(factor_F.log())
 
     def load_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
         super().load_tensors_(tensors)

@@ -49,9 +49,9 @@ class ShardedTopKSAE(TopKSAE):
         shards = runtime.shards
         if cfg.d_sae % shards.world:
             raise ValueError(f"--features {cfg.d_sae} does not split evenly over {shards.world} processes")
-        if cfg.d_sae // shards.world < max(cfg.k, cfg.n_aux):
-            raise ValueError(f"each shard needs at least k={cfg.k} and aux_k={cfg.n_aux} features; use fewer processes")
         super().__init__(cfg, runtime)
+        if self.d_local < max(self.k, cfg.n_aux):
+            raise ValueError(f"each shard needs at least k={self.k} and aux_k={cfg.n_aux} features; use fewer processes")
         full = TopKSAE(cfg)
         full.initialize(torch.Generator().manual_seed(seed))  # as build_sae does, on the host
         self._load_slice(full.state_dict())
@@ -77,8 +77,8 @@ class ShardedTopKSAE(TopKSAE):
 
     def select(self, pre_NF: torch.Tensor) -> SparseActs:
         """The k largest pre-activations of every row over all shards; this shard keeps its own."""
-        vals_NK, idx_NK = pre_NF.topk(self.cfg.k, dim=-1, sorted=False)
-        return top_of_shards(vals_NK, idx_NK, self.cfg.k, self.shards)
+        vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)
+        return top_of_shards(vals_NK, idx_NK, self.k, self.shards)
 
     def decode(self, f_NF: torch.Tensor) -> torch.Tensor:
         return _SumOverShards.apply(f_NF @ self.W_dec + self.b_dec / self.shards.world, self.shards)

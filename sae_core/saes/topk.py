@@ -50,10 +50,11 @@ class TopKSAE(SAE):
         if cfg.k is None:
             raise ValueError("a topk SAE needs k (active features per token)")
         super().__init__(cfg, runtime)
+        self.k: int = cfg.k
 
     def select(self, pre_NF: torch.Tensor) -> SparseActs:
         """The k largest pre-activations of every row, rectified."""
-        vals_NK, idx_NK = pre_NF.topk(self.cfg.k, dim=-1, sorted=False)
+        vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)
         return SparseActs.from_rows(vals_NK.relu(), idx_NK)
 
     def encode(self, x_ND: torch.Tensor) -> torch.Tensor:
@@ -65,7 +66,7 @@ class TopKSAE(SAE):
         return train_topk_family(self, x_ND, self.select, dead_F)
 
     def saelens_activation(self) -> dict[str, Any]:
-        return {"activation_fn_str": "topk", "activation_fn_kwargs": {"k": self.cfg.k}, "k": self.cfg.k}
+        return {"activation_fn_str": "topk", "activation_fn_kwargs": {"k": self.k}, "k": self.k}
 
     def row_topk_selection(self, x_ND: torch.Tensor) -> tuple[torch.Tensor, SparseActs]:
         pre_NF = self.pre_acts(x_ND)

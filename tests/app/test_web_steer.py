@@ -262,7 +262,7 @@ def test_a_saved_experiment_has_a_permalink_page_and_json(client, steerer, store
     assert saved["author"] == "ada" and saved["name"] == name and saved["created_at"]
     assert [r["token_ids"] for r in saved["rows"]] == tokens(response)
     assert saved["params"]["strengths"] == [0.0, 40.0] and saved["interventions"][0]["mode"] == "clamp"
-    again = steerer(**dict(saved["params"].items()), prompt=saved["prompt"])
+    again = steerer(**saved["params"], prompt=saved["prompt"])
     assert tokens(again) == tokens(response)
     form = client.get(f"/saes/{stored_sae.id}/steer?experiment={saved['id']}").text
     assert "the cat sat on the mat &lt;b&gt;bold&lt;/b&gt;</textarea>" in form and 'value="0.0, 40.0"' in form

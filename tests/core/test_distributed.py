@@ -34,6 +34,7 @@ from sae_core.train import Trainer, sae_config_for, train
 from tests.conftest import run_cli
 from tests.core.tiny_sae import TinySAE
 from tests.factories import tiny_model, tiny_tokenizer
+from tests.files import file_bytes
 from tests.spawn import free_port, run_ranks
 
 D, D_SAE, ROWS = 16, 64, 4096
@@ -229,6 +230,7 @@ def test_two_ranks_harvest_disjoint_contexts_into_one_manifest(two_ranks, tiny_m
         assert len(two) == 600 and {ctx % 2 for ctx, _ in two} == {0, 1}
         for address, row in two.items():
             torch.testing.assert_close(row, one[address])
+    assert file_bytes(two_ranks / "grown") == file_bytes(two_ranks / "direct")  # a resume with more rows continues exactly
     assert open_activations(two_ranks / "direct").n_rows == 600
 
 

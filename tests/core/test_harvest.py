@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -7,6 +9,7 @@ from sae_core.harvest import HarvestError, harvest, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
 from sae_core.sites import Site
+from tests.files import file_bytes
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,8 @@ def test_shards_respect_size_and_manifest_lists_them(tmp_path, tiny_model_dir, c
     assert firsts == [sum(counts[:i]) for i in range(len(counts))]
 
 
-def test_interrupted_run_resumes_to_identical_data(tmp_path, tiny_model_dir, corpus, lm, monkeypatch):
+@pytest.mark.parametrize("dies_at_call", [1, 3, 6])
+def test_interrupted_run_resumes_to_identical_files(tmp_path, tiny_model_dir, corpus, lm, monkeypatch, dies_at_call):
     cfg = config(tiny_model_dir, corpus)
     harvest(cfg, tmp_path / "whole", lm=lm, progress=False)
     real = harvest_module._activation_rows
@@ -63,7 +67,7 @@ def test_interrupted_run_resumes_to_identical_data(tmp_path, tiny_model_dir, cor
 
     def dying(*args):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == dies_at_call:
             raise KeyboardInterrupt
         return real(*args)
 
@@ -71,16 +75,33 @@ def test_interrupted_run_resumes_to_identical_data(tmp_path, tiny_model_dir, cor
     with pytest.raises(KeyboardInterrupt):
         harvest(cfg, tmp_path / "cut", lm=lm, progress=False)
     cut = read_manifest(tmp_path / "cut")
-    assert not cut["complete"] and 0 < cut["n_tokens"] < 700
+    assert not cut["complete"] and 0 <= cut["n_tokens"] < 700
     shards_of(tmp_path / "cut")  # every listed shard is whole
     monkeypatch.setattr(harvest_module, "_activation_rows", real)
     with pytest.raises(HarvestError, match="--resume"):
         harvest(cfg, tmp_path / "cut", lm=lm, progress=False)
     harvest(cfg, tmp_path / "cut", resume=True, lm=lm, progress=False)
-    whole, _ = all_rows(tmp_path / "whole")
-    resumed, _ = all_rows(tmp_path / "cut")
-    torch.testing.assert_close(resumed["activations"], whole["activations"])
-    assert torch.equal(resumed["positions"], whole["positions"])
+    assert file_bytes(tmp_path / "cut") == file_bytes(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("first", [1, 150, 331, 699])
+def test_resume_with_a_larger_budget_writes_what_a_direct_harvest_writes(tmp_path, tiny_model_dir, corpus, lm, first):
+    """A budget that ends inside a context (and inside a shard) continues that very context on resume."""
+    harvest(config(tiny_model_dir, corpus), tmp_path / "direct", lm=lm, progress=False)
+    harvest(config(tiny_model_dir, corpus, tokens=first), tmp_path / "grown", lm=lm, progress=False)
+    harvest(config(tiny_model_dir, corpus, tokens=first), tmp_path / "grown", resume=True, lm=lm, progress=False)
+    assert read_manifest(tmp_path / "grown")["n_tokens"] == first  # a resume with the same budget has nothing to do
+    harvest(config(tiny_model_dir, corpus), tmp_path / "grown", resume=True, lm=lm, progress=False)
+    assert file_bytes(tmp_path / "grown") == file_bytes(tmp_path / "direct")
+
+
+def test_a_run_killed_after_its_last_shard_is_completed_by_resume(tmp_path, tiny_model_dir, corpus, lm):
+    cfg = config(tiny_model_dir, corpus)
+    harvest(cfg, tmp_path / "h", lm=lm, progress=False)
+    manifest = read_manifest(tmp_path / "h")
+    (tmp_path / "h" / "manifest.json").write_text(json.dumps({**manifest, "complete": False}, indent=2))
+    assert harvest(cfg, tmp_path / "h", resume=True, lm=lm, progress=False)["complete"]
+    assert read_manifest(tmp_path / "h") == manifest
 
 
 def test_resume_with_other_settings_is_refused(tmp_path, tiny_model_dir, corpus, lm):
