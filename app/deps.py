@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, HTTPException, Path, Query, Request
+from fastapi import Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
+from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
 from . import crud
@@ -30,9 +31,37 @@ SaeId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the SAE in the st
 FeatureIndex = Annotated[int, Path(ge=0, lt=2**31, description="Index of the feature in the SAE.")]
 Page = Annotated[int, Query(ge=1, le=10**6)]
 PerPage = Annotated[int, Query(ge=1, le=500)]
-TypedText = Annotated[str, Query(max_length=2000)]
-"""Typed text for the model; a bound keeps each request short on a CPU."""
 TopN = Annotated[int, Query(ge=1, le=20)]
+
+
+def storable(text: str) -> str:
+    """Refuse text that the store cannot keep, so it is a 422 naming the field instead of a 500 from the driver.
+
+    JSON can carry a lone surrogate ("\\ud800"), which no UTF-8 encoder (SQLite's or PostgreSQL's) accepts;
+    PostgreSQL's text type refuses NUL, which forms and query strings can send as %00.
+    """
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError(f"holds a character UTF-8 cannot encode (a lone surrogate at position {err.start})") from None
+    return text
+
+
+Storable = AfterValidator(storable)
+"""The check every text field and parameter from a client goes through (pydantic schemas, Form and Query
+parameters; label files call `storable`). Last in an Annotated: a length bound placed after a validator is
+checked as a generic length ("at most 2000 items")."""
+StoredText = Annotated[str, Storable]
+"""For pydantic fields, whose Field(...) bounds pydantic applies before the validator."""
+TypedText = Annotated[str, Query(max_length=2000), Storable]
+"""Typed text for the model; a bound keeps each request short on a CPU."""
+SearchQuery = Annotated[str, Query(max_length=200, description="Searches labels and top tokens."), Storable]
+TagFilter = Annotated[str, Query(max_length=64, description="Only features with this tag."), Storable]
+TagName = Annotated[str, Form(min_length=1, max_length=64), Storable]
+LabelText = Annotated[str, Form(min_length=1, max_length=2000), Storable]
+Note = Annotated[str, Form(max_length=2000), Storable]
 
 
 class LoginRequired(Exception):

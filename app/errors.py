@@ -9,12 +9,13 @@ from typing import Any
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import crud
 from .deps import LoginRequired, is_htmx, render
+from .headers import SECURITY_HEADERS
 from .services.inference import InferenceUnavailable
 from .services.steering import WorkerBusy
 
@@ -63,10 +64,15 @@ def _json_number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
+def _json_text(value: str) -> str:
+    """Text echoed back in an error as UTF-8 can carry it: a lone surrogate the request sent becomes its escape."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 async def invalid(request: Request, exc: RequestValidationError) -> Response:
     if wants_json(request) and not is_htmx(request):
-        return JSONResponse({"detail": jsonable_encoder(exc.errors(), custom_encoder={float: _json_number})},
-                            status_code=422)
+        errors = jsonable_encoder(exc.errors(), custom_encoder={float: _json_number, str: _json_text})
+        return JSONResponse({"detail": errors}, status_code=422)
     problems = "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors())
     return error_response(request, 422, problems)
 
@@ -82,6 +88,15 @@ async def login_required(request: Request, _exc: Exception) -> Response:
     return RedirectResponse(target, status_code=303)
 
 
+async def server_error(request: Request, _exc: Exception) -> Response:
+    """A bug: the server logs its traceback; the client gets one line. Starlette answers these from outside
+    every middleware, so this answer carries the security headers itself."""
+    detail = "internal server error: the server log has the details"
+    response = JSONResponse({"detail": detail}, status_code=500) if wants_json(request) else PlainTextResponse(detail, 500)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
 Handler = Callable[[Request, Any], Awaitable[Response]]
 """Starlette calls each handler with an instance of the class it is registered for."""
 
@@ -95,6 +110,7 @@ HANDLERS: dict[type[Exception], Handler] = {
     InferenceUnavailable: unavailable,
     DataError: unstorable,
     WorkerBusy: busy,
+    Exception: server_error,  # Starlette gives this one to its outermost middleware
 }
 
 

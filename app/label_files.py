@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from .deps import storable
 from .models import Label
 
 COLUMNS = ("feature_index", "label", "author", "source", "created_at")
@@ -84,4 +85,7 @@ def _imported(row: Any, n: int) -> ImportedLabel:
         text = text[1:]
     if not text:
         raise LabelFileError(f"row {n}: the label is empty")
-    return ImportedLabel(index, text)
+    try:
+        return ImportedLabel(index, storable(text))
+    except ValueError as err:
+        raise LabelFileError(f"row {n}: the label {err}") from None

@@ -13,7 +13,6 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 
 from fastapi import FastAPI, Request
-from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -23,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .db import make_engine, read_engine, session_factory
 from .deps import CSRF_COOKIE
 from .errors import install_error_handlers
+from .headers import SecurityHeaders
 from .presenters.heatmaps import TokenTables
 from .routes import ROUTERS
 from .security import new_csrf_seed
@@ -67,15 +67,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.get("/docs", include_in_schema=False)(api_docs)
     install_error_handlers(app)
     app.add_middleware(CsrfSeedCookie, secure=settings.cookie_secure)
+    app.add_middleware(SecurityHeaders)
     return app
 
 
-def api_docs() -> HTMLResponse:
-    """The OpenAPI page with Swagger UI served from static/ (FastAPI's default loads it from a CDN)."""
-    return get_swagger_ui_html(openapi_url="/openapi.json", title="saescope API",
-                               swagger_js_url="/static/swagger/swagger-ui-bundle.js",
-                               swagger_css_url="/static/swagger/swagger-ui.css",
-                               swagger_favicon_url="/static/favicon.svg")
+def api_docs(request: Request) -> HTMLResponse:
+    """The OpenAPI page with Swagger UI served from static/ (FastAPI's default loads it from a CDN and starts
+    it with an inline script, which the Content-Security-Policy refuses)."""
+    return request.app.state.templates.TemplateResponse(request, "docs.html", {"openapi_url": request.app.openapi_url})
 
 
 class CsrfSeedCookie:

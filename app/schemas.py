@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
 
 from . import crud
+from .deps import StoredText
 from .models import Label
 
 
@@ -88,7 +89,7 @@ class FeatureOut(BaseModel):
 
 
 class LabelIn(BaseModel):
-    text: str = Field(min_length=1, max_length=2000)
+    text: StoredText = Field(min_length=1, max_length=2000)
     base_label_id: int | None = Field(None, description="id of the label this edit replaces; null if none. "
                                                         "A stale id gives 409 with the current label.")
 

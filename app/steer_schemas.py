@@ -7,21 +7,25 @@ sae_core's Limits, which say the limit in their message; the bounds here only ke
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from sae_core.generation import Sampling
 from sae_core.steering import Intervention, Mode, Positions, Steering
 
+from .deps import StoredText
 from .models import SteeringExperiment
+
+Strength = Annotated[float, Field(ge=-1e4, le=1e4)]
+"""An intervention's operand, given or swept: bounded (a sweep strength of 1e70 overflowed float32, a 500)."""
 
 
 class InterventionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     feature: int = Field(ge=0, lt=2**31, description="Index of the SAE feature.")
     mode: Mode = Field(description="clamp (set to value), add (add value), scale (multiply by value), ablate.")
-    value: float = Field(0.0, ge=-1e4, le=1e4, description="The mode's operand; ignored by ablate.")
+    value: Strength = Field(0.0, description="The mode's operand; ignored by ablate.")
 
 
 class SteerIn(BaseModel):
@@ -29,19 +33,19 @@ class SteerIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     sae_id: int = Field(ge=1, lt=2**31)
-    prompt: str = Field(min_length=1, max_length=20_000)
+    prompt: StoredText = Field(min_length=1, max_length=20_000)
     raw: bool = Field(False, description="Feed the prompt as raw text instead of a chat-template user turn.")
     interventions: list[InterventionIn] = Field(min_length=1, max_length=32)
     positions: Positions = "all"
-    strengths: list[float] = Field([], max_length=64, description="A sweep: every intervention's value set "
+    strengths: list[Strength] = Field([], max_length=64, description="A sweep: every intervention's value set "
                                    "to each strength in turn, each generated beside the baseline.")
-    target: str | None = Field(None, max_length=2000, description="Text whose log-probability a sweep measures.")
+    target: StoredText | None = Field(None, max_length=2000, description="Text whose log-probability a sweep measures.")
     max_new_tokens: int = Field(48, ge=1, le=100_000)
     temperature: float = Field(0.7, ge=0, le=100)
     top_p: float = Field(0.9, gt=0, le=1)
     seed: int = Field(0, ge=0, lt=2**63)
     save: bool = Field(False, description="Store the finished run as an experiment with a permalink.")
-    name: str = Field("", max_length=200)
+    name: StoredText = Field("", max_length=200)
 
     def steering(self) -> Steering:
         """The library's steering; raises SteeringError (a feature twice, a sweep of ablations)."""

@@ -17,7 +17,10 @@ from ..deps import (
     PerPage,
     ReaderDep,
     SaeId,
+    SearchQuery,
     SessionDep,
+    Storable,
+    TagFilter,
     TopN,
     TypedText,
 )
@@ -41,7 +44,7 @@ from ..schemas import (
 router = APIRouter(prefix="/api", tags=["api"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or feature"},
                                            422: {"description": "Bad parameters"}}
-Text = Annotated[str, Query(min_length=1, max_length=2000)]
+Text = Annotated[str, Query(min_length=1, max_length=2000), Storable]
 
 
 @router.get("/saes", response_model=list[SaeOut])
@@ -58,12 +61,12 @@ def sae(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
 
 @router.get("/saes/{sae_id}/features", response_model=FeatureList, responses=ERRORS)
 def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, sort: crud.SortKey = "index", desc: bool = False,
-             state: crud.StateFilter = "all", tag: Annotated[str | None, Query(max_length=64)] = None,
-             q: Annotated[str | None, Query(max_length=200)] = None, page: Page = 1, per_page: PerPage = 50):
+             state: crud.StateFilter = "all", tag: TagFilter = "", q: SearchQuery = "", page: Page = 1,
+             per_page: PerPage = 50):
     """One page of features, sorted and filtered like the list page; `q` searches labels and top tokens."""
     row = crud.find_sae(session, ref=sae_id)
-    rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag,
-                                     query=q, limit=per_page, offset=(page - 1) * per_page)
+    rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag or None,
+                                     query=q or None, limit=per_page, offset=(page - 1) * per_page)
     return FeatureList(total=total, page=page, per_page=per_page, features=rows)
 
 

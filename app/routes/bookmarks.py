@@ -8,11 +8,9 @@ from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from .. import crud
-from ..deps import CsrfChecked, FeatureIndex, LabellerDep, SaeId, SessionDep, render
+from ..deps import CsrfChecked, FeatureIndex, LabellerDep, Note, SaeId, SessionDep, Storable, render
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
-
-Note = Annotated[str, Form(max_length=2000)]
 
 
 @router.get("/bookmarks", response_class=HTMLResponse)
@@ -23,7 +21,7 @@ def bookmarks(request: Request, session: SessionDep, user: LabellerDep):
 
 @router.post("/bookmarks", dependencies=[CsrfChecked])
 def create_list(session: SessionDep, user: LabellerDep,
-                name: Annotated[str, Form(max_length=200, pattern=r"\S", description="Not blank.")],
+                name: Annotated[str, Form(max_length=200, pattern=r"\S", description="Not blank."), Storable],
                 description: Note = ""):
     crud.create_bookmark_list(session, owner_id=user.id, name=name.strip(), description=description)
     return RedirectResponse("/bookmarks", status_code=303)

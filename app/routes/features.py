@@ -8,7 +8,19 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from .. import crud
-from ..deps import FeatureIndex, Page, PerPage, ReaderDep, SaeId, SessionDep, TypedText, is_htmx, render
+from ..deps import (
+    FeatureIndex,
+    Page,
+    PerPage,
+    ReaderDep,
+    SaeId,
+    SearchQuery,
+    SessionDep,
+    TagFilter,
+    TypedText,
+    is_htmx,
+    render,
+)
 from ..models import Sae
 from ..presenters.feature_page import feature_context
 
@@ -18,7 +30,7 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 @router.get("/saes/{sae_id}/features", response_class=HTMLResponse)
 def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
                  sort: crud.SortKey = "index", desc: bool = False, state: crud.StateFilter = "all",
-                 tag: Annotated[str, Query(max_length=64)] = "", q: Annotated[str, Query(max_length=200)] = "",
+                 tag: TagFilter = "", q: SearchQuery = "",
                  page: Page = 1, per_page: PerPage = 50):
     sae = crud.find_sae(session, ref=sae_id)
     rows, total = crud.list_features(session, sae_id=sae.id, sort=sort, descending=desc, state=state,

@@ -9,13 +9,22 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from .. import crud, label_files
-from ..deps import CsrfChecked, FeatureIndex, LabellerDep, ReaderDep, SaeId, SessionDep, is_htmx, render
+from ..deps import (
+    CsrfChecked,
+    FeatureIndex,
+    LabellerDep,
+    LabelText,
+    ReaderDep,
+    SaeId,
+    SessionDep,
+    TagName,
+    is_htmx,
+    render,
+)
 from ..presenters.feature_page import feature_context, label_editor, tags_context
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
-LabelText = Annotated[str, Form(min_length=1, max_length=2000)]
-TagName = Annotated[str, Form(min_length=1, max_length=64)]
 MAX_IMPORT_BYTES = 20 * 2**20
 
 

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from sae_core.steering import MODES
 
 from .. import charts, crud
-from ..deps import CsrfChecked, LabellerDep, ReaderDep, SaeId, SessionDep, render
+from ..deps import CsrfChecked, LabellerDep, ReaderDep, SaeId, SearchQuery, SessionDep, render
 from ..models import Sae, User
 from ..services.steering import Event, Job
 from ..steer_schemas import ExperimentOut, InterventionIn, RowOut, SteerIn, SteerOut, experiment_url
@@ -51,7 +51,7 @@ def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: 
 
 @router.get("/saes/{sae_id}/steer/features", response_class=HTMLResponse, include_in_schema=False)
 def picker(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
-           q: Annotated[str, Query(max_length=200)] = ""):
+           q: SearchQuery = ""):
     """Features matching a label or top-token search, and the feature with that index when q is a number."""
     sae = crud.find_sae(session, ref=sae_id)
     q = q.strip()

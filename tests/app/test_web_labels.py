@@ -190,11 +190,66 @@ def test_blank_labels_and_tags_are_422_not_500(client, labeller, stored_sae, ses
     assert crud.label_history(session, sae_id=stored_sae.id, feature_index=0) == []
 
 
-def test_text_the_database_refuses_is_422(client, labeller, stored_sae):
-    """PostgreSQL refuses NUL in text; SQLite stores it. Neither may answer 500."""
-    token = labeller[1]
-    assert client.get(f"/saes/{stored_sae.id}/features", params={"q": "a\x00b"}).status_code in (200, 422)
-    assert client.get(f"/api/saes/{stored_sae.id}/features", params={"q": "a\x00b"}).status_code in (200, 422)
-    saved = client.post(label_url(stored_sae), data={"text": "nul\x00here", "csrf_token": token}, follow_redirects=False)
-    assert saved.status_code in (303, 422)
-    assert client.post("/bookmarks", data={"name": "   ", "csrf_token": token}).status_code == 422
+STEER = {"prompt": "hello", "interventions": [{"feature": 0, "mode": "add", "value": 1.0}]}
+"""A valid steering request but for its SAE id; the text cases below spoil one field of it."""
+
+
+def refused(response, field: str) -> bool:
+    """A 422 that names the field and says what is wrong with it."""
+    return (response.status_code == 422 and field in response.text
+            and any(why in response.text for why in ("NUL", "surrogate", "unicode")))
+
+
+def json_with(body: dict, field: str, escape: str) -> bytes:
+    """The body as JSON with `field` holding a JSON escape (a lone surrogate cannot be UTF-8 encoded otherwise)."""
+    return json.dumps(body | {field: "@"}).replace('"@"', f'"x{escape}y"').encode()
+
+
+def test_text_the_store_cannot_keep_is_422_naming_the_field(client, labeller, stored_sae, session):
+    """NUL (PostgreSQL's text refuses it) in every form field and query parameter, and NUL or a lone surrogate
+    (no UTF-8 encoder takes one) in every JSON text field: each a 422 naming the field, and nothing stored."""
+    user, token = labeller
+    sae = stored_sae.id
+    kept = crud.create_bookmark_list(session, owner_id=user.id, name="kept")
+    forms = [(label_url(stored_sae), "text", {}), (f"/saes/{sae}/features/0/tags", "tag", {}),
+             ("/bookmarks", "name", {}), ("/bookmarks", "description", {"name": "new list"}),
+             (f"/saes/{sae}/features/0/bookmark", "note", {"list_id": kept.id})]
+    for url, field, rest in forms:
+        for accept in ("application/json", "text/html"):
+            response = client.post(url, data=rest | {field: "a\x00b", "csrf_token": token}, headers={"Accept": accept})
+            assert refused(response, field), (url, field, accept, response.status_code, response.text[:300])
+    queries = [(f"/saes/{sae}/features", "q"), (f"/saes/{sae}/features", "tag"), (f"/api/saes/{sae}/features", "q"),
+               (f"/api/saes/{sae}/features", "tag"), (f"/saes/{sae}/search", "text"), (f"/api/saes/{sae}/search", "text"),
+               (f"/saes/{sae}/features/0/test", "text"), (f"/api/saes/{sae}/features/0/activations", "text"),
+               (f"/saes/{sae}/steer/features", "q")]
+    for url, field in queries:
+        response = client.get(url, params={field: "a\x00b"})
+        assert refused(response, field), (url, field, response.status_code, response.text[:300])
+    bodies = [(f"/api/saes/{sae}/features/0/labels", "text", {}), ("/api/steer", "prompt", STEER | {"sae_id": sae}),
+              ("/api/steer", "name", STEER | {"sae_id": sae, "save": True}),
+              ("/api/steer", "target", STEER | {"sae_id": sae, "strengths": [1.0]})]
+    for url, field, body in bodies:
+        for escape in ("\\ud800", "\\u0000"):
+            response = client.post(url, content=json_with(body, field, escape),
+                                   headers={"Content-Type": "application/json", "X-CSRF-Token": token})
+            assert refused(response, field), (url, field, escape, response.status_code, response.text[:300])
+            assert response.json()["detail"][0]["loc"] == ["body", field]
+    assert crud.label_history(session, sae_id=sae, feature_index=0) == []
+    assert crud.feature_tags(session, sae_id=sae, feature_index=0) == []
+    assert [(lst.name, lst.bookmarks) for lst in crud.bookmark_lists(session, owner_id=user.id)] == [("kept", [])]
+    assert crud.steering_experiments(session, sae_id=sae, limit=5) == []
+
+
+def test_label_files_with_text_the_store_cannot_keep_are_422_naming_the_row(client, labeller, stored_sae, session):
+    url = f"/saes/{stored_sae.id}/labels/import"
+    for name, content in [("x.json", b'[{"feature_index": 1, "label": "ok"}, {"feature_index": 2, "label": "\\ud800"}]'),
+                          ("x.json", b'{"labels": [{"feature_index": 1, "label": "a\\u0000b"}]}'),
+                          ("x.csv", b"feature_index,label\n1,a\x00b\n")]:
+        response = client.post(url, data={"csrf_token": labeller[1]}, files={"file": (name, content)})
+        assert response.status_code == 422 and "Nothing imported" in response.text, response.text
+        assert "the label must not contain NUL" in response.text or "row 2: the label holds a" in response.text
+    assert crud.current_labels(session, sae_id=stored_sae.id) == {}
+
+
+def test_blank_bookmark_list_names_are_422(client, labeller):
+    assert client.post("/bookmarks", data={"name": "   ", "csrf_token": labeller[1]}).status_code == 422

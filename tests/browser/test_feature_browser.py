@@ -79,7 +79,7 @@ def test_search_shows_next_token_probabilities_on_hover(page, live_store):
     sae_id, _ = strongest_feature(live_store)
     page.goto(f"/saes/{sae_id}/search")
     page.locator("#search-text").press_sequentially("abc", delay=20)
-    page.wait_for_function("document.querySelectorAll('#search-tokens .search-token').length === 4")
+    page.wait_for_function("() => document.querySelectorAll('#search-tokens .search-token').length === 4")
     page.locator("#search-tokens .tok").nth(1).hover()
     info = page.locator("#tok-info").inner_text()
     assert info.startswith('"a"') and "next: " in info and "%" in info

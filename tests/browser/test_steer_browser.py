@@ -59,7 +59,7 @@ def test_stop_cancels_the_generation_on_the_server(page, live_app, live_store, s
     _url, sae_id, _engine = live_store
     log_in(page)
     start_run(page, sae_id, tokens=256)
-    page.wait_for_function("window.lengths.some((seen) => seen.length === 2 && seen[0] > 0)")
+    page.wait_for_function("() => window.lengths.some((seen) => seen.length === 2 && seen[0] > 0)")
     assert live_app.state.steering.busy
     page.click("#steer-stop")
     page.wait_for_selector("#steer-status:text-is('stopped')")
