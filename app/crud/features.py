@@ -244,4 +244,4 @@ def _no_feature(session: Session, sae_id: int, feature_index: int) -> NotFound:
 def token_texts(session: Session, *, sae_id: int) -> dict[int, str]:
     """The text of every token id the SAE's recording shows."""
     rows = session.connection().execute(select(TokenText.token_id, TokenText.text).where(TokenText.sae_id == sae_id))
-    return dict(rows)
+    return dict(rows.tuples().all())  # SQLAlchemy 2.1: dict(result) reads a Result as a mapping (it has keys())

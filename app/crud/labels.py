@@ -83,7 +83,7 @@ def current_labels(session: Session, *, sae_id: int) -> dict[int, Label]:
 def label_texts(session: Session, *, sae_id: int, indices: list[int]) -> dict[int, str]:
     """The current label text of those of `indices` that are labelled (for links to neighbours)."""
     rows = session.connection().execute(_LABEL_TEXTS, {"sae_id": sae_id, "indices": indices})
-    return dict(rows)
+    return dict(rows.tuples().all())  # SQLAlchemy 2.1: dict(result) reads a Result as a mapping
 
 
 def add_label(session: Session, *, sae_id: int, feature_index: int, text: str,
