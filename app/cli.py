@@ -27,11 +27,11 @@ from sae_core.saes import SAEFormatError
 from sae_core.sites import SiteError
 
 from . import crud
-from .db import make_engine, session_factory
+from .db import session_factory, shown_url
 from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .export import FORMATS, export_sae
 from .ingest import IngestError
-from .migrate import upgrade
+from .migrate import StoreError, open_store
 from .models import ApiToken, Sae, as_utc, now
 from .pipeline import LoadedSae, limit_tokens, read_sae, record_context_len, record_into_store, register_sae
 from .security import ROLES, hash_api_token, hash_password, new_api_token
@@ -46,7 +46,7 @@ app.add_typer(user_app, name="user")
 
 DB_OPTION = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL or sqlite:///saescope.db).")
 USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatError, ModelLoadError, SiteError,
-               CorpusError, IngestError)
+               CorpusError, IngestError, StoreError)
 
 
 def database_url(db: str | None) -> str:
@@ -56,10 +56,11 @@ def database_url(db: str | None) -> str:
 
 @contextmanager
 def open_session(db: str | None, migrate: bool = False) -> Iterator[Session]:
-    """A session on the store; `migrate` first brings its schema up to date (commands that write)."""
-    if migrate:
-        upgrade(database_url(db))
-    engine = make_engine(database_url(db))
+    """A session on the store; `migrate` first brings its schema up to date (commands that write).
+
+    StoreError, before the command's work, when the store cannot be opened (see migrate.open_store).
+    """
+    engine = open_store(database_url(db), migrate=migrate)
     try:
         with session_factory(engine)() as session:
             yield session
@@ -71,10 +72,10 @@ def open_session(db: str | None, migrate: bool = False) -> Iterator[Session]:
 def db_upgrade(db: str | None = DB_OPTION) -> None:
     """Create or upgrade the store's schema to the newest migration."""
     try:
-        upgrade(database_url(db))
-    except USER_ERRORS as err:
-        fail(f"cannot upgrade {database_url(db)}: {str(err).splitlines()[0]}")
-    typer.echo(f"database at {database_url(db)} is up to date")
+        open_store(database_url(db), migrate=True).dispose()
+    except StoreError as err:
+        fail(str(err))
+    typer.echo(f"database at {shown_url(database_url(db))} is up to date")
 
 
 @app.command("import")
@@ -182,7 +183,7 @@ def demo(
     url = Settings.on_store(db, default=f"sqlite:///{(out / 'saescope.db').resolve()}").database_url
     try:
         out.mkdir(parents=True, exist_ok=True)
-        upgrade(url)
+        open_store(url, migrate=True).dispose()  # a store that cannot be used fails before the stages' minutes
         run = DemoRun(cfg, out)
         activations, key = run.activations()
         sae_dir, key = run.sae(activations, key)
@@ -192,7 +193,7 @@ def demo(
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     typer.echo(summary(row))
-    typer.echo(f"store: {url}")
+    typer.echo(f"store: {shown_url(url)}")
     if password is not None:
         typer.echo(f"account {DEMO_USER!r} (admin) created; its password, shown only this once: {password}")
     if serve_after:
@@ -215,11 +216,15 @@ WORKER_STARTUP_S = 120
 
 
 def run_server(url: str, host: str, port: int, workers: int = 1) -> None:
-    """uvicorn in factory mode on the store at `url`, until interrupted."""
+    """uvicorn in factory mode on the store at `url`, until interrupted; a store that cannot be used is a
+    one-line error here, before any worker starts (each would otherwise fail on its own with a traceback)."""
     import uvicorn
 
+    try:
+        open_store(url, migrate=True).dispose()  # once, here, before the workers start reading
+    except StoreError as err:
+        fail(str(err))
     # Workers build their app from the environment; one secret shared by all keeps sessions valid in each.
-    upgrade(url)  # once, here, before the workers start reading
     os.environ["DATABASE_URL"] = url
     os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
     typer.echo(f"serving at http://{host}:{port}/  (Ctrl-C stops)")

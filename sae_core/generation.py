@@ -8,11 +8,16 @@ a baseline and a steered run share one seed in the strongest sense.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+Turn = Callable[[], AbstractContextManager[object]]
+"""Entered around each forward of a generation and left before the token is handed on: a server that shares
+the model passes one that takes the model for that forward alone, so others can use it between tokens."""
 
 
 class GenerationError(ValueError):
@@ -176,11 +181,13 @@ def stream(
     n_rows: int,
     sampling: Sampling,
     cancel: threading.Event | None = None,
+    turn: Turn = nullcontext,
 ) -> Iterator[TokenEvent]:
     """Generate `n_rows` continuations of one prompt together, yielding each token as it is drawn.
 
     Stops when every row has ended, or at the next step after `cancel` is set; closing the iterator
-    (a consumer that stops reading) stops it too. Hooks on the model (steering) apply to every forward.
+    (a consumer that stops reading) stops it too. Each forward runs inside `turn()` (see Turn); hooks on
+    the model during a forward (steering's, spliced by its turn) apply to it.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
@@ -192,7 +199,7 @@ def stream(
     for step in range(sampling.max_new_tokens):
         if cancel is not None and cancel.is_set():
             return
-        with torch.inference_mode():
+        with turn(), torch.inference_mode():
             out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         tokens_B = draw(out.logits[:, -1, :], sampling, generator)

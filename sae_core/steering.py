@@ -11,14 +11,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from transformers import PreTrainedModel
 
-from .generation import Generation, GenerationError, Limits, Sampling, TokenEvent, check_request, collect, stream
+from .generation import (
+    Generation,
+    GenerationError,
+    Limits,
+    Sampling,
+    TokenEvent,
+    Turn,
+    check_request,
+    collect,
+    stream,
+)
 from .hooks import splice
 from .lm import LoadedModel
 
@@ -190,19 +200,22 @@ def stream_steered(
     sampling: Sampling,
     limits: Limits = Limits(),
     cancel: threading.Event | None = None,
+    turn: Turn = nullcontext,
 ) -> Iterator[TokenEvent]:
     """Stream tokens of one row per run (None for a baseline) from one prompt under one seed.
 
-    Bad inputs raise here, before any token; the hooks are removed when the stream ends or is closed.
+    Bad inputs raise here, before any token. The hooks are spliced inside `turn()` for each forward and
+    removed before it is left, so a forward someone else runs between two tokens never sees them.
     """
     check_request(lm.model, len(prompt_ids), len(runs), sampling, limits)
-    spliced = splice(lm.model, sae.site_in(lm.model), _Intervene(sae, _plan(sae, runs), len(prompt_ids)))
+    site, intervene = sae.site_in(lm.model), _Intervene(sae, _plan(sae, runs), len(prompt_ids))
 
-    def events() -> Iterator[TokenEvent]:
-        with spliced:
-            yield from stream(lm.model, lm.tokenizer, prompt_ids, len(runs), sampling, cancel)
+    @contextmanager
+    def steered_turn() -> Iterator[None]:
+        with turn(), splice(lm.model, site, intervene):
+            yield
 
-    return events()
+    return stream(lm.model, lm.tokenizer, prompt_ids, len(runs), sampling, cancel, steered_turn)
 
 
 def generate_steered(

@@ -1,12 +1,14 @@
 """Run an SAE's model on typed text: per-token feature activations and next-token probabilities.
 
 Models and SAEs are loaded on first use and kept for the life of the process (loading SmolLM2 takes
-about 20 s; a forward over a sentence takes milliseconds), one copy per worker process.
+about 20 s; a forward over a sentence takes milliseconds), one copy per worker process. Every forward
+("test it", text search, each token of a steering run) takes the model in turn, first come first served.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -61,15 +63,56 @@ class RunnableSae:
     site: Site
 
 
+class FairLock:
+    """A lock granted in the order it was asked for.
+
+    threading.Lock wakes an arbitrary waiter, and a thread that releases it and asks again at once (a
+    generation between two tokens) nearly always wins, so a "test it" forward would still wait for the
+    whole run; here it gets the next turn.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._queue: deque[object] = deque()
+        self._held = False
+
+    def acquire(self) -> None:
+        with self._changed:
+            ticket = object()
+            self._queue.append(ticket)
+            try:
+                while self._held or self._queue[0] is not ticket:
+                    self._changed.wait()
+            finally:
+                self._queue.remove(ticket)
+            self._held = True
+
+    def release(self) -> None:
+        with self._changed:
+            self._held = False
+            self._changed.notify_all()
+
+    def waiting(self) -> int:
+        """How many threads wait for the lock now."""
+        return len(self._queue)
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.release()
+
+
 class ModelCache:
-    """Models and SAEs by spec and path, loaded once; a lock keeps loading and forwards one at a time."""
+    """Models and SAEs by spec and path, loaded once; one lock, granted in turn, keeps loading and forwards
+    one at a time (hooks a forward splices into a shared model must not be seen by another)."""
 
     def __init__(self, device: str = "cpu", n_next: int = 5):
         self.device = device
         self.n_next = n_next
         self._models: dict[str, LoadedModel] = {}
         self._saes: dict[tuple[str, str], RunnableSae] = {}
-        self._lock = threading.Lock()
+        self._lock = FairLock()
 
     def _load(self, sae: Sae) -> RunnableSae:
         spec = sae.model_spec or sae.model_name
@@ -92,9 +135,15 @@ class ModelCache:
 
     @contextmanager
     def hold(self, sae: Sae) -> Iterator[RunnableSae]:
-        """The model to oneself for a block: steering splices hooks into it that every forward would see."""
+        """The model to oneself for a block; keep it short, since every other forward waits for it."""
         with self._lock:
             yield self._load(sae)
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        """The loaded models to oneself for one step (a generation's forward); others queue in order."""
+        with self._lock:
+            yield
 
     @torch.no_grad()
     def run(self, sae: Sae, text: str) -> TextActivations:

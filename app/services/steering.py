@@ -1,7 +1,9 @@
 """The steering worker: one generation at a time, on its own thread, streaming events, cancellable.
 
-Steering splices hooks into the shared model of `app.state.models`, so two generations cannot run on it
-together; rather than queue a request behind a run of many seconds, a second one is refused at once
+A generation takes the shared model of `app.state.models` one forward at a time (ModelCache.turn), its
+steering hooks spliced only inside each turn, so a "test it" forward or a text search waits for one token,
+not the whole run, and never sees the hooks. One generation runs at a time (each holds a KV cache and keeps
+a core busy); rather than queue a request behind a run of many seconds, a second one is refused at once
 (WorkerBusy, answered 429 with Retry-After) and the client retries. The generation runs on the worker's
 thread, so the event loop, and with it every page, stays free; events cross to the loop through an
 asyncio queue. Cancelling a job (the client went away) stops it before its next token.
@@ -95,7 +97,7 @@ def plan_runs(body: SteerIn) -> tuple[list[Steering | None], Sweep | None]:
 
 
 class SteeringWorker:
-    """Runs steering requests one at a time on a dedicated thread, with the model held from ModelCache."""
+    """Runs steering requests one at a time on a dedicated thread, taking the model from ModelCache per step."""
 
     def __init__(self, models: ModelCache, limits: Limits, retry_after: int):
         self.models, self.limits, self.retry_after = models, limits, retry_after
@@ -128,8 +130,7 @@ class SteeringWorker:
     def _run(self, job: Job, sae: Sae, body: SteerIn) -> None:
         """The thread's body: every failure becomes an error event; the slot frees before the job ends."""
         try:
-            with self.models.hold(sae) as loaded:
-                self._generate(job, loaded, body)
+            self._generate(job, self.models.load(sae), body)
         except GenerationError as err:
             job.push("error", {"status": 422, "detail": str(err)})
         except InferenceUnavailable as err:
@@ -147,14 +148,16 @@ class SteeringWorker:
         runs, sweep = plan_runs(body)
         prompt_ids = encode_prompt(lm.tokenizer, body.prompt, chat=not body.raw, limits=self.limits)
         target_ids = encode_target(lm, body.target) if sweep and body.target else None
-        events = stream_steered(lm, sae, prompt_ids, runs, body.sampling(), self.limits, job.cancelled)
+        events = stream_steered(lm, sae, prompt_ids, runs, body.sampling(), self.limits, job.cancelled,
+                                self.models.turn)
         labels = row_labels(body)
         job.push("start", {"prompt_tokens": len(prompt_ids),
                            "rows": [{"row": r, "label": label, "strength": s} for r, (label, s) in enumerate(labels)]})
         generations = collect(_relayed(job, events), len(runs))
         if job.cancelled.is_set():
             return
-        points = sweep.score(lm, sae, prompt_ids, generations, target_ids) if sweep else [None] * len(runs)
+        with self.models.turn():
+            points = sweep.score(lm, sae, prompt_ids, generations, target_ids) if sweep else [None] * len(runs)
         rows = [RowOut(row=r, label=label, strength=s, text=g.text, token_ids=g.token_ids, finished=g.finished,
                        kl=p.kl if p else None, target_logprob=p.target_logprob if p else None)
                 for r, ((label, s), g, p) in enumerate(zip(labels, generations, points))]

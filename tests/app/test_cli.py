@@ -106,11 +106,6 @@ def test_too_short_contexts_are_a_clear_error(db_url, engine, sae_dir, corpus, t
     assert code == 2 and "shorter than the example window" in out
 
 
-def test_unreachable_database_is_a_clear_error(tmp_path):
-    code, out = invoke("db", "upgrade", "--db", "postgresql://postgres@127.0.0.1:1/none")
-    assert code == 2 and "cannot upgrade" in out
-
-
 def test_writing_commands_create_the_schema_of_a_new_store(tmp_path, sae_dir, corpus, tiny_model_dir):
     url = f"sqlite:///{tmp_path / 'fresh.db'}"
     code, out = invoke("record", "--sae", sae_dir, "--model", tiny_model_dir, "--dataset", corpus,

@@ -1,5 +1,6 @@
 """The steering playground over HTTP: seeded determinism, exact no-ops, ablation, limits, 429, cancellation,
-auth, saved experiments; the tiny saved model and SAE run for real (SQLite and PostgreSQL)."""
+sharing the model with "test it", auth, saved experiments; the tiny saved model and SAE run for real (SQLite
+and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import json
 import re
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import torch
 
 from app import crud
 from app.security import hash_api_token
+from app.services.inference import FairLock
 from sae_core.hooks import splice
 from sae_core.sites import parse_site
 from tests.app.conftest import add_user, csrf_of, log_in, make_client
@@ -310,3 +314,88 @@ def test_the_model_is_loaded_once_for_pages_and_steering(client, steerer, stored
     assert client.get(f"/saes/{stored_sae.id}/features/3/test?text=hello").status_code == 200
     assert tokens(steerer(strengths=[1.0, 2.0]))
     assert len(loads) == 1
+
+
+STEP_S = 0.01
+"""Each forward's added delay below: a 256-token run takes over 2.5 s, one token 10 ms."""
+
+
+@contextmanager
+def long_generation(client, steerer, sae, **fields) -> Iterator[list]:
+    """A 256-token steering run going on in the background, past its first tokens; yields [its response]
+    (filled once it ends), and waits for it at the end of the block."""
+    lm = client.app.state.models.load(sae).lm
+    forwards = []
+
+    def slow_forward(*_args):
+        forwards.append(1)
+        time.sleep(STEP_S)
+
+    answer: list = []
+    handle = lm.model.register_forward_hook(slow_forward)
+    try:
+        body = {"max_new_tokens": 256, "temperature": 0.0} | fields
+        runner = threading.Thread(target=lambda: answer.append(steerer(**body)))
+        runner.start()
+        deadline = time.monotonic() + 10
+        while len(forwards) < 5:
+            assert time.monotonic() < deadline, "the generation never started"
+            time.sleep(0.005)
+        yield answer
+        runner.join(30)
+    finally:
+        handle.remove()
+    assert answer and answer[0].status_code == 200, answer
+
+
+def test_test_it_waits_for_one_token_of_a_long_generation_not_its_whole_run(client, steerer, stored_sae):
+    worker = client.app.state.steering
+    with long_generation(client, steerer, stored_sae) as answer:
+        for _ in range(3):
+            start = time.monotonic()
+            page = client.get(f"/saes/{stored_sae.id}/features/3/test?text=hello")
+            waited = time.monotonic() - start
+            assert page.status_code == 200
+            assert waited < 1.0, f"'test it' waited {waited:.2f} s behind the generation"
+            assert worker.busy and not answer, "the generation ended before 'test it' was answered"
+    assert all(len(row) == 256 for row in tokens(answer[0]))  # the runs were interleaved, not cut short
+
+
+def test_steering_hooks_never_reach_a_forward_run_between_its_tokens(client, steerer, stored_sae):
+    """A clamp spliced into the generation would change these activations and next-token odds (or fail on the
+    batch size) if a "test it" forward ran while the hooks were in."""
+    models = client.app.state.models
+    text = "the cat sat on the mat"
+    alone = models.run(stored_sae, text)
+    clamp = [{"feature": f, "mode": "clamp", "value": 50.0} for f in range(8)]
+    with long_generation(client, steerer, stored_sae, interventions=clamp) as answer:
+        during = [models.run(stored_sae, text) for _ in range(10)]
+        assert not answer, "the generation ended before the forwards between its tokens"
+    baseline, steered = tokens(answer[0])
+    assert baseline != steered  # the clamp does steer the generation's own forwards
+    for result in during:
+        assert torch.equal(result.acts_TF, alone.acts_TF)
+        assert result.next_tokens == alone.next_tokens
+
+
+def test_the_model_lock_is_granted_in_the_order_asked():
+    """A generation that releases the model and asks again at once must queue behind a request already waiting
+    (threading.Lock would nearly always hand it straight back)."""
+    lock, order = FairLock(), []
+    lock.acquire()
+
+    def waiting() -> None:
+        with lock:
+            order.append("waiting request")
+
+    other = threading.Thread(target=waiting)
+    other.start()
+    deadline = time.monotonic() + 5
+    while not lock.waiting():
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    lock.release()
+    with lock:
+        order.append("generation's next token")
+    other.join(5)
+    assert order == ["waiting request", "generation's next token"]
