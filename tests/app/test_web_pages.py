@@ -57,6 +57,14 @@ def test_feature_list_searches_top_tokens(client, stored_sae, session):
 def test_feature_list_for_htmx_is_a_fragment(client, stored_sae):
     fragment = client.get(f"/saes/{stored_sae.id}/features", headers={"HX-Request": "true"})
     assert fragment.status_code == 200 and "<html" not in fragment.text and "<table" in fragment.text
+    assert "HX-Request" in fragment.headers["vary"]
+    assert "HX-Request" in client.get(f"/saes/{stored_sae.id}/features").headers["vary"]
+
+
+def test_a_history_restore_gets_the_whole_page(client, stored_sae):
+    restore = client.get(f"/saes/{stored_sae.id}/features",
+                         headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
+    assert "<html" in restore.text and 'class="filters"' in restore.text
 
 
 def alive_feature(session, sae_id: int) -> int:
