@@ -67,6 +67,13 @@ def test_a_history_restore_gets_the_whole_page(client, stored_sae):
     assert "<html" in restore.text and 'class="filters"' in restore.text
 
 
+def test_a_list_page_past_the_end_says_so_in_page_and_fragment(client, stored_sae):
+    url = f"/saes/{stored_sae.id}/features?per_page=10&page=999"
+    for response in (client.get(url), client.get(url, headers={"HX-Request": "true"})):
+        assert "past the end" in response.text and "Go to the last page" in response.text
+        assert "No feature matches" not in response.text and "page 999 of" not in response.text
+
+
 def alive_feature(session, sae_id: int) -> int:
     rows, _ = crud.list_features(session, sae_id=sae_id, state="alive", sort="max_act", descending=True, limit=1)
     return rows[0].feature_index

@@ -1,4 +1,4 @@
-"""Real-browser checks of the feature list: back after htmx pushed a URL."""
+"""Real-browser checks of the feature list: back after htmx pushed a URL, a page past the end."""
 
 from __future__ import annotations
 
@@ -36,4 +36,19 @@ def test_list_and_search_responses_vary_on_hx_request(page, live_store):
         for hx in ({}, {"HX-Request": "true"}):
             response = page.request.get(path, headers=hx)
             assert "hx-request" in response.headers.get("vary", "").lower(), (path, hx)
+
+
+def test_a_page_past_the_end_says_so_and_links_to_the_last(page, live_store):
+    _url, sae_id, _engine = live_store
+    page.goto(f"/saes/{sae_id}/features?per_page={PER_PAGE}&page=999")
+    table = page.inner_text("#feature-table")
+    assert "No feature matches" not in table
+    assert "page 999 of" not in table
+    assert "past the end" in table
+    page.click("#feature-table a:has-text('last page')")
+    page.wait_for_selector("text=page 5 of 5")
+    expect_full_list_page(page)
+    fragment = page.request.get(f"/saes/{sae_id}/features?per_page={PER_PAGE}&page=999",
+                                headers={"HX-Request": "true"}).text()
+    assert "past the end" in fragment and "No feature matches" not in fragment
 
