@@ -1,4 +1,4 @@
-"""Real-browser checks of the feature list: back after htmx pushed a URL, a page past the end."""
+"""Real-browser checks of the feature list: back after htmx pushed a URL, a page past the end, Esc in search."""
 
 from __future__ import annotations
 
@@ -52,3 +52,19 @@ def test_a_page_past_the_end_says_so_and_links_to_the_last(page, live_store):
                                 headers={"HX-Request": "true"}).text()
     assert "past the end" in fragment and "No feature matches" not in fragment
 
+
+def test_escape_in_the_search_box_keeps_the_query_and_leaves_the_field(page, live_store):
+    _url, sae_id, _engine = live_store
+    page.goto(f"/saes/{sae_id}/features")
+    total = page.inner_text("#feature-table p.muted")
+    box = page.locator("#q")
+    with page.expect_response(re.compile(r"q=zzzz")):
+        box.type("zzzz")
+    page.wait_for_selector("#feature-table .empty")
+    filtered = page.inner_text("#feature-table p.muted")
+    assert filtered != total
+    box.press("Escape")
+    page.wait_for_timeout(600)  # longer than the 300 ms search delay: a cleared box would have reloaded the list
+    assert box.input_value() == "zzzz"
+    assert page.inner_text("#feature-table p.muted") == filtered
+    assert page.evaluate("() => document.activeElement.id") != "q"
