@@ -144,8 +144,12 @@ LabellerDep = Annotated[User, Depends(require_labeller)]
 
 
 def is_htmx(request: Request) -> bool:
-    """Whether the request comes from htmx, which wants a fragment rather than the whole page."""
-    return request.headers.get("HX-Request") == "true"
+    """Whether the request comes from htmx, which wants a fragment rather than the whole page.
+
+    A history restore (Back to a URL htmx pushed, missing from its cache) replaces the whole body, so it
+    gets the page even from an htmx that still sends HX-Request with it.
+    """
+    return request.headers.get("HX-Request") == "true" and request.headers.get("HX-History-Restore-Request") != "true"
 
 
 def request_csrf_token(request: Request) -> str:
@@ -176,8 +180,14 @@ def get_templates(request: Request) -> Jinja2Templates:
 
 
 def render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> HTMLResponse:
-    """A template with what every page needs: the user, the CSRF token and the settings."""
+    """A template with what every page needs: the user, the CSRF token and the settings.
+
+    One URL is a page or a fragment by HX-Request, so the response says it varies on that header: without
+    Vary the browser's cache hands the fragment back for Back or a reload of the same URL.
+    """
     user = getattr(request.state, "user", None)
     base = {"user": user, "can_write": user is not None and user.can_write, "htmx": is_htmx(request),
             "csrf_token": request_csrf_token(request), "settings": request.app.state.settings}
-    return get_templates(request).TemplateResponse(request, name, base | context, status_code=status_code)
+    response = get_templates(request).TemplateResponse(request, name, base | context, status_code=status_code)
+    response.headers.append("Vary", "HX-Request")
+    return response

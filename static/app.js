@@ -16,7 +16,12 @@ document.addEventListener("keydown", (event) => {
   const target = event.target;
   if (event.ctrlKey || event.metaKey || event.altKey) return;
   if (target.closest("input, textarea, select, [contenteditable]")) {
-    if (event.key === "Escape") target.blur();
+    // Esc only leaves the field: Chromium's default for a type=search box would also empty it, and the
+    // emptied box would reload the list with every feature.
+    if (event.key === "Escape") {
+      event.preventDefault();
+      target.blur();
+    }
     return;
   }
   const el = document.querySelector(`[data-key~="${CSS.escape(event.key)}"]`);

@@ -57,6 +57,21 @@ def test_feature_list_searches_top_tokens(client, stored_sae, session):
 def test_feature_list_for_htmx_is_a_fragment(client, stored_sae):
     fragment = client.get(f"/saes/{stored_sae.id}/features", headers={"HX-Request": "true"})
     assert fragment.status_code == 200 and "<html" not in fragment.text and "<table" in fragment.text
+    assert "HX-Request" in fragment.headers["vary"]
+    assert "HX-Request" in client.get(f"/saes/{stored_sae.id}/features").headers["vary"]
+
+
+def test_a_history_restore_gets_the_whole_page(client, stored_sae):
+    restore = client.get(f"/saes/{stored_sae.id}/features",
+                         headers={"HX-Request": "true", "HX-History-Restore-Request": "true"})
+    assert "<html" in restore.text and 'class="filters"' in restore.text
+
+
+def test_a_list_page_past_the_end_says_so_in_page_and_fragment(client, stored_sae):
+    url = f"/saes/{stored_sae.id}/features?per_page=10&page=999"
+    for response in (client.get(url), client.get(url, headers={"HX-Request": "true"})):
+        assert "past the end" in response.text and "Go to the last page" in response.text
+        assert "No feature matches" not in response.text and "page 999 of" not in response.text
 
 
 def alive_feature(session, sae_id: int) -> int:
