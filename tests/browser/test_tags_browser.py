@@ -44,3 +44,15 @@ def test_every_remove_button_sits_inside_its_chip(page, live_store, width):
         assert chip["x"] <= button["x"] and button["x"] + button["width"] <= chip["x"] + chip["width"] + 0.5
         assert chip["y"] <= button["y"] and button["y"] + button["height"] <= chip["y"] + chip["height"] + 0.5
         assert chip["height"] < 40
+
+
+def test_a_tag_typed_in_another_case_reuses_the_existing_one(page, live_store):
+    sae_id = tag_a_feature(live_store, 6, ["Python"])
+    log_in(page)
+    page.goto(f"/saes/{sae_id}/features/6")
+    page.fill("#tags input[name=tag][type=text]", "python")
+    page.click("#tags button[type=submit]:text('Tag')")
+    page.wait_for_selector("#tags input[name=tag][type=text]:placeholder-shown")
+    assert [text.split()[0] for text in page.locator("#tags .tag").all_inner_texts()] == ["Python"]
+    page.goto(f"/saes/{sae_id}/features?tag=PYTHON")
+    assert page.locator(f"a[href='/saes/{sae_id}/features/6']").count() >= 1
