@@ -16,7 +16,7 @@ from ..packing import unpack_acts, unpack_ids
 from .base import NotFound
 from .labels import current_label_texts, current_texts, label_rows
 from .saes import find_sae
-from .tags import feature_tags
+from .tags import feature_tags, named
 
 SortKey = Literal["index", "density", "max_act", "mean_act", "label"]
 StateFilter = Literal["all", "alive", "dead", "dense", "labelled", "unlabelled"]
@@ -62,7 +62,7 @@ def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: 
     if tag:
         stmt = stmt.where(exists().where(
             FeatureTag.sae_id == sae_id, FeatureTag.feature_index == Feature.feature_index,
-            FeatureTag.tag_id == Tag.id, Tag.name == tag))
+            FeatureTag.tag_id == Tag.id, named(tag)))
     if query:
         stmt = stmt.where(or_(Feature.top_text.icontains(query, autoescape=True),
                               label.c.text.icontains(query, autoescape=True)))

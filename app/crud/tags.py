@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import ColumnElement, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from ..models import FeatureTag, Tag
+
+
+def named(tag: str) -> ColumnElement[bool]:
+    """Match a tag by name ignoring case, so "Python" and "python" are one tag (the first spelling is kept).
+
+    Both sides go through the database's lower() so SQLite and PostgreSQL agree with each other; the
+    unique index on the exact name stays, and reusing the match keeps a second spelling from being stored.
+    """
+    return func.lower(Tag.name) == func.lower(tag.strip())
 
 
 def tag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str, author_id: int | None = None) -> None:
@@ -13,7 +22,7 @@ def tag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str, 
     name = tag.strip()
     if not name:
         raise ValueError("a tag cannot be empty")
-    row = session.scalar(select(Tag).where(Tag.name == name)) or Tag(name=name)
+    row = session.scalar(select(Tag).where(named(name)).order_by(Tag.id).limit(1)) or Tag(name=name)
     session.add(row)
     session.flush()
     if session.get(FeatureTag, (sae_id, feature_index, row.id)) is None:
@@ -22,8 +31,9 @@ def tag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str, 
 
 
 def untag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str) -> None:
+    """Take a tag off a feature, whatever the case it is spelled in; an absent tag is a no-op."""
     link = session.scalar(select(FeatureTag).join(Tag).where(
-        FeatureTag.sae_id == sae_id, FeatureTag.feature_index == feature_index, Tag.name == tag))
+        FeatureTag.sae_id == sae_id, FeatureTag.feature_index == feature_index, named(tag)).limit(1))
     if link is not None:
         session.delete(link)
         session.commit()

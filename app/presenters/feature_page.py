@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from .. import charts, crud
 from ..models import User
 from ..packing import ACTS, IDS
+from ..services.inference import TextActivations
 from .heatmaps import TokenTable, heatmaps, token_cells
 
 TAG_SUGGESTIONS = ("interpretable", "polysemantic", "uninterpretable", "high-frequency", "token-level", "abstract")
@@ -87,6 +88,18 @@ def _joined(blobs: Sequence[bytes], lengths: np.ndarray, itemsize: int) -> bytes
     if np.array_equal(_counts(blobs, 1), lengths * itemsize):
         return b"".join(blobs)
     return b"".join(blob[:itemsize * n] for blob, n in zip(blobs, lengths.tolist()))
+
+
+def typed_text_result(result: TextActivations | None, feature_index: int, max_act: float) -> dict[str, Any]:
+    """What _test_result.html needs for typed text: the activations, and the peak to box only if it fires.
+
+    A feature at zero on every token has no peak: argmax would box the first token (`<|im_start|>`) as if
+    the feature fired there, so `peak` is -1 and the template says the feature does not fire.
+    """
+    acts = result.feature(feature_index) if result else []
+    fires = any(a > 0 for a in acts)
+    peak = max(range(len(acts)), key=acts.__getitem__) if fires else -1
+    return {"result": result, "acts": acts, "peak": peak, "fires": fires, "top": max([max_act, *acts])}
 
 
 def tag_choices(session: Session) -> list[str]:

@@ -22,7 +22,7 @@ from ..deps import (
     render,
 )
 from ..models import Sae
-from ..presenters.feature_page import feature_context
+from ..presenters.feature_page import feature_context, typed_text_result
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -55,10 +55,7 @@ def test_text(request: Request, session: SessionDep, _user: ReaderDep, sae_id: S
     """This feature's activation on each token of typed text, run through the model now."""
     feature = crud.find_feature(session, sae_id=sae_id, feature_index=feature_index)
     result = request.app.state.models.run(crud.find_sae(session, ref=sae_id), text) if text.strip() else None
-    acts = result.feature(feature_index) if result else []
-    peak = max(range(len(acts)), key=acts.__getitem__) if acts else -1
-    return render(request, "_test_result.html", {"result": result, "acts": acts, "peak": peak,
-                                                 "top": max([feature.max_act, *acts])})
+    return render(request, "_test_result.html", typed_text_result(result, feature_index, feature.max_act))
 
 
 @router.get("/saes/{sae_id}/next-unlabelled")

@@ -121,6 +121,21 @@ def test_tags_are_added_and_removed(client, labeller, stored_sae, session):
                        data={"tag": "x", "csrf_token": labeller[1]}).status_code == 404
 
 
+def test_tags_ignore_case_and_keep_the_first_spelling(client, labeller, stored_sae, session):
+    sae, token = stored_sae.id, labeller[1]
+    client.post(f"/saes/{sae}/features/2/tags", data={"tag": "Python", "csrf_token": token})
+    client.post(f"/saes/{sae}/features/3/tags", data={"tag": "python ", "csrf_token": token})
+    client.post(f"/saes/{sae}/features/3/tags", data={"tag": "PYTHON", "csrf_token": token})
+    assert crud.list_tags(session) == ["Python"]
+    assert crud.feature_tags(session, sae_id=sae, feature_index=3) == ["Python"]
+    rows, total = crud.list_features(session, sae_id=sae, tag="pyTHON")
+    assert total == 2 and [row.feature_index for row in rows] == [2, 3]
+    assert client.get(f"/saes/{sae}/features", params={"tag": "pyTHON"}).text.count(f"/saes/{sae}/features/3") >= 1
+    client.post(f"/saes/{sae}/features/3/tags/remove", data={"tag": "python", "csrf_token": token})
+    assert crud.feature_tags(session, sae_id=sae, feature_index=3) == []
+    assert crud.feature_tags(session, sae_id=sae, feature_index=2) == ["Python"]
+
+
 def test_export_holds_the_whole_history_and_defuses_formulas(client, labeller, stored_sae, session):
     crud.add_label(session, sae_id=stored_sae.id, feature_index=1, text="old", author_id=labeller[0].id)
     crud.add_label(session, sae_id=stored_sae.id, feature_index=1, text="=HYPERLINK(\"x\")", author_id=labeller[0].id)

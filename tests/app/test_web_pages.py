@@ -204,6 +204,17 @@ def test_test_it_box_runs_the_real_model(client, stored_sae, session, web_sae):
     assert shown == pytest.approx(expected, rel=1e-2, abs=1e-3)
 
 
+def test_test_it_says_a_feature_that_does_not_fire_does_not_and_boxes_nothing(client, stored_sae, web_sae):
+    text = "hello"  # short enough that some of the 24 random features stay at zero on every token
+    acts_TF = ModelCache().run(stored_sae, text).acts_TF
+    silent = int((acts_TF.amax(dim=0) <= 0).nonzero()[0])
+    loud = int(acts_TF.amax(dim=0).argmax())
+    quiet = client.get(f"/saes/{stored_sae.id}/features/{silent}/test", params={"text": text}).text
+    assert "does not fire on this text" in quiet and "strongest" not in quiet and "tok max" not in quiet
+    firing = client.get(f"/saes/{stored_sae.id}/features/{loud}/test", params={"text": text}).text
+    assert "strongest" in firing and firing.count("tok max") == 1 and "does not fire" not in firing
+
+
 def test_model_and_sae_are_loaded_once_per_process(client, stored_sae, monkeypatch):
     import app.services.inference as inference
 

@@ -83,3 +83,27 @@ def test_search_shows_next_token_probabilities_on_hover(page, live_store):
     page.locator("#search-tokens .tok").nth(1).hover()
     info = page.locator("#tok-info").inner_text()
     assert info.startswith('"a"') and "next: " in info and "%" in info
+
+
+def silent_feature(live_store, text: str) -> tuple[int, int]:
+    """An SAE and a feature that is zero on every token of `text`, found by running the real model."""
+    from app.services.inference import ModelCache
+
+    _url, sae_id, engine = live_store
+    with session_factory(engine)() as session:
+        acts_TF = ModelCache().run(crud.find_sae(session, ref=sae_id), text).acts_TF
+    return sae_id, int((acts_TF.amax(dim=0) <= 0).nonzero()[0])
+
+
+@pytest.mark.parametrize("width", [1400, 390])
+def test_test_it_says_when_the_feature_does_not_fire(page, live_store, width):
+    sae_id, index = silent_feature(live_store, "hello")
+    page.set_viewport_size({"width": width, "height": 900})
+    page.goto(f"/saes/{sae_id}/features/{index}")
+    page.locator("#test-text").press_sequentially("hello", delay=20)
+    page.wait_for_selector("#test-result .tok")
+    page.wait_for_function("() => document.querySelectorAll('#test-result .tok').length === 6")
+    page.locator("#test-result").scroll_into_view_if_needed()
+    page.screenshot(path=f"/tmp/btags/silent-{width}.png")
+    assert "does not fire on this text" in page.locator("#test-result").inner_text()
+    assert page.locator("#test-result .tok.max").count() == 0
