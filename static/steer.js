@@ -129,11 +129,22 @@
     }
   }
 
+  // A pick adds the feature once (the API refuses a feature twice: a second pick goes to its row) and closes
+  // the picker, so the next click cannot land on the same result.
   function addIntervention(feature, label) {
-    const row = document.getElementById("intervention-template").content.firstElementChild.cloneNode(true);
-    row.querySelector("[name=feature]").value = feature;
-    row.querySelector(".feature-label").textContent = label;
-    document.getElementById("interventions").append(row);
+    const rows = [...document.querySelectorAll("#interventions .intervention")];
+    let row = rows.find((el) => el.querySelector("[name=feature]").value === String(feature));
+    if (!row) {
+      row = document.getElementById("intervention-template").content.firstElementChild.cloneNode(true);
+      row.querySelector("[name=feature]").value = feature;
+      row.querySelector(".feature-label").textContent = label;
+      document.getElementById("interventions").append(row);
+    }
+    const query = document.getElementById("picker-q");
+    query.value = "";
+    query.dispatchEvent(new Event("input"));  // htmx's "changed" then sees the same search typed again as new
+    document.getElementById("picker-results").replaceChildren();
+    row.querySelector("[name=value]").focus();
   }
 
   form.addEventListener("submit", run);

@@ -67,3 +67,25 @@ def test_stop_cancels_the_generation_on_the_server(page, live_app, live_store, s
     while live_app.state.steering.busy:
         assert time.monotonic() < deadline, "the generation went on after the browser stopped reading"
         time.sleep(0.02)
+
+
+def open_playground(page, sae_id: int, feature: int | None = 1) -> None:
+    """The signed-in playground with a greedy 4-token run set up (and one feature when given)."""
+    log_in(page)
+    page.goto(f"/saes/{sae_id}/steer" + ("" if feature is None else f"?feature={feature}"))
+    page.fill("textarea[name=prompt]", "the cat sat")
+    page.fill("input[name=max_new_tokens]", "4")
+    page.fill("input[name=temperature]", "0")
+
+
+def test_a_pick_closes_the_picker_and_a_second_pick_of_a_feature_goes_to_its_row(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id, feature=None)
+    for _ in range(2):
+        page.fill("#picker-q", "3")
+        page.click("#picker-results .pick[data-feature='3']")
+        assert page.input_value("#picker-q") == "" and page.locator("#picker-results > *").count() == 0
+    assert page.locator("#interventions .intervention").count() == 1
+    assert page.evaluate("() => document.activeElement.name") == "value"
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-status:text-is('done')", timeout=30_000)
