@@ -18,15 +18,33 @@
     status.className = isError ? "error" : "muted";
   };
 
+  // One intervention row as the API's InterventionIn; ablate ignores its value, so an empty one is left out
+  // (the schema's default) rather than read as 0.
+  function intervention(el) {
+    const mode = el.querySelector("[name=mode]").value;
+    const value = el.querySelector("[name=value]").value;
+    const out = { feature: Number(el.querySelector("[name=feature]").value), mode };
+    return value === "" && mode === "ablate" ? out : { ...out, value: Number(value) };
+  }
+
+  // An empty value box is a mistake for every mode but ablate: say so on the box instead of sending 0.
+  function missingValue() {
+    for (const el of form.querySelectorAll(".intervention")) {
+      const box = el.querySelector("[name=value]");
+      const mode = el.querySelector("[name=mode]").value;
+      if (box.value === "" && mode !== "ablate") {
+        const feature = el.querySelector("[name=feature]").value;
+        return { box, text: `feature ${feature}: enter a value for ${mode} (only ablate needs none)` };
+      }
+    }
+    return null;
+  }
+
   // The form as the API's SteerIn; numbers the browser cannot read become null and come back as a 422.
   function body() {
     const data = new FormData(form);
     const num = (name) => (data.get(name) === "" ? null : Number(data.get(name)));
-    const interventions = [...form.querySelectorAll(".intervention")].map((el) => ({
-      feature: Number(el.querySelector("[name=feature]").value),
-      mode: el.querySelector("[name=mode]").value,
-      value: Number(el.querySelector("[name=value]").value || 0),
-    }));
+    const interventions = [...form.querySelectorAll(".intervention")].map(intervention);
     const strengths = data.get("strengths").split(",").map((s) => s.trim()).filter(Boolean).map(Number);
     return {
       sae_id: Number(form.dataset.sae), prompt: data.get("prompt"), raw: data.has("raw"), interventions,
@@ -98,6 +116,11 @@
 
   async function run(event) {
     event.preventDefault();
+    const missing = missingValue();
+    if (missing) {
+      missing.box.focus();
+      return say(missing.text, true);
+    }
     if (controller) controller.abort();
     controller = new AbortController();
     rows.replaceChildren();

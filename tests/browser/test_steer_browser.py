@@ -78,6 +78,13 @@ def open_playground(page, sae_id: int, feature: int | None = 1) -> None:
     page.fill("input[name=temperature]", "0")
 
 
+def sent_bodies(page) -> list[dict]:
+    """Every /api/steer body the page posts from now on, to see what the form sent (or that it sent nothing)."""
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/api/steer") else None)
+    return bodies
+
+
 def test_a_pick_closes_the_picker_and_a_second_pick_of_a_feature_goes_to_its_row(page, live_store):
     _url, sae_id, _engine = live_store
     open_playground(page, sae_id, feature=None)
@@ -89,3 +96,18 @@ def test_a_pick_closes_the_picker_and_a_second_pick_of_a_feature_goes_to_its_row
     assert page.evaluate("() => document.activeElement.name") == "value"
     page.click("#steer-run")
     page.wait_for_selector("#steer-status:text-is('done')", timeout=30_000)
+
+
+def test_an_empty_value_box_is_a_message_not_a_silent_zero(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id)
+    bodies = sent_bodies(page)
+    page.fill(".intervention input[name=value]", "")
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-status.error")
+    assert page.inner_text("#steer-status") == "feature 1: enter a value for add (only ablate needs none)"
+    assert page.evaluate("() => document.activeElement.name") == "value" and bodies == []
+    page.select_option(".intervention select[name=mode]", "ablate")
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-status:text-is('done')", timeout=30_000)
+    assert bodies[0]["interventions"] == [{"feature": 1, "mode": "ablate"}]
