@@ -54,10 +54,31 @@
     };
   }
 
-  // FastAPI's 422 lists each bad field; everything else has one message.
-  async function errorText(response) {
+  // The form's words for a field pydantic names by its path in SteerIn, e.g. ["body", "interventions", 0, "value"].
+  const FIELD_NAMES = { max_new_tokens: "max new tokens", top_p: "top-p", sae_id: "SAE", positions: "positions" };
+  function fieldName(loc, sent) {
+    const [, field, index, part] = loc;
+    if (field === "interventions" && index !== undefined) {
+      const feature = sent.interventions[index] ? sent.interventions[index].feature : index;
+      return part ? `feature ${feature}'s ${part}` : `feature ${feature}`;
+    }
+    if (field === "strengths" && index !== undefined) return `strength ${sent.strengths[index] ?? Number(index) + 1}`;
+    return FIELD_NAMES[field] || String(field ?? "request").replaceAll("_", " ");
+  }
+
+  // FastAPI's 422 lists each bad field, a field once per branch of a union (text or null): one line per field.
+  function problems(detail, sent) {
+    const lines = new Map();
+    for (const e of detail) {
+      const name = fieldName(e.loc, sent);
+      if (!lines.has(name)) lines.set(name, `${name}: ${e.msg.replace(/^Value error, /, "")}`);
+    }
+    return [...lines.values()].join("; ");
+  }
+
+  async function errorText(response, sent) {
     const { detail } = await response.json().catch(() => ({ detail: response.statusText }));
-    const text = Array.isArray(detail) ? detail.map((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ") : detail;
+    const text = Array.isArray(detail) ? problems(detail, sent) : detail;
     const retry = response.headers.get("Retry-After");
     return `${response.status}: ${text}${retry ? ` (retry in ${retry} s)` : ""}`;
   }
@@ -128,11 +149,12 @@
     say("waiting for the model…");
     stop.hidden = false;
     try {
+      const sent = body();
       const response = await fetch("/api/steer", {
-        method: "POST", signal: controller.signal, body: JSON.stringify(body()),
+        method: "POST", signal: controller.signal, body: JSON.stringify(sent),
         headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-CSRF-Token": csrf },
       });
-      if (!response.ok) return say(await errorText(response), true);
+      if (!response.ok) return say(await errorText(response, sent), true);
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {

@@ -111,3 +111,17 @@ def test_an_empty_value_box_is_a_message_not_a_silent_zero(page, live_store):
     page.click("#steer-run")
     page.wait_for_selector("#steer-status:text-is('done')", timeout=30_000)
     assert bodies[0]["interventions"] == [{"feature": 1, "mode": "ablate"}]
+
+
+def test_a_422_is_one_readable_line_naming_the_field(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id)
+    page.fill(".intervention input[name=value]", "20000")
+    page.fill("input[name=strengths]", "1, 99999")
+    page.fill("input[name=temperature]", "")
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-status.error")
+    assert page.inner_text("#steer-status") == (
+        "422: feature 1's value: Input should be less than or equal to 10000; "
+        "strength 99999: Input should be less than or equal to 10000; "
+        "temperature: Input should be a valid number")
