@@ -122,6 +122,7 @@
         link.href = data.experiment_url;
         link.textContent = "saved: permalink";
         status.append(" · ", link);
+        document.body.dispatchEvent(new Event("steer-saved"));  // the saved list (hx-trigger) reloads itself
       }
     },
     error(data) {

@@ -125,3 +125,13 @@ def test_a_422_is_one_readable_line_naming_the_field(page, live_store):
         "422: feature 1's value: Input should be less than or equal to 10000; "
         "strength 99999: Input should be less than or equal to 10000; "
         "temperature: Input should be a valid number")
+
+
+def test_a_saved_run_appears_in_the_saved_list_without_a_reload(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id)
+    page.check("input[name=save]")
+    page.fill("input[name=name]", "browser saved run")
+    page.click("#steer-run")
+    href = page.wait_for_selector("#steer-status a:text-is('saved: permalink')", timeout=30_000).get_attribute("href")
+    page.wait_for_selector(f"#steer-experiments a[href='{href}']:text-is('browser saved run')")
