@@ -18,15 +18,33 @@
     status.className = isError ? "error" : "muted";
   };
 
+  // One intervention row as the API's InterventionIn; ablate ignores its value, so an empty one is left out
+  // (the schema's default) rather than read as 0.
+  function intervention(el) {
+    const mode = el.querySelector("[name=mode]").value;
+    const value = el.querySelector("[name=value]").value;
+    const out = { feature: Number(el.querySelector("[name=feature]").value), mode };
+    return value === "" && mode === "ablate" ? out : { ...out, value: Number(value) };
+  }
+
+  // An empty value box is a mistake for every mode but ablate: say so on the box instead of sending 0.
+  function missingValue() {
+    for (const el of form.querySelectorAll(".intervention")) {
+      const box = el.querySelector("[name=value]");
+      const mode = el.querySelector("[name=mode]").value;
+      if (box.value === "" && mode !== "ablate") {
+        const feature = el.querySelector("[name=feature]").value;
+        return { box, text: `feature ${feature}: enter a value for ${mode} (only ablate needs none)` };
+      }
+    }
+    return null;
+  }
+
   // The form as the API's SteerIn; numbers the browser cannot read become null and come back as a 422.
   function body() {
     const data = new FormData(form);
     const num = (name) => (data.get(name) === "" ? null : Number(data.get(name)));
-    const interventions = [...form.querySelectorAll(".intervention")].map((el) => ({
-      feature: Number(el.querySelector("[name=feature]").value),
-      mode: el.querySelector("[name=mode]").value,
-      value: Number(el.querySelector("[name=value]").value || 0),
-    }));
+    const interventions = [...form.querySelectorAll(".intervention")].map(intervention);
     const strengths = data.get("strengths").split(",").map((s) => s.trim()).filter(Boolean).map(Number);
     return {
       sae_id: Number(form.dataset.sae), prompt: data.get("prompt"), raw: data.has("raw"), interventions,
@@ -36,10 +54,31 @@
     };
   }
 
-  // FastAPI's 422 lists each bad field; everything else has one message.
-  async function errorText(response) {
+  // The form's words for a field pydantic names by its path in SteerIn, e.g. ["body", "interventions", 0, "value"].
+  const FIELD_NAMES = { max_new_tokens: "max new tokens", top_p: "top-p", sae_id: "SAE", positions: "positions" };
+  function fieldName(loc, sent) {
+    const [, field, index, part] = loc;
+    if (field === "interventions" && index !== undefined) {
+      const feature = sent.interventions[index] ? sent.interventions[index].feature : index;
+      return part ? `feature ${feature}'s ${part}` : `feature ${feature}`;
+    }
+    if (field === "strengths" && index !== undefined) return `strength ${sent.strengths[index] ?? Number(index) + 1}`;
+    return FIELD_NAMES[field] || String(field ?? "request").replaceAll("_", " ");
+  }
+
+  // FastAPI's 422 lists each bad field, a field once per branch of a union (text or null): one line per field.
+  function problems(detail, sent) {
+    const lines = new Map();
+    for (const e of detail) {
+      const name = fieldName(e.loc, sent);
+      if (!lines.has(name)) lines.set(name, `${name}: ${e.msg.replace(/^Value error, /, "")}`);
+    }
+    return [...lines.values()].join("; ");
+  }
+
+  async function errorText(response, sent) {
     const { detail } = await response.json().catch(() => ({ detail: response.statusText }));
-    const text = Array.isArray(detail) ? detail.map((e) => `${e.loc.slice(1).join(".")}: ${e.msg}`).join("; ") : detail;
+    const text = Array.isArray(detail) ? problems(detail, sent) : detail;
     const retry = response.headers.get("Retry-After");
     return `${response.status}: ${text}${retry ? ` (retry in ${retry} s)` : ""}`;
   }
@@ -83,6 +122,7 @@
         link.href = data.experiment_url;
         link.textContent = "saved: permalink";
         status.append(" · ", link);
+        document.body.dispatchEvent(new Event("steer-saved"));  // the saved list (hx-trigger) reloads itself
       }
     },
     error(data) {
@@ -98,6 +138,11 @@
 
   async function run(event) {
     event.preventDefault();
+    const missing = missingValue();
+    if (missing) {
+      missing.box.focus();
+      return say(missing.text, true);
+    }
     if (controller) controller.abort();
     controller = new AbortController();
     rows.replaceChildren();
@@ -105,11 +150,12 @@
     say("waiting for the model…");
     stop.hidden = false;
     try {
+      const sent = body();
       const response = await fetch("/api/steer", {
-        method: "POST", signal: controller.signal, body: JSON.stringify(body()),
+        method: "POST", signal: controller.signal, body: JSON.stringify(sent),
         headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-CSRF-Token": csrf },
       });
-      if (!response.ok) return say(await errorText(response), true);
+      if (!response.ok) return say(await errorText(response, sent), true);
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
       for (;;) {
@@ -129,11 +175,22 @@
     }
   }
 
+  // A pick adds the feature once (the API refuses a feature twice: a second pick goes to its row) and closes
+  // the picker, so the next click cannot land on the same result.
   function addIntervention(feature, label) {
-    const row = document.getElementById("intervention-template").content.firstElementChild.cloneNode(true);
-    row.querySelector("[name=feature]").value = feature;
-    row.querySelector(".feature-label").textContent = label;
-    document.getElementById("interventions").append(row);
+    const rows = [...document.querySelectorAll("#interventions .intervention")];
+    let row = rows.find((el) => el.querySelector("[name=feature]").value === String(feature));
+    if (!row) {
+      row = document.getElementById("intervention-template").content.firstElementChild.cloneNode(true);
+      row.querySelector("[name=feature]").value = feature;
+      row.querySelector(".feature-label").textContent = label;
+      document.getElementById("interventions").append(row);
+    }
+    const query = document.getElementById("picker-q");
+    query.value = "";
+    query.dispatchEvent(new Event("input"));  // htmx's "changed" then sees the same search typed again as new
+    document.getElementById("picker-results").replaceChildren();
+    row.querySelector("[name=value]").focus();
   }
 
   form.addEventListener("submit", run);

@@ -29,6 +29,7 @@ from ..steer_schemas import ExperimentOut, InterventionIn, RowOut, SteerIn, Stee
 router = APIRouter(tags=["steering"])
 ExperimentId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the saved experiment.")]
 PICKER_SIZE = 12
+SAVED_SHOWN = 20
 DISCONNECT_POLL_S = 0.5
 """How often a JSON (non-streaming) steering request checks that its client is still connected."""
 
@@ -46,7 +47,15 @@ def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: 
         form = SteerIn.model_construct(sae_id=sae.id, prompt="", interventions=start)
     labels = crud.label_texts(session, sae_id=sae.id, indices=[i.feature for i in form.interventions])
     return render(request, "steer.html", {"sae": sae, "form": form, "labels": labels, "modes": MODES,
-                                          "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=20)})
+                                          "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=SAVED_SHOWN)})
+
+
+@router.get("/saes/{sae_id}/steer/experiments", response_class=HTMLResponse, include_in_schema=False)
+def saved_experiments(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+    """The playground's list of saved experiments alone, which the page reloads after a run is saved."""
+    sae = crud.find_sae(session, ref=sae_id)
+    return render(request, "_steer_experiments.html",
+                  {"sae": sae, "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=SAVED_SHOWN)})
 
 
 @router.get("/saes/{sae_id}/steer/features", response_class=HTMLResponse, include_in_schema=False)

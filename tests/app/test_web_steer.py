@@ -273,6 +273,20 @@ def test_a_saved_experiment_has_a_permalink_page_and_json(client, steerer, store
     assert name not in form and url in client.get(f"/saes/{stored_sae.id}/steer").text
 
 
+def test_a_saved_sweeps_page_lists_the_strengths_swept_not_the_unused_value(client, steerer, stored_sae):
+    url = steerer(save=True, strengths=[0.0, 2.5, 8.0], interventions=[{"feature": 0, "mode": "add", "value": 4.0}])
+    page = client.get(url.json()["experiment_url"]).text
+    cells = re.findall(r'<td class="num">(.*?)</td>', page)
+    assert "strengths swept</th>" in page and cells == ["0, 2.5, 8"], cells
+
+
+def test_the_saved_list_fragment_shows_a_new_experiment(client, steerer, stored_sae):
+    url = steerer(save=True, name="fresh run").json()["experiment_url"]
+    fragment = client.get(f"/saes/{stored_sae.id}/steer/experiments", headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "<html" not in fragment.text
+    assert f'<a href="{url}">fresh run</a>' in fragment.text
+
+
 def test_unknown_experiments_are_404(client, stored_sae):
     assert client.get(f"/api/saes/{stored_sae.id}/steer/experiments/99").status_code == 404
     assert client.get(f"/saes/{stored_sae.id}/steer/experiments/99").status_code == 404

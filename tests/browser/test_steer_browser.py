@@ -67,3 +67,71 @@ def test_stop_cancels_the_generation_on_the_server(page, live_app, live_store, s
     while live_app.state.steering.busy:
         assert time.monotonic() < deadline, "the generation went on after the browser stopped reading"
         time.sleep(0.02)
+
+
+def open_playground(page, sae_id: int, feature: int | None = 1) -> None:
+    """The signed-in playground with a greedy 4-token run set up (and one feature when given)."""
+    log_in(page)
+    page.goto(f"/saes/{sae_id}/steer" + ("" if feature is None else f"?feature={feature}"))
+    page.fill("textarea[name=prompt]", "the cat sat")
+    page.fill("input[name=max_new_tokens]", "4")
+    page.fill("input[name=temperature]", "0")
+
+
+def sent_bodies(page) -> list[dict]:
+    """Every /api/steer body the page posts from now on, to see what the form sent (or that it sent nothing)."""
+    bodies: list[dict] = []
+    page.on("request", lambda r: bodies.append(r.post_data_json) if r.url.endswith("/api/steer") else None)
+    return bodies
+
+
+def test_a_pick_closes_the_picker_and_a_second_pick_of_a_feature_goes_to_its_row(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id, feature=None)
+    for _ in range(2):
+        page.fill("#picker-q", "3")
+        page.click("#picker-results .pick[data-feature='3']")
+        assert page.input_value("#picker-q") == "" and page.locator("#picker-results > *").count() == 0
+    assert page.locator("#interventions .intervention").count() == 1
+    assert page.evaluate("() => document.activeElement.name") == "value"
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-status:text-is('done')", timeout=30_000)
+
+
+def test_an_empty_value_box_is_a_message_not_a_silent_zero(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id)
+    bodies = sent_bodies(page)
+    page.fill(".intervention input[name=value]", "")
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-status.error")
+    assert page.inner_text("#steer-status") == "feature 1: enter a value for add (only ablate needs none)"
+    assert page.evaluate("() => document.activeElement.name") == "value" and bodies == []
+    page.select_option(".intervention select[name=mode]", "ablate")
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-status:text-is('done')", timeout=30_000)
+    assert bodies[0]["interventions"] == [{"feature": 1, "mode": "ablate"}]
+
+
+def test_a_422_is_one_readable_line_naming_the_field(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id)
+    page.fill(".intervention input[name=value]", "20000")
+    page.fill("input[name=strengths]", "1, 99999")
+    page.fill("input[name=temperature]", "")
+    page.click("#steer-run")
+    page.wait_for_selector("#steer-status.error")
+    assert page.inner_text("#steer-status") == (
+        "422: feature 1's value: Input should be less than or equal to 10000; "
+        "strength 99999: Input should be less than or equal to 10000; "
+        "temperature: Input should be a valid number")
+
+
+def test_a_saved_run_appears_in_the_saved_list_without_a_reload(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id)
+    page.check("input[name=save]")
+    page.fill("input[name=name]", "browser saved run")
+    page.click("#steer-run")
+    href = page.wait_for_selector("#steer-status a:text-is('saved: permalink')", timeout=30_000).get_attribute("href")
+    page.wait_for_selector(f"#steer-experiments a[href='{href}']:text-is('browser saved run')")
