@@ -257,6 +257,12 @@ def _new_password(generate: bool) -> str:
     return typer.prompt("Password", hide_input=True, confirmation_prompt=True)
 
 
+def _show_generated(password: str, generate: bool) -> None:
+    """Print a generated password, the only time it is shown (only its hash is kept)."""
+    if generate:
+        typer.echo(f"password (shown once): {password}")
+
+
 GENERATE_OPTION = typer.Option(False, "--generate", help="Generate a password and print it once.")
 
 
@@ -273,8 +279,7 @@ def user_add(
     with _accounts(db) as session:
         user = crud.create_user(session, name=name, password_hash=hash_password(password), role=role)
     typer.echo(f"user {user.name!r} added as {user.role}")
-    if generate:
-        typer.echo(f"password (shown once): {password}")
+    _show_generated(password, generate)
 
 
 @user_app.command("passwd")
@@ -289,8 +294,7 @@ def user_passwd(
         password = _new_password(generate)
         crud.set_password(session, user=user, password_hash=hash_password(password))
     typer.echo(f"password of {name!r} changed; its logins are ended")
-    if generate:
-        typer.echo(f"password (shown once): {password}")
+    _show_generated(password, generate)
 
 
 @user_app.command("role")
