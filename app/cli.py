@@ -45,6 +45,8 @@ user_app = typer.Typer(no_args_is_help=True, help="Accounts of the web app.")
 app.add_typer(user_app, name="user")
 
 DB_OPTION = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL or sqlite:///saescope.db).")
+SET_OPTION = typer.Option(None, "--set", help="Put the SAE in this set of SAEs of one model at several sites "
+                                              "(made on first use).")
 USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatError, ModelLoadError, SiteError,
                CorpusError, IngestError, StoreError)
 
@@ -83,13 +85,14 @@ def import_sae(
     sae: Path = typer.Option(..., "--sae", help="SAE directory or file (saescope/SAELens, sparsify, Gemma Scope, "
                                                 "dictionary_learning)."),
     name: str | None = typer.Option(None, help="Name in the store (default: the directory name)."),
+    sae_set: str | None = SET_OPTION,
     db: str | None = DB_OPTION,
 ) -> None:
     """Register an SAE written elsewhere so that it can be recorded and browsed."""
     try:
         loaded = read_sae(sae)
         with open_session(db, migrate=True) as session:
-            row = register_sae(session, loaded=loaded, name=name)
+            row = register_sae(session, loaded=loaded, name=name, sae_set=sae_set)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     typer.echo(f"SAE {row.name!r} (id {row.id}): {row.architecture}, {row.d_sae} features at {row.site or '?'}, "
@@ -106,6 +109,7 @@ def record(
                                            help="Tokens per context, BOS included (default: the SAE's own, else 128)."),
     batch_size: int | None = typer.Option(None, help="Contexts per forward pass (default: sized to the dictionary)."),
     n_top: int = typer.Option(20, help="Top examples kept per feature."),
+    sae_set: str | None = SET_OPTION,
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
     db: str | None = DB_OPTION,
@@ -118,7 +122,7 @@ def record(
     try:
         dist = init_distributed(device, require=distributed)
         with open_session(db, migrate=dist.is_main) as session:
-            loaded, row = _sae_for_recording(session, sae, register=dist.is_main)
+            loaded, row = _sae_for_recording(session, sae, register=dist.is_main, sae_set=sae_set)
             loaded.sae.to(dist.device)
             lm = load_model(model, device=str(dist.device))
             contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer,
@@ -135,12 +139,16 @@ def record(
                    f"{result.dead_count} dead, {result.dense_count} dense")
 
 
-def _sae_for_recording(session: Session, ref: str, register: bool = True) -> tuple[LoadedSae, Sae | None]:
-    """An SAE given as a path (registered on first use when `register`) or as an id/name in the store."""
+def _sae_for_recording(session: Session, ref: str, register: bool = True,
+                       sae_set: str | None = None) -> tuple[LoadedSae, Sae | None]:
+    """An SAE given as a path (registered on first use when `register`) or as an id/name in the store; put in
+    `sae_set` when given (by the registering rank)."""
     if Path(ref).expanduser().exists():
         loaded = read_sae(ref)
-        return loaded, register_sae(session, loaded=loaded) if register else None
+        return loaded, register_sae(session, loaded=loaded, sae_set=sae_set) if register else None
     row = crud.find_sae(session, ref=ref)
+    if sae_set is not None and register:
+        crud.add_to_set(session, sae=row, set_name=sae_set)
     return read_sae(row.source_path), row
 
 

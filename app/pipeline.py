@@ -57,20 +57,30 @@ def report_fields(loaded: LoadedSae) -> dict[str, Any]:
     return fields
 
 
-def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None, model_spec: str = "") -> Sae:
-    """Add an SAE to the store (or return the one already registered from the same path)."""
+def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None, model_spec: str = "",
+                 sae_set: str | None = None) -> Sae:
+    """Add an SAE to the store (or return the one already registered from the same path), in the set named
+    `sae_set` when given (made on first use; an SAE of another model, or at a site the set has, is refused)."""
     existing = [s for s in crud.list_saes(session) if s.source_path == str(loaded.path)]
     if existing and name in (None, existing[0].name):
+        if sae_set is not None:
+            crud.add_to_set(session, sae=existing[0], set_name=sae_set)
         return existing[0]
     cfg = loaded.sae.cfg
     provenance = cfg.provenance
     reports = report_fields(loaded)
+    name = name or loaded.path.name
+    model_name = provenance.model or "unknown"
+    site = provenance.site.name if provenance.site else ""
+    joins = None if sae_set is None else crud.set_to_join(session, name=sae_set, model_name=model_name, site=site,
+                                                          sae_name=name)
     return crud.create_sae(
         session,
-        name=name or loaded.path.name,
-        model_name=provenance.model or "unknown",
+        name=name,
+        set_id=None if joins is None else joins.id,
+        model_name=model_name,
         model_spec=model_spec,
-        site=provenance.site.name if provenance.site else "",
+        site=site,
         hook_name=provenance.hook_name or "",
         architecture=cfg.architecture,
         d_in=cfg.d_in,

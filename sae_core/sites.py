@@ -14,6 +14,8 @@ from typing import Any
 from torch import nn
 
 KINDS = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+FORWARD_ORDER = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+"""The kinds of one layer in the order a forward pass computes them."""
 
 _CANONICAL = re.compile(r"^layers\.(\d+)\.(resid_pre|resid_post|mlp_out|attn_out)$")
 _ALIAS = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
@@ -45,6 +47,11 @@ class Site:
     def hook_name(self) -> str:
         """The TransformerLens-style name SAELens writes into cfg.json."""
         return f"blocks.{self.layer}.hook_{self.kind}"
+
+    @property
+    def depth(self) -> tuple[int, int]:
+        """Sort key in forward order: earlier sites are computed first."""
+        return self.layer, FORWARD_ORDER.index(self.kind)
 
     def within(self, n_layers: int) -> Site:
         """This site, checked against a model's depth."""
