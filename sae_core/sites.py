@@ -72,6 +72,20 @@ def parse_site(name: str, n_layers: int | None = None) -> Site:
     return site if n_layers is None else site.within(n_layers)
 
 
+def parse_sites(names: str, n_layers: int | None = None) -> tuple[Site, ...]:
+    """One site name or several, comma-separated, in forward order (the order attribution walks them).
+
+    A site named twice (also as its SAELens alias) is an error rather than a second copy of its activations.
+    """
+    sites = [parse_site(name, n_layers) for name in names.split(",")] if names.strip() else []
+    if not sites:
+        raise SiteError("no site given; name one, or several separated by commas")
+    twice = sorted({site.name for site in sites if sites.count(site) > 1})
+    if twice:
+        raise SiteError(f"site {', '.join(twice)} is named more than once")
+    return tuple(sorted(sites, key=lambda site: site.depth))
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The stack of decoder blocks: the one ModuleList whose length is the model's layer count."""
     n_layers = num_layers(model)
