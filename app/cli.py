@@ -33,7 +33,15 @@ from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import StoreError, open_store
 from .models import ApiToken, Sae, as_utc, now
-from .pipeline import LoadedSae, limit_tokens, read_sae, record_context_len, record_into_store, register_sae
+from .pipeline import (
+    LoadedSae,
+    limit_tokens,
+    read_sae,
+    read_saes,
+    record_context_len,
+    record_into_store,
+    register_saes,
+)
 from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
 
@@ -88,15 +96,22 @@ def import_sae(
     sae_set: str | None = SET_OPTION,
     db: str | None = DB_OPTION,
 ) -> None:
-    """Register an SAE written elsewhere so that it can be recorded and browsed."""
+    """Register an SAE written elsewhere so that it can be recorded and browsed; a set directory (`saescope train` on
+    a harvest at several sites) registers each of its SAEs, in one set."""
     try:
-        loaded = read_sae(sae)
         with open_session(db, migrate=True) as session:
-            row = register_sae(session, loaded=loaded, name=name, sae_set=sae_set)
+            rows = register_saes(session, found=read_saes(sae), name=name, sae_set=sae_set)
+            lines = [registered(session, row) for row in rows]
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(f"SAE {row.name!r} (id {row.id}): {row.architecture}, {row.d_sae} features at {row.site or '?'}, "
-               f"{loaded.source_format} layout")
+    typer.echo("\n".join(lines))
+
+
+def registered(session: Session, row: Sae) -> str:
+    """One line on an SAE just registered: name, id, dictionary, site, layout and set."""
+    in_set = "" if row.set_id is None else f", in set {crud.find_sae_set(session, ref=row.set_id).name!r}"
+    return (f"SAE {row.name!r} (id {row.id}): {row.architecture}, {row.d_sae} features at {row.site or '?'}, "
+            f"{row.source_format} layout{in_set}")
 
 
 @app.command()
@@ -114,42 +129,48 @@ def record(
     distributed: bool = DistributedOpt,
     db: str | None = DB_OPTION,
 ) -> None:
-    """Record every feature of an SAE (top examples, quantile samples, statistics, logits) into the store.
+    """Record every feature of an SAE (top examples, quantile samples, statistics, logits) into the store; every
+    SAE of a set directory, with one model load.
 
     Under torchrun the contexts are split by rank and the ranks' records merged exactly; rank 0 alone
     registers the SAE and writes the store.
     """
+    lines = []
     try:
         dist = init_distributed(device, require=distributed)
         with open_session(db, migrate=dist.is_main) as session:
-            loaded, row = _sae_for_recording(session, sae, register=dist.is_main, sae_set=sae_set)
-            loaded.sae.to(dist.device)
+            targets = _saes_for_recording(session, sae, register=dist.is_main, sae_set=sae_set)
             lm = load_model(model, device=str(dist.device))
-            contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer,
-                                                  record_context_len(loaded, context_len)), tokens)
-            result = record_into_store(session, sae_row=row, loaded=loaded, lm=lm, model_spec=model,
-                                       contexts=contexts, dataset=dataset,
-                                       cfg=RecordConfig(n_top=n_top, batch_size=batch_size), dist=dist)
+            for loaded, row in targets:
+                loaded.sae.to(dist.device)
+                contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer,
+                                                      record_context_len(loaded, context_len)), tokens)
+                result = record_into_store(session, sae_row=row, loaded=loaded, lm=lm, model_spec=model,
+                                           contexts=contexts, dataset=dataset,
+                                           cfg=RecordConfig(n_top=n_top, batch_size=batch_size), dist=dist)
+                if row is not None:
+                    lines.append(f"recorded {row.name!r}: {result.d_sae} features over {result.n_tokens} tokens, "
+                                 f"{result.dead_count} dead, {result.dense_count} dense")
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     finally:
         close_distributed()
-    if row is not None:
-        typer.echo(f"recorded {row.name!r}: {result.d_sae} features over {result.n_tokens} tokens, "
-                   f"{result.dead_count} dead, {result.dense_count} dense")
+    if lines:
+        typer.echo("\n".join(lines))
 
 
-def _sae_for_recording(session: Session, ref: str, register: bool = True,
-                       sae_set: str | None = None) -> tuple[LoadedSae, Sae | None]:
-    """An SAE given as a path (registered on first use when `register`) or as an id/name in the store; put in
-    `sae_set` when given (by the registering rank)."""
+def _saes_for_recording(session: Session, ref: str, register: bool = True,
+                        sae_set: str | None = None) -> list[tuple[LoadedSae, Sae | None]]:
+    """The SAEs `record --sae` names: a path (an SAE or a set directory's SAEs, registered on first use when
+    `register`) or an id/name in the store; put in `sae_set` when given (by the registering rank)."""
     if Path(ref).expanduser().exists():
-        loaded = read_sae(ref)
-        return loaded, register_sae(session, loaded=loaded, sae_set=sae_set) if register else None
+        found = read_saes(ref)
+        rows = register_saes(session, found=found, sae_set=sae_set) if register else [None] * len(found.saes)
+        return list(zip(found.saes, rows))
     row = crud.find_sae(session, ref=ref)
     if sae_set is not None and register:
         crud.add_to_set(session, sae=row, set_name=sae_set)
-    return read_sae(row.source_path), row
+    return [(read_sae(row.source_path), row)]
 
 
 @app.command()

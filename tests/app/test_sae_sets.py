@@ -13,6 +13,7 @@ from app.models import Context, Example, Feature, Sae, SaeSet, TokenText
 from app.pipeline import read_sae, register_sae
 from sae_core.provenance import Provenance
 from sae_core.saes import SAEConfig, build_sae
+from sae_core.saes.artifact import write_sae_set
 from sae_core.sites import parse_site
 from tests.conftest import run_cli
 
@@ -140,3 +141,47 @@ def test_import_and_record_put_an_sae_in_a_set_and_refuse_another_model(tmp_path
         assert [s.name for s in crud.list_saes(session)] == ["l1"]
         [group] = crud.saes_by_set(session)
         assert group.sae_set.name == "tiny-set" and [s.name for s in group.saes] == ["l1"]
+
+
+def set_directory(root, models=("tiny", "tiny")):
+    """A set directory as `saescope train` writes it from a harvest at layers 0 and 1."""
+    directories = write_sae_set(root, ["layers.0.resid_post", "layers.1.resid_post"])
+    for (site, directory), model in zip(directories.items(), models, strict=True):
+        sae = build_sae(SAEConfig(architecture="relu", d_in=32, d_sae=24,
+                                  provenance=Provenance(model=model, site=parse_site(site))), seed=0)
+        sae.W_enc.data *= 40.0
+        sae.save(directory)
+    return root
+
+
+def test_import_and_record_of_a_set_directory_store_every_sae_in_one_set(tmp_path, db_url, session, corpus,
+                                                                          tiny_model_dir):
+    root = set_directory(tmp_path / "tiny-set")
+    imported = run_cli(app, "import", "--sae", root, "--db", db_url)
+    assert imported.exit_code == 0, imported.output
+    assert "relu, 24 features at layers.1.resid_post, saelens layout, in set 'tiny-set'" in imported.output
+    assert imported.output.startswith("SAE 'tiny-set/layers.0.resid_post' (id ")
+    recorded = run_cli(app, "record", "--sae", root, "--model", tiny_model_dir, "--dataset", corpus, "--tokens", 200,
+                       "--context", 40, "--db", db_url)
+    assert recorded.exit_code == 0, recorded.output
+    assert recorded.output.count("recorded 'tiny-set/layers.") == 2
+    [group] = crud.saes_by_set(session)
+    assert group.sae_set.name == "tiny-set" and group.sites == ["layers.0.resid_post", "layers.1.resid_post"]
+    assert all(sae.recorded_at is not None and sae.n_tokens >= 200 for sae in group.saes)
+
+
+def test_a_set_directory_of_two_models_is_refused_before_anything_is_stored(tmp_path, db_url, session):
+    root = set_directory(tmp_path / "mixed", models=("tiny", "gpt2"))
+    result = run_cli(app, "import", "--sae", root, "--db", db_url)
+    assert result.exit_code == 2 and "read different models (gpt2, tiny)" in result.output
+    assert crud.list_saes(session) == [] and crud.saes_by_set(session) == []
+
+
+def test_record_puts_a_stored_sae_in_a_set(tmp_path, db_url, session, corpus, tiny_model_dir):
+    root = set_directory(tmp_path / "tiny-set")
+    assert run_cli(app, "import", "--sae", root / "layers.1.resid_post", "--name", "one", "--db", db_url).exit_code == 0
+    result = run_cli(app, "record", "--sae", "one", "--set", "later", "--model", tiny_model_dir, "--dataset", corpus,
+                     "--tokens", 100, "--context", 40, "--db", db_url)
+    assert result.exit_code == 0, result.output
+    [group] = crud.saes_by_set(session)
+    assert group.sae_set.name == "later" and [s.name for s in group.saes] == ["one"]
