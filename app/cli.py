@@ -193,13 +193,14 @@ def export(
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for every stage's output."),
     model: str = ModelOpt,
-    site: str = typer.Option(DemoConfig.site, "--site", help="Hook site the SAE reads."),
+    site: str = typer.Option(DemoConfig.site, "--site",
+                             help="Hook site the SAE reads, or several comma-separated: an SAE each, in one set."),
     dataset: str = DatasetOpt,
     tokens: int = typer.Option(DemoConfig.harvest_tokens, "--tokens", help="Activation rows to harvest."),
     features: int = typer.Option(DemoConfig.features, "--features", help="SAE dictionary size."),
     k: int = typer.Option(DemoConfig.k, "--k", help="Active features per token (TopK)."),
-    train_tokens: int = typer.Option(DemoConfig.train_tokens, "--train-tokens", help="Training budget in rows."),
-    record_tokens: int = typer.Option(DemoConfig.record_tokens, "--record-tokens", help="Tokens to record."),
+    train_tokens: int = typer.Option(DemoConfig.train_tokens, "--train-tokens", help="Training budget in rows, per SAE."),
+    record_tokens: int = typer.Option(DemoConfig.record_tokens, "--record-tokens", help="Tokens to record, per SAE."),
     model_dtype: str = typer.Option(DemoConfig.model_dtype, "--model-dtype", help="Model compute dtype."),
     db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL, else a SQLite file in --out)."),
     serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the browser when the stages are done."),
@@ -217,16 +218,17 @@ def demo(
         activations, key = run.activations()
         sae_dir, key = run.sae(activations, key)
         with open_session(url) as session:
-            row = run.record(session, sae_dir, key)
+            rows = run.record(session, sae_dir, key)
             password = ensure_account(session)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(summary(row))
+    typer.echo("\n".join(summary(row) for row in rows))
     typer.echo(f"store: {shown_url(url)}")
     if password is not None:
         typer.echo(f"account {DEMO_USER!r} (admin) created; its password, shown only this once: {password}")
     if serve_after:
-        typer.echo(f"feature pages: http://{host}:{port}/saes/{row.id}/features")
+        for row in rows:
+            typer.echo(f"feature pages of {row.site}: http://{host}:{port}/saes/{row.id}/features")
         run_server(url, host, port)
 
 

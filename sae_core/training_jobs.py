@@ -25,6 +25,8 @@ class TrainingJob:
     """One SAE to train: its rows, the rows it is scored on and how they were chosen, its budget and directory."""
 
     site: str
+    source: Path | None
+    """The activations the rows are read from; None for rows streamed from a model."""
     rows: TrainingData
     heldout: ActivationSource | None
     eval_rows: str
@@ -51,7 +53,7 @@ def stored_job(activations: Path, out: Path, tokens: int | None, holdout: int | 
     held = holdout_rows(data.n_rows) if holdout is None else holdout
     train_rows, heldout = data.split_tail(held) if held else (data, data)
     site = data.provenance.site.name if data.provenance.site else str(activations)
-    return TrainingJob(site, train_rows, heldout, "held-out tail" if held else "training rows",
+    return TrainingJob(site, activations, train_rows, heldout, "held-out tail" if held else "training rows",
                        tokens or train_rows.n_rows, out,
                        {"nonfinite_rows_skipped": data.nonfinite_skipped} if skip_nonfinite else {})
 
@@ -61,4 +63,4 @@ def streamed_job(lm: LoadedModel, site: str, dataset: str, context: int, holdout
     """Training on rows streamed from the model; its first contexts are held out for metrics.json."""
     parsed = parse_site(site, num_layers(lm.model))
     rows, heldout = stream_from_corpus(lm, parsed, dataset, context_len=context, holdout_contexts=holdout_contexts)
-    return TrainingJob(parsed.name, rows, heldout, f"first {holdout_contexts} contexts (not trained on)", tokens, out)
+    return TrainingJob(parsed.name, None, rows, heldout, f"first {holdout_contexts} contexts (not trained on)", tokens, out)
