@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sae_core.generation import Sampling
-from sae_core.steering import Intervention, Mode, Positions, Steering
+from sae_core.steering import Intervention, Mode, Positions, Steering, Trigger
+from sae_core.steering_measures import RowMeasures
 
 from .deps import StoredText
 from .models import SteeringExperiment
@@ -24,8 +25,20 @@ Strength = Annotated[float, Field(ge=-1e4, le=1e4)]
 class InterventionIn(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     feature: int = Field(ge=0, lt=2**31, description="Index of the SAE feature.")
-    mode: Mode = Field(description="clamp (set to value), add (add value), scale (multiply by value), ablate.")
+    mode: Mode = Field(description="clamp (set to value), add (add value), scale (multiply by value), ablate; "
+                       "cap (limit the component along the unit decoder direction to value), rescale (multiply "
+                       "that component by value).")
     value: Strength = Field(0.0, description="The mode's operand; ignored by ablate.")
+
+
+class TriggerIn(BaseModel):
+    """Conditional steering: intervene only where this feature's activation exceeds the threshold."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    feature: int = Field(ge=0, lt=2**31, description="Index of the trigger feature.")
+    threshold: float = Field(0.0, ge=-1e6, le=1e6, description="The activation the trigger must exceed.")
+    stop: bool = Field(False, description="End a row at the first token drawn after the trigger fires on its "
+                                          "latest token (the row finishes with \"trigger\").")
 
 
 class SteerIn(BaseModel):
@@ -39,7 +52,13 @@ class SteerIn(BaseModel):
     positions: Positions = "all"
     strengths: list[Strength] = Field([], max_length=64, description="A sweep: every intervention's value set "
                                    "to each strength in turn, each generated beside the baseline.")
-    target: StoredText | None = Field(None, max_length=2000, description="Text whose log-probability a sweep measures.")
+    target: StoredText | None = Field(None, max_length=2000, description="Text whose log-probability every row "
+                                      "measures.")
+    trigger: TriggerIn | None = Field(None, description="Steer only where a trigger feature fires.")
+    controls: bool = Field(False, description="Add two control rows beside the steered one: the same run along "
+                           "random directions of the same norms, and with the sign flipped.")
+    perplexity_factor: float = Field(2.0, gt=1, le=1e4, description="A sweep marks its strongest strength whose "
+                                     "perplexity is at most this many times the baseline's.")
     max_new_tokens: int = Field(48, ge=1, le=100_000)
     temperature: float = Field(0.7, ge=0, le=100)
     top_p: float = Field(0.9, gt=0, le=1)
@@ -47,17 +66,36 @@ class SteerIn(BaseModel):
     save: bool = Field(False, description="Store the finished run as an experiment with a permalink.")
     name: StoredText = Field("", max_length=200)
 
+    @field_validator("controls")
+    @classmethod
+    def _controls_without_sweep(cls, controls: bool, info: ValidationInfo) -> bool:
+        if controls and info.data.get("strengths"):
+            raise ValueError("controls go beside one steered run; leave strengths empty or untick controls")
+        return controls
+
     def steering(self) -> Steering:
         """The library's steering; raises SteeringError (a feature twice, a sweep of ablations)."""
-        return Steering(tuple(Intervention(i.feature, i.mode, i.value) for i in self.interventions), self.positions)
+        trigger = Trigger(self.trigger.feature, self.trigger.threshold, self.trigger.stop) if self.trigger else None
+        return Steering(tuple(Intervention(i.feature, i.mode, i.value) for i in self.interventions), self.positions,
+                        trigger, control_seed=self.seed)
+
+    def range_errors(self, n_features: int) -> list[dict[str, Any]]:
+        """Each feature index the SAE does not have, as a validation error at its field (for a 422)."""
+        named: list[tuple[tuple[str | int, ...], int]] = [
+            (("interventions", k, "feature"), i.feature) for k, i in enumerate(self.interventions)]
+        if self.trigger:
+            named.append((("trigger", "feature"), self.trigger.feature))
+        return [{"type": "value_error", "loc": ("body", *loc), "input": f,
+                 "msg": f"feature {f} is out of range: this SAE has features 0..{n_features - 1}"}
+                for loc, f in named if f >= n_features]
 
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
 
     def params(self) -> dict[str, Any]:
         """Everything but the prompt and interventions, as an experiment stores it."""
-        return self.model_dump(include={"raw", "positions", "strengths", "target", "max_new_tokens",
-                                        "temperature", "top_p", "seed"})
+        return self.model_dump(include={"raw", "positions", "strengths", "target", "trigger", "controls",
+                                        "perplexity_factor", "max_new_tokens", "temperature", "top_p", "seed"})
 
     def experiment_fields(self, rows: list[RowOut]) -> dict[str, Any]:
         """What crud.save_steering stores: the request, and every row's output and effect in params["rows"]."""
@@ -67,15 +105,34 @@ class SteerIn(BaseModel):
                 "baseline_text": rows[0].text, "steered_text": None if self.strengths else rows[1].text}
 
 
+class EffectOut(BaseModel):
+    feature: int
+    mean: float = Field(description="Mean activation over the row's continuation, read with no intervention.")
+    fired: float = Field(description="Fraction of the continuation's tokens where the feature is above zero.")
+
+
 class RowOut(BaseModel):
     row: int
     label: str
     strength: float | None
+    control: str | None = Field(None, description="random or flipped for a control row.")
     text: str
     token_ids: list[int]
     finished: str | None
-    kl: float | None = None
+    kl: float | None = Field(None, description="Mean per-token KL(unsteered || steered) along the continuation.")
+    kl_tokens: list[float] = Field([], description="That KL at each continuation token.")
+    perplexity: float | None = Field(None, description="Perplexity of the continuation under the unsteered model.")
+    effects: list[EffectOut] = Field([], description="Each steered or trigger feature on the continuation.")
     target_logprob: float | None = None
+    fluent_strongest: bool = Field(False, description="The sweep's strongest strength whose perplexity stays "
+                                   "within perplexity_factor of the baseline's.")
+
+    @classmethod
+    def measured(cls, measures: RowMeasures, **fields: Any) -> RowOut:
+        """A row with its measures."""
+        return cls(**fields, kl=measures.kl, kl_tokens=list(measures.kl_tokens), perplexity=measures.perplexity,
+                   effects=[EffectOut(feature=e.feature, mean=e.mean, fired=e.fired) for e in measures.effects],
+                   target_logprob=measures.target_logprob)
 
 
 class SteerOut(BaseModel):
@@ -83,6 +140,8 @@ class SteerOut(BaseModel):
 
     prompt_tokens: int
     rows: list[RowOut]
+    strongest_fluent: float | None = Field(None, description="A sweep's strongest strength whose perplexity stays "
+                                           "within perplexity_factor of the baseline's; None if none does.")
     experiment_url: str | None = None
 
 
