@@ -7,7 +7,10 @@ import json
 
 import pytest
 
-from tests.app.test_web_steer import PROMPT, steerer, tokens  # noqa: F401  (steerer is a fixture)
+from tests.app import test_web_steer
+from tests.app.test_web_steer import tokens
+
+steerer = test_web_steer.steerer  # the same fixture: POST /api/steer as a signed-in labeller
 
 
 def done_event(response) -> dict:
