@@ -83,11 +83,25 @@ POSITIONS: dict[Positions, tuple[bool, bool]] = {
 
 
 @dataclass(frozen=True)
-class Intervention:
-    """One feature's change."""
+class Direction:
+    """A raw direction in the site's activation space (e.g. a contrastive mean difference), steerable like a
+    feature: add adds value times the vector; cap and rescale act on the component along its unit vector."""
 
-    feature: int
-    """Index of the SAE feature."""
+    name: str
+    vector: tuple[float, ...]
+    """d_in floats."""
+
+
+DIRECTION_MODES: tuple[Mode, ...] = ("add", "cap", "rescale")
+"""The modes a raw direction takes: the others need an SAE activation to set."""
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One feature's (or raw direction's) change."""
+
+    feature: int | Direction
+    """Index of the SAE feature, or a raw direction."""
     mode: Mode
     """clamp (set to value), add (add value: a multiple of the decoder direction), scale (multiply), ablate;
     cap (limit the activation's component along the unit decoder direction to value), rescale (multiply
@@ -98,6 +112,9 @@ class Intervention:
     def __post_init__(self):
         if self.mode not in MODES:
             raise SteeringError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if isinstance(self.feature, Direction) and self.mode not in DIRECTION_MODES:
+            raise SteeringError(f"direction {self.feature.name!r} has no SAE activation to {self.mode}; "
+                                f"choose one of {', '.join(DIRECTION_MODES)}")
 
     @classmethod
     def parse(cls, spec: str) -> Intervention:
@@ -109,6 +126,14 @@ class Intervention:
             return cls(int(parts[0]), cast(Mode, parts[1]), float(parts[2]) if len(parts) == 3 else 0.0)
         except ValueError:
             raise SteeringError(f"cannot read intervention {spec!r}; write FEATURE:MODE[:VALUE]") from None
+
+    @property
+    def reads(self) -> Literal["feature", "projection", "nothing"]:
+        """What the change is computed from: the SAE activation, the component along the unit direction, or
+        nothing (adding along a raw direction)."""
+        if MODES[self.mode](self.value).projection:
+            return "projection"
+        return "nothing" if isinstance(self.feature, Direction) else "feature"
 
 
 @dataclass(frozen=True)
@@ -146,7 +171,8 @@ class Steering:
             raise SteeringError(f"unknown positions {self.positions!r}; choose one of {', '.join(POSITIONS)}")
         features = [i.feature for i in self.interventions]
         if len(set(features)) != len(features):
-            raise SteeringError(f"a feature appears twice among the interventions: {features}")
+            shown = [f if isinstance(f, int) else f.name for f in features]
+            raise SteeringError(f"a feature appears twice among the interventions: {shown}")
 
     def at_strength(self, strength: float) -> Steering:
         """The same steering with every intervention's value set to `strength`."""
@@ -159,18 +185,19 @@ class Steering:
 
 @dataclass(frozen=True)
 class _Plan:
-    """The batch's rows as tensors over the slots S: the union of (feature, reads projection) pairs touched."""
+    """The batch's rows as tensors over the slots S: the union of (feature or direction, what it reads) pairs."""
 
     features_S: torch.Tensor
-    projection_S: torch.Tensor
-    """Whether each slot reads the component along the unit direction rather than the SAE activation."""
+    """Each slot's feature index (0 for a raw direction's, which reads no SAE activation)."""
+    reads_S: torch.Tensor
+    """0: the SAE activation, 1: the component along the unit direction, 2: nothing (q = 0)."""
     units_SD: torch.Tensor
-    """Each slot's unit decoder direction (what a projection slot reads)."""
+    """Each slot's unit direction (what a projection slot reads)."""
     a_BS: torch.Tensor
     b_BS: torch.Tensor
     cap_BS: torch.Tensor
     dirs_BSD: torch.Tensor
-    """The direction each row adds a slot's change along: the decoder row, or a control's stand-in."""
+    """The direction each row adds a slot's change along: the decoder row or raw vector, or a control's."""
     prompt_B: torch.Tensor
     """Whether each row steers prompt tokens."""
     generated_B: torch.Tensor
@@ -180,9 +207,12 @@ class _Plan:
     threshold_B: torch.Tensor
 
 
-def check_features(n_features: int, features: Sequence[int], field: str = "interventions") -> None:
+READS = {"feature": 0, "projection": 1, "nothing": 2}
+
+
+def check_features(n_features: int, features: Sequence[int | Direction], field: str = "interventions") -> None:
     """Refuse a feature index outside the SAE, naming the request field."""
-    bad = [f for f in features if not 0 <= f < n_features]
+    bad = [f for f in features if isinstance(f, int) and not 0 <= f < n_features]
     if bad:
         raise SteeringError(f"feature {bad[0]} is out of range: this SAE has features 0..{n_features - 1}", field)
 
@@ -200,19 +230,34 @@ def _control_dirs(run: Steering, dirs_SD: torch.Tensor, slots: list[int]) -> tor
     return out_SD
 
 
+def _slot_vectors(sae: SAE, keys: Sequence[tuple[int | Direction, str]]) -> torch.Tensor:
+    """Each slot's decoder row or raw vector [S, D]; refuses a raw vector of the wrong width."""
+    W_dec = sae.W_dec
+    rows = []
+    for target, _ in keys:
+        if isinstance(target, int):
+            rows.append(W_dec[target])
+            continue
+        if len(target.vector) != W_dec.shape[1]:
+            raise SteeringError(f"direction {target.name!r} is {len(target.vector)} wide; this SAE's site is "
+                                f"{W_dec.shape[1]} wide", "interventions")
+        rows.append(torch.tensor(target.vector, device=W_dec.device, dtype=W_dec.dtype))
+    return torch.stack(rows) if rows else W_dec[:0]
+
+
 def _plan(sae: SAE, runs: Sequence[Steering | None]) -> _Plan:
     """Compile the rows' steerings; a row without interventions gets a = 1, b = 0 and no positions."""
     n_features = sae.W_dec.shape[0]
     check_features(n_features, [i.feature for run in runs if run for i in run.interventions])
     check_features(n_features, [run.trigger.feature for run in runs if run and run.trigger], "trigger.feature")
-    keys = sorted({(i.feature, MODES[i.mode](i.value).projection) for run in runs if run for i in run.interventions})
+    keys = list(dict.fromkeys((i.feature, i.reads) for run in runs if run for i in run.interventions))
     column = {key: s for s, key in enumerate(keys)}
     device, dtype = sae.W_dec.device, sae.W_dec.dtype
-    features_S = torch.tensor([f for f, _ in keys], dtype=torch.long, device=device)
-    projection_S = torch.tensor([p for _, p in keys], dtype=torch.bool, device=device)
-    W_SD = sae.W_dec[features_S]
+    features_S = torch.tensor([f if isinstance(f, int) else 0 for f, _ in keys], dtype=torch.long, device=device)
+    reads_S = torch.tensor([READS[r] for _, r in keys], dtype=torch.long, device=device)
+    W_SD = _slot_vectors(sae, keys)
     units_SD = W_SD / W_SD.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-    dirs_SD = torch.where(projection_S[:, None], units_SD, W_SD)
+    dirs_SD = torch.where((reads_S == READS["projection"])[:, None], units_SD, W_SD)
     n_rows, n_slots = len(runs), len(keys)
     a_BS, b_BS = torch.ones(n_rows, n_slots), torch.zeros(n_rows, n_slots)
     cap_BS = torch.full((n_rows, n_slots), math.inf)
@@ -228,13 +273,13 @@ def _plan(sae: SAE, runs: Sequence[Steering | None]) -> _Plan:
         slots = []
         for i in run.interventions:
             rule = MODES[i.mode](i.value)
-            s = column[(i.feature, rule.projection)]
+            s = column[(i.feature, i.reads)]
             a_BS[row, s], b_BS[row, s], cap_BS[row, s] = rule.a, rule.b, rule.cap
             slots.append(s)
         if run.control:
             dirs[row] = _control_dirs(run, dirs_SD, slots)
     return _Plan(
-        features_S, projection_S, units_SD,
+        features_S, reads_S, units_SD,
         a_BS.to(device, dtype), b_BS.to(device, dtype), cap_BS.to(device, dtype),
         torch.stack(dirs) if n_rows else torch.zeros(0, n_slots, sae.W_dec.shape[1], device=device, dtype=dtype),
         where[:, 0].to(device), where[:, 1].to(device), trigger_B.to(device), threshold_B.to(device, dtype),
@@ -272,7 +317,9 @@ class _Intervene:
         x_ND = x_BTD[mask_BT].to(W_dec.dtype)
         rows_N = mask_BT.nonzero()[:, 0]
         f_NF = self.sae.encode(x_ND)
-        q_NS = torch.where(plan.projection_S, x_ND @ plan.units_SD.T, f_NF[:, plan.features_S])
+        reads_S = plan.reads_S
+        q_NS = torch.where(reads_S == READS["projection"], x_ND @ plan.units_SD.T,
+                           torch.where(reads_S == READS["feature"], f_NF[:, plan.features_S], 0.0))
         new_NS = torch.minimum(plan.a_BS[rows_N] * q_NS + plan.b_BS[rows_N], plan.cap_BS[rows_N])
         fires_N = self._fires(f_NF, rows_N, mask_BT)
         d_NS = torch.where(fires_N[:, None], new_NS - q_NS, torch.zeros_like(q_NS))

@@ -65,8 +65,8 @@ _Reading = tuple[tuple[FeatureEffect, ...], float | None, tuple[float, ...]]
 
 
 def touched_features(runs: Sequence[Steering | None]) -> list[int]:
-    """The features any run intervenes on or is triggered by, sorted."""
-    features = {i.feature for run in runs if run for i in run.interventions}
+    """The features any run intervenes on or is triggered by, sorted (raw directions have no SAE reading)."""
+    features = {i.feature for run in runs if run for i in run.interventions if isinstance(i.feature, int)}
     return sorted(features | {run.trigger.feature for run in runs if run and run.trigger})
 
 

@@ -7,7 +7,16 @@ from sae_core.generation import Sampling
 from sae_core.hooks import splice
 from sae_core.lm import LoadedModel
 from sae_core.sites import parse_site
-from sae_core.steering import Intervention, Steering, SteeringError, Trigger, generate_steered, steer, stream_steered
+from sae_core.steering import (
+    Direction,
+    Intervention,
+    Steering,
+    SteeringError,
+    Trigger,
+    generate_steered,
+    steer,
+    stream_steered,
+)
 from tests.core.test_steering import GREEDY, PROMPT, SAMPLED, SITE, active_feature, make_sae, site_acts
 from tests.factories import tiny_model, tiny_tokenizer
 
@@ -110,3 +119,32 @@ def test_a_trigger_out_of_range_names_the_field(lm, sae):
     with pytest.raises(SteeringError, match="feature 24 is out of range") as caught:
         stream_steered(lm, sae, PROMPT, [run], GREEDY)
     assert caught.value.field == "trigger.feature"
+
+
+def raw_direction(seed: int = 0, width: int = 32) -> Direction:
+    return Direction("cats minus code", tuple(torch.randn(width, generator=torch.Generator().manual_seed(seed)).tolist()))
+
+
+def test_a_raw_direction_adds_value_times_its_vector_and_caps_its_component(lm, sae):
+    d = raw_direction()
+    v_D = torch.tensor(d.vector)
+    u_D = v_D / v_D.norm()
+    before, after = steered_acts(lm, sae, [Steering((Intervention(d, "add", 2.5), Intervention(4, "add", 1.0))),
+                                           Steering((Intervention(d, "cap", -0.2),))])
+    expected = before[0] + 2.5 * v_D + sae.W_dec[4]
+    torch.testing.assert_close(after[0], expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(after[1] @ u_D, (before[1] @ u_D).clamp(max=-0.2), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("mode,value", [("add", 0.0), ("rescale", 1.0), ("cap", 1e6)])
+def test_a_raw_direction_that_changes_nothing_is_the_baseline_to_the_token(lm, sae, mode, value):
+    base, same = generate_steered(lm, sae, PROMPT, [None, Steering((Intervention(raw_direction(), mode, value),))],
+                                  SAMPLED)
+    assert same.token_ids == base.token_ids
+
+
+def test_a_raw_direction_takes_only_add_cap_or_rescale_and_its_own_width(lm, sae):
+    with pytest.raises(SteeringError, match="no SAE activation to clamp"):
+        Intervention(raw_direction(), "clamp", 1.0)
+    with pytest.raises(SteeringError, match="is 16 wide; this SAE's site is 32 wide"):
+        stream_steered(lm, sae, PROMPT, [Steering((Intervention(raw_direction(width=16), "add", 1.0),))], GREEDY)
