@@ -6,29 +6,48 @@ sae_core's Limits, which say the limit in their message; the bounds here only ke
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
+from sae_core.contrast import MIN_TEXTS
 from sae_core.generation import Sampling
-from sae_core.steering import Intervention, Mode, Positions, Steering, Trigger
+from sae_core.steering import DIRECTION_MODES, Direction, Intervention, Mode, Positions, Steering, Trigger
 from sae_core.steering_measures import RowMeasures
 
+from .contrast_schemas import MAX_TEXTS, Text
 from .deps import StoredText
-from .models import SteeringExperiment
+from .models import SteeringDirection, SteeringExperiment
 
 Strength = Annotated[float, Field(ge=-1e4, le=1e4)]
 """An intervention's operand, given or swept: bounded (a sweep strength of 1e70 overflowed float32, a 500)."""
 
 
 class InterventionIn(BaseModel):
+    """One feature's change, or a saved direction's (give feature or direction, not both)."""
+
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    feature: int = Field(ge=0, lt=2**31, description="Index of the SAE feature.")
+    feature: int | None = Field(default=None, ge=0, lt=2**31, description="Index of the SAE feature.")
+    direction: int | None = Field(default=None, ge=1, lt=2**31, description="Id of a saved steering direction of this "
+                                  "SAE (GET /api/saes/{id}/directions); it takes add, cap or rescale.")
     mode: Mode = Field(description="clamp (set to value), add (add value), scale (multiply by value), ablate; "
                        "cap (limit the component along the unit decoder direction to value), rescale (multiply "
                        "that component by value).")
     value: Strength = Field(0.0, description="The mode's operand; ignored by ablate.")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> InterventionIn:
+        if (self.feature is None) == (self.direction is None):
+            raise ValueError("give a feature index or a saved direction's id, not both or neither")
+        if self.direction is not None and self.mode not in DIRECTION_MODES:
+            raise ValueError(f"a direction takes {', '.join(DIRECTION_MODES)}, not {self.mode}")
+        return self
+
+    def target(self, directions: Mapping[int, Direction]) -> int | Direction:
+        """The feature index or the direction's vector (`directions` holds every id the request names)."""
+        return self.feature if self.feature is not None else directions[cast(int, self.direction)]
 
 
 class TriggerIn(BaseModel):
@@ -73,21 +92,30 @@ class SteerIn(BaseModel):
             raise ValueError("controls go beside one steered run; leave strengths empty or untick controls")
         return controls
 
-    def steering(self) -> Steering:
-        """The library's steering; raises SteeringError (a feature twice, a sweep of ablations)."""
+    def steering(self, directions: Mapping[int, Direction] | None = None) -> Steering:
+        """The library's steering, with saved directions' vectors by id; raises SteeringError (a feature twice,
+        a sweep of ablations)."""
         trigger = Trigger(self.trigger.feature, self.trigger.threshold, self.trigger.stop) if self.trigger else None
-        return Steering(tuple(Intervention(i.feature, i.mode, i.value) for i in self.interventions), self.positions,
-                        trigger, control_seed=self.seed)
+        interventions = tuple(Intervention(i.target(directions or {}), i.mode, i.value) for i in self.interventions)
+        return Steering(interventions, self.positions, trigger, control_seed=self.seed)
 
-    def range_errors(self, n_features: int) -> list[dict[str, Any]]:
-        """Each feature index the SAE does not have, as a validation error at its field (for a 422)."""
-        named: list[tuple[tuple[str | int, ...], int]] = [
+    def direction_ids(self) -> list[int]:
+        return [i.direction for i in self.interventions if i.direction is not None]
+
+    def range_errors(self, n_features: int, directions: Mapping[int, object]) -> list[dict[str, Any]]:
+        """Each feature index the SAE does not have and each direction id it has not saved, as a validation
+        error at its field (for a 422)."""
+        named: list[tuple[tuple[str | int, ...], int | None]] = [
             (("interventions", k, "feature"), i.feature) for k, i in enumerate(self.interventions)]
         if self.trigger:
             named.append((("trigger", "feature"), self.trigger.feature))
-        return [{"type": "value_error", "loc": ("body", *loc), "input": f,
-                 "msg": f"feature {f} is out of range: this SAE has features 0..{n_features - 1}"}
-                for loc, f in named if f >= n_features]
+        errors = [{"type": "value_error", "loc": ("body", *loc), "input": f,
+                   "msg": f"feature {f} is out of range: this SAE has features 0..{n_features - 1}"}
+                  for loc, f in named if f is not None and f >= n_features]
+        return errors + [{"type": "value_error", "loc": ("body", "interventions", k, "direction"), "input": i.direction,
+                          "msg": f"this SAE has no saved direction {i.direction}"}
+                         for k, i in enumerate(self.interventions)
+                         if i.direction is not None and i.direction not in directions]
 
     def sampling(self) -> Sampling:
         return Sampling(self.max_new_tokens, self.temperature, self.top_p, self.seed)
@@ -174,3 +202,28 @@ class ExperimentOut(BaseModel):
 def experiment_url(sae_id: int, experiment_id: int) -> str:
     """The permalink of a saved experiment."""
     return f"/saes/{sae_id}/steer/experiments/{experiment_id}"
+
+
+class DirectionIn(BaseModel):
+    """A raw steering direction to save: the mean site activation of prompts A minus that of prompts B."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: StoredText = Field(min_length=1, max_length=200)
+    a: list[Text] = Field(min_length=MIN_TEXTS, max_length=MAX_TEXTS)
+    b: list[Text] = Field(min_length=MIN_TEXTS, max_length=MAX_TEXTS)
+
+
+class DirectionOut(BaseModel):
+    id: int
+    sae_id: int
+    name: str
+    norm: float = Field(description="Length of the vector; add with value 1 adds it whole.")
+    d_in: int
+    created_at: datetime
+    steer_url: str
+
+    @classmethod
+    def of(cls, direction: SteeringDirection) -> DirectionOut:
+        return cls(id=direction.id, sae_id=direction.sae_id, name=direction.name, norm=direction.norm,
+                   d_in=len(direction.vector), created_at=direction.created_at,
+                   steer_url=f"/saes/{direction.sae_id}/steer?direction={direction.id}")

@@ -24,7 +24,9 @@
   function intervention(el) {
     const mode = el.querySelector("[name=mode]").value;
     const value = el.querySelector("[name=value]").value;
-    const out = { feature: Number(el.querySelector("[name=feature]").value), mode };
+    const target = el.dataset.direction ? { direction: Number(el.dataset.direction) }
+      : { feature: Number(el.querySelector("[name=feature]").value) };
+    const out = { ...target, mode };
     return value === "" && mode === "ablate" ? out : { ...out, value: Number(value) };
   }
 
@@ -34,8 +36,9 @@
       const box = el.querySelector("[name=value]");
       const mode = el.querySelector("[name=mode]").value;
       if (box.value === "" && mode !== "ablate") {
-        const feature = el.querySelector("[name=feature]").value;
-        return { box, text: `feature ${feature}: enter a value for ${mode} (only ablate needs none)` };
+        const what = el.dataset.direction ? `direction ${el.querySelector("a").textContent}`
+          : `feature ${el.querySelector("[name=feature]").value}`;
+        return { box, text: `${what}: enter a value for ${mode} (only ablate needs none)` };
       }
     }
     return null;
@@ -201,11 +204,23 @@
     row.querySelector("[name=value]").focus();
   }
 
+  // A saved direction joins the interventions once, like a picked feature.
+  function addDirection(id, name) {
+    if (document.querySelector(`#interventions [data-direction="${id}"]`)) return;
+    const row = document.getElementById("direction-template").content.firstElementChild.cloneNode(true);
+    row.dataset.direction = id;
+    row.querySelector("a").textContent = name;
+    document.getElementById("interventions").append(row);
+    row.querySelector("[name=value]").focus();
+  }
+
   form.addEventListener("submit", run);
   stop.addEventListener("click", () => controller && controller.abort());
   form.addEventListener("click", (event) => {
     const pick = event.target.closest(".pick");
     if (pick) addIntervention(pick.dataset.feature, pick.dataset.label);
+    const direction = event.target.closest(".add-direction");
+    if (direction) addDirection(direction.dataset.direction, direction.dataset.name);
     const remove = event.target.closest(".intervention .remove");
     if (remove) remove.closest(".intervention").remove();
   });

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from sae_core.generation import GenerationError, Limits, TokenEvent, collect, encode_prompt
-from sae_core.steering import Control, Steering, SteeringError, stream_steered
+from sae_core.steering import Control, Direction, Steering, SteeringError, stream_steered
 from sae_core.steering_measures import Sweep, SweepPoint, encode_target, measure_rows, strongest_within
 
 from ..models import Sae
@@ -94,10 +94,10 @@ class PlannedRow:
         return {"row": row, "label": self.label, "strength": self.strength, "control": self.control}
 
 
-def plan_rows(body: SteerIn) -> tuple[list[PlannedRow], Sweep | None]:
+def plan_rows(body: SteerIn, directions: Mapping[int, Direction]) -> tuple[list[PlannedRow], Sweep | None]:
     """The baseline, then the steered run and its controls, or one row per sweep strength; and the sweep
     when the request is one. Raises SteeringError for a steering the library refuses."""
-    steering, baseline = body.steering(), PlannedRow("baseline", None)
+    steering, baseline = body.steering(directions), PlannedRow("baseline", None)
     if body.strengths:
         sweep = Sweep(steering, tuple(body.strengths))
         return [baseline, *(PlannedRow(f"strength {s:g}", run, s) for s, run in zip(body.strengths, sweep.runs[1:]))], sweep
@@ -129,13 +129,14 @@ class SteeringWorker:
     def busy(self) -> bool:
         return self._slot.locked()
 
-    def start(self, sae: Sae, body: SteerIn) -> Job:
-        """Begin a generation and return its job at once; WorkerBusy when one is already running."""
+    def start(self, sae: Sae, body: SteerIn, directions: Mapping[int, Direction]) -> Job:
+        """Begin a generation and return its job at once; WorkerBusy when one is already running.
+        `directions` holds the vector of every saved direction the request names."""
         if not self._slot.acquire(blocking=False):
             raise WorkerBusy(self.retry_after)
         job = self._current = Job(asyncio.get_running_loop())
         try:
-            self._pool.submit(self._run, job, sae, body)
+            self._pool.submit(self._run, job, sae, body, directions)
         except RuntimeError:  # the pool is shut down: the app is stopping
             self._slot.release()
             raise
@@ -147,10 +148,10 @@ class SteeringWorker:
             self._current.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, job: Job, sae: Sae, body: SteerIn) -> None:
+    def _run(self, job: Job, sae: Sae, body: SteerIn, directions: Mapping[int, Direction]) -> None:
         """The thread's body: every failure becomes an error event; the slot frees before the job ends."""
         try:
-            self._generate(job, self.models.load(sae), body)
+            self._generate(job, self.models.load(sae), body, directions)
         except GenerationError as err:
             job.push("error", {"status": 422, "detail": error_detail(err)})
         except InferenceUnavailable as err:
@@ -162,10 +163,10 @@ class SteeringWorker:
             self._slot.release()
             job.end()
 
-    def _generate(self, job: Job, loaded: RunnableSae, body: SteerIn) -> None:
+    def _generate(self, job: Job, loaded: RunnableSae, body: SteerIn, directions: Mapping[int, Direction]) -> None:
         """Validate, stream every row's tokens, then measure every row; all errors come before tokens."""
         lm, sae = loaded.lm, loaded.sae
-        rows, sweep = plan_rows(body)
+        rows, sweep = plan_rows(body, directions)
         runs = [r.run for r in rows]
         prompt_ids = encode_prompt(lm.tokenizer, body.prompt, chat=not body.raw, limits=self.limits)
         target_ids = encode_target(lm, body.target) if body.target else None
