@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
@@ -14,6 +15,7 @@ import typer
 from .activations import ActivationsError, open_activations
 from .allocator import keep_freed_memory
 from .config import HarvestConfig, TrainConfig
+from .contrast import contrast, read_texts
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations
@@ -190,7 +192,29 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2))
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate}
+def contrast_command(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
+    a: Path = typer.Option(..., "--a", help="Set A: a text file, one text per line."),
+    b: Path = typer.Option(..., "--b", help="Set B: a text file, one text per line."),
+    model: str = ModelOpt,
+    top: int = typer.Option(20, "--top", min=1, help="Features to show, by size of effect."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per feature instead of a table."),
+) -> None:
+    """Rank features by Cohen's d between the texts of A and B, with how often each fires in either set."""
+    try:
+        features = contrast(load_model(model), load_sae(sae), read_texts(a), read_texts(b)).top(top)
+    except (*USER_ERRORS, OSError) as err:
+        fail(str(err).splitlines()[0])
+    if as_json:
+        typer.echo("\n".join(json.dumps(asdict(f)) for f in features))
+        return
+    typer.echo(f"{'feature':>8} {'d':>7} {'mean A':>9} {'mean B':>9} {'fires A':>8} {'fires B':>8}")
+    for f in features:
+        typer.echo(f"{f.feature:>8} {f.effect:>7.2f} {f.mean_a:>9.4g} {f.mean_b:>9.4g} {f.fired_a:>8.0%} {f.fired_b:>8.0%}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,
+                                            "contrast": contrast_command}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 
