@@ -22,6 +22,7 @@ from .harvest import harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
 from .saes.artifact import sae_directory, write_metrics
+from .saes.convert import WRITERS, convert_sae
 from .sites import SiteError, num_layers, parse_site, valid_sites
 from .streaming import stream_from_corpus
 from .train import TrainingData, sae_config_for
@@ -112,7 +113,9 @@ def train(
     skip_nonfinite: bool = SkipNonFiniteOpt,
     model: str | None = typer.Option(None, "--model", help="Instead of --activations: stream from this model (needs --tokens)."),
     dataset: str = DatasetOpt,
-    site: str = typer.Option(HarvestConfig.site, "--site", help="With --model: hook site to stream."),
+    site: str | None = typer.Option(
+        None, "--site", help=f"With --model: hook site to stream (default {HarvestConfig.site}); with a bare "
+        "array: the site it was read at, recorded in cfg.json (else SAELens's hook_name is 'unknown')."),
     context: int = typer.Option(HarvestConfig.context_len, "--context", help="With --model: tokens per context."),
     holdout_contexts: int = typer.Option(16, "--holdout-contexts", help="With --model: first contexts kept for metrics.json."),
     device: str = DeviceOpt,
@@ -136,6 +139,8 @@ def train(
         dist = init_distributed(device, require=distributed)
         if activations is not None:
             data = open_activations(activations, skip_nonfinite=skip_nonfinite)
+            if site is not None:
+                data = data.at_site(parse_site(site))
             skipped = {"nonfinite_rows_skipped": data.nonfinite_skipped} if skip_nonfinite else {}
             held = holdout_rows(data.n_rows) if holdout is None else holdout
             train_part, heldout = data.split_tail(held) if held else (data, data)
@@ -145,8 +150,8 @@ def train(
             assert model is not None and tokens is not None  # checked above
             budget = tokens
             lm = load_model(model, device=str(dist.device))
-            train_rows, heldout = stream_from_corpus(lm, parse_site(site, num_layers(lm.model)), dataset, context_len=context,
-                                                     holdout_contexts=holdout_contexts)
+            train_rows, heldout = stream_from_corpus(lm, parse_site(site or HarvestConfig.site, num_layers(lm.model)),
+                                                     dataset, context_len=context, holdout_contexts=holdout_contexts)
             eval_rows = f"first {holdout_contexts} contexts (not trained on)"
         sae_cfg = sae_config_for(train_rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
         cfg = TrainConfig(tokens=budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype,
@@ -197,7 +202,21 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2))
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate}
+def convert(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
+    to: str = typer.Option(..., "--to", help=f"Layout to write: {', '.join(WRITERS)}."),
+    out: Path = typer.Option(..., "--out", help="Empty directory to write it into."),
+) -> None:
+    """Write an SAE in SAELens's or sparsify's layout, for that tool's own loader (docs/formats.md)."""
+    try:
+        converted = convert_sae(sae, out, to)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"wrote {converted.cfg.architecture} SAE ({converted.cfg.d_sae} features) in {to} layout to {out}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,
+                                            "convert": convert}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 
