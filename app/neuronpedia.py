@@ -203,9 +203,9 @@ def _activations(ids: Ids, sae: Sae, page: crud.FeaturePage) -> Iterator[dict[st
     for interval, group in page.quantiles.items():
         bounds = page.interval_bounds(interval)
         assert bounds is not None  # quantile samples exist only where the recording names intervals
-        last = interval == page.n_intervals - 1
+        share = _share(page, sae, bounds, last=interval == page.n_intervals - 1)
         for e in group:
-            yield _activation(ids, sae, page, e, (*bounds, _share(page, sae, bounds, last)))
+            yield _activation(ids, sae, page, e, (*bounds, share))
 
 
 def _share(page: crud.FeaturePage, sae: Sae, bounds: tuple[float, float], last: bool) -> float:

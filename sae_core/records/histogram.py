@@ -37,10 +37,20 @@ def equal_width(edges: list[float], counts: list[int], top: float, n_bins: int) 
     if not counts or n_bins <= 0:
         return [], []
     low = edges[0]
-    width = (max(top, low) - low) / n_bins or 1.0
-    bounds = [low + i * width for i in range(n_bins + 1)]
-    bounds[-1] = float("inf")  # the last bin holds the max itself
-    masses = [mass_between(edges, counts, a, b, max(top, low)) for a, b in itertools.pairwise(bounds)]
+    top = max(top, low)
+    width = (top - low) / n_bins or 1.0
+    masses = [0.0] * n_bins
+    for (lo, hi), count in zip(itertools.pairwise(edges), counts, strict=True):
+        hi = min(hi, top)
+        if count == 0:
+            continue
+        first, last = (min(int((v - low) / width), n_bins - 1) for v in (lo, hi))
+        if hi <= lo or first == last:
+            masses[first] += count
+            continue
+        for i in range(first, last + 1):
+            overlap = min(hi, low + (i + 1) * width) - max(lo, low + i * width)
+            masses[i] += count * max(overlap, 0.0) / (hi - lo)
     return [low + (i + 0.5) * width for i in range(n_bins)], _whole(masses, sum(counts))
 
 
