@@ -154,8 +154,7 @@ def _write_metadata(directory: Path, sae: Sae, ids: Ids, target: NeuronpediaTarg
                   "type": "sae", "creatorName": target.creator_name, "creatorId": ids.creator_id, "urls": []}
     source = {"id": ids.source_id, "modelId": ids.model_id, "setName": ids.source_set,
               "creatorId": ids.creator_id, "visibility": target.visibility, "hasDashboards": True,
-              "num_prompts": sae.n_contexts, "num_tokens_in_prompt": (sae.config or {}).get("context_size"),
-              "dataset": sae.dataset}
+              "num_prompts": sae.n_contexts, "dataset": sae.dataset}
     for name, row in (("model", model), ("sourceset", source_set), ("source", source)):
         (directory / f"{name}.jsonl").write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
 
