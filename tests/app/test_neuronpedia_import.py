@@ -18,26 +18,22 @@ import pytest
 from app import crud, ingest
 from app.export import export_sae
 from app.neuronpedia import NeuronpediaTarget
-from tests.app.conftest import PG_ADMIN
+from tests.app.conftest import PG_ADMIN, pg_admin
 from tests.app.neuronpedia_importer import BOT_USER_ID, ImportRefused, apply_schema, import_dataset, seed_bot_user
-
-pytestmark = pytest.mark.postgres
 
 
 @pytest.fixture(scope="module")
 def neuronpedia_db():
     """A database holding Neuronpedia's schema and its seed's bot user, dropped afterwards."""
-    try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
-    except psycopg.OperationalError as err:
-        pytest.skip(f"PostgreSQL at 127.0.0.1:5432 is not reachable ({str(err).strip().splitlines()[0]})")
+    admin = pg_admin()
     name = f"neuronpedia_test_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        with psycopg.connect(PG_ADMIN.replace("dbname=test", f"dbname={name}"), autocommit=True) as conn:
+        url = PG_ADMIN.replace("dbname=test", f"dbname={name}")
+        with psycopg.connect(url, autocommit=True) as conn:
             apply_schema(conn)
             seed_bot_user(conn)
-        yield PG_ADMIN.replace("dbname=test", f"dbname={name}")
+        yield url
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
