@@ -24,6 +24,7 @@ from .harvest import harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
 from .saes.artifact import sae_directory, write_metrics
+from .saes.convert import WRITERS, convert_sae
 from .sites import SiteError, valid_sites
 from .train import sae_config_for
 from .train import train as run_train
@@ -115,7 +116,9 @@ def train(
     skip_nonfinite: bool = SkipNonFiniteOpt,
     model: str | None = typer.Option(None, "--model", help="Instead of --activations: stream from this model (needs --tokens)."),
     dataset: str = DatasetOpt,
-    site: str = typer.Option(HarvestConfig.site, "--site", help="With --model: hook site to stream."),
+    site: str | None = typer.Option(
+        None, "--site", help=f"With --model: hook site to stream (default {HarvestConfig.site}); with a bare "
+        "array: the site it was read at, recorded in cfg.json (else SAELens's hook_name is 'unknown')."),
     context: int = typer.Option(HarvestConfig.context_len, "--context", help="With --model: tokens per context."),
     holdout_contexts: int = typer.Option(16, "--holdout-contexts", help="With --model: first contexts kept for metrics.json."),
     device: str = DeviceOpt,
@@ -136,11 +139,11 @@ def train(
     try:
         dist = init_distributed(device, require=distributed)
         if activations is not None:
-            jobs = stored_jobs(activations, out, tokens, holdout, skip_nonfinite, dist)
+            jobs = stored_jobs(activations, out, tokens, holdout, skip_nonfinite, dist, site)
         else:
             assert model is not None and tokens is not None  # checked above
             lm = load_model(model, device=str(dist.device))
-            jobs = [streamed_job(lm, site, dataset, context, holdout_contexts, tokens, out)]
+            jobs = [streamed_job(lm, site or HarvestConfig.site, dataset, context, holdout_contexts, tokens, out)]
         for job in jobs:  # one after another in this process: each SAE is what training it alone makes
             sae_cfg = sae_config_for(job.rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
             cfg = TrainConfig(tokens=job.budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype,
@@ -213,8 +216,21 @@ def contrast_command(
         typer.echo(f"{f.feature:>8} {f.effect:>7.2f} {f.mean_a:>9.4g} {f.mean_b:>9.4g} {f.fired_a:>8.0%} {f.fired_b:>8.0%}")
 
 
+def convert(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
+    to: str = typer.Option(..., "--to", help=f"Layout to write: {', '.join(WRITERS)}."),
+    out: Path = typer.Option(..., "--out", help="Empty directory to write it into."),
+) -> None:
+    """Write an SAE in SAELens's or sparsify's layout, for that tool's own loader (docs/formats.md)."""
+    try:
+        converted = convert_sae(sae, out, to)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"wrote {converted.cfg.architecture} SAE ({converted.cfg.d_sae} features) in {to} layout to {out}")
+
+
 COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,
-                                            "contrast": contrast_command}
+                                            "contrast": contrast_command, "convert": convert}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 
