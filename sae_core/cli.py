@@ -13,7 +13,9 @@ import typer
 
 from .activations import ActivationsError, ActivationSource, holdout_rows, open_activations
 from .allocator import keep_freed_memory
+from .attribution.command import attribute_command
 from .config import HarvestConfig, TrainConfig
+from .console import fail
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations
@@ -36,12 +38,6 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present, else
 DistributedOpt = typer.Option(False, "--distributed", help="Insist on torchrun's environment (torchrun is detected anyway).")
 SkipNonFiniteOpt = typer.Option(False, "--skip-nonfinite",
                                 help="Leave out and count rows holding NaN or infinities (default: stop at the first).")
-
-
-def fail(message: str) -> None:
-    """Print a one-line error and exit non-zero, without a traceback."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def sites(model: str = ModelOpt) -> None:
@@ -197,7 +193,8 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2))
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate}
+COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,
+                                            "attribute": attribute_command}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from ..data import CorpusError, bos_id
 from ..lm import LoadedModel
 from .config import AttributionConfig, AttributionError, AttributionRequest
 
@@ -53,13 +54,13 @@ def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str, field: str, cap: int) -> list[int]:
-    """Token ids of raw text with BOS in front (as harvested), or an error naming `field`."""
+    """Token ids of raw text after the BOS (as recorded and as the feature pages run it), or an error naming `field`."""
     if not text.strip():
         raise AttributionError(field, f"the {field} is empty")
-    ids = tokenizer(text).input_ids
-    bos = tokenizer.bos_token_id
-    if bos is not None and (not ids or ids[0] != bos):
-        ids = [bos, *ids]
+    try:
+        ids = [bos_id(tokenizer), *tokenizer(text, add_special_tokens=False).input_ids]
+    except CorpusError as err:
+        raise AttributionError(field, str(err)) from None
     if len(ids) > cap:
         raise AttributionError(field, f"the {field} is {len(ids)} tokens; the limit is {cap}")
     return ids
