@@ -19,6 +19,7 @@ from .accounts import (
     start_session,
     user_for_token,
 )
+from .attribution import feature_blurbs, find_graph, list_graphs, save_graph, set_saes
 from .base import Conflict, NotFound
 from .bookmarks import add_bookmark, bookmark_lists, create_bookmark_list, find_bookmark_list, remove_bookmark
 from .features import (
@@ -60,3 +61,4 @@ __all__ = [
     "set_role", "start_session", "steering_experiments", "tag_feature", "token_texts", "untag_feature",
     "user_for_token",
 ]
+__all__ += ["feature_blurbs", "find_graph", "list_graphs", "save_graph", "set_saes"]  # issue 15: attribution
