@@ -356,3 +356,24 @@ class SteeringDirection(Base):
     texts: Mapped[dict[str, Any]]
     """{"a": [...], "b": [...]}: the prompt sets it was made from."""
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+# --- issue 15: attribution graphs ---------------------------------------------------------------------------
+
+
+class AttributionGraphRow(Base):
+    """A saved attribution graph (sae_core.attribution.AttributionGraph as JSON), kept for its permalink."""
+
+    __tablename__ = "attribution_graphs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    set_key: Mapped[str] = mapped_column(String(200), index=True)
+    """The SAE set the graph was drawn on, as its page URL names it."""
+    sae_ids: Mapped[list[Any]]
+    """The store ids of the SAEs spliced in, one per site in depth order."""
+    prompt: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(16))
+    graph: Mapped[dict[str, Any]]
+    """AttributionGraph.to_dict(): nodes, links, shares, verification."""
+    created_at: Mapped[datetime] = mapped_column(default=now)

@@ -14,8 +14,10 @@ import typer
 
 from .activations import ActivationsError, open_activations
 from .allocator import keep_freed_memory
+from .attribution.command import attribute_command
 from .config import HarvestConfig, TrainConfig
 from .contrast import contrast, read_texts
+from .console import fail
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations
@@ -39,12 +41,6 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present, else
 DistributedOpt = typer.Option(False, "--distributed", help="Insist on torchrun's environment (torchrun is detected anyway).")
 SkipNonFiniteOpt = typer.Option(False, "--skip-nonfinite",
                                 help="Leave out and count rows holding NaN or infinities (default: stop at the first).")
-
-
-def fail(message: str) -> None:
-    """Print a one-line error and exit non-zero, without a traceback."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def sites(model: str = ModelOpt) -> None:
@@ -230,7 +226,8 @@ def convert(
 
 
 COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,
-                                            "contrast": contrast_command, "convert": convert}
+                                            "contrast": contrast_command, "convert": convert,
+                                            "attribute": attribute_command}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 

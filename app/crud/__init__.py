@@ -19,6 +19,7 @@ from .accounts import (
     start_session,
     user_for_token,
 )
+from .attribution import feature_blurbs, find_graph, list_graphs, save_graph, set_saes
 from .base import Conflict, NotFound
 from .bookmarks import add_bookmark, bookmark_lists, create_bookmark_list, find_bookmark_list, remove_bookmark
 from .directions import directions_by_id, save_direction, steering_directions
@@ -63,3 +64,4 @@ __all__ = [
     "set_password", "set_role", "set_to_join", "start_session", "steering_directions", "steering_experiments",
     "tag_feature", "token_texts", "untag_feature", "user_for_token",
 ]
+__all__ += ["feature_blurbs", "find_graph", "list_graphs", "save_graph", "set_saes"]  # issue 15: attribution

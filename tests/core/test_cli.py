@@ -13,7 +13,7 @@ from sae_core.saes import load_sae
 from tests.conftest import invoke_cli, listed_commands, run_cli
 
 invoke = partial(invoke_cli, app)
-LIBRARY_COMMANDS = ["sites", "harvest", "train", "eval", "contrast", "convert"]
+LIBRARY_COMMANDS = ["sites", "harvest", "train", "eval", "contrast", "convert", "attribute"]
 
 
 def test_the_library_cli_lists_its_own_commands_alone():
