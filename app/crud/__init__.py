@@ -21,6 +21,7 @@ from .accounts import (
 )
 from .base import Conflict, NotFound
 from .bookmarks import add_bookmark, bookmark_lists, create_bookmark_list, find_bookmark_list, remove_bookmark
+from .briefs import FeatureBrief, briefs_of_pairs, dense_features, feature_briefs
 from .features import (
     ExampleView,
     FeaturePage,
@@ -50,10 +51,11 @@ from .steering import find_steering, save_steering, steering_experiments
 from .tags import feature_tags, list_tags, tag_feature, untag_feature
 
 __all__ = [
-    "Conflict", "ExampleView", "FeaturePage", "FeatureRow", "LabelConflict", "NotFound", "SaeHeader", "SortKey",
+    "Conflict", "ExampleView", "FeatureBrief", "FeaturePage", "FeatureRow", "LabelConflict", "NotFound", "SaeHeader", "SortKey",
     "StateFilter", "TokenRefused", "add_api_token", "add_bookmark", "add_label", "all_labels", "api_tokens",
-    "bookmark_lists", "clear_login_failures", "create_bookmark_list", "create_sae", "create_user", "current_labels",
-    "end_session", "feature_page", "feature_tags", "find_bookmark_list", "find_feature", "find_sae",
+    "bookmark_lists", "briefs_of_pairs", "clear_login_failures", "create_bookmark_list", "create_sae", "create_user",
+    "current_labels", "dense_features", "end_session", "feature_briefs",
+    "feature_page", "feature_tags", "find_bookmark_list", "find_feature", "find_sae",
     "find_steering", "find_user", "get_user", "import_labels", "label_history", "label_texts", "labelled_count",
     "list_features", "list_saes", "list_tags", "login_wait", "next_unlabelled", "record_login_failure",
     "remove_bookmark", "revise_label", "revoke_api_token", "save_steering", "session_user", "set_password",

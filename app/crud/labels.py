@@ -61,14 +61,6 @@ def label_rows(session: Session, *, sae_id: int, indices: list[int]) -> Sequence
     return session.connection().execute(_LABEL_ROWS, {"sae_id": sae_id, "indices": indices}).all()
 
 
-def current_texts(history: Sequence[Row[Any]]) -> dict[int, str]:
-    """The current label text of each feature in a newest-first history (label_rows)."""
-    current: dict[int, str] = {}
-    for label in history:
-        current.setdefault(label.feature_index, label.text)
-    return current
-
-
 def label_history(session: Session, *, sae_id: int, feature_index: int) -> list[Label]:
     """Every label a feature has had, newest first, authors loaded."""
     return list(session.scalars(_LABEL_HISTORY, {"sae_id": sae_id, "indices": [feature_index]}))

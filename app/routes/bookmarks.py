@@ -16,7 +16,9 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 @router.get("/bookmarks", response_class=HTMLResponse)
 def bookmarks(request: Request, session: SessionDep, user: LabellerDep):
     saes = {sae.id: sae for sae in crud.list_saes(session)}
-    return render(request, "bookmarks.html", {"lists": crud.bookmark_lists(session, owner_id=user.id), "saes": saes})
+    lists = crud.bookmark_lists(session, owner_id=user.id)
+    briefs = crud.briefs_of_pairs(session, pairs=[(m.sae_id, m.feature_index) for lst in lists for m in lst.bookmarks])
+    return render(request, "bookmarks.html", {"lists": lists, "saes": saes, "briefs": briefs})
 
 
 @router.post("/bookmarks", dependencies=[CsrfChecked])

@@ -42,11 +42,12 @@ def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: 
     sae = crud.find_sae(session, ref=sae_id)
     if experiment is not None:
         form = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment)).request()
+        briefs = crud.feature_briefs(session, sae_id=sae.id, indices=[i.feature for i in form.interventions])
     else:
-        start = [InterventionIn(feature=feature, mode="add", value=4.0)] if feature is not None else []
+        briefs = crud.feature_briefs(session, sae_id=sae.id, indices=[] if feature is None else [feature])
+        start = [InterventionIn(feature=feature, mode="add", value=add_value(briefs.get(feature)))] if feature is not None else []
         form = SteerIn.model_construct(sae_id=sae.id, prompt="", interventions=start)
-    labels = crud.label_texts(session, sae_id=sae.id, indices=[i.feature for i in form.interventions])
-    return render(request, "steer.html", {"sae": sae, "form": form, "labels": labels, "modes": MODES,
+    return render(request, "steer.html", {"sae": sae, "form": form, "briefs": briefs, "modes": MODES,
                                           "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=SAVED_SHOWN)})
 
 
@@ -65,11 +66,16 @@ def picker(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeI
     sae = crud.find_sae(session, ref=sae_id)
     q = q.strip()
     rows, _ = crud.list_features(session, sae_id=sae.id, query=q, limit=PICKER_SIZE) if q else ([], 0)
-    index = int(q) if q.isdigit() and int(q) < sae.d_sae else None
-    matches = [(r.feature_index, r.label or r.top_text) for r in rows if r.feature_index != index]
-    if index is not None:
-        matches.insert(0, (index, crud.label_texts(session, sae_id=sae.id, indices=[index]).get(index, "")))
-    return render(request, "_steer_picker.html", {"matches": matches, "q": q})
+    index = [int(q)] if q.isdigit() and int(q) < sae.d_sae else []
+    matches = index + [r.feature_index for r in rows if r.feature_index not in index]
+    briefs = crud.feature_briefs(session, sae_id=sae.id, indices=matches)
+    return render(request, "_steer_picker.html", {"matches": [m for m in matches if m in briefs], "briefs": briefs, "q": q})
+
+
+def add_value(brief: crud.FeatureBrief | None) -> float:
+    """The value `add` starts at: the feature's largest recorded activation (two significant digits), which is
+    on the scale the feature works at; 4 for a feature that never fired. steer.js does the same for a pick."""
+    return float(f"{brief.max_act:.2g}") if brief is not None and brief.max_act > 0 else 4.0
 
 
 def steer_sae(session: SessionDep, body: SteerIn) -> Sae:
@@ -185,7 +191,8 @@ def experiment_page(request: Request, session: SessionDep, _user: ReaderDep, sae
     """A saved experiment's permalink: what was asked, who ran it when, and every row's output."""
     sae = crud.find_sae(session, ref=sae_id)
     out = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment_id))
-    return render(request, "experiment.html", {"sae": sae, "x": out, "chart": sweep_chart(out.rows)})
+    briefs = crud.feature_briefs(session, sae_id=sae.id, indices=[i["feature"] for i in out.interventions])
+    return render(request, "experiment.html", {"sae": sae, "x": out, "chart": sweep_chart(out.rows), "briefs": briefs})
 
 
 @router.get("/api/saes/{sae_id}/steer/experiments/{experiment_id}", response_model=ExperimentOut,
