@@ -87,7 +87,7 @@ def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
     marked = re.findall(r'<span class="tok max"[^>]*title="([^"]+)"', html)
     assert len(marked) == len(stored.top) + sum(len(v) for v in stored.quantiles.values())
     assert float(marked[0]) == pytest.approx(top.acts[top.peak], rel=1e-2)
-    assert html.count("<h3 class=\"muted\">Interval") == len(stored.quantiles)
+    assert html.count("<summary>Interval") == len(stored.quantiles)
     assert 'class="bar"' in html  # activation histogram
     shown = [unescape(t) for t in re.findall(r'<code class="tokpiece">(.*?)</code>', html)]
     assert shown == [text for _token_id, text, _logit in stored.feature.promoted + stored.feature.suppressed]
@@ -319,4 +319,12 @@ def test_feature_page_heads_each_interval_with_the_bounds_the_exports_give(clien
     assert stored.quantiles
     for interval in stored.quantiles:
         low, high = stored.interval_bounds(interval)
-        assert f"Interval {interval + 1} of {stored.n_intervals}: {num(low)} &ndash; {num(high)}</h3>" in html
+        assert f"Interval {interval + 1} of {stored.n_intervals}: {num(low)} &ndash; {num(high)}</summary>" in html
+
+
+def test_each_example_shows_its_own_activation_before_its_window(client, stored_sae, session):
+    index = alive_feature(session, stored_sae.id)
+    stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
+    html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
+    examples = stored.top + [e for i in sorted(stored.quantiles, reverse=True) for e in stored.quantiles[i]]
+    assert re.findall(r'<span class="exval">([^<]*)</span><div class="tokens">', html) == [f"{e.value:.3g}" for e in examples]
