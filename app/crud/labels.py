@@ -90,7 +90,8 @@ def add_label(session: Session, *, sae_id: int, feature_index: int, text: str,
 
 def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str, base_id: int | None,
                  author_id: int | None = None) -> Label:
-    """Append a label only if the current one is still `base_id` (None: unlabelled), else LabelConflict.
+    """Append a label only if the current one is still `base_id` (None: unlabelled), else LabelConflict;
+    the current text unchanged appends nothing.
 
     The feature row is locked first (FOR UPDATE on PostgreSQL; SQLite takes its single write lock at the
     insert), and the check runs after the insert inside the same transaction, so of two concurrent edits
@@ -108,6 +109,9 @@ def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str
         session.rollback()
         history = label_history(session, sae_id=sae_id, feature_index=feature_index)
         raise LabelConflict(history[0] if history else None)
+    if base_id is not None and session.scalar(select(Label.text).where(Label.id == base_id)) == text:
+        session.rollback()  # the current text saved again: a history entry would record no change
+        return session.get_one(Label, base_id)
     session.commit()
     return label
 

@@ -64,5 +64,6 @@ def test_bookmarks_say_what_each_feature_is(page, live_store):
     page.click("button:text-is('Create')")
     page.goto(f"/saes/{sae_id}/features/{stored.feature.feature_index}")
     page.click("button:text-is('Bookmark')")
+    page.wait_for_selector("#bookmarked:has-text('Bookmarked in refs test list')")
     page.goto("/bookmarks")
     expect_described_with_preview(page, page.locator(".bookmark-list .fref"))
