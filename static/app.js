@@ -21,6 +21,12 @@ document.addEventListener("keydown", (event) => {
     return;
   }
   if (event.ctrlKey || event.metaKey || event.altKey) return;
+  // Enter on a feature number in a box that names where numbers go (data-jump) opens that feature.
+  if (event.key === "Enter" && target.dataset.jump && /^\s*\d+\s*$/.test(target.value)) {
+    event.preventDefault();
+    window.location.href = target.dataset.jump + target.value.trim();
+    return;
+  }
   if (target.closest("input, textarea, select, [contenteditable]")) {
     // Esc only leaves the field: Chromium's default for a type=search box would also empty it, and the
     // emptied box would reload the list with every feature.
