@@ -1,4 +1,4 @@
-"""`saescope demo`: harvest, train, evaluate and record an SAE in one command, reusing finished stages.
+"""`saescope demo`: harvest, train, evaluate, record and map an SAE in one command, reusing finished stages.
 
 Each stage writes into a directory named after a hash of its own settings and of the stages before it,
 and marks itself finished only once its output is whole. Running the demo again with the same settings
@@ -26,11 +26,13 @@ from sae_core.evaluate import ce_on_corpus, evaluate_activations
 from sae_core.fileio import atomic_write_json
 from sae_core.harvest import harvest
 from sae_core.lm import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
+from sae_core.maps import MapConfig, MapError
 from sae_core.records import RecordConfig
 from sae_core.saes.artifact import write_metrics
 from sae_core.train import sae_config_for, train
 
 from . import crud
+from .mapping import map_into_store, map_is_current
 from .models import Sae
 from .pipeline import limit_tokens, read_sae, record_into_store, register_sae
 from .security import hash_password
@@ -115,9 +117,9 @@ class DemoRun:
         key = stage_key(stage="harvest", **hcfg.to_dict())
         directory = self.out / f"activations-{key}"
         if finished(directory, key):
-            self.say(f"[1/4] activations: reusing {directory}")
+            self.say(f"[1/5] activations: reusing {directory}")
             return directory, key
-        self.say(f"[1/4] harvesting {hcfg.tokens} activations of {hcfg.model} at {hcfg.site} from {hcfg.dataset}")
+        self.say(f"[1/5] harvesting {hcfg.tokens} activations of {hcfg.model} at {hcfg.site} from {hcfg.dataset}")
         harvest(hcfg, directory, resume=True, lm=self.lm)
         mark_finished(directory, key, hcfg.to_dict())
         return directory, key
@@ -129,15 +131,15 @@ class DemoRun:
         key = stage_key(stage="train", upstream=upstream, **settings)
         directory = self.out / f"sae-{key}"
         if finished(directory, key):
-            self.say(f"[2/4] SAE: reusing {directory}")
+            self.say(f"[2/5] SAE: reusing {directory}")
             return directory, key
-        self.say(f"[2/4] training a TopK SAE ({c.features} features, k={c.k}) on {c.train_tokens} tokens")
+        self.say(f"[2/5] training a TopK SAE ({c.features} features, k={c.k}) on {c.train_tokens} tokens")
         data = open_activations(activations)
         train_rows, heldout = data.split_tail(holdout_rows(data.n_rows))
         sae_cfg = sae_config_for(train_rows, "topk", c.features, k=c.k)
         sae = train(sae_cfg, TrainConfig(tokens=c.train_tokens, seed=c.seed), train_rows, directory, resume=True)
         write_metrics(directory, {**evaluate_activations(sae, heldout), "eval_rows": "held-out tail"})
-        self.say(f"[3/4] measuring CE loss with the SAE spliced in over {c.ce_contexts} held-out contexts")
+        self.say(f"[3/5] measuring CE loss with the SAE spliced in over {c.ce_contexts} held-out contexts")
         harvested = json.loads((activations / "manifest.json").read_text())["n_contexts"]
         write_metrics(directory, ce_on_corpus(self.lm, sae, c.dataset, n_contexts=c.ce_contexts,
                                               skip_contexts=harvested))
@@ -152,13 +154,27 @@ class DemoRun:
         rcfg = RecordConfig(seed=c.seed)
         if row.recorded_at is not None and row.record_config == asdict(rcfg) and row.n_tokens is not None \
                 and row.n_tokens >= c.record_tokens and row.dataset == c.dataset:
-            self.say(f"[4/4] features: already recorded as {row.name!r}")
+            self.say(f"[4/5] features: already recorded as {row.name!r}")
             return row
-        self.say(f"[4/4] recording {c.features} features over {c.record_tokens} tokens into the store")
+        self.say(f"[4/5] recording {c.features} features over {c.record_tokens} tokens into the store")
         contexts = limit_tokens(iter_contexts(iter_documents(c.dataset), self.lm.tokenizer), c.record_tokens)
         record_into_store(session, sae_row=row, loaded=loaded, lm=self.lm, model_spec=c.model, contexts=contexts,
                           dataset=c.dataset, cfg=rcfg)
         return row
+
+    def map(self, session: Session, row: Sae) -> None:
+        """Stage 5: the feature map (skipped when made with these settings after the latest recording)."""
+        mcfg = MapConfig(seed=self.cfg.seed)
+        if map_is_current(session, sae_row=row, cfg=mcfg):
+            self.say("[5/5] feature map: reusing the stored one")
+            return
+        self.say(f"[5/5] mapping {row.d_sae} features (UMAP of the decoder directions, HDBSCAN clusters)")
+        try:
+            fmap = map_into_store(session, sae_row=row, cfg=mcfg)
+        except MapError as err:  # a dictionary too small or too dead to map: the pages work without one
+            self.say(f"      no map: {err}")
+            return
+        self.say(f"      {fmap.n_clusters} clusters, {fmap.n_noise} live features in none, {fmap.n_dead} dead left out")
 
 
 def ensure_account(session: Session) -> str | None:

@@ -45,6 +45,23 @@ from .labels import (
     next_unlabelled,
     revise_label,
 )
+from .maps import (
+    MapPointRow,
+    MemberRow,
+    add_cluster_label,
+    cluster_label_history,
+    cluster_label_texts,
+    cluster_members,
+    coactive_partners,
+    dead_mask,
+    find_cluster,
+    find_map,
+    map_clusters,
+    map_point,
+    map_points,
+    next_unlabelled_in_cluster,
+    top_tokens,
+)
 from .saes import create_sae, find_sae, list_saes
 from .steering import find_steering, save_steering, steering_experiments
 from .tags import feature_tags, list_tags, tag_feature, untag_feature
@@ -59,4 +76,9 @@ __all__ = [
     "remove_bookmark", "revise_label", "revoke_api_token", "save_steering", "session_user", "set_password",
     "set_role", "start_session", "steering_experiments", "tag_feature", "token_texts", "untag_feature",
     "user_for_token",
+]
+__all__ += [  # issue 16: the feature map
+    "MapPointRow", "MemberRow", "add_cluster_label", "cluster_label_history", "cluster_label_texts", "cluster_members",
+    "coactive_partners", "dead_mask", "find_cluster", "find_map", "map_clusters", "map_point", "map_points",
+    "next_unlabelled_in_cluster", "top_tokens",
 ]
