@@ -97,7 +97,7 @@ def fuzz(strategy: st.SearchStrategy, call: Callable[[Any], Any], found: dict[Ke
 
 
 @pytest.fixture()
-def callers(client, session, stored_sae) -> dict[str, dict[str, Any]]:
+def callers(client, session, mapped_sae) -> dict[str, dict[str, Any]]:
     """How each kind of caller sends its requests: nobody, a labeller's API token, a labeller's browser session."""
     user = add_user(session, "fuzz")
     crud.add_api_token(session, user_id=user.id, name="fuzz", token_hash=hash_api_token(API_TOKEN))
