@@ -1,7 +1,7 @@
 """feature map: map runs, points, clusters, cluster labels, co-activation
 
 Revision ID: 0006_feature_map
-Revises: 0003_accounts
+Revises: 0005_graphs
 Create Date: 2026-12-04
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0006_feature_map'
-down_revision = '0003_accounts'
+down_revision = '0005_graphs'
 branch_labels = None
 depends_on = None
 
