@@ -48,6 +48,23 @@ from .labels import (
     next_unlabelled,
     revise_label,
 )
+from .maps import (
+    MapPointRow,
+    MemberRow,
+    add_cluster_label,
+    cluster_label_history,
+    cluster_label_texts,
+    cluster_members,
+    coactive_partners,
+    dead_mask,
+    find_cluster,
+    find_map,
+    map_clusters,
+    map_point,
+    map_points,
+    next_unlabelled_in_cluster,
+    top_tokens,
+)
 from .sae_sets import SaeGroup, add_to_set, create_sae_set, find_sae_set, saes_by_set, set_members, set_to_join
 from .saes import create_sae, find_sae, list_saes
 from .steering import find_steering, save_steering, steering_experiments
@@ -65,5 +82,10 @@ __all__ = [
     "save_direction", "save_steering", "session_user", "set_members", "set_password", "set_role", "set_to_join",
     "start_session", "steering_directions", "steering_experiments", "tag_feature", "token_texts", "untag_feature",
     "user_for_token",
+]
+__all__ += [  # issue 16: the feature map
+    "MapPointRow", "MemberRow", "add_cluster_label", "cluster_label_history", "cluster_label_texts", "cluster_members",
+    "coactive_partners", "dead_mask", "find_cluster", "find_map", "map_clusters", "map_point", "map_points",
+    "next_unlabelled_in_cluster", "top_tokens",
 ]
 __all__ += ["feature_blurbs", "find_graph", "list_graphs", "save_graph", "set_saes"]  # issue 15: attribution
