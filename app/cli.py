@@ -33,6 +33,7 @@ from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import StoreError, open_store
 from .models import ApiToken, Sae, as_utc, now
+from .neuronpedia import BOT_USER_ID, VISIBILITIES, NeuronpediaTarget
 from .pipeline import (
     LoadedSae,
     limit_tokens,
@@ -177,16 +178,32 @@ def _saes_for_recording(session: Session, ref: str, register: bool = True,
 def export(
     sae: str = typer.Option(..., "--sae", help="Id or name of an SAE in the store."),
     fmt: str = typer.Option("neuronpedia", "--format", help=f"One of: {', '.join(FORMATS)}."),
-    out: Path = typer.Option(..., "--out", help="Directory to write."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (neuronpedia: the root holding <model>/<source>/)."),
+    model_id: str | None = typer.Option(None, "--model-id", help="neuronpedia: Neuronpedia's id of the model, e.g. gpt2-small."),
+    model_layers: int | None = typer.Option(None, "--model-layers", help="neuronpedia: the model's number of layers."),
+    source_set: str = typer.Option("", "--source-set",
+                                   help="neuronpedia: source set, e.g. res-jb (default: a slug of the SAE's name)."),
+    model_owner: str = typer.Option("", "--model-owner",
+                                    help="neuronpedia: the model's owner (default: a hub id's organisation)."),
+    creator_id: str = typer.Option(BOT_USER_ID, "--creator-id",
+                                   help="neuronpedia: user id that creates the rows (default: the seed's bot)."),
+    author_id: str = typer.Option(BOT_USER_ID, "--author-id",
+                                  help="neuronpedia: user id that authors the labels (default: the seed's bot)."),
+    visibility: str = typer.Option("PUBLIC", "--visibility", help=f"neuronpedia: {', '.join(VISIBILITIES)}."),
     db: str | None = DB_OPTION,
 ) -> None:
-    """Write an SAE's features, examples and labels as Neuronpedia batch JSONL or plain JSON."""
+    """Write an SAE's features, examples and current labels as a Neuronpedia dataset or plain JSON."""
     try:
+        target = None
+        if fmt == "neuronpedia" and model_id is not None and model_layers is not None:
+            target = NeuronpediaTarget(model_id=model_id, model_layers=model_layers, source_set=source_set,
+                                       model_owner=model_owner, creator_id=creator_id, author_id=author_id,
+                                       visibility=visibility)
         with open_session(db) as session:
-            export_sae(session, sae_ref=sae, fmt=fmt, out=out)
+            written = export_sae(session, sae_ref=sae, fmt=fmt, out=out, target=target)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {written}")
 
 
 @app.command()

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
 from .activations import ActivationsError, open_activations
 from .allocator import keep_freed_memory
+from .attribution.command import attribute_command
 from .config import HarvestConfig, TrainConfig
+from .contrast import contrast, read_texts
+from .console import fail
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations
@@ -22,6 +26,7 @@ from .harvest import harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
 from .saes.artifact import sae_directory, write_metrics
+from .saes.convert import WRITERS, convert_sae
 from .sites import SiteError, valid_sites
 from .train import sae_config_for
 from .train import train as run_train
@@ -36,12 +41,6 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present, else
 DistributedOpt = typer.Option(False, "--distributed", help="Insist on torchrun's environment (torchrun is detected anyway).")
 SkipNonFiniteOpt = typer.Option(False, "--skip-nonfinite",
                                 help="Leave out and count rows holding NaN or infinities (default: stop at the first).")
-
-
-def fail(message: str) -> None:
-    """Print a one-line error and exit non-zero, without a traceback."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def sites(model: str = ModelOpt) -> None:
@@ -113,7 +112,9 @@ def train(
     skip_nonfinite: bool = SkipNonFiniteOpt,
     model: str | None = typer.Option(None, "--model", help="Instead of --activations: stream from this model (needs --tokens)."),
     dataset: str = DatasetOpt,
-    site: str = typer.Option(HarvestConfig.site, "--site", help="With --model: hook site to stream."),
+    site: str | None = typer.Option(
+        None, "--site", help=f"With --model: hook site to stream (default {HarvestConfig.site}); with a bare "
+        "array: the site it was read at, recorded in cfg.json (else SAELens's hook_name is 'unknown')."),
     context: int = typer.Option(HarvestConfig.context_len, "--context", help="With --model: tokens per context."),
     holdout_contexts: int = typer.Option(16, "--holdout-contexts", help="With --model: first contexts kept for metrics.json."),
     device: str = DeviceOpt,
@@ -134,11 +135,11 @@ def train(
     try:
         dist = init_distributed(device, require=distributed)
         if activations is not None:
-            jobs = stored_jobs(activations, out, tokens, holdout, skip_nonfinite, dist)
+            jobs = stored_jobs(activations, out, tokens, holdout, skip_nonfinite, dist, site)
         else:
             assert model is not None and tokens is not None  # checked above
             lm = load_model(model, device=str(dist.device))
-            jobs = [streamed_job(lm, site, dataset, context, holdout_contexts, tokens, out)]
+            jobs = [streamed_job(lm, site or HarvestConfig.site, dataset, context, holdout_contexts, tokens, out)]
         for job in jobs:  # one after another in this process: each SAE is what training it alone makes
             sae_cfg = sae_config_for(job.rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
             cfg = TrainConfig(tokens=job.budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype,
@@ -190,7 +191,43 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2))
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate}
+def contrast_command(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
+    a: Path = typer.Option(..., "--a", help="Set A: a text file, one text per line."),
+    b: Path = typer.Option(..., "--b", help="Set B: a text file, one text per line."),
+    model: str = ModelOpt,
+    top: int = typer.Option(20, "--top", min=1, help="Features to show, by size of effect."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per feature instead of a table."),
+) -> None:
+    """Rank features by Cohen's d between the texts of A and B, with how often each fires in either set."""
+    try:
+        features = contrast(load_model(model), load_sae(sae), read_texts(a), read_texts(b)).top(top)
+    except (*USER_ERRORS, OSError) as err:
+        fail(str(err).splitlines()[0])
+    if as_json:
+        typer.echo("\n".join(json.dumps(asdict(f)) for f in features))
+        return
+    typer.echo(f"{'feature':>8} {'d':>7} {'mean A':>9} {'mean B':>9} {'fires A':>8} {'fires B':>8}")
+    for f in features:
+        typer.echo(f"{f.feature:>8} {f.effect:>7.2f} {f.mean_a:>9.4g} {f.mean_b:>9.4g} {f.fired_a:>8.0%} {f.fired_b:>8.0%}")
+
+
+def convert(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
+    to: str = typer.Option(..., "--to", help=f"Layout to write: {', '.join(WRITERS)}."),
+    out: Path = typer.Option(..., "--out", help="Empty directory to write it into."),
+) -> None:
+    """Write an SAE in SAELens's or sparsify's layout, for that tool's own loader (docs/formats.md)."""
+    try:
+        converted = convert_sae(sae, out, to)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"wrote {converted.cfg.architecture} SAE ({converted.cfg.d_sae} features) in {to} layout to {out}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,
+                                            "contrast": contrast_command, "convert": convert,
+                                            "attribute": attribute_command}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 

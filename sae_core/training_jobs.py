@@ -37,19 +37,26 @@ class TrainingJob:
 
 
 def stored_jobs(activations: Path, out: Path, tokens: int | None, holdout: int | None, skip_nonfinite: bool,
-                dist: Dist) -> list[TrainingJob]:
-    """One SAE per site of a several-site harvest, each in its own directory of a set directory at `out`; else one."""
+                dist: Dist, site: str | None = None) -> list[TrainingJob]:
+    """One SAE per site of a several-site harvest, each in its own directory of a set directory at `out`; else one.
+
+    `site` names where a bare array was read (a harvest knows its own sites), so cfg.json can say it.
+    """
     sites = harvest_sites(activations)
     if not sites:
-        return [stored_job(activations, out, tokens, holdout, skip_nonfinite)]
+        return [stored_job(activations, out, tokens, holdout, skip_nonfinite, site)]
+    if site is not None:
+        raise ValueError(f"--site names a bare array's site; {activations} is a harvest at {', '.join(sites)}")
     directories = write_sae_set(out, list(sites)) if dist.is_main else set_member_directories(out, list(sites))
     return [stored_job(sites[name], directories[name], tokens, holdout, skip_nonfinite) for name in sites]
 
 
 def stored_job(activations: Path, out: Path, tokens: int | None, holdout: int | None,
-               skip_nonfinite: bool) -> TrainingJob:
+               skip_nonfinite: bool, site: str | None = None) -> TrainingJob:
     """Training on stored rows, the tail held out for metrics.json; the budget defaults to one pass."""
     data = open_activations(activations, skip_nonfinite=skip_nonfinite)
+    if site is not None:
+        data = data.at_site(parse_site(site))
     held = holdout_rows(data.n_rows) if holdout is None else holdout
     train_rows, heldout = data.split_tail(held) if held else (data, data)
     site = data.provenance.site.name if data.provenance.site else str(activations)
