@@ -30,6 +30,8 @@ class SaeOut(BaseModel):
     dense_count: int | None
     mean_l0: float | None
     eval_metrics: dict[str, Any]
+    set_id: int | None
+    """The set of SAEs of one model at several sites this SAE belongs to, if any."""
 
 
 class SaeDetail(SaeOut):

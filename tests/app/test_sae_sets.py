@@ -116,6 +116,9 @@ def test_the_sae_list_groups_saes_by_set(client, session):
     for name, site in [("smol-l6", "layers.6.resid_post"), ("smol-l3", "layers.3.resid_post")]:
         crud.add_to_set(session, sae=add_sae(session, name, site), set_name="smol-set")
     add_sae(session, "loose")
+    sae_set = crud.find_sae_set(session, ref="smol-set")
+    assert {s["name"]: s["set_id"] for s in client.get("/api/saes").json()} == {
+        "smol-l6": sae_set.id, "smol-l3": sae_set.id, "loose": None}
     page = client.get("/").text
     assert "<h2>Set smol-set</h2>" in page and "2 SAEs of\n        tiny-llama at layers.3.resid_post, layers.6.resid_post" in page
     assert page.index("smol-l3") < page.index("smol-l6") < page.index("SAEs in no set") < page.index("loose")
