@@ -27,7 +27,7 @@ from .presenters.heatmaps import TokenTables
 from .routes import ROUTERS
 from .security import new_csrf_seed
 from .services.inference import ModelCache
-from .services.steering import SteeringWorker, steer_limits
+from .services.steering import SteeringWorker, judge_config, steer_limits
 from .settings import Settings
 from .templating import install_filters
 
@@ -60,7 +60,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_filters(app.state.templates.env)
     app.state.models = ModelCache(device=settings.inference_device)
     app.state.token_tables = TokenTables()
-    app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after)
+    app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after,
+                                        judge_config(settings))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)
