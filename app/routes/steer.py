@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from sae_core.steering import MODES, Direction
+from sae_core.steering import MODES, Direction, Intervention, SteeringError
 
 from .. import charts, crud
 from ..deps import CsrfChecked, LabellerDep, ReaderDep, SaeId, SearchQuery, SessionDep, render
@@ -41,22 +41,34 @@ DISCONNECT_POLL_S = 0.5
 def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
                feature: Annotated[int | None, Query(ge=0, lt=2**31)] = None,
                experiment: Annotated[int | None, Query(ge=1, lt=2**31)] = None,
-               direction: Annotated[int | None, Query(ge=1, lt=2**31)] = None):
-    """The form, prefilled from a saved experiment, with one feature (the feature page's steer link) or with
-    one saved direction."""
+               direction: Annotated[int | None, Query(ge=1, lt=2**31)] = None,
+               prompt: Annotated[str, Query(max_length=20_000)] = "", raw: bool = False,
+               pin: Annotated[list[str] | None, Query(max_length=32, description="FEATURE:MODE[:VALUE]")] = None):
+    """The form, prefilled from a saved experiment, with one feature (the feature page's steer link), one saved
+    direction, or a prompt and pinned features (a circuit's "open in the steering playground")."""
     sae = crud.find_sae(session, ref=sae_id)
     if experiment is not None:
         form = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment)).request()
     else:
         start = [InterventionIn(feature=feature, mode="add", value=4.0)] if feature is not None else []
         start += [InterventionIn(direction=direction, mode="add", value=1.0)] if direction is not None else []
-        form = SteerIn.model_construct(sae_id=sae.id, prompt="", interventions=start)
+        start += [pinned(spec) for spec in pin or []]
+        form = SteerIn.model_construct(sae_id=sae.id, prompt=prompt, raw=raw, interventions=start)
     labels = crud.label_texts(session, sae_id=sae.id,
                               indices=[i.feature for i in form.interventions if i.feature is not None])
     return render(request, "steer.html", {
         "sae": sae, "form": form, "labels": labels, "modes": MODES,
         "directions": {d.id: d for d in crud.steering_directions(session, sae_id=sae.id)},
         "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=SAVED_SHOWN)})
+
+
+def pinned(spec: str) -> InterventionIn:
+    """A `pin` of the playground's URL as an intervention, or a 422 saying how to write one."""
+    try:
+        parsed = Intervention.parse(spec)
+    except SteeringError as err:
+        raise RequestValidationError([{"loc": ("query", "pin"), "msg": str(err), "type": "value_error"}]) from None
+    return InterventionIn(feature=parsed.feature, mode=parsed.mode, value=parsed.value)
 
 
 @router.get("/saes/{sae_id}/steer/experiments", response_class=HTMLResponse, include_in_schema=False)
