@@ -12,7 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -68,7 +68,7 @@ def pinned(spec: str) -> InterventionIn:
         parsed = Intervention.parse(spec)
     except SteeringError as err:
         raise RequestValidationError([{"loc": ("query", "pin"), "msg": str(err), "type": "value_error"}]) from None
-    return InterventionIn(feature=parsed.feature, mode=parsed.mode, value=parsed.value)
+    return InterventionIn(feature=cast(int, parsed.feature), mode=parsed.mode, value=parsed.value)  # parse reads indices
 
 
 @router.get("/saes/{sae_id}/steer/experiments", response_class=HTMLResponse, include_in_schema=False)
