@@ -28,7 +28,7 @@ from .routes import ROUTERS
 from .security import new_csrf_seed
 from .services.attribution import AttributionService
 from .services.inference import ModelCache
-from .services.steering import SteeringWorker, steer_limits
+from .services.steering import SteeringWorker, judge_config, steer_limits
 from .settings import Settings
 from .templating import install_filters
 
@@ -62,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_filters(app.state.templates.env)
     app.state.models = ModelCache(device=settings.inference_device)
     app.state.token_tables = TokenTables()
-    app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after)
+    app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after,
+                                        judge_config(settings))
     app.state.attribution = AttributionService(app.state.models, app.state.session_factory)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:

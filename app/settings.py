@@ -29,6 +29,13 @@ class Settings(BaseSettings):
     """Hard cap on the tokens one steering request may generate per row."""
     steer_retry_after: int = 5
     """Seconds a client told 429 (a steering generation is running) should wait before trying again."""
+    judge_url: str = ""
+    """An OpenAI-compatible API (e.g. http://127.0.0.1:8080/v1) that rates each steering row's concept and
+    fluency 0-2 as AxBench does; empty: no judge."""
+    judge_model: str = ""
+    """The model name the judge endpoint expects."""
+    judge_api_key: str = ""
+    """Bearer token for the judge endpoint, if it wants one."""
 
     @classmethod
     def on_store(cls, database_url: str | None, default: str | None = None) -> Settings:

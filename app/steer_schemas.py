@@ -154,6 +154,9 @@ class RowOut(BaseModel):
     target_logprob: float | None = None
     fluent_strongest: bool = Field(False, description="The sweep's strongest strength whose perplexity stays "
                                    "within perplexity_factor of the baseline's.")
+    judge_concept: float | None = Field(None, description="0-2: how present the steered features' labels are in "
+                                        "the text, by the configured judge (AxBench's prompt); None without one.")
+    judge_fluency: float | None = Field(None, description="0-2: the text's fluency, by the configured judge.")
 
     @classmethod
     def measured(cls, measures: RowMeasures, **fields: Any) -> RowOut:
@@ -170,6 +173,7 @@ class SteerOut(BaseModel):
     rows: list[RowOut]
     strongest_fluent: float | None = Field(None, description="A sweep's strongest strength whose perplexity stays "
                                            "within perplexity_factor of the baseline's; None if none does.")
+    judge_error: str | None = Field(None, description="Why the configured judge gave no verdicts, if it failed.")
     experiment_url: str | None = None
 
 

@@ -127,6 +127,7 @@
       chart.innerHTML = data.chart || "";  // server-drawn SVG; every text in it is escaped there
       perplexityChart.innerHTML = data.perplexity_chart || "";
       say("done");
+      if (data.judge_error) say(`done, but the judge failed: ${data.judge_error}`, true);
       if (data.experiment_url) {
         const link = document.createElement("a");
         link.href = data.experiment_url;
@@ -134,6 +135,9 @@
         status.append(" · ", link);
         document.body.dispatchEvent(new Event("steer-saved"));  // the saved list (hx-trigger) reloads itself
       }
+    },
+    judging() {
+      say("asking the judge…");
     },
     error(data) {
       say(data.detail, true);

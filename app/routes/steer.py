@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -105,22 +106,35 @@ def steer_sae(session: SessionDep, body: SteerIn) -> Sae:
     return crud.find_sae(session, ref=body.sae_id)
 
 
-def steer_directions(session: SessionDep, body: SteerIn) -> dict[int, Direction]:
-    """The vectors of the saved directions a request names (those the SAE has), looked up on a worker thread."""
+@dataclass(frozen=True)
+class SteerContext:
+    """What a request names that lives in the store: saved directions' vectors, and the labels a judge rates
+    the text against."""
+
+    directions: dict[int, Direction]
+    concept: str | None
+
+
+def steer_context(session: SessionDep, body: SteerIn) -> SteerContext:
+    """The request's directions (those the SAE has) and concept, looked up on a worker thread."""
     found = crud.directions_by_id(session, sae_id=body.sae_id, ids=body.direction_ids())
-    return {k: Direction(d.name, tuple(d.vector)) for k, d in found.items()}
+    features = [i.feature for i in body.interventions if i.feature is not None]
+    labels = crud.label_texts(session, sae_id=body.sae_id, indices=features)
+    concepts = [labels[f] for f in features if labels.get(f)] + [d.name for d in found.values()]
+    return SteerContext({k: Direction(d.name, tuple(d.vector)) for k, d in found.items()},
+                        "; ".join(concepts) or None)
 
 
 @router.post("/api/steer", response_model=SteerOut, dependencies=[CsrfChecked],
              responses={404: {"description": "No such SAE"}, 422: {"description": "Bad request or over a limit"},
                         429: {"description": "A generation is running; see Retry-After"}})
 async def steer(request: Request, user: LabellerDep, body: SteerIn, sae: Annotated[Sae, Depends(steer_sae)],
-                directions: Annotated[dict[int, Direction], Depends(steer_directions)]):
+                context: Annotated[SteerContext, Depends(steer_context)]):
     """Generate the baseline and the steered rows from one prompt and seed, streamed or as one JSON answer;
     every row comes back measured (feature effect, perplexity, KL from the unsteered model, target)."""
-    if errors := body.range_errors(sae.d_sae, directions):
+    if errors := body.range_errors(sae.d_sae, context.directions):
         raise RequestValidationError(errors)
-    job = request.app.state.steering.start(sae, body, directions)
+    job = request.app.state.steering.start(sae, body, context.directions, context.concept)
     first = await job.next_event()
     if first is None or first[0] == "error":  # every check fails before the first token
         job.cancel()

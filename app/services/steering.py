@@ -19,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from sae_core.generation import GenerationError, Limits, TokenEvent, collect, encode_prompt
+from sae_core.generation import Generation, GenerationError, Limits, TokenEvent, collect, encode_prompt
+from sae_core.judge import JudgeConfig, JudgeError, Verdict, judge
 from sae_core.steering import Control, Direction, Steering, SteeringError, stream_steered
 from sae_core.steering_measures import Sweep, SweepPoint, encode_target, measure_rows, strongest_within
 
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 Event = tuple[str, dict[str, Any]]
 """(kind, data): start, token, done or error; see SteeringWorker._generate for each one's data."""
+
+
+def judge_config(settings: Settings) -> JudgeConfig | None:
+    """The steering judge the settings name, or None."""
+    return JudgeConfig(settings.judge_url, settings.judge_model, settings.judge_api_key) if settings.judge_url else None
 
 
 def steer_limits(settings: Settings) -> Limits:
@@ -119,8 +125,8 @@ def error_detail(err: GenerationError) -> str | list[dict[str, Any]]:
 class SteeringWorker:
     """Runs steering requests one at a time on a dedicated thread, taking the model from ModelCache per step."""
 
-    def __init__(self, models: ModelCache, limits: Limits, retry_after: int):
-        self.models, self.limits, self.retry_after = models, limits, retry_after
+    def __init__(self, models: ModelCache, limits: Limits, retry_after: int, judge: JudgeConfig | None = None):
+        self.models, self.limits, self.retry_after, self.judge = models, limits, retry_after, judge
         self._slot = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steer")
         self._current: Job | None = None
@@ -129,14 +135,15 @@ class SteeringWorker:
     def busy(self) -> bool:
         return self._slot.locked()
 
-    def start(self, sae: Sae, body: SteerIn, directions: Mapping[int, Direction]) -> Job:
+    def start(self, sae: Sae, body: SteerIn, directions: Mapping[int, Direction], concept: str | None = None) -> Job:
         """Begin a generation and return its job at once; WorkerBusy when one is already running.
-        `directions` holds the vector of every saved direction the request names."""
+        `directions` holds the vector of every saved direction the request names; `concept` (the steered
+        features' labels) is what a judge rates each row's text against."""
         if not self._slot.acquire(blocking=False):
             raise WorkerBusy(self.retry_after)
         job = self._current = Job(asyncio.get_running_loop())
         try:
-            self._pool.submit(self._run, job, sae, body, directions)
+            self._pool.submit(self._run, job, sae, body, directions, concept)
         except RuntimeError:  # the pool is shut down: the app is stopping
             self._slot.release()
             raise
@@ -148,10 +155,11 @@ class SteeringWorker:
             self._current.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, job: Job, sae: Sae, body: SteerIn, directions: Mapping[int, Direction]) -> None:
+    def _run(self, job: Job, sae: Sae, body: SteerIn, directions: Mapping[int, Direction],
+             concept: str | None) -> None:
         """The thread's body: every failure becomes an error event; the slot frees before the job ends."""
         try:
-            self._generate(job, self.models.load(sae), body, directions)
+            self._generate(job, self.models.load(sae), body, directions, concept)
         except GenerationError as err:
             job.push("error", {"status": 422, "detail": error_detail(err)})
         except InferenceUnavailable as err:
@@ -163,7 +171,8 @@ class SteeringWorker:
             self._slot.release()
             job.end()
 
-    def _generate(self, job: Job, loaded: RunnableSae, body: SteerIn, directions: Mapping[int, Direction]) -> None:
+    def _generate(self, job: Job, loaded: RunnableSae, body: SteerIn, directions: Mapping[int, Direction],
+                  concept: str | None) -> None:
         """Validate, stream every row's tokens, then measure every row; all errors come before tokens."""
         lm, sae = loaded.lm, loaded.sae
         rows, sweep = plan_rows(body, directions)
@@ -180,11 +189,30 @@ class SteeringWorker:
             measures = measure_rows(lm, sae, prompt_ids, runs, generations, target_ids)
         points = [SweepPoint(r.strength, g, m) for r, g, m in zip(rows, generations, measures)]
         strongest = strongest_within(points, body.perplexity_factor) if sweep else None
+        verdicts, judge_error = self._judged(job, generations, concept)
         out = [RowOut.measured(m, **r.head(k), text=g.text, token_ids=g.token_ids, finished=g.finished,
-                               fluent_strongest=strongest is not None and r.strength == strongest)
-               for k, (r, g, m) in enumerate(zip(rows, generations, measures))]
-        job.push("done", {"prompt_tokens": len(prompt_ids), "strongest_fluent": strongest,
+                               fluent_strongest=strongest is not None and r.strength == strongest,
+                               judge_concept=v.concept if v else None, judge_fluency=v.fluency if v else None)
+               for k, (r, g, m, v) in enumerate(zip(rows, generations, measures, verdicts))]
+        job.push("done", {"prompt_tokens": len(prompt_ids), "strongest_fluent": strongest, "judge_error": judge_error,
                           "rows": [row.model_dump() for row in out]})
+
+    def _judged(self, job: Job, generations: list[Generation], concept: str | None
+                ) -> tuple[list[Verdict | None], str | None]:
+        """Each row's verdict when a judge is configured; the first failure ends the judging and is reported
+        beside the rows (a judge that is down must not lose the run)."""
+        verdicts: list[Verdict | None] = [None] * len(generations)
+        if self.judge is None:
+            return verdicts, None
+        job.push("judging", {"rows": len(generations)})
+        try:
+            for k, g in enumerate(generations):
+                if job.cancelled.is_set():
+                    break
+                verdicts[k] = judge(self.judge, g.text, concept)
+        except JudgeError as err:
+            return verdicts, str(err)
+        return verdicts, None
 
 
 def _relayed(job: Job, events: Iterator[TokenEvent]) -> Iterator[TokenEvent]:

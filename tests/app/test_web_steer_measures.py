@@ -7,8 +7,12 @@ import json
 
 import pytest
 
+from app import crud
 from tests.app import test_web_steer
-from tests.app.test_web_steer import tokens
+from tests.app.conftest import add_user, log_in, make_client
+from tests.app.test_web_steer import PROMPT, tokens
+from tests.judge_server import judge_server
+from tests.spawn import free_port
 
 steerer = test_web_steer.steerer  # the same fixture: POST /api/steer as a signed-in labeller
 
@@ -82,3 +86,29 @@ def test_a_saved_experiment_page_shows_each_rows_measures(client, steerer):
     page = client.get(response.json()["experiment_url"]).text
     assert page.count('class="measures"') == 4
     assert "KL per token" in page and "control: sign flipped" in page and "baseline mean" in page
+
+
+def test_a_configured_judge_rates_every_row_against_the_features_labels(db_url, engine, session, stored_sae):
+
+    crud.add_label(session, sae_id=stored_sae.id, feature_index=0, text="cats and hats", author_id=None)
+    add_user(session, "ada")
+    with judge_server() as (url, received), make_client(db_url, judge_url=url, judge_model="m") as client:
+        csrf = log_in(client, "ada")
+        body = {"sae_id": stored_sae.id, "prompt": PROMPT, "max_new_tokens": 6, "controls": True,
+                "interventions": [{"feature": 0, "mode": "add", "value": 10.0}]}
+        out = client.post("/api/steer", json=body, headers={"X-CSRF-Token": csrf}).json()
+    assert out["judge_error"] is None
+    assert [(r["judge_concept"], r["judge_fluency"]) for r in out["rows"]] == [(2.0, 1.0)] * 4
+    assert len(received) == 8 and "cats and hats" in received[0]["messages"][0]["content"]
+
+
+def test_a_judge_that_is_down_leaves_the_run_whole_and_says_why(db_url, engine, session, stored_sae):
+
+    add_user(session, "ada")
+    with make_client(db_url, judge_url=f"http://127.0.0.1:{free_port()}/v1", judge_model="m") as client:
+        csrf = log_in(client, "ada")
+        body = {"sae_id": stored_sae.id, "prompt": PROMPT, "max_new_tokens": 6,
+                "interventions": [{"feature": 0, "mode": "add", "value": 10.0}]}
+        response = client.post("/api/steer", json=body, headers={"X-CSRF-Token": csrf})
+    assert response.status_code == 200 and "did not answer" in response.json()["judge_error"]
+    assert all(r["judge_fluency"] is None and r["perplexity"] for r in response.json()["rows"])

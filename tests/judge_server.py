@@ -1,0 +1,40 @@
+"""A stand-in OpenAI-compatible chat endpoint on a free local port, for testing the steering judge offline."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@contextmanager
+def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]") -> Iterator[tuple[str, list[dict]]]:
+    """(base URL, the request bodies received); answers the concept prompt and the fluency prompt as given."""
+    received: list[dict] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            received.append(body | {"path": self.path, "auth": self.headers.get("Authorization")})
+            prompt = body["messages"][0]["content"]
+            answer = concept if "[Concept Start]" in prompt else fluency
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *_args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", received
+    finally:
+        server.shutdown()
+        thread.join(5)
