@@ -32,9 +32,10 @@ def sae_dir(tmp_path):
 
 
 def test_saescope_lists_the_library_commands_then_the_stores():
-    assert listed_commands(app) == ["sites", "harvest", "train", "eval", "convert", "import", "record", "export", "demo",
-                                    "serve", "db", "user"]
-    assert listed_commands(sae_core.cli.app) == ["sites", "harvest", "train", "eval", "convert"]  # left alone by app.cli
+    assert listed_commands(app) == ["sites", "harvest", "train", "eval", "contrast", "convert", "attribute", "import",
+                                    "record", "export", "demo", "serve", "db", "user"]
+    assert listed_commands(sae_core.cli.app) == ["sites", "harvest", "train", "eval", "contrast", "convert",
+                                                 "attribute"]
 
 
 def test_saescope_runs_the_library_commands_own_code():

@@ -13,7 +13,7 @@ from sae_core.saes import load_sae
 from tests.conftest import invoke_cli, listed_commands, run_cli
 
 invoke = partial(invoke_cli, app)
-LIBRARY_COMMANDS = ["sites", "harvest", "train", "eval", "convert"]
+LIBRARY_COMMANDS = ["sites", "harvest", "train", "eval", "contrast", "convert", "attribute"]
 
 
 def test_the_library_cli_lists_its_own_commands_alone():
@@ -170,3 +170,24 @@ def test_train_checkpoint_cadence_from_the_command_line(tmp_path):
 def test_skip_nonfinite_does_not_apply_to_a_streamed_model(tmp_path):
     code, out = invoke("train", "--model", "tiny", "--tokens", 100, "--skip-nonfinite", "--out", tmp_path / "s")
     assert code == 2 and "--skip-nonfinite applies to --activations" in out
+
+
+def test_harvest_at_several_sites_then_train_one_sae_per_site_each_as_trained_alone(tmp_path, tiny_model_dir, corpus):
+    code, out = invoke("harvest", "--model", tiny_model_dir, "--site", "layers.2.resid_post,layers.0.resid_post",
+                       "--dataset", corpus, "--tokens", 1200, "--context", 32, "--out", tmp_path / "acts",
+                       "--dtype", "float32")
+    assert code == 0, out
+    assert f"wrote 1200 activations of {tiny_model_dir.name} at layers.0.resid_post, layers.2.resid_post" in out
+    options = ["--arch", "topk", "--features", 32, "--k", 4, "--tokens", 2048, "--batch-size", 128, "--seed", 3]
+    code, out = invoke("train", "--activations", tmp_path / "acts", *options, "--out", tmp_path / "set")
+    assert code == 0, out
+    metrics = json.loads(out[out.index("{"):])
+    assert list(metrics) == ["layers.0.resid_post", "layers.2.resid_post"]
+    assert json.loads((tmp_path / "set" / "sae_set.json").read_text())["sites"] == list(metrics)
+    for site in metrics:
+        code, out = invoke("train", "--activations", tmp_path / "acts" / site, *options, "--out", tmp_path / site)
+        assert code == 0, out
+        assert json.loads(out[out.index("{"):]) == metrics[site]
+        for name in ("cfg.json", "sae_weights.safetensors", "metrics.json"):
+            assert (tmp_path / "set" / site / name).read_bytes() == (tmp_path / site / name).read_bytes()
+        assert load_sae(tmp_path / "set" / site).cfg.provenance.site.name == site
