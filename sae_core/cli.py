@@ -16,8 +16,8 @@ from .activations import ActivationsError, open_activations
 from .allocator import keep_freed_memory
 from .attribution.command import attribute_command
 from .config import HarvestConfig, TrainConfig
-from .contrast import contrast, read_texts
 from .console import fail
+from .contrast import contrast, read_texts
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations
