@@ -222,13 +222,17 @@ def _share(page: crud.FeaturePage, sae: Sae, bounds: tuple[float, float], last: 
 
 def _activation(ids: Ids, sae: Sae, page: crud.FeaturePage, e: crud.ExampleView,
                 bins: tuple[float, float, float]) -> str:
-    """The JSON line of one example, led by an id hashed from the rest of it (one serialisation for both)."""
+    """The JSON line of one example, led by an id hashed from the rest of it (one serialisation for both).
+
+    Two tokens near a context's edge can share one window; `qualifyingTokenIndex` (the token the example was
+    chosen for, Neuronpedia's field for such duplicates) tells them apart, so neither is dropped as a conflict.
+    """
     peak = max(e.acts)
     text = _json({
         "modelId": ids.model_id, "layer": ids.source_id, "index": str(page.feature.feature_index),
         "creatorId": ids.creator_id, "tokens": e.pieces, "values": e.acts, "maxValue": peak,
         "maxValueTokenIndex": e.acts.index(peak), "minValue": min(e.acts),
-        "dataIndex": str(e.context_index), "dataSource": sae.dataset,
+        "dataIndex": str(e.context_index), "dataSource": sae.dataset, "qualifyingTokenIndex": e.peak,
         "binMin": bins[0], "binMax": bins[1], "binContains": bins[2],
     })
     return f'{{"id": "{_stable_id(text)}", {text[1:]}'
