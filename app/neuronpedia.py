@@ -222,10 +222,12 @@ def _share(page: crud.FeaturePage, sae: Sae, bounds: tuple[float, float], last: 
 
 def _activation(ids: Ids, sae: Sae, page: crud.FeaturePage, e: crud.ExampleView,
                 bins: tuple[float, float, float]) -> str:
-    """The JSON line of one example, led by an id hashed from the rest of it (one serialisation for both).
+    """The JSON line of one example, led by an id hashed from the rest of it and the window's start.
 
     Two tokens near a context's edge can share one window; `qualifyingTokenIndex` (the token the example was
-    chosen for, Neuronpedia's field for such duplicates) tells them apart, so neither is dropped as a conflict.
+    chosen for, Neuronpedia's field for such duplicates) tells them apart. Text repeated within a context gives
+    windows equal in every field but their start, which Neuronpedia has no field for: the start goes into the
+    id alone. So no example is dropped as a conflict, and the same store always exports the same ids.
     """
     peak = max(e.acts)
     text = _json({
@@ -235,7 +237,7 @@ def _activation(ids: Ids, sae: Sae, page: crud.FeaturePage, e: crud.ExampleView,
         "dataIndex": str(e.context_index), "dataSource": sae.dataset, "qualifyingTokenIndex": e.peak,
         "binMin": bins[0], "binMax": bins[1], "binContains": bins[2],
     })
-    return f'{{"id": "{_stable_id(text)}", {text[1:]}'
+    return f'{{"id": "{_stable_id(f"{e.start}:{text}")}", {text[1:]}'
 
 
 def _explanation(ids: Ids, target: NeuronpediaTarget, page: crud.FeaturePage) -> str | None:
