@@ -167,16 +167,21 @@ def _write_batch(directory: Path, number: int, sae: Sae, ids: Ids, target: Neuro
     """One batch-N.jsonl.gz per folder; a folder gets none for a batch without rows (the importer would fail
     on an empty file)."""
     parts = {
-        "features": [_feature(ids, sae, p) for p in pages],
+        "features": [_json(_feature(ids, sae, p)) for p in pages],
         "activations": [a for p in pages for a in _activations(ids, sae, p)],
         "explanations": [e for p in pages if (e := _explanation(ids, target, p)) is not None],
     }
-    for folder, rows in parts.items():
-        if not rows:
+    for folder, lines in parts.items():
+        if not lines:
             continue
         (directory / folder).mkdir(exist_ok=True)
-        with gzip.open(directory / folder / f"batch-{number}.jsonl.gz", "wt", encoding="utf-8") as f:
-            f.writelines(json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n" for row in rows)
+        # Level 6, not gzip's default 9: 5x faster on activation batches for 5% more bytes.
+        with gzip.open(directory / folder / f"batch-{number}.jsonl.gz", "wt", encoding="utf-8", compresslevel=6) as f:
+            f.writelines(line + "\n" for line in lines)
+
+
+def _json(row: dict[str, Any]) -> str:
+    return json.dumps(row, ensure_ascii=False, allow_nan=False)
 
 
 def _feature(ids: Ids, sae: Sae, page: crud.FeaturePage) -> dict[str, Any]:
@@ -193,7 +198,7 @@ def _feature(ids: Ids, sae: Sae, page: crud.FeaturePage) -> dict[str, Any]:
     }
 
 
-def _activations(ids: Ids, sae: Sae, page: crud.FeaturePage) -> Iterator[dict[str, Any]]:
+def _activations(ids: Ids, sae: Sae, page: crud.FeaturePage) -> Iterator[str]:
     """Top examples (binMin -1, binMax the max, binContains -1, Neuronpedia's mark of a top row), then the
     quantile samples with their interval and the share of all tokens inside it."""
     top = page.feature.max_act
@@ -216,34 +221,44 @@ def _share(page: crud.FeaturePage, sae: Sae, bounds: tuple[float, float], last: 
 
 
 def _activation(ids: Ids, sae: Sae, page: crud.FeaturePage, e: crud.ExampleView,
-                bins: tuple[float, float, float]) -> dict[str, Any]:
+                bins: tuple[float, float, float]) -> str:
+    """The JSON line of one example, led by an id hashed from the rest of it and the window's start.
+
+    Two tokens near a context's edge can share one window; `qualifyingTokenIndex` (the token the example was
+    chosen for, Neuronpedia's field for such duplicates) tells them apart. Text repeated within a context gives
+    windows equal in every field but their start, which Neuronpedia has no field for: the start goes into the
+    id alone. So no example is dropped as a conflict, and the same store always exports the same ids.
+    """
     peak = max(e.acts)
-    row = {
+    text = _json({
         "modelId": ids.model_id, "layer": ids.source_id, "index": str(page.feature.feature_index),
         "creatorId": ids.creator_id, "tokens": e.pieces, "values": e.acts, "maxValue": peak,
         "maxValueTokenIndex": e.acts.index(peak), "minValue": min(e.acts),
-        "dataIndex": str(e.context_index), "dataSource": sae.dataset,
+        "dataIndex": str(e.context_index), "dataSource": sae.dataset, "qualifyingTokenIndex": e.peak,
         "binMin": bins[0], "binMax": bins[1], "binContains": bins[2],
-    }
-    return {"id": _stable_id("act", row), **row}
+    })
+    return f'{{"id": "{_stable_id(f"{e.start}:{text}")}", {text[1:]}'
 
 
-def _explanation(ids: Ids, target: NeuronpediaTarget, page: crud.FeaturePage) -> dict[str, Any] | None:
-    """The feature's current label; its source and author in `notes` (names this store knows, not the target)."""
+def _explanation(ids: Ids, target: NeuronpediaTarget, page: crud.FeaturePage) -> str | None:
+    """The feature's current label; its source and author in `notes` (names this store knows, not the target).
+
+    Its id hashes the feature and the text only, so exporting the same label again (later, or by someone
+    else) adds nothing.
+    """
     if not page.labels:
         return None
     label = page.labels[0]
     by = f" by {label.author_name}" if label.author_name else ""
-    row = {
-        "modelId": ids.model_id, "layer": ids.source_id, "index": str(page.feature.feature_index),
-        "description": label.text, "authorId": target.author_id, "typeName": None,
+    key = {"modelId": ids.model_id, "layer": ids.source_id, "index": str(page.feature.feature_index),
+           "description": label.text}
+    return _json({
+        "id": _stable_id(_json(key)), **key, "authorId": target.author_id, "typeName": None,
         "explanationModelName": None, "notes": f"saescope label ({label.source}{by})",
         "createdAt": as_utc(label.created_at).astimezone(UTC).replace(tzinfo=None).isoformat(),
-    }
-    return {"id": _stable_id("exp", {k: row[k] for k in ("modelId", "layer", "index", "description")}), **row}
+    })
 
 
-def _stable_id(kind: str, row: dict[str, Any]) -> str:
-    """A content hash, so a repeated import (ON CONFLICT DO NOTHING on the id) adds nothing."""
-    digest = hashlib.blake2b(json.dumps([kind, row], sort_keys=True).encode(), digest_size=12).hexdigest()
-    return f"sx{digest}"
+def _stable_id(content: str) -> str:
+    """A hash of a row's content, so a repeated import (ON CONFLICT DO NOTHING on the id) skips the row."""
+    return "sx" + hashlib.blake2b(content.encode(), digest_size=12).hexdigest()

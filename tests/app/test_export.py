@@ -1,3 +1,4 @@
+import dataclasses
 import gzip
 import json
 
@@ -90,3 +91,17 @@ def test_quantile_samples_carry_their_intervals_bounds_an_equal_share_of_the_max
     assert n == 3 and page.quantiles
     assert {(a["binMin"], a["binMax"]) for a in acts if a["index"] == "3" and a["binMin"] != -1} == {
         (i / n * top, (i + 1) / n * top) for i in page.quantiles}
+
+
+def test_examples_alike_in_every_field_but_peak_or_start_are_rows_with_their_own_ids(session, stored, tmp_path):
+    from app.neuronpedia import Ids, _activation
+
+    page = crud.feature_page(session, sae_id=stored.id, feature_index=3)
+    example = page.top[0]
+    twin = dataclasses.replace(example, peak=example.peak + 1)
+    repeated = dataclasses.replace(example, start=example.start + 40)  # the same text further on in the context
+    ids = Ids("tiny-llama", "1-tiny-sae", "tiny-sae", "u")
+    rows = [json.loads(_activation(ids, stored, page, e, (-1.0, 1.0, -1.0))) for e in (example, twin, repeated)]
+    assert len({r["id"] for r in rows}) == 3
+    assert [r["qualifyingTokenIndex"] for r in rows] == [example.peak, example.peak + 1, example.peak]
+    assert rows[0] | {"id": ""} == rows[2] | {"id": ""}
