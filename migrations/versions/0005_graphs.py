@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0005_graphs'
-down_revision = '0003_accounts'
+down_revision = '0008_steering_measures'
 branch_labels = None
 depends_on = None
 
