@@ -27,6 +27,7 @@ from sae_core.saes import SAEFormatError
 from sae_core.sites import SiteError
 
 from . import crud
+from .attribute_cli import attribute_with_store
 from .db import session_factory, shown_url
 from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .export import FORMATS, export_sae
@@ -46,7 +47,7 @@ from .pipeline import (
 from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
 
-app = new_cli()
+app = new_cli({"attribute": attribute_with_store})
 """`saescope`: a Typer of its own holding the library's commands; the store's are added to it below."""
 db_app = typer.Typer(no_args_is_help=True, help="The feature store.")
 app.add_typer(db_app, name="db")
