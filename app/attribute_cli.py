@@ -24,6 +24,7 @@ from sae_core.console import fail
 from sae_core.lm import DEFAULT_MODEL
 
 from . import crud
+from .cli_store import DB_OPTION, open_session
 
 
 def attribute_with_store(
@@ -42,7 +43,7 @@ def attribute_with_store(
     model: str | None = typer.Option(None, "--model", help="With --sae: the model (default smollm2); a set "
                                                            "names its own."),
     export: Path | None = ExportOpt,
-    db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL or sqlite:///saescope.db)."),
+    db: str | None = DB_OPTION,
 ) -> None:
     """Which features make the model predict --target: node effects, exact check of the largest, graph."""
     if (sae_set is None) == (sae is None):
@@ -55,8 +56,6 @@ def attribute_with_store(
 
 def _set_directories(ref: str, db: str | None) -> tuple[str, str]:
     """The directories of a stored set's SAEs (forward order) and the spec of their model."""
-    from .cli import open_session  # here, not at the top: app.cli builds its Typer from this module's command
-
     with open_session(db) as session:
         try:
             _set, saes = crud.set_saes(session, ref=ref)

@@ -28,7 +28,8 @@ from sae_core.sites import SiteError
 
 from . import crud
 from .attribute_cli import attribute_with_store
-from .db import session_factory, shown_url
+from .cli_store import DB_OPTION, database_url, open_session
+from .db import shown_url
 from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .export import FORMATS, export_sae
 from .ingest import IngestError
@@ -54,30 +55,10 @@ app.add_typer(db_app, name="db")
 user_app = typer.Typer(no_args_is_help=True, help="Accounts of the web app.")
 app.add_typer(user_app, name="user")
 
-DB_OPTION = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL or sqlite:///saescope.db).")
 SET_OPTION = typer.Option(None, "--set", help="Put the SAE in this set of SAEs of one model at several sites "
                                               "(made on first use).")
 USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatError, ModelLoadError, SiteError,
                CorpusError, IngestError, StoreError)
-
-
-def database_url(db: str | None) -> str:
-    """--db wins over DATABASE_URL, which wins over the SQLite default."""
-    return Settings.on_store(db).database_url
-
-
-@contextmanager
-def open_session(db: str | None, migrate: bool = False) -> Iterator[Session]:
-    """A session on the store; `migrate` first brings its schema up to date (commands that write).
-
-    StoreError, before the command's work, when the store cannot be opened (see migrate.open_store).
-    """
-    engine = open_store(database_url(db), migrate=migrate)
-    try:
-        with session_factory(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
 
 
 @db_app.command("upgrade")
