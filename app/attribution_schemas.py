@@ -18,8 +18,7 @@ class AttributionIn(BaseModel):
     """One attribution run on a set of SAEs (one per site of one model)."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-    sae_set: str = Field(min_length=1, max_length=200, pattern=r"^\d+(,\d+)*$",
-                         description="The SAE set: store ids of its SAEs joined by commas, e.g. 1,2,3.")
+    sae_set: str = Field(min_length=1, max_length=200, description="The set of SAEs, by id or name.")
     prompt: StoredText = Field(min_length=1, max_length=4000)
     target: StoredText = Field(min_length=1, max_length=200, description="The predicted token (exactly one token).")
     contrast: StoredText | None = Field(None, max_length=200,
@@ -63,6 +62,11 @@ def as_422(err: AttributionError) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", field), "msg": str(err), "type": "value_error"}])
 
 
-def graph_url(set_key: str, graph_id: int) -> str:
+def circuits_url(set_id: int) -> str:
+    """The circuits page of a set."""
+    return f"/saes/{set_id}/circuits"
+
+
+def graph_url(set_id: int, graph_id: int) -> str:
     """A graph's permalink."""
-    return f"/saes/{set_key}/circuits/{graph_id}"
+    return f"{circuits_url(set_id)}/{graph_id}"

@@ -28,7 +28,9 @@ from sae_core.saes import SAEFormatError
 from sae_core.sites import SiteError
 
 from . import crud
-from .db import session_factory, shown_url
+from .attribute_cli import attribute_with_store
+from .cli_store import DB_OPTION, database_url, open_session
+from .db import shown_url
 from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .export import FORMATS, export_sae
 from .ingest import IngestError
@@ -48,37 +50,17 @@ from .pipeline import (
 from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
 
-app = new_cli()
+app = new_cli({"attribute": attribute_with_store})
 """`saescope`: a Typer of its own holding the library's commands; the store's are added to it below."""
 db_app = typer.Typer(no_args_is_help=True, help="The feature store.")
 app.add_typer(db_app, name="db")
 user_app = typer.Typer(no_args_is_help=True, help="Accounts of the web app.")
 app.add_typer(user_app, name="user")
 
-DB_OPTION = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL or sqlite:///saescope.db).")
 SET_OPTION = typer.Option(None, "--set", help="Put the SAE in this set of SAEs of one model at several sites "
                                               "(made on first use).")
 USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatError, ModelLoadError, SiteError,
                CorpusError, IngestError, StoreError)
-
-
-def database_url(db: str | None) -> str:
-    """--db wins over DATABASE_URL, which wins over the SQLite default."""
-    return Settings.on_store(db).database_url
-
-
-@contextmanager
-def open_session(db: str | None, migrate: bool = False) -> Iterator[Session]:
-    """A session on the store; `migrate` first brings its schema up to date (commands that write).
-
-    StoreError, before the command's work, when the store cannot be opened (see migrate.open_store).
-    """
-    engine = open_store(database_url(db), migrate=migrate)
-    try:
-        with session_factory(engine)() as session:
-            yield session
-    finally:
-        engine.dispose()
 
 
 @db_app.command("upgrade")

@@ -367,8 +367,8 @@ class AttributionGraphRow(Base):
     __tablename__ = "attribution_graphs"
     id: Mapped[int] = mapped_column(primary_key=True)
     owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
-    set_key: Mapped[str] = mapped_column(String(200), index=True)
-    """The SAE set the graph was drawn on, as its page URL names it."""
+    set_id: Mapped[int] = mapped_column(ForeignKey("sae_sets.id", ondelete="CASCADE"), index=True)
+    """The set of SAEs the graph was drawn on."""
     sae_ids: Mapped[list[Any]]
     """The store ids of the SAEs spliced in, one per site in depth order."""
     prompt: Mapped[str] = mapped_column(Text)

@@ -6,7 +6,7 @@ The app's `saescope` offers the same commands, registered on its own Typer with 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -231,10 +231,11 @@ COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, 
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 
-def new_cli() -> typer.Typer:
-    """A fresh Typer holding the library's commands; the app's `saescope` builds its own and adds the store's."""
+def new_cli(replace: Mapping[str, Callable[..., None]] | None = None) -> typer.Typer:
+    """A fresh Typer holding the library's commands; the app's `saescope` builds its own, with `replace` giving
+    store-aware versions of some (in the same place of the list), and adds the store's."""
     cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Sparse-autoencoder workbench.")
-    for name, command in COMMANDS.items():
+    for name, command in (COMMANDS | dict(replace or {})).items():
         cli.command(name)(command)
     return cli
 

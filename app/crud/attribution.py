@@ -7,46 +7,42 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ..models import AttributionGraphRow, Feature, Sae
+from ..models import AttributionGraphRow, Feature, Sae, SaeSet
 from .base import NotFound
 from .labels import label_texts
+from .sae_sets import find_sae_set, set_members
 
 
-def set_saes(session: Session, *, key: str) -> list[Sae]:
-    """The SAEs a set key names (store ids joined by commas), each found, all of one model."""
-    try:
-        ids = [int(part) for part in key.split(",") if part.strip()]
-    except ValueError:
-        raise NotFound(f"no SAE set {key!r}: name one as SAE ids joined by commas, e.g. 1,2,3") from None
-    if not ids:
-        raise NotFound("no SAE set named: give SAE ids joined by commas, e.g. 1,2,3")
-    saes = [session.get(Sae, i) for i in ids]
-    missing = [i for i, sae in zip(ids, saes, strict=True) if sae is None]
-    if missing:
-        raise NotFound(f"no SAE {missing[0]} in the store")
-    return [sae for sae in saes if sae is not None]
+def set_saes(session: Session, *, ref: str | int) -> tuple[SaeSet, list[Sae]]:
+    """A set (by id or name) and its SAEs in forward order; NotFound for an unknown or empty set."""
+    sae_set = find_sae_set(session, ref=ref)
+    members = set_members(session, sae_set=sae_set)
+    if not members:
+        raise NotFound(f"the set {sae_set.name!r} holds no SAEs yet")
+    return sae_set, members
 
 
-def save_graph(session: Session, *, set_key: str, sae_ids: list[int], graph: dict[str, Any],
+def save_graph(session: Session, *, set_id: int, sae_ids: list[int], graph: dict[str, Any],
                owner_id: int | None) -> AttributionGraphRow:
     """Store a finished graph in one commit (a failed run stores nothing)."""
-    row = AttributionGraphRow(set_key=set_key, sae_ids=sae_ids, prompt=graph["prompt"], target=graph["target"],
+    row = AttributionGraphRow(set_id=set_id, sae_ids=sae_ids, prompt=graph["prompt"], target=graph["target"],
                               method=graph["method"], graph=graph, owner_id=owner_id)
     session.add(row)
     session.commit()
     return row
 
 
-def find_graph(session: Session, *, graph_id: int) -> AttributionGraphRow:
+def find_graph(session: Session, *, graph_id: int, set_id: int | None = None) -> AttributionGraphRow:
+    """A saved graph, of the given set when one is named."""
     row = session.get(AttributionGraphRow, graph_id)
-    if row is None:
+    if row is None or (set_id is not None and row.set_id != set_id):
         raise NotFound(f"no saved attribution graph {graph_id}")
     return row
 
 
-def list_graphs(session: Session, *, set_key: str, limit: int = 20) -> list[AttributionGraphRow]:
+def list_graphs(session: Session, *, set_id: int, limit: int = 20) -> list[AttributionGraphRow]:
     """The set's saved graphs, newest first."""
-    stmt = select(AttributionGraphRow).where(AttributionGraphRow.set_key == set_key)
+    stmt = select(AttributionGraphRow).where(AttributionGraphRow.set_id == set_id)
     return list(session.scalars(stmt.order_by(AttributionGraphRow.id.desc()).limit(limit)))
 
 

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from sae_core.attribution import AttributionConfig, AttributionGraph
 
 from .. import crud
-from ..attribution_schemas import graph_url
+from ..attribution_schemas import circuits_url, graph_url
 from ..models import AttributionGraphRow, Sae
 
 TOP_ROWS = 20
@@ -25,11 +25,11 @@ def _sae_summary(saes: list[Sae]) -> list[dict[str, Any]]:
     return [{"id": s.id, "name": s.name, "site": s.site, "d_sae": s.d_sae} for s in saes]
 
 
-def circuits_page(session: Session, set_key: str) -> dict[str, Any]:
-    """The form's context: the set's SAEs, their model, the defaults and the saved graphs."""
-    saes = crud.set_saes(session, key=set_key)
-    graphs = [(row, graph_url(set_key, row.id)) for row in crud.list_graphs(session, set_key=set_key)]
-    return {"set_key": set_key, "saes": _sae_summary(saes), "model": saes[0].model_name,
+def circuits_page(session: Session, set_ref: str) -> dict[str, Any]:
+    """The form's context: the set, its SAEs, the defaults and the saved graphs."""
+    sae_set, saes = crud.set_saes(session, ref=set_ref)
+    graphs = [(row, graph_url(sae_set.id, row.id)) for row in crud.list_graphs(session, set_id=sae_set.id)]
+    return {"sae_set": sae_set, "url": circuits_url(sae_set.id), "saes": _sae_summary(saes),
             "defaults": AttributionConfig(), "graphs": graphs}
 
 
@@ -45,12 +45,12 @@ def _enriched_nodes(session: Session, graph: AttributionGraph, sae_ids: list[int
     return nodes
 
 
-def graph_page(session: Session, set_key: str, row: AttributionGraphRow) -> dict[str, Any]:
+def graph_page(session: Session, row: AttributionGraphRow) -> dict[str, Any]:
     """The graph page's context: the graph, its largest nodes for the table, the JSON the drawing reads."""
     graph = AttributionGraph.from_dict(row.graph)
     nodes = _enriched_nodes(session, graph, row.sae_ids)
     by_id = {n["node_id"]: n for n in nodes}
     data = graph.to_dict() | {"nodes": nodes, "id": row.id, "sae_ids": row.sae_ids}
     # "<" escaped: the JSON sits in a <script> element, where "</script>" in a prompt would end it.
-    return {"set_key": set_key, "row": row, "graph": graph, "top": [by_id[n.node_id] for n in graph.top(TOP_ROWS)],
+    return {"url": circuits_url(row.set_id), "row": row, "graph": graph, "top": [by_id[n.node_id] for n in graph.top(TOP_ROWS)],
             "data_json": Markup(json.dumps(data).replace("<", "\\u003c"))}

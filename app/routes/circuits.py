@@ -18,8 +18,7 @@ from ..presenters.circuits import circuits_page, graph_page
 from ..services.attribution import AttributionService, RunSpec
 
 router = APIRouter(tags=["attribution"])
-SetKey = Annotated[str, Path(pattern=r"^\d+(,\d+)*$", max_length=200,
-                             description="An SAE set: store ids of its SAEs joined by commas.")]
+SetRef = Annotated[str, Path(max_length=200, description="A set of SAEs, by id or name.")]
 GraphId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the saved graph.")]
 Threshold = Annotated[float | None, Query(gt=0, le=1)]
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or graph"},
@@ -31,21 +30,22 @@ def service(request: Request) -> AttributionService:
 
 
 def run_spec(session: SessionDep, body: AttributionIn, owner_id: int | None) -> RunSpec:
-    return RunSpec(body.sae_set, crud.set_saes(session, key=body.sae_set), body.request(), body.config(), owner_id)
+    sae_set, saes = crud.set_saes(session, ref=body.sae_set)
+    return RunSpec(sae_set.id, saes, body.request(), body.config(), owner_id)
 
 
-@router.get("/saes/{set_key}/circuits", response_class=HTMLResponse, include_in_schema=False)
-def circuits(request: Request, session: SessionDep, _user: ReaderDep, set_key: SetKey):
+@router.get("/saes/{set_ref}/circuits", response_class=HTMLResponse, include_in_schema=False)
+def circuits(request: Request, session: SessionDep, _user: ReaderDep, set_ref: SetRef):
     """The form (prompt, target picker, settings) and the set's saved graphs."""
-    return render(request, "circuits.html", circuits_page(session, set_key))
+    return render(request, "circuits.html", circuits_page(session, set_ref))
 
 
-@router.post("/saes/{set_key}/circuits/next-tokens", response_class=HTMLResponse, include_in_schema=False,
+@router.post("/saes/{set_ref}/circuits/next-tokens", response_class=HTMLResponse, include_in_schema=False,
              dependencies=[CsrfChecked])
-def target_picker(request: Request, session: SessionDep, _user: LabellerDep, set_key: SetKey,
+def target_picker(request: Request, session: SessionDep, _user: LabellerDep, set_ref: SetRef,
                   prompt: Annotated[StoredText, Form(min_length=1, max_length=4000)]):
     """The model's top next tokens after the prompt, as buttons that fill in the target."""
-    saes = crud.set_saes(session, key=set_key)
+    _set, saes = crud.set_saes(session, ref=set_ref)
     with request.app.state.models.hold(saes[0]) as loaded:
         try:
             tokens = next_tokens(loaded.lm, prompt)
@@ -54,35 +54,39 @@ def target_picker(request: Request, session: SessionDep, _user: LabellerDep, set
     return render(request, "_circuits_targets.html", {"tokens": tokens})
 
 
-@router.post("/saes/{set_key}/circuits/jobs", response_class=HTMLResponse, include_in_schema=False,
+@router.post("/saes/{set_ref}/circuits/jobs", response_class=HTMLResponse, include_in_schema=False,
              dependencies=[CsrfChecked])
-async def start(request: Request, session: SessionDep, user: LabellerDep, set_key: SetKey):
+async def start(request: Request, session: SessionDep, user: LabellerDep, set_ref: SetRef):
     """Queue a run from the page's form; the answer polls the job until the graph's page can open."""
     form = {k: v for k, v in (await request.form()).items() if k != "csrf_token" and v != ""}
     try:
-        body = AttributionIn.model_validate({**form, "sae_set": set_key})
+        body = AttributionIn.model_validate({**form, "sae_set": set_ref})
     except ValidationError as err:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
-    job = service(request).start(run_spec(session, body, user.id))
-    return render(request, "_circuits_job.html", {"job": job, "set_key": set_key})
+    spec = run_spec(session, body, user.id)
+    job = service(request).start(spec)
+    return render(request, "_circuits_job.html", {"job": job, "set_id": spec.set_id})
 
 
-@router.get("/saes/{set_key}/circuits/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
-def job_status(request: Request, _user: LabellerDep, set_key: SetKey,
+@router.get("/saes/{set_ref}/circuits/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+def job_status(request: Request, session: SessionDep, _user: LabellerDep, set_ref: SetRef,
                job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]):
     """The job's progress; once its graph is saved, htmx is sent to the graph's permalink."""
+    sae_set = crud.find_sae_set(session, ref=set_ref)
     job = service(request).job(job_id)
     if job is None:
         raise crud.NotFound(f"no attribution job {job_id} (the server may have restarted)")
     if job.graph_id is not None:
-        return Response(status_code=200, headers={"HX-Redirect": graph_url(set_key, job.graph_id)})
-    return render(request, "_circuits_job.html", {"job": job, "set_key": set_key})
+        return Response(status_code=200, headers={"HX-Redirect": graph_url(sae_set.id, job.graph_id)})
+    return render(request, "_circuits_job.html", {"job": job, "set_id": sae_set.id})
 
 
-@router.get("/saes/{set_key}/circuits/{graph_id}", response_class=HTMLResponse, include_in_schema=False)
-def graph(request: Request, session: SessionDep, _user: ReaderDep, set_key: SetKey, graph_id: GraphId):
+@router.get("/saes/{set_ref}/circuits/{graph_id}", response_class=HTMLResponse, include_in_schema=False)
+def graph(request: Request, session: SessionDep, _user: ReaderDep, set_ref: SetRef, graph_id: GraphId):
     """A saved graph: drawn, prunable, with its verified nodes and pins for the steering playground."""
-    return render(request, "circuit.html", graph_page(session, set_key, crud.find_graph(session, graph_id=graph_id)))
+    sae_set = crud.find_sae_set(session, ref=set_ref)
+    return render(request, "circuit.html", graph_page(session, crud.find_graph(session, graph_id=graph_id,
+                                                                                set_id=sae_set.id)))
 
 
 @router.post("/api/attribution", response_model=AttributionOut, responses=ERRORS, dependencies=[CsrfChecked])
@@ -94,14 +98,14 @@ def api_attribution(request: Request, session: SessionDep, user: LabellerDep, bo
     except AttributionError as err:
         raise as_422(err) from None
     graph_id = service(request).save(spec, result)
-    return AttributionOut(id=graph_id, url=graph_url(body.sae_set, graph_id), graph=result.to_dict())
+    return AttributionOut(id=graph_id, url=graph_url(spec.set_id, graph_id), graph=result.to_dict())
 
 
 @router.get("/api/graphs/{graph_id}", response_model=AttributionOut, responses=ERRORS)
 def api_graph(session: SessionDep, _user: ReaderDep, graph_id: GraphId):
     """A saved graph."""
     row = crud.find_graph(session, graph_id=graph_id)
-    return AttributionOut(id=row.id, url=graph_url(row.set_key, row.id), graph=row.graph)
+    return AttributionOut(id=row.id, url=graph_url(row.set_id, row.id), graph=row.graph)
 
 
 @router.get("/api/graphs/{graph_id}/neuronpedia", responses=ERRORS)

@@ -48,7 +48,7 @@ class AttributionJob:
 class RunSpec:
     """What to run and where its graph goes."""
 
-    set_key: str
+    set_id: int
     saes: list[Sae]
     request: AttributionRequest
     cfg: AttributionConfig
@@ -78,7 +78,7 @@ class AttributionService:
 
     def save(self, spec: RunSpec, graph: AttributionGraph) -> int:
         with self.sessions() as session:
-            row = crud.save_graph(session, set_key=spec.set_key, sae_ids=[sae.id for sae in spec.saes],
+            row = crud.save_graph(session, set_id=spec.set_id, sae_ids=[sae.id for sae in spec.saes],
                                   graph=graph.to_dict(), owner_id=spec.owner_id)
             return row.id
 

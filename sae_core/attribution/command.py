@@ -21,22 +21,35 @@ from .table import node_table
 ERRORS = (AttributionError, ModelLoadError, SAEFormatError, SiteError)
 
 
+PromptOpt = typer.Option(..., "--prompt", help="The text whose next token is explained.")
+TargetOpt = typer.Option(None, "--target", help="The predicted token (one token; leading space counts). "
+                                                "Without it, the model's top next tokens are listed.")
+ContrastOpt = typer.Option(None, "--contrast", help="Measure logit(target) - logit(contrast) instead.")
+CorruptedOpt = typer.Option(None, "--corrupted", help="A same-length prompt to patch from (default: zero-ablation).")
+PositionOpt = typer.Option(None, "--position", help="Position measured (default: the last).")
+MethodOpt = typer.Option(AttributionConfig.method, "--method", help="patching or ig.")
+StepsOpt = typer.Option(AttributionConfig.steps, "--steps", help="Integrated-gradients steps.")
+VerifyOpt = typer.Option(AttributionConfig.verify_top, "--verify", help="Top nodes re-measured by ablation.")
+TopOpt = typer.Option(20, "--top", help="Rows of the table.")
+MaxNodesOpt = typer.Option(AttributionConfig.max_nodes, "--max-nodes", help="Nodes whose edges are computed.")
+ExportOpt = typer.Option(None, "--export", help="Also write the graph as Neuronpedia graph JSON.")
+"""The options every `attribute` command shares (the app's adds --sae-set and --db)."""
+
+
 def attribute_command(
     sae: str = typer.Option(..., "--sae", help="SAE directories, comma-separated (one per site, one model)."),
-    prompt: str = typer.Option(..., "--prompt", help="The text whose next token is explained."),
-    target: str | None = typer.Option(None, "--target", help="The predicted token (one token; leading space counts). "
-                                                             "Without it, the model's top next tokens are listed."),
-    contrast: str | None = typer.Option(None, "--contrast", help="Measure logit(target) - logit(contrast) instead."),
-    corrupted: str | None = typer.Option(None, "--corrupted", help="A same-length prompt to patch from "
-                                                                   "(default: zero-ablation)."),
-    position: int | None = typer.Option(None, "--position", help="Position measured (default: the last)."),
-    method: str = typer.Option(AttributionConfig.method, "--method", help="patching or ig."),
-    steps: int = typer.Option(AttributionConfig.steps, "--steps", help="Integrated-gradients steps."),
-    verify: int = typer.Option(AttributionConfig.verify_top, "--verify", help="Top nodes re-measured by ablation."),
-    top: int = typer.Option(20, "--top", help="Rows of the table."),
-    max_nodes: int = typer.Option(AttributionConfig.max_nodes, "--max-nodes", help="Nodes whose edges are computed."),
+    prompt: str = PromptOpt,
+    target: str | None = TargetOpt,
+    contrast: str | None = ContrastOpt,
+    corrupted: str | None = CorruptedOpt,
+    position: int | None = PositionOpt,
+    method: str = MethodOpt,
+    steps: int = StepsOpt,
+    verify: int = VerifyOpt,
+    top: int = TopOpt,
+    max_nodes: int = MaxNodesOpt,
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model name, directory, .gguf file or hub id."),
-    export: Path | None = typer.Option(None, "--export", help="Also write the graph as Neuronpedia graph JSON."),
+    export: Path | None = ExportOpt,
 ) -> None:
     """Which features make the model predict --target: node effects, exact check of the largest, graph."""
     try:

@@ -26,10 +26,12 @@ def set_dirs(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture()
 def sae_set(session, set_dirs, tiny_model_dir) -> str:
-    """The three SAEs registered in this test's store; the set's key."""
+    """The three SAEs registered in this test's store as the set "tiny"; the set's id."""
     dirs, _other = set_dirs
     rows = [register_sae(session, loaded=read_sae(d), model_spec=str(tiny_model_dir)) for d in dirs]
-    return ",".join(str(row.id) for row in rows)
+    for row in rows:
+        sae_set = crud.add_to_set(session, sae=row, set_name="tiny")
+    return str(sae_set.id)
 
 
 def post(client, csrf, **fields):
@@ -50,7 +52,9 @@ def test_the_api_runs_saves_and_serves_a_graph(client, labeller, sae_set, sessio
     exported = client.get(f"/api/graphs/{body['id']}/neuronpedia?node_threshold=0.5").json()
     assert exported["metadata"]["node_threshold"] == 0.5 and exported["nodes"] and exported["links"]
     assert "/api/attribution" in client.get("/openapi.json").json()["paths"]
-    assert [g.id for g in crud.list_graphs(session, set_key=sae_set)] == [body["id"]]
+    assert [g.id for g in crud.list_graphs(session, set_id=int(sae_set))] == [body["id"]]
+    by_name = post(client, csrf, sae_set="tiny")
+    assert by_name.status_code == 200 and by_name.json()["url"].startswith(f"/saes/{sae_set}/circuits/")
 
 
 @pytest.mark.parametrize(("fields", "field", "words"), [
@@ -66,23 +70,27 @@ def test_bad_requests_are_a_422_naming_the_field_and_save_nothing(client, labell
     assert response.status_code == 422
     detail = response.json()["detail"][0]
     assert detail["loc"] == ["body", field] and words in detail["msg"]
-    assert crud.list_graphs(session, set_key=sae_set) == []
+    assert crud.list_graphs(session, set_id=int(sae_set)) == []
 
 
 def test_saes_of_different_models_in_one_set_are_refused(client, labeller, sae_set, session, set_dirs):
     _user, csrf = labeller
     other = register_sae(session, loaded=read_sae(set_dirs[1]), model_spec="another-model")
-    key = f"{sae_set.split(',')[0]},{other.id}"
-    response = post(client, csrf, sae_set=key)
+    with pytest.raises(crud.Conflict, match="a set holds the SAEs of one model"):
+        crud.add_to_set(session, sae=other, set_name="tiny")
+    other.set_id, other.site = int(sae_set), "layers.1.mlp_out"  # a store edited behind the sets' checks
+    session.commit()
+    response = post(client, csrf, sae_set=sae_set)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["body", "sae_set"]
     assert "different models" in response.json()["detail"][0]["msg"]
-    assert crud.list_graphs(session, set_key=key) == []
+    assert crud.list_graphs(session, set_id=int(sae_set)) == []
 
 
 def test_running_needs_a_labeller_and_an_unknown_set_is_404(client, sae_set):
     assert post(client, csrf_of(client), sae_set=sae_set).status_code == 401
     assert client.get("/saes/999/circuits").status_code == 404
+    assert client.get(f"/saes/{sae_set}/circuits").status_code == 200
 
 
 def test_the_page_runs_a_job_with_progress_then_opens_the_permalink(client, labeller, sae_set):
@@ -105,6 +113,7 @@ def test_the_page_runs_a_job_with_progress_then_opens_the_permalink(client, labe
     assert url.startswith(f"/saes/{sae_set}/circuits/")
     assert client.get(url).status_code == 200
     assert url.split("/")[-1] in client.get(f"/saes/{sae_set}/circuits").text
+    assert f'href="/saes/{sae_set}/circuits"' in client.get("/").text
 
 
 def test_a_failed_job_says_why(client, labeller, sae_set):
@@ -120,8 +129,8 @@ def test_a_failed_job_says_why(client, labeller, sae_set):
     assert "The run failed: the target &#39;xyz&#39; is 3 tokens" in status.text
 
 
-def test_the_steering_playground_opens_with_pinned_features(client, sae_set):
-    sae_id = sae_set.split(",")[1]
+def test_the_steering_playground_opens_with_pinned_features(client, sae_set, session):
+    sae_id = crud.set_members(session, sae_set=crud.find_sae_set(session, ref=sae_set))[1].id
     page = client.get(f"/saes/{sae_id}/steer", params={"prompt": PROMPT, "raw": "1", "pin": ["3:ablate", "5:clamp:2.5"]})
     assert page.status_code == 200
     assert PROMPT in page.text and 'value="3"' in page.text and 'value="2.5"' in page.text
