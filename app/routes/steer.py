@@ -222,7 +222,7 @@ def sweep_chart(rows: list[RowOut]) -> str:
     y_name = "log p(target)" if by_target else "KL from baseline"
     effects = [(s, r.target_logprob if by_target else r.kl) for s, r in swept]
     return charts.line([(s, y) for s, y in effects if y is not None],  # a sweep's rows all have both
-                       title=f"{y_name} against strength", x_label=f"strength · {y_name}")
+                       title=f"{y_name} against strength", x_label="strength", y_label=y_name)
 
 
 @router.get("/saes/{sae_id}/steer/experiments/{experiment_id}", response_class=HTMLResponse, include_in_schema=False)
