@@ -9,6 +9,7 @@ from markupsafe import Markup
 from .. import charts, crud
 from ..deps import ReaderDep, SaeId, SessionDep, render
 from ..models import Sae
+from ..presenters.metrics import METRICS
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -22,7 +23,8 @@ def index(request: Request, session: SessionDep, _user: ReaderDep):
 def overview(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId):
     sae = crud.find_sae(session, ref=sae_id)
     return render(request, "sae.html", {"sae": sae, "labelled": crud.labelled_count(session, sae_id=sae.id),
-                                        "loss_chart": loss_chart(sae), "density_chart": density_chart(sae)})
+                                        "loss_chart": loss_chart(sae), "density_chart": density_chart(sae),
+                                        "metric_names": METRICS})
 
 
 def loss_chart(sae: Sae) -> Markup:
