@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -68,7 +68,8 @@ def pinned(spec: str) -> InterventionIn:
         parsed = Intervention.parse(spec)
     except SteeringError as err:
         raise RequestValidationError([{"loc": ("query", "pin"), "msg": str(err), "type": "value_error"}]) from None
-    return InterventionIn(feature=cast(int, parsed.feature), mode=parsed.mode, value=parsed.value)  # parse reads an index
+    assert isinstance(parsed.feature, int)  # parse reads a feature index, never a direction
+    return InterventionIn(feature=parsed.feature, mode=parsed.mode, value=parsed.value)
 
 
 @router.get("/saes/{sae_id}/steer/experiments", response_class=HTMLResponse, include_in_schema=False)
