@@ -37,6 +37,7 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
     f = page.feature
     writer = user if user is not None and user.can_write else None
     hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
+                       y_label="tokens",
                        title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
             "top_windows": windows[0], "quantile_windows": windows[1],

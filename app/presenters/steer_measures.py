@@ -74,4 +74,4 @@ def perplexity_chart(rows: list[RowOut], factor: float) -> str:
     strongest = [r.strength for r in rows if r.fluent_strongest]
     within = f"strongest within: {strongest[0]:g}" if strongest else "no strength stays within"
     return str(charts.line(swept, title=f"perplexity against strength (limit {factor:g}x baseline "
-                                        f"= {factor * base:.3g}; {within})", x_label="strength · perplexity"))
+                                        f"= {factor * base:.3g}; {within})", x_label="strength", y_label="perplexity"))

@@ -49,15 +49,14 @@ def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: 
     sae = crud.find_sae(session, ref=sae_id)
     if experiment is not None:
         form = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment)).request()
-        briefs = crud.feature_briefs(session, sae_id=sae.id,
-                                     indices=[i.feature for i in form.interventions if i.feature is not None])
     else:
-        pins = [pinned(spec) for spec in pin or []]
-        picked = [i.feature for i in pins if i.feature is not None] + ([] if feature is None else [feature])
-        briefs = crud.feature_briefs(session, sae_id=sae.id, indices=picked)
-        start = [InterventionIn(feature=feature, mode="add", value=add_value(briefs.get(feature)))] if feature is not None else []
+        brief = crud.feature_briefs(session, sae_id=sae.id, indices=[feature]).get(feature) if feature is not None else None
+        start = [InterventionIn(feature=feature, mode="add", value=add_value(brief))] if feature is not None else []
         start += [InterventionIn(direction=direction, mode="add", value=1.0)] if direction is not None else []
-        form = SteerIn.model_construct(sae_id=sae.id, prompt=prompt, raw=raw, interventions=start + pins)
+        start += [pinned(spec) for spec in pin or []]
+        form = SteerIn.model_construct(sae_id=sae.id, prompt=prompt, raw=raw, interventions=start)
+    briefs = crud.feature_briefs(session, sae_id=sae.id,
+                                 indices=[i.feature for i in form.interventions if i.feature is not None])
     return render(request, "steer.html", {
         "sae": sae, "form": form, "briefs": briefs, "modes": MODES,
         "directions": {d.id: d for d in crud.steering_directions(session, sae_id=sae.id)},
@@ -238,7 +237,7 @@ def sweep_chart(rows: list[RowOut]) -> str:
     y_name = "log p(target)" if by_target else "KL from baseline"
     effects = [(s, r.target_logprob if by_target else r.kl) for s, r in swept]
     return charts.line([(s, y) for s, y in effects if y is not None],  # a sweep's rows all have both
-                       title=f"{y_name} against strength", x_label=f"strength · {y_name}")
+                       title=f"{y_name} against strength", x_label="strength", y_label=y_name)
 
 
 @router.get("/saes/{sae_id}/steer/experiments/{experiment_id}", response_class=HTMLResponse, include_in_schema=False)

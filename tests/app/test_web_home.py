@@ -42,3 +42,12 @@ def test_importing_the_app_builds_nothing():
     built = [f"{module.__name__}.{name}" for module in modules for name, value in vars(module).items()
              if isinstance(value, (FastAPI, Engine, Settings, ModelCache))]
     assert built == []
+
+
+def test_the_sae_pages_metrics_are_named_in_words_with_what_each_measures(client, stored_sae, session):
+    stored_sae.eval_metrics = {"fvu": 0.2, "ce_zero": 9.5, "my_metric": 1.5}
+    session.commit()
+    html = client.get(f"/saes/{stored_sae.id}").text
+    assert '<div class="name">variance unexplained</div>' in html and 'title="fvu: fraction of the' in html
+    assert '<div class="name">CE loss, site zeroed</div>' in html
+    assert '<div class="name">my_metric</div>' in html  # a key the page does not know is shown as written

@@ -58,3 +58,15 @@ def test_dark_mode_follows_the_system_setting(page, live_store):
     assert page.evaluate(colours) == ["rgb(255, 255, 255)", "rgb(29, 29, 31)"]
     page.emulate_media(color_scheme="dark")
     assert page.evaluate(colours) == ["rgb(22, 22, 24)", "rgb(230, 230, 230)"]
+
+
+def test_the_pager_jumps_to_a_typed_page_keeping_the_filters(page, live_store):
+    _url, sae_id, _engine = live_store
+    page.goto(f"/saes/{sae_id}/features?per_page=5&sort=max_act&desc=true")
+    page.fill(".page-jump input[name=page]", "4")
+    page.click(".page-jump button")
+    page.wait_for_url(re.compile(r"page=4"))
+    page.wait_for_selector("text=page 4 of 5")
+    assert "sort=max_act" in page.url and "desc=true" in page.url and "per_page=5" in page.url
+    page.reload()
+    page.wait_for_selector("text=page 4 of 5")
