@@ -51,6 +51,7 @@ from .maps import (
     MapPointRow,
     MemberRow,
     add_cluster_label,
+    bookmark_features,
     cluster_label_history,
     cluster_label_texts,
     cluster_members,
@@ -62,6 +63,7 @@ from .maps import (
     map_point,
     map_points,
     next_unlabelled_in_cluster,
+    tag_features,
     top_tokens,
 )
 from .sae_sets import SaeGroup, add_to_set, create_sae_set, find_sae_set, saes_by_set, set_members, set_to_join
@@ -82,8 +84,22 @@ __all__ = [
     "tag_feature", "token_texts", "untag_feature", "user_for_token",
 ]
 __all__ += [  # issue 16: the feature map
-    "MapPointRow", "MemberRow", "add_cluster_label", "cluster_label_history", "cluster_label_texts", "cluster_members",
-    "coactive_partners", "dead_mask", "find_cluster", "find_map", "map_clusters", "map_point", "map_points",
-    "next_unlabelled_in_cluster", "top_tokens",
+    "MapPointRow",
+    "MemberRow",
+    "add_cluster_label",
+    "bookmark_features",
+    "cluster_label_history",
+    "cluster_label_texts",
+    "cluster_members",
+    "coactive_partners",
+    "dead_mask",
+    "find_cluster",
+    "find_map",
+    "map_clusters",
+    "map_point",
+    "map_points",
+    "next_unlabelled_in_cluster",
+    "tag_features",
+    "top_tokens",
 ]
 __all__ += ["feature_blurbs", "find_graph", "list_graphs", "save_graph", "set_saes"]  # issue 15: attribution
