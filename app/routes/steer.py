@@ -67,6 +67,7 @@ def pinned(spec: str) -> InterventionIn:
         parsed = Intervention.parse(spec)
     except SteeringError as err:
         raise RequestValidationError([{"loc": ("query", "pin"), "msg": str(err), "type": "value_error"}]) from None
+    assert isinstance(parsed.feature, int)  # parse reads a feature index, never a direction
     return InterventionIn(feature=parsed.feature, mode=parsed.mode, value=parsed.value)
 
 
