@@ -9,12 +9,26 @@ import numpy as np
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session, joinedload
 
-from ..models import ClusterLabel, Coactivation, Context, Example, Feature, FeatureMapRun, Label, MapCluster, MapPoint
+from ..models import (
+    Bookmark,
+    ClusterLabel,
+    Coactivation,
+    Context,
+    Example,
+    Feature,
+    FeatureMapRun,
+    FeatureTag,
+    Label,
+    MapCluster,
+    MapPoint,
+    Tag,
+)
 from ..packing import IDS
 from .base import NotFound
 from .features import token_texts
 from .labels import current_label_texts
 from .saes import find_sae
+from .tags import named
 
 TOP_TOKENS = 5
 """Top tokens shown per point on the map (the hover card)."""
@@ -167,3 +181,25 @@ def coactive_partners(session: Session, *, sae_id: int, feature_index: int) -> l
     """[[feature_index, jaccard], ...] of the features that fire most with this one (empty if unrecorded)."""
     row = session.get(Coactivation, (sae_id, feature_index))
     return row.partners if row is not None else []
+
+
+def bookmark_features(session: Session, *, list_id: int, sae_id: int, indices: list[int]) -> None:
+    """Add features selected on the map to a bookmark list, in one transaction (those already in it stay as they are)."""
+    have = set(session.scalars(select(Bookmark.feature_index).where(Bookmark.list_id == list_id, Bookmark.sae_id == sae_id)))
+    session.add_all(Bookmark(list_id=list_id, sae_id=sae_id, feature_index=i) for i in indices if i not in have)
+    session.commit()
+
+
+def tag_features(session: Session, *, sae_id: int, indices: list[int], tag: str, author_id: int | None) -> None:
+    """Put a tag (created on first use, matched ignoring case) on features selected on the map, in one transaction."""
+    name = tag.strip()
+    if not name:
+        raise ValueError("a tag cannot be empty")
+    row = session.scalar(select(Tag).where(named(name)).order_by(Tag.id).limit(1)) or Tag(name=name)
+    session.add(row)
+    session.flush()
+    have = set(session.scalars(select(FeatureTag.feature_index).where(FeatureTag.sae_id == sae_id,
+                                                                        FeatureTag.tag_id == row.id)))
+    session.add_all(FeatureTag(sae_id=sae_id, feature_index=i, tag_id=row.id, author_id=author_id)
+                    for i in indices if i not in have)
+    session.commit()

@@ -68,11 +68,9 @@ def add_selection(session: SessionDep, user: LabellerDep, sae_id: SaeId, feature
         raise HTTPException(422, "list_id or tag: give exactly one of them")
     if list_id is not None:
         target = crud.find_bookmark_list(session, list_id=list_id, owner_id=user.id).name
-        for i in indices:
-            crud.add_bookmark(session, list_id=list_id, sae_id=sae.id, feature_index=i)
+        crud.bookmark_features(session, list_id=list_id, sae_id=sae.id, indices=indices)
         return SelectionOut(added=len(indices), target=f"list {target!r}")
-    for i in indices:
-        crud.tag_feature(session, sae_id=sae.id, feature_index=i, tag=tag, author_id=user.id)
+    crud.tag_features(session, sae_id=sae.id, indices=indices, tag=tag, author_id=user.id)
     return SelectionOut(added=len(indices), target=f"tag {tag.strip()!r}")
 
 
