@@ -157,6 +157,8 @@ class Sae(Base):
     dead_count: Mapped[int | None]
     dense_count: Mapped[int | None]
     mean_l0: Mapped[float | None] = mapped_column(Float)
+    set_id: Mapped[int | None] = mapped_column(ForeignKey("sae_sets.id", ondelete="SET NULL"), index=True)
+    """The set (SaeSet, issue 15) of SAEs at several sites of one model this SAE belongs to, if any."""
 
 
 class Feature(Base):
@@ -317,4 +319,61 @@ class SteeringExperiment(Base):
     and "rows": every row's output and measured effect, a sweep's included (app/steer_schemas.RowOut)."""
     baseline_text: Mapped[str | None] = mapped_column(Text)
     steered_text: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+# --- issue 15: dictionaries at several sites of one model -----------------------------------------------------
+
+
+class SaeSet(Base):
+    """SAEs of one model at several sites, read together: attribution splices every member into one forward.
+
+    Members are the SAE rows whose set_id names the set (crud.set_members lists them in forward order): at
+    most one per site, all of the set's model (crud.sae_sets checks both when an SAE joins).
+    """
+
+    __tablename__ = "sae_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    """The model every member reads (Sae.model_name)."""
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+# Issue 18: raw steering directions, the mean difference of two prompt sets' activations at an SAE's site.
+class SteeringDirection(Base):
+    """A named direction in an SAE's activation space, steerable like a feature (app/steer_schemas.InterventionIn)."""
+
+    __tablename__ = "steering_directions"
+    __table_args__ = (UniqueConstraint("sae_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    vector: Mapped[list[Any]]
+    """The direction's d_in floats: mean site activation of set A minus that of set B (sae_core.contrast)."""
+    norm: Mapped[float] = mapped_column(Float)
+    texts: Mapped[dict[str, Any]]
+    """{"a": [...], "b": [...]}: the prompt sets it was made from."""
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+# --- issue 15: attribution graphs ---------------------------------------------------------------------------
+
+
+class AttributionGraphRow(Base):
+    """A saved attribution graph (sae_core.attribution.AttributionGraph as JSON), kept for its permalink."""
+
+    __tablename__ = "attribution_graphs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    set_key: Mapped[str] = mapped_column(String(200), index=True)
+    """The SAE set the graph was drawn on, as its page URL names it."""
+    sae_ids: Mapped[list[Any]]
+    """The store ids of the SAEs spliced in, one per site in depth order."""
+    prompt: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(16))
+    graph: Mapped[dict[str, Any]]
+    """AttributionGraph.to_dict(): nodes, links, shares, verification."""
     created_at: Mapped[datetime] = mapped_column(default=now)

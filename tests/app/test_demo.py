@@ -75,3 +75,22 @@ def test_a_second_demo_run_serves_the_recorded_sae(tmp_path, tiny_model_dir, cor
     assert page is not None and page.status_code == 200, server.output
     assert "demo-" in page.text
     assert "[2/4] SAE: reusing" in server.output and f"http://127.0.0.1:{port}/saes/1/features" in server.output
+
+
+def test_a_demo_at_several_sites_records_an_sae_per_site_as_one_set(tmp_path, tiny_model_dir, corpus):
+    sites = "layers.2.resid_post,layers.0.resid_post"
+    first = run_demo(tmp_path, tiny_model_dir, corpus, **{"--site": sites})
+    assert first.count("[1/4] harvesting") == 1 and first.count("[2/4] training") == 2
+    assert "at layers.0.resid_post" in first and first.count("[4/4] recording 64 features") == 2
+    second = run_demo(tmp_path, tiny_model_dir, corpus, **{"--site": sites})
+    assert "[2/4] SAE: reusing" in second and second.count("[4/4] features: already recorded") == 2
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'saescope.db'}")
+    with session_factory(engine)() as session:
+        [group] = crud.saes_by_set(session)
+        assert group.sae_set.name.startswith("demo-") and group.sites == ["layers.0.resid_post", "layers.2.resid_post"]
+        assert [sae.name for sae in group.saes] == [f"{group.sae_set.name}/{site}" for site in group.sites]
+        for sae in group.saes:
+            assert sae.recorded_at is not None and sae.n_tokens >= 1500
+            assert {"fvu", "l0", "ce_loss_recovered"} <= set(sae.eval_metrics)
+    engine.dispose()
