@@ -6,13 +6,37 @@ it needs nothing beyond numpy and torch (no sae_core): one definition of each fi
 
 from __future__ import annotations
 
+import os
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+SAESCOPE_ENTRY = "import sys; from app.cli import main; sys.argv[0] = 'saescope'; main()"
+"""`python -c SAESCOPE_ENTRY ARGS` is `saescope ARGS` as its console script runs it, from any checkout on PYTHONPATH."""
+
+
+@dataclass(frozen=True)
+class ProcessRun:
+    """A finished child process: its exit code, wall seconds from start to exit, and its own peak RSS."""
+
+    returncode: int
+    wall_s: float
+    peak_rss_gb: float
+
+
+def run_measured(command: list[str], env: dict[str, str], log_path: str) -> ProcessRun:
+    """Run `command` to its end with output to `log_path`; wait4 gives the child's own peak RSS (not its siblings')."""
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(child.pid, 0)
+    return ProcessRun(os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss / 2**20)
+
 
 EncodeDecode = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 """x_ND -> (x_hat_ND, f_NF): a trained SAE's reconstruction and its dense feature activations."""

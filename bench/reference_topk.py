@@ -45,11 +45,11 @@ class ReferenceTrainer:
     """Adam on MSE + AuxK; counts tokens since each latent fired to find the dead ones."""
 
     def __init__(self, sae: ReferenceTopK, lr: float | None = None, dead_after_tokens: int = 10_000_000,
-                 aux_k: int | None = None, aux_coefficient: float = 1 / 32):
+                 aux_k: int | None = None, aux_coefficient: float = 1 / 32, fused: bool = False):
         d_sae, d_in = sae.W_dec.shape
         self.sae = sae
         self.lr = lr or 2e-4 / math.sqrt(d_sae / 16384)
-        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.lr)
+        self.optimizer = torch.optim.Adam(sae.parameters(), lr=self.lr, fused=fused)
         self.dead_after = dead_after_tokens
         self.aux_k = min(aux_k or d_in // 2, d_sae)
         self.aux_coefficient = aux_coefficient

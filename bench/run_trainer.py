@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -55,22 +56,23 @@ class Setup:
         return TimedIterator(batches(self.train_ND, self.batch_size, self.tokens, self.seed), clock)
 
 
-def train_reference(s: Setup, clock: StepClock) -> tuple[EncodeDecode, dict]:
-    """The plain fp32 TopK loop of bench/reference_topk.py."""
+def train_reference(s: Setup, clock: StepClock, bf16: bool = False) -> tuple[EncodeDecode, dict]:
+    """The plain fp32 TopK loop of bench/reference_topk.py; with `bf16`, under bf16 autocast with fused Adam."""
     from reference_topk import ReferenceTopK, ReferenceTrainer
 
     torch.manual_seed(s.seed)
     sae = ReferenceTopK(s.d_in, s.d_sae, s.k, seed=s.seed)
-    trainer = ReferenceTrainer(sae)
+    trainer = ReferenceTrainer(sae, fused=bf16)
     trainer.init_b_dec(torch.from_numpy(s.train_ND[:16384]))
-    for x_ND in s.timed_batches(clock):
-        trainer.step(x_ND)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        for x_ND in s.timed_batches(clock):
+            trainer.step(x_ND)
 
     def run(x_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f_NF = sae.encode(x_ND)
         return sae.decode(f_NF), f_NF
 
-    return run, {"lr": trainer.lr}
+    return run, {"lr": trainer.lr, "dtype": "bfloat16" if bf16 else "float32"}
 
 
 def train_saescope(s: Setup, clock: StepClock) -> tuple[EncodeDecode, dict]:
@@ -177,6 +179,7 @@ def train_sparsify(s: Setup, clock: StepClock) -> tuple[EncodeDecode, dict]:
 TOOLS: dict[str, Callable[[Setup, StepClock], tuple[EncodeDecode, dict]]] = {
     "saescope": train_saescope,
     "reference": train_reference,
+    "reference-bf16": partial(train_reference, bf16=True),
     "saelens": train_saelens,
     "sparsify": train_sparsify,
 }
@@ -194,8 +197,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup-steps", type=int, default=5)
     parser.add_argument("--segment-steps", type=int, default=5)
+    parser.add_argument("--allocator", choices=("keep", "default"), default="default",
+                        help="keep: glibc keeps freed memory, as saescope's CLI sets it (sae_core/allocator.py)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
+    if args.allocator == "keep":
+        sys.path.insert(0, str(BENCH.parent))
+        from sae_core.allocator import keep_freed_memory  # ctypes only: imports under the peers' Python too
+
+        keep_freed_memory()
 
     train_ND = np.load(args.train)
     clock = StepClock()

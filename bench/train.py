@@ -5,7 +5,13 @@ activations, the same batches in the same order, the same shape (TopK, k=32, 819
 and the same token budget, each in a fresh process; each is scored on the same held-out rows (text no
 training row came from) through its own encode/decode. Figures: tokens/s (median over timed segments
 after warm-up), FVU (sum of squared errors / sum of squared deviations from the held-out mean), L0, dead
-fraction (never fires on the held-out rows), and saescope's ratio to each.
+fraction (never fires on the held-out rows), the whole process's wall time (start to exit: imports,
+loading, training, saving, scoring) and its own peak RSS, and saescope's ratios to each.
+
+Tools: `saescope` (the library's Trainer inside the harness), `cli` (the `saescope train` command a user
+runs, on the same rows with the same rows held out; its own data order and its own held-out metrics),
+`reference` (a plain fp32 loop), `reference-bf16` (the same loop under bf16 autocast with fused Adam),
+`saelens`, `sparsify`. `--allocator keep` gives every process the glibc setting saescope's CLI uses.
 
     python bench/train.py                       # all four tools, default budget
     python bench/train.py --tokens 262144 --tools saescope,sparsify
@@ -20,17 +26,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SAESCOPE_ENTRY, run_measured
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PEER_TOOLS = ("saelens", "sparsify")
-ALL_TOOLS = ("saescope", "reference", "saelens", "sparsify")
+ALL_TOOLS = ("cli", "saescope", "reference", "reference-bf16", "saelens", "sparsify")
 DEFAULT_ACTS = ROOT / "runs" / "bench" / "acts"
 DEFAULT_CURVE = (65536, 131072, 262144, 524288, 1048576)
 
@@ -74,21 +82,39 @@ def run_tool(tool: str, python: str, data: tuple[Path, Path], tokens: int, args:
              workdir: Path) -> dict:
     """Train and score one tool in its own process; its JSON result."""
     out = workdir / f"{tool}-{tokens}.json"
-    command = [python, str(BENCH / "run_trainer.py"), tool, "--train", str(data[0]), "--heldout", str(data[1]),
-               "--tokens", str(tokens), "--batch-size", str(args.batch_size), "--features", str(args.features),
-               "--k", str(args.k), "--seed", str(args.seed), "--warmup-steps", str(args.warmup_steps),
-               "--segment-steps", str(args.segment_steps), "--out", str(out)]
+    if tool == "cli":
+        command = [python, "-c", SAESCOPE_ENTRY, "train", "--activations", str(args.activations), "--holdout",
+                   str(args.heldout_rows), "--tokens", str(tokens), "--batch-size", str(args.batch_size), "--features",
+                   str(args.features), "--k", str(args.k), "--seed", str(args.seed), "--device", "cpu",
+                   "--out", str(workdir / "cli-sae")]
+    else:
+        command = [python, str(BENCH / "run_trainer.py"), tool, "--train", str(data[0]), "--heldout", str(data[1]),
+                   "--tokens", str(tokens), "--batch-size", str(args.batch_size), "--features", str(args.features),
+                   "--k", str(args.k), "--seed", str(args.seed), "--warmup-steps", str(args.warmup_steps),
+                   "--segment-steps", str(args.segment_steps), "--allocator", args.allocator, "--out", str(out)]
     print(f"--- {tool}: {tokens} tokens", flush=True)
     env = {**os.environ, "WANDB_MODE": "disabled", "TQDM_DISABLE": "1"}
-    completed = subprocess.run(command, env=env, capture_output=True, text=True)
-    if completed.returncode != 0:
-        tail = (completed.stderr or completed.stdout).strip().splitlines()[-5:]
-        print(f"{tool} failed (exit {completed.returncode}):\n  " + "\n  ".join(tail), flush=True)
-        return {"tool": tool, "error": tail[-1] if tail else f"exit {completed.returncode}"}
-    result = json.loads(out.read_text())
+    log = workdir / f"{tool}.log"
+    run = run_measured(command, env, str(log))
+    if run.returncode != 0:
+        tail = log.read_text().strip().splitlines()[-5:]
+        print(f"{tool} failed (exit {run.returncode}):\n  " + "\n  ".join(tail), flush=True)
+        return {"tool": tool, "error": tail[-1] if tail else f"exit {run.returncode}"}
+    result = cli_result(workdir / "cli-sae", tokens) if tool == "cli" else json.loads(out.read_text())
+    result.update(process_s=run.wall_s, peak_rss_gb=run.peak_rss_gb)
     print(f"    {result['tokens_per_s']['median']:.0f} tok/s, FVU {result['fvu']:.4f}, L0 {result['l0']:.1f}, "
-          f"dead {result['dead_fraction']:.3f}, {result['wall_s']:.0f} s", flush=True)
+          f"dead {result['dead_fraction']:.3f}, process {run.wall_s:.1f} s, peak RSS {run.peak_rss_gb:.2f} GB",
+          flush=True)
     return result
+
+
+def cli_result(out: Path, tokens: int) -> dict:
+    """A finished `saescope train`'s figures: the log's last loop rate and its held-out metrics.json."""
+    lines = [json.loads(line) for line in (out / "training_log.jsonl").read_text().splitlines()]
+    rate = next(r["tokens_per_s"] for r in reversed(lines) if "tokens_per_s" in r)
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {"tool": "cli", "tokens": tokens, "tokens_per_s": {"median": rate, "min": rate, "max": rate},
+            **{k: metrics[k] for k in ("fvu", "l0", "dead_fraction")}}
 
 
 def interpreter(tool: str, peer_python: Path) -> str | None:
@@ -100,23 +126,26 @@ def interpreter(tool: str, peer_python: Path) -> str | None:
 
 def comparison_table(results: list[dict]) -> str:
     """Figures per tool, then saescope's speed ratio and FVU difference to each."""
-    lines = [f"{'tool':<10} {'tok/s':>9} {'(min-max)':>15} {'FVU':>8} {'L0':>6} {'dead':>6} {'wall s':>7}"]
+    lines = [f"{'tool':<14} {'tok/s':>9} {'(min-max)':>15} {'FVU':>8} {'L0':>6} {'dead':>6} {'process s':>9} "
+             f"{'RSS GB':>7}"]
     for r in results:
         if "error" in r:
-            lines.append(f"{r['tool']:<10} failed: {r['error']}")
+            lines.append(f"{r['tool']:<14} failed: {r['error']}")
             continue
         t = r["tokens_per_s"]
-        lines.append(f"{r['tool']:<10} {t['median']:>9.0f} {t['min']:>7.0f}-{t['max']:<7.0f} {r['fvu']:>8.4f} "
-                     f"{r['l0']:>6.1f} {r['dead_fraction']:>6.3f} {r['wall_s']:>7.0f}")
-    ours = next((r for r in results if r["tool"] == "saescope" and "error" not in r), None)
-    if ours is not None:
+        lines.append(f"{r['tool']:<14} {t['median']:>9.0f} {t['min']:>7.0f}-{t['max']:<7.0f} {r['fvu']:>8.4f} "
+                     f"{r['l0']:>6.1f} {r['dead_fraction']:>6.3f} {r['process_s']:>9.1f} {r['peak_rss_gb']:>7.2f}")
+    for name in ("cli", "saescope"):
+        ours = next((r for r in results if r["tool"] == name and "error" not in r), None)
+        if ours is None:
+            continue
         lines.append("")
         for r in results:
-            if r is ours or "error" in r:
+            if r["tool"] in ("cli", "saescope") or "error" in r:
                 continue
             speed = ours["tokens_per_s"]["median"] / r["tokens_per_s"]["median"]
-            lines.append(f"saescope/{r['tool']:<10} speed x{speed:.2f}   FVU {ours['fvu']:.4f} vs {r['fvu']:.4f} "
-                         f"({ours['fvu'] / r['fvu']:.2f}x)")
+            lines.append(f"{name}/{r['tool']:<14} loop x{speed:.2f}  process x{r['process_s'] / ours['process_s']:.2f}  "
+                         f"RSS x{ours['peak_rss_gb'] / r['peak_rss_gb']:.2f}  FVU {ours['fvu']:.4f} vs {r['fvu']:.4f}")
     return "\n".join(lines)
 
 
@@ -149,6 +178,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--warmup-steps", type=int, default=5, help="steps not timed at the start")
     parser.add_argument("--segment-steps", type=int, default=5, help="steps per timed segment")
+    parser.add_argument("--allocator", choices=("keep", "default"), default="keep",
+                        help="glibc malloc for the harness's processes: keep freed memory (as saescope's CLI) or not")
     parser.add_argument("--peer-python", type=Path,
                         default=Path(os.environ.get("BENCHENV", "/work/benchenv")) / "bin" / "python")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "train_results.json")

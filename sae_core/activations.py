@@ -1,11 +1,11 @@
 """Activation data for training and evaluation: harvested directories, `.npy` arrays, `.safetensors` files.
 
-Every source is a list of chunks (harvest shards, or fixed row ranges of one file) read lazily. Training
-batches come from a stream that is a pure function of (seed, row position): each epoch visits the chunks
-in a seeded order, a window of several chunks at a time, rows shuffled within the window. Memory stays
-bounded by the window, and resuming needs only the row position.
+Every source is a list of chunks (harvest shards, or fixed row ranges of one file) whose rows are read by
+position, a range at a time (rowfiles.py). Training batches come from a bounded shuffle buffer
+(shuffle.py): a pure function of (seed, row position), holding `buffer_rows` rows whatever the source's
+size, so peak memory does not grow with the harvest and resuming needs only the row position.
 
-Every chunk is checked for NaN and infinities as it is read (one reduction per chunk): a non-finite row
+Every range is checked for NaN and infinities as it is read (one reduction per range): a non-finite row
 stops the reader with its file and row. With `skip_nonfinite` the source is scanned once when opened and
 such rows are left out of their chunks, so row positions, and with them exact resume, stay well defined.
 """
@@ -17,18 +17,24 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
 
 from .distributed import Dist
 from .finite import finite_row_mask, nonfinite_error, nonfinite_rows
-from .harvest import HarvestError, load_shard, provenance_of, read_manifest
+from .harvest import HarvestError, provenance_of, read_manifest, shard_rows
 from .provenance import Provenance
+from .rowfiles import RowFileError, npy_rows, safetensors_rows
+from .shuffle import shuffled_blocks
 from .sites import Site
 
 FILE_CHUNK_ROWS = 65536
 """Rows per chunk when one file holds all activations."""
+
+DEFAULT_BUFFER_ROWS = 1 << 17
+"""Rows of the training shuffle buffer unless told otherwise (see TrainConfig.shuffle_rows)."""
+
+Reader = Callable[[int, int], torch.Tensor]
+"""(start, stop) -> rows [start, stop) of a chunk, as a new tensor."""
 
 
 class ActivationsError(ValueError):
@@ -40,26 +46,38 @@ class ActivationsError(ValueError):
 
 @dataclass(frozen=True)
 class Chunk:
-    """A lazily loaded block of activation rows."""
+    """A block of activation rows, read a range at a time."""
 
     rows: int
-    load: Callable[[], torch.Tensor] = field(repr=False)
+    read: Reader = field(repr=False)
     origin: str = "<memory>"
     """The file the rows are read from, for messages about them."""
     first_row: int = 0
     """The row of that file the chunk starts at."""
 
+    def load(self) -> torch.Tensor:
+        """All the chunk's rows."""
+        return self.read(0, self.rows)
+
     def part(self, start: int, stop: int) -> Chunk:
-        """Rows [start, stop) of this chunk, still loaded lazily."""
-        return Chunk(stop - start, partial(_rows_of, self.load, start, stop), self.origin, self.first_row + start)
+        """Rows [start, stop) of this chunk, read only when asked for."""
+        return Chunk(stop - start, partial(_shifted, self.read, start), self.origin, self.first_row + start)
 
 
-def _rows_of(load: Callable[[], torch.Tensor], start: int, stop: int) -> torch.Tensor:
-    return load()[start:stop]
+def _shifted(read: Reader, offset: int, start: int, stop: int) -> torch.Tensor:
+    return read(offset + start, offset + stop)
 
 
-def _rows_at(load: Callable[[], torch.Tensor], index_R: torch.Tensor) -> torch.Tensor:
-    return load()[index_R]
+def _slice(rows_ND: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    return rows_ND[start:stop]
+
+
+def _kept(read: Reader, index_R: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Rows [start, stop) of a chunk that keeps only the rows `index_R` (ascending) of the underlying one."""
+    if start == stop:
+        return read(0, 0)
+    first, last = int(index_R[start]), int(index_R[stop - 1])
+    return read(first, last + 1)[index_R[start:stop] - first]
 
 
 @dataclass(frozen=True)
@@ -77,7 +95,7 @@ class ActivationSource:
     @classmethod
     def in_memory(cls, rows_ND: torch.Tensor, provenance: Provenance = Provenance()) -> ActivationSource:
         """Rows already in memory (e.g. held out from a model stream) as a one-chunk source."""
-        return cls(Path("<memory>"), rows_ND.shape[1], (Chunk(len(rows_ND), lambda: rows_ND),), provenance)
+        return cls(Path("<memory>"), rows_ND.shape[1], (Chunk(len(rows_ND), partial(_slice, rows_ND)),), provenance)
 
     @property
     def n_rows(self) -> int:
@@ -96,9 +114,8 @@ class ActivationSource:
         for chunk in self.chunks:
             if have >= n_rows:
                 break
-            part = chunk.load()[: n_rows - have]
-            parts.append(part)
-            have += len(part)
+            parts.append(chunk.read(0, min(chunk.rows, n_rows - have)))
+            have += len(parts[-1])
         return torch.cat(parts).float()
 
     def split_tail(self, n_rows: int) -> tuple[ActivationSource, ActivationSource]:
@@ -124,33 +141,27 @@ class ActivationSource:
         return replace(self, chunks=tuple(head)), replace(self, chunks=tuple(tail))
 
     def iter_rows(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """Every row once, in storage order, in float32 batches (for evaluation)."""
+        """Every row once, in storage order, in float32 batches read one at a time (for evaluation)."""
         for chunk in self.chunks:
-            yield from chunk.load().float().split(batch_size)
+            for a in range(0, chunk.rows, batch_size):
+                yield chunk.read(a, min(a + batch_size, chunk.rows)).float()
 
-    def batches(self, batch_size: int, seed: int, start_row: int = 0, window: int = 8) -> Iterator[torch.Tensor]:
-        """Endless shuffled float32 batches starting at row `start_row` of the seeded stream."""
-        return rebatch(self._stream(seed, start_row, window), batch_size)
+    def batches(self, batch_size: int, seed: int, start_row: int = 0,
+                buffer_rows: int = DEFAULT_BUFFER_ROWS) -> Iterator[torch.Tensor]:
+        """Endless shuffled float32 batches starting at row `start_row` of the seeded stream.
 
-    def rank_batches(self, batch_size: int, seed: int, start_row: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
+        Memory: one buffer of `buffer_rows` rows in the files' dtype, plus a batch or two.
+        """
+        blocks = shuffled_blocks([c.rows for c in self.chunks], self._read, buffer_rows, seed, start_row, batch_size)
+        return rebatch(blocks, batch_size)
+
+    def rank_batches(self, batch_size: int, seed: int, start_row: int, buffer_rows: int,
+                     dist: Dist) -> Iterator[torch.Tensor]:
         """This rank's contiguous share of each global batch of the stream (every rank reads the same windows)."""
-        return (batch[dist.share(batch_size)] for batch in self.batches(batch_size, seed, start_row, window))
+        return (batch[dist.share(batch_size)] for batch in self.batches(batch_size, seed, start_row, buffer_rows))
 
-    def _stream(self, seed: int, start_row: int, window: int) -> Iterator[torch.Tensor]:
-        """Rows of the stream from `start_row` on, one shuffled window at a time."""
-        epoch, skip = divmod(start_row, self.n_rows)
-        while True:
-            order = permutation(len(self.chunks), seed, epoch)
-            for w, first in enumerate(range(0, len(order), window)):
-                members = [self.chunks[i] for i in order[first : first + window]]
-                size = sum(c.rows for c in members)
-                if skip >= size:
-                    skip -= size
-                    continue
-                rows = torch.cat([c.load() for c in members])
-                yield rows[permutation(size, seed, epoch, w + 1)][skip:]
-                skip = 0
-            epoch += 1
+    def _read(self, chunk: int, start: int, stop: int) -> torch.Tensor:
+        return self.chunks[chunk].read(start, stop)
 
 
 def holdout_rows(n_rows: int) -> int:
@@ -170,13 +181,6 @@ def rebatch(blocks: Iterator[torch.Tensor], batch_size: int) -> Iterator[torch.T
         carry = rows[len(starts) * batch_size :]
 
 
-def permutation(n: int, *key: int) -> torch.Tensor:
-    """A permutation of range(n) that depends only on the integers in `key`."""
-    state = np.random.SeedSequence(list(key)).generate_state(2)
-    generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-    return torch.randperm(n, generator=generator)
-
-
 def open_activations(path: str | Path, skip_nonfinite: bool = False) -> ActivationSource:
     """An activation source for a harvest directory, a .npy [N, d] array or a .safetensors file.
 
@@ -188,25 +192,23 @@ def open_activations(path: str | Path, skip_nonfinite: bool = False) -> Activati
         source = _open_harvest(path)
     elif not path.is_file():
         raise ActivationsError(f"no activations at {path}: the path does not exist")
-    elif path.suffix == ".npy":
-        source = _open_npy(path)
-    elif path.suffix == ".safetensors":
-        source = _open_safetensors(path)
+    elif path.suffix in (".npy", ".safetensors"):
+        source = _open_file(path)
     else:
         raise ActivationsError(f"{path}: expected a harvest directory, a .npy file or a .safetensors file")
     return _finite_only(source) if skip_nonfinite else replace(source, chunks=tuple(map(_checked, source.chunks)))
 
 
 def _checked(chunk: Chunk) -> Chunk:
-    """The chunk, refusing to load rows that hold NaN or infinities."""
-    def load() -> torch.Tensor:
-        rows = chunk.load()
+    """The chunk, refusing to return rows that hold NaN or infinities."""
+    def read(start: int, stop: int) -> torch.Tensor:
+        rows = chunk.read(start, stop)
         bad = nonfinite_rows(rows)
         if bad is not None:
-            raise nonfinite_error(chunk.origin, chunk.first_row + int(bad[0]))
+            raise nonfinite_error(chunk.origin, chunk.first_row + start + int(bad[0]))
         return rows
 
-    return replace(chunk, load=load)
+    return replace(chunk, read=read)
 
 
 def _finite_only(source: ActivationSource) -> ActivationSource:
@@ -219,8 +221,7 @@ def _finite_only(source: ActivationSource) -> ActivationSource:
         if kept == chunk.rows:
             chunks.append(chunk)
         elif kept:
-            index = keep_N.nonzero().flatten()
-            chunks.append(replace(chunk, rows=kept, load=partial(_rows_at, chunk.load, index)))
+            chunks.append(replace(chunk, rows=kept, read=partial(_kept, chunk.read, keep_N.nonzero().flatten())))
     if not chunks:
         raise ActivationsError(f"{source.path}: every activation row holds NaN or infinite values")
     return replace(source, chunks=tuple(chunks), nonfinite_skipped=skipped)
@@ -233,45 +234,21 @@ def _check_shape(path: Path, shape: tuple[int, ...]) -> None:
         raise ActivationsError(f"{path}: holds no activation rows")
 
 
-def _row_chunks(path: Path, n_rows: int, read: Callable[[int, int], torch.Tensor]) -> list[Chunk]:
-    """Split rows [0, n_rows) of one file into fixed-size lazily read chunks."""
-    return [
-        Chunk(min(FILE_CHUNK_ROWS, n_rows - a), partial(read, a, min(a + FILE_CHUNK_ROWS, n_rows)), str(path), a)
-        for a in range(0, n_rows, FILE_CHUNK_ROWS)
-    ]
-
-
-def _open_npy(path: Path) -> ActivationSource:
+def _open_file(path: Path) -> ActivationSource:
+    """One .npy array or the `activations` tensor of one .safetensors file, in chunks of FILE_CHUNK_ROWS rows."""
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise ActivationsError(f"{path}: unreadable .npy file ({err})") from None
-    if array.dtype.kind != "f":
-        raise ActivationsError(f"{path}: activations must be floating point, got {array.dtype}")
-    _check_shape(path, array.shape)
-    chunks = _row_chunks(path, array.shape[0], lambda a, b: torch.from_numpy(np.array(array[a:b])))
-    return ActivationSource(path, array.shape[1], tuple(chunks))
+        rows = npy_rows(path) if path.suffix == ".npy" else safetensors_rows(path, "activations")
+    except RowFileError as err:
+        raise ActivationsError(str(err)) from None
+    _check_shape(path, (rows.n_rows, rows.d))
+    chunks = [Chunk(min(FILE_CHUNK_ROWS, rows.n_rows - a), partial(_shifted, rows.read, a), str(path), a)
+              for a in range(0, rows.n_rows, FILE_CHUNK_ROWS)]
+    return ActivationSource(path, rows.d, tuple(chunks))
 
 
-def _open_safetensors(path: Path) -> ActivationSource:
-    try:
-        with safe_open(path, "pt") as f:
-            if "activations" not in set(f.keys()):
-                raise ActivationsError(f"{path}: no tensor named 'activations' (found {', '.join(f.keys()) or 'none'})")
-            shape = tuple(f.get_slice("activations").get_shape())
-    except (SafetensorError, OSError) as err:
-        raise ActivationsError(f"{path}: unreadable safetensors file ({err})") from None
-    _check_shape(path, shape)
-
-    def read(a: int, b: int) -> torch.Tensor:
-        with safe_open(path, "pt") as f:
-            return f.get_slice("activations")[a:b]
-
-    return ActivationSource(path, shape[1], tuple(_row_chunks(path, shape[0], read)))
-
-
-def _shard_activations(directory: Path, entry: dict, d_model: int) -> torch.Tensor:
-    return load_shard(directory, entry, d_model, ("activations",))["activations"]
+def _shard_read(directory: Path, entry: dict, d_model: int, start: int, stop: int) -> torch.Tensor:
+    """Rows of one shard; its header is read again each time, so a shard broken after opening is still named."""
+    return shard_rows(directory, entry, d_model).read(start, stop)
 
 
 def _open_harvest(directory: Path) -> ActivationSource:
@@ -282,7 +259,7 @@ def _open_harvest(directory: Path) -> ActivationSource:
     d_model = manifest["d_model"]
     if not isinstance(d_model, int) or d_model <= 0:
         raise ActivationsError(f"{directory}: manifest d_model must be a positive integer, got {d_model!r}")
-    chunks = [Chunk(int(e["rows"]), partial(_shard_activations, directory, e, d_model), str(directory / e["file"]))
+    chunks = [Chunk(int(e["rows"]), partial(_shard_read, directory, e, d_model), str(directory / e["file"]))
               for e in manifest["shards"] if e.get("rows")]
     _check_shape(directory, (sum(c.rows for c in chunks), d_model))
     return ActivationSource(directory, d_model, tuple(chunks), provenance_of(manifest))

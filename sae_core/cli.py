@@ -109,6 +109,10 @@ def train(
                                              help="Seconds between checkpoints (longer when a save is slow)."),
     checkpoint_every_tokens: int | None = typer.Option(
         None, "--checkpoint-every-tokens", help="Also checkpoint every this many rows (default: a tenth of --tokens; 0: off)."),
+    keep_checkpoint: bool = typer.Option(False, "--keep-checkpoint",
+                                         help="Keep a checkpoint of the finished run (with Adam's state, ~3x the SAE)."),
+    shuffle_rows: int = typer.Option(TrainConfig.shuffle_rows, "--shuffle-rows",
+                                     help="Rows held in the shuffle buffer: bounds the data's memory."),
     skip_nonfinite: bool = SkipNonFiniteOpt,
     model: str | None = typer.Option(None, "--model", help="Instead of --activations: stream from this model (needs --tokens)."),
     dataset: str = DatasetOpt,
@@ -143,7 +147,8 @@ def train(
         for job in jobs:  # one after another in this process: each SAE is what training it alone makes
             sae_cfg = sae_config_for(job.rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
             cfg = TrainConfig(tokens=job.budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype,
-                              checkpoint_every_s=checkpoint_every_s, checkpoint_every_tokens=checkpoint_every_tokens)
+                              checkpoint_every_s=checkpoint_every_s, checkpoint_every_tokens=checkpoint_every_tokens,
+                              keep_checkpoint=keep_checkpoint, shuffle_rows=shuffle_rows)
             sae = run_train(sae_cfg, cfg, job.rows, job.out, resume=resume, dist=dist, shard_features=shard_features)
             metrics = ({**evaluate_activations(sae, job.heldout), "eval_rows": job.eval_rows, **job.extra}
                        if job.heldout is not None and dist.is_main else {})

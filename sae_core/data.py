@@ -8,9 +8,12 @@ import sysconfig
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # transformers takes seconds to import; only model-running paths import it
+    from transformers import PreTrainedTokenizerBase
 
 TEXT_SUFFIXES = (".txt", ".jsonl", ".parquet")
 DEFAULT_CONTEXT = 128

@@ -11,9 +11,12 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # transformers takes seconds to import; only model-running paths import it
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Turn = Callable[[], AbstractContextManager[object]]
 """Entered around each forward of a generation and left before the token is handed on: a server that shares

@@ -34,12 +34,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
-from transformers import PreTrainedModel
 
 from .config import HarvestConfig
 from .data import bos_id, iter_contexts, iter_documents, special_ids
@@ -49,7 +49,11 @@ from .finite import finite_row_mask, nonfinite_error, nonfinite_rows
 from .hooks import truncated_forward_sites
 from .lm import LoadedModel, load_model, parse_dtype
 from .provenance import Provenance
+from .rowfiles import RowFile, RowFileError, safetensors_rows
 from .sites import Site, hidden_size, num_layers, parse_site, parse_sites
+
+if TYPE_CHECKING:  # transformers takes seconds to import; only model-running paths import it
+    from transformers import PreTrainedModel
 
 FORMAT = "saescope-activations/1"
 MANIFEST = "manifest.json"
@@ -96,6 +100,18 @@ def load_shard(directory: Path | str, entry: dict, d_model: int,
     if acts is not None and tuple(acts.shape) != (entry["rows"], d_model):
         raise HarvestError(f"{path}: expected activations [{entry['rows']}, {d_model}], found {tuple(acts.shape)}")
     return tensors
+
+
+def shard_rows(directory: Path | str, entry: dict, d_model: int) -> RowFile:
+    """Where one shard's activation rows lie in its file (read by position), with load_shard's errors."""
+    path = Path(directory) / entry["file"]
+    try:
+        rows = safetensors_rows(path, "activations")
+    except RowFileError as err:
+        raise HarvestError(f"{path}: unreadable shard ({err})") from None
+    if (rows.n_rows, rows.d) != (entry["rows"], d_model):
+        raise HarvestError(f"{path}: expected activations [{entry['rows']}, {d_model}], found {(rows.n_rows, rows.d)}")
+    return rows
 
 
 def provenance_of(manifest: dict) -> Provenance:

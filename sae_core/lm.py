@@ -6,9 +6,12 @@ import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # transformers takes seconds to import: it is imported when a model is loaded
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "smollm2"
 
@@ -90,6 +93,8 @@ def resolve_model_spec(spec: str) -> tuple[str, dict[str, str], str]:
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, device: str = "cpu") -> LoadedModel:
     """Load a causal LM in eval mode with gradients off; hub ids honour HF_HUB_OFFLINE."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     source, extra, name = resolve_model_spec(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **extra)

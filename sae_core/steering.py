@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, cast
 
 import torch
-from transformers import PreTrainedModel
 
 from .generation import (
     Generation,
@@ -34,6 +33,8 @@ from .hooks import splice
 from .lm import LoadedModel
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from .saes import SAE
 
 

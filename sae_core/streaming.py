@@ -1,10 +1,10 @@
-"""Train straight from the model: contexts -> forward at the site -> shuffle window -> SAE, no activation files.
+"""Train straight from the model: contexts -> forward at the site -> shuffle buffer -> SAE, no activation files.
 
 For budgets that do not fit on disk. The stream is a pure function of (seed, row position), like a
-harvest's: contexts are taken in corpus order, `window` groups of `chunk_contexts` at a time; a group's
-non-special rows are computed by one truncated forward and shuffled together by a permutation keyed by
-(seed, epoch, group, rank). Resuming at a row position re-reads the corpus but runs the model only from
-the group that position falls in: a group's row count comes from its token ids alone.
+harvest's: contexts are taken in corpus order, a group at a time, as many as fill the shuffle buffer
+(`buffer_rows`); a group's non-special rows are computed by truncated forwards and shuffled together by a
+permutation keyed by (seed, epoch, group, rank). Resuming at a row position re-reads the corpus but runs
+the model only from the group that position falls in: a group's row count comes from its token ids alone.
 
 Under torchrun each rank streams every N-th context and trains on its own rows, so the model's forward
 is split too; the global batch is then a different (equally shuffled) draw than one process's.
@@ -18,13 +18,14 @@ from itertools import islice
 
 import torch
 
-from .activations import ActivationSource, permutation, rebatch
+from .activations import ActivationSource, rebatch
 from .data import iter_contexts, iter_documents, special_ids
 from .distributed import Dist
 from .finite import NonFiniteError, nonfinite_rows
 from .harvest import batched, token_rows
 from .lm import LoadedModel
 from .provenance import Provenance
+from .shuffle import permutation
 from .sites import Site, hidden_size
 
 
@@ -38,8 +39,6 @@ class ModelStream:
     """A fresh pass over the corpus's [T] token contexts, BOS first, each time it is called."""
     provenance: Provenance = Provenance()
     """Model, site, corpus and context length, as a harvest records them."""
-    chunk_contexts: int = 32
-    """Contexts per shuffle chunk; a window of `window` chunks is held (as rows) at once."""
     forward_batch: int = 8
     """Contexts per forward pass."""
 
@@ -59,18 +58,27 @@ class ModelStream:
             raise ValueError("the corpus produced no contexts to stream")
         return torch.cat(parts)[:n_rows].float()
 
-    def rank_batches(self, batch_size: int, seed: int, start_row: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
+    def rank_batches(self, batch_size: int, seed: int, start_row: int, buffer_rows: int,
+                     dist: Dist) -> Iterator[torch.Tensor]:
         """This rank's `batch_size / world` rows of each global batch, from global row `start_row` on."""
         per_rank = dist.share(batch_size)
-        return rebatch(self._stream(seed, start_row // dist.world, window, dist), per_rank.stop - per_rank.start)
+        return rebatch(self._stream(seed, start_row // dist.world, buffer_rows, dist), per_rank.stop - per_rank.start)
 
-    def _stream(self, seed: int, skip: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
-        """This rank's shuffled rows, window by window, skipping its first `skip` rows; cycles the corpus."""
+    def _group_contexts(self, buffer_rows: int) -> int:
+        """Contexts per shuffled group: as many as `buffer_rows` rows hold (at least one)."""
+        first = next(iter(self.contexts()), None)
+        if first is None:
+            raise ValueError("the corpus produced no contexts to stream")
+        return max(1, buffer_rows // first.shape[-1])
+
+    def _stream(self, seed: int, skip: int, buffer_rows: int, dist: Dist) -> Iterator[torch.Tensor]:
+        """This rank's shuffled rows, group by group, skipping its first `skip` rows; cycles the corpus."""
         specials = special_ids(self.lm.tokenizer)
+        group_contexts = self._group_contexts(buffer_rows)
         epoch = 0
         while True:
             mine = islice(self.contexts(), dist.rank, None, dist.world)
-            groups = batched(mine, window * self.chunk_contexts)
+            groups = batched(mine, group_contexts)
             seen = False
             for g, ids_CT in enumerate(groups):
                 seen = True

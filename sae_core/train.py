@@ -7,8 +7,10 @@ killed at any moment and resumed ends bit-for-bit where an uninterrupted run end
 
 Checkpoints come every minute of wall time and every tenth of the budget, whichever is first (see
 `Trainer.checkpoint_steps`), each announced by a line of the training log; a run killed before its first
-resumes as a fresh start, which the determinism makes the same run. A loss or weights that turn NaN or
-infinite stop the run before anything is written, so the last checkpoint on disk is always a good one.
+resumes as a fresh start, which the determinism makes the same run. A finished run needs no checkpoint (its
+SAE is on disk): none is written at the last step and the last one is deleted, unless `keep_checkpoint`.
+A loss or weights that turn NaN or infinite stop the run before anything is written, so the last
+checkpoint on disk is always a good one.
 
 Data parallelism (torchrun): every rank walks the same seeded stream of global batches and computes on
 its contiguous share of each; gradients are averaged over ranks, and the fired masks OR-ed, so weights,
@@ -53,7 +55,7 @@ SAVE_COST_RATIO = 20
 NO_STEP = 2**62
 """`Trainer.first_nonfinite` while every loss has been finite."""
 
-BOOKKEEPING = ("progress", "checkpoint_every_s", "checkpoint_every_tokens", "checkpoint_every_steps")
+BOOKKEEPING = ("progress", "checkpoint_every_s", "checkpoint_every_tokens", "checkpoint_every_steps", "keep_checkpoint")
 """TrainConfig fields (and one former field) a resumed run may change: they decide no weight."""
 
 
@@ -103,8 +105,10 @@ class TrainingData(Protocol):
 
     def head(self, n_rows: int) -> torch.Tensor: ...
 
-    def rank_batches(self, batch_size: int, seed: int, start_row: int, window: int, dist: Dist) -> Iterator[torch.Tensor]:
-        """This rank's rows of the global batches from global row `start_row` of the seeded stream."""
+    def rank_batches(self, batch_size: int, seed: int, start_row: int, buffer_rows: int,
+                     dist: Dist) -> Iterator[torch.Tensor]:
+        """This rank's rows of the global batches from global row `start_row` of the seeded stream,
+        shuffled through a buffer of `buffer_rows` rows."""
         ...
 
 
@@ -152,6 +156,8 @@ class Trainer:
         self.autocast = autocast(self.device, enabled=cfg.dtype == "bfloat16")
         if cfg.dtype not in ("bfloat16", "float32"):
             raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose bfloat16 or float32")
+        if cfg.shuffle_rows < 1:
+            raise ValueError(f"the shuffle buffer must hold at least one row (shuffle_rows={cfg.shuffle_rows})")
 
     # --- setup ------------------------------------------------------------------------------------
 
@@ -291,12 +297,14 @@ class Trainer:
             self.initialize_from_data()
         log = TrainingLog(self.out, keep_through_step=self.state.step) if self.dist.is_main else None
         batches = self.data.rank_batches(self.cfg.batch_size, self.cfg.seed, self.state.step * self.cfg.batch_size,
-                                         self.cfg.shuffle_window, self.batch_dist)
+                                         self.cfg.shuffle_rows, self.batch_dist)
         self._loop(prefetch_to(batches, self.device), log, on_step)
-        if self.checkpoint_step != self.state.step:
+        if self.cfg.keep_checkpoint and self.checkpoint_step != self.state.step:
             self.save_checkpoint(log)
         sae = self.finish()
         self.dist.barrier()  # no rank returns before rank 0's files are on disk
+        if not self.cfg.keep_checkpoint and (self.dist.is_main or self.sae.runtime.shards.active):
+            (self.out / self.checkpoint_file).unlink(missing_ok=True)  # the SAE on disk supersedes it
         return sae
 
     def _loop(self, batches: Iterator[torch.Tensor], log: TrainingLog | None,
@@ -340,6 +348,9 @@ class Trainer:
         return max(1, round(every / self.cfg.batch_size)) if every else 0
 
     def _checkpoint_due(self) -> bool:
+        """Whether to checkpoint after this step; never after the last unless the checkpoint is to be kept."""
+        if self.state.step == self.cfg.total_steps and not self.cfg.keep_checkpoint:
+            return False
         every = self.checkpoint_steps
         if every and self.state.step % every == 0:
             return True

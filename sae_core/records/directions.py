@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
 
 from ..sites import decoder_layers
+
+if TYPE_CHECKING:  # transformers takes seconds to import; only model-running paths import it
+    from transformers import PreTrainedModel
 
 CHUNK = 256
 """Features handled at once, so a [chunk, vocab] or [chunk, d_sae] block is all that is held."""

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from itertools import chain, islice
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from tqdm import tqdm
-from transformers import PreTrainedModel
 
 from ..data import special_ids
 from ..distributed import Dist
@@ -27,6 +26,9 @@ from .directions import logit_effects, nearest_features
 from .firing import Firing
 from .recorder import Recorder
 from .sae_record import SAERecord
+
+if TYPE_CHECKING:  # transformers takes seconds to import; only model-running paths import it
+    from transformers import PreTrainedModel
 
 
 class SparseCoder(Protocol):

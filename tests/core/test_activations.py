@@ -85,7 +85,7 @@ def test_source_shape_and_order(source):
 
 
 def test_stream_visits_every_row_once_per_epoch(source):
-    stream = source.batches(batch_size=24, seed=3, window=2)
+    stream = source.batches(batch_size=24, seed=3, buffer_rows=50)
     rows = [i for _ in range(10) for i in ids(next(stream))]  # two epochs
     assert sorted(rows[:120]) == list(range(120)) and sorted(rows[120:]) == list(range(120))
     assert rows[:120] != list(range(120)), "not shuffled"
@@ -93,13 +93,13 @@ def test_stream_visits_every_row_once_per_epoch(source):
 
 
 def test_stream_is_deterministic_and_resumable(source):
-    full = [next(b) for b in [source.batches(16, seed=1, window=2)] for _ in range(20)]
-    again = source.batches(16, seed=1, window=2)
+    full = [next(b) for b in [source.batches(16, seed=1, buffer_rows=50)] for _ in range(20)]
+    again = source.batches(16, seed=1, buffer_rows=50)
     assert all(torch.equal(a, next(again)) for a in full)
     for start in (3, 7, 14):
-        resumed = source.batches(16, seed=1, start_row=start * 16, window=2)
+        resumed = source.batches(16, seed=1, start_row=start * 16, buffer_rows=50)
         assert all(torch.equal(full[i], next(resumed)) for i in range(start, 20))
-    other = next(source.batches(16, seed=2, window=2))
+    other = next(source.batches(16, seed=2, buffer_rows=50))
     assert not torch.equal(other, full[0])
 
 
@@ -120,6 +120,9 @@ def test_bad_inputs(tmp_path):
     np.save(tmp_path / "empty.npy", np.zeros((0, 4), dtype=np.float32))
     with pytest.raises(ActivationsError, match="no activation rows"):
         open_activations(tmp_path / "empty.npy")
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.zeros((3, 4), dtype=np.float32)))
+    with pytest.raises(ActivationsError, match="Fortran order"):
+        open_activations(tmp_path / "fortran.npy")
     np.save(tmp_path / "int.npy", np.zeros((3, 4), dtype=np.int64))
     with pytest.raises(ActivationsError, match="floating point"):
         open_activations(tmp_path / "int.npy")
@@ -163,7 +166,7 @@ def test_a_non_finite_row_is_refused_naming_its_file_and_row(kind, tmp_path, sev
     with pytest.raises(NonFiniteError, match=re.escape(LATER_BAD[kind])):
         source.split_tail(70)[1].head(70)  # the held-out tail starts at row 50: row 60 is its first bad one
     with pytest.raises(NonFiniteError):
-        next(source.batches(16, seed=0, window=3))
+        next(source.batches(16, seed=0, buffer_rows=80))
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -172,10 +175,10 @@ def test_skip_nonfinite_leaves_the_rows_out_and_counts_them(kind, tmp_path, seve
     kept = [i for i in range(120) if i not in (5, 60, 61)]
     assert source.nonfinite_skipped == 3 and source.n_rows == 117
     assert ids(torch.cat(list(source.iter_rows(16)))) == kept
-    stream = source.batches(9, seed=1, window=2)
+    stream = source.batches(9, seed=1, buffer_rows=50)
     epoch = [i for _ in range(13) for i in ids(next(stream))]
     assert sorted(epoch) == kept
-    resumed = source.batches(9, seed=1, start_row=9 * 4, window=2)
+    resumed = source.batches(9, seed=1, start_row=9 * 4, buffer_rows=50)
     assert [i for _ in range(9) for i in ids(next(resumed))] == epoch[9 * 4 :]
     assert source.split_tail(17)[0].nonfinite_skipped == 3
 

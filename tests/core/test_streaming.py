@@ -20,12 +20,14 @@ from sae_core.streaming import ModelStream, stream_from_corpus
 from tests.conftest import run_cli
 
 SITE = parse_site("layers.1.resid_post")
+BUFFER = 6 * 24
+"""A shuffle buffer of six 24-token contexts."""
 
 
 @pytest.fixture(scope="module")
 def stream(tiny_model_dir, corpus) -> ModelStream:
     lm = load_model(str(tiny_model_dir))
-    return ModelStream(lm, SITE, lambda: iter_contexts(iter_documents(corpus), lm.tokenizer, 24), chunk_contexts=3)
+    return ModelStream(lm, SITE, lambda: iter_contexts(iter_documents(corpus), lm.tokenizer, 24))
 
 
 def all_rows(stream: ModelStream) -> torch.Tensor:
@@ -40,7 +42,7 @@ def all_rows(stream: ModelStream) -> torch.Tensor:
 def test_one_epoch_of_the_stream_is_a_shuffle_of_the_models_rows(stream):
     reference = all_rows(stream)
     n = len(reference)
-    got = torch.cat([b for b, _ in zip(stream.rank_batches(8, 0, 0, 2, Dist()), range(n // 8))])
+    got = torch.cat([b for b, _ in zip(stream.rank_batches(8, 0, 0, BUFFER, Dist()), range(n // 8))])
     assert len(got) == n - n % 8
     assert not torch.allclose(got, reference[: len(got)])  # shuffled
     matched = torch.cdist(got, reference).min(dim=1).values
@@ -49,15 +51,15 @@ def test_one_epoch_of_the_stream_is_a_shuffle_of_the_models_rows(stream):
 
 
 def test_resuming_at_a_row_continues_the_same_stream(stream):
-    whole = stream.rank_batches(8, 3, 0, 2, Dist())
+    whole = stream.rank_batches(8, 3, 0, BUFFER, Dist())
     first = [next(whole) for _ in range(30)]
-    resumed = stream.rank_batches(8, 3, 8 * 17, 2, Dist())
+    resumed = stream.rank_batches(8, 3, 8 * 17, BUFFER, Dist())
     for expected in first[17:]:
         torch.testing.assert_close(next(resumed), expected)
 
 
 def test_ranks_stream_disjoint_contexts(stream):
-    one, other = (next(stream.rank_batches(16, 0, 0, 2, Dist(rank, 2))) for rank in (0, 1))
+    one, other = (next(stream.rank_batches(16, 0, 0, BUFFER, Dist(rank, 2))) for rank in (0, 1))
     assert one.shape == other.shape == (8, 32)
     assert torch.cdist(one, other).min() > 0
 
@@ -91,6 +93,6 @@ def test_a_non_finite_model_row_stops_the_stream(stream, monkeypatch):
 
     monkeypatch.setattr(sae_core.streaming, "token_rows", overflowing)
     with pytest.raises(NonFiniteError, match=r"NaN or infinite activations at layers\.1\.resid_post \(token 5 "):
-        next(stream.rank_batches(16, seed=0, start_row=0, window=2, dist=Dist()))
+        next(stream.rank_batches(16, seed=0, start_row=0, buffer_rows=BUFFER, dist=Dist()))
     with pytest.raises(NonFiniteError):
         stream.head(10)

@@ -135,8 +135,8 @@ def uninterrupted(sparse_data, tmp_path_factory):
 
 
 # Before the first checkpoint (resume is a fresh start), right before and right after one, mid-run, after
-# the last step's checkpoint but before the SAE is written.
-@pytest.mark.parametrize("kill_step,checkpoint", [(1, None), (9, None), (10, 10), (11, 10), (29, 20), (40, 40)])
+# the last step (no checkpoint there) but before the SAE is written.
+@pytest.mark.parametrize("kill_step,checkpoint", [(1, None), (9, None), (10, 10), (11, 10), (29, 20), (40, 30)])
 def test_a_kill_at_any_point_resumes_to_the_same_sae(kill_step, checkpoint, uninterrupted, sparse_data, tmp_path):
     cfg = train_cfg(**KILL_CFG)
     with pytest.raises(Killed):
@@ -156,16 +156,24 @@ def test_resume_may_change_the_checkpoint_cadence(uninterrupted, sparse_data, tm
     Trainer(sae_cfg("topk"), later, open_activations(sparse_data[0]), tmp_path).run(resume=True)
     assert weights(tmp_path).keys() == weights(uninterrupted).keys()
     assert all(torch.equal(a, b) for a, b in zip(weights(tmp_path).values(), weights(uninterrupted).values()))
-    assert checkpoint_steps(tmp_path) == [10, 12, 16, 20, 24, 28, 32, 36, 40]
+    assert checkpoint_steps(tmp_path) == [10, 12, 16, 20, 24, 28, 32, 36]
 
 
 def test_checkpoints_come_every_tenth_of_the_run_by_default_and_show_in_the_log(sparse_data, tmp_path):
     cfg = train_cfg(tokens=256 * 45)
     assert (cfg.checkpoint_every_s, cfg.checkpoint_every_tokens) == (60.0, None)
     train(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path)
-    assert checkpoint_steps(tmp_path) == [5, 10, 15, 20, 25, 30, 35, 40, 45]
+    assert checkpoint_steps(tmp_path) == [5, 10, 15, 20, 25, 30, 35, 40]  # none at the end: the SAE is saved
+    assert not (tmp_path / "checkpoint.pt").exists()
     line = next(r for r in read_log(tmp_path) if "checkpoint" in r)
     assert line == {"step": 5, "tokens": 256 * 5, "checkpoint": "checkpoint.pt"}
+
+
+def test_keep_checkpoint_writes_the_last_step_and_keeps_it(sparse_data, tmp_path):
+    cfg = train_cfg(tokens=256 * 12, checkpoint_every_tokens=256 * 5, keep_checkpoint=True)
+    train(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path)
+    assert checkpoint_steps(tmp_path) == [5, 10, 12]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 12
 
 
 class FakeClock:
@@ -196,7 +204,7 @@ def test_time_cadence_is_a_minute_stretched_by_slow_saves(per_save, gap, sparse_
     trainer.clock = clock = FakeClock(per_step=10.0, per_save=per_save)
     trainer.save_checkpoint = clock.timed(trainer.save_checkpoint)
     trainer.run(on_step=clock.on_step)
-    during = clock.saves[:-1]  # the last save is the final step's
+    during = clock.saves
     assert len(during) >= 3
     assert all(b - a - per_save == gap for a, b in itertools.pairwise(during))
 
@@ -211,8 +219,8 @@ class PoisonedBatch:
     def head(self, n_rows):
         return self.source.head(n_rows)
 
-    def rank_batches(self, batch_size, seed, start_row, window, dist):
-        for step, batch in enumerate(self.source.rank_batches(batch_size, seed, start_row, window, dist),
+    def rank_batches(self, batch_size, seed, start_row, buffer_rows, dist):
+        for step, batch in enumerate(self.source.rank_batches(batch_size, seed, start_row, buffer_rows, dist),
                                      start_row // batch_size + 1):
             if step == self.step:
                 batch = batch.clone()
@@ -235,7 +243,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(log_
 
 def test_resume_refuses_other_settings(sparse_data, tmp_path):
     path, _ = sparse_data
-    cfg = train_cfg(tokens=256 * 4)
+    cfg = train_cfg(tokens=256 * 4, keep_checkpoint=True)
     train(sae_cfg("topk"), cfg, open_activations(path), tmp_path)
     with pytest.raises(ValueError, match="other settings"):
         Trainer(sae_cfg("topk"), train_cfg(tokens=256 * 8), open_activations(path), tmp_path).run(resume=True)
