@@ -105,4 +105,3 @@ __all__ += [  # issue 16: the feature map
     "top_tokens",
 ]
 __all__ += ["feature_blurbs", "find_graph", "list_graphs", "save_graph", "set_saes"]  # issue 15: attribution
-__all__ += ["FeatureBrief", "briefs_of_pairs", "dense_features", "feature_briefs"]  # issue 21: feature references
