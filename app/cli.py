@@ -22,6 +22,7 @@ from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, fail, 
 from sae_core.data import CorpusError, iter_contexts, iter_documents
 from sae_core.distributed import close_distributed, init_distributed
 from sae_core.lm import ModelLoadError, load_model
+from sae_core.maps import MapConfig
 from sae_core.records import RecordConfig
 from sae_core.saes import SAEFormatError
 from sae_core.sites import SiteError
@@ -31,6 +32,7 @@ from .db import session_factory, shown_url
 from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .export import FORMATS, export_sae
 from .ingest import IngestError
+from .mapping import map_into_store
 from .migrate import StoreError, open_store
 from .models import ApiToken, Sae, as_utc, now
 from .neuronpedia import BOT_USER_ID, VISIBILITIES, NeuronpediaTarget
@@ -125,6 +127,7 @@ def record(
                                            help="Tokens per context, BOS included (default: the SAE's own, else 128)."),
     batch_size: int | None = typer.Option(None, help="Contexts per forward pass (default: sized to the dictionary)."),
     n_top: int = typer.Option(20, help="Top examples kept per feature."),
+    make_map: bool = typer.Option(True, "--map/--no-map", help="Then lay out and cluster the features (saescope map)."),
     sae_set: str | None = SET_OPTION,
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
@@ -158,6 +161,36 @@ def record(
         close_distributed()
     if lines:
         typer.echo("\n".join(lines))
+    mapped = [row.id for _loaded, row in targets if row is not None] if make_map else []
+    for sae_id in mapped:
+        try:
+            _map_and_report(db, sae_id, MapConfig())
+        except USER_ERRORS as err:  # the recording is stored; only the map is missing
+            typer.echo(f"no feature map made: {str(err).splitlines()[0]} (saescope map makes one later)")
+
+
+@app.command("map")
+def map_sae(
+    sae: str = typer.Option(..., "--sae", help="Id or name of a recorded SAE in the store."),
+    seed: int = typer.Option(MapConfig.seed, help="Seed of the layout: the same seed gives the same map."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Lay out every live feature of a recorded SAE on a 2-D map (UMAP of decoder directions) and cluster it."""
+    try:
+        _map_and_report(db, sae, MapConfig(seed=seed))
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+
+
+def _map_and_report(db: str | None, sae: str | int, cfg: MapConfig) -> None:
+    """Map an SAE of the store and say what came out."""
+    with open_session(db, migrate=True) as session:
+        row = crud.find_sae(session, ref=sae)
+        typer.echo(f"mapping the features of {row.name!r} (UMAP of decoder directions, cosine; HDBSCAN clusters)")
+        fmap = map_into_store(session, sae_row=row, cfg=cfg)
+        seconds = crud.find_map(session, sae_id=row.id).seconds
+    typer.echo(f"mapped {row.name!r} in {seconds:.1f} s: {fmap.n_clusters} clusters, {fmap.n_noise} live features "
+               f"in none, {fmap.n_dead} dead left out")
 
 
 def _saes_for_recording(session: Session, ref: str, register: bool = True,
@@ -236,6 +269,8 @@ def demo(
         sae_dir, key = run.sae(activations, key)
         with open_session(url) as session:
             rows = run.record(session, sae_dir, key)
+            for row in rows:
+                run.map(session, row)
             password = ensure_account(session)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])

@@ -1,4 +1,4 @@
-"""`saescope demo`: harvest, train, evaluate and record SAEs in one command, reusing finished stages.
+"""`saescope demo`: harvest, train, evaluate, record and map SAEs in one command, reusing finished stages.
 
 By default it reads SmolLM2's residual stream at layers 3, 6 and 9 from one harvest, trains an SAE per layer
 and records them as one set of SAEs, the unit the circuits page reads.
@@ -29,12 +29,14 @@ from sae_core.evaluate import ce_on_corpus, evaluate_activations
 from sae_core.fileio import atomic_write_json
 from sae_core.harvest import harvest, read_manifest
 from sae_core.lm import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
+from sae_core.maps import MapConfig, MapError
 from sae_core.records import RecordConfig
 from sae_core.saes.artifact import write_metrics
 from sae_core.train import sae_config_for, train
 from sae_core.training_jobs import stored_jobs
 
 from . import crud
+from .mapping import map_into_store, map_is_current
 from .models import Sae
 from .pipeline import LoadedSae, limit_tokens, read_saes, record_into_store, register_saes
 from .security import hash_password
@@ -119,9 +121,9 @@ class DemoRun:
         key = stage_key(stage="harvest", **hcfg.to_dict())
         directory = self.out / f"activations-{key}"
         if finished(directory, key):
-            self.say(f"[1/4] activations: reusing {directory}")
+            self.say(f"[1/5] activations: reusing {directory}")
             return directory, key
-        self.say(f"[1/4] harvesting {hcfg.tokens} activations of {hcfg.model} at {hcfg.site} from {hcfg.dataset}")
+        self.say(f"[1/5] harvesting {hcfg.tokens} activations of {hcfg.model} at {hcfg.site} from {hcfg.dataset}")
         harvest(hcfg, directory, resume=True, lm=self.lm)
         mark_finished(directory, key, hcfg.to_dict())
         return directory, key
@@ -134,16 +136,16 @@ class DemoRun:
         key = stage_key(stage="train", upstream=upstream, **settings)
         directory = self.out / f"sae-{key}"
         if finished(directory, key):
-            self.say(f"[2/4] SAE: reusing {directory}")
+            self.say(f"[2/5] SAE: reusing {directory}")
             return directory, key
         for job in stored_jobs(activations, directory, c.train_tokens, None, False, Dist()):
             assert job.source is not None and job.heldout is not None  # stored rows: a harvest and its held-out tail
-            self.say(f"[2/4] training a TopK SAE ({c.features} features, k={c.k}) on {c.train_tokens} tokens "
+            self.say(f"[2/5] training a TopK SAE ({c.features} features, k={c.k}) on {c.train_tokens} tokens "
                      f"at {job.site}")
             sae = train(sae_config_for(job.rows, "topk", c.features, k=c.k), TrainConfig(tokens=job.budget, seed=c.seed),
                         job.rows, job.out, resume=True)
             write_metrics(job.out, {**evaluate_activations(sae, job.heldout), "eval_rows": job.eval_rows})
-            self.say(f"[3/4] measuring CE loss with the SAE spliced in over {c.ce_contexts} held-out contexts")
+            self.say(f"[3/5] measuring CE loss with the SAE spliced in over {c.ce_contexts} held-out contexts")
             write_metrics(job.out, ce_on_corpus(self.lm, sae, c.dataset, n_contexts=c.ce_contexts,
                                                 skip_contexts=read_manifest(job.source)["n_contexts"]))
         mark_finished(directory, key, settings)
@@ -164,12 +166,26 @@ class DemoRun:
         rcfg = RecordConfig(seed=c.seed)
         if row.recorded_at is not None and row.record_config == asdict(rcfg) and row.n_tokens is not None \
                 and row.n_tokens >= c.record_tokens and row.dataset == c.dataset:
-            self.say(f"[4/4] features: already recorded as {row.name!r}")
+            self.say(f"[4/5] features: already recorded as {row.name!r}")
             return
-        self.say(f"[4/4] recording {c.features} features of {row.name!r} over {c.record_tokens} tokens into the store")
+        self.say(f"[4/5] recording {c.features} features of {row.name!r} over {c.record_tokens} tokens into the store")
         contexts = limit_tokens(iter_contexts(iter_documents(c.dataset), self.lm.tokenizer), c.record_tokens)
         record_into_store(session, sae_row=row, loaded=loaded, lm=self.lm, model_spec=c.model, contexts=contexts,
                           dataset=c.dataset, cfg=rcfg)
+
+    def map(self, session: Session, row: Sae) -> None:
+        """Stage 5: the feature map (skipped when made with these settings after the latest recording)."""
+        mcfg = MapConfig(seed=self.cfg.seed)
+        if map_is_current(session, sae_row=row, cfg=mcfg):
+            self.say(f"[5/5] feature map of {row.name!r}: reusing the stored one")
+            return
+        self.say(f"[5/5] mapping {row.d_sae} features of {row.name!r} (UMAP of the decoder directions, HDBSCAN clusters)")
+        try:
+            fmap = map_into_store(session, sae_row=row, cfg=mcfg)
+        except MapError as err:  # a dictionary too small or too dead to map: the pages work without one
+            self.say(f"      no map: {err}")
+            return
+        self.say(f"      {fmap.n_clusters} clusters, {fmap.n_noise} live features in none, {fmap.n_dead} dead left out")
 
 
 def ensure_account(session: Session) -> str | None:

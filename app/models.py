@@ -377,3 +377,73 @@ class AttributionGraphRow(Base):
     graph: Mapped[dict[str, Any]]
     """AttributionGraph.to_dict(): nodes, links, shares, verification."""
     created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+# Issue 16: the feature map (positions and clusters of an SAE's features), cluster labels, co-activation.
+
+
+class FeatureMapRun(Base):
+    """The current map of an SAE: how it was made; replaced whole, with its points and clusters, when remade."""
+
+    __tablename__ = "feature_maps"
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    config: Mapped[dict[str, Any]]
+    """sae_core.maps.MapConfig as a dict."""
+    membership: Mapped[str] = mapped_column(String(16))
+    """A hash of which features each cluster holds: cluster labels written under another map are not shown
+    on this one (their cluster numbers name other groups), and come back when a map with these clusters does."""
+    n_clusters: Mapped[int]
+    n_noise: Mapped[int]
+    n_dead: Mapped[int]
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class MapPoint(Base):
+    """A feature's place on its SAE's map: position (NULL for a dead feature) and cluster (NULL for none)."""
+
+    __tablename__ = "map_points"
+    __table_args__ = (Index("ix_map_points_sae_cluster", "sae_id", "cluster"),)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    x: Mapped[float | None] = mapped_column(Float)
+    y: Mapped[float | None] = mapped_column(Float)
+    cluster: Mapped[int | None]
+
+
+class MapCluster(Base):
+    """One cluster of an SAE's map: its size, centre and the members' most common top tokens."""
+
+    __tablename__ = "map_clusters"
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    cluster: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    size: Mapped[int]
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    top_tokens: Mapped[list[Any]]
+    """[[text, members], ...] most common first."""
+
+
+class ClusterLabel(Base):
+    """One version of a cluster's label, append-only like feature labels, under the map membership it names."""
+
+    __tablename__ = "cluster_labels"
+    __table_args__ = (Index("ix_cluster_labels_cluster", "sae_id", "membership", "cluster", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    membership: Mapped[str] = mapped_column(String(16))
+    cluster: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    author: Mapped[User | None] = relationship()
+
+
+class Coactivation(Base):
+    """The features that fire together with one feature over its SAE's recording (part of the recording)."""
+
+    __tablename__ = "coactivations"
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    partners: Mapped[list[Any]]
+    """[[feature_index, jaccard], ...] highest Jaccard first (features that fire with no other have no row)."""

@@ -192,13 +192,20 @@
 
   // A pick adds the feature once (the API refuses a feature twice: a second pick goes to its row) and closes
   // the picker, so the next click cannot land on the same result.
-  function addIntervention(feature, label) {
+  // The value starts at the feature's largest recorded activation (2 significant digits), the scale it works
+  // at, as the page does for a feature opened from its page (routes/steer.add_value).
+  function addIntervention(feature, label, maxAct) {
     const rows = [...document.querySelectorAll("#interventions .intervention")];
-    let row = rows.find((el) => el.querySelector("[name=feature]").value === String(feature));
+    let row = rows.find((el) => el.querySelector("[name=feature]")?.value === String(feature));
     if (!row) {
       row = document.getElementById("intervention-template").content.firstElementChild.cloneNode(true);
       row.querySelector("[name=feature]").value = feature;
       row.querySelector(".feature-label").textContent = label;
+      const max = Number(maxAct);
+      if (max > 0) {
+        row.querySelector("[name=value]").value = Number(max.toPrecision(2));
+        row.querySelector(".feature-max").textContent = `max activation ${maxAct}`;
+      }
       document.getElementById("interventions").append(row);
     }
     const query = document.getElementById("picker-q");
@@ -222,7 +229,7 @@
   stop.addEventListener("click", () => controller && controller.abort());
   form.addEventListener("click", (event) => {
     const pick = event.target.closest(".pick");
-    if (pick) addIntervention(pick.dataset.feature, pick.dataset.label);
+    if (pick) addIntervention(pick.dataset.feature, pick.dataset.label, pick.dataset.max);
     const direction = event.target.closest(".add-direction");
     if (direction) addDirection(direction.dataset.direction, direction.dataset.name);
     const remove = event.target.closest(".intervention .remove");

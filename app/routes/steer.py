@@ -12,7 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, Any, cast
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -49,15 +49,17 @@ def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: 
     sae = crud.find_sae(session, ref=sae_id)
     if experiment is not None:
         form = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment)).request()
+        briefs = crud.feature_briefs(session, sae_id=sae.id,
+                                     indices=[i.feature for i in form.interventions if i.feature is not None])
     else:
-        start = [InterventionIn(feature=feature, mode="add", value=4.0)] if feature is not None else []
+        pins = [pinned(spec) for spec in pin or []]
+        picked = [i.feature for i in pins if i.feature is not None] + ([] if feature is None else [feature])
+        briefs = crud.feature_briefs(session, sae_id=sae.id, indices=picked)
+        start = [InterventionIn(feature=feature, mode="add", value=add_value(briefs.get(feature)))] if feature is not None else []
         start += [InterventionIn(direction=direction, mode="add", value=1.0)] if direction is not None else []
-        start += [pinned(spec) for spec in pin or []]
-        form = SteerIn.model_construct(sae_id=sae.id, prompt=prompt, raw=raw, interventions=start)
-    labels = crud.label_texts(session, sae_id=sae.id,
-                              indices=[i.feature for i in form.interventions if i.feature is not None])
+        form = SteerIn.model_construct(sae_id=sae.id, prompt=prompt, raw=raw, interventions=start + pins)
     return render(request, "steer.html", {
-        "sae": sae, "form": form, "labels": labels, "modes": MODES,
+        "sae": sae, "form": form, "briefs": briefs, "modes": MODES,
         "directions": {d.id: d for d in crud.steering_directions(session, sae_id=sae.id)},
         "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=SAVED_SHOWN)})
 
@@ -68,7 +70,8 @@ def pinned(spec: str) -> InterventionIn:
         parsed = Intervention.parse(spec)
     except SteeringError as err:
         raise RequestValidationError([{"loc": ("query", "pin"), "msg": str(err), "type": "value_error"}]) from None
-    return InterventionIn(feature=cast(int, parsed.feature), mode=parsed.mode, value=parsed.value)  # parse reads indices
+    assert isinstance(parsed.feature, int)  # parse reads a feature index, never a direction
+    return InterventionIn(feature=parsed.feature, mode=parsed.mode, value=parsed.value)
 
 
 @router.get("/saes/{sae_id}/steer/experiments", response_class=HTMLResponse, include_in_schema=False)
@@ -86,11 +89,16 @@ def picker(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeI
     sae = crud.find_sae(session, ref=sae_id)
     q = q.strip()
     rows, _ = crud.list_features(session, sae_id=sae.id, query=q, limit=PICKER_SIZE) if q else ([], 0)
-    index = int(q) if q.isdigit() and int(q) < sae.d_sae else None
-    matches = [(r.feature_index, r.label or r.top_text) for r in rows if r.feature_index != index]
-    if index is not None:
-        matches.insert(0, (index, crud.label_texts(session, sae_id=sae.id, indices=[index]).get(index, "")))
-    return render(request, "_steer_picker.html", {"matches": matches, "q": q})
+    index = [int(q)] if q.isdigit() and int(q) < sae.d_sae else []
+    matches = index + [r.feature_index for r in rows if r.feature_index not in index]
+    briefs = crud.feature_briefs(session, sae_id=sae.id, indices=matches)
+    return render(request, "_steer_picker.html", {"matches": [m for m in matches if m in briefs], "briefs": briefs, "q": q})
+
+
+def add_value(brief: crud.FeatureBrief | None) -> float:
+    """The value `add` starts at: the feature's largest recorded activation (two significant digits), which is
+    on the scale the feature works at; 4 for a feature that never fired. steer.js does the same for a pick."""
+    return float(f"{brief.max_act:.2g}") if brief is not None and brief.max_act > 0 else 4.0
 
 
 def steer_sae(session: SessionDep, body: SteerIn) -> Sae:
@@ -238,9 +246,11 @@ def experiment_page(request: Request, session: SessionDep, _user: ReaderDep, sae
     """A saved experiment's permalink: what was asked, who ran it when, and every row's output."""
     sae = crud.find_sae(session, ref=sae_id)
     out = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment_id))
+    briefs = crud.feature_briefs(session, sae_id=sae.id,
+                                 indices=[i["feature"] for i in out.interventions if i.get("feature") is not None])
     return render(request, "experiment.html", {
         "sae": sae, "x": out, "chart": sweep_chart(out.rows), "measures": measures_views(out.rows) if out.rows else [],
-        "perplexity_chart": perplexity_chart(out.rows, out.params.get("perplexity_factor", 2.0))})
+        "perplexity_chart": perplexity_chart(out.rows, out.params.get("perplexity_factor", 2.0)), "briefs": briefs})
 
 
 @router.get("/api/saes/{sae_id}/steer/experiments/{experiment_id}", response_model=ExperimentOut,

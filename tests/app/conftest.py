@@ -149,3 +149,13 @@ def labeller(client, session):
     """The client signed in as a labeller; yields (user, csrf token)."""
     user = add_user(session, "ada")
     return user, log_in(client, "ada")
+
+
+@pytest.fixture()
+def mapped_sae(session, stored_sae):
+    """The stored web SAE with a feature map (small clusters, so its 24 features make several)."""
+    from app.mapping import map_into_store
+    from sae_core.maps import MapConfig
+
+    map_into_store(session, sae_row=stored_sae, cfg=MapConfig(n_epochs=50, min_cluster_size=3, min_samples=2))
+    return stored_sae

@@ -273,6 +273,8 @@ def test_two_ranks_record_the_same_top_examples_and_statistics_as_one(two_ranks)
         assert torch.equal(getattr(two, name), getattr(one, name)), name
     for name in ("max_F", "mean_F"):
         torch.testing.assert_close(getattr(two, name), getattr(one, name))
+    assert torch.equal(two.coactive.index_FK, one.coactive.index_FK)
+    assert torch.equal(two.coactive.value_FK, one.coactive.value_FK)
     top_two, top_one = (r.examples.interval_E < 0 for r in (two, one))
     assert top_one.sum() > 0
     for name in ("feature_E", "rank_E", "context_E", "start_E", "peak_E", "value_E", "tokens_EW", "acts_EW"):
