@@ -33,9 +33,14 @@ def circuits_page(session: Session, set_ref: str) -> dict[str, Any]:
             "defaults": AttributionConfig(), "graphs": graphs}
 
 
+def shown(text: str | None) -> str:
+    """A token as a quoted string with its spaces and newlines visible (HTML escaping is the template's)."""
+    return "" if text is None else json.dumps(text, ensure_ascii=False)
+
+
 def _enriched_nodes(session: Session, graph: AttributionGraph, sae_ids: list[int]) -> list[dict[str, Any]]:
     """Each node as JSON, features with their label, top tokens, SAE and page."""
-    nodes = [vars(n) | {"token": graph.tokens[n.pos]} for n in graph.nodes]
+    nodes = [vars(n) | {"token": graph.tokens[n.pos], "token_shown": shown(graph.tokens[n.pos])} for n in graph.nodes]
     for layer, sae_id in enumerate(sae_ids):
         mine = [n for n in nodes if n["kind"] == "feature" and n["layer"] == layer]
         blurbs = crud.feature_blurbs(session, sae_id=sae_id, indices=[n["feature"] for n in mine])
@@ -52,5 +57,6 @@ def graph_page(session: Session, row: AttributionGraphRow) -> dict[str, Any]:
     by_id = {n["node_id"]: n for n in nodes}
     data = graph.to_dict() | {"nodes": nodes, "id": row.id, "sae_ids": row.sae_ids}
     # "<" escaped: the JSON sits in a <script> element, where "</script>" in a prompt would end it.
-    return {"url": circuits_url(row.set_id), "row": row, "graph": graph, "top": [by_id[n.node_id] for n in graph.top(TOP_ROWS)],
+    return {"url": circuits_url(row.set_id), "row": row, "graph": graph, "target": shown(graph.target),
+            "contrast": shown(graph.contrast), "top": [by_id[n.node_id] for n in graph.top(TOP_ROWS)],
             "data_json": Markup(json.dumps(data).replace("<", "\\u003c"))}

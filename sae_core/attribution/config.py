@@ -48,7 +48,8 @@ class AttributionConfig:
     edge_threshold: float = 0.98
     """Graph edges: the fewest carrying this share of the total |edge weight| (circuit-tracer's default)."""
     max_nodes: int = 64
-    """Most feature and error nodes whose edges are computed (each costs one truncated forward and backward)."""
+    """Most feature and error nodes whose edges are computed (each costs one truncated forward and backward),
+    shared equally by the sites."""
     max_tokens: int = 128
     """Longest prompt accepted, BOS included."""
     batch_rows: int = 16

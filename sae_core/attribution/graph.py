@@ -25,7 +25,7 @@ class GraphNode:
     effect: float
     """Estimated metric(clean) - metric(node at baseline); the metric's own clean value for the metric node."""
     share: float
-    """Share of the total |effect| held by larger nodes (prunes by node threshold)."""
+    """Share of its layer's total |effect| held by larger nodes of that layer (prunes by node threshold)."""
     exact: float | None = None
     """The exactly ablated effect, for the nodes verified."""
 

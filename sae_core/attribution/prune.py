@@ -28,3 +28,11 @@ def candidates(effect_N: torch.Tensor, eligible_N: torch.Tensor, threshold: floa
     share = shares(effect_N[index])
     keep = index[share < threshold]
     return keep[effect_N[keep].abs().argsort(descending=True)[:cap]]
+
+
+def layered_candidates(effect_N: torch.Tensor, layer_N: torch.Tensor, threshold: float, cap: int,
+                       n_layers: int) -> torch.Tensor:
+    """`candidates` taken per site, each with an equal part of `cap`: every site keeps nodes, so a path from the
+    embeddings to the metric can pass through each (one global cut often leaves a site empty and breaks them all)."""
+    share = max(1, cap // n_layers)
+    return torch.cat([candidates(effect_N, layer_N == layer, threshold, share) for layer in range(n_layers)])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+
 from ..lm import LoadedModel
 from .ablation import ablate, spearman
 from .config import AttributionConfig, AttributionRequest
@@ -13,7 +15,7 @@ from .effects import integrated, patching
 from .graph import AttributionGraph, GraphLink, GraphNode
 from .inputs import Inputs, prepare, top_tokens
 from .nodes import EMBED_LAYER, EMBEDDING, ERROR, KIND_NAMES, Nodes, build_nodes
-from .prune import candidates, shares
+from .prune import layered_candidates, shares
 from .states import capture_states
 
 Progress = Callable[[str, float], None]
@@ -32,8 +34,17 @@ def node_id(nodes: Nodes, n: int, inputs: Inputs) -> str:
     return f"{layer}_{int(nodes.feature_N[n])}_{pos}"
 
 
+def _layer_shares(nodes: Nodes) -> torch.Tensor:
+    """Each node's share within its own layer, the unit pruning works in (see prune.layered_candidates)."""
+    share_N = torch.zeros(len(nodes), dtype=torch.float64)
+    for layer in nodes.layer_N.unique():
+        mine = nodes.layer_N == layer
+        share_N[mine] = shares(nodes.effect_N[mine])
+    return share_N
+
+
 def _graph_nodes(nodes: Nodes, shown: list[int], exact: dict[int, float], inputs: Inputs) -> list[GraphNode]:
-    share_N = shares(nodes.effect_N)
+    share_N = _layer_shares(nodes)
     out = []
     for n in shown:
         kind = int(nodes.kind_N[n])
@@ -70,7 +81,7 @@ def attribute(lm: LoadedModel, dicts: Sequence[Dictionary], request: Attribution
     verified = nodes.effect_N.abs().argsort(descending=True)[:cfg.verify_top].tolist()
     exact_V = ablate(model, dicts, inputs, nodes, verified, clean, patch, cfg.batch_rows)
     progress("edges", 0.4)
-    kept = candidates(nodes.effect_N, nodes.kind_N != EMBEDDING, cfg.node_threshold, cfg.max_nodes)
+    kept = layered_candidates(nodes.effect_N, nodes.layer_N, cfg.node_threshold, cfg.max_nodes, len(dicts))
     edges = compute_edges(model, dicts, inputs, nodes, kept, (clean, patch, grads), cfg.batch_rows,
                           lambda done: progress("edges", 0.4 + 0.6 * done))
     embeddings = (nodes.kind_N == EMBEDDING).nonzero()[:, 0].tolist()
