@@ -235,6 +235,7 @@
   });
 
   fetch(`/api/saes/${sae}/map`).then((r) => r.json()).then((data) => {
+    const received = performance.now();
     pts = data.points.map((p) => ({ i: p.feature_index, x: p.x, y: p.y, c: p.cluster, d: Math.max(p.density, 1e-9),
       label: p.label, top: p.top_tokens, text: `${p.label || ""} ${p.top_tokens.join(" ")}`.toLowerCase() }));
     fit();
@@ -243,6 +244,7 @@
     if (at >= 0) { focus = at; view = { cx: pts[at].x, cy: pts[at].y, k: home.k * 4 }; }
     recolour();
     root.dataset.points = pts.length;
+    root.dataset.drawMs = Math.round(performance.now() - received); // the browser's own share: points in, first paint
     root.dataset.paintedMs = Math.round(performance.now());
   });
 })();
