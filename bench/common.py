@@ -29,11 +29,11 @@ class ProcessRun:
     peak_rss_gb: float
 
 
-def run_measured(command: list[str], env: dict[str, str], log_path: str) -> ProcessRun:
+def run_measured(command: list[str], env: dict[str, str], log_path: str, cwd: str | None = None) -> ProcessRun:
     """Run `command` to its end with output to `log_path`; wait4 gives the child's own peak RSS (not its siblings')."""
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
         _, status, usage = os.wait4(child.pid, 0)
     return ProcessRun(os.waitstatus_to_exitcode(status), time.perf_counter() - started, usage.ru_maxrss / 2**20)
 

@@ -77,7 +77,8 @@ def run_train(python: str, code: Path | None, activations: Path, out: Path, args
                "--features", str(args.features), "--k", str(args.k), "--batch-size", str(args.batch_size),
                "--tokens", str(args.tokens), "--holdout", str(args.holdout), "--device", "cpu", *args.extra]
     log = out.parent / f"{out.name}.log"
-    run = run_measured(command, env, str(log))
+    # `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH: run in the checkout.
+    run = run_measured(command, env, str(log), cwd=str(code) if code is not None else None)
     if run.returncode != 0:
         tail = log.read_text().strip().splitlines()[-3:]
         raise SystemExit(f"{' '.join(command)} failed:\n  " + "\n  ".join(tail))
@@ -120,7 +121,7 @@ def main() -> None:
         work = Path(tmp)
         inputs: dict[str, Path] = {}
         if "harvest" in wanted:
-            inputs["harvest"] = args.activations
+            inputs["harvest"] = args.activations.resolve()
         if "npy" in wanted:
             inputs["npy"] = write_npy(args.activations, work / "rows.npy")
         if "repeated" in wanted:
