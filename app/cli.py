@@ -29,6 +29,7 @@ from sae_core.sites import SiteError
 from . import crud
 from .db import session_factory, shown_url
 from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
+from .explain_cli import explain_command
 from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .migrate import StoreError, open_store
@@ -366,6 +367,9 @@ def token_table(tokens: list[ApiToken], moment: datetime) -> list[str]:
 
 def _when(moment: datetime | None) -> str:
     return "never" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M UTC")
+
+
+app.command("explain")(explain_command(open_session, USER_ERRORS))
 
 
 def main() -> None:

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from sae_core.sites import parse_site
 
 from . import crud
-from .models import Feature, Sae
+from .crud.explanations import SaeExplanations, sae_explanations
+from .models import Explanation, Feature, Sae
 
 FORMATS = ("neuronpedia", "json")
 FEATURES_PER_BATCH = 256
@@ -37,7 +38,7 @@ def export_sae(session: Session, *, sae_ref: str | int, fmt: str, out: Path) -> 
     out.mkdir(parents=True, exist_ok=True)
     pages = _pages(session, sae)
     if fmt == "neuronpedia":
-        _write_neuronpedia(sae, pages, out)
+        _write_neuronpedia(sae, pages, out, sae_explanations(session, sae_id=sae.id))
     else:
         _write_json(sae, pages, out)
     return out
@@ -60,7 +61,7 @@ def _source_id(sae: Sae) -> str:
     return f"{layer}-{_slug(sae.name)}"
 
 
-def _write_neuronpedia(sae: Sae, pages: Iterator[crud.FeaturePage], out: Path) -> None:
+def _write_neuronpedia(sae: Sae, pages: Iterator[crud.FeaturePage], out: Path, drafts: SaeExplanations) -> None:
     """features/, activations/, explanations/ as batch-N.jsonl.gz, FEATURES_PER_BATCH features each."""
     ids = {"modelId": _slug(sae.model_name), "layer": _source_id(sae)}
     batch: list[crud.FeaturePage] = []
@@ -68,17 +69,18 @@ def _write_neuronpedia(sae: Sae, pages: Iterator[crud.FeaturePage], out: Path) -
     for page in pages:
         batch.append(page)
         if len(batch) == FEATURES_PER_BATCH:
-            _write_batch(out, number, ids, sae, batch)
+            _write_batch(out, number, ids, sae, batch, drafts)
             batch, number = [], number + 1
     if batch:
-        _write_batch(out, number, ids, sae, batch)
+        _write_batch(out, number, ids, sae, batch, drafts)
 
 
-def _write_batch(out: Path, number: int, ids: dict[str, str], sae: Sae, pages: list[crud.FeaturePage]) -> None:
+def _write_batch(out: Path, number: int, ids: dict[str, str], sae: Sae, pages: list[crud.FeaturePage],
+                 drafts: SaeExplanations) -> None:
     parts = {
         "features": [_np_feature(ids, sae, p) for p in pages],
         "activations": [a for p in pages for a in _np_activations(ids, p)],
-        "explanations": [e for p in pages for e in _np_explanations(ids, p)],
+        "explanations": [e for p in pages for e in _np_explanations(ids, p, drafts)],
     }
     for folder, rows in parts.items():
         (out / folder).mkdir(exist_ok=True)
@@ -129,17 +131,35 @@ def _np_activations(ids: dict[str, str], page: crud.FeaturePage) -> Iterator[dic
         yield row
 
 
-def _np_explanations(ids: dict[str, str], page: crud.FeaturePage) -> Iterator[dict[str, Any]]:
+def _np_explanations(ids: dict[str, str], page: crud.FeaturePage, drafts: SaeExplanations) -> Iterator[dict[str, Any]]:
+    """Every label version, with the models and scores of the draft it came from, then the unverified draft."""
     for label in page.labels:
+        origin = drafts.by_label.get(label.id)
         yield {
             **ids,
             "index": str(page.feature.feature_index),
             "description": label.text,
             "authorId": label.author_name or "",
             "typeName": f"saescope-{label.source}",
-            "explanationModelName": "" if label.source == "human" else label.source,
+            "explanationModelName": origin.explainer_model if origin else ("" if label.source == "human" else label.source),
             "createdAt": label.created_at.isoformat(),
+            **_np_scores(origin),
         }
+    pending = drafts.pending.get(page.feature.feature_index)
+    if pending is not None:
+        yield {**ids, "index": str(page.feature.feature_index), "description": pending.text, "authorId": "",
+               "typeName": "saescope-auto-unverified", "explanationModelName": pending.explainer_model,
+               "createdAt": pending.created_at.isoformat(), **_np_scores(pending)}
+
+
+def _np_scores(draft: Explanation | None) -> dict[str, Any]:
+    """Neuronpedia's explanation scores: one per scorer method, with the scorer model."""
+    if draft is None:
+        return {}
+    return {"scores": [{"explanationScoreTypeName": f"saescope-{name}", "explanationScoreModelName": draft.scorer_model,
+                        "value": score["accuracy"], "jsonDetails": json.dumps(score)}
+                       for name, score in (draft.scores or {}).items() if name in ("detection", "fuzzing")],
+            "promptVersion": draft.prompt_version}
 
 
 def _write_json(sae: Sae, pages: Iterator[crud.FeaturePage], out: Path) -> None:
