@@ -22,6 +22,7 @@ from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, fail, 
 from sae_core.data import CorpusError, iter_contexts, iter_documents
 from sae_core.distributed import close_distributed, init_distributed
 from sae_core.lm import ModelLoadError, load_model
+from sae_core.maps import MapConfig
 from sae_core.records import RecordConfig
 from sae_core.saes import SAEFormatError
 from sae_core.sites import SiteError
@@ -32,9 +33,19 @@ from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
 from .explain_cli import explain_command
 from .export import FORMATS, export_sae
 from .ingest import IngestError
+from .mapping import map_into_store
 from .migrate import StoreError, open_store
 from .models import ApiToken, Sae, as_utc, now
-from .pipeline import LoadedSae, limit_tokens, read_sae, record_context_len, record_into_store, register_sae
+from .neuronpedia import BOT_USER_ID, VISIBILITIES, NeuronpediaTarget
+from .pipeline import (
+    LoadedSae,
+    limit_tokens,
+    read_sae,
+    read_saes,
+    record_context_len,
+    record_into_store,
+    register_saes,
+)
 from .security import ROLES, hash_api_token, hash_password, new_api_token
 from .settings import Settings
 
@@ -46,6 +57,8 @@ user_app = typer.Typer(no_args_is_help=True, help="Accounts of the web app.")
 app.add_typer(user_app, name="user")
 
 DB_OPTION = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL or sqlite:///saescope.db).")
+SET_OPTION = typer.Option(None, "--set", help="Put the SAE in this set of SAEs of one model at several sites "
+                                              "(made on first use).")
 USER_ERRORS = (ValueError, LookupError, OSError, OperationalError, SAEFormatError, ModelLoadError, SiteError,
                CorpusError, IngestError, StoreError)
 
@@ -84,17 +97,25 @@ def import_sae(
     sae: Path = typer.Option(..., "--sae", help="SAE directory or file (saescope/SAELens, sparsify, Gemma Scope, "
                                                 "dictionary_learning)."),
     name: str | None = typer.Option(None, help="Name in the store (default: the directory name)."),
+    sae_set: str | None = SET_OPTION,
     db: str | None = DB_OPTION,
 ) -> None:
-    """Register an SAE written elsewhere so that it can be recorded and browsed."""
+    """Register an SAE written elsewhere so that it can be recorded and browsed; a set directory (`saescope train` on
+    a harvest at several sites) registers each of its SAEs, in one set."""
     try:
-        loaded = read_sae(sae)
         with open_session(db, migrate=True) as session:
-            row = register_sae(session, loaded=loaded, name=name)
+            rows = register_saes(session, found=read_saes(sae), name=name, sae_set=sae_set)
+            lines = [registered(session, row) for row in rows]
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(f"SAE {row.name!r} (id {row.id}): {row.architecture}, {row.d_sae} features at {row.site or '?'}, "
-               f"{loaded.source_format} layout")
+    typer.echo("\n".join(lines))
+
+
+def registered(session: Session, row: Sae) -> str:
+    """One line on an SAE just registered: name, id, dictionary, site, layout and set."""
+    in_set = "" if row.set_id is None else f", in set {crud.find_sae_set(session, ref=row.set_id).name!r}"
+    return (f"SAE {row.name!r} (id {row.id}): {row.architecture}, {row.d_sae} features at {row.site or '?'}, "
+            f"{row.source_format} layout{in_set}")
 
 
 @app.command()
@@ -107,71 +128,130 @@ def record(
                                            help="Tokens per context, BOS included (default: the SAE's own, else 128)."),
     batch_size: int | None = typer.Option(None, help="Contexts per forward pass (default: sized to the dictionary)."),
     n_top: int = typer.Option(20, help="Top examples kept per feature."),
+    make_map: bool = typer.Option(True, "--map/--no-map", help="Then lay out and cluster the features (saescope map)."),
+    sae_set: str | None = SET_OPTION,
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
     db: str | None = DB_OPTION,
 ) -> None:
-    """Record every feature of an SAE (top examples, quantile samples, statistics, logits) into the store.
+    """Record every feature of an SAE (top examples, quantile samples, statistics, logits) into the store; every
+    SAE of a set directory, with one model load.
 
     Under torchrun the contexts are split by rank and the ranks' records merged exactly; rank 0 alone
     registers the SAE and writes the store.
     """
+    lines = []
     try:
         dist = init_distributed(device, require=distributed)
         with open_session(db, migrate=dist.is_main) as session:
-            loaded, row = _sae_for_recording(session, sae, register=dist.is_main)
-            loaded.sae.to(dist.device)
+            targets = _saes_for_recording(session, sae, register=dist.is_main, sae_set=sae_set)
             lm = load_model(model, device=str(dist.device))
-            contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer,
-                                                  record_context_len(loaded, context_len)), tokens)
-            result = record_into_store(session, sae_row=row, loaded=loaded, lm=lm, model_spec=model,
-                                       contexts=contexts, dataset=dataset,
-                                       cfg=RecordConfig(n_top=n_top, batch_size=batch_size), dist=dist)
+            for loaded, row in targets:
+                loaded.sae.to(dist.device)
+                contexts = limit_tokens(iter_contexts(iter_documents(dataset), lm.tokenizer,
+                                                      record_context_len(loaded, context_len)), tokens)
+                result = record_into_store(session, sae_row=row, loaded=loaded, lm=lm, model_spec=model,
+                                           contexts=contexts, dataset=dataset,
+                                           cfg=RecordConfig(n_top=n_top, batch_size=batch_size), dist=dist)
+                if row is not None:
+                    lines.append(f"recorded {row.name!r}: {result.d_sae} features over {result.n_tokens} tokens, "
+                                 f"{result.dead_count} dead, {result.dense_count} dense")
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     finally:
         close_distributed()
-    if row is not None:
-        typer.echo(f"recorded {row.name!r}: {result.d_sae} features over {result.n_tokens} tokens, "
-                   f"{result.dead_count} dead, {result.dense_count} dense")
+    if lines:
+        typer.echo("\n".join(lines))
+    mapped = [row.id for _loaded, row in targets if row is not None] if make_map else []
+    for sae_id in mapped:
+        try:
+            _map_and_report(db, sae_id, MapConfig())
+        except USER_ERRORS as err:  # the recording is stored; only the map is missing
+            typer.echo(f"no feature map made: {str(err).splitlines()[0]} (saescope map makes one later)")
 
 
-def _sae_for_recording(session: Session, ref: str, register: bool = True) -> tuple[LoadedSae, Sae | None]:
-    """An SAE given as a path (registered on first use when `register`) or as an id/name in the store."""
+@app.command("map")
+def map_sae(
+    sae: str = typer.Option(..., "--sae", help="Id or name of a recorded SAE in the store."),
+    seed: int = typer.Option(MapConfig.seed, help="Seed of the layout: the same seed gives the same map."),
+    db: str | None = DB_OPTION,
+) -> None:
+    """Lay out every live feature of a recorded SAE on a 2-D map (UMAP of decoder directions) and cluster it."""
+    try:
+        _map_and_report(db, sae, MapConfig(seed=seed))
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+
+
+def _map_and_report(db: str | None, sae: str | int, cfg: MapConfig) -> None:
+    """Map an SAE of the store and say what came out."""
+    with open_session(db, migrate=True) as session:
+        row = crud.find_sae(session, ref=sae)
+        typer.echo(f"mapping the features of {row.name!r} (UMAP of decoder directions, cosine; HDBSCAN clusters)")
+        fmap = map_into_store(session, sae_row=row, cfg=cfg)
+        seconds = crud.find_map(session, sae_id=row.id).seconds
+    typer.echo(f"mapped {row.name!r} in {seconds:.1f} s: {fmap.n_clusters} clusters, {fmap.n_noise} live features "
+               f"in none, {fmap.n_dead} dead left out")
+
+
+def _saes_for_recording(session: Session, ref: str, register: bool = True,
+                        sae_set: str | None = None) -> list[tuple[LoadedSae, Sae | None]]:
+    """The SAEs `record --sae` names: a path (an SAE or a set directory's SAEs, registered on first use when
+    `register`) or an id/name in the store; put in `sae_set` when given (by the registering rank)."""
     if Path(ref).expanduser().exists():
-        loaded = read_sae(ref)
-        return loaded, register_sae(session, loaded=loaded) if register else None
+        found = read_saes(ref)
+        rows = register_saes(session, found=found, sae_set=sae_set) if register else [None] * len(found.saes)
+        return list(zip(found.saes, rows))
     row = crud.find_sae(session, ref=ref)
-    return read_sae(row.source_path), row
+    if sae_set is not None and register:
+        crud.add_to_set(session, sae=row, set_name=sae_set)
+    return [(read_sae(row.source_path), row)]
 
 
 @app.command()
 def export(
     sae: str = typer.Option(..., "--sae", help="Id or name of an SAE in the store."),
     fmt: str = typer.Option("neuronpedia", "--format", help=f"One of: {', '.join(FORMATS)}."),
-    out: Path = typer.Option(..., "--out", help="Directory to write."),
+    out: Path = typer.Option(..., "--out", help="Directory to write (neuronpedia: the root holding <model>/<source>/)."),
+    model_id: str | None = typer.Option(None, "--model-id", help="neuronpedia: Neuronpedia's id of the model, e.g. gpt2-small."),
+    model_layers: int | None = typer.Option(None, "--model-layers", help="neuronpedia: the model's number of layers."),
+    source_set: str = typer.Option("", "--source-set",
+                                   help="neuronpedia: source set, e.g. res-jb (default: a slug of the SAE's name)."),
+    model_owner: str = typer.Option("", "--model-owner",
+                                    help="neuronpedia: the model's owner (default: a hub id's organisation)."),
+    creator_id: str = typer.Option(BOT_USER_ID, "--creator-id",
+                                   help="neuronpedia: user id that creates the rows (default: the seed's bot)."),
+    author_id: str = typer.Option(BOT_USER_ID, "--author-id",
+                                  help="neuronpedia: user id that authors the labels (default: the seed's bot)."),
+    visibility: str = typer.Option("PUBLIC", "--visibility", help=f"neuronpedia: {', '.join(VISIBILITIES)}."),
     db: str | None = DB_OPTION,
 ) -> None:
-    """Write an SAE's features, examples and labels as Neuronpedia batch JSONL or plain JSON."""
+    """Write an SAE's features, examples and current labels as a Neuronpedia dataset or plain JSON."""
     try:
+        target = None
+        if fmt == "neuronpedia" and model_id is not None and model_layers is not None:
+            target = NeuronpediaTarget(model_id=model_id, model_layers=model_layers, source_set=source_set,
+                                       model_owner=model_owner, creator_id=creator_id, author_id=author_id,
+                                       visibility=visibility)
         with open_session(db) as session:
-            export_sae(session, sae_ref=sae, fmt=fmt, out=out)
+            written = export_sae(session, sae_ref=sae, fmt=fmt, out=out, target=target)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {written}")
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Directory for every stage's output."),
     model: str = ModelOpt,
-    site: str = typer.Option(DemoConfig.site, "--site", help="Hook site the SAE reads."),
+    site: str = typer.Option(DemoConfig.site, "--site",
+                             help="Hook site the SAE reads, or several comma-separated: an SAE each, in one set."),
     dataset: str = DatasetOpt,
     tokens: int = typer.Option(DemoConfig.harvest_tokens, "--tokens", help="Activation rows to harvest."),
     features: int = typer.Option(DemoConfig.features, "--features", help="SAE dictionary size."),
     k: int = typer.Option(DemoConfig.k, "--k", help="Active features per token (TopK)."),
-    train_tokens: int = typer.Option(DemoConfig.train_tokens, "--train-tokens", help="Training budget in rows."),
-    record_tokens: int = typer.Option(DemoConfig.record_tokens, "--record-tokens", help="Tokens to record."),
+    train_tokens: int = typer.Option(DemoConfig.train_tokens, "--train-tokens", help="Training budget in rows, per SAE."),
+    record_tokens: int = typer.Option(DemoConfig.record_tokens, "--record-tokens", help="Tokens to record, per SAE."),
     model_dtype: str = typer.Option(DemoConfig.model_dtype, "--model-dtype", help="Model compute dtype."),
     db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL, else a SQLite file in --out)."),
     serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the browser when the stages are done."),
@@ -189,16 +269,19 @@ def demo(
         activations, key = run.activations()
         sae_dir, key = run.sae(activations, key)
         with open_session(url) as session:
-            row = run.record(session, sae_dir, key)
+            rows = run.record(session, sae_dir, key)
+            for row in rows:
+                run.map(session, row)
             password = ensure_account(session)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(summary(row))
+    typer.echo("\n".join(summary(row) for row in rows))
     typer.echo(f"store: {shown_url(url)}")
     if password is not None:
         typer.echo(f"account {DEMO_USER!r} (admin) created; its password, shown only this once: {password}")
     if serve_after:
-        typer.echo(f"feature pages: http://{host}:{port}/saes/{row.id}/features")
+        for row in rows:
+            typer.echo(f"feature pages of {row.site}: http://{host}:{port}/saes/{row.id}/features")
         run_server(url, host, port)
 
 

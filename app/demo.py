@@ -1,4 +1,7 @@
-"""`saescope demo`: harvest, train, evaluate and record an SAE in one command, reusing finished stages.
+"""`saescope demo`: harvest, train, evaluate, record and map SAEs in one command, reusing finished stages.
+
+By default it reads SmolLM2's residual stream at layers 3, 6 and 9 from one harvest, trains an SAE per layer
+and records them as one set of SAEs, the unit the circuits page reads.
 
 Each stage writes into a directory named after a hash of its own settings and of the stages before it,
 and marks itself finished only once its output is whole. Running the demo again with the same settings
@@ -19,20 +22,23 @@ from typing import Any
 import typer
 from sqlalchemy.orm import Session
 
-from sae_core.activations import holdout_rows, open_activations
 from sae_core.config import HarvestConfig, TrainConfig
 from sae_core.data import iter_contexts, iter_documents
+from sae_core.distributed import Dist
 from sae_core.evaluate import ce_on_corpus, evaluate_activations
 from sae_core.fileio import atomic_write_json
-from sae_core.harvest import harvest
+from sae_core.harvest import harvest, read_manifest
 from sae_core.lm import DEFAULT_MODEL, LoadedModel, load_model, parse_dtype
+from sae_core.maps import MapConfig, MapError
 from sae_core.records import RecordConfig
 from sae_core.saes.artifact import write_metrics
 from sae_core.train import sae_config_for, train
+from sae_core.training_jobs import stored_jobs
 
 from . import crud
+from .mapping import map_into_store, map_is_current
 from .models import Sae
-from .pipeline import limit_tokens, read_sae, record_into_store, register_sae
+from .pipeline import LoadedSae, limit_tokens, read_saes, record_into_store, register_saes
 from .security import hash_password
 
 DEMO_USER = "researcher"
@@ -48,8 +54,8 @@ class DemoConfig:
 
     model: str = DEFAULT_MODEL
     """Model name, local directory, .gguf file or hub id."""
-    site: str = "layers.6.resid_post"
-    """Hook site the SAE reads."""
+    site: str = "layers.3.resid_post,layers.6.resid_post,layers.9.resid_post"
+    """Hook site, or several comma-separated: one harvest reads them all and each gets an SAE, in one set."""
     dataset: str = "demo"
     """Corpus for every stage."""
     model_dtype: str = "bfloat16"
@@ -61,11 +67,11 @@ class DemoConfig:
     k: int = 32
     """TopK: active features per token."""
     train_tokens: int = 1_000_000
-    """Training budget in rows."""
+    """Training budget in rows, of each SAE."""
     ce_contexts: int = 32
     """Held-out contexts for the CE-loss evaluation."""
     record_tokens: int = 100_000
-    """Tokens recorded for the feature pages."""
+    """Tokens recorded for the feature pages, of each SAE."""
     seed: int = 0
     """Seeds training and the recording's samples."""
 
@@ -115,50 +121,71 @@ class DemoRun:
         key = stage_key(stage="harvest", **hcfg.to_dict())
         directory = self.out / f"activations-{key}"
         if finished(directory, key):
-            self.say(f"[1/4] activations: reusing {directory}")
+            self.say(f"[1/5] activations: reusing {directory}")
             return directory, key
-        self.say(f"[1/4] harvesting {hcfg.tokens} activations of {hcfg.model} at {hcfg.site} from {hcfg.dataset}")
+        self.say(f"[1/5] harvesting {hcfg.tokens} activations of {hcfg.model} at {hcfg.site} from {hcfg.dataset}")
         harvest(hcfg, directory, resume=True, lm=self.lm)
         mark_finished(directory, key, hcfg.to_dict())
         return directory, key
 
     def sae(self, activations: Path, upstream: str) -> tuple[Path, str]:
-        """Stage 2: a TopK SAE trained on the activations, scored on held-out rows (resumes a killed run)."""
+        """Stage 2: a TopK SAE per site trained on its activations (a set directory for several), scored on
+        held-out rows; resumes a killed run."""
         c = self.cfg
         settings = {"features": c.features, "k": c.k, "tokens": c.train_tokens, "seed": c.seed}
         key = stage_key(stage="train", upstream=upstream, **settings)
         directory = self.out / f"sae-{key}"
         if finished(directory, key):
-            self.say(f"[2/4] SAE: reusing {directory}")
+            self.say(f"[2/5] SAE: reusing {directory}")
             return directory, key
-        self.say(f"[2/4] training a TopK SAE ({c.features} features, k={c.k}) on {c.train_tokens} tokens")
-        data = open_activations(activations)
-        train_rows, heldout = data.split_tail(holdout_rows(data.n_rows))
-        sae_cfg = sae_config_for(train_rows, "topk", c.features, k=c.k)
-        sae = train(sae_cfg, TrainConfig(tokens=c.train_tokens, seed=c.seed), train_rows, directory, resume=True)
-        write_metrics(directory, {**evaluate_activations(sae, heldout), "eval_rows": "held-out tail"})
-        self.say(f"[3/4] measuring CE loss with the SAE spliced in over {c.ce_contexts} held-out contexts")
-        harvested = json.loads((activations / "manifest.json").read_text())["n_contexts"]
-        write_metrics(directory, ce_on_corpus(self.lm, sae, c.dataset, n_contexts=c.ce_contexts,
-                                              skip_contexts=harvested))
+        for job in stored_jobs(activations, directory, c.train_tokens, None, False, Dist()):
+            assert job.source is not None and job.heldout is not None  # stored rows: a harvest and its held-out tail
+            self.say(f"[2/5] training a TopK SAE ({c.features} features, k={c.k}) on {c.train_tokens} tokens "
+                     f"at {job.site}")
+            sae = train(sae_config_for(job.rows, "topk", c.features, k=c.k), TrainConfig(tokens=job.budget, seed=c.seed),
+                        job.rows, job.out, resume=True)
+            write_metrics(job.out, {**evaluate_activations(sae, job.heldout), "eval_rows": job.eval_rows})
+            self.say(f"[3/5] measuring CE loss with the SAE spliced in over {c.ce_contexts} held-out contexts")
+            write_metrics(job.out, ce_on_corpus(self.lm, sae, c.dataset, n_contexts=c.ce_contexts,
+                                                skip_contexts=read_manifest(job.source)["n_contexts"]))
         mark_finished(directory, key, settings)
         return directory, key
 
-    def record(self, session: Session, sae_dir: Path, upstream: str) -> Sae:
-        """Stage 4: every feature's examples and statistics in the store (skipped when already recorded)."""
+    def record(self, session: Session, sae_dir: Path, upstream: str) -> list[Sae]:
+        """Stage 4: every feature's examples and statistics in the store (skipped where already recorded); the SAEs
+        of several sites go in one set, named as the SAE of one site is."""
         c = self.cfg
-        loaded = read_sae(sae_dir)
-        row = register_sae(session, loaded=loaded, name=f"demo-{upstream}", model_spec=c.model)
+        found = read_saes(sae_dir)
+        rows = register_saes(session, found=found, name=f"demo-{upstream}", model_spec=c.model)
+        for loaded, row in zip(found.saes, rows):
+            self._record_one(session, loaded, row)
+        return rows
+
+    def _record_one(self, session: Session, loaded: LoadedSae, row: Sae) -> None:
+        c = self.cfg
         rcfg = RecordConfig(seed=c.seed)
         if row.recorded_at is not None and row.record_config == asdict(rcfg) and row.n_tokens is not None \
                 and row.n_tokens >= c.record_tokens and row.dataset == c.dataset:
-            self.say(f"[4/4] features: already recorded as {row.name!r}")
-            return row
-        self.say(f"[4/4] recording {c.features} features over {c.record_tokens} tokens into the store")
+            self.say(f"[4/5] features: already recorded as {row.name!r}")
+            return
+        self.say(f"[4/5] recording {c.features} features of {row.name!r} over {c.record_tokens} tokens into the store")
         contexts = limit_tokens(iter_contexts(iter_documents(c.dataset), self.lm.tokenizer), c.record_tokens)
         record_into_store(session, sae_row=row, loaded=loaded, lm=self.lm, model_spec=c.model, contexts=contexts,
                           dataset=c.dataset, cfg=rcfg)
-        return row
+
+    def map(self, session: Session, row: Sae) -> None:
+        """Stage 5: the feature map (skipped when made with these settings after the latest recording)."""
+        mcfg = MapConfig(seed=self.cfg.seed)
+        if map_is_current(session, sae_row=row, cfg=mcfg):
+            self.say(f"[5/5] feature map of {row.name!r}: reusing the stored one")
+            return
+        self.say(f"[5/5] mapping {row.d_sae} features of {row.name!r} (UMAP of the decoder directions, HDBSCAN clusters)")
+        try:
+            fmap = map_into_store(session, sae_row=row, cfg=mcfg)
+        except MapError as err:  # a dictionary too small or too dead to map: the pages work without one
+            self.say(f"      no map: {err}")
+            return
+        self.say(f"      {fmap.n_clusters} clusters, {fmap.n_noise} live features in none, {fmap.n_dead} dead left out")
 
 
 def ensure_account(session: Session) -> str | None:

@@ -6,6 +6,7 @@ transaction, so a record that fails or is interrupted half-way leaves the previo
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -14,9 +15,10 @@ import numpy as np
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.orm import Session
 
+from sae_core.maps import DEAD, ClusterSummary, FeatureMap
 from sae_core.records import SAERecord
 
-from .models import Context, Example, Feature, Sae, TokenText, now
+from .models import Coactivation, Context, Example, Feature, FeatureMapRun, MapCluster, MapPoint, Sae, TokenText, now
 from .packing import pack_acts, pack_ids
 
 BATCH_ROWS = 5000
@@ -41,6 +43,7 @@ def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: s
         _insert_examples(session, record, feature_ids, context_ids[context_of_E])
         _bulk_insert(session, TokenText, ({"sae_id": sae_id, "token_id": t, "text": text}
                                           for t, text in record.token_text.items()))
+        _bulk_insert(session, Coactivation, _coactivation_rows(sae_id, record))
         _update_summary(sae, record, dataset)
         session.commit()
     except BaseException:
@@ -69,6 +72,7 @@ def _delete_recording(session: Session, sae_id: int) -> None:
     session.execute(delete(Feature).where(Feature.sae_id == sae_id))
     session.execute(delete(Context).where(Context.sae_id == sae_id))
     session.execute(delete(TokenText).where(TokenText.sae_id == sae_id))
+    session.execute(delete(Coactivation).where(Coactivation.sae_id == sae_id))
 
 
 def _batches(rows: Sequence[dict[str, Any]] | Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
@@ -116,6 +120,16 @@ def _feature_rows(sae_id: int, record: SAERecord) -> Iterator[dict[str, Any]]:
             "neighbours": neighbours[i],
             "top_text": " ".join(dict.fromkeys(peaks.get(i, []) + [p[1] for p in promoted[i]])),
         }
+
+
+def _coactivation_rows(sae_id: int, record: SAERecord) -> Iterator[dict[str, Any]]:
+    """One row per feature that fired with any other: [[feature_index, jaccard], ...] best first."""
+    if record.coactive is None:
+        return
+    for i, (index, score) in enumerate(zip(record.coactive.index_FK.tolist(), record.coactive.value_FK.tolist())):
+        partners = [[j, s] for j, s in zip(index, score) if j >= 0]
+        if partners:
+            yield {"sae_id": sae_id, "feature_index": i, "partners": partners}
 
 
 def _token_table(table, text: dict[int, str]) -> list[list[list[Any]]]:
@@ -177,3 +191,38 @@ def _update_summary(sae: Sae, record: SAERecord, dataset: str) -> None:
     sae.dead_count = record.dead_count
     sae.dense_count = record.dense_count
     sae.mean_l0 = float(record.count_F.sum()) / max(record.n_tokens, 1)
+
+
+def store_map(session: Session, *, sae_id: int, fmap: FeatureMap, clusters: list[ClusterSummary], seconds: float) -> None:
+    """Replace SAE `sae_id`'s feature map (run, points, clusters) with `fmap`, atomically."""
+    sae = session.get(Sae, sae_id)
+    if sae is None:
+        raise IngestError(f"no SAE with id {sae_id} in the store")
+    if len(fmap.cluster_F) != sae.d_sae:
+        raise IngestError(f"map has {len(fmap.cluster_F)} features but SAE {sae.name!r} has {sae.d_sae}")
+    try:
+        for table in (MapPoint, MapCluster, FeatureMapRun):
+            session.execute(delete(table).where(table.sae_id == sae_id))
+        _bulk_insert(session, MapPoint, _map_point_rows(sae_id, fmap))
+        _bulk_insert(session, MapCluster, ({"sae_id": sae_id, "cluster": c.cluster, "size": c.size, "x": c.x, "y": c.y,
+                                            "top_tokens": [list(t) for t in c.top_tokens]} for c in clusters))
+        session.add(FeatureMapRun(sae_id=sae_id, config=fmap.config.to_dict(), membership=membership_key(fmap),
+                                  n_clusters=fmap.n_clusters, n_noise=fmap.n_noise, n_dead=fmap.n_dead, seconds=seconds))
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+
+
+def membership_key(fmap: FeatureMap) -> str:
+    """A short hash of every feature's cluster: equal for maps whose clusters hold the same features."""
+    return hashlib.sha256(np.ascontiguousarray(fmap.cluster_F, dtype="<i8").tobytes()).hexdigest()[:16]
+
+
+def _map_point_rows(sae_id: int, fmap: FeatureMap) -> Iterator[dict[str, Any]]:
+    """One row per feature: NULL position for dead features, NULL cluster for those in none."""
+    x, y, cluster = fmap.x_F.tolist(), fmap.y_F.tolist(), fmap.cluster_F.tolist()
+    for i in range(len(cluster)):
+        dead = cluster[i] == DEAD
+        yield {"sae_id": sae_id, "feature_index": i, "x": None if dead else x[i], "y": None if dead else y[i],
+               "cluster": cluster[i] if cluster[i] >= 0 else None}

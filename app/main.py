@@ -27,6 +27,7 @@ from .presenters.heatmaps import TokenTables
 from .routes import ROUTERS
 from .routes import drafts as draft_routes
 from .security import new_csrf_seed
+from .services.attribution import AttributionService
 from .services.inference import ModelCache
 from .services.steering import SteeringWorker, steer_limits
 from .settings import Settings
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         app.state.steering.close()
+        app.state.attribution.close()
         engine.dispose()
 
     app = FastAPI(title="saescope", summary="Browse, search and label sparse-autoencoder features.",
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.models = ModelCache(device=settings.inference_device)
     app.state.token_tables = TokenTables()
     app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after)
+    app.state.attribution = AttributionService(app.state.models, app.state.session_factory)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)

@@ -157,6 +157,8 @@ class Sae(Base):
     dead_count: Mapped[int | None]
     dense_count: Mapped[int | None]
     mean_l0: Mapped[float | None] = mapped_column(Float)
+    set_id: Mapped[int | None] = mapped_column(ForeignKey("sae_sets.id", ondelete="SET NULL"), index=True)
+    """The set (SaeSet, issue 15) of SAEs at several sites of one model this SAE belongs to, if any."""
 
 
 class Feature(Base):
@@ -320,6 +322,131 @@ class SteeringExperiment(Base):
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 
+# --- issue 15: dictionaries at several sites of one model -----------------------------------------------------
+
+
+class SaeSet(Base):
+    """SAEs of one model at several sites, read together: attribution splices every member into one forward.
+
+    Members are the SAE rows whose set_id names the set (crud.set_members lists them in forward order): at
+    most one per site, all of the set's model (crud.sae_sets checks both when an SAE joins).
+    """
+
+    __tablename__ = "sae_sets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    model_name: Mapped[str] = mapped_column(String(200))
+    """The model every member reads (Sae.model_name)."""
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+# Issue 18: raw steering directions, the mean difference of two prompt sets' activations at an SAE's site.
+class SteeringDirection(Base):
+    """A named direction in an SAE's activation space, steerable like a feature (app/steer_schemas.InterventionIn)."""
+
+    __tablename__ = "steering_directions"
+    __table_args__ = (UniqueConstraint("sae_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), index=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    vector: Mapped[list[Any]]
+    """The direction's d_in floats: mean site activation of set A minus that of set B (sae_core.contrast)."""
+    norm: Mapped[float] = mapped_column(Float)
+    texts: Mapped[dict[str, Any]]
+    """{"a": [...], "b": [...]}: the prompt sets it was made from."""
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+# --- issue 15: attribution graphs ---------------------------------------------------------------------------
+
+
+class AttributionGraphRow(Base):
+    """A saved attribution graph (sae_core.attribution.AttributionGraph as JSON), kept for its permalink."""
+
+    __tablename__ = "attribution_graphs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"), index=True)
+    set_key: Mapped[str] = mapped_column(String(200), index=True)
+    """The SAE set the graph was drawn on, as its page URL names it."""
+    sae_ids: Mapped[list[Any]]
+    """The store ids of the SAEs spliced in, one per site in depth order."""
+    prompt: Mapped[str] = mapped_column(Text)
+    target: Mapped[str] = mapped_column(String(200))
+    method: Mapped[str] = mapped_column(String(16))
+    graph: Mapped[dict[str, Any]]
+    """AttributionGraph.to_dict(): nodes, links, shares, verification."""
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+# Issue 16: the feature map (positions and clusters of an SAE's features), cluster labels, co-activation.
+
+
+class FeatureMapRun(Base):
+    """The current map of an SAE: how it was made; replaced whole, with its points and clusters, when remade."""
+
+    __tablename__ = "feature_maps"
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    config: Mapped[dict[str, Any]]
+    """sae_core.maps.MapConfig as a dict."""
+    membership: Mapped[str] = mapped_column(String(16))
+    """A hash of which features each cluster holds: cluster labels written under another map are not shown
+    on this one (their cluster numbers name other groups), and come back when a map with these clusters does."""
+    n_clusters: Mapped[int]
+    n_noise: Mapped[int]
+    n_dead: Mapped[int]
+    seconds: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=now)
+
+
+class MapPoint(Base):
+    """A feature's place on its SAE's map: position (NULL for a dead feature) and cluster (NULL for none)."""
+
+    __tablename__ = "map_points"
+    __table_args__ = (Index("ix_map_points_sae_cluster", "sae_id", "cluster"),)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    x: Mapped[float | None] = mapped_column(Float)
+    y: Mapped[float | None] = mapped_column(Float)
+    cluster: Mapped[int | None]
+
+
+class MapCluster(Base):
+    """One cluster of an SAE's map: its size, centre and the members' most common top tokens."""
+
+    __tablename__ = "map_clusters"
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    cluster: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    size: Mapped[int]
+    x: Mapped[float] = mapped_column(Float)
+    y: Mapped[float] = mapped_column(Float)
+    top_tokens: Mapped[list[Any]]
+    """[[text, members], ...] most common first."""
+
+
+class ClusterLabel(Base):
+    """One version of a cluster's label, append-only like feature labels, under the map membership it names."""
+
+    __tablename__ = "cluster_labels"
+    __table_args__ = (Index("ix_cluster_labels_cluster", "sae_id", "membership", "cluster", "id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    membership: Mapped[str] = mapped_column(String(16))
+    cluster: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    author_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    author: Mapped[User | None] = relationship()
+
+
+class Coactivation(Base):
+    """The features that fire together with one feature over its SAE's recording (part of the recording)."""
+
+    __tablename__ = "coactivations"
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"), primary_key=True)
+    feature_index: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    partners: Mapped[list[Any]]
+    """[[feature_index, jaccard], ...] highest Jaccard first (features that fire with no other have no row)."""
 # Issue 17: draft explanations. A draft stays here, beside the labels, until a researcher acts on it: accepting
 # appends a label with source "auto" whose author is the verifier, editing appends a human label, and either
 # way label_id names that label so its history shows the draft it started from. Labels are never written over.

@@ -14,7 +14,7 @@ from sae_core.distributed import Dist
 from sae_core.lm import LoadedModel
 from sae_core.records import RecordConfig, SAERecord, record_sae
 from sae_core.saes import SAE, load_sae_and_layout
-from sae_core.saes.artifact import read_reports, sae_directory
+from sae_core.saes.artifact import read_reports, sae_directory, sae_set_members
 
 from . import crud
 from .ingest import store_record
@@ -57,20 +57,30 @@ def report_fields(loaded: LoadedSae) -> dict[str, Any]:
     return fields
 
 
-def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None, model_spec: str = "") -> Sae:
-    """Add an SAE to the store (or return the one already registered from the same path)."""
+def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None, model_spec: str = "",
+                 sae_set: str | None = None) -> Sae:
+    """Add an SAE to the store (or return the one already registered from the same path), in the set named
+    `sae_set` when given (made on first use; an SAE of another model, or at a site the set has, is refused)."""
     existing = [s for s in crud.list_saes(session) if s.source_path == str(loaded.path)]
     if existing and name in (None, existing[0].name):
+        if sae_set is not None:
+            crud.add_to_set(session, sae=existing[0], set_name=sae_set)
         return existing[0]
     cfg = loaded.sae.cfg
     provenance = cfg.provenance
     reports = report_fields(loaded)
+    name = name or loaded.path.name
+    model_name = provenance.model or "unknown"
+    site = provenance.site.name if provenance.site else ""
+    joins = None if sae_set is None else crud.set_to_join(session, name=sae_set, model_name=model_name, site=site,
+                                                          sae_name=name)
     return crud.create_sae(
         session,
-        name=name or loaded.path.name,
-        model_name=provenance.model or "unknown",
+        name=name,
+        set_id=None if joins is None else joins.id,
+        model_name=model_name,
         model_spec=model_spec,
-        site=provenance.site.name if provenance.site else "",
+        site=site,
         hook_name=provenance.hook_name or "",
         architecture=cfg.architecture,
         d_in=cfg.d_in,
@@ -81,6 +91,41 @@ def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None
         config=cfg.to_dict(),
         **reports,
     )
+
+
+@dataclass(frozen=True)
+class FoundSaes:
+    """What an SAE path holds: one SAE, or the SAEs of a set directory (`set_dir`) in forward order."""
+
+    saes: list[LoadedSae]
+    set_dir: Path | None = None
+
+
+def read_saes(path: str | Path) -> FoundSaes:
+    """The SAE at `path`, or every SAE of the set directory at `path`."""
+    directory = Path(path).expanduser().resolve()
+    members = sae_set_members(directory)
+    if not members:
+        return FoundSaes([read_sae(path)])
+    return FoundSaes([read_sae(member) for member in members.values()], directory)
+
+
+def register_saes(session: Session, *, found: FoundSaes, name: str | None = None, model_spec: str = "",
+                  sae_set: str | None = None) -> list[Sae]:
+    """Register one SAE as register_sae does, or every SAE of a set directory in one set.
+
+    A set directory's SAEs are named `SET/SITE` in the set `sae_set` (default: `name`, else the directory's
+    name), after checking that they read one model.
+    """
+    if found.set_dir is None:
+        return [register_sae(session, loaded=found.saes[0], name=name, model_spec=model_spec, sae_set=sae_set)]
+    set_name = sae_set or name or found.set_dir.name
+    models = sorted({str(one.sae.cfg.provenance.model) for one in found.saes})
+    if len(models) > 1:
+        raise crud.Conflict(f"the SAEs in {found.set_dir} read different models ({', '.join(models)}): a set holds "
+                            "the SAEs of one model")
+    return [register_sae(session, loaded=one, name=f"{set_name}/{one.path.name}", model_spec=model_spec,
+                         sae_set=set_name) for one in found.saes]
 
 
 DEFAULT_RECORD_CONTEXT = 128

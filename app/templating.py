@@ -6,8 +6,9 @@ import json
 import math
 
 from jinja2 import Environment
+from markupsafe import Markup
 
-from .presenters.heatmaps import heatmap, token_text
+from .presenters.heatmaps import heatmap, html_text, token_text
 
 
 def num(value: float | int | None, digits: int = 3) -> str:
@@ -31,6 +32,12 @@ def percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.3g}%"
 
 
+def ascii_text(text: str) -> Markup:
+    """Model text of any length (a whole example window) as html_text writes it, so the page stays ASCII;
+    not cached, unlike `tokentext`, which is for single tokens."""
+    return Markup(html_text(text))
+
+
 def install_filters(env: Environment) -> None:
-    env.filters.update(num=num, percent=percent, quoted=quoted, tokentext=token_text)
+    env.filters.update(num=num, percent=percent, quoted=quoted, tokentext=token_text, asciitext=ascii_text)
     env.globals.update(heatmap=heatmap)

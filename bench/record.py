@@ -4,7 +4,8 @@ Target (issue 4): the streaming recording pass (forward + SAE encode + statistic
 merging) takes at most 1.3x the bare truncated forward. The per-SAE steps that do not depend on the
 number of tokens (logit effects, nearest neighbours) are timed once and printed separately. Bare and
 recording run with the allocator setting the CLI uses (`sae_core.allocator`); a third arm records with
-glibc's defaults, to show what that setting is worth.
+glibc's defaults, to show what that setting is worth; a fourth records without co-activation counting
+(RecordConfig.n_coactive=0), to show what the "fires together with" lists cost (issue 16: at most 10%).
 The default size, 1024 contexts of 128 tokens (131k tokens, about the demo's recording), is a real
 recording's regime: the first batches fill the empty top-k and quantile banks, where a large share of firing
 tokens become candidates, so a short run measures mostly that warm-up (at 384 contexts the overhead per token is
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from dataclasses import replace
 from itertools import islice
 
 import torch
@@ -72,17 +74,19 @@ def main() -> None:
     specials = special_ids(lm.tokenizer).tolist()
     bare_forward(lm.model, site, contexts[: args.batch_size], args.batch_size)  # warm-up
 
-    def record() -> None:
-        record_activations(lm.model, sae, contexts, site=site, cfg=cfg, skip_ids=specials)
+    def record(config: RecordConfig = cfg) -> None:
+        record_activations(lm.model, sae, contexts, site=site, cfg=config, skip_ids=specials)
 
-    bare, recorded, recorded_glibc = [], [], []
+    bare, recorded, recorded_glibc, without_coactive = [], [], [], []
     for _ in range(args.repeats):  # interleaved, so drifting machine load hits all alike
         keep_freed_memory(True)  # as the CLI runs
         bare.append(timed(lambda: bare_forward(lm.model, site, contexts, args.batch_size)))
         recorded.append(timed(record))
+        without_coactive.append(timed(lambda: record(replace(cfg, n_coactive=0))))
         keep_freed_memory(False)
         recorded_glibc.append(timed(record))
     keep_freed_memory(True)
+    paired_coactive = [r / w for r, w in zip(recorded, without_coactive)]
     W_dec = sae.W_dec.detach()
     per_sae = timed(lambda: (logit_effects(lm.model, W_dec, cfg.n_logits), nearest_features(W_dec, cfg.n_neighbours)))
     n_tokens = len(contexts) * args.context_len
@@ -97,6 +101,11 @@ def main() -> None:
     print(f"recording with glibc's default malloc: median {statistics.median(recorded_glibc):.2f} s  "
           f"runs {[round(t, 2) for t in recorded_glibc]}  "
           f"(x{statistics.median(recorded_glibc) / statistics.median(recorded):.2f} the tuned allocator)")
+    print(f"recording without co-activation: median {statistics.median(without_coactive):.2f} s  "
+          f"runs {[round(t, 2) for t in without_coactive]}")
+    print(f"co-activation's share: with/without {statistics.median(recorded) / statistics.median(without_coactive):.3f} "
+          f"of the medians, {statistics.median(paired_coactive):.3f} median of each repeat's pair "
+          f"{[round(p, 3) for p in paired_coactive]} (target <= 1.10)")
     print(f"per-SAE logit effects + neighbours (once, independent of tokens): {per_sae:.2f} s")
 
 

@@ -30,6 +30,12 @@ def run_offline() -> None:
 def run_online() -> None:
     engine = make_engine(database_url())
     with engine.connect() as connection:
+        if connection.dialect.name == "sqlite":
+            # Batch mode rebuilds a SQLite table by copy, drop and rename; with foreign keys enforced the DROP
+            # first deletes every row, cascading through the tables that reference it (a recorded SAE's
+            # features and examples). The pragma only takes effect outside a transaction, hence the commit.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True)
         with context.begin_transaction():
             context.run_migrations()

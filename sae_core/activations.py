@@ -25,6 +25,7 @@ from .distributed import Dist
 from .finite import finite_row_mask, nonfinite_error, nonfinite_rows
 from .harvest import HarvestError, load_shard, provenance_of, read_manifest
 from .provenance import Provenance
+from .sites import Site
 
 FILE_CHUNK_ROWS = 65536
 """Rows per chunk when one file holds all activations."""
@@ -81,6 +82,13 @@ class ActivationSource:
     @property
     def n_rows(self) -> int:
         return sum(c.rows for c in self.chunks)
+
+    def at_site(self, site: Site) -> ActivationSource:
+        """The same rows, known to come from `site` (a bare array names none); refused where the source names another."""
+        known = self.provenance.site
+        if known is not None and known != site:
+            raise ActivationsError(f"{self.path} holds activations of {known.name}, not {site.name}")
+        return replace(self, provenance=replace(self.provenance, site=site, foreign_hook=None))
 
     def head(self, n_rows: int) -> torch.Tensor:
         """The first `n_rows` rows in storage order, float32 (for initialisation and evaluation)."""

@@ -7,25 +7,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
 import typer
 
-from .activations import ActivationsError, ActivationSource, holdout_rows, open_activations
+from .activations import ActivationsError, open_activations
 from .allocator import keep_freed_memory
+from .attribution.command import attribute_command
 from .config import HarvestConfig, TrainConfig
+from .console import fail
+from .contrast import contrast, read_texts
 from .data import CorpusError
 from .distributed import close_distributed, init_distributed
 from .evaluate import ce_on_corpus, evaluate_activations
-from .harvest import HarvestError
+from .harvest import HarvestError, describe
 from .harvest import harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae
 from .saes.artifact import sae_directory, write_metrics
-from .sites import SiteError, num_layers, parse_site, valid_sites
-from .streaming import stream_from_corpus
-from .train import TrainingData, sae_config_for
+from .saes.convert import WRITERS, convert_sae
+from .sites import SiteError, valid_sites
+from .train import sae_config_for
 from .train import train as run_train
+from .training_jobs import stored_jobs, streamed_job
 
 # Errors that come from user input: shown as one line, never as a traceback.
 USER_ERRORS = (ModelLoadError, SiteError, CorpusError, HarvestError, ActivationsError, SAEFormatError, ValueError)
@@ -36,12 +41,6 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present, else
 DistributedOpt = typer.Option(False, "--distributed", help="Insist on torchrun's environment (torchrun is detected anyway).")
 SkipNonFiniteOpt = typer.Option(False, "--skip-nonfinite",
                                 help="Leave out and count rows holding NaN or infinities (default: stop at the first).")
-
-
-def fail(message: str) -> None:
-    """Print a one-line error and exit non-zero, without a traceback."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code=2)
 
 
 def sites(model: str = ModelOpt) -> None:
@@ -56,7 +55,9 @@ def sites(model: str = ModelOpt) -> None:
 def harvest(
     out: Path = typer.Option(..., "--out", help="Directory for the shards and manifest."),
     model: str = ModelOpt,
-    site: str = typer.Option(HarvestConfig.site, "--site", help="Hook site, e.g. layers.6.resid_post."),
+    site: str = typer.Option(HarvestConfig.site, "--site",
+                             help="Hook site, e.g. layers.6.resid_post, or several comma-separated (one forward "
+                                  "pass writes each into its own directory under --out)."),
     dataset: str = DatasetOpt,
     text_field: str = typer.Option(HarvestConfig.text_field, "--text-field", help="Field/column holding the text."),
     tokens: int = typer.Option(HarvestConfig.tokens, "--tokens", help="Activation rows to write."),
@@ -72,7 +73,7 @@ def harvest(
     device: str = DeviceOpt,
     distributed: bool = DistributedOpt,
 ) -> None:
-    """Run a model over a corpus and write its activations at one site to disk (split by rank under torchrun)."""
+    """Run a model over a corpus and write its activations at one or more sites to disk (split by rank under torchrun)."""
     cfg = HarvestConfig(model=model, site=site, dataset=dataset, text_field=text_field, tokens=tokens,
                         context_len=context, batch_size=batch_size, dtype=dtype, model_dtype=model_dtype,
                         shard_tokens=shard_tokens, skip_nonfinite=skip_nonfinite)
@@ -84,15 +85,14 @@ def harvest(
     finally:
         close_distributed()
     if dist.is_main:
-        skipped = manifest.get("n_nonfinite_skipped", 0)
-        typer.echo(f"wrote {manifest['n_tokens']} activations of {manifest['model']} at {manifest['site']} to {out}"
-                   + (f"; left out {skipped} rows holding NaN or infinities" if skipped else ""))
+        typer.echo(f"{describe(manifest)} to {out}")
 
 
 def train(
     activations: Path | None = typer.Option(
         None, "--activations", help="Harvest directory, [N, d] .npy, or .safetensors with `activations`."),
-    out: Path = typer.Option(..., "--out", help="Directory for the SAE (SAELens layout), log and metrics."),
+    out: Path = typer.Option(..., "--out", help="Directory for the SAE (SAELens layout), log and metrics; for a "
+                                                "harvest at several sites, for one such directory per site."),
     arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk or jumprelu."),
     features: int = typer.Option(8192, "--features", help="Dictionary size (d_sae)."),
     k: int = typer.Option(32, "--k", help="topk/batchtopk: active features per token."),
@@ -112,7 +112,9 @@ def train(
     skip_nonfinite: bool = SkipNonFiniteOpt,
     model: str | None = typer.Option(None, "--model", help="Instead of --activations: stream from this model (needs --tokens)."),
     dataset: str = DatasetOpt,
-    site: str = typer.Option(HarvestConfig.site, "--site", help="With --model: hook site to stream."),
+    site: str | None = typer.Option(
+        None, "--site", help=f"With --model: hook site to stream (default {HarvestConfig.site}); with a bare "
+        "array: the site it was read at, recorded in cfg.json (else SAELens's hook_name is 'unknown')."),
     context: int = typer.Option(HarvestConfig.context_len, "--context", help="With --model: tokens per context."),
     holdout_contexts: int = typer.Option(16, "--holdout-contexts", help="With --model: first contexts kept for metrics.json."),
     device: str = DeviceOpt,
@@ -129,39 +131,31 @@ def train(
         fail("give --activations, or --model with --tokens to stream activations from the model")
     if skip_nonfinite and model is not None:
         fail("--skip-nonfinite applies to --activations; a streamed row cannot be skipped (harvest with it instead)")
-    skipped = {}
-    train_rows: TrainingData
-    heldout: ActivationSource | None
+    results: dict[str, dict] = {}
     try:
         dist = init_distributed(device, require=distributed)
         if activations is not None:
-            data = open_activations(activations, skip_nonfinite=skip_nonfinite)
-            skipped = {"nonfinite_rows_skipped": data.nonfinite_skipped} if skip_nonfinite else {}
-            held = holdout_rows(data.n_rows) if holdout is None else holdout
-            train_part, heldout = data.split_tail(held) if held else (data, data)
-            train_rows, budget = train_part, tokens or train_part.n_rows
-            eval_rows = "held-out tail" if held else "training rows"
+            jobs = stored_jobs(activations, out, tokens, holdout, skip_nonfinite, dist, site)
         else:
             assert model is not None and tokens is not None  # checked above
-            budget = tokens
             lm = load_model(model, device=str(dist.device))
-            train_rows, heldout = stream_from_corpus(lm, parse_site(site, num_layers(lm.model)), dataset, context_len=context,
-                                                     holdout_contexts=holdout_contexts)
-            eval_rows = f"first {holdout_contexts} contexts (not trained on)"
-        sae_cfg = sae_config_for(train_rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
-        cfg = TrainConfig(tokens=budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype,
-                          checkpoint_every_s=checkpoint_every_s, checkpoint_every_tokens=checkpoint_every_tokens)
-        sae = run_train(sae_cfg, cfg, train_rows, out, resume=resume, dist=dist, shard_features=shard_features)
-        metrics = ({**evaluate_activations(sae, heldout), "eval_rows": eval_rows, **skipped}
-                   if heldout is not None and dist.is_main else {})
-        if metrics:
-            write_metrics(out, metrics)
+            jobs = [streamed_job(lm, site or HarvestConfig.site, dataset, context, holdout_contexts, tokens, out)]
+        for job in jobs:  # one after another in this process: each SAE is what training it alone makes
+            sae_cfg = sae_config_for(job.rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
+            cfg = TrainConfig(tokens=job.budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype,
+                              checkpoint_every_s=checkpoint_every_s, checkpoint_every_tokens=checkpoint_every_tokens)
+            sae = run_train(sae_cfg, cfg, job.rows, job.out, resume=resume, dist=dist, shard_features=shard_features)
+            metrics = ({**evaluate_activations(sae, job.heldout), "eval_rows": job.eval_rows, **job.extra}
+                       if job.heldout is not None and dist.is_main else {})
+            if metrics:
+                write_metrics(job.out, metrics)
+            results[job.site] = metrics
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
     finally:
         close_distributed()
     if dist.is_main:
-        typer.echo(json.dumps(metrics, indent=2))
+        typer.echo(json.dumps(results if len(results) > 1 else next(iter(results.values())), indent=2))
 
 
 def evaluate(
@@ -197,7 +191,43 @@ def evaluate(
     typer.echo(json.dumps(metrics, indent=2))
 
 
-COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate}
+def contrast_command(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
+    a: Path = typer.Option(..., "--a", help="Set A: a text file, one text per line."),
+    b: Path = typer.Option(..., "--b", help="Set B: a text file, one text per line."),
+    model: str = ModelOpt,
+    top: int = typer.Option(20, "--top", min=1, help="Features to show, by size of effect."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object per feature instead of a table."),
+) -> None:
+    """Rank features by Cohen's d between the texts of A and B, with how often each fires in either set."""
+    try:
+        features = contrast(load_model(model), load_sae(sae), read_texts(a), read_texts(b)).top(top)
+    except (*USER_ERRORS, OSError) as err:
+        fail(str(err).splitlines()[0])
+    if as_json:
+        typer.echo("\n".join(json.dumps(asdict(f)) for f in features))
+        return
+    typer.echo(f"{'feature':>8} {'d':>7} {'mean A':>9} {'mean B':>9} {'fires A':>8} {'fires B':>8}")
+    for f in features:
+        typer.echo(f"{f.feature:>8} {f.effect:>7.2f} {f.mean_a:>9.4g} {f.mean_b:>9.4g} {f.fired_a:>8.0%} {f.fired_b:>8.0%}")
+
+
+def convert(
+    sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
+    to: str = typer.Option(..., "--to", help=f"Layout to write: {', '.join(WRITERS)}."),
+    out: Path = typer.Option(..., "--out", help="Empty directory to write it into."),
+) -> None:
+    """Write an SAE in SAELens's or sparsify's layout, for that tool's own loader (docs/formats.md)."""
+    try:
+        converted = convert_sae(sae, out, to)
+    except USER_ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(f"wrote {converted.cfg.architecture} SAE ({converted.cfg.d_sae} features) in {to} layout to {out}")
+
+
+COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,
+                                            "contrast": contrast_command, "convert": convert,
+                                            "attribute": attribute_command}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 

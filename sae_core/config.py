@@ -20,7 +20,8 @@ class HarvestConfig:
     model: str = DEFAULT_MODEL
     """Model name, local directory, .gguf file or hub id."""
     site: str = "layers.6.resid_post"
-    """Hook site, `layers.N.{resid_pre,resid_post,mlp_out,attn_out}` or a SAELens alias."""
+    """Hook site, `layers.N.{resid_pre,resid_post,mlp_out,attn_out}` or a SAELens alias; or several, comma-separated,
+    harvested from one forward pass into a directory each (harvest.py's layout)."""
     dataset: str = "demo"
     """Corpus: `demo`, a .txt/.jsonl/.parquet file or folder, or a hub dataset name."""
     text_field: str = "text"

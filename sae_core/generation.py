@@ -8,7 +8,7 @@ a baseline and a steered run share one seed in the strongest sense.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -18,6 +18,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 Turn = Callable[[], AbstractContextManager[object]]
 """Entered around each forward of a generation and left before the token is handed on: a server that shares
 the model passes one that takes the model for that forward alone, so others can use it between tokens."""
+
+Stop = Callable[[], Sequence[bool]]
+"""Asked after each forward: which rows end with the token drawn now (finished "trigger"), e.g. because a
+steering hook saw a trigger feature fire in that forward."""
 
 
 class GenerationError(ValueError):
@@ -63,7 +67,7 @@ class TokenEvent:
     text: str
     """New text this token adds; empty while a multi-byte character is incomplete or for special tokens."""
     finished: str | None
-    """None while the row goes on; "eos" or "length" on the row's last token."""
+    """None while the row goes on; "eos", "length" or "trigger" (see Stop) on the row's last token."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ class Generation:
     token_ids: list[int]
     text: str
     finished: str | None
-    """"eos", "length", or None when the stream was cancelled first."""
+    """"eos", "length", "trigger", or None when the stream was cancelled first."""
 
 
 def encode_prompt(
@@ -182,6 +186,7 @@ def stream(
     sampling: Sampling,
     cancel: threading.Event | None = None,
     turn: Turn = nullcontext,
+    stop: Stop | None = None,
 ) -> Iterator[TokenEvent]:
     """Generate `n_rows` continuations of one prompt together, yielding each token as it is drawn.
 
@@ -203,10 +208,12 @@ def stream(
             out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         tokens_B = draw(out.logits[:, -1, :], sampling, generator)
+        stopped = stop() if stop is not None else [False] * n_rows
         for row, token in enumerate(tokens_B.tolist()):
             if finished[row]:
                 continue
-            ended = "eos" if token in stops else "length" if step == sampling.max_new_tokens - 1 else None
+            ended = ("eos" if token in stops else "trigger" if stopped[row]
+                     else "length" if step == sampling.max_new_tokens - 1 else None)
             finished[row] = ended is not None
             yield TokenEvent(row, step, token, texts[row].push(token, finished[row]), ended)
         if all(finished):

@@ -3,7 +3,8 @@
 Layout of a harvest directory (format `saescope-activations/1`):
 - `manifest.json`: model, site, d_model, dtype, context length, counts and the list of finished shards;
   `n_nonfinite_skipped` counts rows left out for holding NaN or infinities (only with `skip_nonfinite`,
-  else such a row stops the harvest).
+  else such a row stops the harvest), and a shard that left some out says how many (`nonfinite_skipped`),
+  so a resume that redoes it does not count them twice.
 - `shard_NNNNN.safetensors`: `activations` [rows, d_model], `tokens` [contexts, context_len] int32 (the
   shard's contexts, BOS first) and `positions` [rows, 2] int32 (global context index, position), so any
   activation row can be shown with its text.
@@ -17,12 +18,18 @@ Under torchrun each of N ranks harvests every N-th context (rank r: contexts r, 
 of the rows, into `shard_rR_NNNNN.safetensors` files under its own `manifest.rankR.json` (its resume
 state), so ranks never write one path. When all are done rank 0 merges them into `manifest.json`, which
 lists every shard (ordered by first context) and records `world` and each shard's `context_stride`.
+
+A harvest at several sites (`site` naming them comma-separated) runs each batch through the model once,
+stopping after the deepest site, and writes one harvest directory per site under `out`, named after the site
+(`out/layers.3.resid_post/`), each exactly what a harvest at that site alone writes; `sites.json` (format
+`saescope-activations-sites/1`) names the model and the sites in forward order and is the mark of such a
+directory (`harvest_sites` reads it). Resuming one continues every site from one context (see `_common_start`).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -39,13 +46,15 @@ from .data import bos_id, iter_contexts, iter_documents, special_ids
 from .distributed import Dist
 from .fileio import atomic_write, atomic_write_json
 from .finite import finite_row_mask, nonfinite_error, nonfinite_rows
-from .hooks import truncated_forward
+from .hooks import truncated_forward_sites
 from .lm import LoadedModel, load_model, parse_dtype
 from .provenance import Provenance
-from .sites import Site, hidden_size, num_layers, parse_site
+from .sites import Site, hidden_size, num_layers, parse_site, parse_sites
 
 FORMAT = "saescope-activations/1"
 MANIFEST = "manifest.json"
+SITES_FORMAT = "saescope-activations-sites/1"
+SITES_FILE = "sites.json"
 # Fields that must agree for a resumed run to extend the same data set.
 IDENTITY = ("model_spec", "site", "dataset", "text_field", "context_len", "dtype", "model_dtype")
 
@@ -93,6 +102,29 @@ def provenance_of(manifest: dict) -> Provenance:
     """Where a harvest's rows came from, as its manifest records it."""
     return Provenance(model=manifest.get("model"), site=parse_site(manifest["site"]), dataset=manifest.get("dataset"),
                       context_len=manifest.get("context_len"))
+
+
+def harvest_sites(directory: Path | str) -> dict[str, Path]:
+    """The harvest directory of each site of a several-site harvest, by site name in forward order; {} for
+    any other path (a one-site harvest among them)."""
+    path = Path(directory) / SITES_FILE
+    if not path.is_file():
+        return {}
+    try:
+        listing = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise HarvestError(f"{path}: corrupt site list ({err.msg})") from None
+    if not isinstance(listing, dict) or listing.get("format") != SITES_FORMAT or not listing.get("sites"):
+        raise HarvestError(f"{path}: not a {SITES_FORMAT} site list")
+    return {name: Path(directory) / name for name in listing["sites"]}
+
+
+def describe(manifest: dict) -> str:
+    """What a harvest wrote, in one line, from the manifest `harvest` returns (one site's, or sites.json's)."""
+    skipped = manifest.get("n_nonfinite_skipped", 0)
+    sites = ", ".join(manifest["sites"]) if "sites" in manifest else manifest["site"]
+    return (f"wrote {manifest['n_tokens']} activations of {manifest['model']} at {sites}"
+            + (f"; left out {skipped} rows holding NaN or infinities" if skipped else ""))
 
 
 @dataclass
@@ -156,7 +188,8 @@ class _ShardWriter:
         atomic_write(self.out / name, lambda tmp: save_file(tensors, tmp))
         shards.append({"file": name, "rows": tensors["activations"].shape[0],
                        "contexts": tensors["tokens"].shape[0], "first_context": first_context,
-                       "context_stride": self.dist.world})
+                       "context_stride": self.dist.world}
+                      | ({"nonfinite_skipped": nonfinite_skipped} if nonfinite_skipped else {}))
         self.manifest["n_tokens"] += tensors["activations"].shape[0]
         self.manifest["n_contexts"] += tensors["tokens"].shape[0]
         self.manifest["n_nonfinite_skipped"] = self.manifest.get("n_nonfinite_skipped", 0) + nonfinite_skipped
@@ -224,7 +257,8 @@ def batched(contexts: Iterable[torch.Tensor], batch_size: int) -> Iterator[torch
 
 def harvest(cfg: HarvestConfig, out: Path | str, resume: bool = False, lm: LoadedModel | None = None,
             progress: bool = True, contexts: Iterable[torch.Tensor] | None = None, dist: Dist | None = None) -> dict:
-    """Write `cfg.tokens` activation rows at `cfg.site` into `out`; returns the final manifest.
+    """Write `cfg.tokens` activation rows at each of `cfg.site`'s sites into `out`; returns the final manifest
+    (for several sites, sites.json's, which counts the rows of the site with fewest).
 
     `contexts` replaces the corpus named in `cfg` (benchmarks feed the very batches they compare with).
     With `dist` of several ranks every rank calls this; each harvests its share and rank 0 merges.
@@ -233,20 +267,56 @@ def harvest(cfg: HarvestConfig, out: Path | str, resume: bool = False, lm: Loade
     out = Path(out)
     if cfg.tokens < max(1, dist.world):
         raise HarvestError(f"--tokens must be positive and at least one per process, got {cfg.tokens}")
-    site = parse_site(cfg.site)  # a malformed name fails before the model's slow load
-    manifest = _existing_manifest(cfg, site, out, resume, dist)
-    if manifest is None or manifest["n_tokens"] < rank_tokens(cfg.tokens, dist):
-        manifest = _harvest_share(cfg, site, out, manifest, lm, progress, contexts, dist)
-    elif not manifest["complete"]:  # killed after writing its last shard, before saying it was done
-        manifest["complete"] = True
-        atomic_write_json(out / manifest_name(dist), manifest)
-    if not dist.active:
-        return manifest
-    dist.barrier()
+    sites = parse_sites(cfg.site)  # a malformed name fails before the model's slow load
+    _check_layout(out, sites)
+    dirs = _site_directories(out, sites)
+    found = [_existing_manifest(cfg, site, d, resume, dist) for site, d in zip(sites, dirs)]
+    manifests = [m for m in found if m is not None and m["n_tokens"] >= rank_tokens(cfg.tokens, dist)]
+    if len(manifests) < len(sites):
+        manifests = _harvest_share(cfg, out, sites, found, lm, progress, contexts, dist)
+    for directory, manifest in zip(dirs, manifests):
+        if not manifest["complete"]:  # killed after writing its last shard, before saying it was done
+            manifest["complete"] = True
+            atomic_write_json(directory / manifest_name(dist), manifest)
+    if dist.active:
+        dist.barrier()
+        if dist.is_main:
+            for directory in dirs:
+                merge_rank_manifests(directory, dist.world)
+        dist.barrier()
+        manifests = [read_manifest(d) for d in dirs]
+    if len(sites) == 1:
+        return manifests[0]
+    return _write_site_list(out, cfg, sites, manifests, dist)
+
+
+def _site_directories(out: Path, sites: Sequence[Site]) -> list[Path]:
+    """Where each site's harvest goes: `out` itself for one site, a directory per site (named after it) for several."""
+    return [out] if len(sites) == 1 else [out / site.name for site in sites]
+
+
+def _check_layout(out: Path, sites: Sequence[Site]) -> None:
+    """Refuse to mix layouts: one site's harvest where several sites' lives, or the reverse, or other sites."""
+    listed = list(harvest_sites(out))
+    wanted = [site.name for site in sites] if len(sites) > 1 else []
+    if listed != wanted and (listed or (out / MANIFEST).exists()):
+        raise HarvestError(f"{out} already holds activations at {', '.join(listed) or 'one site'}, not at "
+                           f"{', '.join(s.name for s in sites)}; choose another --out")
+
+
+def _write_site_list(out: Path, cfg: HarvestConfig, sites: Sequence[Site], manifests: Sequence[dict] | None,
+                     dist: Dist) -> dict:
+    """sites.json (rank 0 writes it): the sites in forward order, and once they are done, what they hold."""
+    listing: dict = {"format": SITES_FORMAT, "model_spec": cfg.model, "sites": [site.name for site in sites],
+                     "complete": False}
+    if manifests:
+        listing.update(model=manifests[0]["model"], n_tokens=min(m["n_tokens"] for m in manifests),
+                       n_nonfinite_skipped=sum(m.get("n_nonfinite_skipped", 0) for m in manifests),
+                       complete=all(m["complete"] for m in manifests))
     if dist.is_main:
-        merge_rank_manifests(out, dist.world)
-    dist.barrier()
-    return read_manifest(out)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / SITES_FILE, listing)
+    return listing
 
 
 def rank_tokens(tokens: int, dist: Dist) -> int:
@@ -254,23 +324,32 @@ def rank_tokens(tokens: int, dist: Dist) -> int:
     return tokens // dist.world + (dist.rank < tokens % dist.world)
 
 
-def _harvest_share(cfg: HarvestConfig, site: Site, out: Path, manifest: dict | None, lm: LoadedModel | None,
-                   progress: bool, contexts: Iterable[torch.Tensor] | None, dist: Dist) -> dict:
-    """This rank's rows: every world-th context from its rank on, continuing after its last shard."""
+def _harvest_share(cfg: HarvestConfig, out: Path, sites: Sequence[Site], manifests: Sequence[dict | None],
+                   lm: LoadedModel | None, progress: bool, contexts: Iterable[torch.Tensor] | None,
+                   dist: Dist) -> list[dict]:
+    """This rank's rows at every site: every world-th context from its rank on, continuing after its last shards."""
     dtype = parse_dtype(cfg.dtype)
     lm = lm or load_model(cfg.model, dtype=parse_dtype(cfg.model_dtype), device=str(dist.device))
-    site = site.within(num_layers(lm.model))
-    out.mkdir(parents=True, exist_ok=True)
-    provenance = Provenance(model=lm.name, site=site, dataset=cfg.dataset, context_len=cfg.context_len)
-    manifest = _reopen_last_shard(manifest) if manifest else _new_manifest(cfg, lm, provenance, site, dist.world)
-    atomic_write_json(out / manifest_name(dist), manifest)  # before any shard file is written again
+    sites = [site.within(num_layers(lm.model)) for site in sites]
+    fresh = [_new_manifest(cfg, lm, Provenance(model=lm.name, site=site, dataset=cfg.dataset,
+                                               context_len=cfg.context_len), site, dist.world) for site in sites]
+    reopened = [_reopen_last_shard(m) if m else new for m, new in zip(manifests, fresh)]
+    start = _common_start(reopened)
+    if len(sites) > 1:
+        _write_site_list(out, cfg, sites, None, dist)
+    outputs = []
+    for site, directory, manifest in zip(sites, _site_directories(out, sites), reopened):
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(directory / manifest_name(dist), manifest)  # before any shard file is written again
+        outputs.append(_SiteOutput(site, directory, manifest, rank_tokens(cfg.tokens, dist), dist))
     if contexts is None:
         contexts = iter_contexts(iter_documents(cfg.dataset, cfg.text_field), lm.tokenizer, cfg.context_len)
-    mine = islice(contexts, dist.rank + manifest["n_contexts"] * dist.world, None, dist.world)
-    _run(cfg, lm, site, mine, out, manifest, dtype, progress and dist.is_main, dist)
-    manifest["complete"] = True
-    atomic_write_json(out / manifest_name(dist), manifest)
-    return manifest
+    mine = islice(contexts, dist.rank + start * dist.world, None, dist.world)
+    _run(cfg, lm, outputs, mine, start, dtype, progress and dist.is_main)
+    for output in outputs:
+        output.manifest["complete"] = True
+        atomic_write_json(output.out / manifest_name(dist), output.manifest)
+    return [output.manifest for output in outputs]
 
 
 def _reopen_last_shard(manifest: dict) -> dict:
@@ -280,13 +359,30 @@ def _reopen_last_shard(manifest: dict) -> dict:
     budget would have carried on there; shard boundaries also differ. Every earlier shard ended where a
     full batch took it past `shard_tokens`, as it does in any run, so continuing from here is exact.
     """
-    shards = manifest["shards"]
-    if shards:
-        last = shards.pop()
-        manifest["n_tokens"] -= last["rows"]
-        manifest["n_contexts"] -= last["contexts"]
+    if manifest["shards"]:
+        _drop_last_shard(manifest)
     manifest["complete"] = False
     return manifest
+
+
+def _drop_last_shard(manifest: dict) -> None:
+    last = manifest["shards"].pop()
+    manifest["n_tokens"] -= last["rows"]
+    manifest["n_contexts"] -= last["contexts"]
+    manifest["n_nonfinite_skipped"] = manifest.get("n_nonfinite_skipped", 0) - last.get("nonfinite_skipped", 0)
+
+
+def _common_start(manifests: Sequence[dict]) -> int:
+    """Drop sites' trailing shards until all end at one context, where one forward continues them all; that context.
+
+    Sites part only when a kill lands between their shard writes, or when rows left out by `skip_nonfinite`
+    move their shard boundaries. Every boundary kept is a non-last one, so resuming stays exact (above).
+    """
+    while len(ends := {m["n_contexts"] for m in manifests}) > 1:
+        for manifest in manifests:
+            while manifest["n_contexts"] > min(ends):
+                _drop_last_shard(manifest)
+    return manifests[0]["n_contexts"]
 
 
 def merge_rank_manifests(out: Path, world: int) -> dict:
@@ -300,44 +396,75 @@ def merge_rank_manifests(out: Path, world: int) -> dict:
     return merged
 
 
-def _run(cfg: HarvestConfig, lm: LoadedModel, site: Site, contexts: Iterator[torch.Tensor], out: Path,
-         manifest: dict, dtype: torch.dtype, progress: bool, dist: Dist) -> None:
-    """The harvesting loop: forward, drop special tokens, buffer rows, hand full shards to the writer."""
+class _SiteOutput:
+    """One site's side of a harvest run: its manifest and shard writer, the rows buffered and the rows written."""
+
+    def __init__(self, site: Site, out: Path, manifest: dict, budget: int, dist: Dist):
+        self.site, self.out, self.manifest, self.budget, self.dist = site, out, manifest, budget, dist
+        self.writer = _ShardWriter(out, manifest, dist)
+        self.buffer = _ShardBuffer()
+        self.done = manifest["n_tokens"]
+        self.shards = len(manifest["shards"])
+
+    @property
+    def rows(self) -> int:
+        """Rows written or buffered."""
+        return self.done + self.buffer.rows
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.budget
+
+    def add(self, cfg: HarvestConfig, dtype: torch.dtype, acts_RD: torch.Tensor, positions_R2: torch.Tensor,
+            ids_BT: torch.Tensor, first: int) -> None:
+        """Buffer a batch's rows up to the budget; a full shard, or the budget reached, goes to the writer."""
+        # Checked as stored: a float16 cast overflows to inf above 65504.
+        acts_RD, positions_R2, bad_R2 = _finite_rows(acts_RD.to(dtype), positions_R2, cfg.skip_nonfinite,
+                                                     self.out / shard_name(self.dist, self.shards), self.buffer.rows)
+        keep = min(acts_RD.shape[0], self.budget - self.rows)
+        if keep < acts_RD.shape[0]:  # the budget ends inside this batch: keep only contexts it reaches
+            ids_BT = ids_BT[: (int(positions_R2[keep - 1, 0]) - first) // self.dist.world + 1]
+        skipped = int((bad_R2[:, 0] < first + ids_BT.shape[0] * self.dist.world).sum())  # in the contexts kept
+        self.buffer.add(acts_RD[:keep], positions_R2[:keep], ids_BT, first, skipped)
+        if self.buffer.rows >= cfg.shard_tokens or self.rows >= self.budget:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand the buffered rows, if any, to the writer as one shard."""
+        if self.buffer.rows:
+            self.done += self.buffer.rows
+            self.writer.submit(self.buffer.take())
+            self.shards += 1
+
+
+def _run(cfg: HarvestConfig, lm: LoadedModel, outputs: Sequence[_SiteOutput], contexts: Iterator[torch.Tensor],
+         next_context: int, dtype: torch.dtype, progress: bool) -> None:
+    """The harvesting loop: one forward per batch for the sites short of their budget, rows to each site's shards.
+
+    `next_context` counts this rank's contexts; the global number of the next is rank + next_context * world.
+    """
     specials = special_ids(lm.tokenizer)
-    writer = _ShardWriter(out, manifest, dist)
-    buffer = _ShardBuffer()
-    budget = rank_tokens(cfg.tokens, dist)
-    done = manifest["n_tokens"]
-    next_context = manifest["n_contexts"]  # this rank's count; its global number is rank + count * world
-    bar = tqdm(total=budget, initial=done, unit="tok", unit_scale=True, desc="harvest", disable=not progress)
-    shards = len(manifest["shards"])
+    dist = outputs[0].dist
+    bar = tqdm(total=outputs[0].budget, initial=min(o.rows for o in outputs), unit="tok", unit_scale=True,
+               desc="harvest", disable=not progress)
     try:
         for ids_BT in batched(contexts, cfg.batch_size):
             first = dist.rank + next_context * dist.world
-            acts_RD, positions_R2 = _activation_rows(lm, site, ids_BT, specials, first, dist.world)
-            # Checked as stored: a float16 cast overflows to inf above 65504.
-            acts_RD, positions_R2, bad_R2 = _finite_rows(acts_RD.to(dtype), positions_R2, cfg.skip_nonfinite,
-                                                         out / shard_name(dist, shards), buffer.rows)
-            keep = min(acts_RD.shape[0], budget - done - buffer.rows)
-            if keep < acts_RD.shape[0]:  # the budget ends inside this batch: keep only contexts it reaches
-                ids_BT = ids_BT[: (int(positions_R2[keep - 1, 0]) - first) // dist.world + 1]
-            skipped = int((bad_R2[:, 0] < first + ids_BT.shape[0] * dist.world).sum())  # in the contexts kept
-            buffer.add(acts_RD[:keep], positions_R2[:keep], ids_BT, first, skipped)
+            pending = [o for o in outputs if not o.finished]
+            acts, positions_R2 = _activation_rows(lm, [o.site for o in pending], ids_BT, specials, first, dist.world)
+            for output, acts_RD in zip(pending, acts):
+                output.add(cfg, dtype, acts_RD, positions_R2, ids_BT, first)
             next_context += ids_BT.shape[0]
-            bar.update(keep)
-            if buffer.rows >= cfg.shard_tokens or done + buffer.rows >= budget:
-                done += buffer.rows
-                writer.submit(buffer.take())
-                shards += 1
-            if done >= budget:
+            bar.update(min(o.rows for o in outputs) - bar.n)
+            if all(o.finished for o in outputs):
                 break
-        if buffer.rows:
-            writer.submit(buffer.take())
-            shards += 1
+        for output in outputs:
+            output.flush()
     finally:
-        writer.close()
+        for output in outputs:
+            output.writer.close()
         bar.close()
-    if manifest["n_tokens"] == 0:
+    if any(o.manifest["n_tokens"] == 0 for o in outputs):
         raise HarvestError("the corpus produced no activation rows")
 
 
@@ -360,16 +487,17 @@ def _finite_rows(acts_RD: torch.Tensor, positions_R2: torch.Tensor, skip: bool, 
 
 
 @torch.inference_mode()
-def _activation_rows(lm: LoadedModel, site: Site, ids_BT: torch.Tensor, specials: torch.Tensor,
-                     first_context: int, stride: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations of the non-special tokens of a batch, with their (global context, position) addresses.
+def _activation_rows(lm: LoadedModel, sites: Sequence[Site], ids_BT: torch.Tensor, specials: torch.Tensor,
+                     first_context: int, stride: int = 1) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Each site's activations of the non-special tokens of a batch (one forward), with their (global context,
+    position) addresses, the same for every site.
 
     Row b of the batch is global context `first_context + b * stride` (a rank takes every stride-th context).
     """
-    acts_RD, keep_BT = token_rows(lm.model, site, ids_BT, specials)
+    acts, keep_BT = sites_token_rows(lm.model, sites, ids_BT, specials)
     positions_R2 = keep_BT.nonzero().to(torch.int32)
     positions_R2[:, 0] = positions_R2[:, 0] * stride + first_context
-    return acts_RD.cpu(), positions_R2
+    return [acts_RD.cpu() for acts_RD in acts], positions_R2
 
 
 def token_rows(model: PreTrainedModel, site: Site, ids_BT: torch.Tensor,
@@ -379,6 +507,14 @@ def token_rows(model: PreTrainedModel, site: Site, ids_BT: torch.Tensor,
     Special tokens (BOS above all) are left out of every activation set: their norms are outliers. The
     mask [B, T] says which positions the rows are, on the device `ids_BT` came on.
     """
-    acts_BTD = truncated_forward(model, site, ids_BT.to(model.device))
+    [acts_RD], keep_BT = sites_token_rows(model, (site,), ids_BT, specials)
+    return acts_RD, keep_BT
+
+
+def sites_token_rows(model: PreTrainedModel, sites: Sequence[Site], ids_BT: torch.Tensor,
+                     specials: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """token_rows at several sites from one forward that stops after the deepest: rows [R, D] per site, one mask."""
+    acts = truncated_forward_sites(model, sites, ids_BT.to(model.device))
     keep_BT = ~torch.isin(ids_BT, specials)
-    return acts_BTD[keep_BT.to(acts_BTD.device)], keep_BT
+    keep_on_device = keep_BT.to(acts[0].device)
+    return [acts_BTD[keep_on_device] for acts_BTD in acts], keep_BT

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -61,26 +61,38 @@ def _register(module: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.
 
 
 @contextmanager
-def capture(model: nn.Module, site: Site, stop: bool = True) -> Iterator[Captured]:
-    """Record the site's activation during a forward; with `stop`, the forward ends right there.
+def capture_sites(model: nn.Module, sites: Sequence[Site], stop: bool = True) -> Iterator[list[Captured]]:
+    """Record each site's activation during a forward (one Captured per site, in order); with `stop`, the
+    forward ends as soon as the last of them has been read.
 
     Stopping saves the compute of every later layer (and of the unembedding), which dominates when the
-    site is early in the model.
+    sites are early in the model; one forward serves every site, however many.
     """
-    captured = Captured()
+    captured = [Captured() for _ in sites]
 
-    def read(x: torch.Tensor) -> None:
-        captured.value = x
-        if stop:
-            raise StopForward
+    def reader(slot: Captured) -> Callable[[torch.Tensor], None]:
+        def read(x: torch.Tensor) -> None:
+            slot.value = x
+            if stop and all(c.value is not None for c in captured):
+                raise StopForward
 
-    handle = _register(site_module(model, site), site, read)
+        return read
+
+    handles = [_register(site_module(model, site), site, reader(slot)) for site, slot in zip(sites, captured)]
     try:
         yield captured
     except StopForward:
         pass
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
+def capture(model: nn.Module, site: Site, stop: bool = True) -> Iterator[Captured]:
+    """Record one site's activation during a forward; with `stop`, the forward ends right there."""
+    with capture_sites(model, (site,), stop) as (captured,):
+        yield captured
 
 
 @contextmanager
@@ -93,8 +105,13 @@ def splice(model: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tens
         handle.remove()
 
 
+def truncated_forward_sites(model: nn.Module, sites: Sequence[Site], input_ids: torch.Tensor) -> list[torch.Tensor]:
+    """Each site's activation for a batch of token ids, from one forward that computes no layer past the deepest."""
+    with capture_sites(model, sites, stop=True) as captured:
+        model(input_ids=input_ids, use_cache=False)
+    return [slot.tensor() for slot in captured]
+
+
 def truncated_forward(model: nn.Module, site: Site, input_ids: torch.Tensor) -> torch.Tensor:
     """The site's activation for a batch of token ids, computing no layer past the site."""
-    with capture(model, site, stop=True) as captured:
-        model(input_ids=input_ids, use_cache=False)
-    return captured.tensor()
+    return truncated_forward_sites(model, (site,), input_ids)[0]

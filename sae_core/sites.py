@@ -14,6 +14,8 @@ from typing import Any
 from torch import nn
 
 KINDS = ("resid_pre", "resid_post", "mlp_out", "attn_out")
+FORWARD_ORDER = ("resid_pre", "attn_out", "mlp_out", "resid_post")
+"""The kinds of one layer in the order a forward pass computes them."""
 
 _CANONICAL = re.compile(r"^layers\.(\d+)\.(resid_pre|resid_post|mlp_out|attn_out)$")
 _ALIAS = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|mlp_out|attn_out)$")
@@ -46,6 +48,11 @@ class Site:
         """The TransformerLens-style name SAELens writes into cfg.json."""
         return f"blocks.{self.layer}.hook_{self.kind}"
 
+    @property
+    def depth(self) -> tuple[int, int]:
+        """Sort key in forward order: earlier sites are computed first."""
+        return self.layer, FORWARD_ORDER.index(self.kind)
+
     def within(self, n_layers: int) -> Site:
         """This site, checked against a model's depth."""
         if not 0 <= self.layer < n_layers:
@@ -63,6 +70,20 @@ def parse_site(name: str, n_layers: int | None = None) -> Site:
         )
     site = Site(layer=int(match.group(1)), kind=match.group(2))
     return site if n_layers is None else site.within(n_layers)
+
+
+def parse_sites(names: str, n_layers: int | None = None) -> tuple[Site, ...]:
+    """One site name or several, comma-separated, in forward order (the order attribution walks them).
+
+    A site named twice (also as its SAELens alias) is an error rather than a second copy of its activations.
+    """
+    sites = [parse_site(name, n_layers) for name in names.split(",")] if names.strip() else []
+    if not sites:
+        raise SiteError("no site given; name one, or several separated by commas")
+    twice = sorted({site.name for site in sites if sites.count(site) > 1})
+    if twice:
+        raise SiteError(f"site {', '.join(twice)} is named more than once")
+    return tuple(sorted(sites, key=lambda site: site.depth))
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

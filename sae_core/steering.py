@@ -9,6 +9,7 @@ SAE's activations depend on every pre-activation.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -37,18 +38,40 @@ if TYPE_CHECKING:
 
 
 class SteeringError(GenerationError):
-    """An intervention the SAE cannot carry out; a GenerationError, so one except clause serves a request."""
+    """An intervention the SAE cannot carry out; a GenerationError, so one except clause serves a request.
+
+    `field` names the request field at fault (e.g. "trigger.feature") when one is, for a 422 that says which.
+    """
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
-Mode = Literal["clamp", "add", "scale", "ablate"]
+Mode = Literal["clamp", "add", "scale", "ablate", "cap", "rescale"]
 Positions = Literal["all", "prompt", "generated"]
+Control = Literal["random", "flipped"]
 
-# Each mode is the affine map f' = a * f + b, as (a, b) from the intervention's value.
-MODES: dict[Mode, Callable[[float], tuple[float, float]]] = {
-    "clamp": lambda value: (0.0, value),
-    "add": lambda value: (1.0, value),
-    "scale": lambda value: (value, 0.0),
-    "ablate": lambda value: (0.0, 0.0),
+
+@dataclass(frozen=True)
+class _Rule:
+    """A mode as q' = min(a * q + b, cap), q being the feature's SAE activation or, with `projection`, the
+    activation's component along the feature's unit decoder direction; q' - q is added along that direction."""
+
+    a: float
+    b: float
+    cap: float = math.inf
+    projection: bool = False
+
+
+MODES: dict[Mode, Callable[[float], _Rule]] = {
+    "clamp": lambda value: _Rule(0.0, value),
+    "add": lambda value: _Rule(1.0, value),
+    "scale": lambda value: _Rule(value, 0.0),
+    "ablate": lambda value: _Rule(0.0, 0.0),
+    # Projection cap and component rescale act on x . u for the unit direction u, leaving x's orthogonal rest.
+    "cap": lambda value: _Rule(1.0, 0.0, value, projection=True),
+    "rescale": lambda value: _Rule(value, 0.0, projection=True),
 }
 
 # Which positions a run steers, as (prompt tokens, generated tokens).
@@ -60,19 +83,38 @@ POSITIONS: dict[Positions, tuple[bool, bool]] = {
 
 
 @dataclass(frozen=True)
-class Intervention:
-    """One feature's change."""
+class Direction:
+    """A raw direction in the site's activation space (e.g. a contrastive mean difference), steerable like a
+    feature: add adds value times the vector; cap and rescale act on the component along its unit vector."""
 
-    feature: int
-    """Index of the SAE feature."""
+    name: str
+    vector: tuple[float, ...]
+    """d_in floats."""
+
+
+DIRECTION_MODES: tuple[Mode, ...] = ("add", "cap", "rescale")
+"""The modes a raw direction takes: the others need an SAE activation to set."""
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """One feature's (or raw direction's) change."""
+
+    feature: int | Direction
+    """Index of the SAE feature, or a raw direction."""
     mode: Mode
-    """clamp (set to value), add (add value: a multiple of the decoder direction), scale (multiply), ablate."""
+    """clamp (set to value), add (add value: a multiple of the decoder direction), scale (multiply), ablate;
+    cap (limit the activation's component along the unit decoder direction to value), rescale (multiply
+    that component by value)."""
     value: float = 0.0
     """The mode's operand; ignored by ablate."""
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise SteeringError(f"unknown mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if isinstance(self.feature, Direction) and self.mode not in DIRECTION_MODES:
+            raise SteeringError(f"direction {self.feature.name!r} has no SAE activation to {self.mode}; "
+                                f"choose one of {', '.join(DIRECTION_MODES)}")
 
     @classmethod
     def parse(cls, spec: str) -> Intervention:
@@ -85,6 +127,28 @@ class Intervention:
         except ValueError:
             raise SteeringError(f"cannot read intervention {spec!r}; write FEATURE:MODE[:VALUE]") from None
 
+    @property
+    def reads(self) -> Literal["feature", "projection", "nothing"]:
+        """What the change is computed from: the SAE activation, the component along the unit direction, or
+        nothing (adding along a raw direction)."""
+        if MODES[self.mode](self.value).projection:
+            return "projection"
+        return "nothing" if isinstance(self.feature, Direction) else "feature"
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Steer only where a feature fires: the interventions apply at a position only when this feature's SAE
+    activation there (before any change) exceeds the threshold."""
+
+    feature: int
+    """Index of the trigger feature."""
+    threshold: float = 0.0
+    """The activation it must exceed."""
+    stop: bool = False
+    """End the row (finished "trigger") at the first token drawn after the trigger fires on the row's latest
+    token."""
+
 
 @dataclass(frozen=True)
 class Steering:
@@ -94,56 +158,131 @@ class Steering:
     """Features changed together; each feature at most once."""
     positions: Positions = "all"
     """Which tokens are steered: all, prompt (only the prompt's) or generated (only new ones)."""
+    trigger: Trigger | None = None
+    """Steer only where this feature fires (conditional steering); None steers every chosen position."""
+    control: Control | None = None
+    """A control run: each change is added along a random unit direction scaled to the decoder direction's
+    norm ("random") or subtracted ("flipped"), with the coefficient the real run computes at each token."""
+    control_seed: int = 0
+    """Seed of a random control's directions."""
 
     def __post_init__(self):
         if self.positions not in POSITIONS:
             raise SteeringError(f"unknown positions {self.positions!r}; choose one of {', '.join(POSITIONS)}")
         features = [i.feature for i in self.interventions]
         if len(set(features)) != len(features):
-            raise SteeringError(f"a feature appears twice among the interventions: {features}")
+            shown = [f if isinstance(f, int) else f.name for f in features]
+            raise SteeringError(f"a feature appears twice among the interventions: {shown}")
 
     def at_strength(self, strength: float) -> Steering:
         """The same steering with every intervention's value set to `strength`."""
         return replace(self, interventions=tuple(replace(i, value=strength) for i in self.interventions))
 
+    def as_control(self, control: Control, seed: int = 0) -> Steering:
+        """The same steering as a control run (see `control`)."""
+        return replace(self, control=control, control_seed=seed)
+
 
 @dataclass(frozen=True)
 class _Plan:
-    """The interventions of a batch's rows as tensors over the union S of touched features."""
+    """The batch's rows as tensors over the slots S: the union of (feature or direction, what it reads) pairs."""
 
     features_S: torch.Tensor
+    """Each slot's feature index (0 for a raw direction's, which reads no SAE activation)."""
+    reads_S: torch.Tensor
+    """0: the SAE activation, 1: the component along the unit direction, 2: nothing (q = 0)."""
+    units_SD: torch.Tensor
+    """Each slot's unit direction (what a projection slot reads)."""
     a_BS: torch.Tensor
     b_BS: torch.Tensor
+    cap_BS: torch.Tensor
+    dirs_BSD: torch.Tensor
+    """The direction each row adds a slot's change along: the decoder row or raw vector, or a control's."""
     prompt_B: torch.Tensor
     """Whether each row steers prompt tokens."""
     generated_B: torch.Tensor
     """Whether each row steers generated tokens."""
+    trigger_B: torch.Tensor
+    """Each row's trigger feature, -1 for none."""
+    threshold_B: torch.Tensor
+
+
+READS = {"feature": 0, "projection": 1, "nothing": 2}
+
+
+def check_features(n_features: int, features: Sequence[int | Direction], field: str = "interventions") -> None:
+    """Refuse a feature index outside the SAE, naming the request field."""
+    bad = [f for f in features if isinstance(f, int) and not 0 <= f < n_features]
+    if bad:
+        raise SteeringError(f"feature {bad[0]} is out of range: this SAE has features 0..{n_features - 1}", field)
+
+
+def _control_dirs(run: Steering, dirs_SD: torch.Tensor, slots: list[int]) -> torch.Tensor:
+    """A control row's directions: the real ones negated, or random unit directions of the same norms."""
+    out_SD = dirs_SD.clone()
+    if run.control == "flipped":
+        out_SD[slots] = -dirs_SD[slots]
+    elif run.control == "random":
+        generator = torch.Generator().manual_seed(run.control_seed)
+        r_SD = torch.randn(len(slots), dirs_SD.shape[1], generator=generator, dtype=torch.float64)
+        r_SD = r_SD / r_SD.norm(dim=1, keepdim=True) * dirs_SD[slots].double().norm(dim=1, keepdim=True).cpu()
+        out_SD[slots] = r_SD.to(dirs_SD.device, dirs_SD.dtype)
+    return out_SD
+
+
+def _slot_vectors(sae: SAE, keys: Sequence[tuple[int | Direction, str]]) -> torch.Tensor:
+    """Each slot's decoder row or raw vector [S, D]; refuses a raw vector of the wrong width."""
+    W_dec = sae.W_dec
+    rows = []
+    for target, _ in keys:
+        if isinstance(target, int):
+            rows.append(W_dec[target])
+            continue
+        if len(target.vector) != W_dec.shape[1]:
+            raise SteeringError(f"direction {target.name!r} is {len(target.vector)} wide; this SAE's site is "
+                                f"{W_dec.shape[1]} wide", "interventions")
+        rows.append(torch.tensor(target.vector, device=W_dec.device, dtype=W_dec.dtype))
+    return torch.stack(rows) if rows else W_dec[:0]
 
 
 def _plan(sae: SAE, runs: Sequence[Steering | None]) -> _Plan:
     """Compile the rows' steerings; a row without interventions gets a = 1, b = 0 and no positions."""
     n_features = sae.W_dec.shape[0]
-    features = sorted({i.feature for run in runs if run for i in run.interventions})
-    bad = [f for f in features if not 0 <= f < n_features]
-    if bad:
-        raise SteeringError(f"feature {bad[0]} is out of range: this SAE has features 0..{n_features - 1}")
-    column = {f: s for s, f in enumerate(features)}
-    a_BS = torch.ones(len(runs), len(features))
-    b_BS = torch.zeros(len(runs), len(features))
-    where = torch.zeros(len(runs), 2, dtype=torch.bool)
+    check_features(n_features, [i.feature for run in runs if run for i in run.interventions])
+    check_features(n_features, [run.trigger.feature for run in runs if run and run.trigger], "trigger.feature")
+    keys = list(dict.fromkeys((i.feature, i.reads) for run in runs if run for i in run.interventions))
+    column = {key: s for s, key in enumerate(keys)}
+    device, dtype = sae.W_dec.device, sae.W_dec.dtype
+    features_S = torch.tensor([f if isinstance(f, int) else 0 for f, _ in keys], dtype=torch.long, device=device)
+    reads_S = torch.tensor([READS[r] for _, r in keys], dtype=torch.long, device=device)
+    W_SD = _slot_vectors(sae, keys)
+    units_SD = W_SD / W_SD.norm(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    dirs_SD = torch.where((reads_S == READS["projection"])[:, None], units_SD, W_SD)
+    n_rows, n_slots = len(runs), len(keys)
+    a_BS, b_BS = torch.ones(n_rows, n_slots), torch.zeros(n_rows, n_slots)
+    cap_BS = torch.full((n_rows, n_slots), math.inf)
+    where = torch.zeros(n_rows, 2, dtype=torch.bool)
+    trigger_B, threshold_B = torch.full((n_rows,), -1, dtype=torch.long), torch.zeros(n_rows)
+    dirs = [dirs_SD] * n_rows
     for row, run in enumerate(runs):
         if not run or not run.interventions:
             continue
         where[row] = torch.tensor(POSITIONS[run.positions])
+        if run.trigger:
+            trigger_B[row], threshold_B[row] = run.trigger.feature, run.trigger.threshold
+        slots = []
         for i in run.interventions:
-            a_BS[row, column[i.feature]], b_BS[row, column[i.feature]] = MODES[i.mode](i.value)
-    device, dtype = sae.W_dec.device, sae.W_dec.dtype
+            rule = MODES[i.mode](i.value)
+            s = column[(i.feature, i.reads)]
+            a_BS[row, s], b_BS[row, s], cap_BS[row, s] = rule.a, rule.b, rule.cap
+            slots.append(s)
+        if run.control:
+            dirs[row] = _control_dirs(run, dirs_SD, slots)
     return _Plan(
-        torch.tensor(features, dtype=torch.long, device=device),
-        a_BS.to(device, dtype),
-        b_BS.to(device, dtype),
-        where[:, 0].to(device),
-        where[:, 1].to(device),
+        features_S, reads_S, units_SD,
+        a_BS.to(device, dtype), b_BS.to(device, dtype), cap_BS.to(device, dtype),
+        torch.stack(dirs) if n_rows else torch.zeros(0, n_slots, sae.W_dec.shape[1], device=device, dtype=dtype),
+        where[:, 0].to(device), where[:, 1].to(device), trigger_B.to(device), threshold_B.to(device, dtype),
     )
 
 
@@ -151,12 +290,14 @@ class _Intervene:
     """The splice function; counts the tokens it has seen to know each one's absolute position.
 
     With a KV cache the first forward holds the prompt and each later one only the new token, so the
-    count is what tells prompt from generated tokens across steps.
+    count is what tells prompt from generated tokens across steps. `fired_B` says, after each forward,
+    whether each row's trigger fired on the row's latest token (what a stopping trigger ends the row on).
     """
 
     def __init__(self, sae: SAE, plan: _Plan, prompt_len: int):
         self.sae, self.plan, self.prompt_len = sae, plan, prompt_len
         self.seen = 0
+        self.fired_B = torch.zeros(len(plan.a_BS), dtype=torch.bool)
 
     def __call__(self, x_BTD: torch.Tensor) -> torch.Tensor | None:
         n_rows, n_tokens, _ = x_BTD.shape
@@ -165,20 +306,41 @@ class _Intervene:
         in_prompt_T = torch.arange(self.seen, self.seen + n_tokens, device=x_BTD.device) < self.prompt_len
         self.seen += n_tokens
         mask_BT = torch.where(in_prompt_T, self.plan.prompt_B[:, None], self.plan.generated_B[:, None])
+        self.fired_B = torch.zeros(n_rows, dtype=torch.bool)
         if not mask_BT.any():
             return None
         return self._apply(x_BTD, mask_BT)
 
     def _apply(self, x_BTD: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
-        """Add (f'_S - f_S) @ W_dec[S] to the steered tokens, encoding only those tokens."""
+        """Add each slot's q' - q along its row's direction at the steered tokens, encoding only those tokens."""
         plan, W_dec = self.plan, self.sae.W_dec
-        x_ND = x_BTD[mask_BT]
-        f_NS = self.sae.encode(x_ND.to(W_dec.dtype))[:, plan.features_S]
+        x_ND = x_BTD[mask_BT].to(W_dec.dtype)
         rows_N = mask_BT.nonzero()[:, 0]
-        d_NS = plan.a_BS[rows_N] * f_NS + plan.b_BS[rows_N] - f_NS
+        f_NF = self.sae.encode(x_ND)
+        reads_S = plan.reads_S
+        q_NS = torch.where(reads_S == READS["projection"], x_ND @ plan.units_SD.T,
+                           torch.where(reads_S == READS["feature"], f_NF[:, plan.features_S], 0.0))
+        new_NS = torch.minimum(plan.a_BS[rows_N] * q_NS + plan.b_BS[rows_N], plan.cap_BS[rows_N])
+        fires_N = self._fires(f_NF, rows_N, mask_BT)
+        d_NS = torch.where(fires_N[:, None], new_NS - q_NS, torch.zeros_like(q_NS))
+        delta_ND = torch.zeros_like(x_ND)
+        for row in rows_N.unique().tolist():
+            at_N = rows_N == row
+            delta_ND[at_N] = d_NS[at_N] @ plan.dirs_BSD[row]
         out_BTD = x_BTD.clone()
-        out_BTD[mask_BT] = x_ND + (d_NS @ W_dec[plan.features_S]).to(x_BTD.dtype)
+        out_BTD[mask_BT] = x_BTD[mask_BT] + delta_ND.to(x_BTD.dtype)
         return out_BTD
+
+    def _fires(self, f_NF: torch.Tensor, rows_N: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+        """Which steered tokens pass their row's trigger (all of them for rows without one); notes fired_B."""
+        trigger_N = self.plan.trigger_B[rows_N]
+        value_N = f_NF.gather(1, trigger_N.clamp_min(0)[:, None]).squeeze(1)
+        fires_N = (trigger_N < 0) | (value_N > self.plan.threshold_B[rows_N])
+        last_BT = torch.zeros_like(mask_BT)
+        last_BT[:, -1] = True
+        latest_N = last_BT[mask_BT]
+        self.fired_B[rows_N[latest_N & fires_N & (trigger_N >= 0)].cpu()] = True
+        return fires_N
 
 
 @contextmanager
@@ -209,13 +371,18 @@ def stream_steered(
     """
     check_request(lm.model, len(prompt_ids), len(runs), sampling, limits)
     site, intervene = sae.site_in(lm.model), _Intervene(sae, _plan(sae, runs), len(prompt_ids))
+    stops_B = torch.tensor([bool(run and run.trigger and run.trigger.stop) for run in runs])
 
     @contextmanager
     def steered_turn() -> Iterator[None]:
         with turn(), splice(lm.model, site, intervene):
             yield
 
-    return stream(lm.model, lm.tokenizer, prompt_ids, len(runs), sampling, cancel, steered_turn)
+    def stopped() -> list[bool]:
+        return (intervene.fired_B & stops_B).tolist()
+
+    return stream(lm.model, lm.tokenizer, prompt_ids, len(runs), sampling, cancel, steered_turn,
+                  stopped if stops_B.any() else None)
 
 
 def generate_steered(
@@ -228,105 +395,3 @@ def generate_steered(
 ) -> list[Generation]:
     """The whole output of each run, for callers that do not stream."""
     return collect(stream_steered(lm, sae, prompt_ids, runs, sampling, limits), len(runs))
-
-
-@dataclass(frozen=True)
-class SweepPoint:
-    """One strength of a sweep: its output and its measured effect."""
-
-    strength: float | None
-    """The value every intervention was given; None for the baseline."""
-    generation: Generation
-    kl: float
-    """Mean KL(baseline || steered) of the next-token distributions along the baseline's continuation."""
-    target_logprob: float | None
-    """Log-probability of the target text right after the prompt; None without a target."""
-
-
-def _scored_logits(
-    lm: LoadedModel, sae: SAE, runs: Sequence[Steering | None], prompt_ids: list[int], continuation: list[int]
-) -> torch.Tensor:
-    """Log-probabilities [rows, len(continuation), vocab] each run gives the continuation's tokens in turn."""
-    ids = torch.tensor([prompt_ids + continuation[:-1]] * len(runs), device=lm.model.device)
-    with steer(lm.model, sae, runs, len(prompt_ids)), torch.inference_mode():
-        logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=len(continuation)).logits
-    return torch.log_softmax(logits.float(), dim=-1)
-
-
-def measure(
-    lm: LoadedModel,
-    sae: SAE,
-    prompt_ids: list[int],
-    runs: Sequence[Steering | None],
-    baseline: Generation,
-    target_ids: list[int] | None = None,
-) -> tuple[list[float], list[float] | None]:
-    """Per run: mean KL from the baseline run along `baseline`'s tokens, and the target's log-probability.
-
-    Runs[0] must be the baseline (None), whose KL is 0 by construction.
-    """
-    if runs[0] is not None:
-        raise SteeringError("the first run of a measurement must be the baseline (None)")
-    logp_BKV = _scored_logits(lm, sae, runs, prompt_ids, baseline.token_ids)
-    kl_B = (logp_BKV[0].exp() * (logp_BKV[0] - logp_BKV)).sum(-1).mean(-1)
-    if not target_ids:
-        return kl_B.tolist(), None
-    logp_BLV = _scored_logits(lm, sae, runs, prompt_ids, target_ids)
-    target_L = torch.tensor(target_ids, device=logp_BLV.device)
-    logprob_B = logp_BLV.gather(-1, target_L.expand(len(runs), -1)[..., None]).squeeze(-1).sum(-1)
-    return kl_B.tolist(), logprob_B.tolist()
-
-
-def encode_target(lm: LoadedModel, target: str) -> list[int]:
-    """Token ids of a target text as it would continue the prompt (no BOS); refuses an empty one."""
-    target_ids = lm.tokenizer(target, add_special_tokens=False).input_ids
-    if not target_ids:
-        raise SteeringError("the target text is empty")
-    return target_ids
-
-
-@dataclass(frozen=True)
-class Sweep:
-    """One steering at several strengths, each generated beside the baseline in one batch."""
-
-    steering: Steering
-    strengths: tuple[float, ...]
-
-    def __post_init__(self):
-        if not self.strengths or not self.steering.interventions:
-            raise SteeringError("a sweep needs at least one strength and one intervention")
-        if all(i.mode == "ablate" for i in self.steering.interventions):
-            raise SteeringError("a sweep sets the value of clamp, add or scale interventions; ablate takes none")
-
-    @property
-    def runs(self) -> list[Steering | None]:
-        """The batch's rows: the baseline (None), then the steering at each strength."""
-        return [None, *(self.steering.at_strength(s) for s in self.strengths)]
-
-    def score(
-        self, lm: LoadedModel, sae: SAE, prompt_ids: list[int], generations: Sequence[Generation],
-        target_ids: list[int] | None = None,
-    ) -> list[SweepPoint]:
-        """Each row's measured effect (see measure), given the rows' generations from `runs`."""
-        kls, logprobs = measure(lm, sae, prompt_ids, self.runs, generations[0], target_ids)
-        return [
-            SweepPoint(s, g, kl, logprobs[i] if logprobs else None)
-            for i, (s, g, kl) in enumerate(zip([None, *self.strengths], generations, kls))
-        ]
-
-
-def sweep(
-    lm: LoadedModel,
-    sae: SAE,
-    prompt_ids: list[int],
-    steering: Steering,
-    strengths: Sequence[float],
-    sampling: Sampling,
-    limits: Limits = Limits(),
-    target: str | None = None,
-) -> list[SweepPoint]:
-    """Generate at several strengths in one batch beside the baseline, and measure each one's effect."""
-    plan = Sweep(steering, tuple(strengths))
-    generations = generate_steered(lm, sae, prompt_ids, plan.runs, sampling, limits)
-    target_ids = encode_target(lm, target) if target is not None else None
-    return plan.score(lm, sae, prompt_ids, generations, target_ids)

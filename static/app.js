@@ -14,7 +14,19 @@ document.addEventListener("mouseover", (event) => {
 // Elements name their keys in data-key (space-separated); links are followed, form fields are focused.
 document.addEventListener("keydown", (event) => {
   const target = event.target;
+  // Ctrl+Enter (Cmd+Enter) in a text box submits its form: the label editor, "test it", search by text.
+  if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && target.matches("textarea") && target.form) {
+    event.preventDefault();
+    target.form.requestSubmit();
+    return;
+  }
   if (event.ctrlKey || event.metaKey || event.altKey) return;
+  // Enter on a feature number in a box that names where numbers go (data-jump) opens that feature.
+  if (event.key === "Enter" && target.dataset.jump && /^\s*\d+\s*$/.test(target.value)) {
+    event.preventDefault();
+    window.location.href = target.dataset.jump + target.value.trim();
+    return;
+  }
   if (target.closest("input, textarea, select, [contenteditable]")) {
     // Esc only leaves the field: Chromium's default for a type=search box would also empty it, and the
     // emptied box would reload the list with every feature.

@@ -8,6 +8,7 @@
   if (!form) return;
   const rows = document.getElementById("steer-rows");
   const chart = document.getElementById("steer-chart");
+  const perplexityChart = document.getElementById("steer-perplexity-chart");
   const status = document.getElementById("steer-status");
   const stop = document.getElementById("steer-stop");
   const csrf = JSON.parse(document.body.getAttribute("hx-headers"))["X-CSRF-Token"];
@@ -23,7 +24,9 @@
   function intervention(el) {
     const mode = el.querySelector("[name=mode]").value;
     const value = el.querySelector("[name=value]").value;
-    const out = { feature: Number(el.querySelector("[name=feature]").value), mode };
+    const target = el.dataset.direction ? { direction: Number(el.dataset.direction) }
+      : { feature: Number(el.querySelector("[name=feature]").value) };
+    const out = { ...target, mode };
     return value === "" && mode === "ablate" ? out : { ...out, value: Number(value) };
   }
 
@@ -33,8 +36,9 @@
       const box = el.querySelector("[name=value]");
       const mode = el.querySelector("[name=mode]").value;
       if (box.value === "" && mode !== "ablate") {
-        const feature = el.querySelector("[name=feature]").value;
-        return { box, text: `feature ${feature}: enter a value for ${mode} (only ablate needs none)` };
+        const what = el.dataset.direction ? `direction ${el.querySelector("a").textContent}`
+          : `feature ${el.querySelector("[name=feature]").value}`;
+        return { box, text: `${what}: enter a value for ${mode} (only ablate needs none)` };
       }
     }
     return null;
@@ -50,8 +54,16 @@
       sae_id: Number(form.dataset.sae), prompt: data.get("prompt"), raw: data.has("raw"), interventions,
       positions: data.get("positions"), strengths, target: data.get("target") || null,
       max_new_tokens: num("max_new_tokens"), temperature: num("temperature"), top_p: num("top_p"),
-      seed: num("seed"), save: data.has("save"), name: data.get("name"),
+      seed: num("seed"), save: data.has("save"), name: data.get("name"), ...checks(data, num),
     };
+  }
+
+  // The "checks and conditions" fieldset: controls, the sweep's perplexity limit, an optional trigger feature.
+  function checks(data, num) {
+    const trigger = data.get("trigger_feature") === "" ? null : {
+      feature: num("trigger_feature"), threshold: num("trigger_threshold"), stop: data.has("trigger_stop"),
+    };
+    return { controls: data.has("controls"), perplexity_factor: num("perplexity_factor"), trigger };
   }
 
   // The form's words for a field pydantic names by its path in SteerIn, e.g. ["body", "interventions", 0, "value"].
@@ -89,15 +101,14 @@
     el.dataset.row = row.row;
     const title = document.createElement("h3");
     title.textContent = row.label;
-    const effect = document.createElement("p");
-    effect.className = "muted effect";
+    const effect = document.createElement("div");
+    effect.className = "effect";
     const out = document.createElement("pre");
     out.className = "out";
-    el.append(title, effect, out);
+    el.append(title, out, effect);
     return el;
   }
 
-  const fmt = (v) => (Math.abs(v) >= 0.01 || v === 0 ? v.toFixed(3) : v.toExponential(2));
   const handlers = {
     start(data) {
       rows.replaceChildren(...data.rows.map(column));
@@ -109,13 +120,12 @@
       if (data.finished) row.classList.add("finished");
     },
     done(data) {
-      for (const row of data.rows) {
-        if (row.kl === null) continue;
-        const parts = [`KL ${fmt(row.kl)}`];
-        if (row.target_logprob !== null) parts.push(`log p(target) ${fmt(row.target_logprob)}`);
-        rows.querySelector(`[data-row="${row.row}"] .effect`).textContent = parts.join(" · ");
+      // Each row's measures, rendered by the server (_steer_measures.html; every text in it is escaped there).
+      for (const [row, html] of Object.entries(data.measures || {})) {
+        rows.querySelector(`[data-row="${row}"] .effect`).innerHTML = html;
       }
       chart.innerHTML = data.chart || "";  // server-drawn SVG; every text in it is escaped there
+      perplexityChart.innerHTML = data.perplexity_chart || "";
       say("done");
       if (data.experiment_url) {
         const link = document.createElement("a");
@@ -147,6 +157,7 @@
     controller = new AbortController();
     rows.replaceChildren();
     chart.replaceChildren();
+    perplexityChart.replaceChildren();
     say("waiting for the model…");
     stop.hidden = false;
     try {
@@ -177,13 +188,20 @@
 
   // A pick adds the feature once (the API refuses a feature twice: a second pick goes to its row) and closes
   // the picker, so the next click cannot land on the same result.
-  function addIntervention(feature, label) {
+  // The value starts at the feature's largest recorded activation (2 significant digits), the scale it works
+  // at, as the page does for a feature opened from its page (routes/steer.add_value).
+  function addIntervention(feature, label, maxAct) {
     const rows = [...document.querySelectorAll("#interventions .intervention")];
-    let row = rows.find((el) => el.querySelector("[name=feature]").value === String(feature));
+    let row = rows.find((el) => el.querySelector("[name=feature]")?.value === String(feature));
     if (!row) {
       row = document.getElementById("intervention-template").content.firstElementChild.cloneNode(true);
       row.querySelector("[name=feature]").value = feature;
       row.querySelector(".feature-label").textContent = label;
+      const max = Number(maxAct);
+      if (max > 0) {
+        row.querySelector("[name=value]").value = Number(max.toPrecision(2));
+        row.querySelector(".feature-max").textContent = `max activation ${maxAct}`;
+      }
       document.getElementById("interventions").append(row);
     }
     const query = document.getElementById("picker-q");
@@ -193,11 +211,23 @@
     row.querySelector("[name=value]").focus();
   }
 
+  // A saved direction joins the interventions once, like a picked feature.
+  function addDirection(id, name) {
+    if (document.querySelector(`#interventions [data-direction="${id}"]`)) return;
+    const row = document.getElementById("direction-template").content.firstElementChild.cloneNode(true);
+    row.dataset.direction = id;
+    row.querySelector("a").textContent = name;
+    document.getElementById("interventions").append(row);
+    row.querySelector("[name=value]").focus();
+  }
+
   form.addEventListener("submit", run);
   stop.addEventListener("click", () => controller && controller.abort());
   form.addEventListener("click", (event) => {
     const pick = event.target.closest(".pick");
-    if (pick) addIntervention(pick.dataset.feature, pick.dataset.label);
+    if (pick) addIntervention(pick.dataset.feature, pick.dataset.label, pick.dataset.max);
+    const direction = event.target.closest(".add-direction");
+    if (direction) addDirection(direction.dataset.direction, direction.dataset.name);
     const remove = event.target.closest(".intervention .remove");
     if (remove) remove.closest(".intervention").remove();
   });

@@ -61,14 +61,6 @@ def label_rows(session: Session, *, sae_id: int, indices: list[int]) -> Sequence
     return session.connection().execute(_LABEL_ROWS, {"sae_id": sae_id, "indices": indices}).all()
 
 
-def current_texts(history: Sequence[Row[Any]]) -> dict[int, str]:
-    """The current label text of each feature in a newest-first history (label_rows)."""
-    current: dict[int, str] = {}
-    for label in history:
-        current.setdefault(label.feature_index, label.text)
-    return current
-
-
 def label_history(session: Session, *, sae_id: int, feature_index: int) -> list[Label]:
     """Every label a feature has had, newest first, authors loaded."""
     return list(session.scalars(_LABEL_HISTORY, {"sae_id": sae_id, "indices": [feature_index]}))
@@ -98,7 +90,8 @@ def add_label(session: Session, *, sae_id: int, feature_index: int, text: str,
 
 def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str, base_id: int | None,
                  author_id: int | None = None, source: str = "human", commit: bool = True) -> Label:
-    """Append a label only if the current one is still `base_id` (None: unlabelled), else LabelConflict.
+    """Append a label only if the current one is still `base_id` (None: unlabelled), else LabelConflict;
+    the current text unchanged appends nothing.
 
     The feature row is locked first (FOR UPDATE on PostgreSQL; SQLite takes its single write lock at the
     insert), and the check runs after the insert inside the same transaction, so of two concurrent edits
@@ -116,6 +109,9 @@ def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str
         session.rollback()
         history = label_history(session, sae_id=sae_id, feature_index=feature_index)
         raise LabelConflict(history[0] if history else None)
+    if base_id is not None and session.scalar(select(Label.text).where(Label.id == base_id)) == text:
+        session.rollback()  # the current text saved again: a history entry would record no change
+        return session.get_one(Label, base_id)
     if commit:
         session.commit()
     return label

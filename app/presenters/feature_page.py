@@ -51,32 +51,34 @@ def example_windows(page: crud.FeaturePage, token_table: TokenTable) -> Windows 
     `token_table`; None if the table lacks one of the tokens."""
     if not page.examples:
         return Markup(""), []
-    token_ids, _pieces, acts, peaks, _values, intervals, *_ = zip(*page.examples)  # columns, not rows
+    token_ids, _pieces, acts, peaks, values, intervals, *_ = zip(*page.examples)  # columns, not rows
     lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
     cells = token_table.lookup(np.frombuffer(_joined(token_ids, lengths, IDS.itemsize), dtype=IDS))
-    return None if cells is None else _windows(cells, acts, lengths, peaks, intervals, page.feature.max_act)
+    return None if cells is None else _windows(cells, acts, lengths, peaks, values, intervals, page.feature.max_act)
 
 
 def example_windows_of_pieces(page: crud.FeaturePage) -> Windows:
     """example_windows with the token texts the rows hold themselves (a page read with pieces)."""
     if not page.examples:
         return Markup(""), []
-    token_ids, pieces, acts, peaks, _values, intervals, *_ = zip(*page.examples)
+    token_ids, pieces, acts, peaks, values, intervals, *_ = zip(*page.examples)
     lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
     lengths = np.minimum(lengths, _counts(pieces, 1))  # a damaged row shows what it has
     cells = token_cells(list(chain.from_iterable(p[:n] for n, p in zip(lengths.tolist(), pieces))))
-    return _windows(cells, acts, lengths, peaks, intervals, page.feature.max_act)
+    return _windows(cells, acts, lengths, peaks, values, intervals, page.feature.max_act)
 
 
 def _windows(cells: np.ndarray, acts: Sequence[bytes], lengths: np.ndarray, peaks: Sequence[int],
-             intervals: Sequence[int | None], top_act: float) -> Windows:
-    """The heatmaps of windows whose token cells lie end to end, `lengths` tokens each, in their sections."""
-    values = np.frombuffer(_joined(acts, lengths, ACTS.itemsize), dtype=ACTS)
-    windows = heatmaps(cells, values, lengths.tolist(), peaks, top_act)
+             values: Sequence[float], intervals: Sequence[int | None], top_act: float) -> Windows:
+    """The heatmaps of windows whose token cells lie end to end, `lengths` tokens each, in their sections,
+    each after its own activation at the boxed token."""
+    windows = heatmaps(cells, np.frombuffer(_joined(acts, lengths, ACTS.itemsize), dtype=ACTS), lengths.tolist(),
+                       peaks, top_act)
     top: list[str] = []
     groups: dict[int, list[str]] = {}
-    for interval, window in zip(intervals, windows):
-        (top if interval is None else groups.setdefault(interval, [])).append(window)
+    for interval, value, window in zip(intervals, values, windows):
+        example = f'<div class="example"><span class="exval">{value:.3g}</span>{window}</div>'
+        (top if interval is None else groups.setdefault(interval, [])).append(example)
     return Markup("".join(top)), [(i, Markup("".join(group))) for i, group in sorted(groups.items(), reverse=True)]
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import api, auth, bookmarks, features, home, labels, search, steer
+from . import api, auth, bookmarks, circuits, contrast, directions, features, home, labels, maps, search, steer
 
 ROUTERS: list[APIRouter] = [home.router, auth.router, features.router, labels.router, search.router,
-                            bookmarks.router, api.router, steer.router]
+                            bookmarks.router, api.router, steer.router, contrast.router,
+                            directions.router, circuits.router]
+ROUTERS += [maps.router, maps.api]  # issue 16: the feature map

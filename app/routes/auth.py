@@ -59,11 +59,12 @@ def _login_form(request: Request, next: str, error: str | None, status_code: int
 
 
 @router.post("/logout", dependencies=[CsrfChecked])
-def logout(request: Request, session: SessionDep, settings: SettingsDep):
-    """End this browser's login in the store too, so a copy of its cookie stops working; other logins stay."""
+def logout(request: Request, session: SessionDep, settings: SettingsDep, next: Annotated[str, Form()] = "/"):
+    """End this browser's login in the store too, so a copy of its cookie stops working; other logins stay.
+    The browser goes back to the page it was on (`next`), or to the login form if that page needs one."""
     token_hash = session_token_hash(settings.secret_key, request.cookies.get(SESSION_COOKIE))
     if token_hash is not None:
         crud.end_session(session, token_hash=token_hash)
-    response = RedirectResponse("/", status_code=303)
+    response = RedirectResponse(safe_next(next), status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

@@ -15,7 +15,7 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, session: SessionDep, _user: ReaderDep):
-    return render(request, "index.html", {"saes": crud.list_saes(session)})
+    return render(request, "index.html", {"groups": crud.saes_by_set(session)})
 
 
 @router.get("/saes/{sae_id}", response_class=HTMLResponse)

@@ -7,16 +7,18 @@ from fastapi.responses import HTMLResponse
 
 from .. import crud
 from ..deps import ReaderDep, SaeId, SessionDep, TopN, TypedText, is_htmx, render
-from ..presenters.search import token_rows
+from ..presenters.search import Hide, search_context
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
 
 @router.get("/saes/{sae_id}/search", response_class=HTMLResponse)
 def search(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, text: TypedText = "",
-           n: TopN = 5):
+           n: TopN = 5, hide_dense: bool = False, hide_start: bool = False):
     """The page (or, for htmx, the token fragment); the form also works without JavaScript."""
     sae = crud.find_sae(session, ref=sae_id)
-    rows = token_rows(session, sae.id, request.app.state.models.run(sae, text), n) if text.strip() else []
-    context = {"sae": sae, "text": text, "rows": rows, "n": n}
+    hide = Hide(dense=hide_dense, start=hide_start)
+    found = (search_context(session, sae.id, request.app.state.models.run(sae, text), n, hide) if text.strip()
+             else {"rows": [], "ranked": [], "briefs": {}})
+    context = {"sae": sae, "text": text, "n": n, "hide": hide, **found}
     return render(request, "_search_tokens.html" if is_htmx(request) else "search.html", context)

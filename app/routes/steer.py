@@ -15,14 +15,16 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from sae_core.steering import MODES
+from sae_core.steering import MODES, Direction, Intervention, SteeringError
 
 from .. import charts, crud
 from ..deps import CsrfChecked, LabellerDep, ReaderDep, SaeId, SearchQuery, SessionDep, render
 from ..models import Sae, User
+from ..presenters.steer_measures import measures_views, perplexity_chart
 from ..services.steering import Event, Job
 from ..steer_schemas import ExperimentOut, InterventionIn, RowOut, SteerIn, SteerOut, experiment_url
 
@@ -37,17 +39,38 @@ DISCONNECT_POLL_S = 0.5
 @router.get("/saes/{sae_id}/steer", response_class=HTMLResponse, include_in_schema=False)
 def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
                feature: Annotated[int | None, Query(ge=0, lt=2**31)] = None,
-               experiment: Annotated[int | None, Query(ge=1, lt=2**31)] = None):
-    """The form, prefilled from a saved experiment or with one feature (the feature page's steer link)."""
+               experiment: Annotated[int | None, Query(ge=1, lt=2**31)] = None,
+               direction: Annotated[int | None, Query(ge=1, lt=2**31)] = None,
+               prompt: Annotated[str, Query(max_length=20_000)] = "", raw: bool = False,
+               pin: Annotated[list[str] | None, Query(max_length=32, description="FEATURE:MODE[:VALUE]")] = None):
+    """The form, prefilled from a saved experiment, with one feature (the feature page's steer link), one saved
+    direction, or a prompt and pinned features (a circuit's "open in the steering playground")."""
     sae = crud.find_sae(session, ref=sae_id)
     if experiment is not None:
         form = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment)).request()
+        briefs = crud.feature_briefs(session, sae_id=sae.id,
+                                     indices=[i.feature for i in form.interventions if i.feature is not None])
     else:
-        start = [InterventionIn(feature=feature, mode="add", value=4.0)] if feature is not None else []
-        form = SteerIn.model_construct(sae_id=sae.id, prompt="", interventions=start)
-    labels = crud.label_texts(session, sae_id=sae.id, indices=[i.feature for i in form.interventions])
-    return render(request, "steer.html", {"sae": sae, "form": form, "labels": labels, "modes": MODES,
-                                          "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=SAVED_SHOWN)})
+        pins = [pinned(spec) for spec in pin or []]
+        picked = [i.feature for i in pins if i.feature is not None] + ([] if feature is None else [feature])
+        briefs = crud.feature_briefs(session, sae_id=sae.id, indices=picked)
+        start = [InterventionIn(feature=feature, mode="add", value=add_value(briefs.get(feature)))] if feature is not None else []
+        start += [InterventionIn(direction=direction, mode="add", value=1.0)] if direction is not None else []
+        form = SteerIn.model_construct(sae_id=sae.id, prompt=prompt, raw=raw, interventions=start + pins)
+    return render(request, "steer.html", {
+        "sae": sae, "form": form, "briefs": briefs, "modes": MODES,
+        "directions": {d.id: d for d in crud.steering_directions(session, sae_id=sae.id)},
+        "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=SAVED_SHOWN)})
+
+
+def pinned(spec: str) -> InterventionIn:
+    """A `pin` of the playground's URL as an intervention, or a 422 saying how to write one."""
+    try:
+        parsed = Intervention.parse(spec)
+    except SteeringError as err:
+        raise RequestValidationError([{"loc": ("query", "pin"), "msg": str(err), "type": "value_error"}]) from None
+    assert isinstance(parsed.feature, int)  # parse reads a feature index, never a direction
+    return InterventionIn(feature=parsed.feature, mode=parsed.mode, value=parsed.value)
 
 
 @router.get("/saes/{sae_id}/steer/experiments", response_class=HTMLResponse, include_in_schema=False)
@@ -65,11 +88,16 @@ def picker(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeI
     sae = crud.find_sae(session, ref=sae_id)
     q = q.strip()
     rows, _ = crud.list_features(session, sae_id=sae.id, query=q, limit=PICKER_SIZE) if q else ([], 0)
-    index = int(q) if q.isdigit() and int(q) < sae.d_sae else None
-    matches = [(r.feature_index, r.label or r.top_text) for r in rows if r.feature_index != index]
-    if index is not None:
-        matches.insert(0, (index, crud.label_texts(session, sae_id=sae.id, indices=[index]).get(index, "")))
-    return render(request, "_steer_picker.html", {"matches": matches, "q": q})
+    index = [int(q)] if q.isdigit() and int(q) < sae.d_sae else []
+    matches = index + [r.feature_index for r in rows if r.feature_index not in index]
+    briefs = crud.feature_briefs(session, sae_id=sae.id, indices=matches)
+    return render(request, "_steer_picker.html", {"matches": [m for m in matches if m in briefs], "briefs": briefs, "q": q})
+
+
+def add_value(brief: crud.FeatureBrief | None) -> float:
+    """The value `add` starts at: the feature's largest recorded activation (two significant digits), which is
+    on the scale the feature works at; 4 for a feature that never fired. steer.js does the same for a pick."""
+    return float(f"{brief.max_act:.2g}") if brief is not None and brief.max_act > 0 else 4.0
 
 
 def steer_sae(session: SessionDep, body: SteerIn) -> Sae:
@@ -77,12 +105,22 @@ def steer_sae(session: SessionDep, body: SteerIn) -> Sae:
     return crud.find_sae(session, ref=body.sae_id)
 
 
+def steer_directions(session: SessionDep, body: SteerIn) -> dict[int, Direction]:
+    """The vectors of the saved directions a request names (those the SAE has), looked up on a worker thread."""
+    found = crud.directions_by_id(session, sae_id=body.sae_id, ids=body.direction_ids())
+    return {k: Direction(d.name, tuple(d.vector)) for k, d in found.items()}
+
+
 @router.post("/api/steer", response_model=SteerOut, dependencies=[CsrfChecked],
              responses={404: {"description": "No such SAE"}, 422: {"description": "Bad request or over a limit"},
                         429: {"description": "A generation is running; see Retry-After"}})
-async def steer(request: Request, user: LabellerDep, body: SteerIn, sae: Annotated[Sae, Depends(steer_sae)]):
-    """Generate the baseline and the steered rows from one prompt and seed, streamed or as one JSON answer."""
-    job = request.app.state.steering.start(sae, body)
+async def steer(request: Request, user: LabellerDep, body: SteerIn, sae: Annotated[Sae, Depends(steer_sae)],
+                directions: Annotated[dict[int, Direction], Depends(steer_directions)]):
+    """Generate the baseline and the steered rows from one prompt and seed, streamed or as one JSON answer;
+    every row comes back measured (feature effect, perplexity, KL from the unsteered model, target)."""
+    if errors := body.range_errors(sae.d_sae, directions):
+        raise RequestValidationError(errors)
+    job = request.app.state.steering.start(sae, body, directions)
     first = await job.next_event()
     if first is None or first[0] == "error":  # every check fails before the first token
         job.cancel()
@@ -147,10 +185,19 @@ async def _event_stream(job: Job, first: Event, finish: _Finisher) -> AsyncItera
         async for kind, data in job.events():
             if kind == "done":
                 data = await finish(data)
-                data["chart"] = str(sweep_chart([RowOut(**row) for row in data["rows"]]))
+                rows = [RowOut(**row) for row in data["rows"]]
+                data["chart"] = str(sweep_chart(rows))
+                data["perplexity_chart"] = perplexity_chart(rows, finish.body.perplexity_factor)
+                data["measures"] = measures_html(finish.request, finish.body.sae_id, rows)
             yield sse(kind, data)
     finally:
         job.cancel()
+
+
+def measures_html(request: Request, sae_id: int, rows: list[RowOut]) -> dict[int, str]:
+    """Each row's measures as the experiment page shows them, for the playground to place under its row."""
+    template = request.app.state.templates.get_template("_steer_measures.html")
+    return {view.row.row: template.render(m=view, sae={"id": sae_id}) for view in measures_views(rows)}
 
 
 class JobStream(StreamingResponse):
@@ -185,7 +232,11 @@ def experiment_page(request: Request, session: SessionDep, _user: ReaderDep, sae
     """A saved experiment's permalink: what was asked, who ran it when, and every row's output."""
     sae = crud.find_sae(session, ref=sae_id)
     out = ExperimentOut.of(*crud.find_steering(session, sae_id=sae.id, experiment_id=experiment_id))
-    return render(request, "experiment.html", {"sae": sae, "x": out, "chart": sweep_chart(out.rows)})
+    briefs = crud.feature_briefs(session, sae_id=sae.id,
+                                 indices=[i["feature"] for i in out.interventions if i.get("feature") is not None])
+    return render(request, "experiment.html", {
+        "sae": sae, "x": out, "chart": sweep_chart(out.rows), "measures": measures_views(out.rows) if out.rows else [],
+        "perplexity_chart": perplexity_chart(out.rows, out.params.get("perplexity_factor", 2.0)), "briefs": briefs})
 
 
 @router.get("/api/saes/{sae_id}/steer/experiments/{experiment_id}", response_model=ExperimentOut,

@@ -140,6 +140,12 @@ class ModelCache:
             yield self._load(sae)
 
     @contextmanager
+    def hold_all(self, saes: list[Sae]) -> Iterator[list[RunnableSae]]:
+        """Several SAEs (of one model) loaded and the model to oneself, for a run that splices them all in."""
+        with self._lock:
+            yield [self._load(sae) for sae in saes]
+
+    @contextmanager
     def turn(self) -> Iterator[None]:
         """The loaded models to oneself for one step (a generation's forward); others queue in order."""
         with self._lock:

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from sae_core.generation import GenerationError, Limits, TokenEvent, collect, encode_prompt
-from sae_core.steering import Steering, Sweep, encode_target, stream_steered
+from sae_core.steering import Control, Direction, Steering, SteeringError, stream_steered
+from sae_core.steering_measures import Sweep, SweepPoint, encode_target, measure_rows, strongest_within
 
 from ..models import Sae
 from ..settings import Settings
@@ -79,21 +81,39 @@ class Job:
             yield event
 
 
-def row_labels(body: SteerIn) -> list[tuple[str, float | None]]:
-    """(label, strength) of each row: the baseline first, then the steered run or one per sweep strength."""
+@dataclass(frozen=True)
+class PlannedRow:
+    """One row of a request's batch: what the page calls it and the steering it runs (None: the baseline)."""
+
+    label: str
+    run: Steering | None
+    strength: float | None = None
+    control: Control | None = None
+
+    def head(self, row: int) -> dict[str, Any]:
+        return {"row": row, "label": self.label, "strength": self.strength, "control": self.control}
+
+
+def plan_rows(body: SteerIn, directions: Mapping[int, Direction]) -> tuple[list[PlannedRow], Sweep | None]:
+    """The baseline, then the steered run and its controls, or one row per sweep strength; and the sweep
+    when the request is one. Raises SteeringError for a steering the library refuses."""
+    steering, baseline = body.steering(directions), PlannedRow("baseline", None)
     if body.strengths:
-        return [("baseline", None), *((f"strength {s:g}", s) for s in body.strengths)]
-    return [("baseline", None), ("steered", None)]
+        sweep = Sweep(steering, tuple(body.strengths))
+        return [baseline, *(PlannedRow(f"strength {s:g}", run, s) for s, run in zip(body.strengths, sweep.runs[1:]))], sweep
+    rows = [baseline, PlannedRow("steered", steering)]
+    if body.controls:
+        rows += [PlannedRow("control: random direction", steering.as_control("random", body.seed), control="random"),
+                 PlannedRow("control: sign flipped", steering.as_control("flipped"), control="flipped")]
+    return rows, None
 
 
-def plan_runs(body: SteerIn) -> tuple[list[Steering | None], Sweep | None]:
-    """The rows' steerings (None for the baseline, then the request's steering or one per strength), and
-    the sweep when the request is one; raises SteeringError for a steering the library refuses."""
-    steering = body.steering()
-    if not body.strengths:
-        return [None, steering], None
-    sweep = Sweep(steering, tuple(body.strengths))
-    return sweep.runs, sweep
+def error_detail(err: GenerationError) -> str | list[dict[str, Any]]:
+    """The message, or FastAPI's list of field errors when the library named the request field at fault."""
+    field = err.field if isinstance(err, SteeringError) else None
+    if field is None:
+        return str(err)
+    return [{"type": "value_error", "loc": ["body", *field.split(".")], "msg": str(err)}]
 
 
 class SteeringWorker:
@@ -109,13 +129,14 @@ class SteeringWorker:
     def busy(self) -> bool:
         return self._slot.locked()
 
-    def start(self, sae: Sae, body: SteerIn) -> Job:
-        """Begin a generation and return its job at once; WorkerBusy when one is already running."""
+    def start(self, sae: Sae, body: SteerIn, directions: Mapping[int, Direction]) -> Job:
+        """Begin a generation and return its job at once; WorkerBusy when one is already running.
+        `directions` holds the vector of every saved direction the request names."""
         if not self._slot.acquire(blocking=False):
             raise WorkerBusy(self.retry_after)
         job = self._current = Job(asyncio.get_running_loop())
         try:
-            self._pool.submit(self._run, job, sae, body)
+            self._pool.submit(self._run, job, sae, body, directions)
         except RuntimeError:  # the pool is shut down: the app is stopping
             self._slot.release()
             raise
@@ -127,12 +148,12 @@ class SteeringWorker:
             self._current.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self, job: Job, sae: Sae, body: SteerIn) -> None:
+    def _run(self, job: Job, sae: Sae, body: SteerIn, directions: Mapping[int, Direction]) -> None:
         """The thread's body: every failure becomes an error event; the slot frees before the job ends."""
         try:
-            self._generate(job, self.models.load(sae), body)
+            self._generate(job, self.models.load(sae), body, directions)
         except GenerationError as err:
-            job.push("error", {"status": 422, "detail": str(err)})
+            job.push("error", {"status": 422, "detail": error_detail(err)})
         except InferenceUnavailable as err:
             job.push("error", {"status": 503, "detail": str(err)})
         except Exception:
@@ -142,26 +163,28 @@ class SteeringWorker:
             self._slot.release()
             job.end()
 
-    def _generate(self, job: Job, loaded: RunnableSae, body: SteerIn) -> None:
-        """Validate, stream every row's tokens, then measure a sweep's effect; all errors come before tokens."""
+    def _generate(self, job: Job, loaded: RunnableSae, body: SteerIn, directions: Mapping[int, Direction]) -> None:
+        """Validate, stream every row's tokens, then measure every row; all errors come before tokens."""
         lm, sae = loaded.lm, loaded.sae
-        runs, sweep = plan_runs(body)
+        rows, sweep = plan_rows(body, directions)
+        runs = [r.run for r in rows]
         prompt_ids = encode_prompt(lm.tokenizer, body.prompt, chat=not body.raw, limits=self.limits)
-        target_ids = encode_target(lm, body.target) if sweep and body.target else None
+        target_ids = encode_target(lm, body.target) if body.target else None
         events = stream_steered(lm, sae, prompt_ids, runs, body.sampling(), self.limits, job.cancelled,
                                 self.models.turn)
-        labels = row_labels(body)
-        job.push("start", {"prompt_tokens": len(prompt_ids),
-                           "rows": [{"row": r, "label": label, "strength": s} for r, (label, s) in enumerate(labels)]})
+        job.push("start", {"prompt_tokens": len(prompt_ids), "rows": [r.head(k) for k, r in enumerate(rows)]})
         generations = collect(_relayed(job, events), len(runs))
         if job.cancelled.is_set():
             return
         with self.models.turn():
-            points = sweep.score(lm, sae, prompt_ids, generations, target_ids) if sweep else [None] * len(runs)
-        rows = [RowOut(row=r, label=label, strength=s, text=g.text, token_ids=g.token_ids, finished=g.finished,
-                       kl=p.kl if p else None, target_logprob=p.target_logprob if p else None)
-                for r, ((label, s), g, p) in enumerate(zip(labels, generations, points))]
-        job.push("done", {"prompt_tokens": len(prompt_ids), "rows": [row.model_dump() for row in rows]})
+            measures = measure_rows(lm, sae, prompt_ids, runs, generations, target_ids)
+        points = [SweepPoint(r.strength, g, m) for r, g, m in zip(rows, generations, measures)]
+        strongest = strongest_within(points, body.perplexity_factor) if sweep else None
+        out = [RowOut.measured(m, **r.head(k), text=g.text, token_ids=g.token_ids, finished=g.finished,
+                               fluent_strongest=strongest is not None and r.strength == strongest)
+               for k, (r, g, m) in enumerate(zip(rows, generations, measures))]
+        job.push("done", {"prompt_tokens": len(prompt_ids), "strongest_fluent": strongest,
+                          "rows": [row.model_dump() for row in out]})
 
 
 def _relayed(job: Job, events: Iterator[TokenEvent]) -> Iterator[TokenEvent]:

@@ -1,7 +1,7 @@
 """explanations: draft labels written by an explainer model, with their scores and review (issue 17)
 
 Revision ID: 0007_explanations
-Revises: 0003_accounts
+Revises: 0006_feature_map
 Create Date: 2026-12-04
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0007_explanations'
-down_revision = '0003_accounts'
+down_revision = '0006_feature_map'
 branch_labels = None
 depends_on = None
 

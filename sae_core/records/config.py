@@ -23,6 +23,8 @@ class RecordConfig:
     """Tokens listed as most promoted and most suppressed."""
     n_neighbours: int = 10
     """Nearest features by decoder cosine similarity."""
+    n_coactive: int = 10
+    """Features kept per feature as firing most together with it (Jaccard over the recorded tokens); 0 skips counting."""
     batch_size: int | None = None
     """Contexts per forward pass; None sizes batches by ACTIVATION_BUDGET (see `contexts_per_batch`)."""
     dense_density: float = 0.1

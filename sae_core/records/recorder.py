@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..distributed import Dist
+from .coactivation import CoactivationCounter
 from .config import RecordConfig
 from .firing import Firing
 from .sae_record import HIST_EDGES, ExampleTable
@@ -56,6 +57,7 @@ class Recorder:
         # Each rank of a distributed pass draws its own keys; rank 0 (and a single process) from the seed itself.
         seed = int(np.random.SeedSequence([cfg.seed, rank]).generate_state(1)[0]) if rank else cfg.seed
         self.generator = torch.Generator(device=device).manual_seed(seed)
+        self.coactive = CoactivationCounter(d_sae) if cfg.n_coactive else None
 
     def _empty(self, device: torch.device | str) -> Entries:
         """An empty entry set with the window payloads."""
@@ -87,6 +89,8 @@ class Recorder:
         old_max_F = self.max_F
         self.max_F = old_max_F.scatter_reduce(0, feat_C, value_C, "amax")
         self._add_hist(feat_C, value_C)
+        if self.coactive is not None:
+            self.coactive.add(firing.row_C, feat_C)
 
         def windows(mask: torch.Tensor) -> dict[str, torch.Tensor]:
             return self._windows(tokens_BT, firing, valid_N, mask)
@@ -174,6 +178,8 @@ class Recorder:
         self.top = _rebuilt(self.top, _in_stream_order(top))
         quantile.group_M = self._regrouped(quantile)
         self.quantile = _rebuilt(self.quantile, quantile)
+        if self.coactive is not None:
+            self.coactive.merge_ranks(dist)
         counts = dist.sum(torch.tensor([self.n_tokens, self.n_contexts], device=self.count_F.device))
         self.n_tokens, self.n_contexts = (int(c) for c in counts)
 

@@ -162,6 +162,7 @@ def record_sae(
         suppressed=suppressed,
         neighbours=nearest_features(W_dec_FD, cfg.n_neighbours),
         token_text=token_pieces(tokenizer, ids),
+        coactive=None if recorder.coactive is None else recorder.coactive.top(recorder.count_F, cfg.n_coactive),
     )
 
 

@@ -83,6 +83,8 @@ class SAERecord:
     neighbours: TopTable
     token_text: dict[int, str]
     """Text piece of every token id that appears in examples or logit tables."""
+    coactive: TopTable | None = None
+    """Per feature, the features firing most together with it by Jaccard (index -1 pads); None if not counted."""
 
     @property
     def d_sae(self) -> int:

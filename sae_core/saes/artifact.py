@@ -5,12 +5,16 @@ A saescope SAE directory holds the SAE in SAELens layout and the reports of the 
 - `metrics.json`: evaluation figures, merged over runs (reconstruction and CE loss come from separate runs);
 - `training_log.jsonl`: one JSON line per logged training step;
 - `checkpoint.pt`, or `checkpoint.rankR.pt` per feature shard: the trainer's resume state.
+
+A set directory holds SAEs of one model at several sites, trained from one several-site harvest: an SAE
+directory per site, named after the site, listed in forward order by `sae_set.json`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,8 @@ WEIGHTS_FILE = "sae_weights.safetensors"
 METRICS_FILE = "metrics.json"
 LOG_FILE = "training_log.jsonl"
 CHECKPOINT_FILE = "checkpoint.pt"
+SET_FILE = "sae_set.json"
+SET_FORMAT = "saescope-sae-set/1"
 
 
 class SAEFormatError(ValueError):
@@ -79,6 +85,34 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 def read_sae(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """cfg.json and the tensors of sae_weights.safetensors."""
     return read_json(directory / CFG_FILE), read_safetensors(directory / WEIGHTS_FILE)
+
+
+# --- a set of SAEs at several sites ------------------------------------------------------------------
+
+
+def write_sae_set(directory: str | Path, sites: Sequence[str]) -> dict[str, Path]:
+    """Make `directory` a set directory for one SAE per site (listed in the order given); each SAE's directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(directory / SET_FILE, {"format": SET_FORMAT, "sites": list(sites)})
+    return set_member_directories(directory, sites)
+
+
+def set_member_directories(directory: str | Path, sites: Sequence[str]) -> dict[str, Path]:
+    """Where each site's SAE lives in a set directory: a directory named after the site."""
+    return {name: Path(directory) / name for name in sites}
+
+
+def sae_set_members(path: str | Path) -> dict[str, Path]:
+    """The SAE directory of each site of a set directory, by site name in forward order; {} for any other path."""
+    listing_path = Path(path) / SET_FILE
+    if not listing_path.is_file():
+        return {}
+    listing = read_json(listing_path)
+    sites = listing.get("sites")
+    if listing.get("format") != SET_FORMAT or not isinstance(sites, list) or not sites:
+        raise SAEFormatError(f"{listing_path}: not a {SET_FORMAT} listing")
+    return set_member_directories(path, sites)
 
 
 # --- reports -----------------------------------------------------------------------------------------

@@ -98,6 +98,10 @@ class TrainOutput:
         return sum(self.losses.values())  # type: ignore[return-value]
 
 
+UNKNOWN_HOOK = "unknown"
+"""The hook name cfg.json gives SAELens for activations that name no site (`saescope train --site` names one)."""
+
+
 class SAE(nn.Module):
     """A sparse autoencoder on [N, d_in] activations; subclasses choose the nonlinearity and the loss."""
 
@@ -112,6 +116,8 @@ class SAE(nn.Module):
     """Whether the config's k (active features per token) means anything to this architecture."""
     extra_tensors: ClassVar[tuple[str, ...]] = ()
     """Per-feature [d_sae] tensors saved and loaded beside W_enc, b_enc, W_dec and b_dec."""
+    sparsify_activation: ClassVar[str | None] = None
+    """The `activation` of EleutherAI sparsify that computes this SAE's features; None where none does."""
 
     def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):
         super().__init__()
@@ -267,9 +273,14 @@ class SAE(nn.Module):
         return {}
 
     def saelens_cfg(self) -> dict[str, Any]:
-        """cfg.json as SAELens reads it, with saescope's own config under `saescope` for a lossless reload."""
+        """cfg.json as SAELens reads it, with saescope's own config under `saescope` for a lossless reload.
+
+        SAELens needs a hook name string (its loader tests `"hook_z" in hook_name`, a TypeError on null), so an
+        SAE whose activations name no site (a bare array) records UNKNOWN_HOOK there; `saescope` keeps null.
+        """
         cfg, provenance = self.cfg, self.cfg.provenance
         hook_layer = provenance.site.layer if provenance.site else None
+        hook_name = provenance.hook_name or UNKNOWN_HOOK
         saved = {
             "architecture": self.saelens_architecture,
             "d_in": cfg.d_in,
@@ -281,7 +292,7 @@ class SAE(nn.Module):
             "reshape_activations": "none",
             "metadata": {
                 "model_name": provenance.model,
-                "hook_name": provenance.hook_name,
+                "hook_name": hook_name,
                 "hook_layer": hook_layer,
                 "hook_head_index": None,
                 "prepend_bos": True,
@@ -290,7 +301,7 @@ class SAE(nn.Module):
             },
             # Flat copies for SAELens < 6, which read these at the top level.
             "model_name": provenance.model,
-            "hook_name": provenance.hook_name,
+            "hook_name": hook_name,
             "hook_layer": hook_layer,
             "hook_head_index": None,
             "context_size": provenance.context_len,

@@ -44,6 +44,7 @@ class TopKSAE(SAE):
 
     architecture = "topk"
     saelens_architecture = "topk"
+    sparsify_activation = "topk"
     takes_k = True
 
     def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):

@@ -22,16 +22,22 @@ from tests.factories import tiny_model, tiny_tokenizer
 PG_ADMIN = "host=127.0.0.1 port=5432 user=postgres dbname=test connect_timeout=3"
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
-    """A fresh PostgreSQL database for this test run, dropped at the end."""
+def pg_admin() -> psycopg.Connection:
+    """An autocommit connection to the server's `test` database; skips (fails under CI's
+    SAESCOPE_REQUIRE_POSTGRES=1) where no server answers."""
     try:
-        admin = psycopg.connect(PG_ADMIN, autocommit=True)
+        return psycopg.connect(PG_ADMIN, autocommit=True)
     except psycopg.OperationalError as err:
         reason = f"PostgreSQL at 127.0.0.1:5432 is not reachable ({str(err).strip().splitlines()[0]})"
         if os.environ.get("SAESCOPE_REQUIRE_POSTGRES") == "1":
             pytest.fail(reason + " and SAESCOPE_REQUIRE_POSTGRES=1")
         pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A fresh PostgreSQL database for this test run, dropped at the end."""
+    admin = pg_admin()
     name = f"saescope_test_{uuid.uuid4().hex[:12]}"
     admin.execute(f'CREATE DATABASE "{name}"')
     try:
@@ -143,3 +149,13 @@ def labeller(client, session):
     """The client signed in as a labeller; yields (user, csrf token)."""
     user = add_user(session, "ada")
     return user, log_in(client, "ada")
+
+
+@pytest.fixture()
+def mapped_sae(session, stored_sae):
+    """The stored web SAE with a feature map (small clusters, so its 24 features make several)."""
+    from app.mapping import map_into_store
+    from sae_core.maps import MapConfig
+
+    map_into_store(session, sae_row=stored_sae, cfg=MapConfig(n_epochs=50, min_cluster_size=3, min_samples=2))
+    return stored_sae

@@ -32,9 +32,10 @@ def sae_dir(tmp_path):
 
 
 def test_saescope_lists_the_library_commands_then_the_stores():
-    assert listed_commands(app) == ["sites", "harvest", "train", "eval", "import", "record", "export", "demo",
-                                    "serve", "db", "user"]
-    assert listed_commands(sae_core.cli.app) == ["sites", "harvest", "train", "eval"]  # left alone by app.cli
+    assert listed_commands(app) == ["sites", "harvest", "train", "eval", "contrast", "convert", "attribute", "import",
+                                    "record", "map", "export", "demo", "serve", "db", "user"]
+    assert listed_commands(sae_core.cli.app) == ["sites", "harvest", "train", "eval", "contrast", "convert",
+                                                 "attribute"]
 
 
 def test_saescope_runs_the_library_commands_own_code():
@@ -77,9 +78,15 @@ def test_import_record_export(db_url, engine, session, sae_dir, corpus, tiny_mod
     page = crud.feature_page(session, sae_id=sae.id, feature_index=0)
     assert len(page.top) == 20 and len(page.top[0].pieces) == 33
     code, out = invoke("export", "--sae", sae.id, "--format", "neuronpedia", "--out", tmp_path / "np", "--db", db_url)
+    assert code == 2 and "needs --model-id and --model-layers" in out
+    code, out = invoke("export", "--sae", sae.id, "--format", "neuronpedia", "--out", tmp_path / "np", "--db", db_url,
+                       "--model-id", "tiny-llama", "--model-layers", 2, "--source-set", "res-tiny")
     assert code == 0, out
-    with gzip.open(tmp_path / "np" / "features" / "batch-0.jsonl.gz", "rt") as f:
+    with gzip.open(tmp_path / "np" / "tiny-llama" / "1-res-tiny" / "features" / "batch-0.jsonl.gz", "rt") as f:
         assert len([json.loads(line) for line in f]) == 24
+    code, out = invoke("export", "--sae", sae.id, "--out", tmp_path / "np2", "--db", db_url,
+                       "--model-id", "Tiny Llama", "--model-layers", 2)
+    assert code == 2 and "--model-id 'Tiny Llama' must be" in out
 
 
 def test_record_by_path_registers_the_sae(db_url, session, sae_dir, corpus, tiny_model_dir):

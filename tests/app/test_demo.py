@@ -27,12 +27,13 @@ def run_demo(tmp_path, tiny_model_dir, corpus, **overrides):
 
 def test_demo_runs_every_stage_then_reuses_them(tmp_path, tiny_model_dir, corpus):
     first = run_demo(tmp_path, tiny_model_dir, corpus)
-    assert "[1/4] harvesting 2000" in first and "[2/4] training" in first and "[4/4] recording 64" in first
+    assert "[1/5] harvesting 2000" in first and "[2/5] training" in first and "[4/5] recording 64" in first
     assert "account 'researcher' (admin) created" in first
     password = first.split("shown only this once: ")[1].split()[0]
     second = run_demo(tmp_path, tiny_model_dir, corpus)
-    assert "[1/4] activations: reusing" in second and "[2/4] SAE: reusing" in second
-    assert "[4/4] features: already recorded" in second and "loading" not in second
+    assert "[1/5] activations: reusing" in second and "[2/5] SAE: reusing" in second
+    assert "[4/5] features: already recorded" in second and "loading" not in second
+    assert "[5/5] mapping 64 features" in first and "[5/5] feature map of" in second and "reusing the stored one" in second
     assert "password" not in second
 
     engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'saescope.db'}")
@@ -54,7 +55,7 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, tiny_model_dir, corpus
 def test_changing_the_dictionary_reruns_training_beside_the_old_one(tmp_path, tiny_model_dir, corpus):
     run_demo(tmp_path, tiny_model_dir, corpus)
     output = run_demo(tmp_path, tiny_model_dir, corpus, **{"--features": 32})
-    assert "[1/4] activations: reusing" in output and "[2/4] training a TopK SAE (32 features" in output
+    assert "[1/5] activations: reusing" in output and "[2/5] training a TopK SAE (32 features" in output
     assert len(list((tmp_path / "demo").glob("sae-*"))) == 2
 
 
@@ -74,4 +75,23 @@ def test_a_second_demo_run_serves_the_recorded_sae(tmp_path, tiny_model_dir, cor
         page = server.page("/saes/1/features")
     assert page is not None and page.status_code == 200, server.output
     assert "demo-" in page.text
-    assert "[2/4] SAE: reusing" in server.output and f"http://127.0.0.1:{port}/saes/1/features" in server.output
+    assert "[2/5] SAE: reusing" in server.output and f"http://127.0.0.1:{port}/saes/1/features" in server.output
+
+
+def test_a_demo_at_several_sites_records_an_sae_per_site_as_one_set(tmp_path, tiny_model_dir, corpus):
+    sites = "layers.2.resid_post,layers.0.resid_post"
+    first = run_demo(tmp_path, tiny_model_dir, corpus, **{"--site": sites})
+    assert first.count("[1/5] harvesting") == 1 and first.count("[2/5] training") == 2
+    assert "at layers.0.resid_post" in first and first.count("[4/5] recording 64 features") == 2
+    second = run_demo(tmp_path, tiny_model_dir, corpus, **{"--site": sites})
+    assert "[2/5] SAE: reusing" in second and second.count("[4/5] features: already recorded") == 2
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'saescope.db'}")
+    with session_factory(engine)() as session:
+        [group] = crud.saes_by_set(session)
+        assert group.sae_set.name.startswith("demo-") and group.sites == ["layers.0.resid_post", "layers.2.resid_post"]
+        assert [sae.name for sae in group.saes] == [f"{group.sae_set.name}/{site}" for site in group.sites]
+        for sae in group.saes:
+            assert sae.recorded_at is not None and sae.n_tokens >= 1500
+            assert {"fvu", "l0", "ce_loss_recovered"} <= set(sae.eval_metrics)
+    engine.dispose()

@@ -250,23 +250,3 @@ def test_label_exports_carry_source_models_and_scores(client, labeller, session,
     csv_text = client.get(f"/saes/{stored_sae.id}/labels.csv").text
     assert "explainer_model" in csv_text.splitlines()[0] and ",exp,sco," in csv_text
 
-
-def test_the_neuronpedia_export_writes_drafts_and_accepted_labels_as_explanations_with_scores(session, stored_sae,
-                                                                                               tmp_path):
-    import gzip
-
-    from app.export import export_sae
-
-    user = add_user(session, "ada")
-    drafts.accept_draft(session, draft=draft_for(session, stored_sae, 0, "digits"), reviewer_id=user.id,
-                        base_label_id=None)
-    draft_for(session, stored_sae, 1, "animals", 0.4)
-    export_sae(session, sae_ref=stored_sae.id, fmt="neuronpedia", out=tmp_path)
-    with gzip.open(tmp_path / "explanations" / "batch-0.jsonl.gz", "rt") as f:
-        rows = {row["index"]: row for row in map(json.loads, f)}
-    assert rows["0"]["typeName"] == "saescope-auto" and rows["0"]["explanationModelName"] == "exp"
-    assert rows["1"]["typeName"] == "saescope-auto-unverified" and rows["1"]["description"] == "animals"
-    assert rows["1"]["scores"][0] == {"explanationScoreTypeName": "saescope-detection",
-                                      "explanationScoreModelName": "sco", "value": 0.4,
-                                      "jsonDetails": json.dumps({"accuracy": 0.4, "low": 0.6, "high": 0.9,
-                                                                 "n_positive": 10, "n_negative": 10})}

@@ -5,6 +5,7 @@ import pytest
 
 from app import crud, ingest
 from app.export import export_sae
+from app.neuronpedia import NeuronpediaTarget
 
 
 @pytest.fixture()
@@ -22,23 +23,39 @@ def read_jsonl_gz(path):
         return [json.loads(line) for line in f]
 
 
-def test_neuronpedia_layout_has_batches_of_features_activations_and_explanations(session, stored, records, tmp_path,
-                                                                                 monkeypatch):
-    monkeypatch.setattr("app.export.FEATURES_PER_BATCH", 10)
-    export_sae(session, sae_ref="Tiny SAE", fmt="neuronpedia", out=tmp_path)
-    assert sorted(p.name for p in (tmp_path / "features").iterdir()) == [f"batch-{i}.jsonl.gz" for i in range(3)]
-    features = [f for i in range(3) for f in read_jsonl_gz(tmp_path / "features" / f"batch-{i}.jsonl.gz")]
+TARGET = NeuronpediaTarget(model_id="tiny-llama", model_layers=2)
+
+
+def test_neuronpedia_layout_has_metadata_and_batches_of_features_activations_and_explanations(
+        session, stored, records, tmp_path, monkeypatch):
+    monkeypatch.setattr("app.neuronpedia.FEATURES_PER_BATCH", 10)
+    root = export_sae(session, sae_ref="Tiny SAE", fmt="neuronpedia", out=tmp_path, target=TARGET)
+    assert root == tmp_path / "tiny-llama" / "1-tiny-sae"
+    assert {p.name for p in root.iterdir()} == {"model.jsonl", "sourceset.jsonl", "source.jsonl", "features",
+                                                "activations", "explanations"}
+    source = json.loads((root / "source.jsonl").read_text())
+    assert (source["id"], source["setName"], source["visibility"]) == ("1-tiny-sae", "tiny-sae", "PUBLIC")
+    assert sorted(p.name for p in (root / "features").iterdir()) == [f"batch-{i}.jsonl.gz" for i in range(3)]
+    features = [f for i in range(3) for f in read_jsonl_gz(root / "features" / f"batch-{i}.jsonl.gz")]
     assert [f["index"] for f in features] == [str(i) for i in range(24)]
     assert features[0]["modelId"] == "tiny-llama" and features[0]["layer"] == "1-tiny-sae"
     assert features[3]["maxActApprox"] == pytest.approx(records[0].max_F[3].item())
     assert len(features[3]["pos_str"]) == 10 and len(features[3]["topkCosSimIndices"]) == 10
-    acts = [a for i in range(3) for a in read_jsonl_gz(tmp_path / "activations" / f"batch-{i}.jsonl.gz")]
-    assert len(acts) == len(records[0].examples.feature_E)
+    acts = [a for p in sorted((root / "activations").iterdir()) for a in read_jsonl_gz(p)]
+    assert len(acts) == len(records[0].examples.feature_E) == len({a["id"] for a in acts})
     assert all(len(a["tokens"]) == len(a["values"]) for a in acts)
-    top = [a for a in acts if a["index"] == "3" and "binMin" not in a]
+    top = [a for a in acts if a["index"] == "3" and a["binMin"] == -1]
     assert top[0]["maxValue"] == pytest.approx(records[0].max_F[3].item(), rel=1e-3)
-    explanations = read_jsonl_gz(tmp_path / "explanations" / "batch-0.jsonl.gz")
-    assert [(e["index"], e["description"], e["authorId"]) for e in explanations] == [("5", "quotes", "ada")]
+    explanations = read_jsonl_gz(root / "explanations" / "batch-0.jsonl.gz")
+    assert [(e["index"], e["description"], e["notes"]) for e in explanations] == [
+        ("5", "quotes", "saescope label (human by ada)")]
+
+
+def test_the_same_store_exports_the_same_ids(session, stored, tmp_path):
+    first = export_sae(session, sae_ref="Tiny SAE", fmt="neuronpedia", out=tmp_path / "a", target=TARGET)
+    second = export_sae(session, sae_ref="Tiny SAE", fmt="neuronpedia", out=tmp_path / "b", target=TARGET)
+    ids = [[a["id"] for a in read_jsonl_gz(root / "activations" / "batch-0.jsonl.gz")] for root in (first, second)]
+    assert ids[0] == ids[1]
 
 
 def test_json_export_round_trips_the_feature_pages(session, stored, records, tmp_path):
@@ -60,11 +77,16 @@ def test_export_refuses_unknown_format_and_unrecorded_sae(session, tmp_path):
         export_sae(session, sae_ref=sae.id, fmt="json", out=tmp_path)
 
 
+def test_neuronpedia_needs_its_target(session, stored, tmp_path):
+    with pytest.raises(ValueError, match="needs --model-id and --model-layers"):
+        export_sae(session, sae_ref=stored.id, fmt="neuronpedia", out=tmp_path)
+
+
 def test_quantile_samples_carry_their_intervals_bounds_an_equal_share_of_the_max(session, stored, tmp_path):
-    export_sae(session, sae_ref="Tiny SAE", fmt="neuronpedia", out=tmp_path)
-    acts = read_jsonl_gz(tmp_path / "activations" / "batch-0.jsonl.gz")
+    root = export_sae(session, sae_ref="Tiny SAE", fmt="neuronpedia", out=tmp_path, target=TARGET)
+    acts = read_jsonl_gz(root / "activations" / "batch-0.jsonl.gz")
     page = crud.feature_page(session, sae_id=stored.id, feature_index=3)
     n, top = page.n_intervals, page.feature.max_act
     assert n == 3 and page.quantiles
-    assert {(a["binMin"], a["binMax"]) for a in acts if a["index"] == "3" and "binMin" in a} == {
+    assert {(a["binMin"], a["binMax"]) for a in acts if a["index"] == "3" and a["binMin"] != -1} == {
         (i / n * top, (i + 1) / n * top) for i in page.quantiles}

@@ -68,6 +68,8 @@ def pinned(strategy: st.SearchStrategy, sae_id: int, d_sae: int) -> st.SearchStr
                 case.body["save"] = index % 2 == 0  # some saved, for the experiment operation to find
             if case.path_parameters and "experiment_id" in case.path_parameters:
                 case.path_parameters["experiment_id"] = 1 + index % 3
+            if case.path_parameters and "cluster" in case.path_parameters:
+                case.path_parameters["cluster"] = index % 2  # the mapped SAE's first clusters
         return case
 
     return st.tuples(strategy, st.booleans(), st.integers(0, d_sae + 1)).map(pin)
@@ -97,7 +99,7 @@ def fuzz(strategy: st.SearchStrategy, call: Callable[[Any], Any], found: dict[Ke
 
 
 @pytest.fixture()
-def callers(client, session, stored_sae) -> dict[str, dict[str, Any]]:
+def callers(client, session, mapped_sae) -> dict[str, dict[str, Any]]:
     """How each kind of caller sends its requests: nobody, a labeller's API token, a labeller's browser session."""
     user = add_user(session, "fuzz")
     crud.add_api_token(session, user_id=user.id, name="fuzz", token_hash=hash_api_token(API_TOKEN))

@@ -48,7 +48,8 @@ def test_feature_page_gathers_its_label_history_tags_and_its_neighbours_current_
     crud.tag_feature(session, sae_id=sae.id, feature_index=0, tag="polysemantic")
     page = crud.feature_page(session, sae_id=sae.id, feature_index=0)
     assert [label.text for label in page.labels] == ["second", "first"]
-    assert page.neighbour_labels == {neighbours[0]: "new"}
+    assert sorted(page.neighbours) == sorted(neighbours)
+    assert {i: brief.label for i, brief in page.neighbours.items() if brief.label} == {neighbours[0]: "new"}
     assert page.tags == ["polysemantic"]
     assert crud.feature_page(session, sae_id=sae.id, feature_index=neighbours[0]).tags == []
 

@@ -334,3 +334,14 @@ def test_simultaneous_failures_are_all_counted(engine, session):
     for thread in threads:
         thread.join()
     assert session.get(LoginFailures, "client:10.0.0.1").failures == 6
+
+
+def test_log_in_and_log_out_come_back_to_the_page(client, labeller, stored_sae):
+    token = labeller[1]
+    page = f"/saes/{stored_sae.id}/features?q=a%20b&state=alive"
+    response = client.post("/logout", data={"csrf_token": token, "next": page}, follow_redirects=False)
+    assert response.status_code == 303 and response.headers["location"] == page
+    assert client.post("/logout", data={"csrf_token": token, "next": "//evil.example"},
+                       follow_redirects=False).headers["location"] == "/"
+    html = client.get(page).text
+    assert f'href="/login?next=/saes/{stored_sae.id}/features%3Fq%3Da%2520b%26state%3Dalive"' in html

@@ -268,3 +268,29 @@ def test_label_files_with_text_the_store_cannot_keep_are_422_naming_the_row(clie
 
 def test_blank_bookmark_list_names_are_422(client, labeller):
     assert client.post("/bookmarks", data={"name": "   ", "csrf_token": labeller[1]}).status_code == 422
+
+
+def test_saving_the_current_label_again_adds_no_history_entry(client, labeller, stored_sae, session):
+    first = client.post(label_url(stored_sae), data={"text": "same", "csrf_token": labeller[1]})
+    assert first.status_code in (200, 303)
+    base = crud.label_history(session, sae_id=stored_sae.id, feature_index=0)[0].id
+    again = client.post(label_url(stored_sae), data={"text": " same ", "base_label_id": base, "csrf_token": labeller[1]})
+    assert again.status_code in (200, 303)
+    session.expire_all()
+    assert [label.text for label in crud.label_history(session, sae_id=stored_sae.id, feature_index=0)] == ["same"]
+    client.post(label_url(stored_sae), data={"text": "changed", "base_label_id": base, "csrf_token": labeller[1]})
+    session.expire_all()
+    history = crud.label_history(session, sae_id=stored_sae.id, feature_index=0)
+    assert [label.text for label in history] == ["changed", "same"]
+
+
+def test_bookmarking_stays_on_the_feature(client, labeller, stored_sae, session):
+    token = labeller[1]
+    client.post("/bookmarks", data={"name": "stay", "csrf_token": token})
+    lst = crud.bookmark_lists(session, owner_id=labeller[0].id)[0]
+    url = f"/saes/{stored_sae.id}/features/4"
+    plain = client.post(url + "/bookmark", data={"list_id": lst.id, "csrf_token": token}, follow_redirects=False)
+    assert plain.status_code == 303 and plain.headers["location"] == url
+    fragment = client.post(f"/saes/{stored_sae.id}/features/5/bookmark", data={"list_id": lst.id, "csrf_token": token},
+                           headers={"HX-Request": "true"})
+    assert fragment.status_code == 200 and "Bookmarked in stay" in fragment.text and "<html" not in fragment.text

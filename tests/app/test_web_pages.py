@@ -87,7 +87,7 @@ def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
     marked = re.findall(r'<span class="tok max"[^>]*title="([^"]+)"', html)
     assert len(marked) == len(stored.top) + sum(len(v) for v in stored.quantiles.values())
     assert float(marked[0]) == pytest.approx(top.acts[top.peak], rel=1e-2)
-    assert html.count("<h3 class=\"muted\">Interval") == len(stored.quantiles)
+    assert html.count("<summary>Interval") == len(stored.quantiles)
     assert 'class="bar"' in html  # activation histogram
     shown = [unescape(t) for t in re.findall(r'<code class="tokpiece">(.*?)</code>', html)]
     assert shown == [text for _token_id, text, _logit in stored.feature.promoted + stored.feature.suppressed]
@@ -144,8 +144,10 @@ def test_a_window_whose_stored_bytes_disagree_shows_the_tokens_both_hold(client,
     assert windows[0] == expected[0][:-2] and windows[1:len(expected)] == expected[1:]
 
 
-def test_a_feature_page_reads_in_three_statements_outside_a_transaction(client, stored_sae, session):
-    """Every statement is a round trip on PostgreSQL: BEGIN and ROLLBACK would add two to each page."""
+def test_a_feature_page_reads_in_five_statements_outside_a_transaction(client, stored_sae, session):
+    """Every statement is a round trip on PostgreSQL: BEGIN and ROLLBACK would add two to each page. Five: the
+    feature with its SAE, its examples, its labels, what its nearest features are (crud.briefs), and its
+    unverified draft explanation (crud.explanations.current_draft, issue 17)."""
     client.get(f"/saes/{stored_sae.id}/features/0")  # loads the SAE's token texts, once per process
     seen = []
 
@@ -160,7 +162,7 @@ def test_a_feature_page_reads_in_three_statements_outside_a_transaction(client, 
         assert client.get(f"/saes/{stored_sae.id}/features/1").status_code == 200
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert seen == [("SELECT", False)] * 3
+    assert seen == [("SELECT", False)] * 5
 
 
 def test_feature_page_heat_is_relative_to_the_feature_max(client, stored_sae, session):
@@ -233,7 +235,8 @@ def test_search_shows_firing_features_and_next_tokens(client, stored_sae):
     result = ModelCache().run(stored_sae, text)
     tops = result.top_features(3)
     assert page.text.count('class="search-token"') == len(result.pieces)
-    shown = re.findall(r'<li><a href="/saes/\d+/features/(\d+)">', page.text)
+    shown = re.findall(r'<li><span class="muted">[^<]*</span> <span class="fref"><a href="/saes/\d+/features/(\d+)">',
+                       page.text)
     assert [int(i) for i in shown] == [i for row in tops for i, _ in row]
     assert "next: " in page.text and "%" in page.text
     fragment = client.get(f"/saes/{stored_sae.id}/search", params={"text": text}, headers={"HX-Request": "true"})
@@ -317,4 +320,12 @@ def test_feature_page_heads_each_interval_with_the_bounds_the_exports_give(clien
     assert stored.quantiles
     for interval in stored.quantiles:
         low, high = stored.interval_bounds(interval)
-        assert f"Interval {interval + 1} of {stored.n_intervals}: {num(low)} &ndash; {num(high)}</h3>" in html
+        assert f"Interval {interval + 1} of {stored.n_intervals}: {num(low)} &ndash; {num(high)}</summary>" in html
+
+
+def test_each_example_shows_its_own_activation_before_its_window(client, stored_sae, session):
+    index = alive_feature(session, stored_sae.id)
+    stored = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index)
+    html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
+    examples = stored.top + [e for i in sorted(stored.quantiles, reverse=True) for e in stored.quantiles[i]]
+    assert re.findall(r'<span class="exval">([^<]*)</span><div class="tokens">', html) == [f"{e.value:.3g}" for e in examples]

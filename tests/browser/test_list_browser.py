@@ -1,4 +1,4 @@
-"""Real-browser checks of the feature list: back after htmx pushed a URL, a page past the end, Esc in search."""
+"""Real-browser checks of the feature list and search: back after htmx pushed a URL, a page past the end, Esc in search."""
 
 from __future__ import annotations
 
@@ -28,6 +28,23 @@ def test_back_after_opening_a_feature_restores_the_full_list(page, live_store):
     assert "page 2 of" in page.inner_text("#feature-table")
     page.reload()
     expect_full_list_page(page)
+
+
+def test_back_after_opening_a_feature_from_search_by_text_restores_the_full_page(page, live_store):
+    _url, sae_id, _engine = live_store
+    page.goto(f"/saes/{sae_id}/search")
+    page.fill("#search-text", "the cat sat")
+    page.wait_for_url(re.compile(r"text=the"))
+    page.locator("#search-tokens a").first.click()
+    page.wait_for_url(re.compile(r"/features/\d+$"))
+    page.go_back()
+    page.wait_for_url(re.compile(r"text=the"))
+    page.wait_for_selector("nav.top")
+    assert page.input_value("#search-text") == "the cat sat"
+    assert page.locator("#search-tokens .search-token").count() > 0
+    page.reload()
+    page.wait_for_selector("nav.top")
+    assert page.locator("#search-text").count() == 1
 
 
 def test_list_and_search_responses_vary_on_hx_request(page, live_store):

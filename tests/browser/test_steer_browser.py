@@ -135,3 +135,16 @@ def test_a_saved_run_appears_in_the_saved_list_without_a_reload(page, live_store
     page.click("#steer-run")
     href = page.wait_for_selector("#steer-status a:text-is('saved: permalink')", timeout=30_000).get_attribute("href")
     page.wait_for_selector(f"#steer-experiments a[href='{href}']:text-is('browser saved run')")
+
+
+def test_a_saved_sweeps_page_shows_the_strengths_swept(page, live_store):
+    _url, sae_id, _engine = live_store
+    open_playground(page, sae_id)
+    page.fill("input[name=strengths]", "0, 2.5, 8")
+    page.check("input[name=save]")
+    page.fill("input[name=name]", "browser sweep")
+    page.click("#steer-run")
+    page.click("#steer-status a:text-is('saved: permalink')", timeout=30_000)
+    page.wait_for_selector("h1:has-text('browser sweep')")
+    assert page.inner_text("table.grid th.num") == "strengths swept"
+    assert page.inner_text("table.grid td.num") == "0, 2.5, 8"

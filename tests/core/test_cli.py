@@ -13,7 +13,7 @@ from sae_core.saes import load_sae
 from tests.conftest import invoke_cli, listed_commands, run_cli
 
 invoke = partial(invoke_cli, app)
-LIBRARY_COMMANDS = ["sites", "harvest", "train", "eval"]
+LIBRARY_COMMANDS = ["sites", "harvest", "train", "eval", "contrast", "convert", "attribute"]
 
 
 def test_the_library_cli_lists_its_own_commands_alone():
@@ -71,6 +71,42 @@ def test_train_from_npy_without_holdout(tmp_path):
     assert code == 0, out
     metrics = json.loads((tmp_path / "sae" / "metrics.json").read_text())
     assert metrics["eval_rows"] == "training rows" and metrics["rows"] == 600
+
+
+def test_an_sae_from_a_bare_array_names_a_hook_saelens_can_read(tmp_path):
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32))
+    common = ["--activations", tmp_path / "acts.npy", "--features", 16, "--k", 4, "--tokens", 400]
+    code, out = invoke("train", *common, "--out", tmp_path / "bare")
+    assert code == 0, out
+    cfg = json.loads((tmp_path / "bare" / "cfg.json").read_text())
+    assert cfg["hook_name"] == cfg["metadata"]["hook_name"] == "unknown" and cfg["saescope"]["hook_name"] is None
+    code, out = invoke("train", *common, "--site", "layers.3.resid_post", "--out", tmp_path / "named")
+    assert code == 0, out
+    cfg = json.loads((tmp_path / "named" / "cfg.json").read_text())
+    assert cfg["hook_name"] == "blocks.3.hook_resid_post" and cfg["saescope"]["site"] == "layers.3.resid_post"
+
+
+def test_train_refuses_a_site_other_than_the_harvests(harvested, tmp_path):
+    code, out = invoke("train", "--activations", harvested[0], "--site", "layers.0.mlp_out", "--features", 16,
+                       "--k", 4, "--tokens", 100, "--out", tmp_path / "sae")
+    assert code == 2 and "not layers.0.mlp_out" in out
+
+
+def test_convert_writes_sparsify_and_refuses_what_it_cannot_write(tmp_path):
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).standard_normal((400, 8)).astype(np.float32))
+    for arch in ("topk", "relu"):
+        code, out = invoke("train", "--activations", tmp_path / "acts.npy", "--arch", arch, "--features", 16,
+                           "--k", 4, "--tokens", 400, "--out", tmp_path / arch)
+        assert code == 0, out
+    code, out = invoke("convert", "--sae", tmp_path / "topk", "--to", "sparsify", "--out", tmp_path / "sp")
+    assert code == 0 and "in sparsify layout" in out, out
+    assert {p.name for p in (tmp_path / "sp").iterdir()} == {"cfg.json", "sae.safetensors"}
+    code, out = invoke("convert", "--sae", tmp_path / "relu", "--to", "sparsify", "--out", tmp_path / "sp2")
+    assert code == 2 and "sparsify computes TopK SAEs only; this SAE is relu" in out
+    code, out = invoke("convert", "--sae", tmp_path / "topk", "--to", "saelens", "--out", tmp_path / "relu")
+    assert code == 2 and "already holds an SAE" in out
+    code, out = invoke("convert", "--sae", tmp_path / "topk", "--to", "onnx", "--out", tmp_path / "x")
+    assert code == 2 and "unknown layout 'onnx'" in out
 
 
 @pytest.mark.parametrize(
@@ -134,3 +170,24 @@ def test_train_checkpoint_cadence_from_the_command_line(tmp_path):
 def test_skip_nonfinite_does_not_apply_to_a_streamed_model(tmp_path):
     code, out = invoke("train", "--model", "tiny", "--tokens", 100, "--skip-nonfinite", "--out", tmp_path / "s")
     assert code == 2 and "--skip-nonfinite applies to --activations" in out
+
+
+def test_harvest_at_several_sites_then_train_one_sae_per_site_each_as_trained_alone(tmp_path, tiny_model_dir, corpus):
+    code, out = invoke("harvest", "--model", tiny_model_dir, "--site", "layers.2.resid_post,layers.0.resid_post",
+                       "--dataset", corpus, "--tokens", 1200, "--context", 32, "--out", tmp_path / "acts",
+                       "--dtype", "float32")
+    assert code == 0, out
+    assert f"wrote 1200 activations of {tiny_model_dir.name} at layers.0.resid_post, layers.2.resid_post" in out
+    options = ["--arch", "topk", "--features", 32, "--k", 4, "--tokens", 2048, "--batch-size", 128, "--seed", 3]
+    code, out = invoke("train", "--activations", tmp_path / "acts", *options, "--out", tmp_path / "set")
+    assert code == 0, out
+    metrics = json.loads(out[out.index("{"):])
+    assert list(metrics) == ["layers.0.resid_post", "layers.2.resid_post"]
+    assert json.loads((tmp_path / "set" / "sae_set.json").read_text())["sites"] == list(metrics)
+    for site in metrics:
+        code, out = invoke("train", "--activations", tmp_path / "acts" / site, *options, "--out", tmp_path / site)
+        assert code == 0, out
+        assert json.loads(out[out.index("{"):]) == metrics[site]
+        for name in ("cfg.json", "sae_weights.safetensors", "metrics.json"):
+            assert (tmp_path / "set" / site / name).read_bytes() == (tmp_path / site / name).read_bytes()
+        assert load_sae(tmp_path / "set" / site).cfg.provenance.site.name == site

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -204,8 +205,11 @@ def harvest_cfg(model_dir: Path, corpus: str, tokens: int) -> HarvestConfig:
 
 
 def harvest_runs(dist: Dist, model_dir: Path, corpus: str, out: Path) -> None:
-    """A direct 600-row harvest, and one grown from 300 rows by a resumed run (which reads the rank manifests)."""
+    """A direct 600-row harvest, one grown from 300 rows by a resumed run (which reads the rank manifests), and
+    one at two sites."""
     harvest(harvest_cfg(model_dir, corpus, 600), out / "direct", progress=False, dist=dist)
+    harvest(replace(harvest_cfg(model_dir, corpus, 600), site="layers.0.mlp_out,layers.1.resid_post"), out / "sites",
+            progress=False, dist=dist)
     harvest(harvest_cfg(model_dir, corpus, 300), out / "grown", progress=False, dist=dist)
     harvest(harvest_cfg(model_dir, corpus, 600), out / "grown", resume=True, progress=False, dist=dist)
 
@@ -234,6 +238,8 @@ def test_two_ranks_harvest_disjoint_contexts_into_one_manifest(two_ranks, tiny_m
         for address, row in two.items():
             torch.testing.assert_close(row, one[address])
     assert file_bytes(two_ranks / "grown") == file_bytes(two_ranks / "direct")  # a resume with more rows continues exactly
+    assert file_bytes(two_ranks / "sites" / "layers.1.resid_post") == file_bytes(two_ranks / "direct")
+    assert read_manifest(two_ranks / "sites" / "layers.0.mlp_out")["n_tokens"] == 600
     assert open_activations(two_ranks / "direct").n_rows == 600
 
 
@@ -267,6 +273,8 @@ def test_two_ranks_record_the_same_top_examples_and_statistics_as_one(two_ranks)
         assert torch.equal(getattr(two, name), getattr(one, name)), name
     for name in ("max_F", "mean_F"):
         torch.testing.assert_close(getattr(two, name), getattr(one, name))
+    assert torch.equal(two.coactive.index_FK, one.coactive.index_FK)
+    assert torch.equal(two.coactive.value_FK, one.coactive.value_FK)
     top_two, top_one = (r.examples.interval_E < 0 for r in (two, one))
     assert top_one.sum() > 0
     for name in ("feature_E", "rank_E", "context_E", "start_E", "peak_E", "value_E", "tokens_EW", "acts_EW"):

@@ -7,10 +7,10 @@ import torch
 import sae_core.harvest as harvest_module
 from sae_core.config import HarvestConfig
 from sae_core.finite import NonFiniteError
-from sae_core.harvest import HarvestError, harvest, load_shard, read_manifest
+from sae_core.harvest import HarvestError, harvest, harvest_sites, load_shard, read_manifest
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
-from sae_core.sites import Site
+from sae_core.sites import Site, SiteError
 from tests.files import file_bytes
 
 
@@ -141,11 +141,12 @@ def poisoned(monkeypatch):
     real = harvest_module._activation_rows
 
     def poisoning(*args):
-        acts_RD, positions_R2 = real(*args)
-        acts_RD = acts_RD.clone()
+        acts, positions_R2 = real(*args)
+        acts = [acts_RD.clone() for acts_RD in acts]
         for (context, position), value in POISON.items():
-            acts_RD[((positions_R2[:, 0] == context) & (positions_R2[:, 1] == position)).nonzero().flatten(), 2] = value
-        return acts_RD, positions_R2
+            rows = ((positions_R2[:, 0] == context) & (positions_R2[:, 1] == position)).nonzero().flatten()
+            acts[0][rows, 2] = value  # at the first site only
+        return acts, positions_R2
 
     monkeypatch.setattr(harvest_module, "_activation_rows", poisoning)
 
@@ -168,3 +169,94 @@ def test_non_finite_rows_stop_the_harvest_or_are_skipped_and_counted(tmp_path, t
     row = shards[1]["positions"].tolist().index([9, 3]) + 1
     assert str(caught.value).startswith(f"{tmp_path / 'strict' / 'shard_00001.safetensors'}: row {row} holds NaN")
     assert "(context 9, position 4)" in str(caught.value) and "--skip-nonfinite" in str(caught.value)
+
+
+# --- several sites from one forward pass (issue 15) ------------------------------------------------------------
+
+SITES = "layers.1.resid_post,layers.0.mlp_out"
+"""Given out of forward order on purpose: the harvest lists them as the forward computes them."""
+
+
+def forwards(monkeypatch):
+    """Counts the harvest's forward passes (one per batch, whatever the number of sites)."""
+    real, calls = harvest_module._activation_rows, []
+
+    def counting(*args):
+        calls.append([site.name for site in args[1]])
+        return real(*args)
+
+    monkeypatch.setattr(harvest_module, "_activation_rows", counting)
+    return calls
+
+
+def test_several_sites_from_one_forward_write_what_harvests_at_each_site_alone_write(tmp_path, tiny_model_dir, corpus,
+                                                                                     lm, monkeypatch):
+    calls = forwards(monkeypatch)
+    listing = harvest(config(tiny_model_dir, corpus, site=SITES), tmp_path / "both", lm=lm, progress=False)
+    assert listing["sites"] == ["layers.0.mlp_out", "layers.1.resid_post"] and listing["complete"]
+    assert listing["n_tokens"] == 700 and listing["model"] == read_manifest(tmp_path / "both" / "layers.0.mlp_out")["model"]
+    batches = len(calls)
+    assert calls == [["layers.0.mlp_out", "layers.1.resid_post"]] * batches
+    assert harvest_sites(tmp_path / "both") == {name: tmp_path / "both" / name for name in listing["sites"]}
+    assert json.loads((tmp_path / "both" / "sites.json").read_text()) == listing
+    for name in listing["sites"]:
+        harvest(config(tiny_model_dir, corpus, site=name), tmp_path / name, lm=lm, progress=False)
+        assert file_bytes(tmp_path / "both" / name) == file_bytes(tmp_path / name)
+    assert len(calls) == 3 * batches
+    assert harvest_sites(tmp_path / "layers.0.mlp_out") == {}
+
+
+def test_an_interrupted_harvest_at_several_sites_resumes_to_identical_files(tmp_path, tiny_model_dir, corpus, lm,
+                                                                            monkeypatch):
+    cfg = config(tiny_model_dir, corpus, site=SITES)
+    harvest(cfg, tmp_path / "whole", lm=lm, progress=False)
+    real = harvest_module._activation_rows
+    calls = {"n": 0}
+
+    def dying(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(harvest_module, "_activation_rows", dying)
+    with pytest.raises(KeyboardInterrupt):
+        harvest(cfg, tmp_path / "cut", lm=lm, progress=False)
+    assert not json.loads((tmp_path / "cut" / "sites.json").read_text())["complete"]
+    monkeypatch.setattr(harvest_module, "_activation_rows", real)
+    harvest(cfg, tmp_path / "cut", resume=True, lm=lm, progress=False)
+    assert file_bytes(tmp_path / "cut") == file_bytes(tmp_path / "whole")
+
+
+def test_layouts_and_site_lists_are_not_mixed(tmp_path, tiny_model_dir, corpus, lm):
+    harvest(config(tiny_model_dir, corpus, tokens=100), tmp_path / "one", lm=lm, progress=False)
+    with pytest.raises(HarvestError, match=r"already holds activations at one site, not at layers\.0\.mlp_out, layers\.1"):
+        harvest(config(tiny_model_dir, corpus, tokens=100, site=SITES), tmp_path / "one", resume=True, lm=lm)
+    harvest(config(tiny_model_dir, corpus, tokens=100, site=SITES), tmp_path / "two", lm=lm, progress=False)
+    for site in ("layers.1.resid_post", "layers.0.mlp_out,layers.2.resid_post"):
+        with pytest.raises(HarvestError, match=r"already holds activations at layers\.0\.mlp_out, layers\.1\.resid_post"):
+            harvest(config(tiny_model_dir, corpus, tokens=100, site=site), tmp_path / "two", resume=True, lm=lm)
+    with pytest.raises(HarvestError, match="--resume"):
+        harvest(config(tiny_model_dir, corpus, tokens=100, site=SITES), tmp_path / "two", lm=lm)
+    with pytest.raises(SiteError, match="named more than once"):
+        harvest(config(tiny_model_dir, corpus, site="layers.1.resid_post,blocks.1.hook_resid_post"), tmp_path / "x")
+    with pytest.raises(SiteError, match=r"layers 0\.\.2"):
+        harvest(config(tiny_model_dir, corpus, site="layers.0.mlp_out,layers.7.resid_post"), tmp_path / "y", lm=lm)
+    assert not (tmp_path / "y").exists()  # nothing written for a site the model lacks
+
+
+def test_sites_whose_shards_part_resume_to_what_direct_harvests_write(tmp_path, tiny_model_dir, corpus, lm, poisoned):
+    """Rows left out at one site move its shard boundaries; a kill between two sites' shard writes parts them too."""
+    cfg = config(tiny_model_dir, corpus, site="layers.0.mlp_out,layers.1.resid_post", dtype="float16",
+                 skip_nonfinite=True, tokens=300)
+    harvest(replace(cfg, tokens=700), tmp_path / "direct", lm=lm, progress=False)
+    listing = harvest(cfg, tmp_path / "grown", lm=lm, progress=False)
+    assert listing["n_tokens"] == 300 and listing["n_nonfinite_skipped"] == 1  # (9, 4), at the first site only
+    second = tmp_path / "grown" / "layers.1.resid_post" / "manifest.json"
+    cut = json.loads(second.read_text())
+    cut["shards"] = cut["shards"][:1]  # as if killed before this site's second shard was listed
+    cut["n_tokens"], cut["n_contexts"] = cut["shards"][0]["rows"], cut["shards"][0]["contexts"]
+    second.write_text(json.dumps(cut, indent=2))
+    harvest(replace(cfg, tokens=700), tmp_path / "grown", resume=True, lm=lm, progress=False)
+    assert file_bytes(tmp_path / "grown") == file_bytes(tmp_path / "direct")
+    assert read_manifest(tmp_path / "direct" / "layers.0.mlp_out")["n_nonfinite_skipped"] == 3

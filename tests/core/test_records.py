@@ -6,6 +6,7 @@ from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae, recording
 from sae_core.records.directions import final_norm_and_unembed, logit_effects, nearest_features
 from sae_core.sites import parse_site
+from tests.core.test_coactivation import assert_top_matches, brute_jaccard
 from tests.core.tiny_sae import TinySAE
 from tests.factories import FAMILIES, tiny_model, tiny_tokenizer
 
@@ -59,6 +60,13 @@ def test_statistics_match_brute_force(setup):
     edges, counts = record.feature_hist(0)
     assert len(edges) == len(counts) + 1 and sum(counts) == record.count_F[0]
     assert record.dead_count == int((record.count_F == 0).sum())
+
+
+def test_the_recording_pass_keeps_the_brute_force_top_coactive_partners(setup):
+    record, f_CTF, _ctx = setup
+    fires = (f_CTF > 0).reshape(-1, f_CTF.shape[-1])
+    assert record.coactive is not None and record.coactive.index_FK.shape == (f_CTF.shape[-1], CFG.n_coactive)
+    assert_top_matches(record.coactive, brute_jaccard(fires), CFG.n_coactive)
 
 
 def test_quantile_samples_fall_in_their_intervals_and_fill_them(setup):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from sae_core.hooks import capture, splice, truncated_forward
-from sae_core.sites import KINDS, Site, SiteError, parse_site, site_module, valid_sites
+from sae_core.hooks import capture, capture_sites, splice, truncated_forward, truncated_forward_sites
+from sae_core.sites import KINDS, Site, SiteError, decoder_layers, parse_site, parse_sites, site_module, valid_sites
 from tests.factories import FAMILIES, tiny_model
 
 
@@ -53,8 +53,6 @@ def test_component_sites_are_found_by_structure(family, kind):
 def test_truncated_forward_runs_no_later_layer(family):
     model = tiny_model(family)
     ran = []
-    from sae_core.sites import decoder_layers
-
     handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
                for i, layer in enumerate(decoder_layers(model))]
     try:
@@ -89,3 +87,46 @@ def test_splice_changes_downstream_and_identity_changes_nothing(kind):
 def test_valid_sites_lists_every_layer_and_kind():
     names = valid_sites(tiny_model("llama", layers=2))
     assert len(names) == 8 and "layers.1.attn_out" in names
+
+
+def test_parse_sites_gives_several_sites_in_forward_order():
+    assert parse_sites("layers.2.resid_post, blocks.0.hook_mlp_out,layers.2.resid_pre,layers.2.attn_out") == (
+        Site(0, "mlp_out"), Site(2, "resid_pre"), Site(2, "attn_out"), Site(2, "resid_post"))
+    assert parse_sites("layers.1.resid_post") == (Site(1, "resid_post"),)
+
+
+@pytest.mark.parametrize("names,message", [
+    ("layers.1.resid_post,blocks.1.hook_resid_post", r"site layers\.1\.resid_post is named more than once"),
+    (" ", "no site given"),
+    ("layers.1.resid_post,", "unknown site ''"),
+    ("layers.1.resid_post,layers.5.resid_post", r"layers 0\.\.2"),
+])
+def test_parse_sites_rejects_repeats_gaps_and_layers_out_of_range(names, message):
+    with pytest.raises(SiteError, match=message):
+        parse_sites(names, n_layers=3)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_forward_captures_every_site_as_separate_forwards_do_and_stops_after_the_deepest(family):
+    model = tiny_model(family)
+    ids = torch.randint(3, 200, (2, 7))
+    sites = parse_sites("layers.0.resid_post,layers.1.mlp_out,layers.1.resid_pre,layers.1.attn_out")
+    ran = []
+    handles = [layer.register_forward_hook(lambda m, a, o, i=i: ran.append(i))
+               for i, layer in enumerate(decoder_layers(model))]
+    try:
+        together = truncated_forward_sites(model, sites, ids)
+    finally:
+        for h in handles:
+            h.remove()
+    assert ran == [0]  # layer 1 stopped inside, at its MLP, the deepest site; layer 2 never ran
+    for site, acts in zip(sites, together, strict=True):
+        torch.testing.assert_close(acts, truncated_forward(model, site, ids), rtol=0, atol=0)
+
+
+def test_capture_sites_removes_every_hook_when_the_forward_fails():
+    model = tiny_model("llama")
+    sites = (Site(0, "resid_pre"), Site(1, "resid_post"))
+    with pytest.raises(RuntimeError), capture_sites(model, sites, stop=False):
+        raise RuntimeError("boom")
+    assert all(not site_module(model, s)._forward_hooks and not site_module(model, s)._forward_pre_hooks for s in sites)

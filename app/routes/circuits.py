@@ -1,0 +1,115 @@
+"""Circuits: the attribution page of an SAE set, its jobs, saved graphs (permalinks) and the attribution API."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, Response
+from pydantic import ValidationError
+
+from sae_core.attribution import AttributionError, AttributionGraph, neuronpedia_graph, next_tokens
+
+from .. import crud
+from ..attribution_schemas import AttributionIn, AttributionOut, as_422, graph_url
+from ..deps import CsrfChecked, LabellerDep, ReaderDep, SessionDep, StoredText, render
+from ..presenters.circuits import circuits_page, graph_page
+from ..services.attribution import AttributionService, RunSpec
+
+router = APIRouter(tags=["attribution"])
+SetKey = Annotated[str, Path(pattern=r"^\d+(,\d+)*$", max_length=200,
+                             description="An SAE set: store ids of its SAEs joined by commas.")]
+GraphId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the saved graph.")]
+Threshold = Annotated[float | None, Query(gt=0, le=1)]
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or graph"},
+                                           422: {"description": "Bad request: the field at fault is named"}}
+
+
+def service(request: Request) -> AttributionService:
+    return request.app.state.attribution
+
+
+def run_spec(session: SessionDep, body: AttributionIn, owner_id: int | None) -> RunSpec:
+    return RunSpec(body.sae_set, crud.set_saes(session, key=body.sae_set), body.request(), body.config(), owner_id)
+
+
+@router.get("/saes/{set_key}/circuits", response_class=HTMLResponse, include_in_schema=False)
+def circuits(request: Request, session: SessionDep, _user: ReaderDep, set_key: SetKey):
+    """The form (prompt, target picker, settings) and the set's saved graphs."""
+    return render(request, "circuits.html", circuits_page(session, set_key))
+
+
+@router.post("/saes/{set_key}/circuits/next-tokens", response_class=HTMLResponse, include_in_schema=False,
+             dependencies=[CsrfChecked])
+def target_picker(request: Request, session: SessionDep, _user: LabellerDep, set_key: SetKey,
+                  prompt: Annotated[StoredText, Form(min_length=1, max_length=4000)]):
+    """The model's top next tokens after the prompt, as buttons that fill in the target."""
+    saes = crud.set_saes(session, key=set_key)
+    with request.app.state.models.hold(saes[0]) as loaded:
+        try:
+            tokens = next_tokens(loaded.lm, prompt)
+        except AttributionError as err:
+            raise as_422(err) from None
+    return render(request, "_circuits_targets.html", {"tokens": tokens})
+
+
+@router.post("/saes/{set_key}/circuits/jobs", response_class=HTMLResponse, include_in_schema=False,
+             dependencies=[CsrfChecked])
+async def start(request: Request, session: SessionDep, user: LabellerDep, set_key: SetKey):
+    """Queue a run from the page's form; the answer polls the job until the graph's page can open."""
+    form = {k: v for k, v in (await request.form()).items() if k != "csrf_token" and v != ""}
+    try:
+        body = AttributionIn.model_validate({**form, "sae_set": set_key})
+    except ValidationError as err:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in err.errors()]) from None
+    job = service(request).start(run_spec(session, body, user.id))
+    return render(request, "_circuits_job.html", {"job": job, "set_key": set_key})
+
+
+@router.get("/saes/{set_key}/circuits/jobs/{job_id}", response_class=HTMLResponse, include_in_schema=False)
+def job_status(request: Request, _user: LabellerDep, set_key: SetKey,
+               job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")]):
+    """The job's progress; once its graph is saved, htmx is sent to the graph's permalink."""
+    job = service(request).job(job_id)
+    if job is None:
+        raise crud.NotFound(f"no attribution job {job_id} (the server may have restarted)")
+    if job.graph_id is not None:
+        return Response(status_code=200, headers={"HX-Redirect": graph_url(set_key, job.graph_id)})
+    return render(request, "_circuits_job.html", {"job": job, "set_key": set_key})
+
+
+@router.get("/saes/{set_key}/circuits/{graph_id}", response_class=HTMLResponse, include_in_schema=False)
+def graph(request: Request, session: SessionDep, _user: ReaderDep, set_key: SetKey, graph_id: GraphId):
+    """A saved graph: drawn, prunable, with its verified nodes and pins for the steering playground."""
+    return render(request, "circuit.html", graph_page(session, set_key, crud.find_graph(session, graph_id=graph_id)))
+
+
+@router.post("/api/attribution", response_model=AttributionOut, responses=ERRORS, dependencies=[CsrfChecked])
+def api_attribution(request: Request, session: SessionDep, user: LabellerDep, body: AttributionIn):
+    """Run attribution on a set of SAEs now, save the graph and return it with its permalink."""
+    spec = run_spec(session, body, user.id)
+    try:
+        result = service(request).compute(spec)
+    except AttributionError as err:
+        raise as_422(err) from None
+    graph_id = service(request).save(spec, result)
+    return AttributionOut(id=graph_id, url=graph_url(body.sae_set, graph_id), graph=result.to_dict())
+
+
+@router.get("/api/graphs/{graph_id}", response_model=AttributionOut, responses=ERRORS)
+def api_graph(session: SessionDep, _user: ReaderDep, graph_id: GraphId):
+    """A saved graph."""
+    row = crud.find_graph(session, graph_id=graph_id)
+    return AttributionOut(id=row.id, url=graph_url(row.set_key, row.id), graph=row.graph)
+
+
+@router.get("/api/graphs/{graph_id}/neuronpedia", responses=ERRORS)
+def api_graph_neuronpedia(session: SessionDep, _user: ReaderDep, graph_id: GraphId, node_threshold: Threshold = None,
+                          edge_threshold: Threshold = None) -> dict[str, Any]:
+    """A saved graph, pruned at the thresholds (default: the run's), in Neuronpedia's graph JSON."""
+    row = crud.find_graph(session, graph_id=graph_id)
+    result = AttributionGraph.from_dict(row.graph)
+    scan = crud.find_sae(session, ref=row.sae_ids[0]).model_name
+    return neuronpedia_graph(result, slug=f"saescope-graph-{row.id}", scan=scan, node_threshold=node_threshold,
+                             edge_threshold=edge_threshold)

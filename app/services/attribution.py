@@ -1,0 +1,110 @@
+"""Attribution runs for the web app: started as jobs on one worker thread, polled for progress, saved when done.
+
+A run splices SAEs into the shared model, so it holds the model cache's lock throughout (other forwards wait
+their turn, as during a steering token). A job lives in memory until it is read after finishing; its graph
+is in the store from the moment it completes, and nothing is stored for a failed run.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from sqlalchemy.orm import Session
+
+from sae_core.attribution import (
+    AttributionConfig,
+    AttributionError,
+    AttributionGraph,
+    AttributionRequest,
+    attribute,
+    dictionaries,
+)
+
+from .. import crud
+from ..models import Sae
+from .inference import ModelCache
+
+MAX_JOBS = 64
+"""Finished jobs kept for their pollers; older ones are forgotten (their graphs stay in the store)."""
+
+
+@dataclass
+class AttributionJob:
+    """A run's progress as its poller sees it."""
+
+    id: str
+    stage: str = "queued"
+    fraction: float = 0.0
+    graph_id: int | None = None
+    error: str | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What to run and where its graph goes."""
+
+    set_key: str
+    saes: list[Sae]
+    request: AttributionRequest
+    cfg: AttributionConfig
+    owner_id: int | None
+
+
+class AttributionService:
+    """Runs attribution on the shared models, one at a time, and saves each finished graph."""
+
+    def __init__(self, models: ModelCache, sessions: Callable[[], Session]):
+        self.models = models
+        self.sessions = sessions
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attribution")
+        self._jobs: dict[str, AttributionJob] = {}
+
+    def compute(self, spec: RunSpec, progress: Callable[[str, float], None] = lambda _s, _f: None) -> AttributionGraph:
+        """Run attribution now on the calling thread; AttributionError for a request it cannot carry out."""
+        models = sorted({sae.model_name for sae in spec.saes})
+        if len(models) > 1:
+            raise AttributionError("sae", f"the set's SAEs read different models ({', '.join(models)}); "
+                                          "every SAE of a set must read the same model")
+        with self.models.hold_all(spec.saes) as loaded:
+            lm = loaded[0].lm
+            dicts = dictionaries(lm.model, lm.name, [(str(sae.id), run.sae) for sae, run in zip(spec.saes, loaded,
+                                                                                               strict=True)])
+            return attribute(lm, dicts, spec.request, spec.cfg, progress)
+
+    def save(self, spec: RunSpec, graph: AttributionGraph) -> int:
+        with self.sessions() as session:
+            row = crud.save_graph(session, set_key=spec.set_key, sae_ids=[sae.id for sae in spec.saes],
+                                  graph=graph.to_dict(), owner_id=spec.owner_id)
+            return row.id
+
+    def start(self, spec: RunSpec) -> AttributionJob:
+        """Queue a run; the job says its stage and, once done, its graph's id or the error."""
+        job = AttributionJob(uuid.uuid4().hex)
+        if len(self._jobs) >= MAX_JOBS:
+            for key in [k for k, j in self._jobs.items() if j.done.is_set()][: len(self._jobs) - MAX_JOBS + 1]:
+                del self._jobs[key]
+        self._jobs[job.id] = job
+        self._pool.submit(self._run, job, spec)
+        return job
+
+    def _run(self, job: AttributionJob, spec: RunSpec) -> None:
+        def progress(stage: str, fraction: float) -> None:
+            job.stage, job.fraction = stage, fraction
+
+        try:
+            job.graph_id = self.save(spec, self.compute(spec, progress))
+        except Exception as err:  # a job's failure is reported to its poller, never lost in the thread
+            job.error = str(err).splitlines()[0] if str(err) else type(err).__name__
+        finally:
+            job.done.set()
+
+    def job(self, job_id: str) -> AttributionJob | None:
+        return self._jobs.get(job_id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,57 @@
+"""`saescope attribute`: parse, load the model and SAEs, run attribution, print the table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from ..console import fail
+from ..lm import DEFAULT_MODEL, ModelLoadError, load_model
+from ..saes import SAEFormatError, load_sae
+from ..sites import SiteError
+from .config import AttributionConfig, AttributionError, AttributionRequest
+from .dictionaries import dictionaries
+from .inputs import next_tokens
+from .neuronpedia import neuronpedia_graph
+from .run import attribute
+from .table import node_table
+
+ERRORS = (AttributionError, ModelLoadError, SAEFormatError, SiteError)
+
+
+def attribute_command(
+    sae: str = typer.Option(..., "--sae", help="SAE directories, comma-separated (one per site, one model)."),
+    prompt: str = typer.Option(..., "--prompt", help="The text whose next token is explained."),
+    target: str | None = typer.Option(None, "--target", help="The predicted token (one token; leading space counts). "
+                                                             "Without it, the model's top next tokens are listed."),
+    contrast: str | None = typer.Option(None, "--contrast", help="Measure logit(target) - logit(contrast) instead."),
+    corrupted: str | None = typer.Option(None, "--corrupted", help="A same-length prompt to patch from "
+                                                                   "(default: zero-ablation)."),
+    position: int | None = typer.Option(None, "--position", help="Position measured (default: the last)."),
+    method: str = typer.Option(AttributionConfig.method, "--method", help="patching or ig."),
+    steps: int = typer.Option(AttributionConfig.steps, "--steps", help="Integrated-gradients steps."),
+    verify: int = typer.Option(AttributionConfig.verify_top, "--verify", help="Top nodes re-measured by ablation."),
+    top: int = typer.Option(20, "--top", help="Rows of the table."),
+    max_nodes: int = typer.Option(AttributionConfig.max_nodes, "--max-nodes", help="Nodes whose edges are computed."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model name, directory, .gguf file or hub id."),
+    export: Path | None = typer.Option(None, "--export", help="Also write the graph as Neuronpedia graph JSON."),
+) -> None:
+    """Which features make the model predict --target: node effects, exact check of the largest, graph."""
+    try:
+        lm = load_model(model)
+        if target is None:
+            rows = "\n".join(f"{text!r}\t{prob:.4f}" for text, prob in next_tokens(lm, prompt))
+            typer.echo(f"give --target; the model's top next tokens:\n{rows}")
+            return
+        cfg = AttributionConfig(method=method, steps=steps, verify_top=verify, max_nodes=max_nodes)  # type: ignore[arg-type]
+        saes = [(path, load_sae(path)) for path in (p.strip() for p in sae.split(",")) if path]
+        dicts = dictionaries(lm.model, lm.name, saes)
+        graph = attribute(lm, dicts, AttributionRequest(prompt, target, contrast, corrupted, position), cfg)
+    except ERRORS as err:
+        fail(str(err).splitlines()[0])
+    typer.echo(node_table(graph, top))
+    if export is not None:
+        export.write_text(json.dumps(neuronpedia_graph(graph, slug=export.stem, scan=lm.name)))
+        typer.echo(f"wrote {export}")

@@ -1,0 +1,11 @@
+"""How a command reports a user's mistake: one red line, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import typer
+
+
+def fail(message: str) -> None:
+    """Print a one-line error and exit non-zero, without a traceback."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code=2)

@@ -1,0 +1,2 @@
+-- AlterTable
+ALTER TABLE "NlaExplainCache" ADD COLUMN     "tokens" TEXT[] DEFAULT ARRAY[]::TEXT[];

@@ -1,0 +1,2 @@
+-- RenameIndex
+ALTER INDEX "ModelHeadMetrics_modelId_datasetName_nSequences_seqLen_dtype_at" RENAME TO "ModelHeadMetrics_modelId_datasetName_nSequences_seqLen_dtyp_key";

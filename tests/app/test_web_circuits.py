@@ -1,0 +1,129 @@
+"""Circuits over HTTP: the attribution API (saved, in the OpenAPI, 422 by field, nothing half-saved), the page's
+job with progress, the graph's permalink and Neuronpedia export, and the steering playground prefilled with pins;
+the tiny saved model and SAEs run for real (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from app import crud
+from app.pipeline import read_sae, register_sae
+from tests.app.conftest import csrf_of
+from tests.core.attribution_setup import SITES, tiny_sae
+
+PROMPT = "hello world"
+
+
+@pytest.fixture(scope="module")
+def set_dirs(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("circuit-saes")
+    dirs = [tiny_sae(site, model=tiny_model_dir.name, seed=i).save(root / f"sae{i}") for i, site in enumerate(SITES)]
+    other = tiny_sae(SITES[1], model="another-model").save(root / "other")
+    return dirs, other
+
+
+@pytest.fixture()
+def sae_set(session, set_dirs, tiny_model_dir) -> str:
+    """The three SAEs registered in this test's store; the set's key."""
+    dirs, _other = set_dirs
+    rows = [register_sae(session, loaded=read_sae(d), model_spec=str(tiny_model_dir)) for d in dirs]
+    return ",".join(str(row.id) for row in rows)
+
+
+def post(client, csrf, **fields):
+    body = {"prompt": PROMPT, "target": "x", "verify_top": 5, "max_nodes": 8} | fields
+    return client.post("/api/attribution", json=body, headers={"X-CSRF-Token": csrf})
+
+
+def test_the_api_runs_saves_and_serves_a_graph(client, labeller, sae_set, session):
+    _user, csrf = labeller
+    response = post(client, csrf, sae_set=sae_set)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["url"] == f"/saes/{sae_set}/circuits/{body['id']}"
+    assert [n for n in body["graph"]["nodes"] if n["exact"] is not None].__len__() == 5
+    assert client.get(f"/api/graphs/{body['id']}").json()["graph"] == body["graph"]
+    page = client.get(body["url"])
+    assert page.status_code == 200 and 'id="graph-data"' in page.text and "Neuronpedia graph JSON" in page.text
+    exported = client.get(f"/api/graphs/{body['id']}/neuronpedia?node_threshold=0.5").json()
+    assert exported["metadata"]["node_threshold"] == 0.5 and exported["nodes"] and exported["links"]
+    assert "/api/attribution" in client.get("/openapi.json").json()["paths"]
+    assert [g.id for g in crud.list_graphs(session, set_key=sae_set)] == [body["id"]]
+
+
+@pytest.mark.parametrize(("fields", "field", "words"), [
+    ({"target": "xy"}, "target", "is 2 tokens"),
+    ({"position": 50}, "position", "past the prompt"),
+    ({"prompt": "a" * 300}, "prompt", "the limit is 128"),
+    ({"corrupted": "hi"}, "corrupted", "as long as the prompt"),
+])
+def test_bad_requests_are_a_422_naming_the_field_and_save_nothing(client, labeller, sae_set, session, fields, field,
+                                                                   words):
+    _user, csrf = labeller
+    response = post(client, csrf, sae_set=sae_set, **fields)
+    assert response.status_code == 422
+    detail = response.json()["detail"][0]
+    assert detail["loc"] == ["body", field] and words in detail["msg"]
+    assert crud.list_graphs(session, set_key=sae_set) == []
+
+
+def test_saes_of_different_models_in_one_set_are_refused(client, labeller, sae_set, session, set_dirs):
+    _user, csrf = labeller
+    other = register_sae(session, loaded=read_sae(set_dirs[1]), model_spec="another-model")
+    key = f"{sae_set.split(',')[0]},{other.id}"
+    response = post(client, csrf, sae_set=key)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "sae_set"]
+    assert "different models" in response.json()["detail"][0]["msg"]
+    assert crud.list_graphs(session, set_key=key) == []
+
+
+def test_running_needs_a_labeller_and_an_unknown_set_is_404(client, sae_set):
+    assert post(client, csrf_of(client), sae_set=sae_set).status_code == 401
+    assert client.get("/saes/999/circuits").status_code == 404
+
+
+def test_the_page_runs_a_job_with_progress_then_opens_the_permalink(client, labeller, sae_set):
+    _user, csrf = labeller
+    page = client.get(f"/saes/{sae_set}/circuits")
+    assert page.status_code == 200 and "Run attribution" in page.text
+    hx = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    targets = client.post(f"/saes/{sae_set}/circuits/next-tokens", data={"prompt": PROMPT}, headers=hx)
+    assert targets.status_code == 200 and targets.text.count('class="pick-target"') == 10
+    started = client.post(f"/saes/{sae_set}/circuits/jobs", headers=hx,
+                          data={"prompt": PROMPT, "target": "x", "contrast": "", "verify_top": "3", "max_nodes": "6"})
+    assert started.status_code == 200 and "<progress" in started.text
+    poll = started.text.split('hx-get="')[1].split('"')[0]
+    for _ in range(300):
+        status = client.get(poll, headers=hx)
+        if "HX-Redirect" in status.headers:
+            break
+        time.sleep(0.1)
+    url = status.headers["HX-Redirect"]
+    assert url.startswith(f"/saes/{sae_set}/circuits/")
+    assert client.get(url).status_code == 200
+    assert url.split("/")[-1] in client.get(f"/saes/{sae_set}/circuits").text
+
+
+def test_a_failed_job_says_why(client, labeller, sae_set):
+    _user, csrf = labeller
+    hx = {"X-CSRF-Token": csrf, "HX-Request": "true"}
+    started = client.post(f"/saes/{sae_set}/circuits/jobs", headers=hx, data={"prompt": PROMPT, "target": "xyz"})
+    poll = started.text.split('hx-get="')[1].split('"')[0]
+    for _ in range(300):
+        status = client.get(poll, headers=hx)
+        if "failed" in status.text:
+            break
+        time.sleep(0.1)
+    assert "The run failed: the target &#39;xyz&#39; is 3 tokens" in status.text
+
+
+def test_the_steering_playground_opens_with_pinned_features(client, sae_set):
+    sae_id = sae_set.split(",")[1]
+    page = client.get(f"/saes/{sae_id}/steer", params={"prompt": PROMPT, "raw": "1", "pin": ["3:ablate", "5:clamp:2.5"]})
+    assert page.status_code == 200
+    assert PROMPT in page.text and 'value="3"' in page.text and 'value="2.5"' in page.text
+    bad = client.get(f"/saes/{sae_id}/steer", params={"pin": "3:explode"})
+    assert bad.status_code == 422 and "cannot read intervention" in bad.text
