@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo lint test bench bench-web clean
+.PHONY: install llama-server demo lint test bench bench-web clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,18 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# llama-cpp-python's server: the real OpenAI-compatible endpoint the explainer's client is tested against. Its
+# package compiles llama.cpp from source (tens of minutes on 2 busy cores), so its wheel is built once into
+# WHEELS_DIR and installed from there afterwards: CI keeps that folder between runs. Without it the endpoint test
+# skips and says why.
+WHEELS_DIR ?= $(HOME)/.cache/saescope-wheels
+LLAMA_CPP := llama-cpp-python==0.3.36
+llama-server: install
+	@ls $(WHEELS_DIR)/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1 || \
+		CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" \
+		$(PIP) wheel --no-deps '$(LLAMA_CPP)' -w $(WHEELS_DIR)
+	$(PIP) install --quiet --find-links $(WHEELS_DIR) '$(LLAMA_CPP)' 'llama-cpp-python[server]==0.3.36'
 
 demo: install
 	$(VENV)/bin/saescope demo --out $(DEMO_DIR)

@@ -32,6 +32,7 @@ from .attribute_cli import attribute_with_store
 from .cli_store import DB_OPTION, database_url, open_session
 from .db import shown_url
 from .demo import DEMO_USER, DemoConfig, DemoRun, ensure_account, summary
+from .explain_cli import explain_command
 from .export import FORMATS, export_sae
 from .ingest import IngestError
 from .mapping import map_into_store
@@ -431,6 +432,9 @@ def token_table(tokens: list[ApiToken], moment: datetime) -> list[str]:
 
 def _when(moment: datetime | None) -> str:
     return "never" if moment is None else as_utc(moment).strftime("%Y-%m-%d %H:%M UTC")
+
+
+app.command("explain")(explain_command(open_session, USER_ERRORS))
 
 
 def main() -> None:

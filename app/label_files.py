@@ -9,13 +9,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .deps import storable
-from .models import Label
+from .models import Explanation, Label
 
-COLUMNS = ("feature_index", "label", "author", "source", "created_at")
+COLUMNS = ("feature_index", "label", "author", "source", "created_at", "explainer_model", "scorer_model",
+           "prompt_version", "detection", "fuzzing")
+"""The last five are filled for a label accepted or edited from a draft explanation (its origin)."""
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -29,25 +32,37 @@ class ImportedLabel:
     text: str
 
 
-def label_rows(labels: list[Label]) -> list[dict[str, Any]]:
+def label_rows(labels: list[Label], origins: Mapping[int, Explanation] | None = None) -> list[dict[str, Any]]:
+    """One row per label version; `origins` maps a label's id to the draft it was accepted or edited from."""
+    origins = origins or {}
     return [{"feature_index": lab.feature_index, "label": lab.text, "author": lab.author_name or "",
-             "source": lab.source, "created_at": lab.created_at.isoformat()} for lab in labels]
+             "source": lab.source, "created_at": lab.created_at.isoformat(), **_origin(origins.get(lab.id))}
+            for lab in labels]
+
+
+def _origin(draft: Explanation | None) -> dict[str, Any]:
+    if draft is None:
+        return dict.fromkeys(COLUMNS[5:], "")
+    scores = draft.scores or {}
+    return {"explainer_model": draft.explainer_model, "scorer_model": draft.scorer_model,
+            "prompt_version": draft.prompt_version,
+            **{name: scores[name]["accuracy"] if name in scores else "" for name in ("detection", "fuzzing")}}
 
 
 def _cell(value: Any) -> Any:
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
-def to_csv(labels: list[Label]) -> str:
+def to_csv(labels: list[Label], origins: Mapping[int, Explanation] | None = None) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS)
     writer.writeheader()
-    writer.writerows({k: _cell(v) for k, v in row.items()} for row in label_rows(labels))
+    writer.writerows({k: _cell(v) for k, v in row.items()} for row in label_rows(labels, origins))
     return out.getvalue()
 
 
-def to_json(sae_name: str, labels: list[Label]) -> str:
-    return json.dumps({"sae": sae_name, "labels": label_rows(labels)}, ensure_ascii=False, indent=1)
+def to_json(sae_name: str, labels: list[Label], origins: Mapping[int, Explanation] | None = None) -> str:
+    return json.dumps({"sae": sae_name, "labels": label_rows(labels, origins)}, ensure_ascii=False, indent=1)
 
 
 def parse(content: bytes, filename: str) -> list[ImportedLabel]:

@@ -25,6 +25,7 @@ from .errors import install_error_handlers
 from .headers import SecurityHeaders
 from .presenters.heatmaps import TokenTables
 from .routes import ROUTERS
+from .routes import drafts as draft_routes
 from .security import new_csrf_seed
 from .services.attribution import AttributionService
 from .services.inference import ModelCache
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)
+    app.include_router(draft_routes.router)
     app.get("/docs", include_in_schema=False)(api_docs)
     install_error_handlers(app)
     app.add_middleware(CsrfSeedCookie, secure=settings.cookie_secure)

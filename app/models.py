@@ -447,3 +447,37 @@ class Coactivation(Base):
     feature_index: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     partners: Mapped[list[Any]]
     """[[feature_index, jaccard], ...] highest Jaccard first (features that fire with no other have no row)."""
+# Issue 17: draft explanations. A draft stays here, beside the labels, until a researcher acts on it: accepting
+# appends a label with source "auto" whose author is the verifier, editing appends a human label, and either
+# way label_id names that label so its history shows the draft it started from. Labels are never written over.
+
+
+class Explanation(Base):
+    """A draft label written by an explainer model, with its scores and what produced them."""
+
+    __tablename__ = "explanations"
+    __table_args__ = (Index("ix_explanations_feature", "sae_id", "feature_index"),
+                      Index("ix_explanations_sae_score", "sae_id", "score"))
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
+    feature_index: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    explainer_model: Mapped[str] = mapped_column(String(200))
+    scorer_model: Mapped[str] = mapped_column(String(200))
+    prompt_version: Mapped[str] = mapped_column(String(32))
+    score: Mapped[float | None] = mapped_column(Float)
+    """Detection balanced accuracy (what lists sort by); None when the feature had too little to score on."""
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    """{"detection": {...}, "fuzzing": {...}}, each sae_core.explain.Score.as_dict()."""
+    status: Mapped[str] = mapped_column(String(16), default="draft")
+    """draft (unverified), accepted, edited or rejected."""
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="SET NULL"), index=True)
+    """The label accepting or editing the draft made."""
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    reviewed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=now)
+    reviewer: Mapped[User | None] = relationship()
+
+    @property
+    def reviewer_name(self) -> str | None:
+        return self.reviewer.name if self.reviewer else None

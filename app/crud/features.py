@@ -8,19 +8,20 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal
 
-from sqlalchemy import Row, Select, Subquery, bindparam, case, exists, func, null, or_, select
+from sqlalchemy import Row, Select, Subquery, and_, bindparam, case, exists, func, null, or_, select
 from sqlalchemy.orm import Session
 
 from ..models import Context, Example, Feature, FeatureTag, Sae, Tag, TokenText
 from ..packing import unpack_acts, unpack_ids
 from .base import NotFound
 from .briefs import FeatureBrief, feature_briefs
+from .explanations import DRAFT, newest_explanations
 from .labels import current_label_texts, label_rows
 from .saes import find_sae
 from .tags import feature_tags, named
 
-SortKey = Literal["index", "density", "max_act", "mean_act", "label"]
-StateFilter = Literal["all", "alive", "dead", "dense", "labelled", "unlabelled"]
+SortKey = Literal["index", "density", "max_act", "mean_act", "label", "score"]
+StateFilter = Literal["all", "alive", "dead", "dense", "labelled", "unlabelled", "draft", "verified", "human"]
 
 
 # Feature list
@@ -38,15 +39,24 @@ class FeatureRow:
     is_dense: bool
     label: str | None
     top_text: str
+    draft: str | None = None
+    """The feature's unverified draft explanation, when it has one."""
+    score: float | None = None
+    """Detection score of the feature's newest explanation (listed when filtering or sorting by drafts)."""
 
 
-def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: str | None, label: Subquery) -> Select:
-    """The feature list query before sorting and paging."""
+def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: str | None, label: Subquery,
+                       drafted: Subquery | None = None) -> Select:
+    """The feature list query before sorting and paging; `drafted` (newest_explanations) joins each feature's
+    newest explanation, for the draft filter, the score sort and the search of draft text."""
     stmt = (
         select(Feature, label.c.text)
         .outerjoin(label, label.c.feature_index == Feature.feature_index)
         .where(Feature.sae_id == sae_id)
     )
+    if drafted is not None:
+        stmt = (stmt.add_columns(drafted.c.text.label("draft"), drafted.c.status, drafted.c.score)
+                .outerjoin(drafted, drafted.c.feature_index == Feature.feature_index))
     conditions = {
         "all": None,
         "alive": ~Feature.is_dead,
@@ -54,6 +64,9 @@ def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: 
         "dense": Feature.is_dense,
         "labelled": label.c.text.is_not(None),
         "unlabelled": label.c.text.is_(None),
+        "draft": drafted.c.status == DRAFT if drafted is not None else None,
+        "verified": label.c.source == "auto",
+        "human": label.c.source.in_(("human", "import")),
     }
     if state not in conditions:
         raise ValueError(f"unknown filter {state!r}; choose one of {', '.join(conditions)}")
@@ -65,8 +78,10 @@ def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: 
             FeatureTag.sae_id == sae_id, FeatureTag.feature_index == Feature.feature_index,
             FeatureTag.tag_id == Tag.id, named(tag)))
     if query:
-        stmt = stmt.where(or_(Feature.top_text.icontains(query, autoescape=True),
-                              label.c.text.icontains(query, autoescape=True)))
+        found = [Feature.top_text.icontains(query, autoescape=True), label.c.text.icontains(query, autoescape=True)]
+        if drafted is not None:
+            found.append(and_(drafted.c.status == DRAFT, drafted.c.text.icontains(query, autoescape=True)))
+        stmt = stmt.where(or_(*found))
     return stmt
 
 
@@ -84,23 +99,28 @@ def list_features(
 ) -> tuple[list[FeatureRow], int]:
     """One page of an SAE's features and the total matching, sorted and filtered as a list page asks."""
     label = current_label_texts(sae_id)
-    stmt = _filtered_features(sae_id, state, tag, query, label)
+    drafted = newest_explanations(sae_id) if state == "draft" or sort == "score" or query else None
+    stmt = _filtered_features(sae_id, state, tag, query, label, drafted)
     total = session.scalar(select(func.count()).select_from(stmt.subquery()))
     columns = {"index": Feature.feature_index, "density": Feature.density, "max_act": Feature.max_act,
                "mean_act": Feature.mean_act, "label": label.c.text}
+    if drafted is not None:
+        columns["score"] = drafted.c.score
     if sort not in columns:
         raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(columns)}")
     key = columns[sort].desc() if descending else columns[sort].asc()
     order = [key, Feature.feature_index]
-    if sort == "label":  # unlabelled features last either way
-        order.insert(0, case((label.c.text.is_(None), 1), else_=0))
+    if sort in ("label", "score"):  # unlabelled or unscored features last either way
+        order.insert(0, case((columns[sort].is_(None), 1), else_=0))
     rows = session.execute(stmt.order_by(*order).limit(limit).offset(offset))
-    return [_row(feature, text) for feature, text in rows], total or 0
+    return [_row(*row) for row in rows], total or 0
 
 
-def _row(feature: Feature, label: str | None) -> FeatureRow:
+def _row(feature: Feature, label: str | None, draft: str | None = None, status: str | None = None,
+         score: float | None = None) -> FeatureRow:
     return FeatureRow(feature.feature_index, feature.density, feature.max_act, feature.mean_act,
-                      feature.is_dead, feature.is_dense, label, feature.top_text)
+                      feature.is_dead, feature.is_dense, label, feature.top_text,
+                      draft if status == DRAFT else None, score)
 
 
 # Feature page

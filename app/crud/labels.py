@@ -35,9 +35,9 @@ def newest_label_ids(sae_id: int | BindParameter[Any], indices: list[int] | Bind
 
 
 def current_label_texts(sae_id: int) -> Subquery:
-    """Subquery: (feature_index, text) of the current label of each labelled feature of an SAE."""
+    """Subquery: (feature_index, text, source) of the current label of each labelled feature of an SAE."""
     newest = newest_label_ids(sae_id).subquery()
-    return select(Label.feature_index, Label.text).join(newest, Label.id == newest.c.id).subquery()
+    return select(Label.feature_index, Label.text, Label.source).join(newest, Label.id == newest.c.id).subquery()
 
 
 def _history(*columns: Any) -> Select[Any]:
@@ -89,20 +89,20 @@ def add_label(session: Session, *, sae_id: int, feature_index: int, text: str,
 
 
 def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str, base_id: int | None,
-                 author_id: int | None = None) -> Label:
+                 author_id: int | None = None, source: str = "human", commit: bool = True) -> Label:
     """Append a label only if the current one is still `base_id` (None: unlabelled), else LabelConflict;
     the current text unchanged appends nothing.
 
     The feature row is locked first (FOR UPDATE on PostgreSQL; SQLite takes its single write lock at the
     insert), and the check runs after the insert inside the same transaction, so of two concurrent edits
-    from the same base exactly one wins.
+    from the same base exactly one wins. Without `commit` the caller commits, with its own writes beside it.
     """
     text = _label_text(text)
     locked = session.scalar(select(Feature.id).where(Feature.sae_id == sae_id, Feature.feature_index == feature_index)
                             .with_for_update())
     if locked is None:
         raise NotFound(f"SAE {sae_id} has no recorded feature {feature_index}")
-    label = Label(sae_id=sae_id, feature_index=feature_index, text=text, author_id=author_id, source="human")
+    label = Label(sae_id=sae_id, feature_index=feature_index, text=text, author_id=author_id, source=source)
     session.add(label)
     session.flush()
     if session.scalar(newest_label_ids(sae_id, [feature_index]).where(Label.id < label.id)) != base_id:
@@ -112,7 +112,8 @@ def revise_label(session: Session, *, sae_id: int, feature_index: int, text: str
     if base_id is not None and session.scalar(select(Label.text).where(Label.id == base_id)) == text:
         session.rollback()  # the current text saved again: a history entry would record no change
         return session.get_one(Label, base_id)
-    session.commit()
+    if commit:
+        session.commit()
     return label
 
 

@@ -19,6 +19,7 @@ from .. import charts, crud
 from ..models import User
 from ..packing import ACTS, IDS
 from ..services.inference import TextActivations
+from .drafts import draft_context
 from .heatmaps import TokenTable, heatmaps, token_cells
 
 TAG_SUGGESTIONS = ("interpretable", "polysemantic", "uninterpretable", "high-frequency", "token-level", "abstract")
@@ -42,7 +43,8 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
             "top_windows": windows[0], "quantile_windows": windows[1],
             "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
-            "lists": crud.bookmark_lists(session, owner_id=writer.id) if writer else []}
+            "lists": crud.bookmark_lists(session, owner_id=writer.id) if writer else [],
+            **draft_context(session, sae_id, index, page.labels)}
 
 
 def example_windows(page: crud.FeaturePage, token_table: TokenTable) -> Windows | None:

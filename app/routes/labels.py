@@ -9,6 +9,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
 from .. import crud, label_files
+from ..crud.explanations import drafts_of_labels
 from ..deps import (
     CsrfChecked,
     FeatureIndex,
@@ -21,6 +22,7 @@ from ..deps import (
     is_htmx,
     render,
 )
+from ..models import Explanation, Label
 from ..presenters.feature_page import feature_context, label_editor, tags_context
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -84,16 +86,23 @@ def _tags(request: Request, session: Session, sae_id: int, index: int) -> Respon
 def export_csv(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
     """Every label version of the SAE, oldest first, as CSV."""
     sae = crud.find_sae(session, ref=sae_id)
-    return Response(label_files.to_csv(crud.all_labels(session, sae_id=sae.id)), media_type="text/csv",
+    labels = crud.all_labels(session, sae_id=sae.id)
+    return Response(label_files.to_csv(labels, _origins(session, labels)), media_type="text/csv",
                     headers={"Content-Disposition": f'attachment; filename="labels-{sae.id}.csv"'})
 
 
 @router.get("/saes/{sae_id}/labels.json")
 def export_json(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
     sae = crud.find_sae(session, ref=sae_id)
-    return Response(label_files.to_json(sae.name, crud.all_labels(session, sae_id=sae.id)),
+    labels = crud.all_labels(session, sae_id=sae.id)
+    return Response(label_files.to_json(sae.name, labels, _origins(session, labels)),
                     media_type="application/json",
                     headers={"Content-Disposition": f'attachment; filename="labels-{sae.id}.json"'})
+
+
+def _origins(session: Session, labels: list[Label]) -> dict[int, Explanation]:
+    """The drafts that labels were accepted or edited from, so exports carry their models and scores."""
+    return drafts_of_labels(session, label_ids=[label.id for label in labels])
 
 
 @router.post("/saes/{sae_id}/labels/import", response_class=HTMLResponse, dependencies=[CsrfChecked])

@@ -144,9 +144,10 @@ def test_a_window_whose_stored_bytes_disagree_shows_the_tokens_both_hold(client,
     assert windows[0] == expected[0][:-2] and windows[1:len(expected)] == expected[1:]
 
 
-def test_a_feature_page_reads_in_four_statements_outside_a_transaction(client, stored_sae, session):
-    """Every statement is a round trip on PostgreSQL: BEGIN and ROLLBACK would add two to each page. Four: the
-    feature with its SAE, its examples, its labels, and what its nearest features are (crud.briefs)."""
+def test_a_feature_page_reads_in_five_statements_outside_a_transaction(client, stored_sae, session):
+    """Every statement is a round trip on PostgreSQL: BEGIN and ROLLBACK would add two to each page. Five: the
+    feature with its SAE, its examples, its labels, what its nearest features are (crud.briefs), and its
+    unverified draft explanation (crud.explanations.current_draft, issue 17)."""
     client.get(f"/saes/{stored_sae.id}/features/0")  # loads the SAE's token texts, once per process
     seen = []
 
@@ -161,7 +162,7 @@ def test_a_feature_page_reads_in_four_statements_outside_a_transaction(client, s
         assert client.get(f"/saes/{stored_sae.id}/features/1").status_code == 200
     finally:
         event.remove(engine, "before_cursor_execute", record)
-    assert seen == [("SELECT", False)] * 4
+    assert seen == [("SELECT", False)] * 5
 
 
 def test_feature_page_heat_is_relative_to_the_feature_max(client, stored_sae, session):
