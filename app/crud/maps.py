@@ -21,14 +21,13 @@ from ..models import (
     Label,
     MapCluster,
     MapPoint,
-    Tag,
 )
 from ..packing import IDS
 from .base import NotFound
 from .features import token_texts
 from .labels import current_label_texts
 from .saes import find_sae
-from .tags import named
+from .tags import tag_row
 
 TOP_TOKENS = 5
 """Top tokens shown per point on the map (the hover card)."""
@@ -192,12 +191,7 @@ def bookmark_features(session: Session, *, list_id: int, sae_id: int, indices: l
 
 def tag_features(session: Session, *, sae_id: int, indices: list[int], tag: str, author_id: int | None) -> None:
     """Put a tag (created on first use, matched ignoring case) on features selected on the map, in one transaction."""
-    name = tag.strip()
-    if not name:
-        raise ValueError("a tag cannot be empty")
-    row = session.scalar(select(Tag).where(named(name)).order_by(Tag.id).limit(1)) or Tag(name=name)
-    session.add(row)
-    session.flush()
+    row = tag_row(session, tag)
     have = set(session.scalars(select(FeatureTag.feature_index).where(FeatureTag.sae_id == sae_id,
                                                                         FeatureTag.tag_id == row.id)))
     session.add_all(FeatureTag(sae_id=sae_id, feature_index=i, tag_id=row.id, author_id=author_id)

@@ -17,14 +17,20 @@ def named(tag: str) -> ColumnElement[bool]:
     return func.lower(Tag.name) == func.lower(tag.strip())
 
 
-def tag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str, author_id: int | None = None) -> None:
-    """Put a tag (created on first use) on a feature; tagging twice is a no-op."""
+def tag_row(session: Session, tag: str) -> Tag:
+    """The tag of this name, matched ignoring case, or a new one (flushed, so it has an id)."""
     name = tag.strip()
     if not name:
         raise ValueError("a tag cannot be empty")
     row = session.scalar(select(Tag).where(named(name)).order_by(Tag.id).limit(1)) or Tag(name=name)
     session.add(row)
     session.flush()
+    return row
+
+
+def tag_feature(session: Session, *, sae_id: int, feature_index: int, tag: str, author_id: int | None = None) -> None:
+    """Put a tag (created on first use) on a feature; tagging twice is a no-op."""
+    row = tag_row(session, tag)
     if session.get(FeatureTag, (sae_id, feature_index, row.id)) is None:
         session.add(FeatureTag(sae_id=sae_id, feature_index=feature_index, tag_id=row.id, author_id=author_id))
     session.commit()
