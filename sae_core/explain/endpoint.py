@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from .base import ExplainerError
 from .prompts import Messages, detection_messages, fuzzing_messages
+
+T = TypeVar("T")
 
 RETRIED_STATUS = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 
@@ -47,6 +51,17 @@ class EndpointConfig:
         return base if base.endswith("/chat/completions") else base + "/chat/completions"
 
 
+def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, also where this thread already runs an event loop (a notebook, Playwright's sync API):
+    asyncio.run refuses there, so the requests then run on a loop of their own in a worker thread."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 class EndpointChatModel:
     """Chat completions over HTTP; Yes/No judgements are read from the answer's text."""
 
@@ -59,7 +74,7 @@ class EndpointChatModel:
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
     def generate(self, conversations: list[Messages], max_tokens: int) -> list[str]:
-        return asyncio.run(self._all(conversations, max_tokens))
+        return run_coroutine(self._all(conversations, max_tokens))
 
     def judge(self, explanation: str, texts: list[str], marked: bool) -> list[float]:
         """The answer to a Yes/No question per text: 1.0 for Yes, else 0.0 or 0.5 (see yes_of)."""

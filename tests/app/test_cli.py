@@ -33,7 +33,7 @@ def sae_dir(tmp_path):
 
 def test_saescope_lists_the_library_commands_then_the_stores():
     assert listed_commands(app) == ["sites", "harvest", "train", "eval", "contrast", "convert", "attribute", "import",
-                                    "record", "map", "export", "demo", "serve", "db", "user"]
+                                    "record", "map", "export", "demo", "serve", "explain", "db", "user"]
     assert listed_commands(sae_core.cli.app) == ["sites", "harvest", "train", "eval", "contrast", "convert",
                                                  "attribute"]
 

@@ -3,6 +3,7 @@ keys, and llama-cpp-python's server on the built-in SmolLM2 GGUF for the protoco
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -64,6 +65,15 @@ def test_requests_carry_the_model_messages_and_greedy_settings(scripted):
     assert body == {"model": "test-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
                     "temperature": 0}
     assert auth is None
+
+
+def test_a_thread_that_already_runs_an_event_loop_can_ask_too(scripted):
+    """As in a notebook, or beside Playwright's sync API: asyncio.run alone refuses to start there."""
+
+    async def from_a_running_loop():
+        return client(scripted).generate([[{"role": "user", "content": "hi"}]], max_tokens=5)
+
+    assert asyncio.run(from_a_running_loop()) == ["Yes"]
 
 
 def test_a_busy_or_failing_endpoint_is_retried_with_backoff(scripted):
