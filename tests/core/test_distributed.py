@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import replace
@@ -105,6 +106,11 @@ def train_run(dist: Dist, arch: str, path: Path, out: Path, kill_at: int | None,
     if kill_at is not None:
         with pytest.raises(Killed):
             Trainer(sae_cfg(arch), train_cfg(dtype=dtype), open_activations(path), out, dist, sharded).run(on_step=kill)
+        left = out / "left-by-the-kill"  # a finished run deletes its checkpoints: keep what the killed one wrote
+        left.mkdir(exist_ok=True)
+        for own in (f"checkpoint.rank{dist.rank}.pt", *(["checkpoint.pt"] if dist.is_main else [])):
+            if (out / own).exists():
+                shutil.copy(out / own, left / own)
     sae = train(sae_cfg(arch), train_cfg(dtype=dtype), open_activations(path), out, resume=kill_at is not None,
                 dist=dist, shard_features=sharded)
     for tensor in sae.state_dict().values():  # every rank ends with the same SAE, bit for bit
@@ -147,10 +153,11 @@ def test_two_ranks_train_from_a_streamed_model(two_ranks):
 
 
 def test_feature_shards_checkpoint_separately(two_ranks):
-    files = sorted(p.name for p in (two_ranks / "sharded-resumed").glob("checkpoint*"))
+    left = two_ranks / "sharded-resumed" / "left-by-the-kill"
+    files = sorted(p.name for p in left.glob("checkpoint*"))
     assert files == ["checkpoint.rank0.pt", "checkpoint.rank1.pt"]
     for name in files:  # each shard's checkpoint records the whole SAE's config, not its shard's width
-        assert torch.load(two_ranks / "sharded-resumed" / name, weights_only=True)["sae_cfg"]["d_sae"] == D_SAE
+        assert torch.load(left / name, weights_only=True)["sae_cfg"]["d_sae"] == D_SAE
     assert not (two_ranks / "topk" / "checkpoint.rank0.pt").exists()
 
 
