@@ -63,6 +63,11 @@ def pinned(strategy: st.SearchStrategy, sae_id: int, d_sae: int) -> st.SearchStr
                 for n, intervention in enumerate(case.body["interventions"]):
                     if isinstance(intervention, dict):
                         intervention["feature"] = (index + n) % d_sae  # distinct: a feature twice is refused
+                        intervention.pop("direction", None)  # a feature or a saved direction, not both
+            if isinstance(case.body, dict) and isinstance(case.body.get("trigger"), dict):
+                case.body["trigger"]["feature"] = index % d_sae
+            if isinstance(case.body, dict) and case.body.get("strengths"):
+                case.body["controls"] = False  # controls with a sweep are refused
             if isinstance(case.body, dict) and "interventions" in case.body:
                 case.body["max_new_tokens"] = 1 + index % STEER_TOKENS
                 case.body["save"] = index % 2 == 0  # some saved, for the experiment operation to find
@@ -122,4 +127,12 @@ def test_no_json_operation_answers_5xx_or_a_4xx_that_is_not_json(db_url, stored_
                     fuzz(strategy, lambda case, how=how: case.call(**{k: dict(v) for k, v in how.items()}), found, seen)
     assert not found, "\n".join(found.values())
     answered = {(method, path) for method, path, status in seen if status < 300}
-    assert answered == {(op.method.upper(), op.path) for op in operations}, "some operations never got past their checks"
+    expected = {(op.method.upper(), op.path) for op in operations} - NOT_REACHED_BY_FUZZING
+    assert answered >= expected, f"some operations never got past their checks: {sorted(expected - answered)}"
+
+
+NOT_REACHED_BY_FUZZING = {("POST", "/api/attribution"), ("GET", "/api/graphs/{graph_id}"),
+                          ("GET", "/api/graphs/{graph_id}/neuronpedia")}
+"""Fuzzed for 5xx and non-JSON errors like every operation, but a success needs a stored set of SAEs, a target
+that is one token of the tiny model and a saved graph, which random cases do not find; their success paths are
+tests/app/test_web_circuits.py's."""
