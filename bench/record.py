@@ -10,8 +10,9 @@ The default size, 1024 contexts of 128 tokens (131k tokens, about the demo's rec
 recording's regime: the first batches fill the empty top-k and quantile banks, where a large share of firing
 tokens become candidates, so a short run measures mostly that warm-up (at 384 contexts the overhead per token is
 about twice that at 1024).
-Run: .venv/bin/python bench/record.py --sae runs/demo/sae-* [--contexts 1024] [--repeats 5]
-(without --sae: a random SAE, --architecture topk --d-sae 4096)
+Run: .venv/bin/python bench/record.py --sae runs/demo/sae-* [--contexts 1024] [--repeats 5] [--device cuda]
+(without --sae: a random SAE, --architecture topk --d-sae 4096). On CUDA every timed arm ends with a synchronize,
+so the times are the GPU's work, not its queueing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 
 from sae_core.allocator import keep_freed_memory
 from sae_core.data import iter_contexts, iter_documents, special_ids
+from sae_core.devices import resolve_device
 from sae_core.harvest import batched
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
@@ -37,14 +39,18 @@ from sae_core.sites import parse_site
 
 def bare_forward(model, site, contexts: list[torch.Tensor], batch_size: int) -> None:
     """Only the truncated forward over the same contexts: the floor recording is compared with."""
+    device = next(model.parameters()).device
     with torch.no_grad():
         for ids in batched(contexts, batch_size):
-            truncated_forward(model, site, ids)
+            truncated_forward(model, site, ids.to(device))
 
 
 def timed(fn) -> float:
+    """Wall time of fn, waiting for any CUDA work it queued."""
     start = time.perf_counter()
     fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -60,14 +66,17 @@ def main() -> None:
     parser.add_argument("--context-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=None, help="contexts per batch (default: as record sizes it)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, or auto")
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    lm = load_model(args.model)
+    device = resolve_device(args.device)
+    lm = load_model(args.model, device=str(device))
     site = parse_site(args.site)
     d_model = lm.model.get_input_embeddings().weight.shape[1]
     sae = load_sae(args.sae) if args.sae else build_sae(
         SAEConfig(architecture=args.architecture, d_in=d_model, d_sae=args.d_sae, k=args.k), seed=0)
+    sae.to(device)
     contexts = list(islice(iter_contexts(iter_documents("demo"), lm.tokenizer, args.context_len), args.contexts))
     cfg = RecordConfig(batch_size=args.batch_size)
     args.batch_size = contexts_per_batch(cfg, args.context_len, sae.W_dec.shape[0])
@@ -92,7 +101,8 @@ def main() -> None:
     n_tokens = len(contexts) * args.context_len
     print(f"model={lm.name} site={site.name} sae={args.sae or f'random {args.architecture}'} "
           f"d_sae={sae.W_dec.shape[0]} contexts={len(contexts)} tokens/run={n_tokens} repeats={args.repeats} "
-          f"batch={args.batch_size} threads={torch.get_num_threads()}")
+          f"batch={args.batch_size} threads={torch.get_num_threads()} device={device}"
+          + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"bare truncated forward: median {statistics.median(bare):.2f} s  runs {[round(t, 2) for t in bare]}")
     print(f"recording pass:         median {statistics.median(recorded):.2f} s  runs {[round(t, 2) for t in recorded]}")
     paired = [r / b for r, b in zip(recorded, bare)]
