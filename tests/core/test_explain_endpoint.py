@@ -153,14 +153,20 @@ def test_yes_or_no_is_read_from_the_answer(text, value):
     assert yes_of(text) == value
 
 
-# llama-cpp-python's server: the real protocol. Building its wheel compiles llama.cpp (minutes), so `make install`
-# installs it from the wheel cache (WHEELS_DIR) when one was built; without the package the test says so.
+# llama-cpp-python's server: the real protocol. Building its wheel compiles llama.cpp (minutes), so `make llama-server`
+# builds it once into the wheel cache (WHEELS_DIR) and installs it from there; without the package the test skips
+# and says why, except under SAESCOPE_REQUIRE_LLAMA_SERVER=1 (CI), where it fails.
 
 
 @pytest.fixture(scope="module")
 def llama_server():
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed (make llama-server "
-                                                   "builds its wheel once into the wheel cache)")
+    try:
+        import llama_cpp.server  # noqa: F401
+    except ImportError:
+        reason = "llama-cpp-python[server] is not installed (make llama-server builds its wheel once into the wheel cache)"
+        if os.environ.get("SAESCOPE_REQUIRE_LLAMA_SERVER") == "1":
+            pytest.fail(f"{reason} and SAESCOPE_REQUIRE_LLAMA_SERVER=1")
+        pytest.skip(reason)
     from sae_core.lm import embedded_gguf_path
 
     port = free_port()
