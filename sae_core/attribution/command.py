@@ -33,6 +33,8 @@ VerifyOpt = typer.Option(AttributionConfig.verify_top, "--verify", help="Top nod
 TopOpt = typer.Option(20, "--top", help="Rows of the table.")
 MaxNodesOpt = typer.Option(AttributionConfig.max_nodes, "--max-nodes", help="Nodes whose edges are computed.")
 ExportOpt = typer.Option(None, "--export", help="Also write the graph as Neuronpedia graph JSON.")
+KeepBosOpt = typer.Option(False, "--keep-bos", help="Make nodes at the BOS too (by default it is held at its clean "
+                                                    "value: an attention sink whose ablation misleads).")
 """The options every `attribute` command shares (the app's adds --sae-set and --db)."""
 
 
@@ -50,6 +52,7 @@ def attribute_command(
     max_nodes: int = MaxNodesOpt,
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model name, directory, .gguf file or hub id."),
     export: Path | None = ExportOpt,
+    keep_bos: bool = KeepBosOpt,
 ) -> None:
     """Which features make the model predict --target: node effects, exact check of the largest, graph."""
     try:
@@ -58,7 +61,8 @@ def attribute_command(
             rows = "\n".join(f"{text!r}\t{prob:.4f}" for text, prob in next_tokens(lm, prompt))
             typer.echo(f"give --target; the model's top next tokens:\n{rows}")
             return
-        cfg = AttributionConfig(method=method, steps=steps, verify_top=verify, max_nodes=max_nodes)  # type: ignore[arg-type]
+        cfg = AttributionConfig(method=method, steps=steps, verify_top=verify, max_nodes=max_nodes,  # type: ignore[arg-type]
+                                freeze_bos=not keep_bos)
         saes = [(path, load_sae(path)) for path in (p.strip() for p in sae.split(",")) if path]
         dicts = dictionaries(lm.model, lm.name, saes)
         graph = attribute(lm, dicts, AttributionRequest(prompt, target, contrast, corrupted, position), cfg)

@@ -54,6 +54,11 @@ class AttributionConfig:
     """Longest prompt accepted, BOS included."""
     batch_rows: int = 16
     """Rows per batched forward in ablation and edge passes."""
+    freeze_bos: bool = True
+    """Hold the BOS position at its clean value, so it makes no nodes. Its activations are an attention sink,
+    often a hundred times the others' norm; zero-ablating them knocks the model off its distribution, and their
+    first-order estimates are then far from exact. On SmolLM2 they filled most of the top 20. circuit-tracer
+    likewise zeroes BOS features."""
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

@@ -81,6 +81,9 @@ def prepare(tokenizer: PreTrainedTokenizerBase, request: AttributionRequest, cfg
     position = len(ids) - 1 if request.position is None else request.position
     if not 0 <= position < len(ids):
         raise AttributionError("position", f"position {position} is past the prompt's {len(ids)} tokens (0..{len(ids) - 1})")
+    if position == 0 and cfg.freeze_bos:
+        raise AttributionError("position", "position 0 is the BOS, held at its clean value (freeze_bos), so nothing "
+                                           "there could explain it; measure a later position")
     corrupted = None
     if request.corrupted is not None:
         corrupted = prompt_ids(tokenizer, request.corrupted, "corrupted", cfg.max_tokens)

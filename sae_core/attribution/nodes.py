@@ -51,26 +51,28 @@ class Nodes:
 
 
 def _vector_nodes(kind: int, layer: int, clean_TD: torch.Tensor, patch_TD: torch.Tensor, grad_TD: torch.Tensor,
-                  upto: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  first: int, upto: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                  torch.Tensor]:
     """One node per position of a vector-valued layer (errors, embeddings)."""
-    pos = torch.arange(upto + 1)
+    pos = torch.arange(first, upto + 1)
     effect = (grad_TD[pos] * (clean_TD[pos] - patch_TD[pos])).sum(-1)
     fill = torch.full_like(pos, kind)
     return fill, torch.full_like(pos, layer), pos, torch.full_like(pos, -1), clean_TD[pos].norm(dim=-1), effect
 
 
-def build_nodes(clean: States, patch: States, grads: States, position: int) -> Nodes:
-    """Every node up to `position` with its effect gradient . (clean - patch)."""
+def build_nodes(clean: States, patch: States, grads: States, position: int, first: int = 0) -> Nodes:
+    """Every node from position `first` up to `position` with its effect gradient . (clean - patch)."""
     parts = []
     for layer, (c, p, g) in enumerate(zip(clean.sites, patch.sites, grads.sites, strict=True)):
         active_TF = (c.f_TF != 0) | (p.f_TF != 0)
         active_TF[position + 1:] = False
+        active_TF[:first] = False
         pos, feature = active_TF.nonzero(as_tuple=True)
         effect = g.f_TF[pos, feature] * (c.f_TF[pos, feature] - p.f_TF[pos, feature])
         parts.append((torch.full_like(pos, FEATURE), torch.full_like(pos, layer), pos, feature, c.f_TF[pos, feature],
                       effect))
     for layer, (c, p, g) in enumerate(zip(clean.sites, patch.sites, grads.sites, strict=True)):
-        parts.append(_vector_nodes(ERROR, layer, c.err_TD, p.err_TD, g.err_TD, position))
-    parts.append(_vector_nodes(EMBEDDING, EMBED_LAYER, clean.embed_TD, patch.embed_TD, grads.embed_TD, position))
+        parts.append(_vector_nodes(ERROR, layer, c.err_TD, p.err_TD, g.err_TD, first, position))
+    parts.append(_vector_nodes(EMBEDDING, EMBED_LAYER, clean.embed_TD, patch.embed_TD, grads.embed_TD, first, position))
     columns = [torch.cat(column) for column in zip(*parts, strict=True)]
     return Nodes(*(c.detach() for c in columns))

@@ -75,8 +75,10 @@ def attribute(lm: LoadedModel, dicts: Sequence[Dictionary], request: Attribution
     progress("effects", 0.0)
     clean, grads, value = patching(model, dicts, inputs)
     patch = clean.zeros() if inputs.corrupted_T is None else capture_states(model, dicts, inputs.corrupted_T)
+    first = 1 if cfg.freeze_bos else 0
+    patch = patch.held_before(clean, first)
     estimate = grads if cfg.method == "patching" else integrated(model, dicts, inputs, clean, patch, cfg.steps)
-    nodes = build_nodes(clean, patch, estimate, inputs.metric.position)
+    nodes = build_nodes(clean, patch, estimate, inputs.metric.position, first)
     progress("verification", 0.2)
     verified = nodes.effect_N.abs().argsort(descending=True)[:cfg.verify_top].tolist()
     exact_V = ablate(model, dicts, inputs, nodes, verified, clean, patch, cfg.batch_rows)

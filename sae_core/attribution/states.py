@@ -40,6 +40,15 @@ class States:
     """Output of the token-embedding module."""
     sites: tuple[SiteState, ...]
 
+    def held_before(self, clean: States, first: int) -> States:
+        """This baseline with positions before `first` at their clean values: nodes there then change nothing."""
+        def held(base: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+            return torch.cat([value[:first], base[first:]])
+
+        return States(held(self.embed_TD, clean.embed_TD),
+                      tuple(SiteState(held(b.f_TF, c.f_TF), held(b.err_TD, c.err_TD))
+                            for b, c in zip(self.sites, clean.sites, strict=True)))
+
     def zeros(self) -> States:
         """The zero-ablation baseline: every node at 0 (a site then reads the SAE's b_dec)."""
         return States(torch.zeros_like(self.embed_TD),

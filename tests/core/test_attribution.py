@@ -160,6 +160,36 @@ def test_a_run_verifies_its_top_nodes_and_round_trips_through_json(lm, dicts):
     assert links and all(link.source in ids and link.target in ids for link in links)
 
 
+def test_the_bos_is_held_at_its_clean_value_unless_asked(lm, dicts):
+    held = attribute(lm, dicts, REQUEST, AttributionConfig(verify_top=4, max_nodes=6))
+    kept = attribute(lm, dicts, REQUEST, AttributionConfig(verify_top=4, max_nodes=6, freeze_bos=False))
+    assert min(n.pos for n in held.nodes) == 1
+    assert "embedding" in {n.kind for n in kept.nodes if n.pos == 0}
+    assert held.active_nodes < kept.active_nodes
+
+
+def test_holding_the_bos_keeps_integrated_gradients_complete(lm, dicts):
+    """Nodes after the BOS account for metric(clean) - metric(baseline with the BOS at its clean value)."""
+    cfg = AttributionConfig(method="ig", steps=64)
+    inputs = prepare(lm.tokenizer, REQUEST, cfg)
+    clean, _grads, value = patching(lm.model, dicts, inputs)
+    patch = clean.zeros().held_before(clean, 1)
+    nodes = build_nodes(clean, patch, integrated(lm.model, dicts, inputs, clean, patch, cfg.steps),
+                        inputs.metric.position, first=1)
+    assert int(nodes.pos_N.min()) == 1
+    for layer in range(len(dicts)):
+        total = float(nodes.effect_N[nodes.layer_N == layer].sum())
+        expected = value - layer_baseline_metric(lm, dicts, inputs, layer, patch)
+        assert abs(total - expected) < 0.02 * max(abs(expected), 1e-3)
+
+
+def test_position_zero_cannot_be_measured_while_the_bos_is_held(lm):
+    with pytest.raises(AttributionError, match="BOS") as err:
+        prepare(lm.tokenizer, AttributionRequest(PROMPT, "x", position=0), CFG)
+    assert err.value.field == "position"
+    prepare(lm.tokenizer, AttributionRequest(PROMPT, "x", position=0), AttributionConfig(freeze_bos=False))
+
+
 def test_neuronpedia_export_has_the_viewers_fields(lm, dicts):
     graph = attribute(lm, dicts, REQUEST, AttributionConfig(verify_top=3, max_nodes=10))
     exported = neuronpedia_graph(graph, slug="g1", scan="tiny")
