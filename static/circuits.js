@@ -33,6 +33,7 @@ function initGraph(graph) {
     document.getElementById("edge-threshold-out").textContent = state.edge.toFixed(2);
     const shown = pruned(graph, state.node, state.edge);
     draw(graph, shown, state, byId, redraw);
+    tickPinBoxes(state);
     showPins(graph, state, byId);
     writeHash(state);
   };
@@ -71,6 +72,11 @@ function writeHash(state) {
 function togglePin(state, id, on) {
   if (on) state.pins.add(id);
   else state.pins.delete(id);
+}
+
+// The table's boxes follow the pins however they were made: a shift-click, or a permalink's fragment.
+function tickPinBoxes(state) {
+  document.querySelectorAll("input.pin").forEach((box) => { box.checked = state.pins.has(box.dataset.node); });
 }
 
 // Nodes under the node threshold and edges under the edge threshold; features and errors left without an
@@ -190,8 +196,6 @@ function drawNode(svg, n, at, maxEffect, state, redraw) {
       return;
     }
     togglePin(state, n.node_id, !state.pins.has(n.node_id));
-    const box = document.querySelector(`input.pin[data-node="${CSS.escape(n.node_id)}"]`);
-    if (box) box.checked = state.pins.has(n.node_id);
     redraw();
   });
 }
