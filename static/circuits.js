@@ -49,6 +49,9 @@ function initGraph(graph) {
   });
   window.addEventListener("resize", redraw);
   redraw();
+  // A graph wider than its box (a long prompt, a phone) opens on its right end: the measured token and the metric.
+  const wrap = document.getElementById("graph-wrap");
+  wrap.scrollLeft = wrap.scrollWidth;
 }
 
 // The view's state lives in the URL's fragment, so a link to the page reopens it as it was.

@@ -132,3 +132,16 @@ def test_a_permalink_with_pins_reopens_them_ticked_in_the_table(page, circuit_se
     assert box.is_checked()
     box.uncheck()
     assert page.locator("#pins li").count() == 0 and "pins=" not in urlsplit(page.url).fragment
+
+
+def test_at_a_phones_width_the_page_fits_and_the_graph_opens_on_the_measured_token(page, circuit_set):
+    set_id, _sae_ids = circuit_set
+    run_from_the_page(page, set_id)
+    graph_url = page.url
+    page.set_viewport_size({"width": 390, "height": 800})
+    for url in (f"/saes/{set_id}/circuits", graph_url):
+        page.goto(url)
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390, url
+    wrap = page.locator("#graph-wrap").bounding_box()
+    metric = page.locator("#graph circle.node.metric").bounding_box()
+    assert wrap["x"] <= metric["x"] and metric["x"] + metric["width"] <= wrap["x"] + wrap["width"], (wrap, metric)
