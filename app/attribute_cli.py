@@ -12,6 +12,7 @@ from sae_core.attribution.command import (
     ExportOpt,
     MaxNodesOpt,
     MethodOpt,
+    ModelIdOpt,
     PositionOpt,
     PromptOpt,
     StepsOpt,
@@ -43,6 +44,7 @@ def attribute_with_store(
     model: str | None = typer.Option(None, "--model", help="With --sae: the model (default smollm2); a set "
                                                            "names its own."),
     export: Path | None = ExportOpt,
+    model_id: str | None = ModelIdOpt,
     db: str | None = DB_OPTION,
 ) -> None:
     """Which features make the model predict --target: node effects, exact check of the largest, graph."""
@@ -51,7 +53,7 @@ def attribute_with_store(
     if sae_set is not None:
         sae, model = _set_directories(sae_set, db)
     attribute_command(sae or "", prompt, target, contrast, corrupted, position, method, steps, verify, top, max_nodes,
-                      model or DEFAULT_MODEL, export)
+                      model or DEFAULT_MODEL, export, model_id)
 
 
 def _set_directories(ref: str, db: str | None) -> tuple[str, str]:
