@@ -69,15 +69,16 @@ def run_from_the_page(page, set_id: int) -> str:
     return target
 
 
-def feature_on_site(page, layer: int):
-    """The largest drawn feature node of the SAE at `layer` (its site's index)."""
+def features_on_site(page, layer: int) -> list:
+    """The drawn feature nodes of the SAE at `layer` (its site's index), largest |effect| first, as
+    (locator, node data)."""
     nodes = page.locator("#graph circle.node.feature")
     ids = [nodes.nth(i).get_attribute("data-node") for i in range(nodes.count())]
     graph = page.evaluate("JSON.parse(document.getElementById('graph-data').textContent)")
-    drawn = [n for n in graph["nodes"] if n["node_id"] in ids and n["layer"] == layer]
+    drawn = sorted((n for n in graph["nodes"] if n["node_id"] in ids and n["layer"] == layer),
+                   key=lambda n: -abs(n["effect"]))
     assert drawn, f"no feature of site {layer} is drawn"
-    best = max(drawn, key=lambda n: abs(n["effect"]))
-    return page.locator(f"#graph circle.node[data-node='{best['node_id']}']"), best
+    return [(page.locator(f"#graph circle.node[data-node='{n['node_id']}']"), n) for n in drawn]
 
 
 def test_a_run_from_the_page_draws_the_graph_and_a_click_opens_the_feature(page, circuit_set):
@@ -86,7 +87,7 @@ def test_a_run_from_the_page_draws_the_graph_and_a_click_opens_the_feature(page,
     assert target in page.locator("h1").inner_text()
     assert "edges shown" in page.locator("#graph-count").inner_text()
     assert page.locator("#graph path.edge").count() > 0
-    node, data = feature_on_site(page, 1)
+    node, data = features_on_site(page, 1)[0]
     node.hover()
     tip = page.locator("#graph-tip")
     tip.wait_for(state="visible")
@@ -96,26 +97,33 @@ def test_a_run_from_the_page_draws_the_graph_and_a_click_opens_the_feature(page,
     assert LABEL in page.locator("body").inner_text()
 
 
-def test_pinned_features_open_the_steering_playground_as_ablations(page, circuit_set):
+def test_pinned_features_open_the_steering_playground_as_ablations_or_clamps(page, circuit_set):
     set_id, sae_ids = circuit_set
     run_from_the_page(page, set_id)
-    node, data = feature_on_site(page, 1)
-    node.click(modifiers=["Shift"])
-    assert "pinned" in (node.get_attribute("class") or "")
+    drawn = features_on_site(page, 1)[:2]
+    assert len(drawn) == 2, "the test wants two drawn features of one site"
+    for node, _data in drawn:
+        node.click(modifiers=["Shift"])
+        assert "pinned" in (node.get_attribute("class") or "")
+    features = [str(data["feature"]) for _node, data in drawn]
     pins = page.locator("#pins li")
-    assert pins.count() == 1 and f"#{data['feature']}" in pins.inner_text()
-    assert f"pins={data['node_id']}" in urlsplit(page.url).fragment
+    assert pins.count() == 2 and all(f"#{f}" in pins.all_inner_texts()[i] for i, f in enumerate(features))
+    assert all(data["node_id"] in urlsplit(page.url).fragment for _node, data in drawn)
     link = page.locator("#steer-links a.steer-link")
     assert link.count() == 1 and SITES[1] in link.inner_text()
     query = parse_qs(urlsplit(link.get_attribute("href")).query)
-    assert query["pin"] == [f"{data['feature']}:ablate"] and query["prompt"] == [PROMPT]
+    assert query["pin"] == [f"{f}:ablate" for f in features] and query["prompt"] == [PROMPT]
+    page.select_option("#pin-mode", "clamp")
+    page.fill("#pin-value", "2.5")
+    query = parse_qs(urlsplit(link.get_attribute("href")).query)
+    assert query["pin"] == [f"{f}:clamp:2.5" for f in features]
     link.click()
     page.wait_for_url(f"**/saes/{sae_ids[1]}/steer?*")
     assert page.input_value("textarea[name=prompt]") == PROMPT
-    row = page.locator("#interventions .intervention")
-    assert row.count() == 1
-    assert row.locator("input[name=feature]").input_value() == str(data["feature"])
-    assert row.locator("select[name=mode]").input_value() == "ablate"
+    rows = page.locator("#interventions .intervention")
+    assert [rows.nth(i).locator("input[name=feature]").input_value() for i in range(rows.count())] == features
+    assert all(rows.nth(i).locator("select[name=mode]").input_value() == "clamp" for i in range(2))
+    assert all(rows.nth(i).locator("input[name=value]").input_value() == "2.5" for i in range(2))
 
 
 def test_a_permalink_with_pins_reopens_them_ticked_in_the_table(page, circuit_set):
