@@ -13,6 +13,7 @@ from sae_core.attribution.command import (
     KeepBosOpt,
     MaxNodesOpt,
     MethodOpt,
+    ModelIdOpt,
     PositionOpt,
     PromptOpt,
     StepsOpt,
@@ -45,6 +46,7 @@ def attribute_with_store(
                                                            "names its own."),
     export: Path | None = ExportOpt,
     keep_bos: bool = KeepBosOpt,
+    model_id: str | None = ModelIdOpt,
     db: str | None = DB_OPTION,
 ) -> None:
     """Which features make the model predict --target: node effects, exact check of the largest, graph."""
@@ -53,7 +55,7 @@ def attribute_with_store(
     if sae_set is not None:
         sae, model = _set_directories(sae_set, db)
     attribute_command(sae or "", prompt, target, contrast, corrupted, position, method, steps, verify, top, max_nodes,
-                      model or DEFAULT_MODEL, export, keep_bos)
+                      model or DEFAULT_MODEL, export, keep_bos=keep_bos, model_id=model_id)
 
 
 def _set_directories(ref: str, db: str | None) -> tuple[str, str]:

@@ -33,6 +33,7 @@ function initGraph(graph) {
     document.getElementById("edge-threshold-out").textContent = state.edge.toFixed(2);
     const shown = pruned(graph, state.node, state.edge);
     draw(graph, shown, state, byId, redraw);
+    tickPinBoxes(state);
     showPins(graph, state, byId);
     writeHash(state);
   };
@@ -48,6 +49,9 @@ function initGraph(graph) {
   });
   window.addEventListener("resize", redraw);
   redraw();
+  // A graph wider than its box (a long prompt, a phone) opens on its right end: the measured token and the metric.
+  const wrap = document.getElementById("graph-wrap");
+  wrap.scrollLeft = wrap.scrollWidth;
 }
 
 // The view's state lives in the URL's fragment, so a link to the page reopens it as it was.
@@ -71,6 +75,11 @@ function writeHash(state) {
 function togglePin(state, id, on) {
   if (on) state.pins.add(id);
   else state.pins.delete(id);
+}
+
+// The table's boxes follow the pins however they were made: a shift-click, or a permalink's fragment.
+function tickPinBoxes(state) {
+  document.querySelectorAll("input.pin").forEach((box) => { box.checked = state.pins.has(box.dataset.node); });
 }
 
 // Nodes under the node threshold and edges under the edge threshold; features and errors left without an
@@ -190,8 +199,6 @@ function drawNode(svg, n, at, maxEffect, state, redraw) {
       return;
     }
     togglePin(state, n.node_id, !state.pins.has(n.node_id));
-    const box = document.querySelector(`input.pin[data-node="${CSS.escape(n.node_id)}"]`);
-    if (box) box.checked = state.pins.has(n.node_id);
     redraw();
   });
 }

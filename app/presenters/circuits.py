@@ -12,7 +12,8 @@ from typing import Any
 from markupsafe import Markup
 from sqlalchemy.orm import Session
 
-from sae_core.attribution import AttributionConfig, AttributionGraph
+from sae_core.attribution import AttributionConfig, AttributionGraph, neuronpedia_graph
+from sae_core.attribution.neuronpedia import neuronpedia_name
 
 from .. import crud
 from ..attribution_schemas import circuits_url, graph_url
@@ -38,16 +39,34 @@ def shown(text: str | None) -> str:
     return "" if text is None else json.dumps(text, ensure_ascii=False)
 
 
+def _feature_blurbs(session: Session, graph: AttributionGraph, sae_ids: list[int]) -> dict[str, dict[str, Any]]:
+    """Per feature node id: its label, top tokens, SAE and page (the SAE at a node's layer is sae_ids[layer])."""
+    found: dict[str, dict[str, Any]] = {}
+    for layer, sae_id in enumerate(sae_ids):
+        mine = {n.node_id: n.feature for n in graph.nodes if n.kind == "feature" and n.layer == layer and n.feature is not None}
+        blurbs = crud.feature_blurbs(session, sae_id=sae_id, indices=list(mine.values()))
+        for node_id, index in mine.items():
+            found[node_id] = blurbs.get(index, {"label": "", "top": ""}) | {
+                "sae_id": sae_id, "href": f"/saes/{sae_id}/features/{index}"}
+    return found
+
+
 def _enriched_nodes(session: Session, graph: AttributionGraph, sae_ids: list[int]) -> list[dict[str, Any]]:
     """Each node as JSON, features with their label, top tokens, SAE and page."""
-    nodes = [vars(n) | {"token": graph.tokens[n.pos], "token_shown": shown(graph.tokens[n.pos])} for n in graph.nodes]
-    for layer, sae_id in enumerate(sae_ids):
-        mine = [n for n in nodes if n["kind"] == "feature" and n["layer"] == layer]
-        blurbs = crud.feature_blurbs(session, sae_id=sae_id, indices=[n["feature"] for n in mine])
-        for n in mine:
-            n |= blurbs.get(n["feature"], {"label": "", "top": ""})
-            n |= {"sae_id": sae_id, "href": f"/saes/{sae_id}/features/{n['feature']}"}
-    return nodes
+    blurbs = _feature_blurbs(session, graph, sae_ids)
+    return [vars(n) | {"token": graph.tokens[n.pos], "token_shown": shown(graph.tokens[n.pos])} | blurbs.get(n.node_id, {})
+            for n in graph.nodes]
+
+
+def neuronpedia_export(session: Session, row: AttributionGraphRow, *, model_id: str | None, source_set: str | None,
+                       node_threshold: float | None, edge_threshold: float | None) -> dict[str, Any]:
+    """A saved graph in Neuronpedia's graph JSON, each feature's current label as its clerp. Without `model_id`
+    the scan is made from the model's name (Neuronpedia knows a model by its own id, e.g. `gpt2-small`)."""
+    graph = AttributionGraph.from_dict(row.graph)
+    scan = model_id or neuronpedia_name(crud.find_sae(session, ref=row.sae_ids[0]).model_name)
+    clerps = {node_id: b["label"] for node_id, b in _feature_blurbs(session, graph, row.sae_ids).items() if b["label"]}
+    return neuronpedia_graph(graph, slug=f"saescope-graph-{row.id}", scan=scan, source_set=source_set, clerps=clerps,
+                             node_threshold=node_threshold, edge_threshold=edge_threshold)
 
 
 def graph_page(session: Session, row: AttributionGraphRow) -> dict[str, Any]:

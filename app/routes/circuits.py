@@ -9,18 +9,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from pydantic import ValidationError
 
-from sae_core.attribution import AttributionError, AttributionGraph, neuronpedia_graph, next_tokens
+from sae_core.attribution import AttributionError, next_tokens
 
 from .. import crud
 from ..attribution_schemas import AttributionIn, AttributionOut, as_422, graph_url
 from ..deps import CsrfChecked, LabellerDep, ReaderDep, SessionDep, StoredText, render
-from ..presenters.circuits import circuits_page, graph_page
+from ..presenters.circuits import circuits_page, graph_page, neuronpedia_export
 from ..services.attribution import AttributionService, RunSpec
 
 router = APIRouter(tags=["attribution"])
 SetRef = Annotated[str, Path(max_length=200, description="A set of SAEs, by id or name.")]
 GraphId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the saved graph.")]
 Threshold = Annotated[float | None, Query(gt=0, le=1)]
+NeuronpediaName = Annotated[str | None, Query(pattern=r"^[A-Za-z0-9_.-]{1,128}$",
+                                              description="Letters, digits, '_', '.' or '-' (as Neuronpedia takes).")]
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or graph"},
                                            422: {"description": "Bad request: the field at fault is named"}}
 
@@ -110,10 +112,10 @@ def api_graph(session: SessionDep, _user: ReaderDep, graph_id: GraphId):
 
 @router.get("/api/graphs/{graph_id}/neuronpedia", responses=ERRORS)
 def api_graph_neuronpedia(session: SessionDep, _user: ReaderDep, graph_id: GraphId, node_threshold: Threshold = None,
-                          edge_threshold: Threshold = None) -> dict[str, Any]:
-    """A saved graph, pruned at the thresholds (default: the run's), in Neuronpedia's graph JSON."""
+                          edge_threshold: Threshold = None, model_id: NeuronpediaName = None,
+                          source_set: NeuronpediaName = None) -> dict[str, Any]:
+    """A saved graph, pruned at the thresholds (default: the run's), in Neuronpedia's graph JSON; `model_id` is the
+    model's id on Neuronpedia (default: made from its name), `source_set` the set holding the SAEs' features there."""
     row = crud.find_graph(session, graph_id=graph_id)
-    result = AttributionGraph.from_dict(row.graph)
-    scan = crud.find_sae(session, ref=row.sae_ids[0]).model_name
-    return neuronpedia_graph(result, slug=f"saescope-graph-{row.id}", scan=scan, node_threshold=node_threshold,
-                             edge_threshold=edge_threshold)
+    return neuronpedia_export(session, row, model_id=model_id, source_set=source_set, node_threshold=node_threshold,
+                              edge_threshold=edge_threshold)

@@ -14,7 +14,7 @@ from ..sites import SiteError
 from .config import AttributionConfig, AttributionError, AttributionRequest
 from .dictionaries import dictionaries
 from .inputs import next_tokens
-from .neuronpedia import neuronpedia_graph
+from .neuronpedia import neuronpedia_graph, neuronpedia_name
 from .run import attribute
 from .table import node_table
 
@@ -35,6 +35,8 @@ MaxNodesOpt = typer.Option(AttributionConfig.max_nodes, "--max-nodes", help="Nod
 ExportOpt = typer.Option(None, "--export", help="Also write the graph as Neuronpedia graph JSON.")
 KeepBosOpt = typer.Option(False, "--keep-bos", help="Make nodes at the BOS too (by default it is held at its clean "
                                                     "value: an attention sink whose ablation misleads).")
+ModelIdOpt = typer.Option(None, "--model-id", help="With --export: the model's id on Neuronpedia, e.g. gpt2-small "
+                                                   "(default: made from the model's name).")
 """The options every `attribute` command shares (the app's adds --sae-set and --db)."""
 
 
@@ -53,6 +55,7 @@ def attribute_command(
     model: str = typer.Option(DEFAULT_MODEL, "--model", help="Model name, directory, .gguf file or hub id."),
     export: Path | None = ExportOpt,
     keep_bos: bool = KeepBosOpt,
+    model_id: str | None = ModelIdOpt,
 ) -> None:
     """Which features make the model predict --target: node effects, exact check of the largest, graph."""
     try:
@@ -66,9 +69,11 @@ def attribute_command(
         saes = [(path, load_sae(path)) for path in (p.strip() for p in sae.split(",")) if path]
         dicts = dictionaries(lm.model, lm.name, saes)
         graph = attribute(lm, dicts, AttributionRequest(prompt, target, contrast, corrupted, position), cfg)
+        exported = None if export is None else neuronpedia_graph(
+            graph, slug=neuronpedia_name(export.stem), scan=model_id or neuronpedia_name(lm.name))
     except ERRORS as err:
         fail(str(err).splitlines()[0])
     typer.echo(node_table(graph, top))
     if export is not None:
-        export.write_text(json.dumps(neuronpedia_graph(graph, slug=export.stem, scan=lm.name)))
+        export.write_text(json.dumps(exported))
         typer.echo(f"wrote {export}")

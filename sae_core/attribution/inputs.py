@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -46,6 +47,10 @@ class Inputs:
     metric: Metric
     tokens: tuple[str, ...]
     """Each prompt token as text, for tables and graph columns."""
+
+
+CANDIDATES = 8
+"""Likeliest tokens read per token offered, so that k remain after those that cannot be typed back."""
 
 
 def token_text(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str:
@@ -102,12 +107,20 @@ def prepare(tokenizer: PreTrainedTokenizerBase, request: AttributionRequest, cfg
     )
 
 
+def typed_back(tokenizer: PreTrainedTokenizerBase, token_id: int) -> str | None:
+    """The token's text if typing that text gives the token again, else None: a byte piece of a character decodes
+    to U+FFFD and some tokens to "", and neither can then be asked for as a target."""
+    text = token_text(tokenizer, token_id)
+    return text if text and tokenizer(text, add_special_tokens=False).input_ids == [token_id] else None
+
+
 @torch.no_grad()
 def top_tokens(lm: LoadedModel, ids_T: torch.Tensor, k: int = 10) -> list[tuple[str, float]]:
-    """The model's k most likely tokens after the ids, with probabilities."""
+    """The model's k most likely tokens after the ids that can be typed back as a target, with probabilities."""
     logits_V = lm.model(input_ids=ids_T[None], use_cache=False, logits_to_keep=1).logits[0, -1].float()
-    probs, top = torch.softmax(logits_V, dim=-1).topk(min(k, logits_V.shape[-1]))
-    return [(token_text(lm.tokenizer, int(i)), float(p)) for i, p in zip(top, probs, strict=True)]
+    probs, top = torch.softmax(logits_V, dim=-1).topk(min(CANDIDATES * k, logits_V.shape[-1]))
+    typed = ((typed_back(lm.tokenizer, int(i)), float(p)) for i, p in zip(top, probs, strict=True))
+    return list(islice(((text, p) for text, p in typed if text is not None), k))
 
 
 def next_tokens(lm: LoadedModel, prompt: str, k: int = 10, cap: int = AttributionConfig.max_tokens) -> list[tuple[str, float]]:

@@ -12,6 +12,7 @@ from app import crud
 from app.pipeline import read_sae, register_sae
 from tests.app.conftest import csrf_of
 from tests.core.attribution_setup import SITES, tiny_sae
+from tests.core.neuronpedia_graph_check import upload_errors
 
 PROMPT = "hello world"
 
@@ -55,6 +56,27 @@ def test_the_api_runs_saves_and_serves_a_graph(client, labeller, sae_set, sessio
     assert [g.id for g in crud.list_graphs(session, set_id=int(sae_set))] == [body["id"]]
     by_name = post(client, csrf, sae_set="tiny")
     assert by_name.status_code == 200 and by_name.json()["url"].startswith(f"/saes/{sae_set}/circuits/")
+
+
+def test_the_neuronpedia_export_passes_neuronpedias_checks_with_labels_as_clerps(client, labeller, sae_set, session):
+    user, csrf = labeller
+    graph_id = post(client, csrf, sae_set=sae_set).json()["id"]
+    members = crud.set_members(session, sae_set=crud.find_sae_set(session, ref=sae_set))
+    for member in members:
+        for index in range(member.d_sae):
+            crud.add_label(session, sae_id=member.id, feature_index=index, text=f"{member.site} #{index}", author_id=user.id)
+    url = f"/api/graphs/{graph_id}/neuronpedia"
+    exported = client.get(url, params={"model_id": "tiny-llama", "source_set": "res-tiny"}).json()
+    assert upload_errors(exported) == []
+    assert exported["metadata"]["scan"] == "tiny-llama"
+    assert exported["metadata"]["feature_details"] == {"neuronpedia_source_set": "res-tiny"}
+    features = [n for n in exported["nodes"] if n["feature_type"] == "cross layer transcoder"]
+    assert features and all(n["clerp"] == f"layers.{n['layer']}.resid_post #{n['node_id'].split('_')[1]}"
+                            for n in features)
+    default = client.get(url).json()["metadata"]
+    assert default["scan"] == members[0].model_name.lower() and "feature_details" not in default
+    bad = client.get(url, params={"model_id": "org/model"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "model_id"]
 
 
 @pytest.mark.parametrize(("fields", "field", "words"), [

@@ -3,6 +3,8 @@ ablation matches a hand-written hook, edges add up to node effects, bad input is
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -15,6 +17,7 @@ from sae_core.attribution import (
     attribute,
     dictionaries,
     neuronpedia_graph,
+    next_tokens,
 )
 from sae_core.attribution.ablation import ablate, spearman
 from sae_core.attribution.edges import METRIC, compute_edges
@@ -199,6 +202,17 @@ def test_neuronpedia_export_has_the_viewers_fields(lm, dicts):
                for n in exported["nodes"])
     assert {n["feature_type"] for n in exported["nodes"]} >= {"embedding", "logit"}
     assert all(link["source"] in ids and link["target"] in ids for link in exported["links"])
+
+
+@pytest.mark.parametrize("prompt", [PROMPT, "the cat sat on the"])
+def test_every_offered_next_token_can_be_the_target(lm, prompt):
+    offered = next_tokens(lm, prompt)
+    assert len(offered) == 10
+    ids_T = prepare(lm.tokenizer, AttributionRequest(prompt, "x"), CFG).ids_T
+    for text, prob in offered:
+        target = prepare(lm.tokenizer, AttributionRequest(prompt, text), CFG).metric.target
+        assert math.exp(plain_metric(lm, ids_T, target)) == pytest.approx(prob, rel=1e-4)
+    assert [p for _, p in offered] == sorted((p for _, p in offered), reverse=True)
 
 
 def test_spearman_matches_the_definition():
