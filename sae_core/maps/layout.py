@@ -105,7 +105,8 @@ def _hdbscan(xy_A2: np.ndarray, cfg: MapConfig) -> np.ndarray:
     """HDBSCAN cluster of each point (NOISE for none), renumbered by decreasing size."""
     from sklearn.cluster import HDBSCAN
 
-    raw = HDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples, copy=True).fit(xy_A2).labels_
+    raw = HDBSCAN(min_cluster_size=cfg.min_cluster_size, min_samples=cfg.min_samples,
+                  max_cluster_size=cfg.max_cluster_size or None, copy=True).fit(xy_A2).labels_
     return renumbered(raw)
 
 

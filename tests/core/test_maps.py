@@ -65,6 +65,16 @@ def test_nan_or_zero_directions_are_named():
     assert map_features(W, alive, CFG).cluster_F[7] == DEAD
 
 
+def test_no_cluster_outgrows_the_cap_and_families_stay_whole_under_it():
+    W, family = families(n_families=2, per_family=60, spread=0.3)
+    alive = np.ones(len(family), bool)
+    capped = map_features(W, alive, MapConfig(n_epochs=100, max_cluster_size=40))
+    sizes = [int((capped.cluster_F == c).sum()) for c in range(capped.n_clusters)]
+    assert capped.n_clusters > 2 and max(sizes) <= 40
+    uncapped = map_features(W, alive, MapConfig(n_epochs=100, max_cluster_size=0))
+    assert uncapped.n_clusters == 2
+
+
 def test_clusters_are_numbered_by_size_then_first_member():
     assert renumbered(np.array([5, 5, -1, 2, 2, 2, 9, 9])).tolist() == [1, 1, NOISE, 0, 0, 0, 2, 2]
 
