@@ -9,8 +9,10 @@ never sits in a command line or a stored job. The steering judge (sae_core.judge
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
+import ssl
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -65,6 +67,14 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for the process, shared by every client. httpx builds one per client otherwise,
+    loading the CA bundle each time: about 80 ms per generate call (measured), which made each judged steering
+    row 160 ms slower than its two requests."""
+    return httpx.create_ssl_context()
+
+
 class EndpointChatModel:
     """Chat completions over HTTP; Yes/No judgements are read from the answer's text."""
 
@@ -89,7 +99,7 @@ class EndpointChatModel:
     async def _all(self, conversations: list[Messages], max_tokens: int | None) -> list[str]:
         limit = asyncio.Semaphore(self.config.concurrency)
         timeout = httpx.Timeout(self.config.timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as client:
+        async with httpx.AsyncClient(timeout=timeout, headers=self._headers, verify=tls_context()) as client:
             async def one(messages: Messages) -> str:
                 async with limit:
                     return await self._complete(client, messages, max_tokens)
