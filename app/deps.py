@@ -1,7 +1,7 @@
 """Request dependencies shared by every router: the DB session, the user, permissions, CSRF, templates.
 
 Routes declare what they need with the `Annotated` aliases below (SessionDep, CurrentUser, ReaderDep,
-LabellerDep) and form POSTs add `dependencies=[CsrfChecked]`; nothing here holds state of its own, it
+LabellerDep, AdminDep) and form POSTs add `dependencies=[CsrfChecked]`; nothing here holds state of its own, it
 all lives on `app.state` (see app/main.py).
 """
 
@@ -141,6 +141,18 @@ async def require_labeller(user: CurrentUser) -> User:
 
 
 LabellerDep = Annotated[User, Depends(require_labeller)]
+
+
+async def require_admin(user: CurrentUser) -> User:
+    """Jobs that hold the server's CPU or call out to a configured endpoint (explaining features) need an admin."""
+    if user is None:
+        raise LoginRequired()
+    if not user.is_admin:
+        raise HTTPException(403, f"user {user.name!r} is a {user.role}; this needs an admin account")
+    return user
+
+
+AdminDep = Annotated[User, Depends(require_admin)]
 
 
 def is_htmx(request: Request) -> bool:

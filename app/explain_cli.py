@@ -11,29 +11,11 @@ from sqlalchemy.orm import Session
 from tqdm import tqdm
 
 from sae_core.cli import fail
-from sae_core.explain import (
-    ChatModel,
-    EndpointChatModel,
-    EndpointConfig,
-    ExplainConfig,
-    ExplainerError,
-    LocalChatModel,
-)
+from sae_core.explain import ExplainConfig, ExplainerError
 from sae_core.lm import DEFAULT_MODEL
 
 from . import crud
-from .explanations import Selection, parse_range, plan, run_job
-
-
-def chat_model(spec: str | None, endpoint: str | None, api_key_env: str, concurrency: int, timeout: float
-               ) -> ChatModel:
-    """An endpoint's model when an endpoint is given (nothing else touches the network), else a local LM."""
-    if endpoint:
-        if not spec:
-            raise ValueError("--endpoint needs --explainer-model NAME (the model name the endpoint serves)")
-        return EndpointChatModel(EndpointConfig(endpoint, spec, api_key_env=api_key_env, concurrency=concurrency,
-                                                timeout_s=timeout))
-    return LocalChatModel.load(spec or DEFAULT_MODEL)
+from .explanations import Selection, chat_model, parse_range, plan, run_job
 
 
 def explain_command(open_session: Callable[..., AbstractContextManager[Session]],
@@ -61,8 +43,7 @@ def explain_command(open_session: Callable[..., AbstractContextManager[Session]]
         Resumable: features that already have an explanation are skipped, and each is stored as it is finished.
         """
         try:
-            selection = parse_range(features) if features else Selection()
-            selection = Selection(selection.start, selection.stop, unlabelled)
+            selection = parse_range(features, unlabelled) if features else Selection(unlabelled_only=unlabelled)
             with open_session(db, migrate=True) as session:
                 row = crud.find_sae(session, ref=sae)
                 todo = plan(session, sae=row, selection=selection)

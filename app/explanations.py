@@ -10,7 +10,18 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sae_core.explain import ChatModel, ExplainConfig, FeatureEvidence, Window, explain_and_score, score
+from sae_core.explain import (
+    ChatModel,
+    EndpointChatModel,
+    EndpointConfig,
+    ExplainConfig,
+    FeatureEvidence,
+    LocalChatModel,
+    Window,
+    explain_and_score,
+    score,
+)
+from sae_core.lm import DEFAULT_MODEL
 
 from . import crud
 from .crud.explanations import add_explanation, explained_indices
@@ -83,16 +94,28 @@ class Selection:
     unlabelled_only: bool = False
 
 
-def parse_range(text: str) -> Selection:
-    """`START:STOP` (either may be left out) as a Selection; a clear error otherwise."""
+def parse_range(text: str, unlabelled_only: bool = False) -> Selection:
+    """`START:STOP` (either may be left out) as a Selection; a clear error otherwise (it names `features`, as
+    the CLI option --features and the SAE page's field are both called)."""
     start, sep, stop = text.partition(":")
     try:
-        selection = Selection(int(start) if start else 0, int(stop) if stop else None)
+        selection = Selection(int(start) if start else 0, int(stop) if stop else None, unlabelled_only)
     except ValueError:
-        raise ValueError(f"--features {text!r} is not START:STOP, e.g. 0:500") from None
+        raise ValueError(f"features {text!r} is not START:STOP, e.g. 0:500") from None
     if not sep or selection.start < 0 or (selection.stop is not None and selection.stop <= selection.start):
-        raise ValueError(f"--features {text!r} is not START:STOP with 0 <= START < STOP, e.g. 0:500")
+        raise ValueError(f"features {text!r} is not START:STOP with 0 <= START < STOP, e.g. 0:500")
     return selection
+
+
+def chat_model(spec: str | None, endpoint: str | None, api_key_env: str, concurrency: int = 8,
+               timeout: float = 60.0) -> ChatModel:
+    """An endpoint's model when an endpoint is given (nothing else touches the network), else a local LM."""
+    if endpoint:
+        if not spec:
+            raise ValueError("--endpoint needs --explainer-model NAME (the model name the endpoint serves)")
+        return EndpointChatModel(EndpointConfig(endpoint, spec, api_key_env=api_key_env, concurrency=concurrency,
+                                                timeout_s=timeout))
+    return LocalChatModel.load(spec or DEFAULT_MODEL)
 
 
 def plan(session: Session, *, sae: Sae, selection: Selection) -> list[int]:

@@ -28,6 +28,7 @@ from .routes import ROUTERS
 from .routes import drafts as draft_routes
 from .security import new_csrf_seed
 from .services.attribution import AttributionService
+from .services.explain import ExplainService, explainer_choices
 from .services.inference import ModelCache
 from .services.steering import SteeringWorker, judge_config, steer_limits
 from .settings import Settings
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         app.state.steering.close()
         app.state.attribution.close()
+        app.state.explain.close()
         engine.dispose()
 
     app = FastAPI(title="saescope", summary="Browse, search and label sparse-autoencoder features.",
@@ -66,6 +68,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.steering = SteeringWorker(app.state.models, steer_limits(settings), settings.steer_retry_after,
                                         judge_config(settings))
     app.state.attribution = AttributionService(app.state.models, app.state.session_factory)
+    app.state.explain = ExplainService(app.state.session_factory, explainer_choices(settings))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)

@@ -71,6 +71,11 @@ class User(Base):
         """Whether the account may write: labels, tags, imports, bookmarks and steering runs."""
         return self.role in WRITERS
 
+    @property
+    def is_admin(self) -> bool:
+        """Whether the account may run the server's long jobs (explaining an SAE's features from its page)."""
+        return self.role == "admin"
+
 
 class ApiToken(Base):
     """A bearer token for the API; only its hash is stored."""

@@ -36,6 +36,16 @@ class Settings(BaseSettings):
     """The model name the judge endpoint expects."""
     judge_api_key: str = ""
     """Bearer token for the judge endpoint, if it wants one."""
+    explainer_local_model: str = "smollm2"
+    """The model an explain job started from the SAE page loads in the server (built-in name, directory, GGUF or
+    hub id; the built-in SmolLM2 works offline); empty: that choice is not offered."""
+    explainer_url: str = ""
+    """An OpenAI-compatible API (e.g. http://127.0.0.1:8080/v1) that the SAE page may send explain jobs to;
+    empty: none. The browser only picks this endpoint, never names a URL (see app/services/explain.py)."""
+    explainer_endpoint_model: str = ""
+    """The model name the explainer endpoint serves."""
+    explainer_api_key_env: str = "SAESCOPE_EXPLAINER_API_KEY"
+    """Environment variable holding the explainer endpoint's bearer key, as for `saescope explain`."""
 
     @classmethod
     def on_store(cls, database_url: str | None, default: str | None = None) -> Settings:

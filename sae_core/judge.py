@@ -1,18 +1,19 @@
 """An LLM judge of steered text, as AxBench rates it: a 0-2 concept score and a 0-2 fluency score.
 
-Any OpenAI-compatible chat endpoint serves (a local llama.cpp or vLLM server, or a hosted API); nothing is
-called unless one is configured. The prompts follow AxBench's (Wu et al. 2025, "AxBench: Steering LLMs?
-Even Simple Baselines Outperform Sparse Autoencoders"): each asks for one rating in the form "Rating:
-[[n]]", and the two are asked separately so that one judgement does not colour the other.
+Any OpenAI-compatible chat endpoint serves (a local llama.cpp or vLLM server, or a hosted API), named by an
+EndpointConfig and reached through the explainers' client; nothing is called unless one is configured. The
+prompts follow AxBench's (Wu et al. 2025, "AxBench: Steering LLMs? Even Simple Baselines Outperform Sparse
+Autoencoders"): each asks for one rating in the form "Rating: [[n]]", and the two are asked separately so that
+one judgement does not colour the other.
 """
 
 from __future__ import annotations
 
-import json
 import re
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
+
+from .explain.base import ExplainerError
+from .explain.endpoint import EndpointChatModel, EndpointConfig
 
 CONCEPT_PROMPT = """Please act as an impartial judge and evaluate whether the specified concept is presented \
 in the text fragment provided below. Focus solely on whether the concept is clearly incorporated, without \
@@ -56,20 +57,6 @@ class JudgeError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class JudgeConfig:
-    """Where the judge runs."""
-
-    url: str
-    """Base URL of an OpenAI-compatible API, e.g. http://127.0.0.1:8080/v1 (chat/completions is appended)."""
-    model: str
-    """The model name the endpoint expects."""
-    api_key: str = ""
-    """Sent as a bearer token when set."""
-    timeout_s: float = 60.0
-    """Seconds to wait for one answer."""
-
-
-@dataclass(frozen=True)
 class Verdict:
     """One text's ratings; concept is None when there was no concept to judge against."""
 
@@ -85,24 +72,16 @@ def rating(answer: str) -> float:
     return float(found[-1])
 
 
-def ask(config: JudgeConfig, prompt: str) -> str:
-    """One chat completion at temperature 0; the answer's text."""
-    body = json.dumps({"model": config.model, "temperature": 0,
-                       "messages": [{"role": "user", "content": prompt}]}).encode()
-    headers = {"Content-Type": "application/json"}
-    if config.api_key:
-        headers["Authorization"] = f"Bearer {config.api_key}"
-    request = urllib.request.Request(config.url.rstrip("/") + "/chat/completions", body, headers, method="POST")
+def ask(config: EndpointConfig, prompt: str) -> str:
+    """One chat completion at temperature 0, its length left to the endpoint; the answer's text. Sent through
+    the explainers' client (sae_core.explain.endpoint), so the judge gets its retries, backoff and timeouts."""
     try:
-        with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
-            return str(json.load(response)["choices"][0]["message"]["content"])
-    except (urllib.error.URLError, TimeoutError, OSError) as err:
+        return EndpointChatModel(config).generate([[{"role": "user", "content": prompt}]], max_tokens=None)[0]
+    except ExplainerError as err:
         raise JudgeError(f"the judge at {config.url} did not answer: {err}") from err
-    except (ValueError, KeyError, IndexError, TypeError) as err:
-        raise JudgeError(f"the judge at {config.url} answered something other than a chat completion") from err
 
 
-def judge(config: JudgeConfig, text: str, concept: str | None) -> Verdict:
+def judge(config: EndpointConfig, text: str, concept: str | None) -> Verdict:
     """Rate a text's fluency, and how present the concept is when one is given."""
     concept_score = rating(ask(config, CONCEPT_PROMPT.format(concept=concept, text=text))) if concept else None
     return Verdict(concept_score, rating(ask(config, FLUENCY_PROMPT.format(text=text))))

@@ -48,6 +48,12 @@ def tiny_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_chat_model_dir(tmp_path_factory):
+    """The tiny Llama with a chat template: a local explainer that writes (random) drafts in milliseconds."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-chat"), "llama", chat=True)
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The real default model, loaded once per test session (about 20 s)."""
     from sae_core.lm import load_model

@@ -67,8 +67,17 @@ def tiny_model(family: str = "llama", layers: int = 3, seed: int = 0):
     return model.eval().requires_grad_(False)
 
 
-def save_tiny_model(directory: Path, family: str = "llama", layers: int = 3) -> Path:
-    """Write a tiny model and tokenizer as a Hugging Face directory, the layout a hub download has."""
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+"""A plain chat template, for a tiny model that stands in for a chat model (an explainer)."""
+
+
+def save_tiny_model(directory: Path, family: str = "llama", layers: int = 3, chat: bool = False) -> Path:
+    """Write a tiny model and tokenizer as a Hugging Face directory, the layout a hub download has; with `chat`,
+    the tokenizer carries CHAT_TEMPLATE."""
     tiny_model(family, layers).save_pretrained(directory)
-    tiny_tokenizer().save_pretrained(directory)
+    tokenizer = tiny_tokenizer()
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(directory)
     return directory

@@ -10,8 +10,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 @contextmanager
-def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]") -> Iterator[tuple[str, list[dict]]]:
-    """(base URL, the request bodies received); answers the concept prompt and the fluency prompt as given."""
+def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]", busy: int = 0
+                 ) -> Iterator[tuple[str, list[dict]]]:
+    """(base URL, the request bodies received); answers the concept prompt and the fluency prompt as given,
+    after answering the first `busy` requests 503 (an endpoint still loading its model)."""
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -20,8 +22,10 @@ def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]")
             received.append(body | {"path": self.path, "auth": self.headers.get("Authorization")})
             prompt = body["messages"][0]["content"]
             answer = concept if "[Concept Start]" in prompt else fluency
-            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
-            self.send_response(200)
+            status = 503 if len(received) <= busy else 200
+            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]} if status == 200
+                              else {"error": {"message": "loading model"}}).encode()
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()

@@ -43,6 +43,12 @@ def explained_indices(session: Session, *, sae_id: int) -> set[int]:
     return set(session.scalars(select(Explanation.feature_index).where(Explanation.sae_id == sae_id).distinct()))
 
 
+def draft_count(session: Session, *, sae_id: int) -> int:
+    """Features with an unverified draft waiting for review."""
+    return session.scalar(select(func.count(Explanation.feature_index.distinct()))
+                          .where(Explanation.sae_id == sae_id, Explanation.status == DRAFT)) or 0
+
+
 def _drafts(sae_id: int) -> Select[Any]:
     return select(Explanation).where(Explanation.sae_id == sae_id, Explanation.status == DRAFT)
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import api, auth, bookmarks, circuits, contrast, directions, features, home, labels, maps, search, steer
+from . import api, auth, bookmarks, circuits, contrast, directions, explain, features, home, labels, maps, search, steer
 
 ROUTERS: list[APIRouter] = [home.router, auth.router, features.router, labels.router, search.router,
                             bookmarks.router, api.router, steer.router, contrast.router,
                             directions.router, circuits.router]
 ROUTERS += [maps.router, maps.api]  # issue 16: the feature map
+ROUTERS += [explain.router]  # issue 17: explain jobs from the SAE page

@@ -9,6 +9,7 @@ from markupsafe import Markup
 from .. import charts, crud
 from ..deps import ReaderDep, SaeId, SessionDep, render
 from ..models import Sae
+from ..presenters.explain_jobs import explain_section
 from ..presenters.metrics import METRICS
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
@@ -20,11 +21,12 @@ def index(request: Request, session: SessionDep, _user: ReaderDep):
 
 
 @router.get("/saes/{sae_id}", response_class=HTMLResponse)
-def overview(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+def overview(request: Request, session: SessionDep, user: ReaderDep, sae_id: SaeId):
     sae = crud.find_sae(session, ref=sae_id)
+    explain = explain_section(session, request.app.state.explain, sae_id=sae.id, user=user)
     return render(request, "sae.html", {"sae": sae, "labelled": crud.labelled_count(session, sae_id=sae.id),
                                         "loss_chart": loss_chart(sae), "density_chart": density_chart(sae),
-                                        "metric_names": METRICS})
+                                        "metric_names": METRICS} | explain)
 
 
 def loss_chart(sae: Sae) -> Markup:

@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from sae_core.explain import EndpointConfig
 from sae_core.generation import Generation, GenerationError, Limits, TokenEvent, collect, encode_prompt
-from sae_core.judge import JudgeConfig, JudgeError, Verdict, judge
+from sae_core.judge import JudgeError, Verdict, judge
 from sae_core.steering import Control, Direction, Steering, SteeringError, stream_steered
 from sae_core.steering_measures import Sweep, SweepPoint, encode_target, measure_rows, strongest_within
 
@@ -35,9 +36,12 @@ Event = tuple[str, dict[str, Any]]
 """(kind, data): start, token, done or error; see SteeringWorker._generate for each one's data."""
 
 
-def judge_config(settings: Settings) -> JudgeConfig | None:
-    """The steering judge the settings name, or None."""
-    return JudgeConfig(settings.judge_url, settings.judge_model, settings.judge_api_key) if settings.judge_url else None
+def judge_config(settings: Settings) -> EndpointConfig | None:
+    """The steering judge the settings name, or None. Its key is the settings' own (never an environment
+    variable meant for the explainers), so one endpoint's key is not sent to another."""
+    if not settings.judge_url:
+        return None
+    return EndpointConfig(settings.judge_url, settings.judge_model, api_key=settings.judge_api_key, api_key_env="")
 
 
 def steer_limits(settings: Settings) -> Limits:
@@ -125,7 +129,7 @@ def error_detail(err: GenerationError) -> str | list[dict[str, Any]]:
 class SteeringWorker:
     """Runs steering requests one at a time on a dedicated thread, taking the model from ModelCache per step."""
 
-    def __init__(self, models: ModelCache, limits: Limits, retry_after: int, judge: JudgeConfig | None = None):
+    def __init__(self, models: ModelCache, limits: Limits, retry_after: int, judge: EndpointConfig | None = None):
         self.models, self.limits, self.retry_after, self.judge = models, limits, retry_after, judge
         self._slot = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="steer")

@@ -3,17 +3,19 @@
 Requests go out concurrently up to a bound, each with a timeout; a dropped connection, a timeout, a 429 or a
 5xx is retried with exponential backoff, and whatever still fails stops the job with a message naming the
 endpoint and the cause. The API key, if the endpoint needs one, is read from an environment variable so it
-never sits in a command line or a stored job.
+never sits in a command line or a stored job. The steering judge (sae_core.judge) asks through this client too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import re
+import ssl
 from collections.abc import Coroutine
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
@@ -35,7 +37,10 @@ class EndpointConfig:
     model: str
     """The model name sent with each request and stored with each explanation."""
     api_key_env: str = "SAESCOPE_EXPLAINER_API_KEY"
-    """Environment variable holding the bearer key; unset: no Authorization header."""
+    """Environment variable holding the bearer key; unset, or "": no Authorization header."""
+    api_key: str = field(default="", repr=False)
+    """The bearer key itself, for a caller that already holds it (the web app's settings); it wins over
+    api_key_env. Left out of repr, so a logged config never shows it."""
     concurrency: int = 8
     """Requests in flight at once."""
     timeout_s: float = 60.0
@@ -62,6 +67,14 @@ def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coroutine).result()
 
 
+@functools.cache
+def tls_context() -> ssl.SSLContext:
+    """One verifying TLS context for the process, shared by every client. httpx builds one per client otherwise,
+    loading the CA bundle each time: about 80 ms per generate call (measured), which made each judged steering
+    row 160 ms slower than its two requests."""
+    return httpx.create_ssl_context()
+
+
 class EndpointChatModel:
     """Chat completions over HTTP; Yes/No judgements are read from the answer's text."""
 
@@ -70,10 +83,12 @@ class EndpointChatModel:
     def __init__(self, config: EndpointConfig):
         self.config = config
         self.name = config.model
-        key = os.environ.get(config.api_key_env)
+        key = config.api_key or (os.environ.get(config.api_key_env) if config.api_key_env else None)
         self._headers = {"Authorization": f"Bearer {key}"} if key else {}
 
-    def generate(self, conversations: list[Messages], max_tokens: int) -> list[str]:
+    def generate(self, conversations: list[Messages], max_tokens: int | None) -> list[str]:
+        """Each conversation's answer; max_tokens None leaves the length to the endpoint (the judge's reasoned
+        ratings)."""
         return run_coroutine(self._all(conversations, max_tokens))
 
     def judge(self, explanation: str, texts: list[str], marked: bool) -> list[float]:
@@ -81,17 +96,19 @@ class EndpointChatModel:
         ask = fuzzing_messages if marked else detection_messages
         return [yes_of(answer) for answer in self.generate([ask(explanation, t) for t in texts], max_tokens=3)]
 
-    async def _all(self, conversations: list[Messages], max_tokens: int) -> list[str]:
+    async def _all(self, conversations: list[Messages], max_tokens: int | None) -> list[str]:
         limit = asyncio.Semaphore(self.config.concurrency)
         timeout = httpx.Timeout(self.config.timeout_s)
-        async with httpx.AsyncClient(timeout=timeout, headers=self._headers) as client:
+        async with httpx.AsyncClient(timeout=timeout, headers=self._headers, verify=tls_context()) as client:
             async def one(messages: Messages) -> str:
                 async with limit:
                     return await self._complete(client, messages, max_tokens)
             return list(await asyncio.gather(*(one(m) for m in conversations)))
 
-    async def _complete(self, client: httpx.AsyncClient, messages: Messages, max_tokens: int) -> str:
-        body = {"model": self.config.model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    async def _complete(self, client: httpx.AsyncClient, messages: Messages, max_tokens: int | None) -> str:
+        body: dict[str, Any] = {"model": self.config.model, "messages": messages, "temperature": 0}
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
         url = self.config.completions_url
         wait = self.config.backoff_s
         for attempt in range(self.config.retries + 1):

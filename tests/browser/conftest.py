@@ -64,10 +64,11 @@ def live_store(tmp_path_factory, web_sae):
 
 
 @pytest.fixture(scope="session")
-def live_app(live_store):
-    """The app the live server serves, for tests that look at its state (the steering worker, the model)."""
+def live_app(live_store, tiny_chat_model_dir):
+    """The app the live server serves, for tests that look at its state (the steering worker, the model); its
+    local explainer is the tiny chat model, so an explain job takes seconds."""
     url, _sae_id, _engine = live_store
-    return create_app(Settings(database_url=url, secret_key="browser"))
+    return create_app(Settings(database_url=url, secret_key="browser", explainer_local_model=str(tiny_chat_model_dir)))
 
 
 @pytest.fixture(scope="session")

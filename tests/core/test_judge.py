@@ -2,14 +2,15 @@
 
 import pytest
 
-from sae_core.judge import JudgeConfig, JudgeError, Verdict, judge, rating
+from sae_core.explain import EndpointConfig
+from sae_core.judge import JudgeError, Verdict, judge, rating
 from tests.judge_server import judge_server
 from tests.spawn import free_port
 
 
 def test_the_judge_asks_for_concept_and_fluency_separately():
     with judge_server() as (url, received):
-        verdict = judge(JudgeConfig(url, "judge-model", api_key="k"), "cats everywhere", "cats")
+        verdict = judge(EndpointConfig(url, "judge-model", api_key="k"), "cats everywhere", "cats")
     assert verdict == Verdict(2.0, 1.0)
     assert [r["path"] for r in received] == ["/v1/chat/completions"] * 2
     assert all(r["model"] == "judge-model" and r["temperature"] == 0 and r["auth"] == "Bearer k" for r in received)
@@ -19,7 +20,7 @@ def test_the_judge_asks_for_concept_and_fluency_separately():
 
 def test_without_a_concept_only_fluency_is_asked():
     with judge_server() as (url, received):
-        assert judge(JudgeConfig(url, "m"), "text", None) == Verdict(None, 1.0)
+        assert judge(EndpointConfig(url, "m"), "text", None) == Verdict(None, 1.0)
     assert len(received) == 1
 
 
@@ -31,6 +32,21 @@ def test_ratings_are_read_from_the_last_marker(answer, score):
 
 def test_an_answer_without_a_rating_or_an_endpoint_that_is_down_is_a_judge_error():
     with judge_server(fluency="I like it") as (url, _), pytest.raises(JudgeError, match="no 'Rating"):
-        judge(JudgeConfig(url, "m"), "text", None)
+        judge(EndpointConfig(url, "m"), "text", None)
     with pytest.raises(JudgeError, match="did not answer"):
-        judge(JudgeConfig(f"http://127.0.0.1:{free_port()}/v1", "m", timeout_s=2), "text", None)
+        judge(EndpointConfig(f"http://127.0.0.1:{free_port()}/v1", "m", timeout_s=2), "text", None)
+
+
+def test_the_judge_retries_a_busy_endpoint_through_the_shared_client():
+    with judge_server(busy=2) as (url, received):
+        assert judge(EndpointConfig(url, "m", backoff_s=0.01), "text", None) == Verdict(None, 1.0)
+    assert len(received) == 3
+
+
+def test_a_refusal_names_the_endpoints_reason_and_an_explainer_key_is_not_sent(monkeypatch):
+    monkeypatch.setenv("SAESCOPE_EXPLAINER_API_KEY", "explainer-secret")
+    with judge_server() as (url, received):
+        judge(EndpointConfig(url, "m", api_key_env=""), "text", None)
+    assert received[0]["auth"] is None
+    with judge_server(busy=9) as (url, _), pytest.raises(JudgeError, match=r"did not answer: .*\(503\): loading model"):
+        judge(EndpointConfig(url, "m", retries=1, backoff_s=0.01), "text", None)
