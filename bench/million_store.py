@@ -82,15 +82,16 @@ def tiled(record: SAERecord, copies: int) -> SAERecord:
                    suppressed=TopTable(rows(record.suppressed.index_FK), rows(record.suppressed.value_FK)))
 
 
-def million_record(work: Path, features: int, base: int, tokens_per_feature: float) -> SAERecord:
-    """A recording of `features` features: `base` recorded, tiled (features must be a multiple of base)."""
+def million_record(work: Path, features: int, base: int, tokens_per_feature: float) -> tuple[SAERecord, str]:
+    """A recording of `features` features (`base` recorded, then tiled; features must be a multiple of base)
+    and the directory of the tiny model it was recorded on."""
     if features % base:
         raise SystemExit(f"--features {features} is not a multiple of --base {base}")
     started = time.perf_counter()
-    record, _ = base_recording(work, base, int(base * tokens_per_feature))
+    record, model_spec = base_recording(work, base, int(base * tokens_per_feature))
     print(f"recorded {base} features over {record.n_tokens} tokens in {time.perf_counter() - started:.1f} s; "
           f"tiled x{features // base}")
-    return tiled(record, features // base)
+    return tiled(record, features // base), model_spec
 
 
 def database_bytes(engine, url: str) -> int:
@@ -131,7 +132,7 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="saescope-bench-store-") as tmp:
         work = Path(tmp)
-        record = million_record(work, args.features, args.base, args.tokens_per_feature)
+        record, _ = million_record(work, args.features, args.base, args.tokens_per_feature)
         n_examples = len(record.examples.feature_E)
         print(f"{record.d_sae} features, {record.n_tokens} tokens, {n_examples} examples "
               f"({n_examples / record.d_sae:.1f} per feature), {record.dead_count} dead")
