@@ -17,6 +17,8 @@ from typing import Any
 from sqlalchemy import JSON, Table, insert
 from sqlalchemy.orm import Session
 
+from .models import Base
+
 BATCH_ROWS = 5000
 """Rows per executemany; large enough to amortise round trips, small enough to bound memory."""
 
@@ -24,7 +26,7 @@ class Json(str):
     """A JSON column's value already serialised: the row builder wrote the text itself, for speed."""
 
 
-Writer = Callable[[Session, Table, Sequence[str], Iterable[tuple[Any, ...]]], None]
+Writer = Callable[[Session, type[Base], Sequence[str], Iterable[tuple[Any, ...]]], None]
 """How rows reach a table: `copy_rows` or the reference `insert_rows`."""
 
 
@@ -35,17 +37,26 @@ def batches(rows: Iterable[tuple[Any, ...]], size: int = BATCH_ROWS) -> Iterator
         yield batch
 
 
-def insert_rows(session: Session, table: Table, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+def table_of(model: type[Base]) -> Table:
+    """The model's table as a schema Table (its columns' types are what the writers look at)."""
+    return model.metadata.tables[model.__tablename__]
+
+
+def insert_rows(session: Session, model: type[Base], columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
     """The reference writer: Core executemany of dicts, each value bound through its column's type."""
+    table = table_of(model)
     for batch in batches(rows):
         session.execute(insert(table), [{name: json.loads(value) if isinstance(value, Json) else value
                                           for name, value in zip(columns, row)} for row in batch])
 
 
-def copy_rows(session: Session, table: Table, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+def copy_rows(session: Session, model: type[Base], columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
     """The fast writer: COPY on PostgreSQL, executemany of tuples on SQLite, on the session's own connection."""
+    table = table_of(model)
     connection = session.connection()
     driver = connection.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the session's connection has no driver connection")
     stream = _json_dumped(table, columns, rows)
     names = ", ".join(columns)
     if connection.dialect.name == "postgresql":

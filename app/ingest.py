@@ -44,9 +44,9 @@ def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: s
         feature_ids = _insert_features(session, sae_id, record, writer)
         context_ids, context_of_E = _insert_contexts(session, sae_id, record, writer)
         _insert_examples(session, record, feature_ids, context_ids[context_of_E], writer)
-        writer(session, TokenText.__table__, ("sae_id", "token_id", "text"),
+        writer(session, TokenText, ("sae_id", "token_id", "text"),
                ((sae_id, t, text) for t, text in record.token_text.items()))
-        writer(session, Coactivation.__table__, ("sae_id", "feature_index", "partners"),
+        writer(session, Coactivation, ("sae_id", "feature_index", "partners"),
                _coactivation_rows(sae_id, record))
         _update_summary(sae, record, dataset)
         session.commit()
@@ -85,7 +85,7 @@ FEATURE_COLUMNS = ("sae_id", "feature_index", "density", "fire_count", "max_act"
 
 def _insert_features(session: Session, sae_id: int, record: SAERecord, writer: Writer) -> np.ndarray:
     """Insert one row per feature; returns row ids indexed by feature index."""
-    writer(session, Feature.__table__, FEATURE_COLUMNS, _feature_rows(sae_id, record))
+    writer(session, Feature, FEATURE_COLUMNS, _feature_rows(sae_id, record))
     ids = np.zeros(record.d_sae, dtype=np.int64)
     rows = session.connection().execute(select(Feature.feature_index, Feature.id).where(Feature.sae_id == sae_id))
     index_R, id_R = zip(*rows) if record.d_sae else ((), ())
@@ -143,7 +143,7 @@ def _feature_hists(record: SAERecord) -> Iterator[Json]:
     n_bins = hist_FB.shape[1]
     lo_F = occupied_FB.argmax(axis=1).tolist()
     hi_F = (n_bins - occupied_FB[:, ::-1].argmax(axis=1)).tolist()
-    empty_F = (~occupied_FB.any(axis=1)).tolist()
+    empty_F = np.logical_not(occupied_FB.any(axis=1)).tolist()
     edges = json.dumps(HIST_EDGES.tolist())[1:-1].split(", ")
     for i, (lo, hi) in enumerate(zip(lo_F, hi_F)):
         if empty_F[i]:
@@ -183,7 +183,7 @@ def _insert_contexts(session: Session, sae_id: int, record: SAERecord, writer: W
     text = record.token_text
     rows = ((sae_id, c, s, pack_ids(tokens_UW[u]), [text.get(t, "") for t in tokens_UW[u].tolist()])
             for u, (c, s) in enumerate(keys_U2.tolist()))
-    writer(session, Context.__table__, ("sae_id", "context_index", "start", "token_ids", "pieces"), rows)
+    writer(session, Context, ("sae_id", "context_index", "start", "token_ids", "pieces"), rows)
     lookup = {(c, s): row_id for row_id, c, s in session.connection().execute(
         select(Context.id, Context.context_index, Context.start).where(Context.sae_id == sae_id))}
     ids_U = np.array([lookup[(c, s)] for c, s in keys_U2.tolist()], dtype=np.int64)
@@ -199,7 +199,7 @@ def _insert_examples(session: Session, record: SAERecord, feature_ids: np.ndarra
     width = len(acts) // max(len(interval_E), 1)
     rows = zip(feature_ids[ex.feature_E.numpy()].tolist(), context_id_E.tolist(), interval_E, ex.rank_E.tolist(),
                ex.peak_E.tolist(), ex.value_E.tolist(), (acts[e * width:(e + 1) * width] for e in range(len(interval_E))))
-    writer(session, Example.__table__, ("feature_id", "context_id", "interval", "rank", "peak", "value", "acts"), rows)
+    writer(session, Example, ("feature_id", "context_id", "interval", "rank", "peak", "value", "acts"), rows)
 
 
 def _update_summary(sae: Sae, record: SAERecord, dataset: str) -> None:
@@ -226,9 +226,9 @@ def store_map(session: Session, *, sae_id: int, fmap: FeatureMap, clusters: list
     try:
         for table in (MapPoint, MapCluster, FeatureMapRun):
             session.execute(delete(table).where(table.sae_id == sae_id))
-        copy_rows(session, MapPoint.__table__, ("sae_id", "feature_index", "x", "y", "cluster"),
+        copy_rows(session, MapPoint, ("sae_id", "feature_index", "x", "y", "cluster"),
                   _map_point_rows(sae_id, fmap))
-        copy_rows(session, MapCluster.__table__, ("sae_id", "cluster", "size", "x", "y", "top_tokens"),
+        copy_rows(session, MapCluster, ("sae_id", "cluster", "size", "x", "y", "top_tokens"),
                   ((sae_id, c.cluster, c.size, c.x, c.y, [list(t) for t in c.top_tokens]) for c in clusters))
         session.add(FeatureMapRun(sae_id=sae_id, config=fmap.config.to_dict(), membership=membership_key(fmap),
                                   n_clusters=fmap.n_clusters, n_noise=fmap.n_noise, n_dead=fmap.n_dead, seconds=seconds))
