@@ -31,6 +31,8 @@ SaeId = Annotated[int, Path(ge=1, lt=2**31, description="Id of the SAE in the st
 FeatureIndex = Annotated[int, Path(ge=0, lt=2**31, description="Index of the feature in the SAE.")]
 Page = Annotated[int, Query(ge=1, le=10**6)]
 PerPage = Annotated[int, Query(ge=1, le=500)]
+AfterIndex = Annotated[int | None, Query(ge=-1, lt=2**31, description="Start after this feature index (keyset).")]
+AfterKey = Annotated[float | None, Query(allow_inf_nan=False, description="The sort value of the feature `after` names.")]
 TopN = Annotated[int, Query(ge=1, le=20)]
 
 

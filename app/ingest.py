@@ -7,30 +7,33 @@ transaction, so a record that fails or is interrupted half-way leaves the previo
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Sequence
+import json
+from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-from sqlalchemy import delete, insert, select, text
+import torch
+from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
 from sae_core.maps import DEAD, ClusterSummary, FeatureMap
 from sae_core.records import SAERecord
+from sae_core.records.directions import TopTable
+from sae_core.records.sae_record import HIST_EDGES
 
+from .bulk import Json, Writer, copy_rows
 from .models import Coactivation, Context, Example, Feature, FeatureMapRun, MapCluster, MapPoint, Sae, TokenText, now
 from .packing import pack_acts, pack_ids
-
-BATCH_ROWS = 5000
-"""Rows per executemany; large enough to amortise round trips, small enough to bound memory."""
 
 
 class IngestError(ValueError):
     """A record that does not fit the SAE it is stored under."""
 
 
-def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: str) -> None:
-    """Replace the recorded features of SAE `sae_id` with `record`, atomically."""
+def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: str, writer: Writer = copy_rows) -> None:
+    """Replace the recorded features of SAE `sae_id` with `record`, atomically; `writer` puts the rows in
+    (bulk.insert_rows is the slow reference the fast default is tested equal to)."""
     sae = session.get(Sae, sae_id)
     if sae is None:
         raise IngestError(f"no SAE with id {sae_id} in the store")
@@ -38,12 +41,13 @@ def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: s
         raise IngestError(f"record has {record.d_sae} features but SAE {sae.name!r} has {sae.d_sae}")
     try:
         _delete_recording(session, sae_id)
-        feature_ids = _insert_features(session, sae_id, record)
-        context_ids, context_of_E = _insert_contexts(session, sae_id, record)
-        _insert_examples(session, record, feature_ids, context_ids[context_of_E])
-        _bulk_insert(session, TokenText, ({"sae_id": sae_id, "token_id": t, "text": text}
-                                          for t, text in record.token_text.items()))
-        _bulk_insert(session, Coactivation, _coactivation_rows(sae_id, record))
+        feature_ids = _insert_features(session, sae_id, record, writer)
+        context_ids, context_of_E = _insert_contexts(session, sae_id, record, writer)
+        _insert_examples(session, record, feature_ids, context_ids[context_of_E], writer)
+        writer(session, TokenText, ("sae_id", "token_id", "text"),
+               ((sae_id, t, text) for t, text in record.token_text.items()))
+        writer(session, Coactivation, ("sae_id", "feature_index", "partners"),
+               _coactivation_rows(sae_id, record))
         _update_summary(sae, record, dataset)
         session.commit()
     except BaseException:
@@ -75,67 +79,88 @@ def _delete_recording(session: Session, sae_id: int) -> None:
     session.execute(delete(Coactivation).where(Coactivation.sae_id == sae_id))
 
 
-def _batches(rows: Sequence[dict[str, Any]] | Iterator[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """Cut a row stream into executemany-sized lists."""
-    batch: list[dict[str, Any]] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) == BATCH_ROWS:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+FEATURE_COLUMNS = ("sae_id", "feature_index", "density", "fire_count", "max_act", "mean_act", "is_dead", "is_dense",
+                   "hist", "promoted", "suppressed", "neighbours", "top_text")
 
 
-def _bulk_insert(session: Session, model: type, rows) -> None:
-    for batch in _batches(rows):
-        session.execute(insert(model), batch)
-
-
-def _insert_features(session: Session, sae_id: int, record: SAERecord) -> np.ndarray:
+def _insert_features(session: Session, sae_id: int, record: SAERecord, writer: Writer) -> np.ndarray:
     """Insert one row per feature; returns row ids indexed by feature index."""
-    _bulk_insert(session, Feature, _feature_rows(sae_id, record))
+    writer(session, Feature, FEATURE_COLUMNS, _feature_rows(sae_id, record))
     ids = np.zeros(record.d_sae, dtype=np.int64)
-    for index, row_id in session.execute(select(Feature.feature_index, Feature.id).where(Feature.sae_id == sae_id)):
-        ids[index] = row_id
+    rows = session.connection().execute(select(Feature.feature_index, Feature.id).where(Feature.sae_id == sae_id))
+    index_R, id_R = zip(*rows) if record.d_sae else ((), ())
+    ids[np.array(index_R, dtype=np.int64)] = id_R
     return ids
 
 
-def _feature_rows(sae_id: int, record: SAERecord) -> Iterator[dict[str, Any]]:
-    """Feature rows, with JSON columns built from the record's column tensors."""
+def _feature_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
+    """Feature rows (FEATURE_COLUMNS); their JSON columns are written as text straight from the record's column
+    tensors (`_pairs_json`): building and dumping lists of lists took most of a million-feature import."""
     text = record.token_text
     density = record.density_F.tolist()
     count, max_, mean = record.count_F.tolist(), record.max_F.tolist(), record.mean_F.tolist()
-    promoted, suppressed = _token_table(record.promoted, text), _token_table(record.suppressed, text)
-    neighbours = [list(map(list, zip(i, v))) for i, v in
-                  zip(record.neighbours.index_FK.tolist(), record.neighbours.value_FK.tolist())]
+    token_json = {t: json.dumps([t, text.get(t, "")])[:-1] + ", " for t in _token_ids(record)}
+    promoted = _pairs_json(record.promoted, token_json)
+    suppressed = _pairs_json(record.suppressed, token_json)
+    neighbour_ids = {int(i): f"[{int(i)}, " for i in record.neighbours.index_FK.unique().tolist()}
+    neighbours = _pairs_json(record.neighbours, neighbour_ids)
+    promoted_text = [[text.get(t, "") for t in row] for row in record.promoted.index_FK.tolist()]
     peaks = _top_peak_texts(record)
     dense = record.config.dense_density
-    for i in range(record.d_sae):
-        edges, counts = record.feature_hist(i)
-        yield {
-            "sae_id": sae_id, "feature_index": i, "density": density[i], "fire_count": count[i],
-            "max_act": max_[i], "mean_act": mean[i], "is_dead": count[i] == 0, "is_dense": density[i] > dense,
-            "hist": {"edges": edges, "counts": counts}, "promoted": promoted[i], "suppressed": suppressed[i],
-            "neighbours": neighbours[i],
-            "top_text": " ".join(dict.fromkeys(peaks.get(i, []) + [p[1] for p in promoted[i]])),
-        }
+    for i, hist in enumerate(_feature_hists(record)):
+        yield (sae_id, i, density[i], count[i], max_[i], mean[i], count[i] == 0, density[i] > dense, hist,
+               promoted[i], suppressed[i], neighbours[i], " ".join(dict.fromkeys(peaks.get(i, []) + promoted_text[i])))
 
 
-def _coactivation_rows(sae_id: int, record: SAERecord) -> Iterator[dict[str, Any]]:
+def _token_ids(record: SAERecord) -> list[int]:
+    """Every token id the logit tables name."""
+    return torch.cat([record.promoted.index_FK.flatten(), record.suppressed.index_FK.flatten()]).unique().tolist()
+
+
+PAIRS_CHUNK = 65536
+"""Features whose logit or neighbour values are formatted by one json.dumps call (C speed, bounded memory)."""
+
+
+def _pairs_json(table: TopTable, prefix: dict[int, str]) -> list[Json]:
+    """Per feature, the JSON of [[*prefix of index, value], ...] (prefix[i] opens a pair and ends in ", "): the
+    values of a chunk of features are formatted by one json.dumps, then cut and joined, never a call per value."""
+    n, k = table.index_FK.shape
+    if k == 0:
+        return [Json("[]")] * n
+    out: list[Json] = []
+    for ids_CK, values_CK in zip(table.index_FK.split(PAIRS_CHUNK), table.value_FK.split(PAIRS_CHUNK)):
+        numbers = json.dumps(values_CK.flatten().tolist())[1:-1].split(", ")
+        items = list(map(str.__add__, [prefix[i] for i in ids_CK.flatten().tolist()], numbers))
+        out.extend(Json("[" + "], ".join(items[f * k:(f + 1) * k]) + "]]") for f in range(ids_CK.shape[0]))
+    return out
+
+
+def _feature_hists(record: SAERecord) -> Iterator[Json]:
+    """`record.feature_hist(i)` as {"edges": [...], "counts": [...]} JSON for every feature in turn, the occupied
+    spans found for all features at once (per feature, the tensor calls cost more than the rest of its row)."""
+    hist_FB = record.hist_FB.numpy()
+    occupied_FB = hist_FB > 0
+    n_bins = hist_FB.shape[1]
+    lo_F = occupied_FB.argmax(axis=1).tolist()
+    hi_F = (n_bins - occupied_FB[:, ::-1].argmax(axis=1)).tolist()
+    empty_F = np.logical_not(occupied_FB.any(axis=1)).tolist()
+    edges = json.dumps(HIST_EDGES.tolist())[1:-1].split(", ")
+    for i, (lo, hi) in enumerate(zip(lo_F, hi_F)):
+        if empty_F[i]:
+            yield Json('{"edges": [], "counts": []}')
+        else:
+            counts = ", ".join(map(str, hist_FB[i, lo:hi].tolist()))
+            yield Json(f'{{"edges": [{", ".join(edges[lo : hi + 1])}], "counts": [{counts}]}}')
+
+
+def _coactivation_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
     """One row per feature that fired with any other: [[feature_index, jaccard], ...] best first."""
     if record.coactive is None:
         return
     for i, (index, score) in enumerate(zip(record.coactive.index_FK.tolist(), record.coactive.value_FK.tolist())):
         partners = [[j, s] for j, s in zip(index, score) if j >= 0]
         if partners:
-            yield {"sae_id": sae_id, "feature_index": i, "partners": partners}
-
-
-def _token_table(table, text: dict[int, str]) -> list[list[list[Any]]]:
-    """Per feature: [[token_id, text, logit], ...]."""
-    return [[[t, text.get(t, ""), v] for t, v in zip(ids, vals)]
-            for ids, vals in zip(table.index_FK.tolist(), table.value_FK.tolist())]
+            yield sae_id, i, partners
 
 
 def _top_peak_texts(record: SAERecord) -> dict[int, list[str]]:
@@ -149,34 +174,32 @@ def _top_peak_texts(record: SAERecord) -> dict[int, list[str]]:
     return out
 
 
-def _insert_contexts(session: Session, sae_id: int, record: SAERecord) -> tuple[np.ndarray, np.ndarray]:
+def _insert_contexts(session: Session, sae_id: int, record: SAERecord, writer: Writer) -> tuple[np.ndarray, np.ndarray]:
     """Store each distinct window once; returns (row id per distinct window, window number per example)."""
     ex = record.examples
     keys_E2 = np.stack([ex.context_E.numpy(), ex.start_E.numpy()], axis=1)
     keys_U2, first_U, window_of_E = np.unique(keys_E2, axis=0, return_index=True, return_inverse=True)
     tokens_UW = ex.tokens_EW.numpy()[first_U]
     text = record.token_text
-    rows = ({"sae_id": sae_id, "context_index": int(c), "start": int(s), "token_ids": pack_ids(tokens_UW[u]),
-             "pieces": [text.get(t, "") for t in tokens_UW[u].tolist()]}
-            for u, (c, s) in enumerate(keys_U2))
-    _bulk_insert(session, Context, rows)
-    lookup = {(c, s): row_id for row_id, c, s in session.execute(
+    rows = ((sae_id, c, s, pack_ids(tokens_UW[u]), [text.get(t, "") for t in tokens_UW[u].tolist()])
+            for u, (c, s) in enumerate(keys_U2.tolist()))
+    writer(session, Context, ("sae_id", "context_index", "start", "token_ids", "pieces"), rows)
+    lookup = {(c, s): row_id for row_id, c, s in session.connection().execute(
         select(Context.id, Context.context_index, Context.start).where(Context.sae_id == sae_id))}
-    ids_U = np.array([lookup[(int(c), int(s))] for c, s in keys_U2], dtype=np.int64)
+    ids_U = np.array([lookup[(c, s)] for c, s in keys_U2.tolist()], dtype=np.int64)
     return ids_U, window_of_E.reshape(-1)
 
 
-def _insert_examples(session: Session, record: SAERecord, feature_ids: np.ndarray, context_id_E: np.ndarray) -> None:
+def _insert_examples(session: Session, record: SAERecord, feature_ids: np.ndarray, context_id_E: np.ndarray,
+                     writer: Writer) -> None:
     """One row per example with its float16 activations packed."""
     ex = record.examples
-    feature_E, interval_E = ex.feature_E.tolist(), ex.interval_E.tolist()
-    rank_E, peak_E, value_E = ex.rank_E.tolist(), ex.peak_E.tolist(), ex.value_E.tolist()
-    acts_EW = ex.acts_EW.numpy()
-    rows = ({"feature_id": int(feature_ids[feature_E[e]]), "context_id": int(context_id_E[e]),
-             "interval": None if interval_E[e] < 0 else interval_E[e], "rank": rank_E[e], "peak": peak_E[e],
-             "value": value_E[e], "acts": pack_acts(acts_EW[e])}
-            for e in range(len(feature_E)))
-    _bulk_insert(session, Example, rows)
+    interval_E = [None if i < 0 else i for i in ex.interval_E.tolist()]
+    acts = pack_acts(ex.acts_EW.numpy())
+    width = len(acts) // max(len(interval_E), 1)
+    rows = zip(feature_ids[ex.feature_E.numpy()].tolist(), context_id_E.tolist(), interval_E, ex.rank_E.tolist(),
+               ex.peak_E.tolist(), ex.value_E.tolist(), (acts[e * width:(e + 1) * width] for e in range(len(interval_E))))
+    writer(session, Example, ("feature_id", "context_id", "interval", "rank", "peak", "value", "acts"), rows)
 
 
 def _update_summary(sae: Sae, record: SAERecord, dataset: str) -> None:
@@ -203,9 +226,10 @@ def store_map(session: Session, *, sae_id: int, fmap: FeatureMap, clusters: list
     try:
         for table in (MapPoint, MapCluster, FeatureMapRun):
             session.execute(delete(table).where(table.sae_id == sae_id))
-        _bulk_insert(session, MapPoint, _map_point_rows(sae_id, fmap))
-        _bulk_insert(session, MapCluster, ({"sae_id": sae_id, "cluster": c.cluster, "size": c.size, "x": c.x, "y": c.y,
-                                            "top_tokens": [list(t) for t in c.top_tokens]} for c in clusters))
+        copy_rows(session, MapPoint, ("sae_id", "feature_index", "x", "y", "cluster"),
+                  _map_point_rows(sae_id, fmap))
+        copy_rows(session, MapCluster, ("sae_id", "cluster", "size", "x", "y", "top_tokens"),
+                  ((sae_id, c.cluster, c.size, c.x, c.y, [list(t) for t in c.top_tokens]) for c in clusters))
         session.add(FeatureMapRun(sae_id=sae_id, config=fmap.config.to_dict(), membership=membership_key(fmap),
                                   n_clusters=fmap.n_clusters, n_noise=fmap.n_noise, n_dead=fmap.n_dead, seconds=seconds))
         session.commit()
@@ -219,10 +243,9 @@ def membership_key(fmap: FeatureMap) -> str:
     return hashlib.sha256(np.ascontiguousarray(fmap.cluster_F, dtype="<i8").tobytes()).hexdigest()[:16]
 
 
-def _map_point_rows(sae_id: int, fmap: FeatureMap) -> Iterator[dict[str, Any]]:
+def _map_point_rows(sae_id: int, fmap: FeatureMap) -> Iterator[tuple[Any, ...]]:
     """One row per feature: NULL position for dead features, NULL cluster for those in none."""
     x, y, cluster = fmap.x_F.tolist(), fmap.y_F.tolist(), fmap.cluster_F.tolist()
     for i in range(len(cluster)):
         dead = cluster[i] == DEAD
-        yield {"sae_id": sae_id, "feature_index": i, "x": None if dead else x[i], "y": None if dead else y[i],
-               "cluster": cluster[i] if cluster[i] >= 0 else None}
+        yield sae_id, i, None if dead else x[i], None if dead else y[i], cluster[i] if cluster[i] >= 0 else None

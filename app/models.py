@@ -172,8 +172,10 @@ class Feature(Base):
     __tablename__ = "features"
     __table_args__ = (
         UniqueConstraint("sae_id", "feature_index"),
-        Index("ix_features_sae_density", "sae_id", "density"),
-        Index("ix_features_sae_max_act", "sae_id", "max_act"),
+        # The list pages by key (crud.features.list_features): each sort column with the feature index after it.
+        Index("ix_features_sae_density_index", "sae_id", "density", "feature_index"),
+        Index("ix_features_sae_max_act_index", "sae_id", "max_act", "feature_index"),
+        Index("ix_features_sae_mean_act_index", "sae_id", "mean_act", "feature_index"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))

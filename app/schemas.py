@@ -41,7 +41,8 @@ class SaeDetail(SaeOut):
 
 
 class FeatureList(BaseModel):
-    total: int
+    total: int | None
+    """How many features match; null for a text search (counting would read every feature)."""
     page: int
     per_page: int
     features: list[crud.FeatureRow]

@@ -76,8 +76,9 @@ def time_maps(args) -> None:
 
 def paint_store(path: Path, n: int) -> str:
     """A store with one SAE of `n` features, each recorded as alive with a point on a synthetic map."""
+    from app.bulk import copy_rows
     from app.db import make_engine, session_factory
-    from app.ingest import _bulk_insert, store_map
+    from app.ingest import FEATURE_COLUMNS, store_map
     from app.migrate import upgrade
     from app.models import Feature, Sae
     from sae_core.maps import FeatureMap, MapConfig, summarise_clusters
@@ -93,10 +94,8 @@ def paint_store(path: Path, n: int) -> str:
     with session_factory(make_engine(url))() as session:
         session.add(Sae(id=1, name="paint", model_name="m", site="s", architecture="topk", d_in=1, d_sae=n))
         session.commit()
-        _bulk_insert(session, Feature, ({"sae_id": 1, "feature_index": i, "density": 1e-3, "fire_count": 1,
-                                          "max_act": 1.0, "mean_act": 1.0, "is_dead": False, "is_dense": False,
-                                          "hist": {}, "promoted": [], "suppressed": [], "neighbours": [],
-                                          "top_text": f"tok{i % 97} word{i % 13}"} for i in range(n)))
+        copy_rows(session, Feature, FEATURE_COLUMNS,
+                  ((1, i, 1e-3, 1, 1.0, 1.0, False, False, {}, [], [], [], f"tok{i % 97} word{i % 13}") for i in range(n)))
         session.commit()
         store_map(session, sae_id=1, fmap=fmap, clusters=summarise_clusters(fmap, {}), seconds=0.0)
     return url

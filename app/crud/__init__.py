@@ -25,6 +25,8 @@ from .bookmarks import add_bookmark, bookmark_lists, create_bookmark_list, find_
 from .briefs import FeatureBrief, briefs_of_pairs, dense_features, feature_briefs
 from .directions import directions_by_id, save_direction, steering_directions
 from .features import (
+    KEYSET_SORTS,
+    Cursor,
     ExampleView,
     FeaturePage,
     FeatureRow,
@@ -104,4 +106,5 @@ __all__ += [  # issue 16: the feature map
     "tag_features",
     "top_tokens",
 ]
+__all__ += ["KEYSET_SORTS", "Cursor"]  # issue 22: the feature list by key
 __all__ += ["feature_blurbs", "find_graph", "list_graphs", "save_graph", "set_saes"]  # issue 15: attribution

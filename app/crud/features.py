@@ -8,7 +8,7 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal
 
-from sqlalchemy import Row, Select, Subquery, and_, bindparam, case, exists, func, null, or_, select
+from sqlalchemy import Row, Select, Subquery, and_, bindparam, case, exists, func, null, or_, select, tuple_
 from sqlalchemy.orm import Session
 
 from ..models import Context, Example, Feature, FeatureTag, Sae, Tag, TokenText
@@ -85,6 +85,14 @@ def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: 
     return stmt
 
 
+KEYSET_SORTS = ("index", "density", "max_act", "mean_act")
+"""Sorts that page by key: the feature index, or an indexed column with the feature index after it."""
+
+Cursor = tuple[float | None, int]
+"""Where a page by key starts: after the row with this (sort value, feature index); the value is None for
+the index sort."""
+
+
 def list_features(
     session: Session,
     *,
@@ -96,24 +104,68 @@ def list_features(
     query: str | None = None,
     limit: int = 50,
     offset: int = 0,
-) -> tuple[list[FeatureRow], int]:
-    """One page of an SAE's features and the total matching, sorted and filtered as a list page asks."""
+    after: Cursor | None = None,
+) -> tuple[list[FeatureRow], int | None]:
+    """One page of an SAE's features and the total matching (None where only a scan could count it: a text
+    search), sorted and filtered as a list page asks.
+
+    The index, density, max and mean sorts order ties by feature index in the sort's direction and, given
+    `after`, start past that row through their index (keyset) instead of skipping `offset` rows, so a page
+    deep in a million-feature list costs what the first does. The label and score sorts still skip rows.
+    """
     label = current_label_texts(sae_id)
     drafted = newest_explanations(sae_id) if state == "draft" or sort == "score" or query else None
     stmt = _filtered_features(sae_id, state, tag, query, label, drafted)
-    total = session.scalar(select(func.count()).select_from(stmt.subquery()))
+    total = _known_total(session, sae_id, state, tag, query, stmt)
     columns = {"index": Feature.feature_index, "density": Feature.density, "max_act": Feature.max_act,
                "mean_act": Feature.mean_act, "label": label.c.text}
     if drafted is not None:
         columns["score"] = drafted.c.score
     if sort not in columns:
         raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(columns)}")
-    key = columns[sort].desc() if descending else columns[sort].asc()
-    order = [key, Feature.feature_index]
-    if sort in ("label", "score"):  # unlabelled or unscored features last either way
-        order.insert(0, case((columns[sort].is_(None), 1), else_=0))
-    rows = session.execute(stmt.order_by(*order).limit(limit).offset(offset))
-    return [_row(*row) for row in rows], total or 0
+    if sort in KEYSET_SORTS:
+        stmt = _keyset_page(stmt, columns[sort], descending, after, offset, plain=(state, tag, query) == ("all", None, None))
+    else:
+        key = columns[sort].desc() if descending else columns[sort].asc()
+        # unlabelled or unscored features last either way
+        stmt = stmt.order_by(case((columns[sort].is_(None), 1), else_=0), key, Feature.feature_index).offset(offset)
+    rows = session.execute(stmt.limit(limit))
+    return [_row(*row) for row in rows], total
+
+
+def _keyset_page(stmt: Select, column: Any, descending: bool, after: Cursor | None, offset: int, plain: bool) -> Select:
+    """Order by (column, feature_index), both in the sort's direction, starting after `after` or `offset` rows.
+
+    The unfiltered index sort turns an offset into a key (feature indices are 0..d_sae-1, every one a row),
+    so numbered pages of the plain list never skip rows either."""
+    index_sort = column is Feature.feature_index
+    if after is None and offset and plain and index_sort and not descending:
+        after = (None, offset - 1)
+        offset = 0
+    if after is not None:
+        value, index = after
+        before_or_after = (lambda a, b: a < b) if descending else (lambda a, b: a > b)
+        if index_sort:
+            stmt = stmt.where(before_or_after(Feature.feature_index, index))
+        else:
+            stmt = stmt.where(before_or_after(tuple_(column, Feature.feature_index), tuple_(value, index)))
+        offset = 0
+    keys = [column] if index_sort else [column, Feature.feature_index]
+    return stmt.order_by(*(key.desc() if descending else key.asc() for key in keys)).offset(offset)
+
+
+def _known_total(session: Session, sae_id: int, state: StateFilter, tag: str | None, query: str | None,
+                 stmt: Select) -> int | None:
+    """How many features match: from the SAE's recorded summary for the plain list and the dead, alive and
+    dense filters; counted for the label, draft and tag filters; None for a text search, which would scan."""
+    if query:
+        return None
+    if not tag and state in ("all", "alive", "dead", "dense"):
+        sae = session.get(Sae, sae_id)
+        if sae is not None and sae.recorded_at is not None:
+            dead, dense = sae.dead_count or 0, sae.dense_count or 0
+            return {"all": sae.d_sae, "alive": sae.d_sae - dead, "dead": dead, "dense": dense}[state]
+    return session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
 
 
 def _row(feature: Feature, label: str | None, draft: str | None = None, status: str | None = None,

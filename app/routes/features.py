@@ -9,6 +9,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from .. import crud
 from ..deps import (
+    AfterIndex,
+    AfterKey,
     FeatureIndex,
     Page,
     PerPage,
@@ -31,16 +33,31 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
                  sort: crud.SortKey = "index", desc: bool = False, state: crud.StateFilter = "all",
                  tag: TagFilter = "", q: SearchQuery = "",
-                 page: Page = 1, per_page: PerPage = 50):
+                 page: Page = 1, per_page: PerPage = 50, after: AfterIndex = None, after_key: AfterKey = None):
+    """`after` (and `after_key`, the last row's sort value) start the page past the previous page's last row:
+    the "next" link pages by key, so a page deep in a million features costs what the first does."""
     sae = crud.find_sae(session, ref=sae_id)
+    cursor = (after_key, after) if after is not None else None
     rows, total = crud.list_features(session, sae_id=sae.id, sort=sort, descending=desc, state=state,
-                                     tag=tag or None, query=q or None, limit=per_page, offset=(page - 1) * per_page)
+                                     tag=tag or None, query=q or None, limit=per_page + 1,
+                                     offset=(page - 1) * per_page, after=cursor)
+    more, rows = len(rows) > per_page, rows[:per_page]
     number = int(q) if q.strip().isdigit() and int(q) < sae.d_sae else None  # the feature a typed number names
     jump = crud.feature_briefs(session, sae_id=sae.id, indices=[number]).get(number) if number is not None else None
+    pages = max(1, -(-total // per_page)) if total is not None else None
     context = {"sae": sae, "rows": rows, "total": total, "page": page, "per_page": per_page, "jump": jump,
-               "pages": max(1, -(-total // per_page)), "tags": crud.list_tags(session),
+               "pages": pages, "more": more, "next_after": next_cursor(rows[-1], sort) if more else None,
+               "tags": crud.list_tags(session),
                "params": {"sort": sort, "desc": desc, "state": state, "tag": tag, "q": q, "per_page": per_page}}
     return render(request, "_feature_table.html" if is_htmx(request) else "features.html", context)
+
+
+def next_cursor(last: crud.FeatureRow, sort: crud.SortKey) -> dict[str, str] | None:
+    """The query parameters of the next page by key after `last`; None for sorts that page by number."""
+    if sort not in crud.KEYSET_SORTS:
+        return None
+    key = {"index": None, "density": last.density, "max_act": last.max_act, "mean_act": last.mean_act}[sort]
+    return {"after": str(last.feature_index), **({"after_key": repr(key)} if key is not None else {})}
 
 
 @router.get("/saes/{sae_id}/features/{feature_index}", response_class=HTMLResponse)

@@ -1,0 +1,90 @@
+"""Writing many rows into one table inside the session's transaction: the store's bulk path (issue 22).
+
+Rows come as plain tuples in the order of `columns`, JSON columns as Python values. `copy_rows` is the fast
+path: PostgreSQL's COPY through psycopg, SQLite's executemany of tuples on the driver's cursor, JSON
+serialised once here. `insert_rows` is the reference it is tested equal to (tests/app/test_bulk.py):
+SQLAlchemy Core inserts of row dicts, where every value goes through its column type's bind processing.
+At a million features that processing, not the database, was the import's cost.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import islice
+from typing import Any
+
+from sqlalchemy import JSON, Table, insert
+from sqlalchemy.orm import Session
+
+from .models import Base
+
+BATCH_ROWS = 5000
+"""Rows per executemany; large enough to amortise round trips, small enough to bound memory."""
+
+class Json(str):
+    """A JSON column's value already serialised: the row builder wrote the text itself, for speed."""
+
+
+Writer = Callable[[Session, type[Base], Sequence[str], Iterable[tuple[Any, ...]]], None]
+"""How rows reach a table: `copy_rows` or the reference `insert_rows`."""
+
+
+def batches(rows: Iterable[tuple[Any, ...]], size: int = BATCH_ROWS) -> Iterator[list[tuple[Any, ...]]]:
+    """Cut a row stream into lists of at most `size`."""
+    stream = iter(rows)
+    while batch := list(islice(stream, size)):
+        yield batch
+
+
+def table_of(model: type[Base]) -> Table:
+    """The model's table as a schema Table (its columns' types are what the writers look at)."""
+    return model.metadata.tables[model.__tablename__]
+
+
+def insert_rows(session: Session, model: type[Base], columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """The reference writer: Core executemany of dicts, each value bound through its column's type."""
+    table = table_of(model)
+    for batch in batches(rows):
+        session.execute(insert(table), [{name: json.loads(value) if isinstance(value, Json) else value
+                                          for name, value in zip(columns, row)} for row in batch])
+
+
+def copy_rows(session: Session, model: type[Base], columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
+    """The fast writer: COPY on PostgreSQL, executemany of tuples on SQLite, on the session's own connection."""
+    table = table_of(model)
+    connection = session.connection()
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the session's connection has no driver connection")
+    stream = _json_dumped(table, columns, rows)
+    names = ", ".join(columns)
+    if connection.dialect.name == "postgresql":
+        with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+            for row in stream:
+                copy.write_row(row)
+        return
+    cursor = driver.cursor()
+    try:
+        statement = f"INSERT INTO {table.name} ({names}) VALUES ({', '.join('?' * len(columns))})"
+        for batch in batches(stream):
+            cursor.executemany(statement, batch)
+    finally:
+        cursor.close()
+
+
+def _json_dumped(table: Table, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> Iterable[tuple[Any, ...]]:
+    """The rows with their JSON columns as text, serialised as SQLAlchemy's JSON type does (json.dumps)."""
+    positions = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON)]
+    if not positions:
+        return rows
+    dumps = json.dumps
+
+    def dumped(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        values = list(row)
+        for i in positions:
+            if not isinstance(values[i], Json):
+                values[i] = dumps(values[i])  # None too, as JSON null, like the JSON type
+        return tuple(values)
+
+    return map(dumped, rows)

@@ -1,0 +1,57 @@
+"""The bulk import path (COPY on PostgreSQL, executemany of tuples on SQLite) writes the rows the reference
+writer (SQLAlchemy Core inserts bound through the column types) writes, on both backends."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import select
+
+from app import bulk, crud, ingest
+from app.models import Coactivation, Context, Example, Feature, TokenText
+
+
+def stored_rows(session, sae_id: int) -> dict[str, list]:
+    """Every recorded row of an SAE as plain values, row ids replaced by what they point at."""
+    conn = session.connection()
+    features = conn.execute(select(Feature).where(Feature.sae_id == sae_id).order_by(Feature.feature_index)).all()
+    contexts = conn.execute(select(Context.context_index, Context.start, Context.token_ids, Context.pieces)
+                            .where(Context.sae_id == sae_id).order_by(Context.context_index, Context.start)).all()
+    examples = conn.execute(
+        select(Feature.feature_index, Context.context_index, Context.start, Example.interval, Example.rank,
+               Example.peak, Example.value, Example.acts)
+        .join(Feature, Example.feature_id == Feature.id).join(Context, Example.context_id == Context.id)
+        .where(Feature.sae_id == sae_id).order_by(Feature.feature_index, Example.interval, Example.rank)).all()
+    texts = conn.execute(select(TokenText.token_id, TokenText.text).where(TokenText.sae_id == sae_id)
+                         .order_by(TokenText.token_id)).all()
+    partners = conn.execute(select(Coactivation.feature_index, Coactivation.partners)
+                            .where(Coactivation.sae_id == sae_id).order_by(Coactivation.feature_index)).all()
+    return {"features": [tuple(row)[2:] for row in features], "contexts": [tuple(r) for r in contexts],
+            "examples": [tuple(r) for r in examples], "texts": [tuple(r) for r in texts],
+            "partners": [tuple(r) for r in partners]}
+
+
+def test_the_bulk_path_writes_the_rows_the_reference_writer_does(session, records):
+    record = records[0]
+    saes = [crud.create_sae(session, name=name, model_name="tiny-llama", site="layers.1.resid_post",
+                            architecture="relu", d_in=32, d_sae=record.d_sae) for name in ("reference", "bulk")]
+    ingest.store_record(session, sae_id=saes[0].id, record=record, dataset="demo", writer=bulk.insert_rows)
+    ingest.store_record(session, sae_id=saes[1].id, record=record, dataset="demo")
+    reference, fast = (stored_rows(session, sae.id) for sae in saes)
+    assert len(fast["features"]) == record.d_sae and len(fast["examples"]) == len(record.examples.feature_E)
+    assert fast["partners"] and fast["texts"]
+    assert fast == reference
+
+
+def test_a_failed_bulk_import_leaves_the_previous_recording_whole(session, records, monkeypatch):
+    sae = crud.create_sae(session, name="kept", model_name="tiny-llama", site="layers.1.resid_post",
+                          architecture="relu", d_in=32, d_sae=records[0].d_sae)
+    ingest.store_record(session, sae_id=sae.id, record=records[0], dataset="demo")
+    before = stored_rows(session, sae.id)
+
+    def failing_examples(*_args):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(ingest, "_insert_examples", failing_examples)
+    with pytest.raises(RuntimeError, match="disk full"):
+        ingest.store_record(session, sae_id=sae.id, record=records[1], dataset="demo")
+    assert stored_rows(session, sae.id) == before
