@@ -72,11 +72,17 @@ def rating(answer: str) -> float:
     return float(found[-1])
 
 
+ANSWER_TOKENS = 256
+"""The longest answer asked for: AxBench's rater writes a short reason, then "Rating: [[n]]". Left to the
+endpoint, SmolLM2 on llama.cpp's server rambled past the 60 s timeout on every row of a sweep."""
+
+
 def ask(config: EndpointConfig, prompt: str) -> str:
-    """One chat completion at temperature 0, its length left to the endpoint; the answer's text. Sent through
-    the explainers' client (sae_core.explain.endpoint), so the judge gets its retries, backoff and timeouts."""
+    """One chat completion at temperature 0, at most ANSWER_TOKENS long; the answer's text. Sent through the
+    explainers' client (sae_core.explain.endpoint), so the judge gets its retries, backoff and timeouts."""
     try:
-        return EndpointChatModel(config).generate([[{"role": "user", "content": prompt}]], max_tokens=None)[0]
+        return EndpointChatModel(config).generate([[{"role": "user", "content": prompt}]],
+                                                  max_tokens=ANSWER_TOKENS)[0]
     except ExplainerError as err:
         raise JudgeError(f"the judge at {config.url} did not answer: {err}") from err
 

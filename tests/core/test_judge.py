@@ -3,7 +3,7 @@
 import pytest
 
 from sae_core.explain import EndpointConfig
-from sae_core.judge import JudgeError, Verdict, judge, rating
+from sae_core.judge import ANSWER_TOKENS, JudgeError, Verdict, judge, rating
 from tests.judge_server import judge_server
 from tests.spawn import free_port
 
@@ -14,6 +14,7 @@ def test_the_judge_asks_for_concept_and_fluency_separately():
     assert verdict == Verdict(2.0, 1.0)
     assert [r["path"] for r in received] == ["/v1/chat/completions"] * 2
     assert all(r["model"] == "judge-model" and r["temperature"] == 0 and r["auth"] == "Bearer k" for r in received)
+    assert all(r["max_tokens"] == ANSWER_TOKENS for r in received)  # a small judge can ramble to its context's end
     assert "[Concept Start]\ncats\n[Concept End]" in received[0]["messages"][0]["content"]
     assert "cats everywhere" in received[1]["messages"][0]["content"]
 
