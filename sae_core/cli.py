@@ -26,7 +26,7 @@ from .harvest import harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
 from .saes import SAEConfig, SAEFormatError, load_sae, transcodes
 from .saes.artifact import sae_directory, write_metrics
-from .saes.convert import WRITERS, convert_sae
+from .saes.convert import SET_WRITERS, WRITERS, convert_sae
 from .sites import SiteError, valid_sites
 from .train import sae_config_for
 from .train import train as run_train
@@ -228,15 +228,19 @@ def contrast_command(
 
 def convert(
     sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
-    to: str = typer.Option(..., "--to", help=f"Layout to write: {', '.join(WRITERS)}."),
+    to: str = typer.Option(..., "--to", help=f"Layout to write: {', '.join([*WRITERS, *SET_WRITERS])} (a transcoder "
+                                             "set directory)."),
     out: Path = typer.Option(..., "--out", help="Empty directory to write it into."),
 ) -> None:
-    """Write an SAE in SAELens's or sparsify's layout, for that tool's own loader (docs/formats.md)."""
+    """Write an SAE in SAELens's or sparsify's layout, or a transcoder set in circuit-tracer's, for that tool's own
+    loader (docs/formats.md)."""
     try:
         converted = convert_sae(sae, out, to)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(f"wrote {converted.cfg.architecture} SAE ({converted.cfg.d_sae} features) in {to} layout to {out}")
+    first = converted[0].cfg
+    what = f"{len(converted)} {first.architecture}s" if len(converted) > 1 else f"{first.architecture} SAE"
+    typer.echo(f"wrote {what} ({first.d_sae} features) in {to} layout to {out}")
 
 
 COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,

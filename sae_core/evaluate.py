@@ -7,7 +7,7 @@ the CE pass checks the site's activations and each loss on the positions it coun
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -103,11 +103,14 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
             _require_finite(finite_BT, ~keep_BT, f"the model's activations at {written.name} are NaN or infinite", first)
             return x
 
-        replacements = {
-            "clean": lambda x, y: checked(y),
-            "sae": lambda x, y, keep_BT=keep_BT: torch.where(keep_BT[..., None], y, _reconstruct(sae, x)),
-            "zero": lambda x, y, keep_BT=keep_BT: torch.where(keep_BT[..., None], y, torch.zeros_like(y)),
-        }
+        def with_sae(x: torch.Tensor, y: torch.Tensor, keep_BT: torch.Tensor = keep_BT) -> torch.Tensor:
+            return torch.where(keep_BT[..., None], y, _reconstruct(sae, x))
+
+        def zeroed(x: torch.Tensor, y: torch.Tensor, keep_BT: torch.Tensor = keep_BT) -> torch.Tensor:
+            return torch.where(keep_BT[..., None], y, torch.zeros_like(y))
+
+        replacements: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+            "clean": lambda x, y: checked(y), "sae": with_sae, "zero": zeroed}
         for name, fn in replacements.items():
             with splice_from(model, site, written, fn):
                 losses_BT = _next_token_losses(model, ids_BT)

@@ -123,6 +123,8 @@ class SAE(nn.Module):
     transcodes: ClassVar[bool] = False
     """Whether it reads one activation and predicts another (a transcoder: an MLP's input -> its output),
     training on rows that hold the two side by side (`split_rows`)."""
+    circuit_tracer_activation: ClassVar[str | None] = None
+    """A transcoder's activation as circuit-tracer's per-layer layout computes it (`circuit_tracer.py`); None: it cannot."""
     config_defaults: ClassVar[dict[str, Any]] = {}
     """SAEConfig fields whose default differs for this architecture (a transcoder applies no b_dec to its input)."""
 

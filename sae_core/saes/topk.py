@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -47,7 +47,7 @@ class TopKSAE(SAE):
 
     architecture = "topk"
     saelens_architecture = "topk"
-    sparsify_activation = "topk"
+    sparsify_activation: ClassVar[str | None] = "topk"
     takes_k = True
 
     def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):

@@ -31,10 +31,8 @@ class Transcoder(SAE):
     """What every transcoder shares, whatever its activation: paired rows, no input bias, the optional skip term."""
 
     transcodes = True
-    sparsify_activation = None  # sparsify's own transcoders are not written by `convert` (see docs/formats.md)
+    sparsify_activation: ClassVar[str | None] = None  # `convert` writes no sparsify transcoders (docs/formats.md)
     config_defaults: ClassVar[dict[str, Any]] = {"apply_b_dec_to_input": False}
-    circuit_tracer_activation: ClassVar[str | None] = None
-    """How circuit-tracer computes these features from its per-layer layout (`circuit_tracer.py`); None: it cannot."""
 
     def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):
         if cfg.apply_b_dec_to_input:
