@@ -27,6 +27,8 @@ def dictionaries(model: nn.Module, model_name: str, saes: Sequence[tuple[str, SA
         raise AttributionError("sae", "give at least one SAE")
     out = []
     for name, sae in saes:
+        if sae.transcodes:  # the replacement-model graph (issue 20's second half) is not built yet
+            raise AttributionError("sae", f"SAE {name} is a transcoder; attribution over transcoders is not supported yet")
         trained_on = sae.cfg.provenance.model
         if trained_on is not None and trained_on != model_name:
             raise AttributionError("sae", f"SAE {name} was trained on {trained_on}, not {model_name}; "

@@ -243,3 +243,17 @@ def test_a_transcoder_needs_a_harvest_of_mlp_pairs(mlp_harvest, tmp_path, tiny_m
     code, text = invoke_cli(app, "train", "--activations", mixed, *common)
     assert code == 2 and "layers.1.resid_post is not an MLP's input or output" in text
 
+
+
+def test_steering_and_attribution_refuse_a_transcoder_until_they_support_one():
+    from sae_core.attribution.config import AttributionError
+    from sae_core.attribution.dictionaries import dictionaries
+    from sae_core.steering import SteeringError, steer
+
+    model = tiny_model("llama")
+    sae = build_sae(SAEConfig(architecture="transcoder", d_in=32, d_sae=64, k=4, apply_b_dec_to_input=False,
+                              provenance=Provenance(site=Site(1, "mlp_in"))))
+    with pytest.raises(SteeringError, match="steering a transcoder"), steer(model, sae, [None], 1):
+        pass
+    with pytest.raises(AttributionError, match="is a transcoder"):
+        dictionaries(model, "tiny", [("t", sae)])
