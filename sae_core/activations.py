@@ -164,6 +164,30 @@ class ActivationSource:
         return self.chunks[chunk].read(start, stop)
 
 
+def paired(inputs: ActivationSource, outputs: ActivationSource) -> ActivationSource:
+    """Rows that hold each input row and its output row side by side, [N, d_in + d_out]: a transcoder's pairs.
+
+    Both sources must be one harvest's sites (the same tokens in the same shards), so row i of one is the
+    same token as row i of the other; anything else is refused rather than mispaired.
+    """
+    if inputs.d_in != outputs.d_in:
+        raise ActivationsError(f"cannot pair {inputs.path} ({inputs.d_in} wide) with {outputs.path} "
+                               f"({outputs.d_in} wide): a transcoder's input and output must be equally wide")
+    in_rows, out_rows = [c.rows for c in inputs.chunks], [c.rows for c in outputs.chunks]
+    if in_rows != out_rows:
+        raise ActivationsError(f"cannot pair {inputs.path} ({inputs.n_rows} rows) with {outputs.path} "
+                               f"({outputs.n_rows} rows): they are not one harvest's rows of the same tokens "
+                               "(a harvest that left out non-finite rows at one site only cannot be paired)")
+    chunks = tuple(Chunk(a.rows, partial(_side_by_side, a.read, b.read), a.origin, a.first_row)
+                   for a, b in zip(inputs.chunks, outputs.chunks))
+    return ActivationSource(inputs.path, inputs.d_in + outputs.d_in, chunks, inputs.provenance,
+                            inputs.nonfinite_skipped + outputs.nonfinite_skipped)
+
+
+def _side_by_side(read_a: Reader, read_b: Reader, start: int, stop: int) -> torch.Tensor:
+    return torch.cat([read_a(start, stop), read_b(start, stop)], dim=1)
+
+
 def holdout_rows(n_rows: int) -> int:
     """Rows held out of training for metrics.json by default: a tenth, at most 65536."""
     return min(n_rows // 10, 65536)

@@ -24,9 +24,9 @@ from .evaluate import ce_on_corpus, evaluate_activations
 from .harvest import HarvestError, describe
 from .harvest import harvest as run_harvest
 from .lm import DEFAULT_MODEL, ModelLoadError, load_model
-from .saes import SAEConfig, SAEFormatError, load_sae
+from .saes import SAEConfig, SAEFormatError, load_sae, transcodes
 from .saes.artifact import sae_directory, write_metrics
-from .saes.convert import WRITERS, convert_sae
+from .saes.convert import SET_WRITERS, WRITERS, convert_sae
 from .sites import SiteError, valid_sites
 from .train import sae_config_for
 from .train import train as run_train
@@ -57,7 +57,8 @@ def harvest(
     model: str = ModelOpt,
     site: str = typer.Option(HarvestConfig.site, "--site",
                              help="Hook site, e.g. layers.6.resid_post, or several comma-separated (one forward "
-                                  "pass writes each into its own directory under --out)."),
+                                  "pass writes each into its own directory under --out); layers.N.mlp is the MLP's "
+                                  "input and output (a transcoder's pairs), layers.A-B.kind the kind at layers A..B."),
     dataset: str = DatasetOpt,
     text_field: str = typer.Option(HarvestConfig.text_field, "--text-field", help="Field/column holding the text."),
     tokens: int = typer.Option(HarvestConfig.tokens, "--tokens", help="Activation rows to write."),
@@ -93,7 +94,10 @@ def train(
         None, "--activations", help="Harvest directory, [N, d] .npy, or .safetensors with `activations`."),
     out: Path = typer.Option(..., "--out", help="Directory for the SAE (SAELens layout), log and metrics; for a "
                                                 "harvest at several sites, for one such directory per site."),
-    arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk or jumprelu."),
+    arch: str = typer.Option("topk", "--arch", help="relu, topk, batchtopk or jumprelu; or a transcoder (on a harvest "
+                                                    "of layers.N.mlp): transcoder (TopK), jumprelu_transcoder or "
+                                                    "relu_transcoder."),
+    skip: bool = typer.Option(False, "--skip", help="Transcoders: add a linear skip term x @ W_skip.T (skip transcoder)."),
     features: int = typer.Option(8192, "--features", help="Dictionary size (d_sae)."),
     k: int = typer.Option(32, "--k", help="topk/batchtopk: active features per token."),
     tokens: int | None = typer.Option(None, "--tokens", help="Training budget in rows (default: one pass over the data)."),
@@ -137,15 +141,20 @@ def train(
         fail("--skip-nonfinite applies to --activations; a streamed row cannot be skipped (harvest with it instead)")
     results: dict[str, dict] = {}
     try:
+        pairs = transcodes(arch)
+        if pairs and model is not None:
+            fail("a transcoder trains on a harvest of MLP inputs and outputs (--activations of a harvest at "
+                 "layers.N.mlp), not on a stream")
         dist = init_distributed(device, require=distributed)
         if activations is not None:
-            jobs = stored_jobs(activations, out, tokens, holdout, skip_nonfinite, dist, site)
+            jobs = stored_jobs(activations, out, tokens, holdout, skip_nonfinite, dist, site, pairs=pairs)
         else:
             assert model is not None and tokens is not None  # checked above
             lm = load_model(model, device=str(dist.device))
             jobs = [streamed_job(lm, site or HarvestConfig.site, dataset, context, holdout_contexts, tokens, out)]
         for job in jobs:  # one after another in this process: each SAE is what training it alone makes
-            sae_cfg = sae_config_for(job.rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0)
+            sae_cfg = sae_config_for(job.rows, arch, features, k=k, l1_coefficient=l1, l0_coefficient=l0,
+                                     skip_connection=skip)
             cfg = TrainConfig(tokens=job.budget, batch_size=batch_size, lr=lr, seed=seed, dtype=dtype,
                               checkpoint_every_s=checkpoint_every_s, checkpoint_every_tokens=checkpoint_every_tokens,
                               keep_checkpoint=keep_checkpoint, shuffle_rows=shuffle_rows)
@@ -219,15 +228,19 @@ def contrast_command(
 
 def convert(
     sae: Path = typer.Option(..., "--sae", help="SAE directory or file in any supported layout."),
-    to: str = typer.Option(..., "--to", help=f"Layout to write: {', '.join(WRITERS)}."),
+    to: str = typer.Option(..., "--to", help=f"Layout to write: {', '.join([*WRITERS, *SET_WRITERS])} (a transcoder "
+                                             "set directory)."),
     out: Path = typer.Option(..., "--out", help="Empty directory to write it into."),
 ) -> None:
-    """Write an SAE in SAELens's or sparsify's layout, for that tool's own loader (docs/formats.md)."""
+    """Write an SAE in SAELens's or sparsify's layout, or a transcoder set in circuit-tracer's, for that tool's own
+    loader (docs/formats.md)."""
     try:
         converted = convert_sae(sae, out, to)
     except USER_ERRORS as err:
         fail(str(err).splitlines()[0])
-    typer.echo(f"wrote {converted.cfg.architecture} SAE ({converted.cfg.d_sae} features) in {to} layout to {out}")
+    first = converted[0].cfg
+    what = f"{len(converted)} {first.architecture}s" if len(converted) > 1 else f"{first.architecture} SAE"
+    typer.echo(f"wrote {what} ({first.d_sae} features) in {to} layout to {out}")
 
 
 COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,

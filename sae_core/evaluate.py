@@ -7,7 +7,7 @@ the CE pass checks the site's activations and each loss on the positions it coun
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from .activations import ActivationSource
 from .data import iter_contexts, iter_documents, special_ids
 from .finite import NonFiniteError, finite_row_mask
 from .harvest import batched
-from .hooks import splice
+from .hooks import splice_from
 from .lm import LoadedModel
 from .metrics import ReconstructionStats, ce_loss_recovered
 from .saes import SAE
@@ -26,20 +26,24 @@ from .sites import Site
 
 @torch.no_grad()
 def reconstruction_metrics(sae: SAE, batches: Iterable[torch.Tensor]) -> dict[str, float | int]:
-    """mse, fvu, explained variance, l0, dead and dense fractions over every row of `batches`."""
+    """mse, fvu, explained variance, l0, dead and dense fractions over every row of `batches`.
+
+    The figures are of the SAE's target: the rows themselves, or a transcoder's MLP output (`split_rows`).
+    """
     stats = ReconstructionStats()
-    for x_ND in batches:
-        x_ND = x_ND.float()
+    for rows_ND in batches:
+        x_ND, y_ND = sae.split_rows(rows_ND.float())
         f_NF = sae.encode(x_ND)
-        stats.add(x_ND, sae.decode(f_NF), f_NF)
+        stats.add(y_ND, sae.add_skip(sae.decode(f_NF), x_ND), f_NF)
     return stats.summary()
 
 
 def evaluate_activations(sae: SAE, source: ActivationSource, max_rows: int | None = None,
                          batch_size: int = 4096) -> dict[str, float | int]:
     """Reconstruction metrics on the first `max_rows` rows of a source (all rows when None)."""
-    if source.d_in != sae.cfg.d_in:
-        raise ValueError(f"the activations have width {source.d_in}, the SAE expects d_in={sae.cfg.d_in}")
+    if source.d_in != sae.row_width:
+        raise ValueError(f"the activations have width {source.d_in}, the {sae.cfg.architecture} expects rows "
+                         f"{sae.row_width} wide (d_in={sae.cfg.d_in})")
     return reconstruction_metrics(sae, _limited(source.iter_rows(batch_size), max_rows))
 
 
@@ -78,12 +82,16 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
                special_ids: torch.Tensor, first_context: int = 0) -> dict[str, float]:
     """CE loss clean, with the SAE's reconstruction spliced in, and with the site zero-ablated.
 
+    The site written is the SAE's output site: `site` itself, or for a transcoder reading an MLP's input the
+    MLP's output, replaced by the transcoder's prediction from that input (and zero-ablated for the baseline).
+
     Positions holding special tokens (BOS above all) keep their activation and are left out of the
     loss: SAEs are trained without them, and their huge norms would dominate the comparison. The first
     context is number `first_context` in the messages about non-finite values.
     """
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     count = 0
+    written = sae.output_site(site)
     for ids_BT in contexts:
         ids_BT = ids_BT.long()
         keep_BT = torch.isin(ids_BT, special_ids)
@@ -92,16 +100,19 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
         def checked(x, keep_BT=keep_BT, first=first_context):
             """The clean pass's site activations, unchanged once none that counts is NaN or infinite."""
             finite_BT = finite_row_mask(x.flatten(0, -2)).view(keep_BT.shape)
-            _require_finite(finite_BT, ~keep_BT, f"the model's activations at {site.name} are NaN or infinite", first)
+            _require_finite(finite_BT, ~keep_BT, f"the model's activations at {written.name} are NaN or infinite", first)
             return x
 
-        replacements = {
-            "clean": checked,
-            "sae": lambda x, keep_BT=keep_BT: torch.where(keep_BT[..., None], x, _reconstruct(sae, x)),
-            "zero": lambda x, keep_BT=keep_BT: torch.where(keep_BT[..., None], x, torch.zeros_like(x)),
-        }
+        def with_sae(x: torch.Tensor, y: torch.Tensor, keep_BT: torch.Tensor = keep_BT) -> torch.Tensor:
+            return torch.where(keep_BT[..., None], y, _reconstruct(sae, x))
+
+        def zeroed(x: torch.Tensor, y: torch.Tensor, keep_BT: torch.Tensor = keep_BT) -> torch.Tensor:
+            return torch.where(keep_BT[..., None], y, torch.zeros_like(y))
+
+        replacements: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+            "clean": lambda x, y: checked(y), "sae": with_sae, "zero": zeroed}
         for name, fn in replacements.items():
-            with splice(model, site, fn):
+            with splice_from(model, site, written, fn):
                 losses_BT = _next_token_losses(model, ids_BT)
             _require_finite(torch.isfinite(losses_BT), counted, f"the {name} next-token loss is NaN or infinite",
                             first_context)

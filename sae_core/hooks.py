@@ -42,14 +42,15 @@ def _replace_first(output: Any, tensor: torch.Tensor) -> Any:
 
 def _register(module: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tensor | None]):
     """Attach `fn` to the site; a tensor it returns replaces the activation, None leaves it."""
-    if site.kind == "resid_pre":
+    if site.reads_input:
 
         def pre_hook(_module, args, kwargs):
             if args:
                 new = fn(args[0])
                 return None if new is None else ((new, *args[1:]), kwargs)
-            new = fn(kwargs["hidden_states"])
-            return None if new is None else (args, {**kwargs, "hidden_states": new})
+            key = "hidden_states" if "hidden_states" in kwargs else next(iter(kwargs))
+            new = fn(kwargs[key])
+            return None if new is None else (args, {**kwargs, key: new})
 
         return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
 
@@ -103,6 +104,27 @@ def splice(model: nn.Module, site: Site, fn: Callable[[torch.Tensor], torch.Tens
         yield
     finally:
         handle.remove()
+
+
+@contextmanager
+def splice_from(model: nn.Module, source: Site, target: Site,
+                fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]) -> Iterator[None]:
+    """Replace the activation at `target` by `fn(activation at source, activation at target)` for every forward in
+    the block; `source` must be computed first (or be `target`). A transcoder replaces an MLP's output so."""
+    if source.depth > target.depth:
+        raise ValueError(f"{source.name} is computed after {target.name}: a splice can only read what came before")
+    read = Captured()
+
+    def remember(x: torch.Tensor) -> None:
+        read.value = x
+
+    handles = [_register(site_module(model, source), source, remember)]
+    handles.append(_register(site_module(model, target), target, lambda y: fn(read.tensor(), y)))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def truncated_forward_sites(model: nn.Module, sites: Sequence[Site], input_ids: torch.Tensor) -> list[torch.Tensor]:

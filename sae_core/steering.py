@@ -248,6 +248,9 @@ def _slot_vectors(sae: SAE, keys: Sequence[tuple[int | Direction, str]]) -> torc
 
 def _plan(sae: SAE, runs: Sequence[Steering | None]) -> _Plan:
     """Compile the rows' steerings; a row without interventions gets a = 1, b = 0 and no positions."""
+    if sae.transcodes:  # steering edits the site the encoder reads, where a transcoder's decoder does not write
+        raise SteeringError(f"steering a transcoder ({sae.cfg.architecture}) is not supported yet: its encoder reads "
+                            "an MLP's input and its decoder writes the MLP's output")
     n_features = sae.W_dec.shape[0]
     check_features(n_features, [i.feature for run in runs if run for i in run.interventions])
     check_features(n_features, [run.trigger.feature for run in runs if run and run.trigger], "trigger.feature")

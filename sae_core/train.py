@@ -39,7 +39,7 @@ from .distributed import Dist
 from .fileio import atomic_write
 from .finite import NonFiniteError, all_finite
 from .provenance import Provenance
-from .saes import SAE, Runtime, SAEConfig, TrainOutput, artifact, build_sae, takes_k
+from .saes import SAE, Runtime, SAEConfig, TrainOutput, artifact, build_sae, sae_class
 from .saes.artifact import TrainingLog
 from .saes.sharded import ShardedTopKSAE
 
@@ -120,6 +120,8 @@ class TrainState:
     input_scale: float
     since_fired_F: torch.Tensor
     """Rows since each feature last fired."""
+    output_scale: float
+    """The target's scale: the input's for an SAE, the MLP output's own for a transcoder."""
 
 
 class Trainer:
@@ -127,8 +129,6 @@ class Trainer:
 
     def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: Path,
                  dist: Dist | None = None, shard_features: bool = False):
-        if data.d_in != sae_cfg.d_in:
-            raise ValueError(f"the activations have width {data.d_in}, the SAE expects d_in={sae_cfg.d_in}")
         self.cfg, self.data, self.out = cfg, data, Path(out)
         self.dist = dist or Dist()
         self.device = self.dist.device
@@ -140,12 +140,15 @@ class Trainer:
             sae = ShardedTopKSAE(sae_cfg, Runtime(cfg.sparse_kernels, self.batch_dist, shards=self.dist), cfg.seed)
         else:
             sae = build_sae(sae_cfg, seed=cfg.seed, runtime=Runtime(cfg.sparse_kernels, self.batch_dist))
+        if data.d_in != sae.row_width:
+            raise ValueError(f"the activations have width {data.d_in}, the {sae_cfg.architecture} expects rows "
+                             f"{sae.row_width} wide (d_in={sae_cfg.d_in})")
         self.sae = sae.to(self.device)
         self.lr = cfg.lr or default_lr(sae_cfg.d_sae)
         # fused: one kernel for the whole update, measured 5x faster than the default loop on this CPU.
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr, betas=(0.9, 0.999), fused=True)
         self.dead_after = cfg.dead_after_tokens or min(10_000_000, max(cfg.tokens // 10, cfg.batch_size))
-        self.state = TrainState(0, 1.0, torch.zeros(self.sae.d_local, dtype=torch.long, device=self.device))
+        self.state = TrainState(0, 1.0, torch.zeros(self.sae.d_local, dtype=torch.long, device=self.device), 1.0)
         self.first_nonfinite = torch.tensor(NO_STEP, device=self.device)
         """The first step whose loss was NaN or infinite, on the device (read only at logging steps and writes)."""
         self.checkpoint_step: int | None = None
@@ -163,13 +166,19 @@ class Trainer:
 
     @torch.no_grad()
     def initialize_from_data(self) -> None:
-        """Input scale from the mean norm of a sample, and b_dec at the sample's geometric median."""
-        sample_ND = self.data.head(INIT_SAMPLE_ROWS).to(self.device)
+        """Input and target scales from the mean norms of a sample, and b_dec at the scaled targets' geometric median.
+
+        Both are scaled to mean norm sqrt(width): for an SAE they are one scale (the target is the input); a
+        transcoder's MLP output gets its own (`SAE.fold_scales_`).
+        """
+        x_ND, y_ND = self.sae.split_rows(self.data.head(INIT_SAMPLE_ROWS).to(self.device))
         if self.cfg.normalize:
-            self.state.input_scale = math.sqrt(self.data.d_in) / sample_ND.norm(dim=1).mean().clamp_min(1e-12).item()
-        self.sae.b_dec.copy_(geometric_median(sample_ND * self.state.input_scale))
+            self.state.input_scale = math.sqrt(x_ND.shape[1]) / x_ND.norm(dim=1).mean().clamp_min(1e-12).item()
+            self.state.output_scale = math.sqrt(y_ND.shape[1]) / y_ND.norm(dim=1).mean().clamp_min(1e-12).item()
+        self.sae.b_dec.copy_(geometric_median(y_ND * self.state.output_scale))
         # Every rank computed the same start; rank 0's copy is made everyone's so no device quirk can split them.
         self.state.input_scale = self.batch_dist.broadcast_object(self.state.input_scale)
+        self.state.output_scale = self.batch_dist.broadcast_object(self.state.output_scale)
         self.batch_dist.broadcast_(list(self.sae.parameters()))
 
     # --- one step ---------------------------------------------------------------------------------
@@ -177,7 +186,7 @@ class Trainer:
     def step(self, x_ND: torch.Tensor) -> dict[str, float] | None:
         """One optimiser step on this rank's share of a batch of raw activations; the log's figures on logging steps."""
         cfg, sae, state = self.cfg, self.sae, self.state
-        x_ND = x_ND * state.input_scale
+        x_ND = sae.scale_rows(x_ND, state.input_scale, state.output_scale)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * lr_factor(state.step, cfg.total_steps, cfg.warmup_fraction, cfg.decay_fraction)
         sparsity_scale = min(1.0, (state.step + 1) / max(1, round(cfg.total_steps * cfg.sparsity_warmup_fraction)))
@@ -201,9 +210,11 @@ class Trainer:
         return self._figures(out, x_ND)
 
     def _figures(self, out: TrainOutput, x_ND: torch.Tensor) -> dict[str, float]:
-        """Loss terms, L0, batch FVU and dead fraction as plain floats, over the whole global batch."""
+        """Loss terms, L0, batch FVU (of the target: a transcoder's MLP output) and dead fraction as plain floats,
+        over the whole global batch."""
         dist, shards = self.batch_dist, self.sae.runtime.shards
-        fvu = dist.sum((out.x_hat_ND.float() - x_ND).pow(2).sum()) / dist.centred_ss(x_ND).clamp_min(1e-12)
+        y_ND = self.sae.split_rows(x_ND)[1]
+        fvu = dist.sum((out.x_hat_ND.float() - y_ND).pow(2).sum()) / dist.centred_ss(y_ND).clamp_min(1e-12)
         names = [*out.losses, "loss", "l0"]
         values = torch.stack([v.detach().float() for v in (*out.losses.values(), out.loss, out.l0)])
         means = (dist.sum(values) / dist.world).tolist()
@@ -240,6 +251,7 @@ class Trainer:
         payload = {
             "step": self.state.step,
             "input_scale": self.state.input_scale,
+            "output_scale": self.state.output_scale,
             "since_fired_F": self.state.since_fired_F,
             "sae": self.sae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -260,7 +272,8 @@ class Trainer:
                              f"{self.data_rows}; resume over the same rows (and the same --skip-nonfinite)")
         self.sae.load_state_dict(payload["sae"])
         self.optimizer.load_state_dict(payload["optimizer"])
-        self.state = TrainState(payload["step"], payload["input_scale"], payload["since_fired_F"])
+        self.state = TrainState(payload["step"], payload["input_scale"], payload["since_fired_F"],
+                                payload.get("output_scale", payload["input_scale"]))
         self.checkpoint_step = self.state.step
 
     @property
@@ -370,7 +383,7 @@ class Trainer:
         """The trained SAE acting on raw activations (on the CPU), saved in SAELens layout by rank 0."""
         self.require_finite()
         sae = self.sae.unsharded()
-        sae.fold_input_scale_(self.state.input_scale)
+        sae.fold_scales_(self.state.input_scale, self.state.output_scale)
         if not sae.unit_norm_decoder:
             sae.fold_decoder_norm_()
         if self.dist.is_main:
@@ -380,9 +393,12 @@ class Trainer:
 
 def sae_config_for(data: TrainingData, architecture: str, d_sae: int, *, k: int | None = None,
                    **fields: Any) -> SAEConfig:
-    """An SAE config for a source's activations: width and provenance from the source; k only where it applies."""
-    return SAEConfig(architecture=architecture, d_in=data.d_in, d_sae=d_sae, k=k if takes_k(architecture) else None,
-                     provenance=data.provenance, **fields)
+    """An SAE config for a source's activations: width and provenance from the source; k only where it applies.
+
+    """
+    cls = sae_class(architecture)
+    return SAEConfig(architecture=architecture, d_in=cls.d_in_of_rows(data.d_in), d_sae=d_sae,
+                     k=k if cls.takes_k else None, provenance=data.provenance, **{**cls.config_defaults, **fields})
 
 
 def train(sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: str | Path, resume: bool = False,

@@ -8,12 +8,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..saes import SAE
-from ..sites import KINDS, Site, SiteError
+from ..sites import Site, SiteError
 from .config import AttributionError
-
-# Within one layer the stream is read in this order: the block's input, its two writes, its output.
-_KIND_ORDER = {kind: i for i, kind in enumerate(("resid_pre", "attn_out", "mlp_out", "resid_post"))}
-assert set(_KIND_ORDER) == set(KINDS)
 
 
 @dataclass(frozen=True)
@@ -31,6 +27,8 @@ def dictionaries(model: nn.Module, model_name: str, saes: Sequence[tuple[str, SA
         raise AttributionError("sae", "give at least one SAE")
     out = []
     for name, sae in saes:
+        if sae.transcodes:  # the replacement-model graph (issue 20's second half) is not built yet
+            raise AttributionError("sae", f"SAE {name} is a transcoder; attribution over transcoders is not supported yet")
         trained_on = sae.cfg.provenance.model
         if trained_on is not None and trained_on != model_name:
             raise AttributionError("sae", f"SAE {name} was trained on {trained_on}, not {model_name}; "
@@ -40,7 +38,7 @@ def dictionaries(model: nn.Module, model_name: str, saes: Sequence[tuple[str, SA
         except SiteError as err:
             raise AttributionError("sae", f"SAE {name}: {err}") from None
         out.append(Dictionary(sae.eval().requires_grad_(False), site, name))
-    out.sort(key=lambda d: (d.site.layer, _KIND_ORDER[d.site.kind]))
+    out.sort(key=lambda d: d.site.depth)
     sites = [d.site for d in out]
     if len(set(sites)) != len(sites):
         repeated = next(s for s in sites if sites.count(s) > 1)

@@ -21,9 +21,9 @@ class SAEConfig:
     """What an SAE is: its architecture, sizes, where it reads activations and its loss coefficients."""
 
     architecture: str
-    """Registry name: relu, topk, batchtopk or jumprelu."""
+    """Registry name: relu, topk, batchtopk, jumprelu, or a transcoder (transcoder, jumprelu_transcoder, relu_transcoder)."""
     d_in: int
-    """Width of the activations the SAE reads (the model's d_model at the site)."""
+    """Width of the activations the SAE reads (the model's d_model at the site; a transcoder's output is as wide)."""
     d_sae: int
     """Number of dictionary features."""
     k: int | None = None
@@ -46,6 +46,8 @@ class SAEConfig:
     """topk/batchtopk: dead features used by the AuxK loss; None means d_in // 2 (sparsify's default)."""
     aux_k_coefficient: float = 1 / 32
     """topk/batchtopk: weight of the AuxK loss (OpenAI 2024)."""
+    skip_connection: bool = False
+    """Transcoders: add a linear skip term x @ W_skip.T to the output (skip transcoders, Paulo et al. 2025)."""
 
     def __post_init__(self) -> None:
         if self.d_in <= 0 or self.d_sae <= 0:
@@ -118,11 +120,20 @@ class SAE(nn.Module):
     """Per-feature [d_sae] tensors saved and loaded beside W_enc, b_enc, W_dec and b_dec."""
     sparsify_activation: ClassVar[str | None] = None
     """The `activation` of EleutherAI sparsify that computes this SAE's features; None where none does."""
+    transcodes: ClassVar[bool] = False
+    """Whether it reads one activation and predicts another (a transcoder: an MLP's input -> its output),
+    training on rows that hold the two side by side (`split_rows`)."""
+    circuit_tracer_activation: ClassVar[str | None] = None
+    """A transcoder's activation as circuit-tracer's per-layer layout computes it (`circuit_tracer.py`); None: it cannot."""
+    config_defaults: ClassVar[dict[str, Any]] = {}
+    """SAEConfig fields whose default differs for this architecture (a transcoder applies no b_dec to its input)."""
 
     def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):
         super().__init__()
         if cfg.architecture != self.architecture:
             raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}, got {cfg.architecture!r}")
+        if cfg.skip_connection and not self.transcodes:
+            raise ValueError(f"only a transcoder takes a skip connection; a {cfg.architecture} SAE reconstructs its input")
         self.cfg = cfg
         self.runtime = runtime or Runtime()
         self.W_enc = nn.Parameter(torch.zeros(cfg.d_in, self.d_local))
@@ -164,7 +175,29 @@ class SAE(nn.Module):
         return f_NF @ self.W_dec + self.b_dec
 
     def forward(self, x_ND: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(x_ND))
+        return self.add_skip(self.decode(self.encode(x_ND)), x_ND)
+
+    @classmethod
+    def d_in_of_rows(cls, row_width: int) -> int:
+        """The d_in of this architecture trained on rows `row_width` wide (see `row_width`)."""
+        return row_width
+
+    @property
+    def row_width(self) -> int:
+        """Width of a training or evaluation row: d_in, or a transcoder's input and target side by side."""
+        return self.cfg.d_in
+
+    def split_rows(self, rows_ND: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what the encoder reads, what the output should equal) of a batch of rows: an SAE's are the same."""
+        return rows_ND, rows_ND
+
+    def output_site(self, site: Site) -> Site:
+        """The site the decoder writes when the encoder reads `site`: that site, or a transcoder's MLP output."""
+        return site
+
+    def add_skip(self, y_hat_ND: torch.Tensor, x_ND: torch.Tensor) -> torch.Tensor:
+        """The output given the decoding `y_hat_ND` of input `x_ND`: the decoding, plus a skip transcoder's x @ W_skip.T."""
+        return y_hat_ND
 
     def training_pre_acts(self, x_ND: torch.Tensor) -> torch.Tensor:
         """Pre-activations for a training step; detached when the sparse kernels will supply the gradient."""
@@ -256,6 +289,21 @@ class SAE(nn.Module):
         self.b_dec.div_(scale)
         self.b_enc.div_(scale)
         self._scale_thresholds_(torch.full((self.d_local,), 1 / scale))
+
+    @torch.no_grad()
+    def fold_scales_(self, input_scale: float, output_scale: float) -> None:
+        """Turn an SAE trained to map `input_scale * x` to `output_scale * y` into one on raw x and y.
+
+        An SAE's two scales are one (x is y); a transcoder's input and output are normalised apart, since an
+        MLP's output can be orders of magnitude smaller than its input. The encoder takes their ratio.
+        """
+        if input_scale != output_scale:
+            self.W_enc.mul_(input_scale / output_scale)
+        self.fold_input_scale_(output_scale)
+
+    def scale_rows(self, rows_ND: torch.Tensor, input_scale: float, output_scale: float) -> torch.Tensor:
+        """Training rows with the input scaled by `input_scale` and the target by `output_scale` (one for an SAE)."""
+        return rows_ND * input_scale
 
     def _scale_thresholds_(self, factor_F: torch.Tensor) -> None:
         """Multiply any activation thresholds by a per-feature factor (architectures with thresholds)."""

@@ -4,7 +4,9 @@
 - sparsify: cfg.json + sae.safetensors as EleutherAI sparsify saves one hookpoint (`SparseCoder.load_from_disk`
   on the directory): encoder.weight [d_sae, d_in], encoder.bias, W_dec [d_sae, d_in], b_dec. sparsify
   computes topk(relu(encoder(x - b_dec))), so only an SAE whose class names a `sparsify_activation` goes there.
-tests/core/test_peer_roundtrip.py loads both with the tools themselves and compares reconstructions.
+- circuit-tracer: a transcoder set (one per layer from 0) as its `transcoder_set` (`circuit_tracer.py`); the
+  source is a set directory, or one transcoder of layer 0.
+tests/core/test_peer_roundtrip.py loads the first two with the tools themselves and compares reconstructions.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import torch
 from safetensors.torch import save_file
 
 from ..fileio import atomic_write, atomic_write_json
-from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError
+from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, sae_set_members
 from .base import SAE
+from .circuit_tracer import CONFIG_FILE, write_circuit_tracer
 from .formats import SPARSIFY_WEIGHTS, load_sae
 
 
@@ -48,17 +51,24 @@ def write_sparsify(sae: SAE, directory: Path) -> None:
 
 
 WRITERS: dict[str, Callable[[SAE, Path], None]] = {"saelens": write_saelens, "sparsify": write_sparsify}
-"""Layouts saescope writes, by the name `saescope convert --to` takes."""
+"""Layouts saescope writes one SAE in, by the name `saescope convert --to` takes."""
+SET_WRITERS: dict[str, Callable[[list[SAE], Path], object]] = {"circuit-tracer": write_circuit_tracer}
+"""Layouts saescope writes a set of SAEs in (one file per member and a listing)."""
 
 
-def convert_sae(source: str | Path, out: str | Path, to: str) -> SAE:
-    """Read the SAE at `source` (any layout saescope reads) and write it into the empty directory `out`."""
-    if to not in WRITERS:
-        raise ValueError(f"unknown layout {to!r}; choose one of {', '.join(WRITERS)}")
+def convert_sae(source: str | Path, out: str | Path, to: str) -> list[SAE]:
+    """Read the SAE at `source`, or each SAE of a set directory for a set layout, (any layout saescope reads) and
+    write them into the empty directory `out`."""
+    if to not in WRITERS and to not in SET_WRITERS:
+        raise ValueError(f"unknown layout {to!r}; choose one of {', '.join([*WRITERS, *SET_WRITERS])}")
     out = Path(out)
-    taken = [name for name in (CFG_FILE, WEIGHTS_FILE, SPARSIFY_WEIGHTS) if (out / name).exists()]
+    taken = [name for name in (CFG_FILE, WEIGHTS_FILE, SPARSIFY_WEIGHTS, CONFIG_FILE) if (out / name).exists()]
     if taken:
         raise ValueError(f"{out} already holds an SAE ({', '.join(taken)}): choose an empty directory")
+    if to in SET_WRITERS:
+        saes = [load_sae(path) for path in (sae_set_members(source) or {"": Path(source)}).values()]
+        SET_WRITERS[to](saes, out)
+        return saes
     sae = load_sae(source)
     WRITERS[to](sae, out)
-    return sae
+    return [sae]

@@ -81,14 +81,15 @@ class JumpReLUSAE(SAE):
     def training_forward(
         self, x_ND: torch.Tensor, *, dead_F: torch.Tensor | None = None, sparsity_scale: float = 1.0
     ) -> TrainOutput:
+        x_ND, y_ND = self.split_rows(x_ND)
         pre_NF = self.pre_acts(x_ND)
         threshold_F = self.threshold
         eps = self.cfg.jumprelu_bandwidth
         f_NF = _JumpReLU.apply(pre_NF, threshold_F.to(pre_NF.dtype), eps)
-        x_hat_ND = self.decode(f_NF)
+        x_hat_ND = self.add_skip(self.decode(f_NF), x_ND)
         l0_N = _Step.apply(pre_NF, threshold_F.to(pre_NF.dtype), eps).float().sum(1)
         losses = {
-            "mse": self.mse(x_hat_ND, x_ND),
+            "mse": self.mse(x_hat_ND, y_ND),
             "l0": sparsity_scale * self.cfg.l0_coefficient * l0_N.mean(),
         }
         active_NF = f_NF > 0

@@ -9,9 +9,11 @@ from .batchtopk import BatchTopKSAE
 from .jumprelu import JumpReLUSAE
 from .relu import ReLUSAE
 from .topk import TopKSAE
+from .transcoder import JumpReLUTranscoder, ReLUTranscoder, TopKTranscoder
 
 ARCHITECTURES: dict[str, type[SAE]] = {
-    cls.architecture: cls for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE)
+    cls.architecture: cls
+    for cls in (ReLUSAE, TopKSAE, BatchTopKSAE, JumpReLUSAE, TopKTranscoder, JumpReLUTranscoder, ReLUTranscoder)
 }
 
 
@@ -26,6 +28,11 @@ def sae_class(architecture: str) -> type[SAE]:
 def takes_k(architecture: str) -> bool:
     """Whether an architecture reads k (active features per token), so a CLI's --k applies to it."""
     return sae_class(architecture).takes_k
+
+
+def transcodes(architecture: str) -> bool:
+    """Whether an architecture is a transcoder, trained on (MLP input, MLP output) pairs rather than one site's rows."""
+    return sae_class(architecture).transcodes
 
 
 def build_sae(cfg: SAEConfig, seed: int = 0, runtime: Runtime | None = None) -> SAE:

@@ -21,11 +21,12 @@ class ReLUSAE(SAE):
     def training_forward(
         self, x_ND: torch.Tensor, *, dead_F: torch.Tensor | None = None, sparsity_scale: float = 1.0
     ) -> TrainOutput:
+        x_ND, y_ND = self.split_rows(x_ND)
         f_NF = self.encode(x_ND)
-        x_hat_ND = self.decode(f_NF)
+        x_hat_ND = self.add_skip(self.decode(f_NF), x_ND)
         weighted_l1 = (f_NF.float() @ self.W_dec.norm(dim=1)).mean()
         losses = {
-            "mse": self.mse(x_hat_ND, x_ND),
+            "mse": self.mse(x_hat_ND, y_ND),
             "l1": sparsity_scale * self.cfg.l1_coefficient * weighted_l1,
         }
         active_NF = f_NF > 0

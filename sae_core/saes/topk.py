@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -10,10 +10,12 @@ from .base import SAE, Runtime, SAEConfig, TrainOutput
 from .sparse import Selector, SparseActs, top_dead
 
 
-def aux_k_loss(sae: SAE, x_ND: torch.Tensor, x_hat_ND: torch.Tensor, pre_NF: torch.Tensor, dead_F: torch.Tensor) -> torch.Tensor:
+def aux_k_loss(sae: SAE, x_ND: torch.Tensor, y_ND: torch.Tensor, x_hat_ND: torch.Tensor, pre_NF: torch.Tensor,
+               dead_F: torch.Tensor) -> torch.Tensor:
     """AuxK: dead features alone try to reconstruct the residual, so they get gradient and come back.
 
-    OpenAI normalise it by the residual's variance; it is rescaled here by the input's variance so it sits
+    `x_ND` is what the encoder read, `y_ND` the target (the same rows for an SAE, the MLP's output for a
+    transcoder). OpenAI normalise it by the residual's variance; it is rescaled here by the target's variance so it sits
     in the units of the `mse` term, keeping their ratio (and so `aux_k_coefficient`) as published. Written
     as a mean over rows times a batch-wide ratio, so that under data parallelism (both variances over the
     whole global batch) the ranks' averaged gradients equal one process's.
@@ -22,20 +24,21 @@ def aux_k_loss(sae: SAE, x_ND: torch.Tensor, x_hat_ND: torch.Tensor, pre_NF: tor
     if not shards.any(dead_F.any()):
         return x_hat_ND.new_zeros(())
     acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux, shards))
-    e_ND = (x_ND - x_hat_ND).detach()
+    e_ND = (y_ND - x_hat_ND).detach()
     e_hat_ND = sae.decode_sparse(acts, bias=False)
-    ratio = batch.centred_ss(x_ND) / batch.centred_ss(e_ND).clamp_min(1e-12)
+    ratio = batch.centred_ss(y_ND) / batch.centred_ss(e_ND).clamp_min(1e-12)
     return (e_hat_ND - e_ND).pow(2).sum(-1).mean() * ratio
 
 
-def train_topk_family(sae: SAE, x_ND: torch.Tensor, select: Selector, dead_F: torch.Tensor | None) -> TrainOutput:
-    """The training forward shared by TopK and BatchTopK: MSE on the selected features plus AuxK."""
+def train_topk_family(sae: SAE, rows_ND: torch.Tensor, select: Selector, dead_F: torch.Tensor | None) -> TrainOutput:
+    """The training forward shared by TopK and BatchTopK (and the TopK transcoder): MSE on the selected features plus AuxK."""
+    x_ND, y_ND = sae.split_rows(rows_ND)
     pre_NF = sae.training_pre_acts(x_ND)
     acts = sae.select_for_training(x_ND, pre_NF, select)
-    x_hat_ND = sae.decode_sparse(acts)
-    losses = {"mse": sae.mse(x_hat_ND, x_ND)}
+    x_hat_ND = sae.add_skip(sae.decode_sparse(acts), x_ND)
+    losses = {"mse": sae.mse(x_hat_ND, y_ND)}
     if dead_F is not None:
-        losses["aux_k"] = sae.cfg.aux_k_coefficient * aux_k_loss(sae, x_ND, x_hat_ND, pre_NF, dead_F)
+        losses["aux_k"] = sae.cfg.aux_k_coefficient * aux_k_loss(sae, x_ND, y_ND, x_hat_ND, pre_NF, dead_F)
     return TrainOutput(losses, acts.fired(sae.d_local), acts.l0(len(x_ND)), x_hat_ND.detach())
 
 
@@ -44,7 +47,7 @@ class TopKSAE(SAE):
 
     architecture = "topk"
     saelens_architecture = "topk"
-    sparsify_activation = "topk"
+    sparsify_activation: ClassVar[str | None] = "topk"
     takes_k = True
 
     def __init__(self, cfg: SAEConfig, runtime: Runtime | None = None):

@@ -9,7 +9,17 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_core.provenance import Provenance
-from sae_core.saes import ARCHITECTURES, Runtime, SAEConfig, SAEFormatError, build_sae, load_sae, sae_class, takes_k
+from sae_core.saes import (
+    ARCHITECTURES,
+    Runtime,
+    SAEConfig,
+    SAEFormatError,
+    build_sae,
+    load_sae,
+    sae_class,
+    takes_k,
+    transcodes,
+)
 from sae_core.sites import Site
 
 D_IN, D_SAE, K = 16, 64, 4
@@ -28,13 +38,20 @@ REFERENCE_ENCODE = {
     "topk": _topk_reference,
     "batchtopk": lambda pre, sae: torch.where(pre > sae.threshold, pre, 0),
     "jumprelu": lambda pre, sae: torch.where(pre > sae.threshold, pre, 0),
+    "relu_transcoder": lambda pre, sae: pre.relu(),
+    "transcoder": _topk_reference,
+    "jumprelu_transcoder": lambda pre, sae: torch.where(pre > sae.threshold, pre, 0),
 }
 """Each architecture's encoder written out by hand from its paper, from the pre-activations."""
+SAELENS_NAMES = {"relu": "standard", "batchtopk": "jumprelu", "transcoder": "topk_transcoder",
+                 "relu_transcoder": "transcoder"}
+"""The architecture cfg.json gives SAELens, where it is not saescope's own name."""
 
 
 def make(arch: str, seed: int = 0, runtime: Runtime | None = None, **kw):
+    site = Site(2, "mlp_in" if transcodes(arch) else "resid_post")
     cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=K if takes_k(arch) else None,
-                    provenance=Provenance(model="tiny", site=Site(2, "resid_post")), **kw)
+                    provenance=Provenance(model="tiny", site=site), **{**sae_class(arch).config_defaults, **kw})
     sae = build_sae(cfg, seed=seed, runtime=runtime)
     with torch.no_grad():  # non-trivial biases and thresholds so round trips test them
         sae.b_enc.normal_(0, 0.1, generator=torch.Generator().manual_seed(seed))
@@ -63,7 +80,7 @@ def test_shapes_and_nonnegative_features(arch):
 def test_encode_matches_formula(arch):
     sae = make(arch)
     x = x_batch()
-    pre = (x - sae.b_dec) @ sae.W_enc + sae.b_enc
+    pre = ((x - sae.b_dec) if sae.cfg.apply_b_dec_to_input else x) @ sae.W_enc + sae.b_enc
     assert torch.allclose(sae.encode(x), REFERENCE_ENCODE[arch](pre, sae), atol=1e-6)
 
 
@@ -79,14 +96,16 @@ def test_topk_keeps_the_k_largest_preactivations_of_each_row():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_loss_terms_are_named_and_differentiable(arch):
     sae = make(arch)
-    out = sae.training_forward(x_batch(), dead_F=torch.ones(D_SAE, dtype=torch.bool))
-    expected = {"relu": {"mse", "l1"}, "jumprelu": {"mse", "l0"}}.get(arch, {"mse", "aux_k"})
+    rows = torch.randn(32, sae.row_width, generator=torch.Generator().manual_seed(1))
+    out = sae.training_forward(rows, dead_F=torch.ones(D_SAE, dtype=torch.bool))
+    expected = {"relu": {"mse", "l1"}, "jumprelu": {"mse", "l0"}, "relu_transcoder": {"mse", "l1"},
+                "jumprelu_transcoder": {"mse", "l0"}}.get(arch, {"mse", "aux_k"})
     assert set(out.losses) == expected
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.losses.values())
     out.loss.backward()
     assert all(p.grad is not None for p in sae.parameters())
     assert out.fired_F.shape == (D_SAE,) and out.fired_F.dtype == torch.bool
-    assert sae.loss(x_batch()).keys() <= expected
+    assert sae.loss(rows).keys() <= expected
 
 
 def test_registry_rejects_unknown_name():
@@ -108,11 +127,11 @@ def test_save_load_round_trip(arch, tmp_path):
     sae = make(arch)
     sae.save(tmp_path)
     cfg = json.loads((tmp_path / "cfg.json").read_text())
-    assert cfg["architecture"] == {"relu": "standard", "batchtopk": "jumprelu"}.get(arch, arch)
-    assert cfg["d_in"] == D_IN and cfg["d_sae"] == D_SAE and cfg["metadata"]["hook_name"] == "blocks.2.hook_resid_post"
+    assert cfg["architecture"] == SAELENS_NAMES.get(arch, arch)
+    assert cfg["d_in"] == D_IN and cfg["d_sae"] == D_SAE and cfg["metadata"]["hook_name"] == sae.cfg.provenance.hook_name
     weights = load_file(tmp_path / "sae_weights.safetensors")
     assert weights["W_enc"].shape == (D_IN, D_SAE) and weights["W_dec"].shape == (D_SAE, D_IN)
-    assert ("threshold" in weights) == (arch in ("jumprelu", "batchtopk"))
+    assert ("threshold" in weights) == (arch in ("jumprelu", "batchtopk", "jumprelu_transcoder"))
     loaded = load_sae(tmp_path)
     assert type(loaded) is type(sae) and loaded.cfg == sae.cfg
     x = x_batch()

@@ -2,7 +2,17 @@ import pytest
 import torch
 
 from sae_core.hooks import capture, capture_sites, splice, truncated_forward, truncated_forward_sites
-from sae_core.sites import KINDS, Site, SiteError, decoder_layers, parse_site, parse_sites, site_module, valid_sites
+from sae_core.sites import (
+    KINDS,
+    Site,
+    SiteError,
+    decoder_layers,
+    mlp_pairs,
+    parse_site,
+    parse_sites,
+    site_module,
+    valid_sites,
+)
 from tests.factories import FAMILIES, tiny_model
 
 
@@ -11,6 +21,8 @@ from tests.factories import FAMILIES, tiny_model
     ("blocks.0.hook_resid_pre", Site(0, "resid_pre")),
     ("blocks.1.hook_mlp_out", Site(1, "mlp_out")),
     (" layers.1.attn_out ", Site(1, "attn_out")),
+    ("layers.1.mlp_in", Site(1, "mlp_in")),
+    ("blocks.1.ln2.hook_normalized", Site(1, "mlp_in")),
 ])
 def test_parse_site_accepts_canonical_and_saelens_names(name, expected):
     assert parse_site(name) == expected
@@ -86,7 +98,7 @@ def test_splice_changes_downstream_and_identity_changes_nothing(kind):
 
 def test_valid_sites_lists_every_layer_and_kind():
     names = valid_sites(tiny_model("llama", layers=2))
-    assert len(names) == 8 and "layers.1.attn_out" in names
+    assert len(names) == 10 and "layers.1.attn_out" in names and "layers.1.mlp_in" in names
 
 
 def test_parse_sites_gives_several_sites_in_forward_order():
@@ -130,3 +142,47 @@ def test_capture_sites_removes_every_hook_when_the_forward_fails():
     with pytest.raises(RuntimeError), capture_sites(model, sites, stop=False):
         raise RuntimeError("boom")
     assert all(not site_module(model, s)._forward_hooks and not site_module(model, s)._forward_pre_hooks for s in sites)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_mlp_input_is_what_the_mlp_turns_into_its_output(family):
+    """One forward reads an MLP's input and output; the MLP applied to the first gives the second."""
+    model = tiny_model(family)
+    ids = torch.randint(3, 200, (2, 7))
+    x, y = truncated_forward_sites(model, (Site(1, "mlp_in"), Site(1, "mlp_out")), ids)
+    torch.testing.assert_close(site_module(model, Site(1, "mlp_in"))(x), y)
+    assert not torch.allclose(x, truncated_forward(model, Site(1, "resid_pre"), ids))
+
+
+def test_the_llama_mlp_input_is_the_post_attention_norm():
+    model = tiny_model("llama")
+    ids = torch.randint(3, 200, (2, 7))
+    seen = []
+    handle = decoder_layers(model)[1].post_attention_layernorm.register_forward_hook(lambda m, a, o: seen.append(o))
+    try:
+        model(input_ids=ids)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(truncated_forward(model, Site(1, "mlp_in"), ids), seen[0], rtol=0, atol=0)
+    assert Site(1, "mlp_in").hook_name == "blocks.1.ln2.hook_normalized"
+
+
+def test_parse_sites_expands_mlp_pairs_and_layer_ranges():
+    assert parse_sites("layers.0-1.mlp") == (Site(0, "mlp_in"), Site(0, "mlp_out"), Site(1, "mlp_in"), Site(1, "mlp_out"))
+    assert parse_sites("layers.2.mlp,layers.0-1.resid_post") == (
+        Site(0, "resid_post"), Site(1, "resid_post"), Site(2, "mlp_in"), Site(2, "mlp_out"))
+    with pytest.raises(SiteError, match="runs backwards"):
+        parse_sites("layers.3-1.mlp")
+    with pytest.raises(SiteError, match=r"layers 0\.\.2"):
+        parse_sites("layers.0-3.mlp", n_layers=3)
+    with pytest.raises(SiteError, match="named more than once"):
+        parse_sites("layers.1.mlp,layers.1.mlp_out")
+
+
+def test_mlp_pairs_pairs_each_layer_and_refuses_other_sites_and_half_pairs():
+    assert mlp_pairs(parse_sites("layers.2.mlp,layers.0.mlp")) == [
+        (Site(0, "mlp_in"), Site(0, "mlp_out")), (Site(2, "mlp_in"), Site(2, "mlp_out"))]
+    with pytest.raises(SiteError, match=r"layers\.1\.resid_post is not an MLP's input or output"):
+        mlp_pairs(parse_sites("layers.0.mlp,layers.1.resid_post"))
+    with pytest.raises(SiteError, match=r"layers\.1\.mlp_out missing"):
+        mlp_pairs(parse_sites("layers.0.mlp,layers.1.mlp_in"))
