@@ -149,6 +149,8 @@ class SaeHeader:
     d_sae: int
     record_config: dict[str, Any] | None
     recorded_at: datetime | None
+    model: str = ""
+    """What loads its model (services.inference.model_spec), for the page to say whether it is loaded."""
 
 
 @dataclass(frozen=True)
@@ -211,6 +213,7 @@ def _view(row: Row[Any]) -> ExampleView:
 _FEATURE_AND_SAE = (
     select(Feature.__table__, Sae.name.label("sae_name"), Sae.d_sae.label("sae_d_sae"),
            Sae.record_config.label("sae_record_config"), Sae.recorded_at.label("sae_recorded_at"),
+           func.coalesce(func.nullif(Sae.model_spec, ""), Sae.model_name).label("sae_model"),
            exists().where(FeatureTag.sae_id == Feature.sae_id,
                           FeatureTag.feature_index == Feature.feature_index).label("tagged"))
     .join(Sae, Feature.sae_id == Sae.id)
@@ -239,7 +242,8 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int, with_piec
     feature = connection.execute(_FEATURE_AND_SAE, {"sae_id": sae_id, "index": feature_index}).one_or_none()
     if feature is None:
         raise _no_feature(session, sae_id, feature_index)
-    sae = SaeHeader(sae_id, feature.sae_name, feature.sae_d_sae, feature.sae_record_config, feature.sae_recorded_at)
+    sae = SaeHeader(sae_id, feature.sae_name, feature.sae_d_sae, feature.sae_record_config, feature.sae_recorded_at,
+                    feature.sae_model)
     statement = _EXAMPLES if with_pieces else _EXAMPLES_WITHOUT_PIECES
     examples = connection.execute(statement, {"feature_id": feature.id}).all()
     labels = label_rows(session, sae_id=sae_id, indices=[feature_index])

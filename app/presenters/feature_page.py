@@ -21,6 +21,7 @@ from ..packing import ACTS, IDS
 from ..services.inference import TextActivations
 from .drafts import draft_context
 from .heatmaps import TokenTable, heatmaps, token_cells
+from .model_state import model_status
 
 TAG_SUGGESTIONS = ("interpretable", "polysemantic", "uninterpretable", "high-frequency", "token-level", "abstract")
 
@@ -41,7 +42,7 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
                        y_label="tokens",
                        title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
-            "top_windows": windows[0], "quantile_windows": windows[1],
+            "top_windows": windows[0], "quantile_windows": windows[1], "model": model_status(request, page.sae.model),
             "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
             "lists": crud.bookmark_lists(session, owner_id=writer.id) if writer else [],
             **draft_context(session, sae_id, index, page.labels)}

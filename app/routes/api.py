@@ -24,6 +24,7 @@ from ..deps import (
     TopN,
     TypedText,
 )
+from ..presenters.model_state import model_status
 from ..presenters.search import token_rows
 from ..schemas import (
     BookmarkListOut,
@@ -33,6 +34,7 @@ from ..schemas import (
     LabelConflictOut,
     LabelIn,
     LabelOut,
+    ModelStatusOut,
     NextToken,
     SaeDetail,
     SaeOut,
@@ -40,6 +42,7 @@ from ..schemas import (
     SearchToken,
     TokenActivation,
 )
+from ..services.inference import model_spec
 
 router = APIRouter(prefix="/api", tags=["api"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or feature"},
@@ -86,6 +89,13 @@ def activations(request: Request, session: SessionDep, _user: ReaderDep, sae_id:
     return FeatureActivations(feature_index=feature_index, tokens=[
         TokenActivation(token=p, token_id=t, activation=a)
         for p, t, a in zip(result.pieces, result.token_ids, result.feature(feature_index))])
+
+
+@router.get("/saes/{sae_id}/model", response_model=ModelStatusOut, responses=ERRORS)
+def model(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+    """Whether the SAE's model is loaded in this server process (the first run, or start-up, loads it)."""
+    status = model_status(request, model_spec(crud.find_sae(session, ref=sae_id)))
+    return ModelStatusOut(model=status.spec, phase=status.phase, error=status.error, loading_s=status.waited_s)
 
 
 @router.get("/saes/{sae_id}/search", response_model=SearchResult, responses=ERRORS)

@@ -23,6 +23,7 @@ from ..deps import (
 )
 from ..models import Sae
 from ..presenters.feature_page import feature_context, typed_text_result
+from ..presenters.model_state import waiting_for_model
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -54,9 +55,13 @@ async def feature(request: Request, session: SessionDep, user: ReaderDep, sae_id
 @router.get("/saes/{sae_id}/features/{feature_index}/test", response_class=HTMLResponse)
 def test_text(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex,
               text: TypedText = ""):
-    """This feature's activation on each token of typed text, run through the model now."""
+    """This feature's activation on each token of typed text, run through the model now (or, while the model
+    loads, a note that asks again)."""
     feature = crud.find_feature(session, sae_id=sae_id, feature_index=feature_index)
-    result = request.app.state.models.run(crud.find_sae(session, ref=sae_id), text) if text.strip() else None
+    sae = crud.find_sae(session, ref=sae_id)
+    if text.strip() and (waiting := waiting_for_model(request, sae, is_htmx(request))):
+        return render(request, "_model_state.html", waiting)
+    result = request.app.state.models.run(sae, text) if text.strip() else None
     return render(request, "_test_result.html", typed_text_result(result, feature_index, feature.max_act))
 
 
