@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal
 
-from sqlalchemy import Row, Select, Subquery, and_, bindparam, case, exists, func, null, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    SQLColumnExpression,
+    Subquery,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    null,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from ..models import Context, Example, Feature, FeatureTag, Sae, Tag, TokenText
@@ -46,7 +61,7 @@ class FeatureRow:
 
 
 def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: str | None, label: Subquery,
-                       drafted: Subquery | None = None) -> Select:
+                       drafted: Subquery | None = None, whole_words: bool = False) -> Select:
     """The feature list query before sorting and paging; `drafted` (newest_explanations) joins each feature's
     newest explanation, for the draft filter, the score sort and the search of draft text."""
     stmt = (
@@ -78,11 +93,29 @@ def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: 
             FeatureTag.sae_id == sae_id, FeatureTag.feature_index == Feature.feature_index,
             FeatureTag.tag_id == Tag.id, named(tag)))
     if query:
-        found = [Feature.top_text.icontains(query, autoescape=True), label.c.text.icontains(query, autoescape=True)]
+        match = _word_matcher(query) if whole_words else _substring_matcher(query)
+        found = [match(Feature.top_text), match(label.c.text)]
         if drafted is not None:
-            found.append(and_(drafted.c.status == DRAFT, drafted.c.text.icontains(query, autoescape=True)))
+            found.append(and_(drafted.c.status == DRAFT, match(drafted.c.text)))
         stmt = stmt.where(or_(*found))
     return stmt
+
+
+Matcher = Callable[[SQLColumnExpression[str]], ColumnElement[bool]]
+
+
+def _substring_matcher(query: str) -> Matcher:
+    return lambda column: column.icontains(query, autoescape=True)
+
+
+def _word_matcher(query: str) -> Matcher:
+    """Whole words: `query` with no letter, digit or underscore just before or after it ("cat" finds "the cat."
+    but not "category"). One pattern both databases read alike: Python's re on SQLite (SQLAlchemy registers it),
+    an ARE on PostgreSQL; both take (?i) and \\W, and re.escape writes no escape either reads otherwise."""
+    start = r"(^|\W)" if re.match(r"\w", query) else ""
+    end = r"(\W|$)" if re.search(r"\w$", query) else ""
+    pattern = f"(?i){start}{re.escape(query)}{end}"
+    return lambda column: column.regexp_match(pattern)
 
 
 def list_features(
@@ -94,13 +127,15 @@ def list_features(
     state: StateFilter = "all",
     tag: str | None = None,
     query: str | None = None,
+    whole_words: bool = False,
     limit: int = 50,
     offset: int = 0,
 ) -> tuple[list[FeatureRow], int]:
-    """One page of an SAE's features and the total matching, sorted and filtered as a list page asks."""
+    """One page of an SAE's features and the total matching, sorted and filtered as a list page asks; `query`
+    matches labels, drafts and top tokens as a substring, or with `whole_words` as whole words."""
     label = current_label_texts(sae_id)
     drafted = newest_explanations(sae_id) if state == "draft" or sort == "score" or query else None
-    stmt = _filtered_features(sae_id, state, tag, query, label, drafted)
+    stmt = _filtered_features(sae_id, state, tag, query, label, drafted, whole_words)
     total = session.scalar(select(func.count()).select_from(stmt.subquery()))
     columns = {"index": Feature.feature_index, "density": Feature.density, "max_act": Feature.max_act,
                "mean_act": Feature.mean_act, "label": label.c.text}

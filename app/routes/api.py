@@ -23,6 +23,7 @@ from ..deps import (
     TagFilter,
     TopN,
     TypedText,
+    WholeWords,
 )
 from ..presenters.model_state import model_status
 from ..presenters.search import token_rows
@@ -64,12 +65,13 @@ def sae(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
 
 @router.get("/saes/{sae_id}/features", response_model=FeatureList, responses=ERRORS)
 def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, sort: crud.SortKey = "index", desc: bool = False,
-             state: crud.StateFilter = "all", tag: TagFilter = "", q: SearchQuery = "", page: Page = 1,
-             per_page: PerPage = 50):
-    """One page of features, sorted and filtered like the list page; `q` searches labels and top tokens."""
+             state: crud.StateFilter = "all", tag: TagFilter = "", q: SearchQuery = "", whole_words: WholeWords = False,
+             page: Page = 1, per_page: PerPage = 50):
+    """One page of features, sorted and filtered like the list page; `q` searches labels, drafts and top tokens."""
     row = crud.find_sae(session, ref=sae_id)
     rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag or None,
-                                     query=q or None, limit=per_page, offset=(page - 1) * per_page)
+                                     query=q or None, whole_words=whole_words, limit=per_page,
+                                     offset=(page - 1) * per_page)
     return FeatureList(total=total, page=page, per_page=per_page, features=rows)
 
 

@@ -18,6 +18,7 @@ from ..deps import (
     SessionDep,
     TagFilter,
     TypedText,
+    WholeWords,
     is_htmx,
     render,
 )
@@ -31,16 +32,18 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 @router.get("/saes/{sae_id}/features", response_class=HTMLResponse)
 def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
                  sort: crud.SortKey = "index", desc: bool = False, state: crud.StateFilter = "all",
-                 tag: TagFilter = "", q: SearchQuery = "",
+                 tag: TagFilter = "", q: SearchQuery = "", whole_words: WholeWords = False,
                  page: Page = 1, per_page: PerPage = 50):
     sae = crud.find_sae(session, ref=sae_id)
     rows, total = crud.list_features(session, sae_id=sae.id, sort=sort, descending=desc, state=state,
-                                     tag=tag or None, query=q or None, limit=per_page, offset=(page - 1) * per_page)
+                                     tag=tag or None, query=q or None, whole_words=whole_words, limit=per_page,
+                                     offset=(page - 1) * per_page)
     number = int(q) if q.strip().isdigit() and int(q) < sae.d_sae else None  # the feature a typed number names
     jump = crud.feature_briefs(session, sae_id=sae.id, indices=[number]).get(number) if number is not None else None
     context = {"sae": sae, "rows": rows, "total": total, "page": page, "per_page": per_page, "jump": jump,
                "pages": max(1, -(-total // per_page)), "tags": crud.list_tags(session),
-               "params": {"sort": sort, "desc": desc, "state": state, "tag": tag, "q": q, "per_page": per_page}}
+               "params": {"sort": sort, "desc": desc, "state": state, "tag": tag, "q": q, "whole_words": whole_words,
+                          "per_page": per_page}}
     return render(request, "_feature_table.html" if is_htmx(request) else "features.html", context)
 
 
