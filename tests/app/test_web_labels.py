@@ -150,7 +150,7 @@ def test_export_of_current_labels_holds_one_row_per_labelled_feature(client, lab
     for index, text in [(1, "old"), (1, "new"), (2, "only"), (1, "newest")]:
         crud.add_label(session, sae_id=stored_sae.id, feature_index=index, text=text, author_id=labeller[0].id)
     current = client.get(f"/saes/{stored_sae.id}/labels.csv", params={"current": "true"})
-    assert 'filename="labels-%d-current.csv"' % stored_sae.id in current.headers["content-disposition"]
+    assert f'filename="labels-{stored_sae.id}-current.csv"' in current.headers["content-disposition"]
     assert [(r["feature_index"], r["label"], r["author"]) for r in csv.DictReader(io.StringIO(current.text))] == [
         ("1", "newest", "ada"), ("2", "only", "ada")]
     data = client.get(f"/saes/{stored_sae.id}/labels.json", params={"current": "true"}).json()
