@@ -5,6 +5,8 @@ pictures of a change. It logs in as a labeller (the pages then show their editor
 1400 px, the feature list at 390 px and the steering page with one run of the feature at 1400 px.
 Run: .venv/bin/python bench/screenshots.py --url http://127.0.0.1:8000 --sae 1 --feature 125 \
          --user lea --password ... --out /work/shots/NAME-  [--only feature]
+The README's picture is the feature page as a visitor sees it (not logged in), its top 1280 x 1500 px:
+     .venv/bin/python bench/screenshots.py --url ... --sae 2 --feature 3764 --only readme --out docs/feature-page.png
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def feature_page(page: Page, sae: int, feature: int, out: Path) -> None:
     page.screenshot(path=f"{out}feature-1400.png", full_page=True)
 
 
+def readme_picture(page: Page, sae: int, feature: int, out: Path) -> None:
+    page.set_viewport_size({"width": 1280, "height": 1500})
+    page.goto(f"/saes/{sae}/features/{feature}")
+    page.screenshot(path=out)
+
+
 def feature_list(page: Page, sae: int, out: Path) -> None:
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(f"/saes/{sae}/features?sort=max_act&desc=true")
@@ -55,16 +63,21 @@ def main() -> None:
     parser.add_argument("--url", required=True)
     parser.add_argument("--sae", type=int, required=True)
     parser.add_argument("--feature", type=int, required=True)
-    parser.add_argument("--user", required=True)
-    parser.add_argument("--password", required=True)
-    parser.add_argument("--out", type=Path, required=True, help="Path prefix of the PNG files.")
+    parser.add_argument("--user", help="A labeller to log in as (not needed for the README's picture).")
+    parser.add_argument("--password")
+    parser.add_argument("--out", type=Path, required=True, help="Path prefix of the PNG files (readme: the file).")
     parser.add_argument("--prompt", default="Tell me about your day.")
-    parser.add_argument("--only", choices=("feature", "list", "steer"), help="Take this one picture only.")
+    parser.add_argument("--only", choices=("feature", "list", "steer", "readme"), help="Take this one picture only.")
     args = parser.parse_args()
+    if args.only != "readme" and not (args.user and args.password):
+        parser.error("--user and --password name the labeller these pictures are taken as")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
         page = browser.new_context(base_url=args.url).new_page()
-        log_in(page, args.user, args.password)
+        if args.only == "readme":
+            readme_picture(page, args.sae, args.feature, args.out)
+        else:
+            log_in(page, args.user, args.password)
         if args.only in (None, "feature"):
             feature_page(page, args.sae, args.feature, args.out)
         if args.only in (None, "list"):
