@@ -49,7 +49,9 @@ def test_test_it_says_the_model_is_loading_then_shows_the_result_by_itself(cold_
     sae_id, stored = strongest_feature(live_store)
     cold_page.goto(f"/saes/{sae_id}/features/{stored.feature.feature_index}")
     cold_page.fill("#test-text", "the cat sat")
-    note = cold_page.wait_for_selector("#test-result .model-state.loading")
+    note = cold_page.wait_for_selector("#test-result .model-state.pending", state="attached")
+    # Shown between its polls too (a class the htmx indicators use once hid it but while it asked again).
+    assert note.evaluate("(el) => getComputedStyle(el).display") != "none"
     assert re.search(r"Loading the model .+ s so far", note.inner_text())
     gate.set()
     cold_page.wait_for_selector("#test-result .tokens")
@@ -61,7 +63,7 @@ def test_search_by_text_says_the_model_is_loading_then_shows_the_tokens(cold_pag
     _url, sae_id, _engine = live_store
     cold_page.goto(f"/saes/{sae_id}/search")
     cold_page.fill("#search-text", "the cat")
-    cold_page.wait_for_selector("#search-tokens .model-state.loading")
+    cold_page.wait_for_selector("#search-tokens .model-state.pending")
     gate.set()
     cold_page.wait_for_selector("#search-tokens .search-token")
 
