@@ -273,15 +273,17 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
     workers: int = typer.Option(1, min=1, help="Worker processes (each loads its own model for text search)."),
+    preload: bool = typer.Option(True, "--preload/--no-preload",
+                                 help="Load the SAEs' models in the background at start-up (else on first use)."),
 ) -> None:
     """Serve the feature browser (uvicorn, factory mode)."""
-    run_server(database_url(db), host, port, workers)
+    run_server(database_url(db), host, port, workers, preload)
 
 
 WORKER_STARTUP_S = 120
 
 
-def run_server(url: str, host: str, port: int, workers: int = 1) -> None:
+def run_server(url: str, host: str, port: int, workers: int = 1, preload: bool = True) -> None:
     """uvicorn in factory mode on the store at `url`, until interrupted; a store that cannot be used is a
     one-line error here, before any worker starts (each would otherwise fail on its own with a traceback)."""
     import uvicorn
@@ -292,6 +294,7 @@ def run_server(url: str, host: str, port: int, workers: int = 1) -> None:
         fail(str(err))
     # Workers build their app from the environment; one secret shared by all keeps sessions valid in each.
     os.environ["DATABASE_URL"] = url
+    os.environ["PRELOAD_MODELS"] = "true" if preload else "false"
     os.environ.setdefault("SECRET_KEY", secrets.token_hex(32))
     typer.echo(f"serving at http://{host}:{port}/  (Ctrl-C stops)")
     # Each worker process imports this console script (and with it torch) before it answers the supervisor's

@@ -61,6 +61,7 @@ TypedText = Annotated[str, Query(max_length=2000), Storable]
 """Typed text for the model; a bound keeps each request short on a CPU."""
 SearchQuery = Annotated[str, Query(max_length=200, description="Searches labels and top tokens."), Storable]
 TagFilter = Annotated[str, Query(max_length=64, description="Only features with this tag."), Storable]
+WholeWords = Annotated[bool, Query(description="Match `q` as whole words (\"cat\" finds \"the cat\", not \"category\").")]
 TagName = Annotated[str, Form(min_length=1, max_length=64), Storable]
 LabelText = Annotated[str, Form(min_length=1, max_length=2000), Storable]
 Note = Annotated[str, Form(max_length=2000), Storable]

@@ -6,7 +6,9 @@ each build their own engine and model cache).
 
 from __future__ import annotations
 
+import logging
 import secrets
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http.cookies import SimpleCookie
@@ -16,9 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from . import crud
 from .db import make_engine, read_engine, session_factory
 from .deps import CSRF_COOKIE
 from .errors import install_error_handlers
@@ -29,7 +33,7 @@ from .routes import drafts as draft_routes
 from .security import new_csrf_seed
 from .services.attribution import AttributionService
 from .services.explain import ExplainService, explainer_choices
-from .services.inference import ModelCache
+from .services.inference import ModelCache, model_spec
 from .services.steering import SteeringWorker, judge_config, steer_limits
 from .settings import Settings
 from .templating import install_filters
@@ -37,6 +41,8 @@ from .templating import install_filters
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = ROOT / "templates"
 STATIC_DIR = ROOT / "static"
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -48,6 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if settings.preload_models:
+            app.state.preload = preload_models(app)
         yield
         app.state.steering.close()
         app.state.attribution.close()
@@ -78,6 +86,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(CsrfSeedCookie, secure=settings.cookie_secure)
     app.add_middleware(SecurityHeaders)
     return app
+
+
+def preload_models(app: FastAPI) -> threading.Thread | None:
+    """Start loading the models of the store's SAEs in the background: start-up does not wait for them, and
+    pages say they are loading (or why one failed) meanwhile. The thread, for tests to join."""
+    try:
+        with app.state.read_sessions() as session:
+            specs = [model_spec(sae) for sae in crud.list_saes(session)]
+    except SQLAlchemyError as err:
+        log.error("cannot preload models: the store could not be read: %s", str(err).splitlines()[0])
+        return None
+    log.info("loading %d model(s) in the background: %s", len(set(specs)), ", ".join(sorted(set(specs))))
+    return app.state.models.load_in_background(specs)
 
 
 def api_docs(request: Request) -> HTMLResponse:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Row
@@ -133,6 +133,18 @@ class SearchToken(BaseModel):
 
 class SearchResult(BaseModel):
     tokens: list[SearchToken]
+
+
+class ModelStatusOut(BaseModel):
+    """Whether this server has the SAE's model loaded, for scripts that want to wait for it."""
+
+    model: str
+    """The spec the model loads from (as recorded, else the model name)."""
+    phase: Literal["idle", "loading", "ready", "failed"]
+    """idle: not asked for yet (the first run loads it); loading (or queued); ready; failed (see `error`)."""
+    error: str
+    loading_s: float
+    """Seconds the load has taken so far (0 unless loading)."""
 
 
 class BookmarkOut(BaseModel):

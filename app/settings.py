@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     """Send cookies over HTTPS only; turn on behind TLS."""
     inference_device: str = "cpu"
     """Torch device for the "test it" box, text search and steering."""
+    preload_models: bool = False
+    """Load the model of every SAE in the store on a background thread when the server starts, so the first
+    "test it", text search or steering run does not wait for it (`saescope serve` turns it on)."""
     steer_max_prompt_tokens: int = 512
     """Longest steering prompt accepted, counted after the chat template."""
     steer_max_new_tokens: int = 256

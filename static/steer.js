@@ -109,7 +109,12 @@
     return el;
   }
 
+  let sent = null;  // the request of the run in flight, to name the fields of an error that comes as an event
+
   const handlers = {
+    loading(data) {
+      say(`loading the model ${data.model}… (a first load takes about half a minute; the run starts when it is ready)`);
+    },
     start(data) {
       rows.replaceChildren(...data.rows.map(column));
       say(`generating (prompt ${data.prompt_tokens} tokens)…`);
@@ -140,7 +145,7 @@
       say("asking the judge…");
     },
     error(data) {
-      say(data.detail, true);
+      say(Array.isArray(data.detail) ? problems(data.detail, sent) : data.detail, true);
     },
   };
 
@@ -165,7 +170,7 @@
     say("waiting for the model…");
     stop.hidden = false;
     try {
-      const sent = body();
+      sent = body();
       const response = await fetch("/api/steer", {
         method: "POST", signal: controller.signal, body: JSON.stringify(sent),
         headers: { "Content-Type": "application/json", Accept: "text/event-stream", "X-CSRF-Token": csrf },

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cached_property
 from typing import Any, Literal
 
-from sqlalchemy import Row, Select, Subquery, and_, bindparam, case, exists, func, null, or_, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Row,
+    Select,
+    SQLColumnExpression,
+    Subquery,
+    and_,
+    bindparam,
+    case,
+    exists,
+    func,
+    null,
+    or_,
+    select,
+    tuple_,
+)
 from sqlalchemy.orm import Session
 
 from ..models import Context, Example, Feature, FeatureTag, Sae, Tag, TokenText
@@ -46,7 +62,7 @@ class FeatureRow:
 
 
 def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: str | None, label: Subquery,
-                       drafted: Subquery | None = None) -> Select:
+                       drafted: Subquery | None = None, whole_words: bool = False) -> Select:
     """The feature list query before sorting and paging; `drafted` (newest_explanations) joins each feature's
     newest explanation, for the draft filter, the score sort and the search of draft text."""
     stmt = (
@@ -78,9 +94,10 @@ def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: 
             FeatureTag.sae_id == sae_id, FeatureTag.feature_index == Feature.feature_index,
             FeatureTag.tag_id == Tag.id, named(tag)))
     if query:
-        found = [Feature.top_text.icontains(query, autoescape=True), label.c.text.icontains(query, autoescape=True)]
+        match = _word_matcher(query) if whole_words else _substring_matcher(query)
+        found = [match(Feature.top_text), match(label.c.text)]
         if drafted is not None:
-            found.append(and_(drafted.c.status == DRAFT, drafted.c.text.icontains(query, autoescape=True)))
+            found.append(and_(drafted.c.status == DRAFT, match(drafted.c.text)))
         stmt = stmt.where(or_(*found))
     return stmt
 
@@ -93,6 +110,24 @@ Cursor = tuple[float | None, int]
 the index sort."""
 
 
+Matcher = Callable[[SQLColumnExpression[str]], ColumnElement[bool]]
+
+
+def _substring_matcher(query: str) -> Matcher:
+    return lambda column: column.icontains(query, autoescape=True)
+
+
+def _word_matcher(query: str) -> Matcher:
+    """Whole words: `query` with no letter, digit or underscore just before or after it ("cat" finds "the cat."
+    but not "category"). One pattern both databases read alike: Python's re on SQLite (SQLAlchemy registers it),
+    an ARE on PostgreSQL; both take (?i) and \\W, and re.escape writes no escape either reads otherwise."""
+    start = r"(^|\W)" if re.match(r"\w", query) else ""
+    end = r"(\W|$)" if re.search(r"\w$", query) else ""
+    pattern = f"(?i){start}{re.escape(query)}{end}"
+    # The substring test first: cheap in SQL, it leaves the pattern (a Python call per row on SQLite) few rows.
+    return lambda column: and_(column.icontains(query, autoescape=True), column.regexp_match(pattern))
+
+
 def list_features(
     session: Session,
     *,
@@ -102,12 +137,14 @@ def list_features(
     state: StateFilter = "all",
     tag: str | None = None,
     query: str | None = None,
+    whole_words: bool = False,
     limit: int = 50,
     offset: int = 0,
     after: Cursor | None = None,
 ) -> tuple[list[FeatureRow], int | None]:
     """One page of an SAE's features and the total matching (None where only a scan could count it: a text
-    search), sorted and filtered as a list page asks.
+    search), sorted and filtered as a list page asks; `query` matches labels, drafts and top tokens as a
+    substring, or with `whole_words` as whole words.
 
     The index, density, max and mean sorts order ties by feature index in the sort's direction and, given
     `after`, start past that row through their index (keyset) instead of skipping `offset` rows, so a page
@@ -115,7 +152,7 @@ def list_features(
     """
     label = current_label_texts(sae_id)
     drafted = newest_explanations(sae_id) if state == "draft" or sort == "score" or query else None
-    stmt = _filtered_features(sae_id, state, tag, query, label, drafted)
+    stmt = _filtered_features(sae_id, state, tag, query, label, drafted, whole_words)
     total = _known_total(session, sae_id, state, tag, query, stmt)
     columns = {"index": Feature.feature_index, "density": Feature.density, "max_act": Feature.max_act,
                "mean_act": Feature.mean_act, "label": label.c.text}
@@ -201,6 +238,8 @@ class SaeHeader:
     d_sae: int
     record_config: dict[str, Any] | None
     recorded_at: datetime | None
+    model: str = ""
+    """What loads its model (services.inference.model_spec), for the page to say whether it is loaded."""
 
 
 @dataclass(frozen=True)
@@ -263,6 +302,7 @@ def _view(row: Row[Any]) -> ExampleView:
 _FEATURE_AND_SAE = (
     select(Feature.__table__, Sae.name.label("sae_name"), Sae.d_sae.label("sae_d_sae"),
            Sae.record_config.label("sae_record_config"), Sae.recorded_at.label("sae_recorded_at"),
+           func.coalesce(func.nullif(Sae.model_spec, ""), Sae.model_name).label("sae_model"),
            exists().where(FeatureTag.sae_id == Feature.sae_id,
                           FeatureTag.feature_index == Feature.feature_index).label("tagged"))
     .join(Sae, Feature.sae_id == Sae.id)
@@ -291,7 +331,8 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int, with_piec
     feature = connection.execute(_FEATURE_AND_SAE, {"sae_id": sae_id, "index": feature_index}).one_or_none()
     if feature is None:
         raise _no_feature(session, sae_id, feature_index)
-    sae = SaeHeader(sae_id, feature.sae_name, feature.sae_d_sae, feature.sae_record_config, feature.sae_recorded_at)
+    sae = SaeHeader(sae_id, feature.sae_name, feature.sae_d_sae, feature.sae_record_config, feature.sae_recorded_at,
+                    feature.sae_model)
     statement = _EXAMPLES if with_pieces else _EXAMPLES_WITHOUT_PIECES
     examples = connection.execute(statement, {"feature_id": feature.id}).all()
     labels = label_rows(session, sae_id=sae_id, indices=[feature_index])

@@ -156,7 +156,10 @@ def import_labels(session: Session, *, sae_id: int, labels: list[tuple[int, str]
     return added
 
 
-def all_labels(session: Session, *, sae_id: int) -> list[Label]:
-    """The whole label history of an SAE, oldest first, authors loaded."""
-    return list(session.scalars(select(Label).options(joinedload(Label.author)).where(Label.sae_id == sae_id)
-                                .order_by(Label.feature_index, Label.id)))
+def all_labels(session: Session, *, sae_id: int, current_only: bool = False) -> list[Label]:
+    """The whole label history of an SAE (or with `current_only` each feature's current label), by feature and
+    oldest first, authors loaded."""
+    stmt = select(Label).options(joinedload(Label.author)).where(Label.sae_id == sae_id)
+    if current_only:
+        stmt = stmt.where(Label.id.in_(newest_label_ids(sae_id)))
+    return list(session.scalars(stmt.order_by(Label.feature_index, Label.id)))

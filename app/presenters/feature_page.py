@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from fastapi import Request
 from markupsafe import Markup
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from .. import charts, crud
@@ -21,6 +22,7 @@ from ..packing import ACTS, IDS
 from ..services.inference import TextActivations
 from .drafts import draft_context
 from .heatmaps import TokenTable, heatmaps, token_cells
+from .model_state import model_status
 
 TAG_SUGGESTIONS = ("interpretable", "polysemantic", "uninterpretable", "high-frequency", "token-level", "abstract")
 
@@ -31,42 +33,71 @@ Windows = tuple[Markup, list[tuple[int, Markup]]]
 def feature_context(request: Request, session: Session, sae_id: int, index: int, user: User | None) -> dict[str, Any]:
     """What the feature page template needs: the stored page, charts, neighbour labels, bookmark lists."""
     page = crud.feature_page(session, sae_id=sae_id, feature_index=index, with_pieces=False)
-    windows = example_windows(page, request.app.state.token_tables.get(session, sae_id, page.sae.recorded_at))
+    examples = distinct_examples(page.examples)
+    windows = example_windows(examples, page.feature.max_act,
+                              request.app.state.token_tables.get(session, sae_id, page.sae.recorded_at))
     if windows is None:  # a token the SAE's token texts lack: read the windows' own pieces instead
         page = crud.feature_page(session, sae_id=sae_id, feature_index=index)
-        windows = example_windows_of_pieces(page)
+        examples = distinct_examples(page.examples)
+        windows = example_windows_of_pieces(examples, page.feature.max_act)
     f = page.feature
     writer = user if user is not None and user.can_write else None
     hist = charts.bars(f.hist.get("edges", []), f.hist.get("counts", []), log_x=True, x_label="activation",
                        y_label="tokens",
                        title=f"activations of feature {index}" + (f": {page.label}" if page.label else ""))
     return {"sae": page.sae, "page": page, "f": f, "hist_chart": hist, "label_editor": label_editor(page),
-            "top_windows": windows[0], "quantile_windows": windows[1],
+            "top_windows": windows[0], "quantile_windows": windows[1], "repeats": len(page.examples) - len(examples),
+            "model": model_status(request, page.sae.model),
             "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
             "lists": crud.bookmark_lists(session, owner_id=writer.id) if writer else [],
             **draft_context(session, sae_id, index, page.labels)}
 
 
-def example_windows(page: crud.FeaturePage, token_table: TokenTable) -> Windows | None:
-    """The page's example windows as heatmaps, rendered together from the stored bytes with token texts from
-    `token_table`; None if the table lacks one of the tokens."""
-    if not page.examples:
+def example_windows(examples: Sequence[Row[Any]], top_act: float, token_table: TokenTable) -> Windows | None:
+    """Example windows (rows of FeaturePage.examples) as heatmaps shaded against `top_act`, rendered together
+    from the stored bytes with token texts from `token_table`; None if the table lacks one of the tokens."""
+    if not examples:
         return Markup(""), []
-    token_ids, _pieces, acts, peaks, values, intervals, *_ = zip(*page.examples)  # columns, not rows
+    token_ids, _pieces, acts, peaks, values, intervals, *_ = zip(*examples)  # columns, not rows
     lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
     cells = token_table.lookup(np.frombuffer(_joined(token_ids, lengths, IDS.itemsize), dtype=IDS))
-    return None if cells is None else _windows(cells, acts, lengths, peaks, values, intervals, page.feature.max_act)
+    return None if cells is None else _windows(cells, acts, lengths, peaks, values, intervals, top_act)
 
 
-def example_windows_of_pieces(page: crud.FeaturePage) -> Windows:
+def example_windows_of_pieces(examples: Sequence[Row[Any]], top_act: float) -> Windows:
     """example_windows with the token texts the rows hold themselves (a page read with pieces)."""
-    if not page.examples:
+    if not examples:
         return Markup(""), []
-    token_ids, pieces, acts, peaks, values, intervals, *_ = zip(*page.examples)
+    token_ids, pieces, acts, peaks, values, intervals, *_ = zip(*examples)
     lengths = np.minimum(_counts(acts, ACTS.itemsize), _counts(token_ids, IDS.itemsize))
     lengths = np.minimum(lengths, _counts(pieces, 1))  # a damaged row shows what it has
     cells = token_cells(list(chain.from_iterable(p[:n] for n, p in zip(lengths.tolist(), pieces))))
-    return _windows(cells, acts, lengths, peaks, values, intervals, page.feature.max_act)
+    return _windows(cells, acts, lengths, peaks, values, intervals, top_act)
+
+
+PEAK_CONTEXT = 5
+"""Tokens either side of the boxed one that make its context: two windows boxing a token in the same context
+show one example twice (recorded text repeats boilerplate: licence headers, imports, chat templates)."""
+
+
+def distinct_examples(examples: Sequence[Row[Any]]) -> list[Row[Any]]:
+    """The examples worth a window on the page: in each section (the top examples, each interval) those whose
+    window tokens, or whose boxed token with PEAK_CONTEXT tokens either side, no earlier one of the section
+    showed. The stored examples (the API, the exports) keep every one."""
+    seen: set[tuple[Any, ...]] = set()
+    kept = []
+    size = IDS.itemsize
+    for row in examples:
+        n = min(len(row.token_ids) // size, len(row.acts) // ACTS.itemsize)
+        window = row.token_ids[:n * size]
+        keys: set[tuple[Any, ...]] = {(row.interval, window)}
+        if 0 <= row.peak < n:
+            start, end = max(0, row.peak - PEAK_CONTEXT), min(n, row.peak + PEAK_CONTEXT + 1)
+            keys.add((row.interval, window[start * size:end * size], row.peak - start))
+        if seen.isdisjoint(keys):
+            kept.append(row)
+            seen |= keys
+    return kept
 
 
 def _windows(cells: np.ndarray, acts: Sequence[bytes], lengths: np.ndarray, peaks: Sequence[int],

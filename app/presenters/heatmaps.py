@@ -55,17 +55,30 @@ def html_text(text: str) -> str:
     return text.translate(HTML_ESCAPES).encode("ascii", "xmlcharrefreplace").decode("ascii")
 
 
+CONTROL_MARKS = str.maketrans({c: f'<i class="ws {name}">{c}</i>' for c, name in (("\n", "nl"), ("\t", "tab"), ("\r", "cr"))})
+"""Newlines, tabs and carriage returns in a token wrapped so the stylesheet draws their escape before them."""
+BLANK_MARKS = str.maketrans({" ": '<i class="ws sp"> </i>'}) | CONTROL_MARKS
+"""The same for a token of whitespace alone, whose spaces get a faint middle dot drawn over them too: a
+boxed space is otherwise an empty box. Spaces before a word stay plain (they would dot every word)."""
+
+
+def token_html(piece: str) -> str:
+    """A token's text as HTML (html_text) with its whitespace drawn visibly (CONTROL_MARKS, BLANK_MARKS). The
+    marks are drawn by the stylesheet, so the page's text, copied or read by a script, is the token's own."""
+    return html_text(piece).translate(BLANK_MARKS if piece.isspace() else CONTROL_MARKS)
+
+
 @lru_cache(maxsize=1 << 16)
 def token_cell(piece: str) -> str:
-    """A token's text as HTML (html_text) closing its span: the last of the three parts `heatmaps` joins
+    """A token's text as HTML (token_html) closing its span: the last of the three parts `heatmaps` joins
     per token. Pieces come from a bounded vocabulary, so they are cached."""
-    return html_text(piece) + CLOSE
+    return token_html(piece) + CLOSE
 
 
 @lru_cache(maxsize=1 << 16)
 def token_text(piece: str) -> Markup:
-    """The `tokentext` filter: a token's text for a template, as html_text writes it (cached, as token_cell)."""
-    return Markup(html_text(piece))
+    """The `tokentext` filter: a token's text for a template, as token_html writes it (cached, as token_cell)."""
+    return Markup(token_html(piece))
 
 
 def shade_levels(acts: np.ndarray, top: float) -> np.ndarray:

@@ -23,7 +23,9 @@ from ..deps import (
     TagFilter,
     TopN,
     TypedText,
+    WholeWords,
 )
+from ..presenters.model_state import model_status
 from ..presenters.search import token_rows
 from ..schemas import (
     BookmarkListOut,
@@ -33,6 +35,7 @@ from ..schemas import (
     LabelConflictOut,
     LabelIn,
     LabelOut,
+    ModelStatusOut,
     NextToken,
     SaeDetail,
     SaeOut,
@@ -40,6 +43,7 @@ from ..schemas import (
     SearchToken,
     TokenActivation,
 )
+from ..services.inference import model_spec
 
 router = APIRouter(prefix="/api", tags=["api"])
 ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "No such SAE or feature"},
@@ -61,12 +65,13 @@ def sae(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
 
 @router.get("/saes/{sae_id}/features", response_model=FeatureList, responses=ERRORS)
 def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, sort: crud.SortKey = "index", desc: bool = False,
-             state: crud.StateFilter = "all", tag: TagFilter = "", q: SearchQuery = "", page: Page = 1,
-             per_page: PerPage = 50):
-    """One page of features, sorted and filtered like the list page; `q` searches labels and top tokens."""
+             state: crud.StateFilter = "all", tag: TagFilter = "", q: SearchQuery = "", whole_words: WholeWords = False,
+             page: Page = 1, per_page: PerPage = 50):
+    """One page of features, sorted and filtered like the list page; `q` searches labels, drafts and top tokens."""
     row = crud.find_sae(session, ref=sae_id)
     rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag or None,
-                                     query=q or None, limit=per_page, offset=(page - 1) * per_page)
+                                     query=q or None, whole_words=whole_words, limit=per_page,
+                                     offset=(page - 1) * per_page)
     return FeatureList(total=total, page=page, per_page=per_page, features=rows)
 
 
@@ -86,6 +91,13 @@ def activations(request: Request, session: SessionDep, _user: ReaderDep, sae_id:
     return FeatureActivations(feature_index=feature_index, tokens=[
         TokenActivation(token=p, token_id=t, activation=a)
         for p, t, a in zip(result.pieces, result.token_ids, result.feature(feature_index))])
+
+
+@router.get("/saes/{sae_id}/model", response_model=ModelStatusOut, responses=ERRORS)
+def model(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+    """Whether the SAE's model is loaded in this server process (the first run, or start-up, loads it)."""
+    status = model_status(request, model_spec(crud.find_sae(session, ref=sae_id)))
+    return ModelStatusOut(model=status.spec, phase=status.phase, error=status.error, loading_s=status.waited_s)
 
 
 @router.get("/saes/{sae_id}/search", response_model=SearchResult, responses=ERRORS)

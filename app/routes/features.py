@@ -20,11 +20,13 @@ from ..deps import (
     SessionDep,
     TagFilter,
     TypedText,
+    WholeWords,
     is_htmx,
     render,
 )
 from ..models import Sae
 from ..presenters.feature_page import feature_context, typed_text_result
+from ..presenters.model_state import waiting_for_model
 
 router = APIRouter(tags=["pages"], include_in_schema=False)
 
@@ -32,14 +34,14 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 @router.get("/saes/{sae_id}/features", response_class=HTMLResponse)
 def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
                  sort: crud.SortKey = "index", desc: bool = False, state: crud.StateFilter = "all",
-                 tag: TagFilter = "", q: SearchQuery = "",
+                 tag: TagFilter = "", q: SearchQuery = "", whole_words: WholeWords = False,
                  page: Page = 1, per_page: PerPage = 50, after: AfterIndex = None, after_key: AfterKey = None):
     """`after` (and `after_key`, the last row's sort value) start the page past the previous page's last row:
     the "next" link pages by key, so a page deep in a million features costs what the first does."""
     sae = crud.find_sae(session, ref=sae_id)
     cursor = (after_key, after) if after is not None else None
     rows, total = crud.list_features(session, sae_id=sae.id, sort=sort, descending=desc, state=state,
-                                     tag=tag or None, query=q or None, limit=per_page + 1,
+                                     tag=tag or None, query=q or None, whole_words=whole_words, limit=per_page + 1,
                                      offset=(page - 1) * per_page, after=cursor)
     more, rows = len(rows) > per_page, rows[:per_page]
     number = int(q) if q.strip().isdigit() and int(q) < sae.d_sae else None  # the feature a typed number names
@@ -48,7 +50,8 @@ def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id
     context = {"sae": sae, "rows": rows, "total": total, "page": page, "per_page": per_page, "jump": jump,
                "pages": pages, "more": more, "next_after": next_cursor(rows[-1], sort) if more else None,
                "tags": crud.list_tags(session),
-               "params": {"sort": sort, "desc": desc, "state": state, "tag": tag, "q": q, "per_page": per_page}}
+               "params": {"sort": sort, "desc": desc, "state": state, "tag": tag, "q": q, "whole_words": whole_words,
+                          "per_page": per_page}}
     return render(request, "_feature_table.html" if is_htmx(request) else "features.html", context)
 
 
@@ -71,9 +74,13 @@ async def feature(request: Request, session: SessionDep, user: ReaderDep, sae_id
 @router.get("/saes/{sae_id}/features/{feature_index}/test", response_class=HTMLResponse)
 def test_text(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex,
               text: TypedText = ""):
-    """This feature's activation on each token of typed text, run through the model now."""
+    """This feature's activation on each token of typed text, run through the model now (or, while the model
+    loads, a note that asks again)."""
     feature = crud.find_feature(session, sae_id=sae_id, feature_index=feature_index)
-    result = request.app.state.models.run(crud.find_sae(session, ref=sae_id), text) if text.strip() else None
+    sae = crud.find_sae(session, ref=sae_id)
+    if text.strip() and (waiting := waiting_for_model(request, sae, is_htmx(request))):
+        return render(request, "_model_state.html", waiting)
+    result = request.app.state.models.run(sae, text) if text.strip() else None
     return render(request, "_test_result.html", typed_text_result(result, feature_index, feature.max_act))
 
 

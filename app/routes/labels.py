@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy.orm import Session
 
@@ -82,22 +82,29 @@ def _tags(request: Request, session: Session, sae_id: int, index: int) -> Respon
     return _back(request, sae_id, index, "_tags.html", tags_context(session, page))
 
 
+CurrentOnly = Annotated[bool, Query(description="Each feature's current label only, not the whole history.")]
+
+
 @router.get("/saes/{sae_id}/labels.csv")
-def export_csv(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
-    """Every label version of the SAE, oldest first, as CSV."""
+def export_csv(session: SessionDep, _user: ReaderDep, sae_id: SaeId, current: CurrentOnly = False):
+    """Every label version of the SAE (or the current ones), oldest first, as CSV."""
     sae = crud.find_sae(session, ref=sae_id)
-    labels = crud.all_labels(session, sae_id=sae.id)
+    labels = crud.all_labels(session, sae_id=sae.id, current_only=current)
     return Response(label_files.to_csv(labels, _origins(session, labels)), media_type="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="labels-{sae.id}.csv"'})
+                    headers={"Content-Disposition": f'attachment; filename="{_export_name(sae.id, current)}.csv"'})
 
 
 @router.get("/saes/{sae_id}/labels.json")
-def export_json(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
+def export_json(session: SessionDep, _user: ReaderDep, sae_id: SaeId, current: CurrentOnly = False):
     sae = crud.find_sae(session, ref=sae_id)
-    labels = crud.all_labels(session, sae_id=sae.id)
+    labels = crud.all_labels(session, sae_id=sae.id, current_only=current)
     return Response(label_files.to_json(sae.name, labels, _origins(session, labels)),
                     media_type="application/json",
-                    headers={"Content-Disposition": f'attachment; filename="labels-{sae.id}.json"'})
+                    headers={"Content-Disposition": f'attachment; filename="{_export_name(sae.id, current)}.json"'})
+
+
+def _export_name(sae_id: int, current: bool) -> str:
+    return f"labels-{sae_id}-current" if current else f"labels-{sae_id}"
 
 
 def _origins(session: Session, labels: list[Label]) -> dict[int, Explanation]:

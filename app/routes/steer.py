@@ -2,8 +2,10 @@
 
 POST /api/steer answers an event stream (Accept: text/event-stream; what the page reads) or, for scripts,
 one JSON document when the run is over. Errors found before the first token (bad prompt, limits, unknown
-feature) come back as a plain 422/404/503 JSON answer, never as a half-opened stream. A client that
-disconnects, in either mode, stops its generation before the next token.
+feature) come back as a plain 422/404/503 JSON answer, never as a half-opened stream, with one exception: while
+the model loads (a first load takes half a minute) the stream opens at once with a `loading` event, so the
+page can say so, and an error found after the load comes as an `error` event. A client that disconnects, in
+either mode, stops its generation before the next token.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from sae_core.steering import MODES, Direction, Intervention, SteeringError
 from .. import charts, crud
 from ..deps import CsrfChecked, LabellerDep, ReaderDep, SaeId, SearchQuery, SessionDep, render
 from ..models import Sae, User
+from ..presenters.model_state import model_status
 from ..presenters.steer_measures import measures_views, perplexity_chart
+from ..services.inference import model_spec
 from ..services.steering import Event, Job
 from ..steer_schemas import ExperimentOut, InterventionIn, RowOut, SteerIn, SteerOut, experiment_url
 
@@ -58,7 +62,7 @@ def playground(request: Request, session: SessionDep, _user: ReaderDep, sae_id: 
     briefs = crud.feature_briefs(session, sae_id=sae.id,
                                  indices=[i.feature for i in form.interventions if i.feature is not None])
     return render(request, "steer.html", {
-        "sae": sae, "form": form, "briefs": briefs, "modes": MODES,
+        "sae": sae, "form": form, "briefs": briefs, "modes": MODES, "model": model_status(request, model_spec(sae)),
         "directions": {d.id: d for d in crud.steering_directions(session, sae_id=sae.id)},
         "experiments": crud.steering_experiments(session, sae_id=sae.id, limit=SAVED_SHOWN)})
 
@@ -134,12 +138,15 @@ async def steer(request: Request, user: LabellerDep, body: SteerIn, sae: Annotat
     if errors := body.range_errors(sae.d_sae, context.directions):
         raise RequestValidationError(errors)
     job = request.app.state.steering.start(sae, body, context.directions, context.concept)
+    streaming = "text/event-stream" in request.headers.get("accept", "")
     first = await job.next_event()
+    while not streaming and first is not None and first[0] == "loading":
+        first = await job.next_event()
     if first is None or first[0] == "error":  # every check fails before the first token
         job.cancel()
         return _error(first[1] if first else {})
     finish = _Finisher(request, user, body)
-    if "text/event-stream" in request.headers.get("accept", ""):
+    if streaming:  # opened at once while the model loads, to say so; a later check's error is then an event
         return JobStream(job, _event_stream(job, first, finish))
     try:
         kind, data = await _last_event(request, job, first)

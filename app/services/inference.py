@@ -3,15 +3,20 @@
 Models and SAEs are loaded on first use and kept for the life of the process (loading SmolLM2 takes
 about 20 s; a forward over a sentence takes milliseconds), one copy per worker process. Every forward
 ("test it", text search, each token of a steering run) takes the model in turn, first come first served.
+A model can also be loaded ahead of use on a background thread (at server start-up, or when a page first
+asks for it); each model's status says whether it is loading, ready or failed, so pages can say so.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -24,6 +29,8 @@ from sae_core.sites import Site, SiteError
 
 from ..models import Sae
 from ..pipeline import read_sae
+
+log = logging.getLogger(__name__)
 
 MAX_TEXT_TOKENS = 512
 """Longest text run at once: enough for a paragraph, short enough to keep a request quick on a CPU."""
@@ -52,6 +59,35 @@ class TextActivations:
         values_TN, index_TN = self.acts_TF.topk(min(n, self.acts_TF.shape[1]), dim=1)
         return [[(i, v) for i, v in zip(idx, val) if v > 0]
                 for idx, val in zip(index_TN.tolist(), values_TN.tolist())]
+
+
+def model_spec(sae: Sae) -> str:
+    """What loads an SAE's model: the spec it was recorded with, else its model name (a hub id)."""
+    return sae.model_spec or sae.model_name
+
+
+LoadPhase = Literal["idle", "loading", "ready", "failed"]
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """Where one model stands in this process: not loaded yet (idle), loading (or queued to load), ready, or
+    failed, with the first line of why."""
+
+    spec: str
+    phase: LoadPhase
+    error: str = ""
+    started: float = 0.0
+    """time.monotonic() when loading began (or was queued)."""
+
+    @property
+    def ready(self) -> bool:
+        return self.phase == "ready"
+
+    @property
+    def waited_s(self) -> float:
+        """Seconds since loading began; 0 unless loading."""
+        return time.monotonic() - self.started if self.phase == "loading" else 0.0
 
 
 @dataclass
@@ -113,15 +149,58 @@ class ModelCache:
         self._models: dict[str, LoadedModel] = {}
         self._saes: dict[tuple[str, str], RunnableSae] = {}
         self._lock = FairLock()
+        self._status: dict[str, ModelStatus] = {}
+        self._queueing = threading.Lock()
+
+    def status(self, spec: str) -> ModelStatus:
+        """The model's status now; read without waiting for the model lock, which a load holds for its length."""
+        if spec in self._models:
+            return ModelStatus(spec, "ready")
+        return self._status.get(spec, ModelStatus(spec, "idle"))
+
+    def _model(self, spec: str) -> LoadedModel:
+        """The model, loaded now if it is not yet (the caller holds the lock); a failure is kept in its status."""
+        if spec not in self._models:
+            started = self._status[spec].started if self.status(spec).phase == "loading" else time.monotonic()
+            self._status[spec] = ModelStatus(spec, "loading", started=started)
+            try:
+                self._models[spec] = load_model(spec, device=self.device)
+            except Exception as err:
+                self._status[spec] = ModelStatus(spec, "failed", error=(str(err).splitlines() or [repr(err)])[0])
+                raise
+            self._status.pop(spec)
+        return self._models[spec]
+
+    def load_models(self, specs: Iterable[str]) -> None:
+        """Load each model in turn (on the caller's thread); a failure is logged and kept in its status, and the
+        next model is still loaded."""
+        for spec in specs:
+            try:
+                with self._lock:
+                    self._model(spec)
+            except Exception as err:  # a bad spec is one line; anything else is a bug worth its traceback
+                log.error("could not load the model %r: %s", spec, self.status(spec).error,
+                          exc_info=not isinstance(err, ModelLoadError))
+
+    def load_in_background(self, specs: Iterable[str]) -> threading.Thread | None:
+        """Start loading those of the models that are neither loaded nor loading, on a thread of their own; they
+        read as loading at once. None when there is nothing to load."""
+        with self._queueing:
+            todo = [s for s in dict.fromkeys(specs) if self.status(s).phase in ("idle", "failed")]
+            for spec in todo:
+                self._status[spec] = ModelStatus(spec, "loading", started=time.monotonic())
+        if not todo:
+            return None
+        thread = threading.Thread(target=self.load_models, args=(todo,), name="model-load", daemon=True)
+        thread.start()
+        return thread
 
     def _load(self, sae: Sae) -> RunnableSae:
-        spec = sae.model_spec or sae.model_name
+        spec = model_spec(sae)
         key = (spec, sae.source_path)
         if key not in self._saes:
             try:
-                if spec not in self._models:
-                    self._models[spec] = load_model(spec, device=self.device)
-                lm = self._models[spec]
+                lm = self._model(spec)
                 loaded = read_sae(sae.source_path).sae.to(self.device)
                 self._saes[key] = RunnableSae(lm, loaded, loaded.site_in(lm.model))
             except (ModelLoadError, SAEFormatError, SiteError, OSError) as err:

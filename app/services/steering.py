@@ -28,12 +28,13 @@ from sae_core.steering_measures import Sweep, SweepPoint, encode_target, measure
 from ..models import Sae
 from ..settings import Settings
 from ..steer_schemas import RowOut, SteerIn
-from .inference import InferenceUnavailable, ModelCache, RunnableSae
+from .inference import InferenceUnavailable, ModelCache, RunnableSae, model_spec
 
 log = logging.getLogger(__name__)
 
 Event = tuple[str, dict[str, Any]]
-"""(kind, data): start, token, done or error; see SteeringWorker._generate for each one's data."""
+"""(kind, data): loading (the model is not loaded yet: {"model": spec}, before anything else), start, token,
+judging, done or error; see SteeringWorker._generate for each one's data."""
 
 
 def judge_config(settings: Settings) -> EndpointConfig | None:
@@ -163,6 +164,8 @@ class SteeringWorker:
              concept: str | None) -> None:
         """The thread's body: every failure becomes an error event; the slot frees before the job ends."""
         try:
+            if not self.models.status(model_spec(sae)).ready:
+                job.push("loading", {"model": model_spec(sae)})
             self._generate(job, self.models.load(sae), body, directions, concept)
         except GenerationError as err:
             job.push("error", {"status": 422, "detail": error_detail(err)})

@@ -140,7 +140,7 @@ def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch, tm
 
     calls = []
     monkeypatch.setattr(uvicorn, "run", lambda target, **kw: calls.append((target, kw)))
-    environ = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL")}
+    environ = {k: v for k, v in os.environ.items() if k not in ("SECRET_KEY", "DATABASE_URL", "PRELOAD_MODELS")}
     monkeypatch.setattr(os, "environ", environ)  # what serve exports stays out of the real environment
     url = f"sqlite:///{tmp_path / 'served.db'}"
     code, out = invoke("serve", "--db", url, "--port", 8123, "--workers", 3)
@@ -148,7 +148,9 @@ def test_serve_runs_uvicorn_in_factory_mode_with_a_shared_secret(monkeypatch, tm
     assert calls == [("app.main:create_app", {"factory": True, "host": "127.0.0.1", "port": 8123, "workers": 3,
                                               "timeout_worker_healthcheck": WORKER_STARTUP_S})]
     assert environ["DATABASE_URL"] == url and len(environ["SECRET_KEY"]) == 64
+    assert environ["PRELOAD_MODELS"] == "true"  # each worker loads its models in the background at start-up
     assert (tmp_path / "served.db").is_file()  # migrated before the workers start
+    assert invoke("serve", "--db", url, "--no-preload")[0] == 0 and environ["PRELOAD_MODELS"] == "false"
 
 
 def test_torchrun_record_stores_what_one_process_stores(sae_dir, corpus, tiny_model_dir, tmp_path):

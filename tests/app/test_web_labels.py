@@ -146,6 +146,20 @@ def test_export_holds_the_whole_history_and_defuses_formulas(client, labeller, s
     assert [r["label"] for r in data["labels"]] == ["old", "=HYPERLINK(\"x\")"]
 
 
+def test_export_of_current_labels_holds_one_row_per_labelled_feature(client, labeller, stored_sae, session):
+    for index, text in [(1, "old"), (1, "new"), (2, "only"), (1, "newest")]:
+        crud.add_label(session, sae_id=stored_sae.id, feature_index=index, text=text, author_id=labeller[0].id)
+    current = client.get(f"/saes/{stored_sae.id}/labels.csv", params={"current": "true"})
+    assert f'filename="labels-{stored_sae.id}-current.csv"' in current.headers["content-disposition"]
+    assert [(r["feature_index"], r["label"], r["author"]) for r in csv.DictReader(io.StringIO(current.text))] == [
+        ("1", "newest", "ada"), ("2", "only", "ada")]
+    data = client.get(f"/saes/{stored_sae.id}/labels.json", params={"current": "true"}).json()
+    assert [r["label"] for r in data["labels"]] == ["newest", "only"]
+    assert len(list(csv.DictReader(io.StringIO(client.get(f"/saes/{stored_sae.id}/labels.csv").text)))) == 4
+    assert f'href="/saes/{stored_sae.id}/labels.csv?current=true"' in client.get(f"/saes/{stored_sae.id}").text
+    assert client.get(f"/saes/{stored_sae.id}/labels.csv", params={"current": "maybe"}).status_code == 422
+
+
 def test_export_then_import_round_trips(client, labeller, stored_sae, session):
     for index, text in [(1, "one"), (2, "-minus sign"), (3, "three")]:
         crud.add_label(session, sae_id=stored_sae.id, feature_index=index, text=text)

@@ -97,9 +97,10 @@ def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
 
 
 def windows_of(html: str) -> list[list[str]]:
-    """The token texts of each heatmap window on a page, unescaped."""
-    return [[unescape(t) for t in re.findall(r'<span class="tok[^>]*>(.*?)</span>', w)]
-            for w in re.findall(r'<div class="tokens">(.*?)</div>', html)]
+    """The token texts of each heatmap window on a page as the browser holds them: unescaped, without the
+    marks that draw whitespace (heatmaps.token_html)."""
+    return [[unescape(re.sub(r"<[^>]+>", "", t)) for t in re.findall(r'<span class="tok[^>]*>(.*?)</span>', w, re.S)]
+            for w in re.findall(r'<div class="tokens">(.*?)</div>', html, re.S)]
 
 
 def test_feature_page_windows_show_the_stored_pieces_with_or_without_the_token_table(client, stored_sae, session,
@@ -246,6 +247,7 @@ def test_search_shows_firing_features_and_next_tokens(client, stored_sae):
 def test_an_sae_whose_files_are_gone_gives_503_not_500(client, stored_sae, session):
     stored_sae.source_path = "/no/such/sae"
     session.commit()
+    client.app.state.models.load_models([stored_sae.model_spec])  # loaded: the fragment runs it (see test_model_loading)
     response = client.get(f"/api/saes/{stored_sae.id}/search", params={"text": "hi"})
     assert response.status_code == 503 and "cannot run SAE" in response.json()["detail"]
 
@@ -277,6 +279,7 @@ def test_example_activations_survive_the_store(session, stored_sae):
 def test_htmx_errors_come_back_as_a_fragment(client, stored_sae, session):
     stored_sae.source_path = "/no/such/sae"
     session.commit()
+    client.app.state.models.load_models([stored_sae.model_spec])  # loaded: the fragment runs it (see test_model_loading)
     response = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "hi"}, headers={"HX-Request": "true"})
     assert response.status_code == 503 and response.text.startswith('<p class="error"') and "cannot run SAE" in response.text
     too_long = client.get(f"/saes/{stored_sae.id}/features/0/test", params={"text": "a" * 2001},

@@ -92,15 +92,17 @@ def test_ablating_a_feature_active_in_the_prompt_removes_its_decoder_share_downs
     assert untouched == base == baseline
 
 
-def test_the_event_stream_carries_every_token_then_the_whole_rows(steerer):
+def test_the_event_stream_carries_every_token_then_the_whole_rows(steerer, stored_sae):
     response = steerer(headers={"Accept": "text/event-stream"}, strengths=[0.0, 40.0], target="hat",
                        interventions=[{"feature": 0, "mode": "add"}])
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
     events = [(block.split("\n")[0].removeprefix("event: "), json.loads(block.split("\n")[1].removeprefix("data: ")))
               for block in response.text.strip().split("\n\n")]
     kinds = [kind for kind, _ in events]
-    assert kinds[0] == "start" and kinds[-1] == "done" and set(kinds[1:-1]) == {"token"}
-    assert [r["label"] for r in events[0][1]["rows"]] == ["baseline", "strength 0", "strength 40"]
+    # This test's app has not loaded the model yet: the stream says so first.
+    assert events[0] == ("loading", {"model": stored_sae.model_spec})
+    assert kinds[1] == "start" and kinds[-1] == "done" and set(kinds[2:-1]) == {"token"}
+    assert [r["label"] for r in events[1][1]["rows"]] == ["baseline", "strength 0", "strength 40"]
     done = events[-1][1]
     for row in done["rows"]:
         assert "".join(d["text"] for k, d in events if k == "token" and d["row"] == row["row"]) == row["text"]

@@ -9,6 +9,8 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import uvicorn
@@ -71,11 +73,11 @@ def live_app(live_store, tiny_chat_model_dir):
     return create_app(Settings(database_url=url, secret_key="browser", explainer_local_model=str(tiny_chat_model_dir)))
 
 
-@pytest.fixture(scope="session")
-def live_server(live_app):
-    """uvicorn serving the app in a thread; yields its base URL and stops it at the end."""
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """uvicorn serving `app` in a thread; yields its base URL and stops it on leaving."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(live_app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -83,9 +85,18 @@ def live_server(live_app):
         if time.monotonic() > deadline or not thread.is_alive():
             pytest.fail("the test server did not start")
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture(scope="session")
+def live_server(live_app):
+    """The live app served for the whole session."""
+    with serving(live_app) as url:
+        yield url
 
 
 @pytest.fixture()

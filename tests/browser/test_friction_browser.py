@@ -1,9 +1,12 @@
-"""Real-browser checks of small frictions: Ctrl+Enter saves a label, log in comes back to the page."""
+"""Real-browser checks of small frictions: Ctrl+Enter saves a label, log in comes back to the page, whitespace
+tokens are visible, the list search takes whole words."""
 
 from __future__ import annotations
 
 import re
 
+from app import crud
+from app.db import session_factory
 from tests.browser.conftest import PASSWORD
 from tests.browser.test_feature_browser import log_in, strongest_feature
 
@@ -70,3 +73,34 @@ def test_the_pager_jumps_to_a_typed_page_keeping_the_filters(page, live_store):
     assert "sort=max_act" in page.url and "desc=true" in page.url and "per_page=5" in page.url
     page.reload()
     page.wait_for_selector("text=page 4 of 5")
+
+
+def test_whitespace_tokens_are_drawn_and_copy_as_themselves(page, live_store):
+    sae_id, stored = strongest_feature(live_store)
+    page.goto(f"/saes/{sae_id}/features/{stored.feature.feature_index}")
+    page.fill("#test-text", "a  b\tc\nd")  # the tiny tokenizer: a token per byte
+    window = page.wait_for_selector("#test-result .tokens")
+    drawn = page.evaluate("""() => [...document.querySelectorAll('#test-result .ws')].map((el) => [
+        el.className, getComputedStyle(el, '::before').content, el.closest('.tok').getBoundingClientRect().width])""")
+    assert [(cls, content) for cls, content, _w in drawn] == [
+        ("ws sp", '"\u00b7"'), ("ws sp", '"\u00b7"'), ("ws tab", '"\\\\t"'), ("ws nl", '"\\\\n"')]
+    assert all(width > 0 for _c, _t, width in drawn)
+    copied = page.evaluate("""(el) => { const range = document.createRange(); range.selectNodeContents(el);
+        const selection = window.getSelection(); selection.removeAllRanges(); selection.addRange(range);
+        return selection.toString(); }""", window)
+    assert copied.endswith("a  b\tc\nd")  # the marks are drawn, not written: a copy is the text itself
+
+
+def test_whole_words_narrows_the_list_search(page, live_store):
+    _url, sae_id, engine = live_store
+    with session_factory(engine)() as session:
+        def total(whole_words: bool) -> int:
+            return crud.list_features(session, sae_id=sae_id, query="s", whole_words=whole_words)[1]
+        substring, words = total(False), total(True)
+    assert substring > words  # the top tokens hold "s" alone and inside others ("<eos>")
+    page.goto(f"/saes/{sae_id}/features")
+    page.fill("#q", "s")
+    page.wait_for_selector(f"#feature-table p.muted:text-is('{substring:,} features match.')")
+    page.check("input[name=whole_words]")
+    page.wait_for_selector(f"#feature-table p.muted:text-is('{words:,} feature{'' if words == 1 else 's'} match.')")
+    assert "whole_words=true" in page.url
