@@ -20,7 +20,7 @@ def labelled(session, stored_sae):
 
 def found(session, sae, query: str, whole_words: bool) -> set[int]:
     rows, total = crud.list_features(session, sae_id=sae.id, query=query, whole_words=whole_words, limit=100)
-    assert total == len(rows)
+    assert total is None  # a text search is not counted: that would scan every row
     return {r.feature_index for r in rows} & set(LABELS)  # top tokens of the random recording may match too
 
 
@@ -41,8 +41,7 @@ def test_the_page_and_the_api_take_whole_words_and_the_pager_keeps_it(client, la
     page = client.get(f"/saes/{labelled.id}/features", params={"q": "cat", "whole_words": "true", "per_page": 1,
                                                                "sort": "label"}).text
     assert 'name="whole_words" value="true" checked' in page
-    assert "whole_words=true&amp;per_page=1&page=2" in page  # the next page keeps it
-    assert '<input type="hidden" name="whole_words" value="true">' in page  # so does the page-number jump
+    assert "whole_words=true&amp;per_page=1&amp;page=2" in page  # the next page keeps it
     api = client.get(f"/api/saes/{labelled.id}/features", params={"q": "cat", "whole_words": "true", "per_page": 100})
     assert {f["feature_index"] for f in api.json()["features"]} & set(LABELS) == {1, 3, 8, 9}
     bad = client.get(f"/api/saes/{labelled.id}/features", params={"q": "cat", "whole_words": "maybe"})
