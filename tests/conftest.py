@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import pytest
 import torch
@@ -83,3 +84,25 @@ def web_sae(tmp_path_factory, tiny_model_dir):
                         tokenizer=lm.tokenizer,
                         cfg=RecordConfig(n_top=5, before=6, after=3, n_intervals=3, per_interval=2, batch_size=8))
     return loaded, record, str(tiny_model_dir)
+
+
+GATE_S = 60
+"""The longest a gated model load waits: a guard so a broken test fails instead of hanging."""
+
+
+@pytest.fixture()
+def gate(monkeypatch):
+    """Model loads of the web app wait until the test sets the returned event (set again at the end, so a load
+    still waiting finishes before the next test)."""
+    import app.services.inference as inference
+
+    opened = threading.Event()
+    real = inference.load_model
+
+    def gated(spec, **kw):
+        assert opened.wait(GATE_S), "the test never opened the gate"
+        return real(spec, **kw)
+
+    monkeypatch.setattr(inference, "load_model", gated)
+    yield opened
+    opened.set()

@@ -5,30 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 
-import pytest
-
-import app.services.inference as inference
 from tests.app.conftest import make_client
+from tests.conftest import GATE_S
 
 HX = {"HX-Request": "true"}
-GATE_S = 60
-"""How long a gated load waits at most: a guard so a broken test fails instead of hanging."""
-
-
-@pytest.fixture()
-def gate(monkeypatch):
-    """Model loads wait until the test sets the returned event."""
-    opened = threading.Event()
-    real = inference.load_model
-
-    def gated(spec, **kw):
-        assert opened.wait(GATE_S), "the test never opened the gate"
-        return real(spec, **kw)
-
-    monkeypatch.setattr(inference, "load_model", gated)
-    return opened
 
 
 def phase(client, sae) -> dict:

@@ -4,7 +4,6 @@ it is loading and finish by themselves when it is ready; a load that fails says 
 from __future__ import annotations
 
 import re
-import threading
 
 import pytest
 
@@ -13,24 +12,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.browser.conftest import serving
 from tests.browser.test_feature_browser import log_in, strongest_feature
-
-GATE_S = 60
-"""The longest a gated load waits: a guard so a broken test fails instead of hanging."""
-
-
-@pytest.fixture()
-def gate(monkeypatch):
-    """Model loads wait until the test sets the returned event."""
-    opened = threading.Event()
-    real = inference.load_model
-
-    def gated(spec, **kw):
-        assert opened.wait(GATE_S), "the test never opened the gate"
-        return real(spec, **kw)
-
-    monkeypatch.setattr(inference, "load_model", gated)
-    yield opened
-    opened.set()  # a load still waiting ends before the next test
+from tests.conftest import GATE_S
 
 
 @pytest.fixture()
