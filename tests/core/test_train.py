@@ -17,6 +17,7 @@ from sae_core.evaluate import reconstruction_metrics
 from sae_core.finite import NonFiniteError
 from sae_core.saes import ARCHITECTURES, SAEConfig, load_sae, takes_k, transcodes
 from sae_core.train import Trainer, default_lr, geometric_median, lr_factor, train
+from tests.crash import one_thread
 
 D, TRUE_FEATURES, D_SAE = 16, 48, 64
 ARCHS = sorted(a for a in ARCHITECTURES if not transcodes(a))  # transcoders: test_transcoders.py
@@ -25,11 +26,9 @@ ARCH_SETTINGS = {"relu": {"l1_coefficient": 0.3}, "jumprelu": {"l0_coefficient":
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def on_one_thread():
+    with one_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

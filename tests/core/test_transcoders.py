@@ -22,6 +22,7 @@ from sae_core.saes.circuit_tracer import read_circuit_tracer, write_circuit_trac
 from sae_core.sites import Site, site_module
 from sae_core.train import sae_config_for, train
 from tests.conftest import invoke_cli
+from tests.crash import one_thread
 from tests.factories import tiny_model
 
 D, D_SAE = 16, 96
@@ -31,11 +32,9 @@ SETTINGS = {"relu_transcoder": {"l1_coefficient": 0.05}, "jumprelu_transcoder": 
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def on_one_thread():
+    with one_thread():
+        yield
 
 
 def mlp_rows(n: int, linear: float = 0.0, seed: int = 0) -> torch.Tensor:
