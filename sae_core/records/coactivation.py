@@ -7,13 +7,13 @@ a * F + b (a < b) with counts: memory grows with the distinct pairs seen, never 
 
 On the CPU the counting runs in NumPy: its vectorised sort of 32-bit keys took 0.03 s of CPU for a batch's
 8M pairs against 0.30 s for torch.sort and 0.38 s for a SciPy sparse A^T A (16k tokens, k=32, F=8192), so
-keys are 32-bit whenever F^2 fits (F <= 46340); torch on the CPU was also slower at every other step
-(forming ragged rows' pairs 2x, finding runs 3x, summing them 4x). On a GPU the same steps run in torch
-on the device: copying each batch's entries out to count them on the host tripled an H200's recording
-time (1.35 s against 0.44 s without co-activation, F=16384). The steps are written once, over `NumpyArrays`
-or `TorchArrays`, which differ only in the few array primitives they name. Each batch's counts wait in a
-list and are merged into the running table only when they outgrow it, so a pair is re-sorted
-O(log batches) times in all.
+keys are 32-bit whenever F^2 fits (F <= 46340). Torch on the CPU was slower at the other steps too, but for
+dense rows' pairs (ragged rows' pairs 2x, finding runs 3x, summing runs 4x; 16k rows of 32, F=16384). On a
+GPU the same steps run in torch on the device: copying each batch's entries out to count them on the host
+tripled an H200's recording time (1.35 s against 0.44 s without co-activation, F=16384). The steps are
+written once, over `NumpyArrays` or `TorchArrays`, which differ only in the few array primitives they name.
+Each batch's counts wait in a list and are merged into the running table only when they outgrow it, so a
+pair is re-sorted O(log batches) times in all.
 """
 
 from __future__ import annotations
