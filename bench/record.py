@@ -5,7 +5,10 @@ merging) takes at most 1.3x the bare truncated forward. The per-SAE steps that d
 number of tokens (logit effects, nearest neighbours) are timed once and printed separately. Bare and
 recording run with the allocator setting the CLI uses (`sae_core.allocator`); a third arm records with
 glibc's defaults, to show what that setting is worth; a fourth records without co-activation counting
-(RecordConfig.n_coactive=0), to show what the "fires together with" lists cost (issue 16: at most 10%).
+(RecordConfig.n_coactive=0), to show what the "fires together with" lists cost (issue 16: at most 10%). Last,
+co-activation counting alone over the pass's firing entries, counted in NumPy on the host (the CPU's way) and in
+torch on --device (a GPU's way; on the CPU, what NumPy is chosen over), with a check that both keep the same
+partners and scores.
 The default size, 1024 contexts of 128 tokens (131k tokens, about the demo's recording), is a real
 recording's regime: the first batches fill the empty top-k and quantile banks, where a large share of firing
 tokens become candidates, so a short run measures mostly that warm-up (at 384 contexts the overhead per token is
@@ -32,7 +35,9 @@ from sae_core.harvest import batched
 from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
 from sae_core.records import RecordConfig, contexts_per_batch, record_activations
-from sae_core.records.directions import logit_effects, nearest_features
+from sae_core.records.coactivation import Arrays, CoactivationCounter, NumpyArrays, TorchArrays
+from sae_core.records.directions import TopTable, logit_effects, nearest_features
+from sae_core.records.recording import encode_firing
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.sites import parse_site
 
@@ -43,6 +48,55 @@ def bare_forward(model, site, contexts: list[torch.Tensor], batch_size: int) -> 
     with torch.no_grad():
         for ids in batched(contexts, batch_size):
             truncated_forward(model, site, ids.to(device))
+
+
+def firing_entries(model, sae, site, contexts: list[torch.Tensor], batch_size: int, skip_ids: list[int]):
+    """Each batch's recorded (row, feature) firing entries, on the SAE's device, as the recording pass counts them."""
+    device = sae.W_dec.device
+    skip = torch.tensor(skip_ids, device=device)
+    batches = []
+    with torch.no_grad():
+        for ids in batched(contexts, batch_size):
+            ids = ids.to(device)
+            x_BTD = truncated_forward(model, site, ids)
+            firing = encode_firing(sae, x_BTD.reshape(-1, x_BTD.shape[-1]))
+            recorded = ~torch.isin(ids, skip).reshape(-1)[firing.row_C]
+            batches.append((firing.row_C[recorded], firing.feat_C[recorded]))
+    return batches
+
+
+def counting(arrays: Arrays, batches, count_F: torch.Tensor, k: int) -> tuple[float, TopTable]:
+    """Seconds to count every batch's pairs with `arrays` and rank each feature's partners, and the table."""
+    counter = CoactivationCounter(count_F.numel(), arrays)
+    tables = []
+
+    def count() -> None:
+        for row_C, feat_C in batches:
+            counter.add(row_C, feat_C)
+        tables.append(counter.top(count_F, k))
+
+    return timed(count), tables[0]
+
+
+def compare_counting(model, sae, site, contexts: list[torch.Tensor], batch_size: int, skip_ids: list[int], k: int,
+                     repeats: int) -> None:
+    """Co-activation counting alone, NumPy on the host against torch on the SAE's device: times, and the tables compared."""
+    device = sae.W_dec.device
+    batches = firing_entries(model, sae, site, contexts, batch_size, skip_ids)
+    count_F = torch.bincount(torch.cat([feat_C for _, feat_C in batches]), minlength=sae.W_dec.shape[0])
+    arms: dict[str, Arrays] = {"numpy on the host": NumpyArrays(), f"torch on {device}": TorchArrays(device)}
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    tables: dict[str, TopTable] = {}
+    for _ in range(repeats):
+        for name, arrays in arms.items():
+            seconds, tables[name] = counting(arrays, batches, count_F, k)
+            times[name].append(seconds)
+    print(f"co-activation counting alone ({sum(len(r) for r, _ in batches)} firing entries in {len(batches)} batches): "
+          + ", ".join(f"{name} median {statistics.median(t):.2f} s runs {[round(x, 2) for x in t]}"
+                      for name, t in times.items()))
+    first, second = tables.values()
+    same = torch.equal(first.index_FK, second.index_FK) and torch.equal(first.value_FK, second.value_FK)
+    print(f"numpy and torch counting keep the same partners and scores: {same}")
 
 
 def timed(fn) -> float:
@@ -118,6 +172,7 @@ def main() -> None:
           f"{[round(p, 3) for p in paired_coactive]} (target <= 1.10)")
     print(f"per-SAE logit effects + neighbours (once, independent of tokens): {per_sae:.2f} s")
 
+    compare_counting(lm.model, sae, site, contexts, args.batch_size, specials, cfg.n_coactive, args.repeats)
 
 if __name__ == "__main__":
     main()

@@ -74,13 +74,17 @@ class GroupBank:
         self.threshold_G = torch.full((n_groups,), -torch.inf, device=device)
 
     def regroup(self, group_M: torch.Tensor) -> torch.Tensor:
-        """Move kept entries to new groups; returns a [n_groups] mask of the groups that changed."""
+        """Move kept entries to new groups; returns a [n_groups] mask of the groups that changed.
+
+        Entries that stay mark a spare last slot rather than being masked out, so no size is read back from
+        a GPU.
+        """
         moved = group_M != self.entries.group_M
-        touched_G = torch.zeros(self.n_groups, dtype=torch.bool, device=group_M.device)
-        touched_G[self.entries.group_M[moved]] = True
-        touched_G[group_M[moved]] = True
+        touched_G = torch.zeros(self.n_groups + 1, dtype=torch.bool, device=group_M.device)
+        touched_G[torch.where(moved, self.entries.group_M, self.n_groups)] = True
+        touched_G[torch.where(moved, group_M, self.n_groups)] = True
         self.entries.group_M = group_M
-        return touched_G
+        return touched_G[:-1]
 
     def _best_per_group(self, group_C: torch.Tensor, score_C: torch.Tensor, keep_C: torch.Tensor) -> torch.Tensor:
         """Narrow `keep_C` to the `slots` best candidates of each group, keeping their stream order.
