@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +42,9 @@ class Settings(BaseSettings):
     """The model name the judge endpoint expects."""
     judge_api_key: str = ""
     """Bearer token for the judge endpoint, if it wants one."""
+    judge_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """Seconds one judge request may take. A small judge on a single-slot server (llama.cpp's) answers one
+    request at a time, so under load the later rows of a sweep wait behind the earlier ones."""
     explainer_local_model: str = "smollm2"
     """The model an explain job started from the SAE page loads in the server (built-in name, directory, GGUF or
     hub id; the built-in SmolLM2 works offline); empty: that choice is not offered."""

@@ -42,7 +42,8 @@ def judge_config(settings: Settings) -> EndpointConfig | None:
     variable meant for the explainers), so one endpoint's key is not sent to another."""
     if not settings.judge_url:
         return None
-    return EndpointConfig(settings.judge_url, settings.judge_model, api_key=settings.judge_api_key, api_key_env="")
+    return EndpointConfig(settings.judge_url, settings.judge_model, api_key=settings.judge_api_key, api_key_env="",
+                          timeout_s=settings.judge_timeout_s)
 
 
 def steer_limits(settings: Settings) -> Limits:

@@ -6,8 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from pydantic import ValidationError
 
 from app import crud
+from app.services.steering import judge_config
+from app.settings import Settings
 from tests.app import test_web_steer
 from tests.app.conftest import add_user, log_in, make_client
 from tests.app.test_web_steer import PROMPT, tokens
@@ -112,3 +115,11 @@ def test_a_judge_that_is_down_leaves_the_run_whole_and_says_why(db_url, engine, 
         response = client.post("/api/steer", json=body, headers={"X-CSRF-Token": csrf})
     assert response.status_code == 200 and "did not answer" in response.json()["judge_error"]
     assert all(r["judge_fluency"] is None and r["perplexity"] for r in response.json()["rows"])
+
+
+def test_the_judges_timeout_is_a_setting_and_must_be_positive():
+    settings = Settings(judge_url="http://127.0.0.1:9/v1", judge_model="m", judge_timeout_s=300)
+    config = judge_config(settings)
+    assert config is not None and config.timeout_s == 300
+    with pytest.raises(ValidationError, match="judge_timeout_s"):
+        Settings(judge_timeout_s=0)
