@@ -13,7 +13,7 @@ pytestmark = pytest.mark.smollm2
 
 def test_smollm2_loads_from_the_wheel_and_answers(smollm2):
     assert smollm2.name == "SmolLM2-135M-Instruct"
-    assert len(valid_sites(smollm2.model)) == 30 * 4
+    assert len(valid_sites(smollm2.model)) == 30 * 5  # resid_pre, resid_post, attn_out, mlp_in, mlp_out
     ids = smollm2.tokenizer("The capital of France is", return_tensors="pt").input_ids
     out = smollm2.model.generate(ids, max_new_tokens=3, do_sample=False)
     assert "Paris" in smollm2.tokenizer.decode(out[0, ids.shape[1]:])
