@@ -7,7 +7,7 @@ all lives on `app.state` (see app/main.py).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, Form, HTTPException, Path, Query, Request
@@ -134,27 +134,24 @@ async def require_reader(user: CurrentUser, settings: SettingsDep) -> User | Non
 ReaderDep = Annotated[User | None, Depends(require_reader)]
 
 
-async def require_labeller(user: CurrentUser) -> User:
-    """Writing (labels, tags, imports, bookmarks) needs a labeller or admin account."""
-    if user is None:
-        raise LoginRequired()
-    if not user.can_write:
-        raise HTTPException(403, f"user {user.name!r} is a {user.role}; writing needs a labeller account")
-    return user
+def _require(allowed: Callable[[User], bool], needs: str) -> Callable[[User | None], Awaitable[User]]:
+    """A dependency that lets in a signed-in user `allowed` accepts; others get a 403 naming what is needed."""
+    async def require(user: CurrentUser) -> User:
+        if user is None:
+            raise LoginRequired()
+        if not allowed(user):
+            raise HTTPException(403, f"user {user.name!r} is a {user.role}; {needs}")
+        return user
+
+    return require
 
 
+require_labeller = _require(lambda u: u.can_write, "writing needs a labeller account")
+"""Writing (labels, tags, imports, bookmarks) needs a labeller or admin account."""
 LabellerDep = Annotated[User, Depends(require_labeller)]
 
-
-async def require_admin(user: CurrentUser) -> User:
-    """Jobs that hold the server's CPU or call out to a configured endpoint (explaining features) need an admin."""
-    if user is None:
-        raise LoginRequired()
-    if not user.is_admin:
-        raise HTTPException(403, f"user {user.name!r} is a {user.role}; this needs an admin account")
-    return user
-
-
+require_admin = _require(lambda u: u.is_admin, "this needs an admin account")
+"""Jobs that hold the server's CPU or call out to a configured endpoint (explaining features) need an admin."""
 AdminDep = Annotated[User, Depends(require_admin)]
 
 

@@ -30,6 +30,7 @@ from app import bulk, crud  # noqa: E402
 from app.db import make_engine, session_factory  # noqa: E402
 from app.ingest import store_record  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
+from bench.store import database_bytes  # noqa: E402
 from bench.web import postgres_database  # noqa: E402
 from sae_core.data import iter_contexts, iter_documents  # noqa: E402
 from sae_core.lm import load_model  # noqa: E402
@@ -93,15 +94,6 @@ def million_record(work: Path, features: int, base: int, tokens_per_feature: flo
           f"tiled x{features // base}")
     return tiled(record, features // base), model_spec
 
-
-def database_bytes(engine, url: str) -> int:
-    from sqlalchemy import text
-
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
-            return Path(url.removeprefix("sqlite:///")).stat().st_size
-        return int(conn.scalar(text("SELECT pg_database_size(current_database())")))
 
 
 def measure(url: str, record: SAERecord, writer: bulk.Writer) -> dict[str, float]:
