@@ -4,7 +4,8 @@ Any OpenAI-compatible chat endpoint serves (a local llama.cpp or vLLM server, or
 EndpointConfig and reached through the explainers' client; nothing is called unless one is configured. The
 prompts follow AxBench's (Wu et al. 2025, "AxBench: Steering LLMs? Even Simple Baselines Outperform Sparse
 Autoencoders"): each asks for one rating in the form "Rating: [[n]]", and the two are asked separately so that
-one judgement does not colour the other.
+one judgement does not colour the other. A judge that reasons but never writes the marker (the built-in SmolLM2
+did so on every row) is asked once more, in the same conversation, for the digit alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 from .explain.base import ExplainerError
 from .explain.endpoint import EndpointChatModel, EndpointConfig
+from .explain.prompts import Messages
 
 CONCEPT_PROMPT = """Please act as an impartial judge and evaluate whether the specified concept is presented \
 in the text fragment provided below. Focus solely on whether the concept is clearly incorporated, without \
@@ -50,6 +52,9 @@ Provide your rating using this exact format: "Rating: [[score]]".
 [Text Fragment End]"""
 
 RATING = re.compile(r"Rating:\s*\[\[\s*([0-2](?:\.\d+)?)\s*\]\]")
+DIGIT = re.compile(r"(?<!\d)(?<!\d\.)([0-2])(?!\.?\d)")
+FOLLOW_UP = "Give your rating now, as one digit only: 0, 1 or 2."
+FOLLOW_UP_TOKENS = 4
 
 
 class JudgeError(RuntimeError):
@@ -64,12 +69,18 @@ class Verdict:
     fluency: float
 
 
-def rating(answer: str) -> float:
-    """The last "Rating: [[n]]" of an answer (0 to 2)."""
+def rating(answer: str) -> float | None:
+    """The last "Rating: [[n]]" of an answer (0 to 2), or None when it has none."""
     found = RATING.findall(answer)
-    if not found:
-        raise JudgeError(f"the judge gave no 'Rating: [[n]]': {answer[:120]!r}")
-    return float(found[-1])
+    return float(found[-1]) if found else None
+
+
+def digit(answer: str) -> float:
+    """The first lone digit 0-2 of a follow-up answer."""
+    found = DIGIT.search(answer)
+    if found is None:
+        raise JudgeError(f"the judge gave no 'Rating: [[n]]', nor a digit when asked again: {answer[:120]!r}")
+    return float(found.group(1))
 
 
 ANSWER_TOKENS = 256
@@ -77,17 +88,27 @@ ANSWER_TOKENS = 256
 endpoint, SmolLM2 on llama.cpp's server rambled past the 60 s timeout on every row of a sweep."""
 
 
-def ask(config: EndpointConfig, prompt: str) -> str:
-    """One chat completion at temperature 0, at most ANSWER_TOKENS long; the answer's text. Sent through the
-    explainers' client (sae_core.explain.endpoint), so the judge gets its retries, backoff and timeouts."""
+def ask(config: EndpointConfig, messages: Messages, max_tokens: int) -> str:
+    """One chat completion at temperature 0; the answer's text. Sent through the explainers' client
+    (sae_core.explain.endpoint), so the judge gets its retries, backoff and timeouts."""
     try:
-        return EndpointChatModel(config).generate([[{"role": "user", "content": prompt}]],
-                                                  max_tokens=ANSWER_TOKENS)[0]
+        return EndpointChatModel(config).generate([messages], max_tokens=max_tokens)[0]
     except ExplainerError as err:
         raise JudgeError(f"the judge at {config.url} did not answer: {err}") from err
 
 
+def rate(config: EndpointConfig, prompt: str) -> float:
+    """The rating a prompt gets: from the answer's marker, else from a follow-up asking for the digit alone."""
+    messages: Messages = [{"role": "user", "content": prompt}]
+    answer = ask(config, messages, ANSWER_TOKENS)
+    found = rating(answer)
+    if found is not None:
+        return found
+    follow_up = [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": FOLLOW_UP}]
+    return digit(ask(config, follow_up, FOLLOW_UP_TOKENS))
+
+
 def judge(config: EndpointConfig, text: str, concept: str | None) -> Verdict:
     """Rate a text's fluency, and how present the concept is when one is given."""
-    concept_score = rating(ask(config, CONCEPT_PROMPT.format(concept=concept, text=text))) if concept else None
-    return Verdict(concept_score, rating(ask(config, FLUENCY_PROMPT.format(text=text))))
+    concept_score = rate(config, CONCEPT_PROMPT.format(concept=concept, text=text)) if concept else None
+    return Verdict(concept_score, rate(config, FLUENCY_PROMPT.format(text=text)))

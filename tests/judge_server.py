@@ -10,10 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 @contextmanager
-def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]", busy: int = 0
-                 ) -> Iterator[tuple[str, list[dict]]]:
+def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]", busy: int = 0,
+                 follow_up: str = "") -> Iterator[tuple[str, list[dict]]]:
     """(base URL, the request bodies received); answers the concept prompt and the fluency prompt as given,
-    after answering the first `busy` requests 503 (an endpoint still loading its model)."""
+    a conversation's second question (the judge asking again for the digit) with `follow_up`, after answering
+    the first `busy` requests 503 (an endpoint still loading its model)."""
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
@@ -21,7 +22,7 @@ def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]",
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append(body | {"path": self.path, "auth": self.headers.get("Authorization")})
             prompt = body["messages"][0]["content"]
-            answer = concept if "[Concept Start]" in prompt else fluency
+            answer = follow_up if len(body["messages"]) > 1 else concept if "[Concept Start]" in prompt else fluency
             status = 503 if len(received) <= busy else 200
             data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]} if status == 200
                               else {"error": {"message": "loading model"}}).encode()

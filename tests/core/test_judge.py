@@ -3,7 +3,7 @@
 import pytest
 
 from sae_core.explain import EndpointConfig
-from sae_core.judge import ANSWER_TOKENS, JudgeError, Verdict, judge, rating
+from sae_core.judge import ANSWER_TOKENS, FOLLOW_UP, FOLLOW_UP_TOKENS, JudgeError, Verdict, digit, judge, rating
 from tests.judge_server import judge_server
 from tests.spawn import free_port
 
@@ -31,8 +31,35 @@ def test_ratings_are_read_from_the_last_marker(answer, score):
     assert rating(answer) == score
 
 
+@pytest.mark.parametrize("answer", ["It reads well.", "Rating: [[3]]", "Rating: 2"])
+def test_an_answer_without_a_valid_marker_has_no_rating(answer):
+    assert rating(answer) is None
+
+
+@pytest.mark.parametrize("answer,score", [("2", 2.0), (" 1.", 1.0), ("0\n", 0.0), ("I'd say 1", 1.0)])
+def test_a_follow_up_is_read_for_its_first_lone_digit(answer, score):
+    assert digit(answer) == score
+
+
+@pytest.mark.parametrize("answer", ["5", "10", "1.5x", "none"])
+def test_a_follow_up_without_a_lone_digit_from_0_to_2_is_a_judge_error(answer):
+    with pytest.raises(JudgeError, match="nor a digit"):
+        digit(answer)
+
+
+def test_a_judge_that_reasons_without_the_marker_is_asked_again_in_the_same_conversation():
+    answer = 'The concept of "cats" is indeed present throughout.'
+    with judge_server(concept=answer, fluency="Rating: [[1]]", follow_up="2") as (url, received):
+        assert judge(EndpointConfig(url, "m"), "cats everywhere", "cats") == Verdict(2.0, 1.0)
+    assert len(received) == 3
+    again = received[1]
+    assert [m["role"] for m in again["messages"]] == ["user", "assistant", "user"]
+    assert again["messages"][1]["content"] == answer and again["messages"][2]["content"] == FOLLOW_UP
+    assert again["max_tokens"] == FOLLOW_UP_TOKENS
+
+
 def test_an_answer_without_a_rating_or_an_endpoint_that_is_down_is_a_judge_error():
-    with judge_server(fluency="I like it") as (url, _), pytest.raises(JudgeError, match="no 'Rating"):
+    with judge_server(fluency="I like it", follow_up="I like it") as (url, _), pytest.raises(JudgeError, match="no 'Rating"):
         judge(EndpointConfig(url, "m"), "text", None)
     with pytest.raises(JudgeError, match="did not answer"):
         judge(EndpointConfig(f"http://127.0.0.1:{free_port()}/v1", "m", timeout_s=2), "text", None)
