@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]", busy: int = 0,
                  follow_up: str = "") -> Iterator[tuple[str, list[dict]]]:
     """(base URL, the request bodies received); answers the concept prompt and the fluency prompt as given,
-    a conversation's second question (the judge asking again for the digit) with `follow_up`, after answering
+    a conversation that already holds an answer (the judge asking again for the digit) with `follow_up`, after answering
     the first `busy` requests 503 (an endpoint still loading its model)."""
     received: list[dict] = []
 
@@ -22,7 +22,8 @@ def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]",
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             received.append(body | {"path": self.path, "auth": self.headers.get("Authorization")})
             prompt = body["messages"][0]["content"]
-            answer = follow_up if len(body["messages"]) > 1 else concept if "[Concept Start]" in prompt else fluency
+            asked_again = any(m["role"] == "assistant" for m in body["messages"])
+            answer = follow_up if asked_again else concept if "[Concept Start]" in prompt else fluency
             status = 503 if len(received) <= busy else 200
             data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]} if status == 200
                               else {"error": {"message": "loading model"}}).encode()
