@@ -5,16 +5,20 @@ EndpointConfig and reached through the explainers' client; nothing is called unl
 prompts follow AxBench's (Wu et al. 2025, "AxBench: Steering LLMs? Even Simple Baselines Outperform Sparse
 Autoencoders"): each asks for one rating in the form "Rating: [[n]]", and the two are asked separately so that
 one judgement does not colour the other. A judge that reasons but never writes the marker (the built-in SmolLM2
-did so on every row) is asked once more, in the same conversation, for the digit alone.
+did so on every row) is asked once more, in the same conversation, for the digit alone. Its rating is then read
+as G-Eval reads one (Liu et al. 2023, "G-Eval: NLG Evaluation using GPT-4 with Better Human Alignment"): the
+digits' probabilities at the answer's first token weight them, when the endpoint reports log-probabilities;
+SmolLM2 still began that answer with "The concept of", putting 1-3 % of its mass on the digits.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from .explain.base import ExplainerError
-from .explain.endpoint import EndpointChatModel, EndpointConfig
+from .explain.endpoint import TOP_LOGPROBS, EndpointChatModel, EndpointConfig, Reply
 from .explain.prompts import Messages
 
 CONCEPT_PROMPT = """Please act as an impartial judge and evaluate whether the specified concept is presented \
@@ -83,16 +87,28 @@ def digit(answer: str) -> float:
     return float(found.group(1))
 
 
+def weighted_digit(reply: Reply) -> float:
+    """A follow-up's rating: the probability-weighted mean of the digits 0-2 among its first token's likeliest
+    alternatives (G-Eval), or, when the endpoint reported none of them, the first lone digit of its text."""
+    mass: dict[int, float] = {}
+    for token, logprob in reply.first_top.items():
+        if token.strip() in ("0", "1", "2"):
+            mass[int(token.strip())] = mass.get(int(token.strip()), 0.0) + math.exp(logprob)
+    if not mass:
+        return digit(reply.text)
+    return sum(d * p for d, p in mass.items()) / sum(mass.values())
+
+
 ANSWER_TOKENS = 256
 """The longest answer asked for: AxBench's rater writes a short reason, then "Rating: [[n]]". Left to the
 endpoint, SmolLM2 on llama.cpp's server rambled past the 60 s timeout on every row of a sweep."""
 
 
-def ask(config: EndpointConfig, messages: Messages, max_tokens: int) -> str:
-    """One chat completion at temperature 0; the answer's text. Sent through the explainers' client
-    (sae_core.explain.endpoint), so the judge gets its retries, backoff and timeouts."""
+def ask(config: EndpointConfig, messages: Messages, max_tokens: int, top_logprobs: int = 0) -> Reply:
+    """One chat completion at temperature 0. Sent through the explainers' client (sae_core.explain.endpoint), so
+    the judge gets its retries, backoff and timeouts."""
     try:
-        return EndpointChatModel(config).generate([messages], max_tokens=max_tokens)[0]
+        return EndpointChatModel(config).replies([messages], max_tokens, top_logprobs)[0]
     except ExplainerError as err:
         raise JudgeError(f"the judge at {config.url} did not answer: {err}") from err
 
@@ -100,12 +116,12 @@ def ask(config: EndpointConfig, messages: Messages, max_tokens: int) -> str:
 def rate(config: EndpointConfig, prompt: str) -> float:
     """The rating a prompt gets: from the answer's marker, else from a follow-up asking for the digit alone."""
     messages: Messages = [{"role": "user", "content": prompt}]
-    answer = ask(config, messages, ANSWER_TOKENS)
+    answer = ask(config, messages, ANSWER_TOKENS).text
     found = rating(answer)
     if found is not None:
         return found
     follow_up = [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": FOLLOW_UP}]
-    return digit(ask(config, follow_up, FOLLOW_UP_TOKENS))
+    return weighted_digit(ask(config, follow_up, FOLLOW_UP_TOKENS, TOP_LOGPROBS))
 
 
 def judge(config: EndpointConfig, text: str, concept: str | None) -> Verdict:

@@ -11,9 +11,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 @contextmanager
 def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]", busy: int = 0,
-                 follow_up: str = "") -> Iterator[tuple[str, list[dict]]]:
+                 follow_up: str = "", follow_up_top: dict[str, float] | None = None) -> Iterator[tuple[str, list[dict]]]:
     """(base URL, the request bodies received); answers the concept prompt and the fluency prompt as given,
-    a conversation that already holds an answer (the judge asking again for the digit) with `follow_up`, after answering
+    a conversation that already holds an answer (the judge asking again for the digit) with `follow_up` (and
+    `follow_up_top` as its first token's top log-probabilities, when given), after answering
     the first `busy` requests 503 (an endpoint still loading its model)."""
     received: list[dict] = []
 
@@ -25,7 +26,12 @@ def judge_server(concept: str = "Rating: [[2]]", fluency: str = "Rating: [[1]]",
             asked_again = any(m["role"] == "assistant" for m in body["messages"])
             answer = follow_up if asked_again else concept if "[Concept Start]" in prompt else fluency
             status = 503 if len(received) <= busy else 200
-            data = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]} if status == 200
+            choice: dict = {"message": {"role": "assistant", "content": answer}}
+            if asked_again and follow_up_top is not None:
+                top = [{"token": t, "logprob": lp} for t, lp in follow_up_top.items()]
+                choice["logprobs"] = {"content": [{"token": top[0]["token"], "logprob": top[0]["logprob"],
+                                                   "top_logprobs": top}]}
+            data = json.dumps({"choices": [choice]} if status == 200
                               else {"error": {"message": "loading model"}}).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")

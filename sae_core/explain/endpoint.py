@@ -75,6 +75,20 @@ def tls_context() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 
+TOP_LOGPROBS = 20
+"""Alternatives asked for the first answer token when a caller wants them (OpenAI's maximum)."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One answer, with its first token's likeliest alternatives when they were asked for."""
+
+    text: str
+    first_top: dict[str, float]
+    """Token -> log-probability at the answer's first position; empty when not asked for or not reported
+    (not every endpoint reports log-probabilities)."""
+
+
 class EndpointChatModel:
     """Chat completions over HTTP; Yes/No judgements are read from the answer's text."""
 
@@ -89,26 +103,33 @@ class EndpointChatModel:
     def generate(self, conversations: list[Messages], max_tokens: int | None) -> list[str]:
         """Each conversation's answer; max_tokens None leaves the length to the endpoint (the judge's reasoned
         ratings)."""
-        return run_coroutine(self._all(conversations, max_tokens))
+        return [reply.text for reply in self.replies(conversations, max_tokens)]
+
+    def replies(self, conversations: list[Messages], max_tokens: int | None, top_logprobs: int = 0) -> list[Reply]:
+        """Each conversation's answer, with its first token's top_logprobs likeliest alternatives if > 0."""
+        return run_coroutine(self._all(conversations, max_tokens, top_logprobs))
 
     def judge(self, explanation: str, texts: list[str], marked: bool) -> list[float]:
         """The answer to a Yes/No question per text: 1.0 for Yes, else 0.0 or 0.5 (see yes_of)."""
         ask = fuzzing_messages if marked else detection_messages
         return [yes_of(answer) for answer in self.generate([ask(explanation, t) for t in texts], max_tokens=3)]
 
-    async def _all(self, conversations: list[Messages], max_tokens: int | None) -> list[str]:
+    async def _all(self, conversations: list[Messages], max_tokens: int | None, top_logprobs: int) -> list[Reply]:
         limit = asyncio.Semaphore(self.config.concurrency)
         timeout = httpx.Timeout(self.config.timeout_s)
         async with httpx.AsyncClient(timeout=timeout, headers=self._headers, verify=tls_context()) as client:
-            async def one(messages: Messages) -> str:
+            async def one(messages: Messages) -> Reply:
                 async with limit:
-                    return await self._complete(client, messages, max_tokens)
+                    return await self._complete(client, messages, max_tokens, top_logprobs)
             return list(await asyncio.gather(*(one(m) for m in conversations)))
 
-    async def _complete(self, client: httpx.AsyncClient, messages: Messages, max_tokens: int | None) -> str:
+    async def _complete(self, client: httpx.AsyncClient, messages: Messages, max_tokens: int | None,
+                        top_logprobs: int) -> Reply:
         body: dict[str, Any] = {"model": self.config.model, "messages": messages, "temperature": 0}
         if max_tokens is not None:
             body["max_tokens"] = max_tokens
+        if top_logprobs:
+            body |= {"logprobs": True, "top_logprobs": top_logprobs}
         url = self.config.completions_url
         wait = self.config.backoff_s
         for attempt in range(self.config.retries + 1):
@@ -130,12 +151,22 @@ class EndpointChatModel:
         raise AssertionError("unreachable: the last try returns or raises")
 
 
-def _answer(url: str, response: httpx.Response) -> str:
+def _answer(url: str, response: httpx.Response) -> Reply:
     try:
-        return str(response.json()["choices"][0]["message"]["content"] or "")
+        choice = response.json()["choices"][0]
+        text = str(choice["message"]["content"] or "")
     except (ValueError, KeyError, IndexError, TypeError) as err:
         raise ExplainerError(f"endpoint {url} answered without choices[0].message.content: "
                              f"{response.text[:200]!r}") from err
+    return Reply(text, _first_top(choice))
+
+
+def _first_top(choice: Any) -> dict[str, float]:
+    """The first token's alternatives from OpenAI's `logprobs.content[0].top_logprobs`; {} when absent or odd."""
+    try:
+        return {str(t["token"]): float(t["logprob"]) for t in choice["logprobs"]["content"][0]["top_logprobs"]}
+    except (KeyError, IndexError, TypeError, ValueError):
+        return {}
 
 
 def _reason(response: httpx.Response) -> str:

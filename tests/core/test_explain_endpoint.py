@@ -18,6 +18,7 @@ import pytest
 
 from sae_core.explain import EndpointChatModel, EndpointConfig, ExplainerError
 from sae_core.explain.endpoint import yes_of
+from sae_core.judge import judge as steering_judge
 
 
 class Scripted(BaseHTTPRequestHandler):
@@ -197,3 +198,7 @@ def test_a_real_llama_cpp_server_explains_and_judges(llama_server):
     assert len(answers) == 2 and all(a.strip() for a in answers)
     judged = model.judge("digits", ["The year 1999 had 365 days.", "A cat sat on the mat."], marked=False)
     assert len(judged) == 2 and set(judged) <= {0.0, 0.5, 1.0}
+    # the steering judge: SmolLM2 never writes "Rating: [[n]]", so each rating comes from the follow-up's
+    # first-token probabilities, which llama.cpp's server reports
+    verdict = steering_judge(EndpointConfig(llama_server, "smollm2", timeout_s=300), "I saved the file to disk.", "files")
+    assert verdict.concept is not None and 0 <= verdict.concept <= 2 and 0 <= verdict.fluency <= 2

@@ -1,9 +1,12 @@
 """The steering judge against a stand-in OpenAI-compatible endpoint: prompts, ratings and failures."""
 
+import math
+
 import pytest
 
 from sae_core.explain import EndpointConfig
-from sae_core.judge import ANSWER_TOKENS, FOLLOW_UP, FOLLOW_UP_TOKENS, JudgeError, Verdict, digit, judge, rating
+from sae_core.explain.endpoint import TOP_LOGPROBS, Reply
+from sae_core.judge import ANSWER_TOKENS, FOLLOW_UP, FOLLOW_UP_TOKENS, JudgeError, Verdict, digit, judge, rating, weighted_digit
 from tests.judge_server import judge_server
 from tests.spawn import free_port
 
@@ -56,6 +59,25 @@ def test_a_judge_that_reasons_without_the_marker_is_asked_again_in_the_same_conv
     assert [m["role"] for m in again["messages"]] == ["user", "assistant", "user"]
     assert again["messages"][1]["content"] == answer and again["messages"][2]["content"] == FOLLOW_UP
     assert again["max_tokens"] == FOLLOW_UP_TOKENS
+
+
+def test_a_follow_ups_digits_are_weighted_by_their_probabilities_at_the_first_token():
+    # SmolLM2's own first-token alternatives on llama.cpp's server: "The" first, the digits far behind
+    top = {"The": -0.72, "R": -1.97, "0": -4.15, "1": -4.58, " 1": -6.0, "10": -5.0}
+    p0, p1 = math.exp(-4.15), math.exp(-4.58) + math.exp(-6.0)
+    assert weighted_digit(Reply("The", top)) == pytest.approx(p1 / (p0 + p1))
+    assert weighted_digit(Reply("2", {"The": -0.1})) == 2.0  # no digit among them: the text's own digit
+    with pytest.raises(JudgeError, match="nor a digit"):
+        weighted_digit(Reply("The", {"The": -0.1}))
+
+
+def test_the_follow_up_asks_for_the_first_tokens_alternatives_and_weighs_them():
+    answer = 'The concept of "cats" is indeed present throughout.'
+    with judge_server(concept=answer, follow_up="The", follow_up_top={"The": -0.5, "2": -2.0, "0": -2.0}) \
+            as (url, received):
+        assert judge(EndpointConfig(url, "m"), "cats everywhere", "cats") == Verdict(1.0, 1.0)
+    assert received[1]["logprobs"] is True and received[1]["top_logprobs"] == TOP_LOGPROBS
+    assert "logprobs" not in received[0] and "logprobs" not in received[2]  # only the follow-up asks for them
 
 
 def test_an_answer_without_a_rating_or_an_endpoint_that_is_down_is_a_judge_error():
