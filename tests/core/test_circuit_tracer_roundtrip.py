@@ -26,8 +26,10 @@ from sae_core.activations import open_activations
 from sae_core.cli import app
 from sae_core.config import HarvestConfig
 from sae_core.harvest import harvest
+from sae_core.hooks import truncated_forward_sites
 from sae_core.lm import load_model
 from sae_core.saes import SAE, load_sae
+from sae_core.sites import Site
 from tests.conftest import invoke_cli
 
 CT_PYTHON = os.environ.get("SAESCOPE_CIRCUIT_TRACER_PYTHON")
@@ -52,6 +54,8 @@ def circuit_tracer_results(tmp_path_factory, tiny_model_dir, corpus):
                         context_len=32, batch_size=8, dtype="float32")
     harvest(cfg, root / "h", lm=load_model(str(tiny_model_dir)), progress=False)
     cache = root / "ct-cache"
+    model = root / "lm"  # TransformerLens reads a local model's config only where its path does not name llama
+    model.symlink_to(tiny_model_dir, target_is_directory=True)
     cases = []
     for name, (arch, *options) in SETS.items():
         code, out = invoke_cli(app, "train", "--activations", root / "h", "--out", root / name, "--arch", arch,
@@ -61,15 +65,16 @@ def circuit_tracer_results(tmp_path_factory, tiny_model_dir, corpus):
         code, out = invoke_cli(app, "convert", "--sae", root / name, "--to", "circuit-tracer",
                                "--out", cache / "saescope" / name)
         assert code == 0, out
-        cases.append({"name": name, "ref": f"saescope/{name}", "cache_dir": str(cache)})
+        cases.append({"name": name, "ref": f"saescope/{name}", "cache_dir": str(cache), "model": str(model)})
     x = torch.stack([open_activations(root / "h" / f"layers.{layer}.mlp_in").head(3000)[-256:]
                      for layer in range(LAYERS)]).contiguous()
-    save_file({"x": x}, root / "inputs.safetensors")
+    tokens = torch.tensor([[0, *range(20, 200, 12)]])  # BOS, then words of the tiny vocabulary
+    save_file({"x": x, "tokens": tokens}, root / "inputs.safetensors")
     (root / "cases.json").write_text(json.dumps(cases))
     run = subprocess.run([CT_PYTHON, SCRIPT, root / "cases.json", root / "inputs.safetensors", root / "out"],
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    return root, x
+    return root, x, tokens, load_model(str(tiny_model_dir)).model
 
 
 def trained(directory: Path) -> list[SAE]:
@@ -79,7 +84,7 @@ def trained(directory: Path) -> list[SAE]:
 
 @pytest.mark.parametrize("name", SETS)
 def test_circuit_tracer_computes_saescopes_features_and_reconstruction(circuit_tracer_results, name):
-    root, x = circuit_tracer_results
+    root, x, _, _ = circuit_tracer_results
     theirs = load_file(root / "out" / f"{name}.safetensors")
     ours = trained(root / name)
     with torch.no_grad():
@@ -92,18 +97,21 @@ def test_circuit_tracer_computes_saescopes_features_and_reconstruction(circuit_t
 
 
 @pytest.mark.parametrize("name", SETS)
-def test_circuit_tracers_model_feeds_each_transcoder_its_layers_mlp_input(circuit_tracer_results, name):
-    """The config's hook names place each transcoder in circuit-tracer's ReplacementModel: the features its
-    activation hooks compute are ours on the MLP input at that layer (bar the first position, which it zeroes)."""
-    root, _ = circuit_tracer_results
+def test_circuit_tracers_replacement_model_feeds_each_transcoder_saescopes_site(circuit_tracer_results, name):
+    """The config's hook names put each transcoder where saescope trained it: in circuit-tracer's ReplacementModel of
+    the same model, the activation at `feature_input_hook` is saescope's `mlp_in` site, and the features circuit-tracer
+    computes there are ours (bar the first position, which it zeroes)."""
+    root, _, tokens, lm = circuit_tracer_results
     theirs = load_file(root / "out" / f"{name}.safetensors")
     with torch.no_grad():
-        f = torch.stack([sae.encode(theirs["model_mlp_in"][layer]) for layer, sae in enumerate(trained(root / name))])
+        mlp_in = torch.stack(truncated_forward_sites(lm, [Site(layer, "mlp_in") for layer in range(LAYERS)], tokens))[:, 0]
+        f = torch.stack([sae.encode(mlp_in[layer]) for layer, sae in enumerate(trained(root / name))])
+    assert_matches(theirs["model_mlp_in"], mlp_in)
     assert (f[:, 1:] > 0).any()
     assert_matches(theirs["model_f"][:, 1:], f[:, 1:])
 
 
 def assert_matches(theirs: torch.Tensor, ours: torch.Tensor) -> None:
-    """Equal within TOL of ours's largest magnitude: the tiny Llama's MLP outputs are about 1e-3, so a fixed
+    """Equal within TOL of ours's largest magnitude: the tiny Llama's MLP outputs are a few 1e-3, so a fixed
     bound such as 1e-5 would pass a reconstruction off by a percent."""
     torch.testing.assert_close(theirs, ours, atol=TOL * float(ours.abs().max()), rtol=0)
