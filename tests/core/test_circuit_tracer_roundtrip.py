@@ -100,7 +100,7 @@ def test_circuit_tracer_computes_saescopes_features_and_reconstruction(circuit_t
 def test_circuit_tracers_replacement_model_feeds_each_transcoder_saescopes_site(circuit_tracer_results, name):
     """The config's hook names put each transcoder where saescope trained it: in circuit-tracer's ReplacementModel of
     the same model, the activation at `feature_input_hook` is saescope's `mlp_in` site, and the features circuit-tracer
-    computes there are ours (bar the first position, which it zeroes)."""
+    computes there, and those of its attribution graph, are ours (bar the first position, which it zeroes)."""
     root, _, tokens, lm = circuit_tracer_results
     theirs = load_file(root / "out" / f"{name}.safetensors")
     with torch.no_grad():
@@ -109,6 +109,7 @@ def test_circuit_tracers_replacement_model_feeds_each_transcoder_saescopes_site(
     assert_matches(theirs["model_mlp_in"], mlp_in)
     assert (f[:, 1:] > 0).any()
     assert_matches(theirs["model_f"][:, 1:], f[:, 1:])
+    assert_matches(theirs["graph_f"][:, 1:], f[:, 1:])  # the attribution graph has a node for each active feature
 
 
 def assert_matches(theirs: torch.Tensor, ours: torch.Tensor) -> None:
