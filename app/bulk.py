@@ -1,8 +1,8 @@
 """Writing many rows into one table inside the session's transaction: the store's bulk path (issue 22).
 
-Rows come as plain tuples in the order of `columns`, JSON columns as Python values. `copy_rows` is the fast
-path: PostgreSQL's COPY through psycopg, SQLite's executemany of tuples on the driver's cursor, JSON
-serialised once here. `insert_rows` is the reference it is tested equal to (tests/app/test_bulk.py):
+Rows come as plain tuples in the order of `columns`, JSON columns as Python values (or as JSON text, where the
+column is named by a JsonText). `copy_rows` is the fast path: PostgreSQL's COPY through psycopg, SQLite's
+executemany of tuples on the driver's cursor, JSON serialised once here. `insert_rows` is the reference it is tested equal to (tests/app/test_bulk.py):
 SQLAlchemy Core inserts of row dicts, where every value goes through its column type's bind processing.
 At a million features that processing, not the database, was the import's cost.
 """
@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from sqlalchemy import JSON, Table, insert
+from sqlalchemy import JSON, Connection, Table, insert
 from sqlalchemy.orm import Session
 
 from .models import Base
@@ -22,8 +22,9 @@ from .models import Base
 BATCH_ROWS = 5000
 """Rows per executemany; large enough to amortise round trips, small enough to bound memory."""
 
-class Json(str):
-    """A JSON column's value already serialised: the row builder wrote the text itself, for speed."""
+class JsonText(str):
+    """The name of a JSON column whose values come as JSON text: the row builder wrote it itself, for speed.
+    The marker is on the column, not on each value: wrapping every value cost a copy of its text."""
 
 
 Writer = Callable[[Session, type[Base], Sequence[str], Iterable[tuple[Any, ...]]], None]
@@ -45,18 +46,17 @@ def table_of(model: type[Base]) -> Table:
 def insert_rows(session: Session, model: type[Base], columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
     """The reference writer: Core executemany of dicts, each value bound through its column's type."""
     table = table_of(model)
+    texts = [isinstance(name, JsonText) for name in columns]
     for batch in batches(rows):
-        session.execute(insert(table), [{name: json.loads(value) if isinstance(value, Json) else value
-                                          for name, value in zip(columns, row)} for row in batch])
+        session.execute(insert(table), [{name: json.loads(value) if is_text else value
+                                          for name, is_text, value in zip(columns, texts, row)} for row in batch])
 
 
 def copy_rows(session: Session, model: type[Base], columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> None:
     """The fast writer: COPY on PostgreSQL, executemany of tuples on SQLite, on the session's own connection."""
     table = table_of(model)
     connection = session.connection()
-    driver = connection.connection.driver_connection
-    if driver is None:
-        raise RuntimeError("the session's connection has no driver connection")
+    driver = driver_connection(connection)
     stream = _json_dumped(table, columns, rows)
     names = ", ".join(columns)
     if connection.dialect.name == "postgresql":
@@ -73,9 +73,19 @@ def copy_rows(session: Session, model: type[Base], columns: Sequence[str], rows:
         cursor.close()
 
 
+def driver_connection(connection: Connection) -> Any:
+    """The DBAPI driver's own connection under `connection` (sqlite3's or psycopg's)."""
+    driver = connection.connection.driver_connection
+    if driver is None:
+        raise RuntimeError("the session's connection has no driver connection")
+    return driver
+
+
 def _json_dumped(table: Table, columns: Sequence[str], rows: Iterable[tuple[Any, ...]]) -> Iterable[tuple[Any, ...]]:
-    """The rows with their JSON columns as text, serialised as SQLAlchemy's JSON type does (json.dumps)."""
-    positions = [i for i, name in enumerate(columns) if isinstance(table.c[name].type, JSON)]
+    """The rows with their JSON columns as text, serialised as SQLAlchemy's JSON type does (json.dumps), but for
+    the JsonText columns, which are text already."""
+    positions = [i for i, name in enumerate(columns)
+                 if isinstance(table.c[name].type, JSON) and not isinstance(name, JsonText)]
     if not positions:
         return rows
     dumps = json.dumps
@@ -83,8 +93,8 @@ def _json_dumped(table: Table, columns: Sequence[str], rows: Iterable[tuple[Any,
     def dumped(row: tuple[Any, ...]) -> tuple[Any, ...]:
         values = list(row)
         for i in positions:
-            if not isinstance(values[i], Json):
-                values[i] = dumps(values[i])  # None too, as JSON null, like the JSON type
+            values[i] = dumps(values[i])  # None too, as JSON null, like the JSON type
         return tuple(values)
 
     return map(dumped, rows)
+

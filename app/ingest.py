@@ -13,7 +13,6 @@ from dataclasses import asdict
 from typing import Any
 
 import numpy as np
-import torch
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
@@ -22,7 +21,7 @@ from sae_core.records import SAERecord
 from sae_core.records.directions import TopTable
 from sae_core.records.sae_record import HIST_EDGES
 
-from .bulk import Json, Writer, copy_rows
+from .bulk import JsonText, Writer, copy_rows
 from .models import Coactivation, Context, Example, Feature, FeatureMapRun, MapCluster, MapPoint, Sae, TokenText, now
 from .packing import pack_acts, pack_ids
 
@@ -46,7 +45,7 @@ def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: s
         _insert_examples(session, record, feature_ids, context_ids[context_of_E], writer)
         writer(session, TokenText, ("sae_id", "token_id", "text"),
                ((sae_id, t, text) for t, text in record.token_text.items()))
-        writer(session, Coactivation, ("sae_id", "feature_index", "partners"),
+        writer(session, Coactivation, ("sae_id", "feature_index", JsonText("partners")),
                _coactivation_rows(sae_id, record))
         _update_summary(sae, record, dataset)
         session.commit()
@@ -80,7 +79,7 @@ def _delete_recording(session: Session, sae_id: int) -> None:
 
 
 FEATURE_COLUMNS = ("sae_id", "feature_index", "density", "fire_count", "max_act", "mean_act", "is_dead", "is_dense",
-                   "hist", "promoted", "suppressed", "neighbours", "top_text")
+                   JsonText("hist"), JsonText("promoted"), JsonText("suppressed"), JsonText("neighbours"), "top_text")
 
 
 def _insert_features(session: Session, sae_id: int, record: SAERecord, writer: Writer) -> np.ndarray:
@@ -102,7 +101,7 @@ def _feature_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
     token_json = {t: json.dumps([t, text.get(t, "")])[:-1] + ", " for t in _token_ids(record)}
     promoted = _pairs_json(record.promoted, token_json)
     suppressed = _pairs_json(record.suppressed, token_json)
-    neighbour_ids = {int(i): f"[{int(i)}, " for i in record.neighbours.index_FK.unique().tolist()}
+    neighbour_ids = {i: f"[{i}, " for i in set(record.neighbours.index_FK.flatten().tolist())}
     neighbours = _pairs_json(record.neighbours, neighbour_ids)
     promoted_text = [[text.get(t, "") for t in row] for row in record.promoted.index_FK.tolist()]
     peaks = _top_peak_texts(record)
@@ -112,30 +111,55 @@ def _feature_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
                promoted[i], suppressed[i], neighbours[i], " ".join(dict.fromkeys(peaks.get(i, []) + promoted_text[i])))
 
 
-def _token_ids(record: SAERecord) -> list[int]:
-    """Every token id the logit tables name."""
-    return torch.cat([record.promoted.index_FK.flatten(), record.suppressed.index_FK.flatten()]).unique().tolist()
+def _token_ids(record: SAERecord) -> set[int]:
+    """Every token id the logit tables name (a set of Python ints: torch.unique sorts, which costs more)."""
+    return set(record.promoted.index_FK.flatten().tolist()) | set(record.suppressed.index_FK.flatten().tolist())
 
 
 PAIRS_CHUNK = 65536
 """Features whose logit or neighbour values are formatted by one json.dumps call (C speed, bounded memory)."""
 
 
-def _pairs_json(table: TopTable, prefix: dict[int, str]) -> list[Json]:
-    """Per feature, the JSON of [[*prefix of index, value], ...] (prefix[i] opens a pair and ends in ", "): the
-    values of a chunk of features are formatted by one json.dumps, then cut and joined, never a call per value."""
+def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool = False) -> list[str]:
+    """Per feature, the JSON text of [[*prefix of index, value], ...] (prefix[i] opens a pair and ends in ", "),
+    without the pairs of negative (padding) indices if `skip_negative`. The values of a chunk of features are
+    formatted by one json.dumps, and the chunk's text is interleaved, joined and cut into features by C-level
+    list, array and string operations, never a Python step per feature or value: at a million features those
+    steps were most of an import. The cut is at newlines, which json.dumps never writes."""
     n, k = table.index_FK.shape
     if k == 0:
-        return [Json("[]")] * n
-    out: list[Json] = []
+        return ["[]"] * n
+    out: list[str] = []
     for ids_CK, values_CK in zip(table.index_FK.split(PAIRS_CHUNK), table.value_FK.split(PAIRS_CHUNK)):
+        heads = [prefix[i] for i in ids_CK.flatten().tolist()]
         numbers = json.dumps(values_CK.flatten().tolist())[1:-1].split(", ")
-        items = list(map(str.__add__, [prefix[i] for i in ids_CK.flatten().tolist()], numbers))
-        out.extend(Json("[" + "], ".join(items[f * k:(f + 1) * k]) + "]]") for f in range(ids_CK.shape[0]))
+        ends_CK = np.full(ids_CK.shape, "], ", dtype=object)
+        if skip_negative:
+            kept_CK = ids_CK.numpy() >= 0
+            heads, numbers = (_blanked(texts, ~kept_CK.ravel()) for texts in (heads, numbers))
+            ends_CK[~kept_CK] = ""
+            any_F = kept_CK.any(axis=1)
+            last_F = k - 1 - kept_CK[:, ::-1].argmax(axis=1)
+            ends_CK[any_F, last_F[any_F]] = "]]\n["
+            ends_CK[~any_F, 0] = "]\n["  # no pair kept: "[" + "]"
+        else:
+            ends_CK[:, -1] = "]]\n["
+        parts: list[str] = [""] * (3 * len(heads))
+        parts[0::3] = heads
+        parts[1::3] = numbers
+        parts[2::3] = ends_CK.ravel().tolist()
+        out.extend(("[" + "".join(parts))[:-2].split("\n"))
     return out
 
 
-def _feature_hists(record: SAERecord) -> Iterator[Json]:
+def _blanked(texts: list[str], blank: np.ndarray) -> list[str]:
+    """`texts` with "" where `blank` is true."""
+    array = np.array(texts, dtype=object)
+    array[blank] = ""
+    return array.tolist()
+
+
+def _feature_hists(record: SAERecord) -> Iterator[str]:
     """`record.feature_hist(i)` as {"edges": [...], "counts": [...]} JSON for every feature in turn, the occupied
     spans found for all features at once (per feature, the tensor calls cost more than the rest of its row)."""
     hist_FB = record.hist_FB.numpy()
@@ -147,19 +171,20 @@ def _feature_hists(record: SAERecord) -> Iterator[Json]:
     edges = json.dumps(HIST_EDGES.tolist())[1:-1].split(", ")
     for i, (lo, hi) in enumerate(zip(lo_F, hi_F)):
         if empty_F[i]:
-            yield Json('{"edges": [], "counts": []}')
+            yield '{"edges": [], "counts": []}'
         else:
             counts = ", ".join(map(str, hist_FB[i, lo:hi].tolist()))
-            yield Json(f'{{"edges": [{", ".join(edges[lo : hi + 1])}], "counts": [{counts}]}}')
+            yield f'{{"edges": [{", ".join(edges[lo : hi + 1])}], "counts": [{counts}]}}'
 
 
 def _coactivation_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
-    """One row per feature that fired with any other: [[feature_index, jaccard], ...] best first."""
+    """One row per feature that fired with any other: [[feature_index, jaccard], ...] best first (negative
+    indices pad the table)."""
     if record.coactive is None:
         return
-    for i, (index, score) in enumerate(zip(record.coactive.index_FK.tolist(), record.coactive.value_FK.tolist())):
-        partners = [[j, s] for j, s in zip(index, score) if j >= 0]
-        if partners:
+    partner_ids = {j: f"[{j}, " for j in set(record.coactive.index_FK.flatten().tolist())}
+    for i, partners in enumerate(_pairs_json(record.coactive, partner_ids, skip_negative=True)):
+        if partners != "[]":
             yield sae_id, i, partners
 
 
