@@ -1,10 +1,10 @@
 """Writing many rows into one table inside the session's transaction: the store's bulk path (issue 22).
 
 Rows come as plain tuples in the order of `columns`, JSON columns as Python values (or as JSON text, where the
-column is named by a JsonText). `copy_rows` is the fast path: PostgreSQL's COPY through psycopg, SQLite's
-executemany of tuples on the driver's cursor, JSON serialised once here. `insert_rows` is the reference it is tested equal to (tests/app/test_bulk.py):
-SQLAlchemy Core inserts of row dicts, where every value goes through its column type's bind processing.
-At a million features that processing, not the database, was the import's cost.
+column is named by a JsonText). `copy_rows` is the fast path: PostgreSQL's binary COPY through psycopg, SQLite's
+executemany of tuples on the driver's cursor, JSON serialised once here. `insert_rows` is the reference it is
+tested equal to (tests/app/test_bulk.py): SQLAlchemy Core inserts of row dicts, where every value goes through
+its column type's bind processing. At a million features that processing, not the database, was the import's cost.
 """
 
 from __future__ import annotations
@@ -60,9 +60,12 @@ def copy_rows(session: Session, model: type[Base], columns: Sequence[str], rows:
     stream = _json_dumped(table, columns, rows)
     names = ", ".join(columns)
     if connection.dialect.name == "postgresql":
-        with driver.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-            for row in stream:
-                copy.write_row(row)
+        with driver.cursor() as cursor:
+            oids = _copy_oids(cursor, table.name, columns)
+            with cursor.copy(f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(oids)
+                for row in stream:
+                    copy.write_row(row)
         return
     cursor = driver.cursor()
     try:
@@ -71,6 +74,19 @@ def copy_rows(session: Session, model: type[Base], columns: Sequence[str], rows:
             cursor.executemany(statement, batch)
     finally:
         cursor.close()
+
+
+JSON_OID, TEXT_OID = 114, 25
+
+
+def _copy_oids(cursor: Any, table: str, columns: Sequence[str]) -> list[int]:
+    """The type of each column for a binary COPY, asked of the server, as psycopg dumps values for it: binary
+    COPY sends floats and bytes as they are, where text COPY formats and the server parses every one. A json
+    column's binary form is its text, so its (JSON text) values go as text."""
+    cursor.execute("SELECT attname, atttypid FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0",
+                   (table,))
+    oid_of = dict(cursor.fetchall())
+    return [TEXT_OID if oid_of[name] == JSON_OID else oid_of[name] for name in columns]
 
 
 def driver_connection(connection: Connection) -> Any:

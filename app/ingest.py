@@ -86,8 +86,8 @@ def _insert_features(session: Session, sae_id: int, record: SAERecord, writer: W
     """Insert one row per feature; returns row ids indexed by feature index."""
     writer(session, Feature, FEATURE_COLUMNS, _feature_rows(sae_id, record))
     ids = np.zeros(record.d_sae, dtype=np.int64)
-    rows = session.connection().execute(select(Feature.feature_index, Feature.id).where(Feature.sae_id == sae_id))
-    index_R, id_R = zip(*rows) if record.d_sae else ((), ())
+    rows = session.connection().execute(select(Feature.feature_index, Feature.id).where(Feature.sae_id == sae_id)).all()
+    index_R, id_R = zip(*rows) if record.d_sae else ((), ())  # .all(): one fetchall, not a fetch per row
     ids[np.array(index_R, dtype=np.int64)] = id_R
     return ids
 
@@ -133,8 +133,8 @@ def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool 
     for ids_CK, values_CK in zip(table.index_FK.split(PAIRS_CHUNK), table.value_FK.split(PAIRS_CHUNK)):
         heads = [prefix[i] for i in ids_CK.flatten().tolist()]
         numbers = json.dumps(values_CK.flatten().tolist())[1:-1].split(", ")
-        ends_CK = np.full(ids_CK.shape, "], ", dtype=object)
         if skip_negative:
+            ends_CK = np.full(ids_CK.shape, "], ", dtype=object)
             kept_CK = ids_CK.numpy() >= 0
             heads, numbers = (_blanked(texts, ~kept_CK.ravel()) for texts in (heads, numbers))
             ends_CK[~kept_CK] = ""
@@ -142,12 +142,13 @@ def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool 
             last_F = k - 1 - kept_CK[:, ::-1].argmax(axis=1)
             ends_CK[any_F, last_F[any_F]] = "]]\n["
             ends_CK[~any_F, 0] = "]\n["  # no pair kept: "[" + "]"
+            ends = ends_CK.ravel().tolist()
         else:
-            ends_CK[:, -1] = "]]\n["
+            ends = (["], "] * (k - 1) + ["]]\n["]) * ids_CK.shape[0]
         parts: list[str] = [""] * (3 * len(heads))
         parts[0::3] = heads
         parts[1::3] = numbers
-        parts[2::3] = ends_CK.ravel().tolist()
+        parts[2::3] = ends
         out.extend(("[" + "".join(parts))[:-2].split("\n"))
     return out
 
@@ -210,7 +211,7 @@ def _insert_contexts(session: Session, sae_id: int, record: SAERecord, writer: W
             for u, (c, s) in enumerate(keys_U2.tolist()))
     writer(session, Context, ("sae_id", "context_index", "start", "token_ids", "pieces"), rows)
     lookup = {(c, s): row_id for row_id, c, s in session.connection().execute(
-        select(Context.id, Context.context_index, Context.start).where(Context.sae_id == sae_id))}
+        select(Context.id, Context.context_index, Context.start).where(Context.sae_id == sae_id)).all()}
     ids_U = np.array([lookup[(c, s)] for c, s in keys_U2.tolist()], dtype=np.int64)
     return ids_U, window_of_E.reshape(-1)
 
