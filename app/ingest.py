@@ -106,9 +106,10 @@ def _feature_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
     promoted_text = [[text.get(t, "") for t in row] for row in record.promoted.index_FK.tolist()]
     peaks = _top_peak_texts(record)
     dense = record.config.dense_density
-    for i, hist in enumerate(_feature_hists(record)):
+    for i, (hist, promoted_i, suppressed_i, neighbours_i) in enumerate(
+            zip(_feature_hists(record), promoted, suppressed, neighbours)):
         yield (sae_id, i, density[i], count[i], max_[i], mean[i], count[i] == 0, density[i] > dense, hist,
-               promoted[i], suppressed[i], neighbours[i], " ".join(dict.fromkeys(peaks.get(i, []) + promoted_text[i])))
+               promoted_i, suppressed_i, neighbours_i, " ".join(dict.fromkeys(peaks.get(i, []) + promoted_text[i])))
 
 
 def _token_ids(record: SAERecord) -> set[int]:
@@ -120,16 +121,17 @@ PAIRS_CHUNK = 65536
 """Features whose logit or neighbour values are formatted by one json.dumps call (C speed, bounded memory)."""
 
 
-def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool = False) -> list[str]:
+def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool = False) -> Iterator[str]:
     """Per feature, the JSON text of [[*prefix of index, value], ...] (prefix[i] opens a pair and ends in ", "),
     without the pairs of negative (padding) indices if `skip_negative`. The values of a chunk of features are
     formatted by one json.dumps, and the chunk's text is interleaved, joined and cut into features by C-level
     list, array and string operations, never a Python step per feature or value: at a million features those
-    steps were most of an import. The cut is at newlines, which json.dumps never writes."""
+    steps were most of an import. The cut is at newlines, which json.dumps never writes. Chunks are formatted
+    as the features are asked for, so memory holds one chunk's text, not a million features'."""
     n, k = table.index_FK.shape
     if k == 0:
-        return ["[]"] * n
-    out: list[str] = []
+        yield from ["[]"] * n
+        return
     for ids_CK, values_CK in zip(table.index_FK.split(PAIRS_CHUNK), table.value_FK.split(PAIRS_CHUNK)):
         heads = [prefix[i] for i in ids_CK.flatten().tolist()]
         numbers = json.dumps(values_CK.flatten().tolist())[1:-1].split(", ")
@@ -149,8 +151,7 @@ def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool 
         parts[0::3] = heads
         parts[1::3] = numbers
         parts[2::3] = ends
-        out.extend(("[" + "".join(parts))[:-2].split("\n"))
-    return out
+        yield from ("[" + "".join(parts))[:-2].split("\n")
 
 
 def _blanked(texts: list[str], blank: np.ndarray) -> list[str]:

@@ -82,3 +82,13 @@ def test_the_json_columns_written_as_text_are_the_records_values(session, record
     coactive = zip(record.coactive.index_FK.tolist(), record.coactive.value_FK.tolist())
     want_partners = {i: [[j, v] for j, v in zip(index, value) if j >= 0] for i, (index, value) in enumerate(coactive)}
     assert stored_rows(session, sae.id)["partners"] == [(i, p) for i, p in want_partners.items() if p]
+
+
+def test_the_rows_do_not_depend_on_the_chunks_their_json_is_formatted_in(session, records, monkeypatch):
+    record = records[0]
+    saes = [crud.create_sae(session, name=name, model_name="tiny-llama", site="layers.1.resid_post",
+                            architecture="relu", d_in=32, d_sae=record.d_sae) for name in ("whole", "chunked")]
+    ingest.store_record(session, sae_id=saes[0].id, record=record, dataset="demo")
+    monkeypatch.setattr(ingest, "PAIRS_CHUNK", 7)
+    ingest.store_record(session, sae_id=saes[1].id, record=record, dataset="demo")
+    assert record.d_sae > 14 and stored_rows(session, saes[1].id) == stored_rows(session, saes[0].id)
