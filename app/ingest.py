@@ -10,6 +10,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -103,13 +104,15 @@ def _feature_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
     suppressed = _pairs_json(record.suppressed, token_json)
     neighbour_ids = {i: f"[{i}, " for i in set(record.neighbours.index_FK.flatten().tolist())}
     neighbours = _pairs_json(record.neighbours, neighbour_ids)
-    promoted_text = [[text.get(t, "") for t in row] for row in record.promoted.index_FK.tolist()]
-    peaks = _top_peak_texts(record)
+    k = record.promoted.index_FK.shape[1]
+    promoted_text = [text.get(t, "") for t in record.promoted.index_FK.flatten().tolist()]  # one list, not F: the
+    peaks = _top_peak_texts(record)  # garbage collector scans every list that lives through the import
     dense = record.config.dense_density
     for i, (hist, promoted_i, suppressed_i, neighbours_i) in enumerate(
             zip(_feature_hists(record), promoted, suppressed, neighbours)):
         yield (sae_id, i, density[i], count[i], max_[i], mean[i], count[i] == 0, density[i] > dense, hist,
-               promoted_i, suppressed_i, neighbours_i, " ".join(dict.fromkeys(peaks.get(i, []) + promoted_text[i])))
+               promoted_i, suppressed_i, neighbours_i,
+               " ".join(dict.fromkeys(peaks.get(i, []) + promoted_text[i * k:(i + 1) * k])))
 
 
 def _token_ids(record: SAERecord) -> set[int]:
@@ -184,10 +187,11 @@ def _coactivation_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ..
     indices pad the table)."""
     if record.coactive is None:
         return
-    partner_ids = {j: f"[{j}, " for j in set(record.coactive.index_FK.flatten().tolist())}
-    for i, partners in enumerate(_pairs_json(record.coactive, partner_ids, skip_negative=True)):
-        if partners != "[]":
-            yield sae_id, i, partners
+    index_FK = record.coactive.index_FK
+    partner_ids = {j: f"[{j}, " for j in set(index_FK.flatten().tolist())}
+    features = (index_FK >= 0).any(dim=1).nonzero().flatten()  # only these are formatted
+    table = TopTable(index_FK[features], record.coactive.value_FK[features])
+    yield from zip(repeat(sae_id), features.tolist(), _pairs_json(table, partner_ids, skip_negative=True))
 
 
 def _top_peak_texts(record: SAERecord) -> dict[int, list[str]]:
