@@ -22,7 +22,7 @@ from sae_core.records import SAERecord
 from sae_core.records.directions import TopTable
 from sae_core.records.sae_record import HIST_EDGES
 
-from .bulk import JsonText, Writer, copy_rows
+from .bulk import JsonText, Writer, copy_rows, import_cache
 from .models import Coactivation, Context, Example, Feature, FeatureMapRun, MapCluster, MapPoint, Sae, TokenText, now
 from .packing import pack_acts, pack_ids
 
@@ -40,16 +40,17 @@ def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: s
     if record.d_sae != sae.d_sae:
         raise IngestError(f"record has {record.d_sae} features but SAE {sae.name!r} has {sae.d_sae}")
     try:
-        _delete_recording(session, sae_id)
-        feature_ids = _insert_features(session, sae_id, record, writer)
-        context_ids, context_of_E = _insert_contexts(session, sae_id, record, writer)
-        _insert_examples(session, record, feature_ids, context_ids[context_of_E], writer)
-        writer(session, TokenText, ("sae_id", "token_id", "text"),
-               ((sae_id, t, text) for t, text in record.token_text.items()))
-        writer(session, Coactivation, ("sae_id", "feature_index", JsonText("partners")),
-               _coactivation_rows(sae_id, record))
-        _update_summary(sae, record, dataset)
-        session.commit()
+        with import_cache(session):
+            _delete_recording(session, sae_id)
+            feature_ids = _insert_features(session, sae_id, record, writer)
+            context_ids, context_of_E = _insert_contexts(session, sae_id, record, writer)
+            _insert_examples(session, record, feature_ids, context_ids[context_of_E], writer)
+            writer(session, TokenText, ("sae_id", "token_id", "text"),
+                   ((sae_id, t, text) for t, text in record.token_text.items()))
+            writer(session, Coactivation, ("sae_id", "feature_index", JsonText("partners")),
+                   _coactivation_rows(sae_id, record))
+            _update_summary(sae, record, dataset)
+            session.commit()
     except BaseException:
         session.rollback()
         raise

@@ -92,3 +92,17 @@ def test_the_rows_do_not_depend_on_the_chunks_their_json_is_formatted_in(session
     monkeypatch.setattr(ingest, "PAIRS_CHUNK", 7)
     ingest.store_record(session, sae_id=saes[1].id, record=record, dataset="demo")
     assert record.d_sae > 14 and stored_rows(session, saes[1].id) == stored_rows(session, saes[0].id)
+
+
+def test_an_import_gives_the_sqlite_page_cache_back(session, records):
+    """The import's larger SQLite page cache is the import's alone: the connection has its own size after."""
+    def cache_size() -> int:
+        return session.connection().exec_driver_sql("PRAGMA cache_size").scalar_one()
+
+    if session.get_bind().dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's buffers are the server's")
+    before = cache_size()
+    sae = crud.create_sae(session, name="cache", model_name="tiny-llama", site="layers.1.resid_post",
+                          architecture="relu", d_in=32, d_sae=records[0].d_sae)
+    ingest.store_record(session, sae_id=sae.id, record=records[0], dataset="demo")
+    assert cache_size() == before != -bulk.IMPORT_CACHE_KIB
