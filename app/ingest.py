@@ -10,10 +10,10 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import asdict
+from itertools import repeat
 from typing import Any
 
 import numpy as np
-import torch
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
@@ -22,7 +22,7 @@ from sae_core.records import SAERecord
 from sae_core.records.directions import TopTable
 from sae_core.records.sae_record import HIST_EDGES
 
-from .bulk import Json, Writer, copy_rows
+from .bulk import JsonText, Writer, copy_rows, import_cache
 from .models import Coactivation, Context, Example, Feature, FeatureMapRun, MapCluster, MapPoint, Sae, TokenText, now
 from .packing import pack_acts, pack_ids
 
@@ -40,16 +40,17 @@ def store_record(session: Session, *, sae_id: int, record: SAERecord, dataset: s
     if record.d_sae != sae.d_sae:
         raise IngestError(f"record has {record.d_sae} features but SAE {sae.name!r} has {sae.d_sae}")
     try:
-        _delete_recording(session, sae_id)
-        feature_ids = _insert_features(session, sae_id, record, writer)
-        context_ids, context_of_E = _insert_contexts(session, sae_id, record, writer)
-        _insert_examples(session, record, feature_ids, context_ids[context_of_E], writer)
-        writer(session, TokenText, ("sae_id", "token_id", "text"),
-               ((sae_id, t, text) for t, text in record.token_text.items()))
-        writer(session, Coactivation, ("sae_id", "feature_index", "partners"),
-               _coactivation_rows(sae_id, record))
-        _update_summary(sae, record, dataset)
-        session.commit()
+        with import_cache(session):
+            _delete_recording(session, sae_id)
+            feature_ids = _insert_features(session, sae_id, record, writer)
+            context_ids, context_of_E = _insert_contexts(session, sae_id, record, writer)
+            _insert_examples(session, record, feature_ids, context_ids[context_of_E], writer)
+            writer(session, TokenText, ("sae_id", "token_id", "text"),
+                   ((sae_id, t, text) for t, text in record.token_text.items()))
+            writer(session, Coactivation, ("sae_id", "feature_index", JsonText("partners")),
+                   _coactivation_rows(sae_id, record))
+            _update_summary(sae, record, dataset)
+            session.commit()
     except BaseException:
         session.rollback()
         raise
@@ -80,15 +81,15 @@ def _delete_recording(session: Session, sae_id: int) -> None:
 
 
 FEATURE_COLUMNS = ("sae_id", "feature_index", "density", "fire_count", "max_act", "mean_act", "is_dead", "is_dense",
-                   "hist", "promoted", "suppressed", "neighbours", "top_text")
+                   JsonText("hist"), JsonText("promoted"), JsonText("suppressed"), JsonText("neighbours"), "top_text")
 
 
 def _insert_features(session: Session, sae_id: int, record: SAERecord, writer: Writer) -> np.ndarray:
     """Insert one row per feature; returns row ids indexed by feature index."""
     writer(session, Feature, FEATURE_COLUMNS, _feature_rows(sae_id, record))
     ids = np.zeros(record.d_sae, dtype=np.int64)
-    rows = session.connection().execute(select(Feature.feature_index, Feature.id).where(Feature.sae_id == sae_id))
-    index_R, id_R = zip(*rows) if record.d_sae else ((), ())
+    rows = session.connection().execute(select(Feature.feature_index, Feature.id).where(Feature.sae_id == sae_id)).all()
+    index_R, id_R = zip(*rows) if record.d_sae else ((), ())  # .all(): one fetchall, not a fetch per row
     ids[np.array(index_R, dtype=np.int64)] = id_R
     return ids
 
@@ -102,40 +103,69 @@ def _feature_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
     token_json = {t: json.dumps([t, text.get(t, "")])[:-1] + ", " for t in _token_ids(record)}
     promoted = _pairs_json(record.promoted, token_json)
     suppressed = _pairs_json(record.suppressed, token_json)
-    neighbour_ids = {int(i): f"[{int(i)}, " for i in record.neighbours.index_FK.unique().tolist()}
+    neighbour_ids = {i: f"[{i}, " for i in set(record.neighbours.index_FK.flatten().tolist())}
     neighbours = _pairs_json(record.neighbours, neighbour_ids)
-    promoted_text = [[text.get(t, "") for t in row] for row in record.promoted.index_FK.tolist()]
-    peaks = _top_peak_texts(record)
+    k = record.promoted.index_FK.shape[1]
+    promoted_text = [text.get(t, "") for t in record.promoted.index_FK.flatten().tolist()]  # one list, not F: the
+    peaks = _top_peak_texts(record)  # garbage collector scans every list that lives through the import
     dense = record.config.dense_density
-    for i, hist in enumerate(_feature_hists(record)):
+    for i, (hist, promoted_i, suppressed_i, neighbours_i) in enumerate(
+            zip(_feature_hists(record), promoted, suppressed, neighbours)):
         yield (sae_id, i, density[i], count[i], max_[i], mean[i], count[i] == 0, density[i] > dense, hist,
-               promoted[i], suppressed[i], neighbours[i], " ".join(dict.fromkeys(peaks.get(i, []) + promoted_text[i])))
+               promoted_i, suppressed_i, neighbours_i,
+               " ".join(dict.fromkeys(peaks.get(i, []) + promoted_text[i * k:(i + 1) * k])))
 
 
-def _token_ids(record: SAERecord) -> list[int]:
-    """Every token id the logit tables name."""
-    return torch.cat([record.promoted.index_FK.flatten(), record.suppressed.index_FK.flatten()]).unique().tolist()
+def _token_ids(record: SAERecord) -> set[int]:
+    """Every token id the logit tables name (a set of Python ints: torch.unique sorts, which costs more)."""
+    return set(record.promoted.index_FK.flatten().tolist()) | set(record.suppressed.index_FK.flatten().tolist())
 
 
 PAIRS_CHUNK = 65536
 """Features whose logit or neighbour values are formatted by one json.dumps call (C speed, bounded memory)."""
 
 
-def _pairs_json(table: TopTable, prefix: dict[int, str]) -> list[Json]:
-    """Per feature, the JSON of [[*prefix of index, value], ...] (prefix[i] opens a pair and ends in ", "): the
-    values of a chunk of features are formatted by one json.dumps, then cut and joined, never a call per value."""
+def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool = False) -> Iterator[str]:
+    """Per feature, the JSON text of [[*prefix of index, value], ...] (prefix[i] opens a pair and ends in ", "),
+    without the pairs of negative (padding) indices if `skip_negative`. The values of a chunk of features are
+    formatted by one json.dumps, and the chunk's text is interleaved, joined and cut into features by C-level
+    list, array and string operations, never a Python step per feature or value: at a million features those
+    steps were most of an import. The cut is at newlines, which json.dumps never writes. Chunks are formatted
+    as the features are asked for, so memory holds one chunk's text, not a million features'."""
     n, k = table.index_FK.shape
     if k == 0:
-        return [Json("[]")] * n
-    out: list[Json] = []
+        yield from ["[]"] * n
+        return
     for ids_CK, values_CK in zip(table.index_FK.split(PAIRS_CHUNK), table.value_FK.split(PAIRS_CHUNK)):
+        heads = [prefix[i] for i in ids_CK.flatten().tolist()]
         numbers = json.dumps(values_CK.flatten().tolist())[1:-1].split(", ")
-        items = list(map(str.__add__, [prefix[i] for i in ids_CK.flatten().tolist()], numbers))
-        out.extend(Json("[" + "], ".join(items[f * k:(f + 1) * k]) + "]]") for f in range(ids_CK.shape[0]))
-    return out
+        if skip_negative:
+            ends_CK = np.full(ids_CK.shape, "], ", dtype=object)
+            kept_CK = ids_CK.numpy() >= 0
+            heads, numbers = (_blanked(texts, ~kept_CK.ravel()) for texts in (heads, numbers))
+            ends_CK[~kept_CK] = ""
+            any_F = kept_CK.any(axis=1)
+            last_F = k - 1 - kept_CK[:, ::-1].argmax(axis=1)
+            ends_CK[any_F, last_F[any_F]] = "]]\n["
+            ends_CK[~any_F, 0] = "]\n["  # no pair kept: "[" + "]"
+            ends = ends_CK.ravel().tolist()
+        else:
+            ends = (["], "] * (k - 1) + ["]]\n["]) * ids_CK.shape[0]
+        parts: list[str] = [""] * (3 * len(heads))
+        parts[0::3] = heads
+        parts[1::3] = numbers
+        parts[2::3] = ends
+        yield from ("[" + "".join(parts))[:-2].split("\n")
 
 
-def _feature_hists(record: SAERecord) -> Iterator[Json]:
+def _blanked(texts: list[str], blank: np.ndarray) -> list[str]:
+    """`texts` with "" where `blank` is true."""
+    array = np.array(texts, dtype=object)
+    array[blank] = ""
+    return array.tolist()
+
+
+def _feature_hists(record: SAERecord) -> Iterator[str]:
     """`record.feature_hist(i)` as {"edges": [...], "counts": [...]} JSON for every feature in turn, the occupied
     spans found for all features at once (per feature, the tensor calls cost more than the rest of its row)."""
     hist_FB = record.hist_FB.numpy()
@@ -147,20 +177,22 @@ def _feature_hists(record: SAERecord) -> Iterator[Json]:
     edges = json.dumps(HIST_EDGES.tolist())[1:-1].split(", ")
     for i, (lo, hi) in enumerate(zip(lo_F, hi_F)):
         if empty_F[i]:
-            yield Json('{"edges": [], "counts": []}')
+            yield '{"edges": [], "counts": []}'
         else:
             counts = ", ".join(map(str, hist_FB[i, lo:hi].tolist()))
-            yield Json(f'{{"edges": [{", ".join(edges[lo : hi + 1])}], "counts": [{counts}]}}')
+            yield f'{{"edges": [{", ".join(edges[lo : hi + 1])}], "counts": [{counts}]}}'
 
 
 def _coactivation_rows(sae_id: int, record: SAERecord) -> Iterator[tuple[Any, ...]]:
-    """One row per feature that fired with any other: [[feature_index, jaccard], ...] best first."""
+    """One row per feature that fired with any other: [[feature_index, jaccard], ...] best first (negative
+    indices pad the table)."""
     if record.coactive is None:
         return
-    for i, (index, score) in enumerate(zip(record.coactive.index_FK.tolist(), record.coactive.value_FK.tolist())):
-        partners = [[j, s] for j, s in zip(index, score) if j >= 0]
-        if partners:
-            yield sae_id, i, partners
+    index_FK = record.coactive.index_FK
+    partner_ids = {j: f"[{j}, " for j in set(index_FK.flatten().tolist())}
+    features = (index_FK >= 0).any(dim=1).nonzero().flatten()  # only these are formatted
+    table = TopTable(index_FK[features], record.coactive.value_FK[features])
+    yield from zip(repeat(sae_id), features.tolist(), _pairs_json(table, partner_ids, skip_negative=True))
 
 
 def _top_peak_texts(record: SAERecord) -> dict[int, list[str]]:
@@ -185,7 +217,7 @@ def _insert_contexts(session: Session, sae_id: int, record: SAERecord, writer: W
             for u, (c, s) in enumerate(keys_U2.tolist()))
     writer(session, Context, ("sae_id", "context_index", "start", "token_ids", "pieces"), rows)
     lookup = {(c, s): row_id for row_id, c, s in session.connection().execute(
-        select(Context.id, Context.context_index, Context.start).where(Context.sae_id == sae_id))}
+        select(Context.id, Context.context_index, Context.start).where(Context.sae_id == sae_id)).all()}
     ids_U = np.array([lookup[(c, s)] for c, s in keys_U2.tolist()], dtype=np.int64)
     return ids_U, window_of_E.reshape(-1)
 

@@ -3,11 +3,14 @@ writer (SQLAlchemy Core inserts bound through the column types) writes, on both 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from sqlalchemy import select
 
 from app import bulk, crud, ingest
 from app.models import Coactivation, Context, Example, Feature, TokenText
+from sae_core.records.directions import TopTable
 
 
 def stored_rows(session, sae_id: int) -> dict[str, list]:
@@ -55,3 +58,51 @@ def test_a_failed_bulk_import_leaves_the_previous_recording_whole(session, recor
     with pytest.raises(RuntimeError, match="disk full"):
         ingest.store_record(session, sae_id=sae.id, record=records[1], dataset="demo")
     assert stored_rows(session, sae.id) == before
+
+
+def test_the_json_columns_written_as_text_are_the_records_values(session, records):
+    """The row builder writes the JSON columns as text from whole column tensors; read back, each is the
+    feature's own values as `record.feature` gives them, and its co-activation partners without the padding."""
+    index_FK = records[0].coactive.index_FK.clone()
+    index_FK[0, :] = -1  # a feature with no partner has no row
+    index_FK[1::2, index_FK.shape[1] // 2:] = -1  # others with only some; the table pads at the end
+    record = replace(records[0], coactive=TopTable(index_FK, records[0].coactive.value_FK))
+    sae = crud.create_sae(session, name="columns", model_name="tiny-llama", site="layers.1.resid_post",
+                          architecture="relu", d_in=32, d_sae=record.d_sae)
+    ingest.store_record(session, sae_id=sae.id, record=record, dataset="demo")
+    rows = session.connection().execute(select(Feature.hist, Feature.promoted, Feature.suppressed, Feature.neighbours)
+                                        .where(Feature.sae_id == sae.id).order_by(Feature.feature_index)).all()
+    text = record.token_text
+    for index, (hist, promoted, suppressed, neighbours) in enumerate(rows):
+        want = record.feature(index)
+        assert hist == {"edges": want.hist_edges, "counts": want.hist_counts}
+        assert promoted == [[t, text.get(t, ""), v] for t, v in want.promoted]
+        assert suppressed == [[t, text.get(t, ""), v] for t, v in want.suppressed]
+        assert neighbours == [[j, v] for j, v in want.neighbours]
+    coactive = zip(record.coactive.index_FK.tolist(), record.coactive.value_FK.tolist())
+    want_partners = {i: [[j, v] for j, v in zip(index, value) if j >= 0] for i, (index, value) in enumerate(coactive)}
+    assert stored_rows(session, sae.id)["partners"] == [(i, p) for i, p in want_partners.items() if p]
+
+
+def test_the_rows_do_not_depend_on_the_chunks_their_json_is_formatted_in(session, records, monkeypatch):
+    record = records[0]
+    saes = [crud.create_sae(session, name=name, model_name="tiny-llama", site="layers.1.resid_post",
+                            architecture="relu", d_in=32, d_sae=record.d_sae) for name in ("whole", "chunked")]
+    ingest.store_record(session, sae_id=saes[0].id, record=record, dataset="demo")
+    monkeypatch.setattr(ingest, "PAIRS_CHUNK", 7)
+    ingest.store_record(session, sae_id=saes[1].id, record=record, dataset="demo")
+    assert record.d_sae > 14 and stored_rows(session, saes[1].id) == stored_rows(session, saes[0].id)
+
+
+def test_an_import_gives_the_sqlite_page_cache_back(session, records):
+    """The import's larger SQLite page cache is the import's alone: the connection has its own size after."""
+    def cache_size() -> int:
+        return session.connection().exec_driver_sql("PRAGMA cache_size").scalar_one()
+
+    if session.get_bind().dialect.name != "sqlite":
+        pytest.skip("PostgreSQL's buffers are the server's")
+    before = cache_size()
+    sae = crud.create_sae(session, name="cache", model_name="tiny-llama", site="layers.1.resid_post",
+                          architecture="relu", d_in=32, d_sae=records[0].d_sae)
+    ingest.store_record(session, sae_id=sae.id, record=records[0], dataset="demo")
+    assert cache_size() == before != -bulk.IMPORT_CACHE_KIB
