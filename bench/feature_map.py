@@ -95,7 +95,8 @@ def paint_store(path: Path, n: int) -> str:
         session.add(Sae(id=1, name="paint", model_name="m", site="s", architecture="topk", d_in=1, d_sae=n))
         session.commit()
         copy_rows(session, Feature, FEATURE_COLUMNS,
-                  ((1, i, 1e-3, 1, 1.0, 1.0, False, False, {}, [], [], [], f"tok{i % 97} word{i % 13}") for i in range(n)))
+                  ((1, i, 1e-3, 1, 1.0, 1.0, False, False, "{}", "[]", "[]", "[]", f"tok{i % 97} word{i % 13}")
+                   for i in range(n)))  # the JSON columns as JSON text, as FEATURE_COLUMNS marks them
         session.commit()
         store_map(session, sae_id=1, fmap=fmap, clusters=summarise_clusters(fmap, {}), seconds=0.0)
     return url
