@@ -133,7 +133,8 @@ def plan(session: Session, *, sae: Sae, selection: Selection) -> list[int]:
 def run_job(session: Session, *, sae: Sae, indices: Iterable[int], explainer: ChatModel, scorer: ChatModel,
             config: ExplainConfig, on_feature: Callable[[int], None] = lambda _index: None) -> int:
     """Draft, score and store each feature in turn (a feature with a human label gets that label scored too,
-    so drafts and researchers' labels can be compared); returns how many were stored."""
+    so drafts and researchers' labels can be compared); returns how many were stored (a feature another job
+    stored meanwhile is not stored again)."""
     reader = EvidenceReader(session, sae.id, config)
     stored = 0
     for index in indices:
@@ -145,9 +146,9 @@ def run_job(session: Session, *, sae: Sae, indices: Iterable[int], explainer: Ch
             found, fuzz = score(scorer, human[0].text, evidence, config)
             scores["label"] = {"label_id": human[0].id, **{name: s.as_dict() for name, s in
                                                             (("detection", found), ("fuzzing", fuzz)) if s}}
-        add_explanation(session, sae_id=sae.id, feature_index=index, text=drafted.text,
-                        explainer_model=drafted.explainer_model, scorer_model=drafted.scorer_model,
-                        prompt_version=drafted.prompt_version, scores=scores)
-        stored += 1
+        if add_explanation(session, sae_id=sae.id, feature_index=index, text=drafted.text,
+                           explainer_model=drafted.explainer_model, scorer_model=drafted.scorer_model,
+                           prompt_version=drafted.prompt_version, scores=scores) is not None:
+            stored += 1
         on_feature(index)
     return stored

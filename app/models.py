@@ -463,7 +463,7 @@ class Explanation(Base):
     """A draft label written by an explainer model, with its scores and what produced them."""
 
     __tablename__ = "explanations"
-    __table_args__ = (Index("ix_explanations_feature", "sae_id", "feature_index"),
+    __table_args__ = (Index("ix_explanations_feature", "sae_id", "feature_index", unique=True),
                       Index("ix_explanations_sae_score", "sae_id", "score"))
     id: Mapped[int] = mapped_column(primary_key=True)
     sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))

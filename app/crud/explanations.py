@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, Subquery, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, joinedload
 
 from ..models import Explanation, Label, now
@@ -19,14 +20,19 @@ DRAFT, ACCEPTED, EDITED, REJECTED = "draft", "accepted", "edited", "rejected"
 
 
 def add_explanation(session: Session, *, sae_id: int, feature_index: int, text: str, explainer_model: str,
-                    scorer_model: str, prompt_version: str, scores: dict[str, Any]) -> Explanation:
-    """Store one scored draft and commit it (the explain job commits feature by feature, so it can resume)."""
+                    scorer_model: str, prompt_version: str, scores: dict[str, Any]) -> Explanation | None:
+    """Store one scored draft and commit it (the explain job commits feature by feature, so it can resume).
+    None when the feature already has one: another job stored it first (a feature is explained once)."""
     detection = scores.get("detection")
     row = Explanation(sae_id=sae_id, feature_index=feature_index, text=text, explainer_model=explainer_model,
                       scorer_model=scorer_model, prompt_version=prompt_version, scores=scores,
                       score=detection["accuracy"] if detection else None, status=DRAFT)
     session.add(row)
-    session.commit()
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        return None
     return row
 
 

@@ -96,6 +96,18 @@ def test_a_human_label_is_scored_beside_the_draft(session, stored_sae):
     assert crud.label_history(session, sae_id=stored_sae.id, feature_index=index)[0].text == "a person's label"
 
 
+def test_a_feature_another_job_stored_meanwhile_is_not_stored_twice(session, stored_sae):
+    first, second = live_indices(session, stored_sae)[:2]
+    todo = plan(session, sae=stored_sae, selection=Selection())  # planned before the other job stored `first`
+    other = draft_for(session, stored_sae, first, text="the other job's draft")
+    stored = run_job(session, sae=stored_sae, indices=todo[:2], explainer=Scripted(), scorer=Scripted(),
+                     config=ExplainConfig())
+    assert todo[:2] == [first, second] and stored == 1
+    assert drafts.current_draft(session, sae_id=stored_sae.id, feature_index=first).id == other.id
+    assert drafts.current_draft(session, sae_id=stored_sae.id, feature_index=second).text == "draft 2"  # 1 was dropped
+    assert draft_for(session, stored_sae, second) is None  # the store itself refuses a second draft
+
+
 def draft_for(session, sae, index, text="digits", score=0.8):
     return drafts.add_explanation(session, sae_id=sae.id, feature_index=index, text=text, explainer_model="exp",
                                   scorer_model="sco", prompt_version="explain-v1",

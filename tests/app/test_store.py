@@ -211,3 +211,23 @@ def test_users_tokens_bookmarks_and_steering(session):
     assert crud.steering_experiments(session) == []
     with pytest.raises(crud.NotFound):
         crud.find_sae(session, ref="tiny")
+
+
+def test_a_store_with_a_feature_explained_twice_is_not_migrated_past_it_and_keeps_both(session, db_url, engine):
+    from sqlalchemy import text
+
+    sae = add_sae(session)
+    session.close()
+    command.downgrade(alembic_config(db_url), "0009_feature_keyset")  # before one explanation per feature
+    with engine.begin() as conn:  # what two explain jobs at once could leave
+        for draft in ("first", "second"):
+            conn.execute(text("INSERT INTO explanations (sae_id, feature_index, text, explainer_model, scorer_model, "
+                              "prompt_version, scores, status, created_at) VALUES (:s, 3, :t, 'e', 'e', 'v', '{}', "
+                              "'draft', CURRENT_TIMESTAMP)"), {"s": sae.id, "t": draft})
+    with pytest.raises(RuntimeError, match="1 features have more than one explanation"):
+        upgrade(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT text FROM explanations ORDER BY id")).scalars().all() == ["first", "second"]
+        conn.execute(text("DELETE FROM explanations WHERE text = 'second'"))
+        conn.commit()
+    upgrade(db_url)
