@@ -6,9 +6,9 @@ number of tokens (logit effects, nearest neighbours) are timed once and printed 
 recording run with the allocator setting the CLI uses (`sae_core.allocator`); a third arm records with
 glibc's defaults, to show what that setting is worth; a fourth records without co-activation counting
 (RecordConfig.n_coactive=0), to show what the "fires together with" lists cost (issue 16: at most 10%). Last,
-co-activation counting alone over the pass's firing entries, counted in NumPy on the host (the CPU's way) and in
-torch on --device (a GPU's way; on the CPU, what NumPy is chosen over), with a check that both keep the same
-partners and scores.
+co-activation counting alone over the pass's firing entries, counted in torch on --device (what the recorder
+does) and by the same steps in NumPy on the host (the reference), with a check that both keep the same partners
+and scores.
 The default size, 1024 contexts of 128 tokens (131k tokens, about the demo's recording), is a real
 recording's regime: the first batches fill the empty top-k and quantile banks, where a large share of firing
 tokens become candidates, so a short run measures mostly that warm-up (at 384 contexts the overhead per token is

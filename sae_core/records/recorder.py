@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..distributed import Dist
-from .coactivation import CoactivationCounter, arrays_for
+from .coactivation import CoactivationCounter, TorchArrays
 from .config import RecordConfig
 from .firing import Firing
 from .sae_record import HIST_EDGES, ExampleTable
@@ -57,7 +57,7 @@ class Recorder:
         # Each rank of a distributed pass draws its own keys; rank 0 (and a single process) from the seed itself.
         seed = int(np.random.SeedSequence([cfg.seed, rank]).generate_state(1)[0]) if rank else cfg.seed
         self.generator = torch.Generator(device=device).manual_seed(seed)
-        self.coactive = CoactivationCounter(d_sae, arrays_for(device)) if cfg.n_coactive else None
+        self.coactive = CoactivationCounter(d_sae, TorchArrays(device)) if cfg.n_coactive else None
 
     def _empty(self, device: torch.device | str) -> Entries:
         """An empty entry set with the window payloads."""

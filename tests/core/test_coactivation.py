@@ -1,5 +1,5 @@
 """Co-activation: exact Jaccard from sparse pair counts, against a dense brute force on small cases, and the
-torch counting (a GPU's) against the NumPy counting (the CPU's) on the same firing."""
+torch counting (the recorder's, on any device) against the same steps in NumPy on the same firing."""
 
 import numpy as np
 import pytest
@@ -94,7 +94,7 @@ def test_torch_counting_gives_the_numpy_counts_and_jaccard_top_k(n_features, bud
     g = torch.Generator().manual_seed(1)
     batches = [make(g, n_features) for make in
                (dense_rows, ragged_rows, empty_batch, single_entries, wide_keys, dense_rows, ragged_rows)]
-    numpy_counter, torch_counter = CoactivationCounter(n_features), CoactivationCounter(n_features, TorchArrays("cpu"))
+    numpy_counter, torch_counter = CoactivationCounter(n_features, NumpyArrays()), CoactivationCounter(n_features)
     count_F = torch.zeros(n_features, dtype=torch.long)
     for row, feat in batches:
         numpy_counter.add(row, feat)
