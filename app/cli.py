@@ -234,7 +234,9 @@ def demo(
     k: int = typer.Option(DemoConfig.k, "--k", help="Active features per token (TopK)."),
     train_tokens: int = typer.Option(DemoConfig.train_tokens, "--train-tokens", help="Training budget in rows, per SAE."),
     record_tokens: int = typer.Option(DemoConfig.record_tokens, "--record-tokens", help="Tokens to record, per SAE."),
-    model_dtype: str = typer.Option(DemoConfig.model_dtype, "--model-dtype", help="Model compute dtype."),
+    model_dtype: str = typer.Option(DemoConfig.model_dtype, "--model-dtype",
+                                    help="Model compute dtype: auto (bfloat16 on CPUs with fast bf16 matmuls, "
+                                         "else float32), bfloat16, float32 or float16."),
     db: str | None = typer.Option(None, "--db", help="Database URL (default: DATABASE_URL, else a SQLite file in --out)."),
     serve_after: bool = typer.Option(True, "--serve/--no-serve", help="Serve the browser when the stages are done."),
     host: str = typer.Option("127.0.0.1", help="Address to serve on."),

@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import typer
 from sqlalchemy.orm import Session
 
 from sae_core.config import HarvestConfig, TrainConfig
 from sae_core.data import iter_contexts, iter_documents
+from sae_core.devices import compute_dtype
 from sae_core.distributed import Dist
 from sae_core.evaluate import ce_on_corpus, evaluate_activations
 from sae_core.fileio import atomic_write_json
@@ -58,8 +60,9 @@ class DemoConfig:
     """Hook site, or several comma-separated: one harvest reads them all and each gets an SAE, in one set."""
     dataset: str = "demo"
     """Corpus for every stage."""
-    model_dtype: str = "bfloat16"
-    """Compute dtype of the model (bf16 matmuls measured 3.5x faster than fp32 on this CPU's AMX)."""
+    model_dtype: str = "auto"
+    """Compute dtype of the model; auto: bfloat16 where the CPU has fast bf16 matmuls (3.5x faster than float32 on
+    AMX), else float32 (`sae_core.devices.fast_bf16`)."""
     harvest_tokens: int = 120_000
     """Activation rows harvested at each site, from one forward (training cycles over them)."""
     features: int = 8192
@@ -109,16 +112,21 @@ class DemoRun:
     _lm: LoadedModel | None = None
 
     @property
+    def model_dtype(self) -> str:
+        """The model's compute dtype on this machine (`auto` resolved)."""
+        return compute_dtype(self.cfg.model_dtype, torch.device("cpu"))
+
+    @property
     def lm(self) -> LoadedModel:
         if self._lm is None:
-            self.say(f"      loading {self.cfg.model} ({self.cfg.model_dtype})")
-            self._lm = load_model(self.cfg.model, dtype=parse_dtype(self.cfg.model_dtype))
+            self.say(f"      loading {self.cfg.model} ({self.model_dtype})")
+            self._lm = load_model(self.cfg.model, dtype=parse_dtype(self.model_dtype))
         return self._lm
 
     def harvest_config(self) -> HarvestConfig:
         c = self.cfg
         return HarvestConfig(model=c.model, site=c.site, dataset=c.dataset, tokens=c.harvest_tokens,
-                             model_dtype=c.model_dtype)
+                             model_dtype=self.model_dtype)
 
     def activations(self) -> tuple[Path, str]:
         """Stage 1: the harvested activations (reused when a harvest with the same settings finished)."""

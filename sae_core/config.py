@@ -66,8 +66,9 @@ class TrainConfig:
     """A feature is dead after this many rows without firing; None means min(10M, tokens / 10)."""
     seed: int = 0
     """Seeds initialisation and data order."""
-    dtype: str = "bfloat16"
-    """Compute dtype of the matmuls (bf16 autocast; weights and Adam stay float32); float32 for exactness."""
+    dtype: str = "auto"
+    """Compute dtype of the matmuls: bfloat16 (autocast; weights and Adam stay float32), float32 for exactness, or
+    auto: bfloat16 where the device has fast bf16 matmuls, else float32 (`devices.fast_bf16`)."""
     sparse_kernels: bool = True
     """topk/batchtopk: decode with embedding_bag and take sparse encoder gradients (tested equal to dense)."""
     normalize: bool = True

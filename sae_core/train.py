@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from .config import TrainConfig
-from .devices import autocast, prefetch_to
+from .devices import autocast, compute_dtype, prefetch_to
 from .distributed import Dist
 from .fileio import atomic_write
 from .finite import NonFiniteError, all_finite
@@ -129,9 +129,11 @@ class Trainer:
 
     def __init__(self, sae_cfg: SAEConfig, cfg: TrainConfig, data: TrainingData, out: Path,
                  dist: Dist | None = None, shard_features: bool = False):
-        self.cfg, self.data, self.out = cfg, data, Path(out)
         self.dist = dist or Dist()
         self.device = self.dist.device
+        # `auto` is saved as what it meant here, so a resume elsewhere that would compute differently is refused.
+        cfg = replace(cfg, dtype=compute_dtype(cfg.dtype, self.device))
+        self.cfg, self.data, self.out = cfg, data, Path(out)
         # The ranks that split each batch: all of them (data parallel), or none when the features are split.
         self.batch_dist = Dist(device=self.device) if shard_features else self.dist
         self.batch_dist.share(cfg.batch_size)  # refuse a batch that does not split evenly before any work
@@ -158,7 +160,7 @@ class Trainer:
         self.last_checkpoint_at, self.last_save_s = self.clock(), 0.0
         self.autocast = autocast(self.device, enabled=cfg.dtype == "bfloat16")
         if cfg.dtype not in ("bfloat16", "float32"):
-            raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose bfloat16 or float32")
+            raise ValueError(f"unknown compute dtype {cfg.dtype!r}; choose auto, bfloat16 or float32")
         if cfg.shuffle_rows < 1:
             raise ValueError(f"the shuffle buffer must hold at least one row (shuffle_rows={cfg.shuffle_rows})")
 

@@ -24,6 +24,12 @@ def invoke_cli(cli: typer.Typer, *args: object, input: str | None = None) -> tup
     return result.exit_code, result.output
 
 
+def pretend_cpu(monkeypatch, amx: bool, avx512_bf16: bool = False) -> None:
+    """Make torch report (or deny) the CPU's bf16 instructions, which `devices.fast_bf16` reads."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+
+
 def listed_commands(cli: typer.Typer) -> list[str]:
     """The command names a CLI's --help shows, in order: the rows of its Commands panel."""
     code, out = invoke_cli(cli, "--help")

@@ -11,7 +11,7 @@ from app import crud
 from app.cli import app
 from app.db import make_engine, session_factory
 from app.security import check_password
-from tests.conftest import run_cli
+from tests.conftest import pretend_cpu, run_cli
 from tests.spawn import free_port, serving
 
 
@@ -50,6 +50,14 @@ def test_demo_runs_every_stage_then_reuses_them(tmp_path, tiny_model_dir, corpus
     engine.dispose()
     [sae_dir] = (tmp_path / "demo").glob("sae-*")
     assert json.loads((sae_dir / "metrics.json").read_text())["eval_rows"] == "held-out tail"
+
+
+def test_auto_runs_the_model_in_bf16_on_a_cpu_that_has_bf16_matmuls(monkeypatch, tmp_path, tiny_model_dir, corpus):
+    pretend_cpu(monkeypatch, amx=True)
+    output = run_demo(tmp_path, tiny_model_dir, corpus, **{"--model-dtype": "auto"})
+    assert f"loading {tiny_model_dir} (bfloat16)" in output
+    [activations] = (tmp_path / "demo").glob("activations-*")
+    assert json.loads((activations / "manifest.json").read_text())["model_dtype"] == "bfloat16"
 
 
 def test_changing_the_dictionary_reruns_training_beside_the_old_one(tmp_path, tiny_model_dir, corpus):

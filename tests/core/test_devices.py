@@ -9,10 +9,11 @@ from safetensors.torch import load_file
 
 from sae_core.activations import open_activations
 from sae_core.config import TrainConfig
-from sae_core.devices import prefetch_to, resolve_device
+from sae_core.devices import compute_dtype, prefetch_to, resolve_device
 from sae_core.distributed import Dist
 from sae_core.saes import SAEConfig
-from sae_core.train import train
+from sae_core.train import Trainer, train
+from tests.conftest import pretend_cpu
 
 CUDA = torch.cuda.is_available()
 
@@ -25,6 +26,25 @@ def test_auto_is_the_cpu_without_cuda_and_cuda_is_refused_there():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
     assert resolve_device("cpu") == torch.device("cpu")
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16", "want"),
+                         [(True, False, "bfloat16"), (False, True, "bfloat16"), (False, False, "float32")])
+def test_auto_computes_in_bf16_only_on_a_cpu_with_bf16_matmuls(monkeypatch, amx, avx512_bf16, want):
+    pretend_cpu(monkeypatch, amx, avx512_bf16)
+    assert compute_dtype("auto", torch.device("cpu")) == want
+    assert [compute_dtype(name, torch.device("cpu")) for name in ("bfloat16", "float32")] == ["bfloat16", "float32"]
+
+
+@pytest.mark.parametrize(("bf16_cpu", "want"), [(True, "bfloat16"), (False, "float32")])
+def test_a_trainer_keeps_what_auto_meant_on_its_device(monkeypatch, tmp_path, bf16_cpu, want):
+    pretend_cpu(monkeypatch, bf16_cpu, False)
+    np.save(tmp_path / "acts.npy", np.ones((64, 8), dtype=np.float32))
+    trainer = Trainer(SAEConfig(architecture="topk", d_in=8, d_sae=16, k=2), TrainConfig(tokens=64, batch_size=32),
+                      open_activations(tmp_path / "acts.npy"), tmp_path / "out")
+    assert TrainConfig.dtype == "auto"
+    assert trainer.cfg.dtype == want  # what checkpoints and the run's identity record
+    assert trainer.autocast._enabled is (want == "bfloat16")
 
 
 def test_prefetch_keeps_every_batch_in_order():
