@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_core.maps import DEAD, NOISE, MapConfig, MapError, map_features, summarise_clusters
-from sae_core.maps.layout import renumbered
+from sae_core.maps import DEAD, NOISE, MapConfig, MapError, layout, map_features, summarise_clusters
+from sae_core.maps.layout import cosine_neighbours, renumbered
 
 CFG = MapConfig(n_epochs=100)
 
@@ -88,3 +88,19 @@ def test_a_summary_counts_each_members_top_tokens_once():
     assert first.cluster == 0 and first.size == len(members)
     assert first.top_tokens == [("def", 3), ("class", 3), ("return", 1)]
     assert first.x == pytest.approx(float(fmap.x_F[members].mean()))
+
+
+@pytest.mark.parametrize("rows", [2048, 7])
+def test_exact_neighbours_are_the_k_most_cosine_similar_each_point_first(monkeypatch, rows):
+    monkeypatch.setattr(layout, "NEIGHBOUR_ROWS", rows)  # 7: the similarity matrix a few rows at a time
+    x = np.random.default_rng(0).standard_normal((60, 5)).astype(np.float32) * 3
+    x[7] = x[3] * 2  # a point at cosine distance 0 from another stays behind itself
+    indices, distances = cosine_neighbours(x, 6)
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    distance = 1 - unit @ unit.T
+    np.fill_diagonal(distance, -1)
+    assert (indices[:, 0] == np.arange(60)).all() and np.allclose(distances[:, 0], 0, atol=1e-6)
+    assert indices[3, 1] == 7 and indices[7, 1] == 3
+    for i in range(60):
+        np.testing.assert_allclose(distances[i, 1:], np.clip(distance[i, indices[i, 1:]], 0, None), atol=1e-5)
+        np.testing.assert_allclose(np.sort(distances[i]), np.clip(np.sort(distance[i])[:6], 0, None), atol=1e-5)
