@@ -8,6 +8,7 @@ import pytest
 from app import crud
 from app.db import session_factory
 from app.mapping import map_into_store
+from app.models import Sae
 from sae_core.maps import MapConfig
 from tests.browser.test_feature_browser import log_in
 
@@ -88,3 +89,22 @@ def test_a_box_selection_puts_a_tag_on_every_feature_in_it(page, mapped, live_st
         for i in tagged:  # the store is shared by every browser test: leave the features' tags as they were
             crud.untag_feature(session, sae_id=sae_id, feature_index=i, tag="on-the-map")
     assert tagged == [i for i, _x, _y in points]
+
+
+def test_on_a_phone_the_map_and_cluster_pages_are_no_wider_than_the_screen(page, mapped, live_store):
+    sae_id, _points = mapped
+    _url, _sae, engine = live_store
+    with session_factory(engine)() as session:
+        sae = session.get(Sae, sae_id)
+        name, sae.name = sae.name, "demo-0db8192bd7/layers.6.resid_post"  # the demo's names: one unbroken word
+        session.commit()
+    try:
+        page.set_viewport_size({"width": 390, "height": 800})
+        open_map(page, sae_id)
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+        page.goto(f"/saes/{sae_id}/clusters/0")  # its members' top tokens wrap too
+        assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    finally:
+        with session_factory(engine)() as session:  # the store is shared by every browser test
+            session.get(Sae, sae_id).name = name
+            session.commit()
