@@ -27,7 +27,7 @@ from sae_core.provenance import Provenance
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.sites import parse_site
 from sae_core.steering import Intervention, Steering, stream_steered
-from sae_core.steering_measures import measure_rows
+from sae_core.steering_measures import keep_logp, measure_rows
 
 SITE = "layers.6.resid_post"
 PROMPT_TOKENS = 32
@@ -130,13 +130,18 @@ def bench_measures(lm, sae, prompt_ids: list[int], sampling: Sampling, repeats: 
         "with controls (4 rows)": [None, steering, steering.as_control("random"), steering.as_control("flipped")],
         "sweep of 4 strengths (5 rows)": [None, *(steering.at_strength(s) for s in (1.0, 2.0, 4.0, 8.0))],
     }
+
+    def generate(rows):
+        """As the playground generates: keeping the distributions its measures read, where they fit."""
+        kept = keep_logp(lm, len(rows), sampling)
+        return collect(stream_steered(lm, sae, prompt_ids, rows, sampling, keep_logp=kept), len(rows))
+
     for rows in runs.values():  # warm-up
-        measure_rows(lm, sae, prompt_ids, rows, collect(stream_steered(lm, sae, prompt_ids, rows, sampling), len(rows)))
+        measure_rows(lm, sae, prompt_ids, rows, generate(rows))
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, rows in runs.items():
-            generate_s, generations = timed(lambda rows=rows: collect(
-                stream_steered(lm, sae, prompt_ids, rows, sampling), len(rows)))
+            generate_s, generations = timed(lambda rows=rows: generate(rows))
             measure_s, _ = timed(lambda rows=rows, g=generations: measure_rows(lm, sae, prompt_ids, rows, g))
             times[name].append((generate_s, measure_s))
     for name, pairs in times.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -71,6 +71,9 @@ class TokenEvent:
     """New text this token adds; empty while a multi-byte character is incomplete or for special tokens."""
     finished: str | None
     """None while the row goes on; "eos", "length" or "trigger" (see Stop) on the row's last token."""
+    logp: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """The row's next-token log-probabilities [vocab] this token was drawn from (before temperature and
+    top-p), when the stream was asked to keep them."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class Generation:
     text: str
     finished: str | None
     """"eos", "length", "trigger", or None when the stream was cancelled first."""
+    logp: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    """[len(token_ids), vocab] float32: the distribution each token was drawn from, when the stream kept
+    them; what a measure of the run's own distributions reads instead of running the model again."""
 
 
 def encode_prompt(
@@ -111,9 +117,9 @@ def encode_prompt(
 def context_length(model: PreTrainedModel) -> int | None:
     """Most positions the model can attend over, when its config says."""
     config = model.config.get_text_config()
-    for field in ("max_position_embeddings", "n_positions"):
-        if isinstance(getattr(config, field, None), int):
-            return getattr(config, field)
+    for name in ("max_position_embeddings", "n_positions"):
+        if isinstance(getattr(config, name, None), int):
+            return getattr(config, name)
     return None
 
 
@@ -190,12 +196,15 @@ def stream(
     cancel: threading.Event | None = None,
     turn: Turn = nullcontext,
     stop: Stop | None = None,
+    keep_logp: bool = False,
 ) -> Iterator[TokenEvent]:
     """Generate `n_rows` continuations of one prompt together, yielding each token as it is drawn.
 
     Stops when every row has ended, or at the next step after `cancel` is set; closing the iterator
     (a consumer that stops reading) stops it too. Each forward runs inside `turn()` (see Turn); hooks on
-    the model during a forward (steering's, spliced by its turn) apply to it.
+    the model during a forward (steering's, spliced by its turn) apply to it. `keep_logp` hands each
+    token's distribution on with it (TokenEvent.logp): a vocabulary of floats per token, so callers
+    ask for it only when they will read it and it fits in memory.
     """
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
@@ -211,6 +220,7 @@ def stream(
             out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
         cache = out.past_key_values
         tokens_B = draw(out.logits[:, -1, :], sampling, generator)
+        logp_BV = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1) if keep_logp else None
         stopped = stop() if stop is not None else [False] * n_rows
         for row, token in enumerate(tokens_B.tolist()):
             if finished[row]:
@@ -218,7 +228,8 @@ def stream(
             ended = ("eos" if token in stops else "trigger" if stopped[row]
                      else "length" if step == sampling.max_new_tokens - 1 else None)
             finished[row] = ended is not None
-            yield TokenEvent(row, step, token, texts[row].push(token, finished[row]), ended)
+            yield TokenEvent(row, step, token, texts[row].push(token, finished[row]), ended,
+                             None if logp_BV is None else logp_BV[row])
         if all(finished):
             return
         input_ids = tokens_B[:, None]
@@ -228,9 +239,15 @@ def collect(events: Iterator[TokenEvent], n_rows: int) -> list[Generation]:
     """Gather a stream into one Generation per row."""
     ids: list[list[int]] = [[] for _ in range(n_rows)]
     pieces: list[list[str]] = [[] for _ in range(n_rows)]
+    logps: list[list[torch.Tensor]] = [[] for _ in range(n_rows)]
     ends: list[str | None] = [None] * n_rows
+    kept = True
     for event in events:
         ids[event.row].append(event.token_id)
         pieces[event.row].append(event.text)
         ends[event.row] = event.finished
-    return [Generation(ids[r], "".join(pieces[r]), ends[r]) for r in range(n_rows)]
+        kept = kept and event.logp is not None
+        if event.logp is not None:
+            logps[event.row].append(event.logp)
+    return [Generation(ids[r], "".join(pieces[r]), ends[r], torch.stack(logps[r]) if kept and logps[r] else None)
+            for r in range(n_rows)]

@@ -367,11 +367,13 @@ def stream_steered(
     limits: Limits = Limits(),
     cancel: threading.Event | None = None,
     turn: Turn = nullcontext,
+    keep_logp: bool = False,
 ) -> Iterator[TokenEvent]:
     """Stream tokens of one row per run (None for a baseline) from one prompt under one seed.
 
     Bad inputs raise here, before any token. The hooks are spliced inside `turn()` for each forward and
     removed before it is left, so a forward someone else runs between two tokens never sees them.
+    `keep_logp`: see generation.stream (the steered rows' distributions, which measuring reads).
     """
     check_request(lm.model, len(prompt_ids), len(runs), sampling, limits)
     site, intervene = sae.site_in(lm.model), _Intervene(sae, _plan(sae, runs), len(prompt_ids))
@@ -386,7 +388,7 @@ def stream_steered(
         return (intervene.fired_B & stops_B).tolist()
 
     return stream(lm.model, lm.tokenizer, prompt_ids, len(runs), sampling, cancel, steered_turn,
-                  stopped if stops_B.any() else None)
+                  stopped if stops_B.any() else None, keep_logp)
 
 
 def generate_steered(
@@ -396,6 +398,7 @@ def generate_steered(
     runs: Sequence[Steering | None],
     sampling: Sampling,
     limits: Limits = Limits(),
+    keep_logp: bool = False,
 ) -> list[Generation]:
     """The whole output of each run, for callers that do not stream."""
-    return collect(stream_steered(lm, sae, prompt_ids, runs, sampling, limits), len(runs))
+    return collect(stream_steered(lm, sae, prompt_ids, runs, sampling, limits, keep_logp=keep_logp), len(runs))

@@ -1,8 +1,10 @@
 """Whether a steering run worked: each row's feature effect, coherence and target likelihood, and sweeps.
 
-Every row is read back after it is generated, by two forwards over the prompt plus the row's own
-continuation: one unsteered (the SAE reads the site with no intervention, and the model scores the text)
-and one under the row's steering (its next-token distributions, for the KL). Steering that silently does
+Every row is read back after it is generated, by a forward over the prompt plus the row's own continuation
+with no intervention: the SAE reads the site, and the model scores the text. The KL also needs the steered
+model's next-token distributions along the continuation; the generation computed exactly those, so when it
+kept them (Generation.logp, asked for by `keep_logp` under a memory budget) they are read back, and only
+otherwise does a second forward run under the row's steering. Steering that silently does
 nothing shows as an unchanged feature effect and zero KL; steering that wrecks the model, as a perplexity
 far above the baseline's. A control row (Steering.control) is measured like any other.
 """
@@ -27,6 +29,16 @@ if TYPE_CHECKING:
 LOGIT_BUDGET = 2**25
 """Logit floats held at once while measuring (128 MiB in float32): rows are measured in chunks under it, so
 nine rows of 256 tokens over SmolLM2's 49k-token vocabulary do not need gigabytes."""
+
+
+KEPT_LOGP_BUDGET = 2**26
+"""Log-probability floats a generation may keep for its measures (256 MiB in float32): nine rows of 128
+tokens over SmolLM2's 49k-token vocabulary fit; longer runs measure with a second, steered forward."""
+
+
+def keep_logp(lm: LoadedModel, n_rows: int, sampling: Sampling) -> bool:
+    """Whether a generation of `n_rows` rows should keep every token's distribution for measure_rows."""
+    return n_rows * sampling.max_new_tokens * lm.model.config.get_text_config().vocab_size <= KEPT_LOGP_BUDGET
 
 
 @dataclass(frozen=True)
@@ -107,17 +119,18 @@ def measure_rows(
     rows: list[_Reading] = []
     for start in range(0, len(runs), width):
         chunk = slice(start, start + width)
-        rows += _measure_chunk(lm, sae, prompt_ids, runs[chunk], [g.token_ids for g in generations[chunk]], features)
+        rows += _measure_chunk(lm, sae, prompt_ids, runs[chunk], generations[chunk], features)
     targets = target_logprobs(lm, sae, prompt_ids, runs, target_ids) if target_ids else [None] * len(runs)
     return [RowMeasures(*row, target) for row, target in zip(rows, targets)]
 
 
 def _measure_chunk(
     lm: LoadedModel, sae: SAE, prompt_ids: list[int], runs: Sequence[Steering | None],
-    continuations: list[list[int]], features: list[int],
+    generations: Sequence[Generation], features: list[int],
 ) -> list[_Reading]:
     """Effects, perplexity and per-token KL of a few rows; continuations are right-padded (causal attention
     keeps padding from reaching the real tokens)."""
+    continuations = [g.token_ids for g in generations]
     n_prompt, longest = len(prompt_ids), max(len(c) for c in continuations)
     if longest == 0:
         return [((), None, ()) for _ in continuations]
@@ -126,7 +139,7 @@ def _measure_chunk(
         plain_BLV = _next_token_logp(lm, ids_BT, longest)
         x_BLD = captured.tensor()[:, n_prompt:]
         f_BLS = sae.encode(x_BLD.flatten(0, 1).to(sae.W_dec.dtype))[:, features].view(*x_BLD.shape[:2], -1).float()
-        kl_BL = _kl_from_unsteered(lm, sae, n_prompt, runs, ids_BT, plain_BLV)
+        kl_BL = _kl_from_unsteered(lm, sae, n_prompt, runs, ids_BT, plain_BLV, [g.logp for g in generations])
         token_logp_BL = plain_BLV.gather(-1, ids_BT[:, n_prompt:, None]).squeeze(-1)
     out: list[_Reading] = []
     for row, continuation in enumerate(continuations):
@@ -149,19 +162,28 @@ def _next_token_logp(lm: LoadedModel, ids_BT: torch.Tensor, n: int) -> torch.Ten
 
 def _kl_from_unsteered(
     lm: LoadedModel, sae: SAE, n_prompt: int, runs: Sequence[Steering | None], ids_BT: torch.Tensor,
-    plain_BLV: torch.Tensor,
+    plain_BLV: torch.Tensor, kept: Sequence[torch.Tensor | None],
 ) -> torch.Tensor:
-    """KL(unsteered || steered) [B, L] at each continuation token; the steered rows alone run again."""
+    """KL(unsteered || steered) [B, L] at each continuation token, from the distributions the generation
+    kept; when a steered row has none, the steered rows run again."""
     kl_BL = torch.zeros(plain_BLV.shape[:2], device=plain_BLV.device)
     steered = [r for r, run in enumerate(runs) if run is not None]
-    if not steered:
+    if all(kept[r] is not None for r in steered):
+        for r in steered:
+            logp_LV = kept[r]
+            assert logp_LV is not None
+            kl_BL[r, :len(logp_LV)] = _kl(plain_BLV[r, :len(logp_LV)], logp_LV.to(plain_BLV.device))
         return kl_BL
     with steer(lm.model, sae, [runs[r] for r in steered], n_prompt):
         steered_SLV = _next_token_logp(lm, ids_BT[steered], plain_BLV.shape[1])
-    plain_SLV = plain_BLV[steered]
-    # Rounding can make the KL of equal distributions a hair below zero.
-    kl_BL[steered] = (plain_SLV.exp() * (plain_SLV - steered_SLV)).sum(-1).clamp_min(0.0)
+    kl_BL[steered] = _kl(plain_BLV[steered], steered_SLV)
     return kl_BL
+
+
+def _kl(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last dimension; rounding can make the KL of equal distributions a hair below
+    zero, so it is clamped there."""
+    return (p_logp.exp() * (p_logp - q_logp)).sum(-1).clamp_min(0.0)
 
 
 def strongest_within(points: Sequence[SweepPoint], factor: float) -> float | None:
@@ -226,5 +248,6 @@ def sweep(
     """Generate at several strengths in one batch beside the baseline, and measure each row."""
     plan = Sweep(steering, tuple(strengths))
     target_ids = encode_target(lm, target) if target is not None else None
-    generations = generate_steered(lm, sae, prompt_ids, plan.runs, sampling, limits)
+    generations = generate_steered(lm, sae, prompt_ids, plan.runs, sampling, limits,
+                                   keep_logp(lm, len(plan.runs), sampling))
     return plan.score(lm, sae, prompt_ids, generations, target_ids)

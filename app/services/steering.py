@@ -23,7 +23,7 @@ from sae_core.explain import EndpointConfig
 from sae_core.generation import Generation, GenerationError, Limits, TokenEvent, collect, encode_prompt
 from sae_core.judge import JudgeError, Verdict, judge
 from sae_core.steering import Control, Direction, Steering, SteeringError, stream_steered
-from sae_core.steering_measures import Sweep, SweepPoint, encode_target, measure_rows, strongest_within
+from sae_core.steering_measures import Sweep, SweepPoint, encode_target, keep_logp, measure_rows, strongest_within
 
 from ..models import Sae
 from ..settings import Settings
@@ -187,8 +187,9 @@ class SteeringWorker:
         runs = [r.run for r in rows]
         prompt_ids = encode_prompt(lm.tokenizer, body.prompt, chat=not body.raw, limits=self.limits)
         target_ids = encode_target(lm, body.target) if body.target else None
-        events = stream_steered(lm, sae, prompt_ids, runs, body.sampling(), self.limits, job.cancelled,
-                                self.models.turn)
+        sampling = body.sampling()
+        events = stream_steered(lm, sae, prompt_ids, runs, sampling, self.limits, job.cancelled, self.models.turn,
+                                keep_logp(lm, len(runs), sampling))
         job.push("start", {"prompt_tokens": len(prompt_ids), "rows": [r.head(k) for k, r in enumerate(rows)]})
         generations = collect(_relayed(job, events), len(runs))
         if job.cancelled.is_set():

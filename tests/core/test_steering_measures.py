@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from sae_core import steering_measures
-from sae_core.generation import Generation
+from sae_core.generation import Generation, Sampling
 from sae_core.lm import LoadedModel
 from sae_core.steering import Intervention, Steering, generate_steered, steer
 from sae_core.steering_measures import (
     RowMeasures,
     SweepPoint,
+    keep_logp,
     measure_rows,
     strongest_within,
     sweep,
@@ -43,10 +44,12 @@ def direct(lm, sae, run, tokens: list[int], features: list[int]) -> tuple[float,
     return math.exp(float(nll)), kl.tolist(), f_TF[:, features].mean(0).tolist()
 
 
-def test_every_row_measures_what_a_direct_computation_gives(lm, sae):
+@pytest.mark.parametrize("kept", [True, False], ids=["generation kept its distributions", "steered forward"])
+def test_every_row_measures_what_a_direct_computation_gives(lm, sae, kept):
     feature = active_feature(lm, sae)
     runs = [None, Steering((Intervention(feature, "clamp", 40.0),)), Steering((Intervention(3, "add", 30.0),))]
-    generations = generate_steered(lm, sae, PROMPT, runs, SAMPLED)
+    generations = generate_steered(lm, sae, PROMPT, runs, SAMPLED, keep_logp=kept)
+    assert all((g.logp is not None) == kept for g in generations)
     measures = measure_rows(lm, sae, PROMPT, runs, generations)
     features = touched_features(runs)
     assert features == sorted({feature, 3})
@@ -57,6 +60,13 @@ def test_every_row_measures_what_a_direct_computation_gives(lm, sae):
         assert [e.mean for e in m.effects] == pytest.approx(means, abs=1e-4)
         assert [e.feature for e in m.effects] == features and all(0 <= e.fired <= 1 for e in m.effects)
     assert measures[0].kl == 0.0 and measures[1].kl > 0 and measures[2].kl > 0
+
+
+def test_a_generation_keeps_its_distributions_only_within_the_budget(lm, monkeypatch):
+    vocab = lm.model.config.vocab_size
+    assert keep_logp(lm, 3, Sampling(8))
+    monkeypatch.setattr(steering_measures, "KEPT_LOGP_BUDGET", 3 * 8 * vocab - 1)
+    assert not keep_logp(lm, 3, Sampling(8)) and keep_logp(lm, 3, Sampling(7))
 
 
 def test_measuring_in_chunks_of_padded_rows_changes_nothing(lm, sae, monkeypatch):
