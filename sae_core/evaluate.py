@@ -7,7 +7,8 @@ the CE pass checks the site's activations and each loss on the positions it coun
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
 
 import torch
 import torch.nn.functional as F
@@ -78,41 +79,31 @@ def _require_finite(finite_BT: torch.Tensor, counted_BT: torch.Tensor, what: str
 
 
 @torch.no_grad()
-def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.Tensor],
+def ce_metrics(model: nn.Module, spliced: Sequence[tuple[SAE, Site]], contexts: Iterable[torch.Tensor],
                special_ids: torch.Tensor, first_context: int = 0) -> dict[str, float]:
-    """CE loss clean, with the SAE's reconstruction spliced in, and with the site zero-ablated.
+    """CE loss clean, with every SAE's reconstruction spliced in at once, and with those sites zero-ablated.
 
-    The site written is the SAE's output site: `site` itself, or for a transcoder reading an MLP's input the
-    MLP's output, replaced by the transcoder's prediction from that input (and zero-ablated for the baseline).
+    The site each SAE writes is its output site: the site it reads, or for a transcoder reading an MLP's input
+    the MLP's output, replaced by the transcoder's prediction from that input (and zero-ablated for the
+    baseline). With one transcoder per layer this is the replacement model's loss, every MLP replaced.
 
     Positions holding special tokens (BOS above all) keep their activation and are left out of the
     loss: SAEs are trained without them, and their huge norms would dominate the comparison. The first
     context is number `first_context` in the messages about non-finite values.
     """
+    if not spliced:
+        raise ValueError("give at least one SAE to splice in")
     totals = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     count = 0
-    written = sae.output_site(site)
     for ids_BT in contexts:
         ids_BT = ids_BT.long()
         keep_BT = torch.isin(ids_BT, special_ids)
         counted = ~keep_BT[:, :-1]
-
-        def checked(x, keep_BT=keep_BT, first=first_context):
-            """The clean pass's site activations, unchanged once none that counts is NaN or infinite."""
-            finite_BT = finite_row_mask(x.flatten(0, -2)).view(keep_BT.shape)
-            _require_finite(finite_BT, ~keep_BT, f"the model's activations at {written.name} are NaN or infinite", first)
-            return x
-
-        def with_sae(x: torch.Tensor, y: torch.Tensor, keep_BT: torch.Tensor = keep_BT) -> torch.Tensor:
-            return torch.where(keep_BT[..., None], y, _reconstruct(sae, x))
-
-        def zeroed(x: torch.Tensor, y: torch.Tensor, keep_BT: torch.Tensor = keep_BT) -> torch.Tensor:
-            return torch.where(keep_BT[..., None], y, torch.zeros_like(y))
-
-        replacements: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-            "clean": lambda x, y: checked(y), "sae": with_sae, "zero": zeroed}
-        for name, fn in replacements.items():
-            with splice_from(model, site, written, fn):
+        for name in totals:
+            with ExitStack() as stack:
+                for sae, site in spliced:
+                    fn = _replacement(name, sae, sae.output_site(site), keep_BT, first_context)
+                    stack.enter_context(splice_from(model, site, sae.output_site(site), fn))
                 losses_BT = _next_token_losses(model, ids_BT)
             _require_finite(torch.isfinite(losses_BT), counted, f"the {name} next-token loss is NaN or infinite",
                             first_context)
@@ -127,9 +118,29 @@ def ce_metrics(model: nn.Module, sae: SAE, site: Site, contexts: Iterable[torch.
     return result
 
 
-def ce_on_corpus(lm: LoadedModel, sae: SAE, dataset: str, *, n_contexts: int = 64, context_len: int = 128,
+def _replacement(name: str, sae: SAE, written: Site, keep_BT: torch.Tensor,
+                 first_context: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """What one pass of ce_metrics puts at a site (special-token positions always keep their activation):
+    the activation checked finite ("clean"), the SAE's reconstruction ("sae"), or zeros ("zero")."""
+    def clean(_x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        finite_BT = finite_row_mask(y.flatten(0, -2)).view(keep_BT.shape)
+        _require_finite(finite_BT, ~keep_BT, f"the model's activations at {written.name} are NaN or infinite",
+                        first_context)
+        return y
+
+    def with_sae(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep_BT[..., None], y, _reconstruct(sae, x))
+
+    def zeroed(_x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.where(keep_BT[..., None], y, torch.zeros_like(y))
+
+    return {"clean": clean, "sae": with_sae, "zero": zeroed}[name]
+
+
+def ce_on_corpus(lm: LoadedModel, sae: SAE | Sequence[SAE], dataset: str, *, n_contexts: int = 64, context_len: int = 128,
                  skip_contexts: int = 0, batch_size: int = 8, text_field: str = "text") -> dict[str, float]:
-    """CE metrics over `n_contexts` contexts of a corpus, after skipping the first `skip_contexts`.
+    """CE metrics over `n_contexts` contexts of a corpus, after skipping the first `skip_contexts`, with one SAE
+    or several (a transcoder per layer: the replacement model) spliced in.
 
     Skipping the contexts a harvest used keeps the CE evaluation on text the SAE was not trained on.
     """
@@ -137,6 +148,7 @@ def ce_on_corpus(lm: LoadedModel, sae: SAE, dataset: str, *, n_contexts: int = 6
         raise ValueError(f"the CE evaluation needs at least one context, got {n_contexts}")
     contexts = itertools.islice(iter_contexts(iter_documents(dataset, text_field), lm.tokenizer, context_len),
                                 skip_contexts, skip_contexts + n_contexts)
-    return ce_metrics(lm.model, sae, sae.site_in(lm.model), batched(contexts, batch_size), special_ids(lm.tokenizer),
-                      first_context=skip_contexts)
+    saes = [sae] if isinstance(sae, SAE) else list(sae)
+    return ce_metrics(lm.model, [(s, s.site_in(lm.model)) for s in saes], batched(contexts, batch_size),
+                      special_ids(lm.tokenizer), first_context=skip_contexts)
 

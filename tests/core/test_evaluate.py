@@ -38,11 +38,11 @@ def overflow_at(context, position, per_batch=3, passes=3):
 
 def test_ce_refuses_non_finite_site_activations_naming_the_context():
     model, sae = tiny_model("llama"), build_sae(SAEConfig(architecture="topk", d_in=32, d_sae=16, k=4), seed=0)
-    assert ce_metrics(model, sae, SITE, batches(), SPECIALS)["ce_tokens"] == 6 * 14  # BOS positions are not counted
+    assert ce_metrics(model, [(sae, SITE)], batches(), SPECIALS)["ce_tokens"] == 6 * 14  # BOS positions are not counted
     # attention spreads the inf over the whole context (0 * inf), so the position named is its first counted one
     with splice(model, parse_site("layers.0.resid_post"), overflow_at(4, 9)), pytest.raises(
             NonFiniteError, match=r"activations at layers\.1\.resid_post are NaN or infinite at context 14, "):
-        ce_metrics(model, sae, SITE, batches(), SPECIALS, first_context=10)
+        ce_metrics(model, [(sae, SITE)], batches(), SPECIALS, first_context=10)
 
 
 def test_ce_refuses_an_sae_whose_reconstruction_is_not_finite():
@@ -50,4 +50,4 @@ def test_ce_refuses_an_sae_whose_reconstruction_is_not_finite():
     with torch.no_grad():
         sae.b_dec[3] = float("nan")
     with pytest.raises(NonFiniteError, match="the sae next-token loss is NaN or infinite at context 0, position 1"):
-        ce_metrics(model, sae, SITE, batches(), SPECIALS)
+        ce_metrics(model, [(sae, SITE)], batches(), SPECIALS)

@@ -22,6 +22,7 @@ from sae_core.saes.circuit_tracer import read_circuit_tracer, write_circuit_trac
 from sae_core.sites import Site, site_module
 from sae_core.train import sae_config_for, train
 from tests.conftest import invoke_cli
+from tests.core.test_replacement import transcoder
 from tests.crash import one_thread
 from tests.factories import tiny_model
 
@@ -178,21 +179,35 @@ def test_splicing_the_mlp_output_from_its_input_reads_before_it_writes():
         pass
 
 
-def test_ce_of_a_transcoder_replaces_the_mlp_output():
-    """A transcoder whose output is exactly the MLP's recovers all the loss; the baseline zeroes the MLP output."""
-    model = tiny_model("llama")
-    sae = make("relu_transcoder")
-    mlp = site_module(model, Site(1, "mlp_in"))
+def exact_transcoder(model, layer: int):
+    """A transcoder whose output is exactly layer `layer`'s MLP output: the MLP itself standing in."""
+    sae = make("relu_transcoder", layer=layer)
+    mlp = site_module(model, Site(layer, "mlp_in"))
 
-    class Exact(type(sae)):  # the MLP itself standing in for a perfect transcoder
+    class Exact(type(sae)):
         def forward(self, x):
             return mlp.forward(x)  # not mlp(x): that would run the splice's hooks again
 
-    exact = Exact(sae.cfg)
+    return Exact(sae.cfg)
+
+
+def test_ce_of_a_transcoder_replaces_the_mlp_output():
+    """A transcoder whose output is exactly the MLP's recovers all the loss; the baseline zeroes the MLP output.
+    With one per layer (the replacement model) the baseline zeroes every MLP."""
+    model = tiny_model("llama")
     contexts = [torch.cat([torch.zeros(2, 1, dtype=torch.long), torch.randint(3, 200, (2, 11))], 1)]
-    metrics = ce_metrics(model, exact, Site(1, "mlp_in"), contexts, torch.tensor([0, 1, 2]))
-    assert metrics["ce_sae"] == pytest.approx(metrics["ce_clean"], abs=1e-5)
-    assert metrics["ce_zero"] != pytest.approx(metrics["ce_clean"], abs=1e-4)
+    specials = torch.tensor([0, 1, 2])
+    one = ce_metrics(model, [(exact_transcoder(model, 1), Site(1, "mlp_in"))], contexts, specials)
+    assert one["ce_sae"] == pytest.approx(one["ce_clean"], abs=1e-5)
+    assert one["ce_zero"] != pytest.approx(one["ce_clean"], abs=1e-4)
+    every = ce_metrics(model, [(exact_transcoder(model, layer), Site(layer, "mlp_in")) for layer in range(3)],
+                       contexts, specials)
+    assert every["ce_sae"] == pytest.approx(every["ce_clean"], abs=1e-5)
+    assert every["ce_zero"] != pytest.approx(one["ce_zero"], abs=1e-4)
+    random_set = [(transcoder(layer), Site(layer, "mlp_in")) for layer in range(3)]
+    assert ce_metrics(model, random_set, contexts, specials)["ce_sae"] != pytest.approx(every["ce_clean"], abs=1e-3)
+    with pytest.raises(ValueError, match="at least one SAE"):
+        ce_metrics(model, [], contexts, specials)
 
 
 @pytest.fixture(scope="module")
