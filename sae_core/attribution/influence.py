@@ -80,6 +80,17 @@ class Pruned:
 
     nodes: torch.Tensor
     edges: torch.Tensor
+    cumulative: torch.Tensor
+    """[N] share of all node influence held by the nodes at least as influential as each (what circuit-tracer
+    exports as a node's influence, and what a node threshold is compared with)."""
+
+
+def cumulative_shares(scores: torch.Tensor) -> torch.Tensor:
+    """For each score, the share of the total held by it and every larger one."""
+    ordered, order = scores.sort(descending=True)
+    out = torch.zeros_like(scores)
+    out[order] = ordered.cumsum(0) / ordered.sum().clamp_min(1e-30)
+    return out
 
 
 def prune(adjacency: torch.Tensor, layout: Layout, probabilities: torch.Tensor, node_threshold: float = 0.8,
@@ -105,7 +116,7 @@ def prune(adjacency: torch.Tensor, layout: Layout, probabilities: torch.Tensor, 
         still[:fixed] &= edges[:, :fixed].any(0)
         still[: layout.features] &= edges[: layout.features].any(1)
         if torch.equal(still, keep):
-            return Pruned(keep, edges)
+            return Pruned(keep, edges, cumulative_shares(scores))
         keep = still
 
 

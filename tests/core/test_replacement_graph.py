@@ -3,12 +3,16 @@ graph of a tiny model's prompt built batch by batch in order of influence."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
 from sae_core.attribution.influence import Layout, graph_scores, influence, normalized, prune, threshold_for
+from sae_core.attribution.neuronpedia import read_neuronpedia_graph, replacement_graph_json
 from sae_core.attribution.replacement import FEATURE, LOGIT, ReplacementModel, Target
 from sae_core.attribution.replacement_graph import ReplacementConfig, build_graph, logit_targets
+from tests.core.neuronpedia_graph_check import upload_errors
 from tests.core.test_replacement import IDS, transcoder
 from tests.factories import tiny_model
 
@@ -115,3 +119,35 @@ def test_logit_nodes_stop_at_the_probability_or_the_count(replacement):
     assert len(tokens) == 2
     with pytest.raises(ValueError, match="max_logits"):
         ReplacementConfig(max_logits=0)
+
+
+def test_a_graph_exported_as_neuronpedia_json_reads_back_with_the_same_nodes_and_links(replacement):
+    graph = build_graph(replacement, ReplacementConfig(max_logits=3, logit_probability=1.0, max_feature_nodes=40))
+    pruned = graph.prune(0.9, 0.99)
+    tokens = [f"t{i}" for i in range(len(IDS))]
+    data = replacement_graph_json(graph, pruned, tokens, ["a", "b", "c"], "prompt", "tiny-graph", "tiny",
+                                  [f"layers.{n}.mlp_in" for n in range(3)], 0.9, 0.99, clerps={"E_0_0": "BOS"})
+    assert upload_errors(json.loads(json.dumps(data))) == []
+    nodes, links = read_neuronpedia_graph(json.loads(json.dumps(data)))
+    layout = graph.layout
+    kept = pruned.nodes.nonzero()[:, 0].tolist()
+    assert len(nodes) == len(kept) and len(links) == int(pruned.edges.sum()) > 0
+    read = {(n.kind, n.layer, n.pos, n.feature) for n in nodes}
+    expected = set()
+    for n in kept:
+        if n < layout.features:
+            expected.add(("feature", int(graph.feature_layer[n]), int(graph.feature_pos[n]), int(graph.feature_index[n])))
+        elif n < layout.embedding_slice.start:
+            expected.add(("error", *divmod(n - layout.features, len(IDS)), None))
+        elif n < layout.size - layout.logits:
+            expected.add(("embedding", None, n - layout.embedding_slice.start, None))
+        else:
+            expected.add(("metric", 3, len(IDS) - 1, None))
+    assert read == expected
+    by_id = {n.node_id: n for n in nodes}
+    assert by_id["E_0_0"].clerp == "BOS"
+    weights = sorted(w for _, _, w in links)
+    assert weights == pytest.approx(sorted(graph.adjacency[pruned.edges].tolist()))
+    assert all(s in by_id and t in by_id for s, t, _ in links)
+    logit_ids = [n.node_id for n in nodes if n.kind == "metric"]
+    assert sorted(logit_ids) == sorted(f"3_{t}_{len(IDS) - 1}" for t in graph.logit_tokens)
