@@ -15,6 +15,7 @@ import typer
 from .activations import ActivationsError, open_activations
 from .allocator import keep_freed_memory
 from .attribution.command import attribute_command
+from .attribution.replacement_command import replacement_graph_command
 from .config import HarvestConfig, TrainConfig
 from .console import fail
 from .contrast import contrast, read_texts
@@ -247,7 +248,8 @@ def convert(
 
 COMMANDS: dict[str, Callable[..., None]] = {"sites": sites, "harvest": harvest, "train": train, "eval": evaluate,
                                             "contrast": contrast_command, "convert": convert,
-                                            "attribute": attribute_command}
+                                            "attribute": attribute_command,
+                                            "replacement-graph": replacement_graph_command}
 """The library's commands by name, for any CLI that offers them (this one, and the app's `saescope`)."""
 
 

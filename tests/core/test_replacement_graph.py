@@ -12,6 +12,7 @@ from sae_core.attribution.influence import Layout, graph_scores, influence, norm
 from sae_core.attribution.neuronpedia import read_neuronpedia_graph, replacement_graph_json
 from sae_core.attribution.replacement import FEATURE, LOGIT, ReplacementModel, Target
 from sae_core.attribution.replacement_graph import ReplacementConfig, build_graph, logit_targets
+from tests.conftest import invoke_cli
 from tests.core.neuronpedia_graph_check import upload_errors
 from tests.core.test_replacement import IDS, transcoder
 from tests.factories import tiny_model
@@ -151,3 +152,24 @@ def test_a_graph_exported_as_neuronpedia_json_reads_back_with_the_same_nodes_and
     assert all(s in by_id and t in by_id for s, t, _ in links)
     logit_ids = [n.node_id for n in nodes if n.kind == "metric"]
     assert sorted(logit_ids) == sorted(f"3_{t}_{len(IDS) - 1}" for t in graph.logit_tokens)
+
+
+def test_the_command_prints_the_graph_and_writes_neuronpedia_json(tiny_model_dir, tmp_path):
+    from sae_core.cli import app
+
+    for layer in range(3):
+        transcoder(layer).save(tmp_path / "set" / f"layers.{layer}.mlp_in")
+    out = tmp_path / "graph.json"
+    code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
+                            "--prompt", "the cat sat", "--max-feature-nodes", 20, "--export", out)
+    assert code == 0, text
+    assert "outputs: " in text and "replacement score" in text and f"wrote {out}" in text
+    data = json.loads(out.read_text())
+    assert upload_errors(data) == [] and data["metadata"]["transcoder_list"] == [f"layers.{n}.mlp_in" for n in range(3)]
+    assert data["metadata"]["prompt"] == "the cat sat" and any(n["is_target_logit"] for n in data["nodes"])
+    (tmp_path / "set" / "layers.1.mlp_in").rename(tmp_path / "elsewhere")
+    code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
+                            "--prompt", "the cat sat")
+    assert code != 0 and "no transcoder for layer(s) 1" in text
+    code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "nothing", "--prompt", "x")
+    assert code != 0 and "holds no layers.N.mlp_in folders" in text
