@@ -29,13 +29,17 @@ from sae_core.lm import LoadedModel, load_model
 from sae_core.saes import SAE, load_sae
 
 PROMPTS = {
-    "capital": ("Geography quiz, with answers. Question one: which river runs through Paris? The Seine. Question "
+    "capital": ("A short quiz on European geography for the class, with the answers given after each question. "
+                "Question one: which river runs through Paris? The Seine. Question "
                 "two: which mountains divide Spain from France? The Pyrenees. Question three: what is the largest "
                 "city of Italy? Rome. Question four: the capital of Germany is the city of"),
-    "code": ("def total_price(items):\n    \"\"\"Sum the price of every item in the basket.\"\"\"\n    total = 0\n"
+    "code": ("import statistics\n\n\n"
+             "def total_price(items):\n    \"\"\"Sum the price of every item in the basket.\"\"\"\n    total = 0\n"
              "    for item in items:\n        total += item.price * item.quantity\n    return total\n\n\n"
              "def average_price(items):\n    if not items:\n        return 0\n    return total_price(items) /"),
-    "names": ("It was a quiet morning in the village. After breakfast, Mary and John walked down the hill to the "
+    "names": ("The rain had stopped during the night, and the streets were still wet when the sun came up over "
+              "the roofs. It was a quiet morning in the village. After breakfast, Mary and John walked down the hill "
+              "to the "
               "market, where the baker had just opened his shop. They bought bread and a small cake. On the way "
               "home it began to rain, and John gave his umbrella to"),
 }
