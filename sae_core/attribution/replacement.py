@@ -11,7 +11,7 @@ source at once, batched over targets (each batch row holds one target).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +153,37 @@ class ReplacementModel:
         layer's activations, errors or the embeddings replaced (interventions with attention frozen)."""
         logits, inputs = self._forward(acts=acts, errors=errors, embed_TD=embed_TD)
         return logits[0], [x[0].float() for x in inputs]
+
+    @torch.no_grad()
+    def intervene(self, pins: Mapping[tuple[int, int, int], float], freeze_attention: bool = True) -> torch.Tensor:
+        """Logits [T, V] with features pinned: {(layer, position, feature): value}. Every MLP is its transcoder
+        re-encoding its (changed) input, with the pins applied and the prompt's error added, so features
+        downstream of a pin respond to it; attention patterns and norm scales stay at the prompt's values
+        when `freeze_attention`, else the model recomputes them. Without pins this is the model itself."""
+        by_layer: dict[int, list[tuple[int, int, float]]] = {}
+        for (layer, pos, feature), value in pins.items():
+            if not (0 <= layer < len(self.transcoders) and 0 <= pos < len(self.ids_T)
+                    and 0 <= feature < self.transcoders[layer].cfg.d_sae):
+                raise ReplacementError(f"no feature {feature} at layer {layer}, position {pos} to pin")
+            by_layer.setdefault(layer, []).append((pos, feature, value))
+
+        def mlp_hook(layer: int):
+            def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> torch.Tensor:
+                x = (args[0] if args else next(iter(kwargs.values())))[0]
+                tc = self.transcoders[layer]
+                f_TF = tc.encode(x.to(tc.W_dec.dtype))
+                for pos, feature, value in by_layer.get(layer, []):
+                    f_TF[pos, feature] = value
+                return (tc.add_skip(tc.decode(f_TF), x).float() + self.errors[layer]).to(out.dtype)[None]
+
+            return hook
+
+        with ExitStack() as stack:
+            if freeze_attention:
+                stack.enter_context(frozen(self.model, self.freeze))
+            for layer, mlp in enumerate(self.mlps):
+                stack.callback(mlp.register_forward_hook(mlp_hook(layer), with_kwargs=True).remove)
+            return self.model(input_ids=self.ids_T[None], use_cache=False).logits[0].float()
 
     def sources(self, upto: int | None = None) -> Sources:
         """Every source node at positions up to `upto` (default: all)."""

@@ -126,3 +126,54 @@ def test_a_model_normalised_by_layernorm_is_refused():
     sets = [transcoder(layer) for layer in range(3)]
     with pytest.raises(FreezeError, match="LayerNorm"):
         ReplacementModel(gpt2, sets, IDS)
+
+
+@pytest.mark.parametrize("freeze", [True, False], ids=["attention frozen", "attention live"])
+def test_pinning_features_to_their_own_values_changes_nothing(model, replacement, freeze):
+    with torch.no_grad():
+        expected = model(input_ids=IDS[None]).logits[0]
+    assert torch.allclose(replacement.intervene({}, freeze), expected, atol=1e-5)
+    pos, feature = replacement.acts[1].nonzero()[0].tolist()
+    same = {(1, pos, feature): float(replacement.acts[1][pos, feature])}
+    assert torch.allclose(replacement.intervene(same, freeze), expected, atol=1e-5)
+    assert not torch.allclose(replacement.intervene({(1, pos, feature): 0.0}, freeze), expected, atol=1e-4)
+
+
+def test_a_pin_in_the_last_layer_moves_a_logit_by_its_edge_when_frozen_and_as_the_model_does_when_live(
+        model, replacement):
+    """After the last MLP only the final norm and the unembedding remain: frozen, the change is the edge's;
+    live, it is the model's own with the feature's decoder row taken out of that MLP's output."""
+    last = len(IDS) - 1
+    feature = int(replacement.acts[2][last].nonzero()[0])
+    top = int(replacement.logits_TV[last].argmax())
+    target = Target(LOGIT, 3, last, top)
+    sources = replacement.sources()
+    n = int(((sources.layer_S == 2) & (sources.pos_S == last) & (sources.feature_S == feature)).nonzero())
+    edge = float(replacement.edges_into([target], sources)[0, n])
+    clean = replacement.intervene({})
+    frozen_logits = replacement.intervene({(2, last, feature): 0.0})
+    value = lambda logits: float(replacement.target_value(target, logits, []))  # noqa: E731
+    assert value(clean) - value(frozen_logits) == pytest.approx(edge, rel=1e-4, abs=1e-5)
+    tc = replacement.transcoders[2]
+    removed = float(replacement.acts[2][last, feature]) * tc.W_dec[feature]
+
+    def take_out(_m, _a, out):
+        out = out.clone()
+        out[0, last] -= removed
+        return out
+
+    handle = replacement.mlps[2].register_forward_hook(take_out)
+    try:
+        with torch.no_grad():
+            expected = model(input_ids=IDS[None]).logits[0]
+    finally:
+        handle.remove()
+    assert torch.allclose(replacement.intervene({(2, last, feature): 0.0}, freeze_attention=False), expected,
+                          atol=1e-5)
+
+
+def test_a_pin_outside_the_prompt_or_the_dictionary_is_refused(replacement):
+    with pytest.raises(ReplacementError, match="no feature 48 at layer 0"):
+        replacement.intervene({(0, 0, 48): 1.0})
+    with pytest.raises(ReplacementError, match="position 99"):
+        replacement.intervene({(0, 99, 0): 1.0})
