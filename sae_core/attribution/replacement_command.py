@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 import typer
+from transformers import PreTrainedTokenizerBase
 
 from ..console import fail
 from ..lm import DEFAULT_MODEL, ModelLoadError, load_model
@@ -30,6 +31,23 @@ def transcoder_set(directory: Path) -> list[tuple[str, SAE]]:
         raise ReplacementError(f"{directory} holds no layers.N.mlp_in folders: give the directory `saescope train "
                                "--arch transcoder` wrote for a harvest of every layer's MLP (layers.0-N.mlp)")
     return [(folder.name, load_sae(folder)) for folder in folders]
+
+
+def parse_pin(spec: str) -> tuple[tuple[int, int, int], float]:
+    """`LAYER:POS:FEATURE=VALUE` as ((layer, pos, feature), value)."""
+    try:
+        where, value = spec.split("=")
+        layer, pos, feature = (int(part) for part in where.split(":"))
+        return (layer, pos, feature), float(value)
+    except ValueError:
+        raise AttributionError("pin", f"--pin {spec!r} is not LAYER:POS:FEATURE=VALUE (e.g. 12:5:301=0)") from None
+
+
+def top_tokens(tokenizer: PreTrainedTokenizerBase, logits_V: torch.Tensor, k: int = 5) -> str:
+    """The k likeliest next tokens with their probabilities, as one line."""
+    probs = torch.softmax(logits_V.double(), -1)
+    values, ids = probs.topk(k)
+    return ", ".join(f"{token_text(tokenizer, int(i))!r} {float(v):.3f}" for v, i in zip(values, ids))
 
 
 def summary(graph: ReplacementGraph, tokens: list[str], logit_texts: list[str], node_threshold: float,
@@ -62,6 +80,9 @@ def replacement_graph_command(
     node_threshold: float = typer.Option(0.8, "--node-threshold", help="Share of node influence kept."),
     edge_threshold: float = typer.Option(0.98, "--edge-threshold", help="Share of edge influence kept."),
     top: int = typer.Option(20, "--top", help="Features listed."),
+    pin: list[str] = typer.Option([], "--pin", help="Pin a feature and rerun: LAYER:POS:FEATURE=VALUE (repeatable)."),
+    live_attention: bool = typer.Option(False, "--live-attention", help="With --pin: let attention patterns and "
+                                                                         "norm scales respond (default: frozen)."),
     export: Path | None = ExportOpt,
     model_id: str | None = ModelIdOpt,
 ) -> None:
@@ -79,6 +100,8 @@ def replacement_graph_command(
         graph = build_graph(rm, cfg)
         tokens = [token_text(lm.tokenizer, i) for i in ids]
         logit_texts = [token_text(lm.tokenizer, t) for t in graph.logit_tokens]
+        pins = dict(parse_pin(spec) for spec in pin)
+        pinned = rm.intervene(pins, freeze_attention=not live_attention)[-1] if pins else None
         exported = None if export is None else replacement_graph_json(
             graph, graph.prune(node_threshold, edge_threshold), tokens, logit_texts, prompt,
             slug=neuronpedia_name(export.stem), scan=model_id or neuronpedia_name(lm.name),
@@ -86,6 +109,10 @@ def replacement_graph_command(
     except ERRORS as err:
         fail(str(err).splitlines()[0])
     typer.echo(summary(graph, tokens, logit_texts, node_threshold, edge_threshold, top))
+    if pinned is not None:
+        mode = "live" if live_attention else "frozen"
+        typer.echo(f"next tokens: {top_tokens(lm.tokenizer, rm.logits_TV[-1])}\n"
+                   f"with {len(pins)} pinned (attention {mode}): {top_tokens(lm.tokenizer, pinned)}")
     if export is not None:
         export.write_text(json.dumps(exported))
         typer.echo(f"wrote {export}")

@@ -167,6 +167,12 @@ def test_the_command_prints_the_graph_and_writes_neuronpedia_json(tiny_model_dir
     data = json.loads(out.read_text())
     assert upload_errors(data) == [] and data["metadata"]["transcoder_list"] == [f"layers.{n}.mlp_in" for n in range(3)]
     assert data["metadata"]["prompt"] == "the cat sat" and any(n["is_target_logit"] for n in data["nodes"])
+    code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
+                            "--prompt", "the cat sat", "--max-feature-nodes", 5, "--pin", "2:3:7=40", "--live-attention")
+    assert code == 0 and "with 1 pinned (attention live): " in text, text
+    code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
+                            "--prompt", "the cat sat", "--pin", "2:3=1")
+    assert code != 0 and "is not LAYER:POS:FEATURE=VALUE" in text
     (tmp_path / "set" / "layers.1.mlp_in").rename(tmp_path / "elsewhere")
     code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
                             "--prompt", "the cat sat")
