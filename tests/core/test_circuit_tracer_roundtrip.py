@@ -23,6 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from sae_core.activations import open_activations
+from sae_core.attribution.influence import Layout, graph_scores, prune
+from sae_core.attribution.replacement import ReplacementModel
+from sae_core.attribution.replacement_graph import ReplacementConfig, build_graph
 from sae_core.cli import app
 from sae_core.config import HarvestConfig
 from sae_core.harvest import harvest
@@ -110,6 +113,48 @@ def test_circuit_tracers_replacement_model_feeds_each_transcoder_saescopes_site(
     assert (f[:, 1:] > 0).any()
     assert_matches(theirs["model_f"][:, 1:], f[:, 1:])
     assert_matches(theirs["graph_f"][:, 1:], f[:, 1:])  # the attribution graph has a node for each active feature
+
+
+@pytest.mark.parametrize("name", SETS)
+def test_circuit_tracers_graph_has_saescopes_edges_and_its_influence_math_is_ours(circuit_tracer_results, name):
+    """Our replacement-model graph of the prompt holds circuit-tracer's edges, and our influence, pruning and
+    scores computed on circuit-tracer's own adjacency are its. circuit-tracer zeroes the features of the first
+    position (its error there takes them in), so sources at position 0 other than the embedding are left out; and
+    it keeps every active feature, where we leave out those with no path to a logit (no edge out)."""
+    root, _, tokens, lm = circuit_tracer_results
+    theirs = load_file(root / "out" / f"{name}.safetensors")
+    graph = build_graph(ReplacementModel(lm, trained(root / name), tokens[0]),
+                        ReplacementConfig(max_logits=3, logit_probability=0.95, max_feature_nodes=10**6))
+    assert graph.logit_tokens == theirs["graph_logits"].long().tolist()
+    n_pos, ours_layout = tokens.shape[1], graph.layout
+    their_features = [tuple(f) for f in theirs["graph_features"].long().tolist()]
+    our_features = list(zip(graph.feature_layer.tolist(), graph.feature_pos.tolist(), graph.feature_index.tolist()))
+    ours_at = {f: i for i, f in enumerate(our_features)}
+    n_theirs = len(their_features)
+    assert {f for f in our_features if f[1] > 0} <= set(their_features)
+    unreached = torch.tensor([f not in ours_at for f in their_features])
+    assert unreached.sum() < n_theirs and theirs["graph_adjacency"][:, :n_theirs][:, unreached].abs().max() == 0
+
+    def ours_of(n: int) -> int | None:
+        """Our node index of their node n, None for a position-0 error or a feature with no edge out."""
+        if n < n_theirs:
+            return ours_at.get(their_features[n])
+        n -= n_theirs
+        if n < LAYERS * n_pos:
+            return None if n % n_pos == 0 else ours_layout.features + n
+        return ours_layout.features + n  # embeddings, then logits, in the same order
+    pairs = [(n, m) for n in range(len(theirs["graph_adjacency"])) if (m := ours_of(n)) is not None]
+    t_idx, o_idx = torch.tensor([n for n, _ in pairs]), torch.tensor([m for _, m in pairs])
+    compared = graph.adjacency[o_idx][:, o_idx]
+    assert int((compared[:n_theirs, :n_theirs] != 0).sum()) > 20  # feature-to-feature edges among them
+    assert_matches(theirs["graph_adjacency"][t_idx][:, t_idx], compared)
+    layout = Layout(n_theirs, LAYERS * n_pos, n_pos, len(graph.logit_tokens))
+    scores = graph_scores(theirs["graph_adjacency"], layout, theirs["graph_logit_p"])
+    assert [scores.replacement, scores.completeness] == pytest.approx(theirs["scores"].tolist(), abs=1e-5)
+    pruned = prune(theirs["graph_adjacency"], layout, theirs["graph_logit_p"], 0.8, 0.98)
+    assert torch.equal(pruned.nodes, theirs["pruned_nodes"].bool())
+    assert torch.equal(pruned.edges, theirs["pruned_edges"].bool() & (theirs["graph_adjacency"] != 0))
+    assert_matches(theirs["pruned_cumulative"], pruned.cumulative)
 
 
 def assert_matches(theirs: torch.Tensor, ours: torch.Tensor) -> None:
