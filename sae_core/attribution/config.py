@@ -17,6 +17,13 @@ class AttributionError(ValueError):
         self.field = field
 
 
+def check_fields(config: object, checks: dict[str, tuple[bool, str]]) -> None:
+    """Raise AttributionError for the first field whose check fails: {field: (ok, what is allowed)}."""
+    for field, (ok, allowed) in checks.items():
+        if not ok:
+            raise AttributionError(field, f"{field} is {getattr(config, field)}; it must be {allowed}")
+
+
 @dataclass(frozen=True)
 class AttributionRequest:
     """The behaviour to explain: a prompt, the token it should predict, and what to compare against."""
@@ -68,6 +75,4 @@ class AttributionConfig:
                   "batch_rows": (self.batch_rows >= 1, "at least 1"),
                   "node_threshold": (0 < self.node_threshold <= 1, "in (0, 1]"),
                   "edge_threshold": (0 < self.edge_threshold <= 1, "in (0, 1]")}
-        for field, (ok, allowed) in checks.items():
-            if not ok:
-                raise AttributionError(field, f"{field} is {getattr(self, field)}; it must be {allowed}")
+        check_fields(self, checks)

@@ -23,8 +23,12 @@ from transformers import PreTrainedModel
 from ..saes import SAE
 from ..sites import Site, num_layers, site_module
 from .frozen import Freeze, frozen
+from .nodes import EMBEDDING, ERROR, FEATURE
 
-FEATURE, ERROR, EMBEDDING, LOGIT = 0, 1, 2, 3
+LOGIT = 3
+"""The kind of a logit target, beside nodes.py's feature, error and embedding kinds."""
+
+__all__ = ["EMBEDDING", "ERROR", "FEATURE", "LOGIT", "ReplacementError", "ReplacementModel", "Sources", "Target"]
 
 
 class ReplacementError(ValueError):
@@ -47,6 +51,11 @@ def check_transcoders(model: nn.Module, transcoders: Sequence[SAE]) -> list[SAE]
         raise ReplacementError(f"no transcoder for layer(s) {', '.join(map(str, missing))}: the replacement "
                                f"model replaces every MLP, so it needs a transcoder per layer")
     return [by_layer[layer].eval().requires_grad_(False) for layer in sorted(by_layer)]
+
+
+def _mlp_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> torch.Tensor:
+    """The hidden states an MLP was called with, positionally or by keyword."""
+    return args[0] if args else next(iter(kwargs.values()))
 
 
 @dataclass(frozen=True)
@@ -116,7 +125,7 @@ class ReplacementModel:
 
         def mlp_hook(layer: int):
             def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> torch.Tensor:
-                x = args[0] if args else next(iter(kwargs.values()))
+                x = _mlp_input(args, kwargs)
                 tc = self.transcoders[layer]
                 if record:
                     f_TF = tc.encode(x[0].to(tc.W_dec.dtype))
@@ -169,7 +178,7 @@ class ReplacementModel:
 
         def mlp_hook(layer: int):
             def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], out: torch.Tensor) -> torch.Tensor:
-                x = (args[0] if args else next(iter(kwargs.values())))[0]
+                x = _mlp_input(args, kwargs)[0]
                 tc = self.transcoders[layer]
                 f_TF = tc.encode(x.to(tc.W_dec.dtype))
                 for pos, feature, value in by_layer.get(layer, []):

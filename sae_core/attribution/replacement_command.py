@@ -21,7 +21,7 @@ from .neuronpedia import neuronpedia_name, replacement_graph_json
 from .replacement import ReplacementError, ReplacementModel
 from .replacement_graph import ReplacementConfig, ReplacementGraph, build_graph
 
-ERRORS = (AttributionError, ModelLoadError, SAEFormatError, ReplacementError, FreezeError, ValueError)
+ERRORS = (AttributionError, ModelLoadError, SAEFormatError, ReplacementError, FreezeError)
 
 
 def transcoder_set(directory: Path) -> list[tuple[str, SAE]]:

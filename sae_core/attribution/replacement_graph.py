@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import check_fields
 from .influence import Layout, Pruned, Scores, graph_scores, normalized, prune
 from .replacement import EMBEDDING, ERROR, FEATURE, LOGIT, ReplacementModel, Sources, Target
 
@@ -32,12 +33,11 @@ class ReplacementConfig:
     """Targets per backward pass: more is faster per row and takes more memory."""
 
     def __post_init__(self):
-        if not 1 <= self.max_logits <= 100:
-            raise ValueError(f"max_logits is {self.max_logits}; it must be between 1 and 100")
-        if not 0 < self.logit_probability <= 1:
-            raise ValueError(f"logit_probability is {self.logit_probability}; it must be in (0, 1]")
-        if self.max_feature_nodes < 0 or self.batch_rows < 1:
-            raise ValueError("max_feature_nodes must be 0 or more and batch_rows 1 or more")
+        checks = {"max_logits": (1 <= self.max_logits <= 100, "between 1 and 100"),
+                  "logit_probability": (0 < self.logit_probability <= 1, "in (0, 1]"),
+                  "max_feature_nodes": (self.max_feature_nodes >= 0, "0 or more"),
+                  "batch_rows": (self.batch_rows >= 1, "1 or more")}
+        check_fields(self, checks)
 
 
 @dataclass(frozen=True)
@@ -85,15 +85,16 @@ def _rows(rm: ReplacementModel, targets: list[Target], sources: Sources, batch: 
     return torch.cat([rm.edges_into(targets[i:i + batch], sources) for i in range(0, len(targets), batch)])
 
 
-def _influence(logit_rows: torch.Tensor, probabilities: torch.Tensor, rows: dict[int, torch.Tensor],
+def _influence(logit_shares: torch.Tensor, probabilities: torch.Tensor, shares: dict[int, torch.Tensor],
                sources: Sources) -> torch.Tensor:
-    """Each source's influence on the logits through the rows known so far. A feature's row holds sources of
-    earlier layers only, so taking known features from the deepest layer up sums every path once."""
-    total = probabilities @ normalized(logit_rows)
-    known = torch.tensor(sorted(rows), dtype=torch.long)
+    """Each source's influence on the logits through the rows known so far (given as normalised shares). A
+    feature's row holds sources of earlier layers only, so taking known features from the deepest layer up sums
+    every path once."""
+    total = probabilities @ logit_shares
+    known = torch.tensor(sorted(shares), dtype=torch.long)
     for layer in sources.layer_S[known].unique().flip(0).tolist():
         here = known[sources.layer_S[known] == layer]
-        total += total[here] @ normalized(torch.stack([rows[int(s)] for s in here]))
+        total += total[here] @ torch.stack([shares[int(s)] for s in here])
     return total
 
 
@@ -104,12 +105,14 @@ def build_graph(rm: ReplacementModel, cfg: ReplacementConfig = ReplacementConfig
     n_layers, last = len(rm.transcoders), len(rm.ids_T) - 1
     tokens, probabilities = logit_targets(rm, cfg)
     logit_rows = _rows(rm, [Target(LOGIT, n_layers, last, t) for t in tokens], sources, cfg.batch_rows)
+    logit_shares = normalized(logit_rows)
     is_feature = sources.kind_S == FEATURE
     rows: dict[int, torch.Tensor] = {}
+    shares: dict[int, torch.Tensor] = {}
     budget = min(cfg.max_feature_nodes, int(is_feature.sum()))
     while len(rows) < budget:
         progress(len(rows) / max(budget, 1))
-        score = _influence(logit_rows, probabilities, rows, sources)
+        score = _influence(logit_shares, probabilities, shares, sources)
         score[~is_feature] = -1
         score[list(rows)] = -1
         best = score.argsort(descending=True)[: min(cfg.batch_rows, budget - len(rows))]
@@ -118,7 +121,9 @@ def build_graph(rm: ReplacementModel, cfg: ReplacementConfig = ReplacementConfig
             break
         targets = [Target(FEATURE, int(sources.layer_S[s]), int(sources.pos_S[s]), int(sources.feature_S[s]))
                    for s in picked]
-        rows.update(zip(picked, _rows(rm, targets, sources, cfg.batch_rows), strict=True))
+        new_rows = _rows(rm, targets, sources, cfg.batch_rows)
+        rows.update(zip(picked, new_rows, strict=True))
+        shares.update(zip(picked, normalized(new_rows), strict=True))
     progress(1.0)
     selected = torch.tensor(sorted(rows), dtype=torch.long)
     columns = torch.cat([selected, (sources.kind_S == ERROR).nonzero()[:, 0], (sources.kind_S == EMBEDDING).nonzero()[:, 0]])
