@@ -27,8 +27,9 @@ def dictionaries(model: nn.Module, model_name: str, saes: Sequence[tuple[str, SA
         raise AttributionError("sae", "give at least one SAE")
     out = []
     for name, sae in saes:
-        if sae.transcodes:  # the replacement-model graph (issue 20's second half) is not built yet
-            raise AttributionError("sae", f"SAE {name} is a transcoder; attribution over transcoders is not supported yet")
+        if sae.transcodes:  # its encoder and decoder sit at different sites; the replacement model handles those
+            raise AttributionError("sae", f"SAE {name} is a transcoder: a set of transcoders (one per layer) gets a "
+                                          "replacement-model graph (saescope replacement-graph) instead")
         trained_on = sae.cfg.provenance.model
         if trained_on is not None and trained_on != model_name:
             raise AttributionError("sae", f"SAE {name} was trained on {trained_on}, not {model_name}; "

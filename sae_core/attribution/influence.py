@@ -83,6 +83,8 @@ class Pruned:
     cumulative: torch.Tensor
     """[N] share of all node influence held by the nodes at least as influential as each (what circuit-tracer
     exports as a node's influence, and what a node threshold is compared with)."""
+    influence: torch.Tensor
+    """[N] each node's influence on the logits (what the page sizes a node by)."""
 
 
 def cumulative_shares(scores: torch.Tensor) -> torch.Tensor:
@@ -116,7 +118,7 @@ def prune(adjacency: torch.Tensor, layout: Layout, probabilities: torch.Tensor, 
         still[:fixed] &= edges[:, :fixed].any(0)
         still[: layout.features] &= edges[: layout.features].any(1)
         if torch.equal(still, keep):
-            return Pruned(keep, edges, cumulative_shares(scores))
+            return Pruned(keep, edges, cumulative_shares(scores), scores)
         keep = still
 
 

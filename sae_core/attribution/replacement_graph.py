@@ -9,10 +9,14 @@ up to `max_feature_nodes` (circuit-tracer's order of work). Features never reach
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 
 from .config import check_fields
 from .influence import Layout, Pruned, Scores, graph_scores, normalized, prune
@@ -38,6 +42,9 @@ class ReplacementConfig:
                   "max_feature_nodes": (self.max_feature_nodes >= 0, "0 or more"),
                   "batch_rows": (self.batch_rows >= 1, "1 or more")}
         check_fields(self, checks)
+
+
+FEATURE_COLUMNS = ("feature_layer", "feature_pos", "feature_index", "feature_activation")
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,35 @@ class ReplacementGraph:
 
     def prune(self, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> Pruned:
         return prune(self.adjacency, self.layout, self.logit_probabilities, node_threshold, edge_threshold)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything but the adjacency, as JSON; the adjacency is kept apart (`adjacency_bytes`) since a 64-token
+        graph's is millions of floats, which JSON would store at several times the size."""
+        return {"token_ids": self.token_ids, "n_layers": self.n_layers, "logit_tokens": self.logit_tokens,
+                "logit_probabilities": self.logit_probabilities.tolist(), "active_features": self.active_features,
+                **{name: getattr(self, name).tolist() for name in FEATURE_COLUMNS}}
+
+    def adjacency_bytes(self) -> bytes:
+        """The adjacency as float32 safetensors, zlib-compressed: most of it is zeros (no edge runs backwards in
+        depth or position), which compress away."""
+        return zlib.compress(save_tensors({"adjacency": self.adjacency.float().contiguous()}), 6)
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any], adjacency: bytes) -> ReplacementGraph:
+        """The graph `to_dict` and `adjacency_bytes` stored; ValueError for parts that do not fit together."""
+        try:
+            matrix = load_tensors(zlib.decompress(adjacency))["adjacency"]
+        except (zlib.error, KeyError, ValueError) as err:
+            raise ValueError(f"the stored adjacency is unreadable ({err})") from None
+        columns = {name: torch.tensor(data[name], dtype=torch.float32 if name == "feature_activation" else torch.long)
+                   for name in FEATURE_COLUMNS}
+        graph = cls(token_ids=list(data["token_ids"]), n_layers=int(data["n_layers"]),
+                    logit_tokens=list(data["logit_tokens"]),
+                    logit_probabilities=torch.tensor(data["logit_probabilities"], dtype=torch.float32),
+                    adjacency=matrix, active_features=int(data["active_features"]), **columns)
+        if matrix.shape != (graph.layout.size, graph.layout.size):
+            raise ValueError(f"the stored adjacency is {tuple(matrix.shape)} but the graph has {graph.layout.size} nodes")
+        return graph
 
 
 def logit_targets(rm: ReplacementModel, cfg: ReplacementConfig) -> tuple[list[int], torch.Tensor]:
