@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
 
 from sae_core.attribution import AttributionConfig, AttributionError, AttributionRequest, Method
+from sae_core.attribution.replacement_graph import ReplacementConfig
 
 from .deps import StoredText
 
 DEFAULTS = AttributionConfig()
+REPLACEMENT = ReplacementConfig()
+NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98
+"""circuit-tracer's default pruning of a replacement graph."""
 
 
 class AttributionIn(BaseModel):
@@ -41,6 +45,44 @@ class AttributionIn(BaseModel):
         return AttributionConfig(method=self.method, steps=self.steps, verify_top=self.verify_top,
                                  node_threshold=self.node_threshold, edge_threshold=self.edge_threshold,
                                  max_nodes=self.max_nodes)
+
+
+class ReplacementIn(BaseModel):
+    """A replacement-model graph of a prompt on a set of transcoders, one per layer of the model."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    sae_set: str = Field(min_length=1, max_length=200, description="The set of transcoders, by id or name.")
+    prompt: StoredText = Field(min_length=1, max_length=4000)
+    max_feature_nodes: int = Field(REPLACEMENT.max_feature_nodes, ge=0, le=1024,
+                                   description="Most features whose incoming edges are computed.")
+    max_logits: int = Field(REPLACEMENT.max_logits, ge=1, le=20, description="Most output tokens in the graph.")
+    logit_probability: float = Field(REPLACEMENT.logit_probability, gt=0, le=1,
+                                     description="Output tokens are the likeliest until their probabilities add to this.")
+    node_threshold: float = Field(NODE_THRESHOLD, gt=0, le=1, description="Share of node influence the page keeps.")
+    edge_threshold: float = Field(EDGE_THRESHOLD, gt=0, le=1, description="Share of edge influence the page keeps.")
+
+    def config(self) -> ReplacementConfig:
+        return ReplacementConfig(max_logits=self.max_logits, logit_probability=self.logit_probability,
+                                 max_feature_nodes=self.max_feature_nodes)
+
+
+class PinsIn(BaseModel):
+    """Features of a replacement graph set to values, and the model rerun on the graph's prompt."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    pins: str = Field(min_length=1, max_length=4000, pattern=r"^\d+_\d+_\d+(,\d+_\d+_\d+)*$",
+                      description="Feature node ids LAYER_FEATURE_POSITION, comma-separated.")
+    value: float = Field(0.0, ge=-1e4, le=1e4, description="The value every pinned feature is set to.")
+    attention: Literal["frozen", "live"] = Field("frozen", description="frozen: attention patterns and norm scales "
+                                                 "stay at the prompt's; live: the model recomputes them.")
+
+    def pinned(self) -> dict[tuple[int, int, int], float]:
+        """{(layer, position, feature): value}."""
+        found = {}
+        for node in self.pins.split(","):
+            layer, feature, pos = (int(part) for part in node.split("_"))
+            found[(layer, pos, feature)] = self.value
+        return found
 
 
 def _given(text: str | None) -> str | None:

@@ -382,7 +382,11 @@ class AttributionGraphRow(Base):
     target: Mapped[str] = mapped_column(String(200))
     method: Mapped[str] = mapped_column(String(16))
     graph: Mapped[dict[str, Any]]
-    """AttributionGraph.to_dict(): nodes, links, shares, verification."""
+    """AttributionGraph.to_dict() (nodes, links, shares, verification), or for method "replacement" a
+    transcoder set's ReplacementGraph.to_dict() with its prompt's tokens and the run's settings."""
+    adjacency: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    """A replacement graph's whole adjacency (ReplacementGraph.adjacency_bytes), which the page prunes again at
+    any thresholds without running the model; loaded only when asked for."""
     created_at: Mapped[datetime] = mapped_column(default=now)
 
 

@@ -1,6 +1,7 @@
 // saescope circuits: the target picker of the run form, and the drawing of a saved attribution graph.
-// The graph page's data is the JSON in #graph-data; thresholds prune it here by the stored cumulative shares
-// (the same rule as AttributionGraph.pruned), so moving them recomputes nothing on the server.
+// The graph page's data is the JSON in #graph-data. A residual-SAE graph's thresholds prune it here by the stored
+// cumulative shares (the same rule as AttributionGraph.pruned); a replacement graph's pruning depends on the whole
+// adjacency, so the server prunes the stored graph again (/api/graphs/ID/view; the model does not rerun).
 "use strict";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
@@ -19,6 +20,7 @@ const dataEl = document.getElementById("graph-data");
 if (dataEl) initGraph(JSON.parse(dataEl.textContent));
 
 function initGraph(graph) {
+  const replacement = graph.method === "replacement";
   const byId = new Map(graph.nodes.map((n) => [n.node_id, n]));
   const state = readHash(graph);
   const nodeSlider = document.getElementById("node-threshold");
@@ -26,20 +28,41 @@ function initGraph(graph) {
   nodeSlider.value = state.node;
   edgeSlider.value = state.edge;
 
-  const redraw = () => {
+  const showThresholds = () => {
     state.node = Number(nodeSlider.value);
     state.edge = Number(edgeSlider.value);
     document.getElementById("node-threshold-out").textContent = state.node.toFixed(2);
     document.getElementById("edge-threshold-out").textContent = state.edge.toFixed(2);
-    const shown = pruned(graph, state.node, state.edge);
+  };
+  const redraw = () => {
+    showThresholds();
+    const shown = replacement ? { nodes: graph.nodes, links: graph.links } : pruned(graph, state.node, state.edge);
     draw(graph, shown, state, byId, redraw);
     tickPinBoxes(state);
     showPins(graph, state, byId);
     writeHash(state);
   };
-  nodeSlider.addEventListener("input", redraw);
-  edgeSlider.addEventListener("input", redraw);
-  document.getElementById("pin-mode").addEventListener("change", () => showPins(graph, state, byId));
+  // A replacement graph: the server prunes it at the thresholds once a slider is let go; pins stay known.
+  let asked = 0;
+  const refetch = async () => {
+    showThresholds();
+    const mine = ++asked;
+    const params = new URLSearchParams({ node_threshold: state.node, edge_threshold: state.edge });
+    const response = await fetch(`/api/graphs/${graph.id}/view?${params}`, { headers: { Accept: "application/json" } });
+    if (!response.ok || mine !== asked) return;
+    const view = await response.json();
+    Object.assign(graph, view);
+    for (const n of view.nodes) byId.set(n.node_id, n);
+    document.getElementById("replacement-score").textContent = view.replacement_score.toFixed(3);
+    document.getElementById("completeness-score").textContent = view.completeness_score.toFixed(3);
+    redraw();
+  };
+  for (const slider of [nodeSlider, edgeSlider]) {
+    slider.addEventListener(replacement ? "change" : "input", replacement ? refetch : redraw);
+    if (replacement) slider.addEventListener("input", showThresholds);
+  }
+  const mode = document.getElementById("pin-mode");
+  if (mode) mode.addEventListener("change", () => showPins(graph, state, byId));
   document.getElementById("pin-value").addEventListener("input", () => showPins(graph, state, byId));
   document.querySelectorAll("input.pin").forEach((box) => {
     box.addEventListener("change", () => {
@@ -48,7 +71,9 @@ function initGraph(graph) {
     });
   });
   window.addEventListener("resize", redraw);
-  redraw();
+  const asLinked = replacement && (state.node !== graph.node_threshold || state.edge !== graph.edge_threshold);
+  if (asLinked) refetch();
+  else redraw();
   // A graph wider than its box (a long prompt, a phone) opens on its right end: the measured token and the metric.
   const wrap = document.getElementById("graph-wrap");
   wrap.scrollLeft = wrap.scrollWidth;
@@ -128,7 +153,7 @@ function layout(graph, nodes) {
   const left = 130;
   const starts = [];
   widths.reduce((x, w) => (starts.push(x), x + w), left);
-  const rowHeight = 78;
+  const rowHeight = rows > 14 ? 44 : 78;
   const top = 24;
   const place = new Map();
   for (const [key, list] of cells) {
@@ -211,7 +236,7 @@ function showTip(n, event) {
   const tip = document.getElementById("graph-tip");
   const graph = JSON.parse(document.getElementById("graph-data").textContent);
   const where = n.kind === "embedding" || n.kind === "metric" ? "" : ` at ${graph.sites[n.layer]}`;
-  const lines = n.kind === "metric"
+  const lines = graph.method === "replacement" ? replacementTip(graph, n, where) : n.kind === "metric"
     ? [`${graph.metric} of ${JSON.stringify(graph.target)} = ${n.effect.toFixed(4)}`]
     : [
       `${n.kind === "feature" ? `feature #${n.feature}` : n.kind}${where}, position ${n.pos} ${JSON.stringify(n.token)}`,
@@ -222,6 +247,17 @@ function showTip(n, event) {
   tip.replaceChildren(...lines.map((line) => Object.assign(document.createElement("div"), { textContent: line })));
   tip.hidden = false;
   moveTip(event);
+}
+
+function replacementTip(graph, n, where) {
+  if (n.kind === "metric") return [`output ${JSON.stringify(n.output)}, probability ${n.probability.toFixed(3)}`];
+  const what = n.kind === "feature" ? `feature #${n.feature}` : n.kind === "error" ? "MLP error" : "embedding";
+  return [
+    `${what}${where}, position ${n.pos} ${JSON.stringify(n.token)}`,
+    ...(n.label ? [`label: ${n.label}`] : []),
+    ...(n.top ? [`top tokens: ${n.top.slice(0, 80)}`] : []),
+    `influence ${n.effect.toFixed(4)}${n.activation === null ? "" : `; activation ${n.activation.toFixed(3)}`}`,
+  ];
 }
 
 function moveTip(event) {
@@ -236,6 +272,11 @@ function showPins(graph, state, byId) {
   const pins = [...state.pins].map((id) => byId.get(id)).filter(Boolean);
   const list = document.getElementById("pins");
   const links = document.getElementById("steer-links");
+  const rerun = document.getElementById("pin-run");
+  if (rerun) {
+    document.getElementById("pin-ids").value = pins.map((n) => n.node_id).join(",");
+    rerun.disabled = !pins.length;
+  }
   if (!pins.length) {
     list.replaceChildren(Object.assign(document.createElement("p"), { className: "empty", textContent: "Nothing pinned yet." }));
     links.replaceChildren();
@@ -246,11 +287,12 @@ function showPins(graph, state, byId) {
   for (const n of pins) {
     const li = document.createElement("li");
     const a = Object.assign(document.createElement("a"), { href: n.href, textContent: `#${n.feature}` });
-    li.append(a, ` ${graph.sites[n.layer]}, position ${n.pos} ${JSON.stringify(n.token)} ${n.label || ""} (effect ${fmt(n.effect)})`);
+    const size = graph.method === "replacement" ? `influence ${n.effect.toFixed(4)}` : `effect ${fmt(n.effect)}`;
+    li.append(a, ` ${graph.sites[n.layer]}, position ${n.pos} ${JSON.stringify(n.token)} ${n.label || ""} (${size})`);
     ul.appendChild(li);
   }
   list.replaceChildren(ul);
-  const mode = document.getElementById("pin-mode").value;
+  const mode = document.getElementById("pin-mode")?.value || "clamp";
   const value = Number(document.getElementById("pin-value").value) || 0;
   const bySae = new Map();
   for (const n of pins) {

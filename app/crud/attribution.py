@@ -23,10 +23,10 @@ def set_saes(session: Session, *, ref: str | int) -> tuple[SaeSet, list[Sae]]:
 
 
 def save_graph(session: Session, *, set_id: int, sae_ids: list[int], graph: dict[str, Any],
-               owner_id: int | None) -> AttributionGraphRow:
-    """Store a finished graph in one commit (a failed run stores nothing)."""
+               owner_id: int | None, adjacency: bytes | None = None) -> AttributionGraphRow:
+    """Store a finished graph (with a replacement graph's adjacency) in one commit (a failed run stores nothing)."""
     row = AttributionGraphRow(set_id=set_id, sae_ids=sae_ids, prompt=graph["prompt"], target=graph["target"],
-                              method=graph["method"], graph=graph, owner_id=owner_id)
+                              method=graph["method"], graph=graph, owner_id=owner_id, adjacency=adjacency)
     session.add(row)
     session.commit()
     return row

@@ -14,9 +14,10 @@ from sqlalchemy.orm import Session
 
 from sae_core.attribution import AttributionConfig, AttributionGraph, neuronpedia_graph
 from sae_core.attribution.neuronpedia import neuronpedia_name
+from sae_core.saes import ARCHITECTURES, transcodes
 
 from .. import crud
-from ..attribution_schemas import circuits_url, graph_url
+from ..attribution_schemas import ReplacementIn, circuits_url, graph_url
 from ..models import AttributionGraphRow, Sae
 
 TOP_ROWS = 20
@@ -26,12 +27,18 @@ def _sae_summary(saes: list[Sae]) -> list[dict[str, Any]]:
     return [{"id": s.id, "name": s.name, "site": s.site, "d_sae": s.d_sae} for s in saes]
 
 
+def transcoder_set(saes: list[Sae]) -> bool:
+    """Whether every SAE is a transcoder (a set whose graph is the replacement model's)."""
+    return all(sae.architecture in ARCHITECTURES and transcodes(sae.architecture) for sae in saes)
+
+
 def circuits_page(session: Session, set_ref: str) -> dict[str, Any]:
     """The form's context: the set, its SAEs, the defaults and the saved graphs."""
     sae_set, saes = crud.set_saes(session, ref=set_ref)
     graphs = [(row, graph_url(sae_set.id, row.id)) for row in crud.list_graphs(session, set_id=sae_set.id)]
     return {"sae_set": sae_set, "url": circuits_url(sae_set.id), "saes": _sae_summary(saes),
-            "defaults": AttributionConfig(), "graphs": graphs}
+            "defaults": AttributionConfig(), "graphs": graphs, "replacement": transcoder_set(saes),
+            "replacement_defaults": ReplacementIn.model_construct(sae_set="", prompt="")}
 
 
 def shown(text: str | None) -> str:
@@ -39,16 +46,23 @@ def shown(text: str | None) -> str:
     return "" if text is None else json.dumps(text, ensure_ascii=False)
 
 
-def _feature_blurbs(session: Session, graph: AttributionGraph, sae_ids: list[int]) -> dict[str, dict[str, Any]]:
-    """Per feature node id: its label, top tokens, SAE and page (the SAE at a node's layer is sae_ids[layer])."""
+def feature_blurbs(session: Session, features: dict[str, tuple[int, int]], sae_ids: list[int]
+                   ) -> dict[str, dict[str, Any]]:
+    """Per feature node id (given as its (layer, feature index)): its label, top tokens, SAE and page (the SAE
+    at a node's layer is sae_ids[layer])."""
     found: dict[str, dict[str, Any]] = {}
     for layer, sae_id in enumerate(sae_ids):
-        mine = {n.node_id: n.feature for n in graph.nodes if n.kind == "feature" and n.layer == layer and n.feature is not None}
+        mine = {node_id: index for node_id, (at, index) in features.items() if at == layer}
         blurbs = crud.feature_blurbs(session, sae_id=sae_id, indices=list(mine.values()))
         for node_id, index in mine.items():
             found[node_id] = blurbs.get(index, {"label": "", "top": ""}) | {
                 "sae_id": sae_id, "href": f"/saes/{sae_id}/features/{index}"}
     return found
+
+
+def _feature_blurbs(session: Session, graph: AttributionGraph, sae_ids: list[int]) -> dict[str, dict[str, Any]]:
+    features = {n.node_id: (n.layer, n.feature) for n in graph.nodes if n.kind == "feature" and n.feature is not None}
+    return feature_blurbs(session, features, sae_ids)
 
 
 def _enriched_nodes(session: Session, graph: AttributionGraph, sae_ids: list[int]) -> list[dict[str, Any]]:
@@ -75,7 +89,11 @@ def graph_page(session: Session, row: AttributionGraphRow) -> dict[str, Any]:
     nodes = _enriched_nodes(session, graph, row.sae_ids)
     by_id = {n["node_id"]: n for n in nodes}
     data = graph.to_dict() | {"nodes": nodes, "id": row.id, "sae_ids": row.sae_ids}
-    # "<" escaped: the JSON sits in a <script> element, where "</script>" in a prompt would end it.
     return {"url": circuits_url(row.set_id), "row": row, "graph": graph, "target": shown(graph.target),
             "contrast": shown(graph.contrast), "top": [by_id[n.node_id] for n in graph.top(TOP_ROWS)],
-            "data_json": Markup(json.dumps(data).replace("<", "\\u003c"))}
+            "data_json": script_json(data)}
+
+
+def script_json(data: dict[str, Any]) -> Markup:
+    """JSON for a <script> element, "<" escaped: "</script>" in a prompt would otherwise end the element."""
+    return Markup(json.dumps(data).replace("<", "\\u003c"))

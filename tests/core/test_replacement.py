@@ -24,12 +24,12 @@ from tests.factories import tiny_model
 IDS = torch.tensor([0, 17, 80, 33, 150, 9, 61, 200, 45])
 
 
-def transcoder(layer: int, arch: str = "relu_transcoder", skip: bool = False, seed: int = 0):
+def transcoder(layer: int, arch: str = "relu_transcoder", skip: bool = False, seed: int = 0, model: str = "tiny"):
     """A random transcoder reading the tiny model's layer `layer`: a fair share of features fire, and its output is
     of the MLP's size (the tiny model's residual stream is ~0.02 wide, so a far larger output would leave errors
     that cancel it to within rounding, not a transcoder's)."""
     cfg = SAEConfig(architecture=arch, d_in=32, d_sae=48, k=6 if takes_k(arch) else None, skip_connection=skip,
-                    provenance=Provenance(model="tiny", site=Site(layer, "mlp_in")), **sae_class(arch).config_defaults)
+                    provenance=Provenance(model=model, site=Site(layer, "mlp_in")), **sae_class(arch).config_defaults)
     sae = build_sae(cfg, seed=seed + layer)
     g = torch.Generator().manual_seed(seed + layer + 50)
     with torch.no_grad():
