@@ -249,11 +249,31 @@ def _slot_vectors(sae: SAE, keys: Sequence[tuple[int | Direction, str]]) -> torc
     return torch.stack(rows) if rows else W_dec[:0]
 
 
+NOT_ON_A_TRANSCODER = {
+    "projection": "cap and rescale read the activation's component along a decoder direction, which lies in the "
+                  "MLP's output while a transcoder reads the MLP's input",
+    "nothing": "a raw direction is a vector in the space the transcoder reads (the MLP's input), but its changes go "
+               "to the MLP's output",
+}
+"""Why an intervention that reads other than a feature's activation (see Intervention.reads) has no meaning on a
+transcoder, whose encoder and decoder live in different spaces."""
+
+
+def _refuse_on_transcoder(sae: SAE, runs: Sequence[Steering | None]) -> None:
+    """Refuse cap, rescale and raw directions on a transcoder (see NOT_ON_A_TRANSCODER), naming the field."""
+    if not sae.transcodes:
+        return
+    for i in (i for run in runs if run for i in run.interventions):
+        if i.reads in NOT_ON_A_TRANSCODER:
+            target = f"feature {i.feature}" if isinstance(i.feature, int) else f"direction {i.feature.name!r}"
+            raise SteeringError(f"{i.mode} on {target} cannot steer a transcoder ({sae.cfg.architecture}): "
+                                f"{NOT_ON_A_TRANSCODER[i.reads]}; steer its features with clamp, add, scale or ablate",
+                                "interventions")
+
+
 def _plan(sae: SAE, runs: Sequence[Steering | None]) -> _Plan:
     """Compile the rows' steerings; a row without interventions gets a = 1, b = 0 and no positions."""
-    if sae.transcodes:  # steering edits the site the encoder reads, where a transcoder's decoder does not write
-        raise SteeringError(f"steering a transcoder ({sae.cfg.architecture}) is not supported yet: its encoder reads "
-                            "an MLP's input and its decoder writes the MLP's output")
+    _refuse_on_transcoder(sae, runs)
     n_features = sae.W_dec.shape[0]
     check_features(n_features, [i.feature for run in runs if run for i in run.interventions])
     check_features(n_features, [run.trigger.feature for run in runs if run and run.trigger], "trigger.feature")
