@@ -1,7 +1,9 @@
-"""Interventions on SAE features at the SAE's site, and generation and strength sweeps under them.
+"""Interventions on SAE features, and generation and strength sweeps under them.
 
-At the site the activation x becomes x + decode(f') - decode(f), with f = encode(x) and f' the features
-after the interventions. The SAE's reconstruction error x - decode(f) is kept, so a run without
+The encoder reads its site's activation x; the features f = encode(x) become f' under the interventions,
+and decode(f') - decode(f) is added where the decoder writes: at the same site for an SAE, so x becomes
+x + decode(f') - decode(f); at the MLP's output for a transcoder, which reads the MLP's input. Either way
+what the model computed there is kept (for an SAE its reconstruction error x - decode(f)), so a run without
 interventions is exactly the unsteered model. The decoder is affine, so the difference is
 (f'_S - f_S) @ W_dec[S] over the touched features S alone; the encoder still runs in full, since a TopK
 SAE's activations depend on every pre-activation.
@@ -12,8 +14,9 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import TYPE_CHECKING, Literal, cast
 
 import torch
@@ -29,7 +32,7 @@ from .generation import (
     collect,
     stream,
 )
-from .hooks import splice
+from .hooks import splice_from
 from .lm import LoadedModel
 
 if TYPE_CHECKING:
@@ -246,11 +249,31 @@ def _slot_vectors(sae: SAE, keys: Sequence[tuple[int | Direction, str]]) -> torc
     return torch.stack(rows) if rows else W_dec[:0]
 
 
+NOT_ON_A_TRANSCODER = {
+    "projection": "cap and rescale read the activation's component along a decoder direction, which lies in the "
+                  "MLP's output while a transcoder reads the MLP's input",
+    "nothing": "a raw direction is a vector in the space the transcoder reads (the MLP's input), but its changes go "
+               "to the MLP's output",
+}
+"""Why an intervention that reads other than a feature's activation (see Intervention.reads) has no meaning on a
+transcoder, whose encoder and decoder live in different spaces."""
+
+
+def _refuse_on_transcoder(sae: SAE, runs: Sequence[Steering | None]) -> None:
+    """Refuse cap, rescale and raw directions on a transcoder (see NOT_ON_A_TRANSCODER), naming the field."""
+    if not sae.transcodes:
+        return
+    for i in (i for run in runs if run for i in run.interventions):
+        if i.reads in NOT_ON_A_TRANSCODER:
+            target = f"feature {i.feature}" if isinstance(i.feature, int) else f"direction {i.feature.name!r}"
+            raise SteeringError(f"{i.mode} on {target} cannot steer a transcoder ({sae.cfg.architecture}): "
+                                f"{NOT_ON_A_TRANSCODER[i.reads]}; steer its features with clamp, add, scale or ablate",
+                                "interventions")
+
+
 def _plan(sae: SAE, runs: Sequence[Steering | None]) -> _Plan:
     """Compile the rows' steerings; a row without interventions gets a = 1, b = 0 and no positions."""
-    if sae.transcodes:  # steering edits the site the encoder reads, where a transcoder's decoder does not write
-        raise SteeringError(f"steering a transcoder ({sae.cfg.architecture}) is not supported yet: its encoder reads "
-                            "an MLP's input and its decoder writes the MLP's output")
+    _refuse_on_transcoder(sae, runs)
     n_features = sae.W_dec.shape[0]
     check_features(n_features, [i.feature for run in runs if run for i in run.interventions])
     check_features(n_features, [run.trigger.feature for run in runs if run and run.trigger], "trigger.feature")
@@ -293,9 +316,10 @@ def _plan(sae: SAE, runs: Sequence[Steering | None]) -> _Plan:
 class _Intervene:
     """The splice function; counts the tokens it has seen to know each one's absolute position.
 
-    With a KV cache the first forward holds the prompt and each later one only the new token, so the
-    count is what tells prompt from generated tokens across steps. `fired_B` says, after each forward,
-    whether each row's trigger fired on the row's latest token (what a stopping trigger ends the row on).
+    It reads the activation the encoder reads and adds the change to the one the decoder writes (see
+    `_steering_hooks`). With a KV cache the first forward holds the prompt and each later one only the new
+    token, so the count is what tells prompt from generated tokens across steps. `fired_B` says, after each
+    forward, whether each row's trigger fired on the row's latest token (what a stopping trigger ends the row on).
     """
 
     def __init__(self, sae: SAE, plan: _Plan, prompt_len: int):
@@ -303,7 +327,8 @@ class _Intervene:
         self.seen = 0
         self.fired_B = torch.zeros(len(plan.a_BS), dtype=torch.bool)
 
-    def __call__(self, x_BTD: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, x_BTD: torch.Tensor, y_BTD: torch.Tensor) -> torch.Tensor | None:
+        """`y_BTD` plus the change the features of `x_BTD` get at the steered tokens; None where none is steered."""
         n_rows, n_tokens, _ = x_BTD.shape
         if n_rows != len(self.plan.a_BS):
             raise SteeringError(f"the forward has {n_rows} rows but {len(self.plan.a_BS)} runs were planned")
@@ -313,10 +338,13 @@ class _Intervene:
         self.fired_B = torch.zeros(n_rows, dtype=torch.bool)
         if not mask_BT.any():
             return None
-        return self._apply(x_BTD, mask_BT)
+        out_BTD = y_BTD.clone()
+        out_BTD[mask_BT] = y_BTD[mask_BT] + self._delta(x_BTD, mask_BT).to(y_BTD.dtype)
+        return out_BTD
 
-    def _apply(self, x_BTD: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
-        """Add each slot's q' - q along its row's direction at the steered tokens, encoding only those tokens."""
+    def _delta(self, x_BTD: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+        """The change [N, D] at the steered tokens: each slot's q' - q along its row's direction, encoding only
+        those tokens."""
         plan, W_dec = self.plan, self.sae.W_dec
         x_ND = x_BTD[mask_BT].to(W_dec.dtype)
         rows_N = mask_BT.nonzero()[:, 0]
@@ -331,9 +359,7 @@ class _Intervene:
         for row in rows_N.unique().tolist():
             at_N = rows_N == row
             delta_ND[at_N] = d_NS[at_N] @ plan.dirs_BSD[row]
-        out_BTD = x_BTD.clone()
-        out_BTD[mask_BT] = x_BTD[mask_BT] + delta_ND.to(x_BTD.dtype)
-        return out_BTD
+        return delta_ND
 
     def _fires(self, f_NF: torch.Tensor, rows_N: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
         """Which steered tokens pass their row's trigger (all of them for rows without one); notes fired_B."""
@@ -347,6 +373,16 @@ class _Intervene:
         return fires_N
 
 
+def _steering_hooks(model: PreTrainedModel, sae: SAE, intervene: _Intervene) -> Callable[[], AbstractContextManager[None]]:
+    """What hooks `intervene` in for a block of forwards: it reads the site the encoder reads and rewrites the one
+    the decoder writes (the same site for an SAE; for a transcoder the MLP's output, its own output kept).
+
+    The sites are resolved here, once, so an SAE that does not fit the model fails before any forward.
+    """
+    site = sae.site_in(model)
+    return partial(splice_from, model, site, sae.output_site(site), intervene)
+
+
 @contextmanager
 def steer(model: PreTrainedModel, sae: SAE, runs: Sequence[Steering | None], prompt_len: int) -> Iterator[None]:
     """Apply one steering per batch row to every forward in the block; a None row is left untouched.
@@ -354,7 +390,7 @@ def steer(model: PreTrainedModel, sae: SAE, runs: Sequence[Steering | None], pro
     Positions are counted from the block's first forward, so the block must hold one batch of
     sequences, fed whole or incrementally with a KV cache; `prompt_len` tokens are the prompt.
     """
-    with splice(model, sae.site_in(model), _Intervene(sae, _plan(sae, runs), prompt_len)):
+    with _steering_hooks(model, sae, _Intervene(sae, _plan(sae, runs), prompt_len))():
         yield
 
 
@@ -376,12 +412,13 @@ def stream_steered(
     `keep_logp`: see generation.stream (the steered rows' distributions, which measuring reads).
     """
     check_request(lm.model, len(prompt_ids), len(runs), sampling, limits)
-    site, intervene = sae.site_in(lm.model), _Intervene(sae, _plan(sae, runs), len(prompt_ids))
+    intervene = _Intervene(sae, _plan(sae, runs), len(prompt_ids))
+    hooks = _steering_hooks(lm.model, sae, intervene)
     stops_B = torch.tensor([bool(run and run.trigger and run.trigger.stop) for run in runs])
 
     @contextmanager
     def steered_turn() -> Iterator[None]:
-        with turn(), splice(lm.model, site, intervene):
+        with turn(), hooks():
             yield
 
     def stopped() -> list[bool]:
