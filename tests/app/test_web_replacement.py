@@ -190,3 +190,19 @@ def test_a_residual_set_gets_no_replacement_graph_and_a_damaged_one_is_a_clear_4
     session.commit()
     damaged = client.get(f"/api/graphs/{graph_id}/view")
     assert damaged.status_code == 404 and "stored damaged" in damaged.text
+
+
+def test_a_transcoder_opens_and_steers_in_the_playground(client, labeller, tc_set, session):
+    """The graph page's "open in the steering playground" link, and steering with a transcoder's features."""
+    _user, csrf = labeller
+    sae_id = crud.set_members(session, sae_set=crud.find_sae_set(session, ref=tc_set))[1].id
+    page = client.get(f"/saes/{sae_id}/steer", params={"prompt": PROMPT, "raw": "1", "pin": ["3:clamp:2.5"]})
+    assert page.status_code == 200 and 'value="2.5"' in page.text
+    body = {"sae_id": sae_id, "prompt": PROMPT, "max_new_tokens": 6, "temperature": 0.0}
+    steer = {"X-CSRF-Token": csrf}
+    clamped = client.post("/api/steer", json=body | {"interventions": [{"feature": 3, "mode": "clamp", "value": 50.0}]},
+                          headers=steer)
+    assert clamped.status_code == 200, clamped.text
+    capped = client.post("/api/steer", json=body | {"interventions": [{"feature": 3, "mode": "cap", "value": 1.0}]},
+                         headers=steer)
+    assert capped.status_code == 422 and "cannot steer a transcoder" in capped.text
