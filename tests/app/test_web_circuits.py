@@ -35,6 +35,17 @@ def sae_set(session, set_dirs, tiny_model_dir) -> str:
     return str(sae_set.id)
 
 
+def finished_job(client, started, hx):
+    """Poll a circuits job, as its page does, until it sends the browser to its graph or says it failed."""
+    poll = started.text.split('hx-get="')[1].split('"')[0]
+    for _ in range(300):
+        status = client.get(poll, headers=hx)
+        if "HX-Redirect" in status.headers or "failed" in status.text:
+            return status
+        time.sleep(0.1)
+    raise AssertionError("the job did not finish in 30 s")
+
+
 def post(client, csrf, **fields):
     body = {"prompt": PROMPT, "target": "x", "verify_top": 5, "max_nodes": 8} | fields
     return client.post("/api/attribution", json=body, headers={"X-CSRF-Token": csrf})
@@ -125,13 +136,7 @@ def test_the_page_runs_a_job_with_progress_then_opens_the_permalink(client, labe
     started = client.post(f"/saes/{sae_set}/circuits/jobs", headers=hx,
                           data={"prompt": PROMPT, "target": "x", "contrast": "", "verify_top": "3", "max_nodes": "6"})
     assert started.status_code == 200 and "<progress" in started.text
-    poll = started.text.split('hx-get="')[1].split('"')[0]
-    for _ in range(300):
-        status = client.get(poll, headers=hx)
-        if "HX-Redirect" in status.headers:
-            break
-        time.sleep(0.1)
-    url = status.headers["HX-Redirect"]
+    url = finished_job(client, started, hx).headers["HX-Redirect"]
     assert url.startswith(f"/saes/{sae_set}/circuits/")
     assert client.get(url).status_code == 200
     assert url.split("/")[-1] in client.get(f"/saes/{sae_set}/circuits").text
@@ -142,12 +147,7 @@ def test_a_failed_job_says_why(client, labeller, sae_set):
     _user, csrf = labeller
     hx = {"X-CSRF-Token": csrf, "HX-Request": "true"}
     started = client.post(f"/saes/{sae_set}/circuits/jobs", headers=hx, data={"prompt": PROMPT, "target": "xyz"})
-    poll = started.text.split('hx-get="')[1].split('"')[0]
-    for _ in range(300):
-        status = client.get(poll, headers=hx)
-        if "failed" in status.text:
-            break
-        time.sleep(0.1)
+    status = finished_job(client, started, hx)
     assert "The run failed: the target &#39;xyz&#39; is 3 tokens" in status.text
 
 

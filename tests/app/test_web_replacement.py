@@ -4,8 +4,6 @@ Neuronpedia graph JSON, and rerun with pinned features; bad sets and requests ar
 
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 
@@ -17,6 +15,7 @@ from sae_core.attribution.replacement import ReplacementModel
 from sae_core.attribution.replacement_command import top_tokens
 from sae_core.attribution.replacement_graph import ReplacementConfig, ReplacementGraph, build_graph
 from sae_core.lm import load_model
+from tests.app.test_web_circuits import finished_job
 from tests.core.neuronpedia_graph_check import upload_errors
 from tests.core.test_replacement import transcoder
 
@@ -122,13 +121,7 @@ def test_the_page_draws_the_graph_as_a_job(client, labeller, tc_set):
     started = client.post(f"/saes/{tc_set}/circuits/jobs", headers=hx,
                           data={"prompt": PROMPT, "max_feature_nodes": "8", "node_threshold": "0.7"})
     assert started.status_code == 200 and "<progress" in started.text, started.text
-    poll = started.text.split('hx-get="')[1].split('"')[0]
-    for _ in range(300):
-        status = client.get(poll, headers=hx)
-        if "HX-Redirect" in status.headers:
-            break
-        time.sleep(0.1)
-    url = status.headers["HX-Redirect"]
+    url = finished_job(client, started, hx).headers["HX-Redirect"]
     drawn = client.get(url)
     assert drawn.status_code == 200 and '"node_threshold": 0.7' in drawn.text
     assert url.split("/")[-1] in client.get(f"/saes/{tc_set}/circuits").text
