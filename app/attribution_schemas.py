@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,10 +60,18 @@ class ReplacementIn(BaseModel):
                                      description="Output tokens are the likeliest until their probabilities add to this.")
     node_threshold: float = Field(NODE_THRESHOLD, gt=0, le=1, description="Share of node influence the page keeps.")
     edge_threshold: float = Field(EDGE_THRESHOLD, gt=0, le=1, description="Share of edge influence the page keeps.")
+    targets: list[Annotated[StoredText, Field(min_length=1, max_length=200)]] = Field(
+        [], max_length=20, description="Output tokens to explain (each exactly one token) instead of the likeliest.")
+    target: StoredText | None = Field(None, max_length=200, description="One output token to explain (the page's "
+                                                                       "form); joins `targets`.")
 
     def config(self) -> ReplacementConfig:
         return ReplacementConfig(max_logits=self.max_logits, logit_probability=self.logit_probability,
                                  max_feature_nodes=self.max_feature_nodes)
+
+    def target_texts(self) -> list[str]:
+        """The picked output tokens, each once, in the order given."""
+        return list(dict.fromkeys([*self.targets, *([self.target] if self.target else [])]))
 
 
 class PinsIn(BaseModel):

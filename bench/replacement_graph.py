@@ -5,6 +5,8 @@ edges before and after pruning (node 0.8, edge 0.98), and the replacement and co
 whole graph and of the pruned one. Then the transcoder set's FVUs (from each one's metrics.json) and the CE
 loss with every MLP replaced by its transcoder, against the clean model and every MLP zeroed. Target: a graph
 of a 64-token prompt in at most 60 s on 2 cores. Times are medians over --repeats; loading is not timed.
+Also what the circuits page pays: the stored (compressed) adjacency's size, reading it back, and pruning it
+again at other thresholds (a slider let go).
 
     python bench/replacement_graph.py --set DIR [--repeats 3] [--max-feature-nodes 256] [--ce-contexts 16]
 
@@ -23,7 +25,7 @@ from pathlib import Path
 import torch
 
 from sae_core.attribution.replacement import ReplacementModel
-from sae_core.attribution.replacement_graph import ReplacementConfig, build_graph
+from sae_core.attribution.replacement_graph import ReplacementConfig, ReplacementGraph, build_graph
 from sae_core.evaluate import ce_on_corpus
 from sae_core.lm import LoadedModel, load_model
 from sae_core.saes import SAE, load_sae
@@ -71,6 +73,15 @@ def graph_figures(lm: LoadedModel, transcoders: list[SAE], ids: torch.Tensor, cf
         times.append(time.perf_counter() - start)
     pruned = graph.prune()
     layout = graph.layout
+    blob = graph.adjacency_bytes()
+    start = time.perf_counter()
+    stored = ReplacementGraph.from_stored(graph.to_dict(), blob)
+    read_s = time.perf_counter() - start
+    reprune = []
+    for node, edge in ((0.5, 0.9), (0.8, 0.98), (0.95, 0.99)):
+        start = time.perf_counter()
+        stored.prune(node, edge)
+        reprune.append(time.perf_counter() - start)
     whole, kept = graph.scores(), graph.scores(pruned)
     return {"seconds": statistics.median(times), "active": graph.active_features, "features": layout.features,
             "nodes": layout.size, "edges": int((graph.adjacency != 0).sum()), "kept_nodes": int(pruned.nodes.sum()),
@@ -78,7 +89,8 @@ def graph_figures(lm: LoadedModel, transcoders: list[SAE], ids: torch.Tensor, cf
             "replacement": whole.replacement, "completeness": whole.completeness,
             "pruned_replacement": kept.replacement, "pruned_completeness": kept.completeness,
             "top": lm.tokenizer.decode([graph.logit_tokens[0]]), "p_top": float(graph.logit_probabilities[0]),
-            "logits": layout.logits}
+            "logits": layout.logits, "stored_mb": len(blob) / 2**20, "dense_mb": graph.adjacency.numel() * 4 / 2**20,
+            "read_ms": read_s * 1e3, "reprune_ms": statistics.median(reprune) * 1e3}
 
 
 def main() -> None:
@@ -108,7 +120,8 @@ def main() -> None:
                   f"{f['nodes']} nodes / {f['edges']} edges -> pruned {f['kept_nodes']} nodes "
                   f"({f['kept_features']} features) / {f['kept_edges']} edges; replacement {f['replacement']:.3f} "
                   f"(pruned {f['pruned_replacement']:.3f}), completeness {f['completeness']:.3f} "
-                  f"(pruned {f['pruned_completeness']:.3f})")
+                  f"(pruned {f['pruned_completeness']:.3f}); stored {f['stored_mb']:.1f} MB of {f['dense_mb']:.1f} "
+                  f"dense, read back {f['read_ms']:.0f} ms, pruned again {f['reprune_ms']:.0f} ms")
     print(f"held-out FVU of the MLP outputs: median {statistics.median(fvus):.3f}, min {min(fvus):.3f}, "
           f"max {max(fvus):.3f} (layers {', '.join(f'{v:.2f}' for v in fvus)})")
     ce = ce_on_corpus(lm, transcoders, "demo", n_contexts=args.ce_contexts, skip_contexts=args.skip_contexts)

@@ -67,8 +67,8 @@ def replacement_spec(session: SessionDep, body: ReplacementIn, owner_id: int | N
         others = ", ".join(f"{s.name} ({s.architecture})" for s in saes if not transcoder_set([s]))
         raise as_422(AttributionError("sae", f"a replacement-model graph needs a transcoder per layer, but the set "
                                              f"{sae_set.name!r} also holds {others}"))
-    return ReplacementSpec(sae_set.id, saes, body.prompt, body.config(), body.node_threshold, body.edge_threshold,
-                           owner_id)
+    return ReplacementSpec(sae_set.id, saes, body.prompt, body.config(), body.target_texts(), body.node_threshold,
+                           body.edge_threshold, owner_id)
 
 
 def validated(model: type[BodyT], form: dict[str, Any]) -> BodyT:

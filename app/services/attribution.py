@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ from sae_core.attribution import (
     attribute,
     dictionaries,
 )
-from sae_core.attribution.inputs import prompt_ids, token_text
+from sae_core.attribution.inputs import one_token, prompt_ids, token_text
 from sae_core.attribution.replacement import ReplacementModel
 from sae_core.attribution.replacement_graph import ReplacementConfig, build_graph
 
@@ -71,6 +71,8 @@ class ReplacementSpec:
     saes: list[Sae]
     prompt: str
     cfg: ReplacementConfig
+    targets: list[str]
+    """Output tokens picked (as text, each one token); empty: the likeliest tokens."""
     node_threshold: float
     edge_threshold: float
     owner_id: int | None
@@ -122,9 +124,10 @@ class AttributionService:
         started = time.perf_counter()
         with self.models.hold_all(spec.saes) as loaded:
             progress("replacement model", 0.0)
-            rm = replacement_model(loaded, spec.prompt)
-            graph = build_graph(rm, spec.cfg, lambda f: progress("edges", f))
             tokenizer = loaded[0].lm.tokenizer
+            cfg = replace(spec.cfg, targets=tuple(one_token(tokenizer, text, "targets") for text in spec.targets))
+            rm = replacement_model(loaded, spec.prompt)
+            graph = build_graph(rm, cfg, lambda f: progress("edges", f))
         texts = [token_text(tokenizer, t) for t in graph.logit_tokens]
         scores = graph.scores()
         data = graph.to_dict() | {

@@ -4,6 +4,7 @@ optionally written as Neuronpedia graph JSON (which circuit-tracer's and Neuronp
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from ..saes import SAE, SAEFormatError, load_sae
 from .command import ExportOpt, ModelIdOpt, PromptOpt
 from .config import AttributionConfig, AttributionError
 from .frozen import FreezeError
-from .inputs import prompt_ids, token_text
+from .inputs import one_token, prompt_ids, token_text
 from .neuronpedia import neuronpedia_name, replacement_graph_json
 from .replacement import ReplacementError, ReplacementModel
 from .replacement_graph import ReplacementConfig, ReplacementGraph, build_graph
@@ -80,6 +81,8 @@ def replacement_graph_command(
     node_threshold: float = typer.Option(0.8, "--node-threshold", help="Share of node influence kept."),
     edge_threshold: float = typer.Option(0.98, "--edge-threshold", help="Share of edge influence kept."),
     top: int = typer.Option(20, "--top", help="Features listed."),
+    target: list[str] = typer.Option([], "--target", help="An output token to explain, exactly one token (repeatable; "
+                                                          "default: the likeliest tokens)."),
     pin: list[str] = typer.Option([], "--pin", help="Pin a feature and rerun: LAYER:POS:FEATURE=VALUE (repeatable)."),
     live_attention: bool = typer.Option(False, "--live-attention", help="With --pin: let attention patterns and "
                                                                          "norm scales respond (default: frozen)."),
@@ -95,6 +98,7 @@ def replacement_graph_command(
                 raise AttributionError(name, f"{name} is {value}; it must be between 0 and 1")
         named = transcoder_set(transcoders)
         lm = load_model(model)
+        cfg = replace(cfg, targets=tuple(one_token(lm.tokenizer, text, "target") for text in target))
         ids = prompt_ids(lm.tokenizer, prompt, "prompt", AttributionConfig.max_tokens)
         rm = ReplacementModel(lm.model, [sae for _, sae in named], torch.tensor(ids))
         graph = build_graph(rm, cfg)

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from .config import check_fields
+from .config import AttributionError, check_fields
 from .influence import Layout, Pruned, Scores, graph_scores, normalized, prune
 from .replacement import EMBEDDING, ERROR, FEATURE, LOGIT, ReplacementModel, Sources, Target
 
@@ -35,12 +35,16 @@ class ReplacementConfig:
     """Most features whose incoming edges are computed (and which appear in the graph)."""
     batch_rows: int = 16
     """Targets per backward pass: more is faster per row and takes more memory."""
+    targets: tuple[int, ...] = ()
+    """Token ids the researcher picked as the logit nodes, instead of the likeliest tokens (empty: those)."""
 
     def __post_init__(self):
         checks = {"max_logits": (1 <= self.max_logits <= 100, "between 1 and 100"),
                   "logit_probability": (0 < self.logit_probability <= 1, "in (0, 1]"),
                   "max_feature_nodes": (self.max_feature_nodes >= 0, "0 or more"),
-                  "batch_rows": (self.batch_rows >= 1, "1 or more")}
+                  "batch_rows": (self.batch_rows >= 1, "1 or more"),
+                  "targets": (len(self.targets) <= self.max_logits and len(set(self.targets)) == len(self.targets),
+                              "distinct tokens, at most max_logits of them")}
         check_fields(self, checks)
 
 
@@ -108,9 +112,14 @@ class ReplacementGraph:
 
 
 def logit_targets(rm: ReplacementModel, cfg: ReplacementConfig) -> tuple[list[int], torch.Tensor]:
-    """The likeliest next tokens after the prompt until their probability passes the threshold, and those
-    probabilities."""
+    """The likeliest next tokens after the prompt until their probability passes the threshold (or the tokens
+    picked), and their probabilities, which weigh each output's share of the influence."""
     probs = torch.softmax(rm.logits_TV[-1].double(), dim=-1)
+    if cfg.targets:
+        outside = [t for t in cfg.targets if not 0 <= t < len(probs)]
+        if outside:
+            raise AttributionError("targets", f"token id {outside[0]} is outside the vocabulary (0..{len(probs) - 1})")
+        return list(cfg.targets), probs[list(cfg.targets)].float()
     ordered, tokens = probs.sort(descending=True)
     before = ordered.cumsum(0) - ordered
     n = max(1, min(cfg.max_logits, int((before < cfg.logit_probability).sum())))

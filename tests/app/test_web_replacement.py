@@ -75,6 +75,12 @@ def test_the_api_builds_and_stores_the_graph_the_library_builds(client, labeller
     assert "/api/replacement-graphs" in client.get("/openapi.json").json()["paths"]
 
 
+def test_picked_outputs_are_the_graphs_outputs(client, labeller, tc_set):
+    _user, csrf = labeller
+    graph = post(client, csrf, sae_set=tc_set, targets=["x", "y"], target="x").json()["graph"]
+    assert graph["logit_texts"] == ["x", "y"] and graph["target"] == "x"
+
+
 def test_the_view_prunes_the_stored_graph_again_at_any_thresholds(client, labeller, tc_set, session):
     _user, csrf = labeller
     graph_id = post(client, csrf, sae_set=tc_set).json()["id"]
@@ -165,6 +171,8 @@ def test_sets_that_cannot_be_replaced_are_refused_by_field(client, labeller, tc_
     assert missing.status_code == 422 and missing.json()["detail"][0]["loc"] == ["body", "sae_set"]
     assert "no transcoder for layer(s) 1" in missing.json()["detail"][0]["msg"]
     assert crud.list_graphs(session, set_id=int(partial)) == []
+    unknown = post(client, csrf, sae_set=tc_set, targets=["x", "xyz"])
+    assert unknown.status_code == 422 and unknown.json()["detail"][0]["loc"] == ["body", "targets"]
     too_wide = post(client, csrf, sae_set=tc_set, max_feature_nodes=5000)
     assert too_wide.status_code == 422 and too_wide.json()["detail"][0]["loc"] == ["body", "max_feature_nodes"]
 

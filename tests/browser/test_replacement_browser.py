@@ -89,6 +89,24 @@ def test_pinned_features_rerun_and_open_the_playground(page, tc_set):
     assert page.input_value("textarea[name=prompt]") == PROMPT
 
 
+def test_an_output_picked_from_the_offered_tokens_is_the_one_explained(page, tc_set):
+    log_in(page)
+    page.goto(f"/saes/{tc_set}/circuits")
+    page.fill("#circuit-prompt", PROMPT)
+    page.click("#show-targets")
+    picked = page.locator(".pick-target").nth(3)
+    picked.wait_for()
+    picked.click()
+    token = picked.get_attribute("data-token")
+    page.fill("input[name=max_feature_nodes]", "8")
+    page.click("#circuit-run")
+    page.wait_for_url(re.compile(rf"/saes/{tc_set}/circuits/\d+"), timeout=60_000)
+    page.wait_for_selector("#graph circle.node.metric")
+    graph = page.evaluate("JSON.parse(document.getElementById('graph-data').textContent)")
+    outputs = [n["output"] for n in graph["nodes"] if n["kind"] == "metric"]
+    assert outputs == [token] and graph["target"] == token
+
+
 def test_at_a_phones_width_the_pages_fit(page, tc_set):
     draw_from_the_page(page, tc_set)
     graph_url = page.url

@@ -122,6 +122,22 @@ def test_logit_nodes_stop_at_the_probability_or_the_count(replacement):
         ReplacementConfig(max_logits=0)
 
 
+def test_picked_targets_are_the_logit_nodes_weighted_by_their_probabilities(replacement):
+    probs = torch.softmax(replacement.logits_TV[-1].double(), -1)
+    least, second = probs.argsort()[:2].tolist()
+    tokens, weights = logit_targets(replacement, ReplacementConfig(targets=(least, second)))
+    assert tokens == [least, second]
+    torch.testing.assert_close(weights, probs[[least, second]].float())
+    graph = build_graph(replacement, ReplacementConfig(targets=(least,), max_feature_nodes=10))
+    assert graph.logit_tokens == [least] and graph.layout.logits == 1
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        logit_targets(replacement, ReplacementConfig(targets=(len(probs),)))
+    with pytest.raises(ValueError, match="targets"):
+        ReplacementConfig(targets=(1, 1))
+    with pytest.raises(ValueError, match="targets"):
+        ReplacementConfig(max_logits=1, targets=(1, 2))
+
+
 def test_a_graph_exported_as_neuronpedia_json_reads_back_with_the_same_nodes_and_links(replacement):
     graph = build_graph(replacement, ReplacementConfig(max_logits=3, logit_probability=1.0, max_feature_nodes=40))
     pruned = graph.prune(0.9, 0.99)
@@ -170,6 +186,12 @@ def test_the_command_prints_the_graph_and_writes_neuronpedia_json(tiny_model_dir
     code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
                             "--prompt", "the cat sat", "--max-feature-nodes", 5, "--pin", "2:3:7=40", "--live-attention")
     assert code == 0 and "with 1 pinned (attention live): " in text, text
+    code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
+                            "--prompt", "the cat sat", "--max-feature-nodes", 5, "--target", "x")
+    assert code == 0 and "outputs: 'x' " in text, text
+    code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
+                            "--prompt", "the cat sat", "--target", "xyz")
+    assert code != 0 and "the target 'xyz' is 3 tokens" in text, text
     code, text = invoke_cli(app, "replacement-graph", "--set", tmp_path / "set", "--model", tiny_model_dir,
                             "--prompt", "the cat sat", "--pin", "2:3=1")
     assert code != 0 and "is not LAYER:POS:FEATURE=VALUE" in text
