@@ -70,7 +70,11 @@ def embedded_gguf_path(name: str) -> Path:
 
 
 def resolve_model_spec(spec: str) -> tuple[str, dict[str, str], str]:
-    """Turn a user's model spec into (path or hub id, extra from_pretrained kwargs, display name)."""
+    """Turn a user's model spec into (path or hub id, extra from_pretrained kwargs, display name).
+
+    A built-in model's display name is taken for the built-in name: it is the model name an SAE trained on it
+    records, so an SAE imported with no other spec still finds its model."""
+    spec = {display: name for name, (_package, _file, display) in EMBEDDED_MODELS.items()}.get(spec, spec)
     if spec in EMBEDDED_MODELS:
         path = embedded_gguf_path(spec)
         return str(path.parent), {"gguf_file": path.name}, EMBEDDED_MODELS[spec][2]

@@ -43,6 +43,12 @@ def test_hub_ids_resolve_to_themselves():
     assert resolve_model_spec("HuggingFaceTB/SmolLM2-135M") == ("HuggingFaceTB/SmolLM2-135M", {}, "HuggingFaceTB/SmolLM2-135M")
 
 
+def test_a_built_in_models_display_name_loads_the_built_in_model():
+    """An SAE trained on the built-in model records its display name, and is imported with no other spec."""
+    path, kwargs, name = resolve_model_spec("smollm2")
+    assert resolve_model_spec(name) == (path, kwargs, name) and name == "SmolLM2-135M-Instruct"
+
+
 def test_parse_dtype_rejects_unknown_names():
     assert parse_dtype("bfloat16") is torch.bfloat16
     with pytest.raises(ValueError, match="float32, bfloat16, float16"):
