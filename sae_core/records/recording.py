@@ -22,8 +22,9 @@ from ..hooks import truncated_forward
 from ..saes import SAE
 from ..sites import Site
 from .config import RecordConfig
-from .directions import logit_effects, nearest_features
+from .directions import logit_effects
 from .firing import Firing
+from .neighbours import nearest_features
 from .recorder import Recorder
 from .sae_record import SAERecord
 
