@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from sae_core.records import RecordConfig
 from sae_core.records.neighbours import (
     EXACT_UP_TO,
     approximate_neighbours,
@@ -89,3 +90,12 @@ def test_auto_is_exact_up_to_the_threshold_and_approximate_above():
     assert resolve_search("auto", EXACT_UP_TO + 1) == "approximate"
     assert resolve_search("approximate", 10) == "approximate"
     assert resolve_search("exact", EXACT_UP_TO + 1) == "exact"
+
+
+def test_a_recording_config_names_the_search_it_ran():
+    cfg = RecordConfig()
+    assert cfg.neighbours == "auto"
+    assert cfg.for_width(EXACT_UP_TO).neighbours == "exact"
+    assert cfg.for_width(EXACT_UP_TO + 1).neighbours == "approximate"
+    assert RecordConfig(neighbours="exact").for_width(EXACT_UP_TO + 1).neighbours == "exact"
+

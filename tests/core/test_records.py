@@ -5,6 +5,7 @@ from sae_core.finite import NonFiniteError
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae, recording
 from sae_core.records.directions import final_norm_and_unembed, logit_effects
+from sae_core.records.neighbours import exact_neighbours
 from sae_core.sites import parse_site
 from tests.core.test_coactivation import assert_top_matches, brute_jaccard
 from tests.core.tiny_sae import TinySAE
@@ -119,6 +120,16 @@ def test_logit_effects_read_through_the_final_norm(family):
     assert torch.equal(promoted.index_FK, logits.topk(3, dim=1).indices)
     assert torch.equal(suppressed.index_FK, (-logits).topk(3, dim=1).indices)
     assert norm is not model.get_output_embeddings()
+
+
+def test_the_record_names_the_neighbour_search_it_ran(setup):
+    record, _, _ = setup
+    assert record.config.neighbours == "exact"
+    assert torch.equal(record.neighbours.index_FK, exact_neighbours(TinySAE().W_dec, CFG.n_neighbours).index_FK)
+    cfg = RecordConfig(**{**CFG.__dict__, "neighbours": "approximate"})
+    approx = record_sae(tiny_model("llama"), TinySAE(), list(contexts(4)), site=SITE, tokenizer=tiny_tokenizer(), cfg=cfg)
+    assert approx.config.neighbours == "approximate"
+    assert approx.neighbours.index_FK.shape == record.neighbours.index_FK.shape
 
 
 def test_empty_stream_is_a_clear_error():
