@@ -176,7 +176,7 @@ class DemoRun:
 
     def _record_one(self, session: Session, loaded: LoadedSae, row: Sae) -> None:
         c = self.cfg
-        rcfg = RecordConfig(seed=c.seed)
+        rcfg = RecordConfig(seed=c.seed).for_width(row.d_sae)
         if row.recorded_at is not None and row.record_config == asdict(rcfg) and row.n_tokens is not None \
                 and row.n_tokens >= c.record_tokens and row.dataset == c.dataset:
             self.say(f"[4/5] features: already recorded as {row.name!r}")

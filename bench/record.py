@@ -36,7 +36,8 @@ from sae_core.hooks import truncated_forward
 from sae_core.lm import load_model
 from sae_core.records import RecordConfig, contexts_per_batch, record_activations
 from sae_core.records.coactivation import Arrays, CoactivationCounter, NumpyArrays, TorchArrays
-from sae_core.records.directions import TopTable, logit_effects, nearest_features
+from sae_core.records.directions import TopTable, logit_effects
+from sae_core.records.neighbours import nearest_features
 from sae_core.records.recording import encode_firing
 from sae_core.saes import SAEConfig, build_sae, load_sae
 from sae_core.sites import parse_site

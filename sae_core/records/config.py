@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from .neighbours import NeighbourSearch, resolve_search
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,9 @@ class RecordConfig:
     """Tokens listed as most promoted and most suppressed."""
     n_neighbours: int = 10
     """Nearest features by decoder cosine similarity."""
+    neighbours: NeighbourSearch = "auto"
+    """How they are searched: "exact" over all pairs, "approximate" (IVF, see records/neighbours.py), or "auto":
+    exact up to EXACT_UP_TO features. A recording stores the search it ran (`for_width`), never "auto"."""
     n_coactive: int = 10
     """Features kept per feature as firing most together with it (Jaccard over the recorded tokens); 0 skips counting."""
     batch_size: int | None = None
@@ -30,4 +35,12 @@ class RecordConfig:
     dense_density: float = 0.1
     """Density above which a feature counts as dense."""
     seed: int = 0
-    """Seed for the quantile samples' random keys."""
+    """Seed for the quantile samples' random keys (and the approximate neighbour search's k-means)."""
+
+    def for_width(self, d_sae: int) -> RecordConfig:
+        """This config as a recording of `d_sae` features runs and stores it: `auto` resolved to its search.
+
+        The stored config has to say whether the neighbours are exact; "auto" would leave that to a threshold
+        that may change.
+        """
+        return replace(self, neighbours=resolve_search(self.neighbours, d_sae))

@@ -1,4 +1,4 @@
-"""What a feature's decoder direction does: the tokens it promotes and its nearest sibling features."""
+"""What a feature's decoder direction does to the logits: the tokens it promotes and suppresses (siblings: neighbours.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ if TYPE_CHECKING:  # transformers takes seconds to import; only model-running pa
     from transformers import PreTrainedModel
 
 CHUNK = 256
-"""Features handled at once, so a [chunk, vocab] or [chunk, d_sae] block is all that is held."""
+"""Features handled at once, so a [chunk, vocab] block is all that is held."""
 
 
 @dataclass(frozen=True)
@@ -58,21 +58,6 @@ def logit_effects(model: PreTrainedModel, W_dec_FD: torch.Tensor, k: int) -> tup
         promoted.append((top.indices.cpu(), top.values.cpu()))
         suppressed.append((bottom.indices.cpu(), bottom.values.cpu()))
     return _stack(promoted), _stack(suppressed)
-
-
-@torch.no_grad()
-def nearest_features(W_dec_FD: torch.Tensor, k: int) -> TopTable:
-    """Each feature's k most similar others by decoder cosine similarity, excluding itself."""
-    unit_FD = nn.functional.normalize(W_dec_FD.float(), dim=1)
-    k = min(k, unit_FD.shape[0] - 1)
-    parts = []
-    for start in range(0, unit_FD.shape[0], CHUNK):
-        cos_CF = unit_FD[start : start + CHUNK] @ unit_FD.T
-        rows = torch.arange(cos_CF.shape[0], device=cos_CF.device)
-        cos_CF[rows, rows + start] = -torch.inf
-        top = cos_CF.topk(k, dim=1)
-        parts.append((top.indices.cpu(), top.values.cpu()))
-    return _stack(parts)
 
 
 def _stack(parts: list[tuple[torch.Tensor, torch.Tensor]]) -> TopTable:

@@ -22,8 +22,9 @@ from ..hooks import truncated_forward
 from ..saes import SAE
 from ..sites import Site
 from .config import RecordConfig
-from .directions import logit_effects, nearest_features
+from .directions import logit_effects
 from .firing import Firing
+from .neighbours import nearest_features
 from .recorder import Recorder
 from .sae_record import SAERecord
 
@@ -148,6 +149,7 @@ def record_sae(
     if recorder.n_tokens == 0:
         raise ValueError("no tokens to record: the contexts were empty or held only special tokens")
     W_dec_FD = sae.W_dec.detach()
+    cfg = cfg.for_width(W_dec_FD.shape[0])
     promoted, suppressed = logit_effects(model, W_dec_FD, cfg.n_logits)
     examples = recorder.examples()
     ids = torch.cat([examples.tokens_EW.flatten().long(), promoted.index_FK.flatten(), suppressed.index_FK.flatten()])
@@ -162,7 +164,7 @@ def record_sae(
         examples=examples,
         promoted=promoted,
         suppressed=suppressed,
-        neighbours=nearest_features(W_dec_FD, cfg.n_neighbours),
+        neighbours=nearest_features(W_dec_FD, cfg.n_neighbours, cfg.neighbours, cfg.seed),
         token_text=token_pieces(tokenizer, ids),
         coactive=None if recorder.coactive is None else recorder.coactive.top(recorder.count_F, cfg.n_coactive),
     )

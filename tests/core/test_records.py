@@ -4,7 +4,8 @@ import torch
 from sae_core.finite import NonFiniteError
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae, recording
-from sae_core.records.directions import final_norm_and_unembed, logit_effects, nearest_features
+from sae_core.records.directions import final_norm_and_unembed, logit_effects
+from sae_core.records.neighbours import exact_neighbours
 from sae_core.sites import parse_site
 from tests.core.test_coactivation import assert_top_matches, brute_jaccard
 from tests.core.tiny_sae import TinySAE
@@ -121,13 +122,14 @@ def test_logit_effects_read_through_the_final_norm(family):
     assert norm is not model.get_output_embeddings()
 
 
-def test_nearest_features_match_brute_force_across_chunks(monkeypatch):
-    monkeypatch.setattr("sae_core.records.directions.CHUNK", 7)
-    W = torch.randn(30, 8)
-    table = nearest_features(W, 4)
-    cos = torch.nn.functional.cosine_similarity(W[:, None], W[None], dim=-1)
-    cos.fill_diagonal_(-2)
-    assert torch.equal(table.index_FK, cos.topk(4, dim=1).indices)
+def test_the_record_names_the_neighbour_search_it_ran(setup):
+    record, _, _ = setup
+    assert record.config.neighbours == "exact"
+    assert torch.equal(record.neighbours.index_FK, exact_neighbours(TinySAE().W_dec, CFG.n_neighbours).index_FK)
+    cfg = RecordConfig(**{**CFG.__dict__, "neighbours": "approximate"})
+    approx = record_sae(tiny_model("llama"), TinySAE(), list(contexts(4)), site=SITE, tokenizer=tiny_tokenizer(), cfg=cfg)
+    assert approx.config.neighbours == "approximate"
+    assert approx.neighbours.index_FK.shape == record.neighbours.index_FK.shape
 
 
 def test_empty_stream_is_a_clear_error():
