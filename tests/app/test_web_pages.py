@@ -94,6 +94,10 @@ def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
     for neighbour, _cos in stored.feature.neighbours:
         assert f'href="/saes/{stored_sae.id}/features/{neighbour}"' in html
     assert f'href="/saes/{stored_sae.id}/steer?feature={index}"' in html
+    assert "approximate search" not in html  # a small dictionary's neighbours are exact
+    stored_sae.record_config = {**stored_sae.record_config, "neighbours": "approximate"}
+    session.commit()
+    assert "found by an approximate search" in client.get(f"/saes/{stored_sae.id}/features/{index}").text
 
 
 def windows_of(html: str) -> list[list[str]]:
