@@ -93,6 +93,16 @@ def register_sae(session: Session, *, loaded: LoadedSae, name: str | None = None
     )
 
 
+def _registered_set(session: Session, found: FoundSaes) -> str | None:
+    """The one set the directory's SAEs were registered into (`import --set NAME`), so that recording the same
+    directory records those rows instead of registering the SAEs again under the directory's name."""
+    paths = {str(one.path) for one in found.saes}
+    sets = {s.set_id for s in crud.list_saes(session) if s.source_path in paths}
+    if len(sets) != 1 or None in sets:
+        return None
+    return crud.find_sae_set(session, ref=sets.pop()).name
+
+
 @dataclass(frozen=True)
 class FoundSaes:
     """What an SAE path holds: one SAE, or the SAEs of a set directory (`set_dir`) in forward order."""
@@ -119,7 +129,7 @@ def register_saes(session: Session, *, found: FoundSaes, name: str | None = None
     """
     if found.set_dir is None:
         return [register_sae(session, loaded=found.saes[0], name=name, model_spec=model_spec, sae_set=sae_set)]
-    set_name = sae_set or name or found.set_dir.name
+    set_name = sae_set or name or _registered_set(session, found) or found.set_dir.name
     models = sorted({str(one.sae.cfg.provenance.model) for one in found.saes})
     if len(models) > 1:
         raise crud.Conflict(f"the SAEs in {found.set_dir} read different models ({', '.join(models)}): a set holds "

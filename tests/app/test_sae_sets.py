@@ -174,6 +174,18 @@ def test_import_and_record_of_a_set_directory_store_every_sae_in_one_set(tmp_pat
     assert all(sae.recorded_at is not None and sae.n_tokens >= 200 for sae in group.saes)
 
 
+def test_recording_a_set_directory_imported_under_another_name_records_those_saes(tmp_path, db_url, session, corpus,
+                                                                                  tiny_model_dir):
+    root = set_directory(tmp_path / "tc")
+    assert run_cli(app, "import", "--sae", root, "--set", "transcoders", "--db", db_url).exit_code == 0
+    recorded = run_cli(app, "record", "--sae", root, "--model", tiny_model_dir, "--dataset", corpus, "--tokens", 100,
+                       "--context", 40, "--db", db_url)
+    assert recorded.exit_code == 0, recorded.output
+    [group] = crud.saes_by_set(session)
+    assert group.sae_set.name == "transcoders" and len(crud.list_saes(session)) == 2
+    assert all(sae.recorded_at is not None for sae in group.saes)
+
+
 def test_a_set_directory_of_two_models_is_refused_before_anything_is_stored(tmp_path, db_url, session):
     root = set_directory(tmp_path / "mixed", models=("tiny", "gpt2"))
     result = run_cli(app, "import", "--sae", root, "--db", db_url)
