@@ -98,9 +98,8 @@ def _registered_set(session: Session, found: FoundSaes) -> str | None:
     directory records those rows instead of registering the SAEs again under the directory's name."""
     paths = {str(one.path) for one in found.saes}
     sets = {s.set_id for s in crud.list_saes(session) if s.source_path in paths}
-    if len(sets) != 1 or None in sets:
-        return None
-    return crud.find_sae_set(session, ref=sets.pop()).name
+    set_id = sets.pop() if len(sets) == 1 else None
+    return None if set_id is None else crud.find_sae_set(session, ref=set_id).name
 
 
 @dataclass(frozen=True)
