@@ -69,7 +69,7 @@ def graph_figures(lm: LoadedModel, transcoders: list[SAE], ids: torch.Tensor, cf
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        graph = build_graph(ReplacementModel(lm.model, transcoders, ids), cfg)
+        graph = build_graph(ReplacementModel(lm.model, transcoders, ids, zero_bos=True), cfg)  # ids start with BOS
         times.append(time.perf_counter() - start)
     pruned = graph.prune()
     layout = graph.layout

@@ -55,7 +55,8 @@ def _node(graph: ReplacementGraph, data: dict[str, Any], n: int, pruned: Pruned)
                 "activation": None, "probability": float(graph.logit_probabilities[k]),
                 "output": data["logit_texts"][k]}
         influence = float(graph.logit_probabilities[k])
-    return node | {"effect": influence, "token": data["tokens"][node["pos"]]}
+    token = data["tokens"][node["pos"]]
+    return node | {"effect": influence, "token": token, "token_shown": shown(token)}
 
 
 def graph_view(session: Session, row: AttributionGraphRow, graph: ReplacementGraph, node_threshold: float,

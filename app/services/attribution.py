@@ -26,7 +26,7 @@ from sae_core.attribution import (
     attribute,
     dictionaries,
 )
-from sae_core.attribution.inputs import one_token, prompt_ids, token_text
+from sae_core.attribution.inputs import one_token, prompt_ids, starts_special, token_text
 from sae_core.attribution.replacement import ReplacementModel
 from sae_core.attribution.replacement_graph import ReplacementConfig, build_graph
 
@@ -89,7 +89,8 @@ def replacement_model(loaded: list[RunnableSae], prompt: str) -> ReplacementMode
     """The prompt's replacement model on the loaded transcoders (their shared model's)."""
     lm = loaded[0].lm
     ids = prompt_ids(lm.tokenizer, prompt, "prompt", AttributionConfig.max_tokens)
-    return ReplacementModel(lm.model, [run.sae for run in loaded], torch.tensor(ids, device=lm.model.device))
+    return ReplacementModel(lm.model, [run.sae for run in loaded], torch.tensor(ids, device=lm.model.device),
+                            starts_special(lm.tokenizer, ids))
 
 
 class AttributionService:

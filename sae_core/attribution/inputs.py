@@ -71,6 +71,11 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, text: str, field: str, cap: i
     return ids
 
 
+def starts_special(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> bool:
+    """Whether the prompt's first token is a special one (a BOS), which a replacement graph holds constant."""
+    return bool(ids) and ids[0] in set(tokenizer.all_special_ids)
+
+
 def one_token(tokenizer: PreTrainedTokenizerBase, text: str, field: str) -> int:
     """The id of a text that is exactly one token (leading spaces count), or an error showing its split."""
     ids = tokenizer(text, add_special_tokens=False).input_ids

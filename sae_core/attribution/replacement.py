@@ -89,8 +89,11 @@ class Target:
 class ReplacementModel:
     """A model, a transcoder per layer and one prompt: the prompt's activations, errors and frozen state."""
 
-    def __init__(self, model: PreTrainedModel, transcoders: Sequence[SAE], ids_T: torch.Tensor):
-        self.model, self.ids_T = model, ids_T
+    def __init__(self, model: PreTrainedModel, transcoders: Sequence[SAE], ids_T: torch.Tensor, zero_bos: bool = False):
+        """`zero_bos`: the prompt starts with a special token (BOS) whose MLP outputs are large and the same for
+        every prompt, so its features and errors are held constant instead of being nodes (circuit-tracer's
+        zero_bos): they would otherwise lead every graph while saying nothing about the prompt."""
+        self.model, self.ids_T, self.zero_bos = model, ids_T, zero_bos
         self.transcoders = check_transcoders(model, transcoders)
         self.mlps = [site_module(model, Site(layer, "mlp_in")) for layer in range(len(self.transcoders))]
         self.freeze = Freeze()
@@ -197,15 +200,17 @@ class ReplacementModel:
     def sources(self, upto: int | None = None) -> Sources:
         """Every source node at positions up to `upto` (default: all)."""
         last = len(self.ids_T) - 1 if upto is None else upto
+        first = 1 if self.zero_bos else 0
         parts = []
         for layer, acts_TF in enumerate(self.acts):
-            pos, feat = acts_TF[: last + 1].nonzero(as_tuple=True)
+            pos, feat = acts_TF[first: last + 1].nonzero(as_tuple=True)
+            pos = pos + first
             parts.append((torch.full_like(pos, layer), pos, feat, torch.full_like(pos, FEATURE),
                           acts_TF[pos, feat].float()))
         positions = torch.arange(last + 1)
-        for layer, err_TD in enumerate(self.errors):
+        for layer in range(len(self.errors)):
             parts.append((torch.full_like(positions, layer), positions, torch.full_like(positions, -1),
-                          torch.full_like(positions, ERROR), err_TD[: last + 1].norm(dim=-1)))
+                          torch.full_like(positions, ERROR), self._error(layer)[: last + 1].norm(dim=-1)))
         parts.append((torch.full_like(positions, -1), positions, torch.full_like(positions, -1),
                       torch.full_like(positions, EMBEDDING), self.embed_TD[: last + 1].norm(dim=-1)))
         return Sources(*(torch.cat(column) for column in zip(*parts, strict=True)))
@@ -245,5 +250,12 @@ class ReplacementModel:
             direction = tc.W_dec[feat[at]].float() * sources.value_S[at, None]
             out[:, at] = (grad[:, pos[at]] * direction).sum(-1)
             at = (here & (kind == ERROR)).nonzero()[:, 0]
-            out[:, at] = (grad[:, pos[at]] * self.errors[n - 1][pos[at]]).sum(-1)
+            out[:, at] = (grad[:, pos[at]] * self._error(n - 1)[pos[at]]).sum(-1)
         return out
+
+    def _error(self, layer: int) -> torch.Tensor:
+        """A layer's error nodes' vectors [T, D]: the errors, zero at a held-constant BOS (every error node keeps its
+        place in the graph, the BOS one with no edges)."""
+        if not self.zero_bos:
+            return self.errors[layer]
+        return torch.cat([torch.zeros_like(self.errors[layer][:1]), self.errors[layer][1:]])

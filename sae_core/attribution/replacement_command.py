@@ -17,7 +17,7 @@ from ..saes import SAE, SAEFormatError, load_sae
 from .command import ExportOpt, ModelIdOpt, PromptOpt
 from .config import AttributionConfig, AttributionError
 from .frozen import FreezeError
-from .inputs import one_token, prompt_ids, token_text
+from .inputs import one_token, prompt_ids, starts_special, token_text
 from .neuronpedia import neuronpedia_name, replacement_graph_json
 from .replacement import ReplacementError, ReplacementModel
 from .replacement_graph import ReplacementConfig, ReplacementGraph, build_graph
@@ -100,7 +100,7 @@ def replacement_graph_command(
         lm = load_model(model)
         cfg = replace(cfg, targets=tuple(one_token(lm.tokenizer, text, "target") for text in target))
         ids = prompt_ids(lm.tokenizer, prompt, "prompt", AttributionConfig.max_tokens)
-        rm = ReplacementModel(lm.model, [sae for _, sae in named], torch.tensor(ids))
+        rm = ReplacementModel(lm.model, [sae for _, sae in named], torch.tensor(ids), starts_special(lm.tokenizer, ids))
         graph = build_graph(rm, cfg)
         tokens = [token_text(lm.tokenizer, i) for i in ids]
         logit_texts = [token_text(lm.tokenizer, t) for t in graph.logit_tokens]

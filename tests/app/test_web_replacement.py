@@ -50,8 +50,8 @@ def post(client, csrf, **fields):
 def direct_graph(tiny_model_dir, transcoder_dirs) -> tuple[ReplacementModel, ReplacementGraph]:
     """The same graph built by the library, for comparison."""
     lm = load_model(str(tiny_model_dir))
-    rm = ReplacementModel(lm.model, [read_sae(d).sae for d in transcoder_dirs],
-                          torch.tensor(prompt_ids(lm.tokenizer, PROMPT, "prompt", 128)))
+    ids = prompt_ids(lm.tokenizer, PROMPT, "prompt", 128)
+    rm = ReplacementModel(lm.model, [read_sae(d).sae for d in transcoder_dirs], torch.tensor(ids), zero_bos=True)
     return rm, build_graph(rm, ReplacementConfig(max_feature_nodes=12))
 
 

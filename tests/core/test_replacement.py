@@ -110,6 +110,24 @@ def test_a_feature_has_no_edges_from_its_own_layer_or_later_positions(replacemen
     assert weights[blocked].abs().max() == 0 and weights[~blocked].abs().max() > 0
 
 
+def test_a_constant_bos_leaves_its_features_and_errors_out_and_every_other_edge_as_it_was(model, replacement):
+    held = ReplacementModel(model, replacement.transcoders, IDS, zero_bos=True)
+    torch.testing.assert_close(held.logits_TV, replacement.logits_TV)  # the model itself is unchanged
+    every, kept = replacement.sources(), held.sources()
+    assert not ((kept.pos_S == 0) & (kept.kind_S == FEATURE)).any() and ((every.pos_S == 0) & (every.kind_S == FEATURE)).any()
+    bos_errors = (kept.pos_S == 0) & (kept.kind_S == ERROR)
+    assert bos_errors.sum() == len(held.transcoders) and (kept.value_S[bos_errors] == 0).all()
+    target = Target(LOGIT, len(held.transcoders), len(IDS) - 1, 5)
+    weights = held.edges_into([target], kept)[0]
+    assert (weights[bos_errors] == 0).all()
+    same = {(int(k), int(layer), int(p), int(f)): i for i, (k, layer, p, f)
+            in enumerate(zip(every.kind_S, every.layer_S, every.pos_S, every.feature_S, strict=True))}
+    columns = [same[(int(k), int(layer), int(p), int(f))] for k, layer, p, f
+               in zip(kept.kind_S, kept.layer_S, kept.pos_S, kept.feature_S, strict=True)]
+    before = replacement.edges_into([target], every)[0][columns]
+    torch.testing.assert_close(weights[~bos_errors], before[~bos_errors])
+
+
 def test_bad_transcoder_sets_are_refused_with_the_layer_named(model):
     with pytest.raises(ReplacementError, match="no transcoder for layer"):
         ReplacementModel(model, [transcoder(0), transcoder(2)], IDS)
