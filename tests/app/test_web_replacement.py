@@ -123,6 +123,7 @@ def test_the_page_draws_the_graph_as_a_job(client, labeller, tc_set):
     _user, csrf = labeller
     page = client.get(f"/saes/{tc_set}/circuits")
     assert page.status_code == 200 and "Draw the graph" in page.text and "Target token" not in page.text
+    assert '<details class="sae-set-list" open><summary>3 transcoders' in page.text  # a long set starts folded
     hx = {"X-CSRF-Token": csrf, "HX-Request": "true"}
     started = client.post(f"/saes/{tc_set}/circuits/jobs", headers=hx,
                           data={"prompt": PROMPT, "max_feature_nodes": "8", "node_threshold": "0.7"})
