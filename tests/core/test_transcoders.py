@@ -259,15 +259,13 @@ def test_a_transcoder_needs_a_harvest_of_mlp_pairs(mlp_harvest, tmp_path, tiny_m
 
 
 
-def test_steering_and_attribution_refuse_a_transcoder_until_they_support_one():
+def test_residual_attribution_points_a_transcoder_to_the_replacement_graph():
+    """Steering a transcoder is tested in test_steering_transcoder; residual-SAE attribution cannot splice one."""
     from sae_core.attribution.config import AttributionError
     from sae_core.attribution.dictionaries import dictionaries
-    from sae_core.steering import SteeringError, steer
 
     model = tiny_model("llama")
     sae = build_sae(SAEConfig(architecture="transcoder", d_in=32, d_sae=64, k=4, apply_b_dec_to_input=False,
                               provenance=Provenance(site=Site(1, "mlp_in"))))
-    with pytest.raises(SteeringError, match="steering a transcoder"), steer(model, sae, [None], 1):
-        pass
-    with pytest.raises(AttributionError, match="is a transcoder"):
+    with pytest.raises(AttributionError, match=r"is a transcoder: a set of transcoders .* replacement-model graph"):
         dictionaries(model, "tiny", [("t", sae)])
