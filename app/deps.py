@@ -57,6 +57,8 @@ parameters; label files call `storable`). Last in an Annotated: a length bound p
 checked as a generic length ("at most 2000 items")."""
 StoredText = Annotated[str, Storable]
 """For pydantic fields, whose Field(...) bounds pydantic applies before the validator."""
+AfterText = Annotated[str | None, Query(max_length=200, description="The label sort's value (a label's start) of "
+                                                                  "the feature `after` names."), Storable]
 TypedText = Annotated[str, Query(max_length=2000), Storable]
 """Typed text for the model; a bound keeps each request short on a CPU."""
 SearchQuery = Annotated[str, Query(max_length=200, description="Searches labels and top tokens."), Storable]

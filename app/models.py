@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from .security import WRITERS
@@ -248,7 +249,11 @@ class Label(Base):
     """One version of a feature's label; the history is append-only and the newest is current."""
 
     __tablename__ = "labels"
-    __table_args__ = (Index("ix_labels_feature", "sae_id", "feature_index", "id"),)
+    __table_args__ = (
+        Index("ix_labels_feature", "sae_id", "feature_index", "id"),
+        # The label sort pages by key through this (crud.features.label_sort_key writes the same expression).
+        Index("ix_labels_sort", "sae_id", sql_text("substr(text, 1, 200)"), "feature_index"),
+    )
     id: Mapped[int] = mapped_column(primary_key=True)
     sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
     feature_index: Mapped[int]
@@ -468,7 +473,8 @@ class Explanation(Base):
 
     __tablename__ = "explanations"
     __table_args__ = (Index("ix_explanations_feature", "sae_id", "feature_index", unique=True),
-                      Index("ix_explanations_sae_score", "sae_id", "score"))
+                      # the score sort pages by key: the score with the feature index after it
+                      Index("ix_explanations_sae_score", "sae_id", "score", "feature_index"))
     id: Mapped[int] = mapped_column(primary_key=True)
     sae_id: Mapped[int] = mapped_column(ForeignKey("saes.id", ondelete="CASCADE"))
     feature_index: Mapped[int]

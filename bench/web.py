@@ -6,7 +6,8 @@ The store is filled by a real recording pass (a tiny Llama over the demo corpus,
 `saescope serve` runs in a subprocess and each client thread asks for random feature pages until time is up.
 Past 16384 features (issue 22: --features 1048576) the store holds bench/million_store.py's tiled recording
 (a real 16384-feature TopK recording repeated, renumbered) instead, and the list is measured too: first pages
-and "next" pages by key of every keyset sort, and text searches (target p99 <= 200 ms at 16 clients).
+and "next" pages deep in the list of every sort, apart (on a store with every tenth feature labelled and
+another tenth explained), and text searches (target p99 <= 200 ms at 16 clients).
 Run: .venv/bin/python bench/web.py [--features 16384] [--clients 16] [--seconds 20] [--workers 2]
 """
 
@@ -25,9 +26,12 @@ import time
 from http.client import HTTPConnection
 from itertools import islice
 from pathlib import Path
+from urllib.parse import quote
 
 import psycopg
 import torch
+from sqlalchemy import insert
+from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.factories builds the tiny model from a config, as the tests do
@@ -35,6 +39,7 @@ sys.path.insert(0, str(ROOT))  # tests.factories builds the tiny model from a co
 from app.db import make_engine, session_factory  # noqa: E402
 from app.ingest import store_record  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
+from app.models import Explanation, Label  # noqa: E402
 from app.pipeline import read_sae, register_sae  # noqa: E402
 from sae_core.data import iter_contexts, iter_documents  # noqa: E402
 from sae_core.lm import load_model  # noqa: E402
@@ -75,9 +80,33 @@ def fill(url: str, loaded, record, model_spec: str) -> int:
         sae = register_sae(session, loaded=loaded, model_spec=model_spec)
         store_record(session, sae_id=sae.id, record=record, dataset="demo")
         sae_id = sae.id
+        if record.d_sae > BASE:
+            add_labels_and_drafts(session, sae_id, record.d_sae)
     engine.dispose()
     print(f"  stored in {time.perf_counter() - started:.1f} s")
     return sae_id
+
+
+LABELLED_EVERY = 10
+"""Every tenth feature labelled and every tenth (others) explained: a million-feature SAE part-way through
+labelling, so the label and score sorts page through both their labelled and their unlabelled parts."""
+WORDS = ("digits", "animals", "the weather", "code", "names", "and then", "-ing verbs", "French")
+
+
+def add_labels_and_drafts(session: Session, sae_id: int, d_sae: int) -> None:
+    """Labels on every LABELLED_EVERY-th feature, some relabelled, and scored (some unscored) drafts on others."""
+    started = time.perf_counter()
+    labelled = range(0, d_sae, LABELLED_EVERY)
+    rows = [{"sae_id": sae_id, "feature_index": i, "text": f"{WORDS[i % len(WORDS)]} {i % 997}", "source": "human"}
+            for i in labelled]
+    rows += [{**row, "text": row["text"] + " (revised)"} for row in rows[::7]]  # a history behind some labels
+    session.execute(insert(Label), rows)
+    session.execute(insert(Explanation), [
+        {"sae_id": sae_id, "feature_index": i + LABELLED_EVERY // 2, "text": f"{WORDS[i % len(WORDS)]} draft",
+         "explainer_model": "bench", "scorer_model": "bench", "prompt_version": "1",
+         "score": None if i % 30 == 0 else (i * 7919 % 1000) / 1000, "scores": {}} for i in labelled])
+    session.commit()
+    print(f"  {len(rows)} labels and {len(labelled)} drafts in {time.perf_counter() - started:.1f} s")
 
 
 def postgres_database(create: bool) -> str:
@@ -120,20 +149,33 @@ def feature_pages(sae_id: int, d_sae: int):
     return lambda rng: f"/saes/{sae_id}/features/{rng.randrange(d_sae)}"
 
 
-LIST_SORTS = ("index", "density", "max_act", "mean_act")
+LIST_SORTS = ("index", "density", "max_act", "mean_act", "label", "score")
 SEARCHES = ("the", "and", "ing", "zzzz")
 
 
-def list_pages(sae_id: int, d_sae: int):
-    """A list page: a first page or a page by key deep in the list, in a random keyset sort and direction."""
-    def url(rng: random.Random) -> str:
-        sort, desc = rng.choice(LIST_SORTS), rng.random() < 0.5
-        base = f"/saes/{sae_id}/features?sort={sort}&desc={str(desc).lower()}&per_page=50"
-        if rng.random() < 0.5:
-            return base
-        key = "" if sort == "index" else f"&after_key={rng.random() * (0.01 if sort == 'density' else 3):.6f}"
-        return f"{base}&page=2&after={rng.randrange(d_sae)}{key}"
-    return url
+def list_pages(sort: str, after: bool):
+    """A list page in one sort, either direction: the first, or (`after`) the next page after a random cursor
+    deep in the list. The page number rides along, so sorts that still skip rows skip that many."""
+    def pages(sae_id: int, d_sae: int):
+        def url(rng: random.Random) -> str:
+            base = f"/saes/{sae_id}/features?sort={sort}&desc={str(rng.random() < 0.5).lower()}&per_page=50"
+            if not after:
+                return base
+            index = rng.randrange(d_sae)
+            return f"{base}&page={index // 50 + 2}&after={index}{cursor_key(sort, index, rng)}"
+        return url
+    return pages
+
+
+def cursor_key(sort: str, index: int, rng: random.Random) -> str:
+    """The sort value part of a random cursor: half of the label and score cursors fall in the unlabelled
+    (unscored) rest, which has none."""
+    if sort == "index" or (sort in ("label", "score") and rng.random() < 0.5):
+        return ""
+    if sort == "label":
+        return f"&after_text={quote(f'{WORDS[index % len(WORDS)]} {index % 997}')}"
+    scale = {"density": 0.01, "score": 1}.get(sort, 3)
+    return f"&after_key={rng.random() * scale:.6f}"
 
 
 def search_pages(sae_id: int, _d_sae: int):
@@ -158,12 +200,17 @@ def load(port: int, sae_id: int, d_sae: int, clients: int, seconds: float, pages
         try:
             while time.monotonic() < deadline:
                 started = time.perf_counter()
-                http.request("GET", url(rng))
-                response = http.getresponse()
-                response.read()
+                try:
+                    http.request("GET", url(rng))
+                    response = http.getresponse()
+                    response.read()
+                    ok = response.status == 200
+                except TimeoutError:  # a page slower than the timeout counts as failed, and the client goes on
+                    http.close()
+                    ok = False
                 elapsed = time.perf_counter() - started
                 with lock:
-                    if response.status == 200:
+                    if ok:
                         latencies.append(elapsed)
                     else:
                         failures[0] += 1
@@ -193,17 +240,23 @@ def run_backend(name: str, url: str, recording, args) -> None:
             latencies, failures = load(port, sae_id, args.features, clients, args.seconds)
             report("feature", clients, latencies, failures, args.seconds, "p50 <= 30, p99 <= 100")
         if args.features > BASE:
-            for name, pages in (("list", list_pages), ("search", search_pages)):
+            kinds = [(f"{sort} {'next' if after else 'first'}", list_pages(sort, after))
+                     for sort in LIST_SORTS for after in (False, True)]
+            # searches before the label and score sorts, whose pages skipping rows outlast the measurement
+            for name, pages in [*kinds[:8], ("search", search_pages), *kinds[8:]]:
                 latencies, failures = load(port, sae_id, args.features, args.clients, args.seconds, pages)
                 report(name, args.clients, latencies, failures, args.seconds, "p99 <= 200")
     finally:
         server.terminate()
-        server.wait(10)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:  # a worker still in a long query
+            server.kill()
 
 
 def report(kind: str, clients: int, latencies: list[float], failures: int, seconds: float, target: str) -> None:
     ms = [1000 * t for t in latencies] or [float("nan")]
-    print(f"  {kind:8s} {clients:2d} client{'s' if clients > 1 else ' '}: {len(latencies)} pages in {seconds:.0f} s "
+    print(f"  {kind:14s} {clients:2d} client{'s' if clients > 1 else ' '}: {len(latencies)} pages in {seconds:.0f} s "
           f"({len(latencies) / seconds:.0f}/s), {failures} failed; p50 {percentile(ms, 50):.1f} ms  "
           f"p99 {percentile(ms, 99):.1f} ms  max {max(ms):.1f} ms (target {target})", flush=True)
 

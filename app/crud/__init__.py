@@ -33,6 +33,7 @@ from .features import (
     SaeHeader,
     SortKey,
     StateFilter,
+    cursor_of,
     feature_page,
     find_feature,
     list_features,
@@ -106,5 +107,5 @@ __all__ += [  # issue 16: the feature map
     "tag_features",
     "top_tokens",
 ]
-__all__ += ["KEYSET_SORTS", "Cursor"]  # issue 22: the feature list by key
+__all__ += ["KEYSET_SORTS", "Cursor", "cursor_of"]  # issue 22: the feature list by key
 __all__ += ["feature_blurbs", "find_graph", "list_graphs", "save_graph", "set_saes"]  # issue 15: attribution

@@ -14,25 +14,25 @@ from sqlalchemy import (
     Row,
     Select,
     SQLColumnExpression,
-    Subquery,
     and_,
     bindparam,
-    case,
     exists,
     func,
+    literal_column,
     null,
     or_,
     select,
     tuple_,
 )
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.selectable import NamedFromClause
 
-from ..models import Context, Example, Feature, FeatureTag, Sae, Tag, TokenText
+from ..models import Context, Example, Explanation, Feature, FeatureTag, Label, Sae, Tag, TokenText
 from ..packing import unpack_acts, unpack_ids
 from .base import NotFound
 from .briefs import FeatureBrief, feature_briefs
-from .explanations import DRAFT, newest_explanations
-from .labels import current_label_texts, label_rows
+from .explanations import DRAFT
+from .labels import current_label, label_rows
 from .saes import find_sae
 from .tags import feature_tags, named
 
@@ -61,18 +61,27 @@ class FeatureRow:
     """Detection score of the feature's newest explanation (listed when filtering or sorting by drafts)."""
 
 
-def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: str | None, label: Subquery,
-                       drafted: Subquery | None = None, whole_words: bool = False) -> Select:
-    """The feature list query before sorting and paging; `drafted` (newest_explanations) joins each feature's
-    newest explanation, for the draft filter, the score sort and the search of draft text."""
+def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: str | None,
+                       label: NamedFromClause, drafted: NamedFromClause | None = None, whole_words: bool = False,
+                       required: NamedFromClause | None = None) -> Select:
+    """The feature list query before sorting and paging, with each feature's current `label` (an alias of
+    labels) and, given `drafted` (an alias of explanations, one per feature since 0010), its explanation, for
+    the draft filter, the score sort and the search of draft text.
+
+    Both are joined on the feature's key through their indexes, so a page costs a few lookups per row it reads:
+    the grouped subquery of newest labels this replaces read every label of the SAE per page. The `required`
+    one is joined inner, which lets the planner read it first, in its own index's order (SQLite keeps a left
+    join's order even when the WHERE clause drops the unmatched rows)."""
     stmt = (
         select(Feature, label.c.text)
-        .outerjoin(label, label.c.feature_index == Feature.feature_index)
+        .join_from(Feature, label, current_label(label, sae_id, Feature.feature_index), isouter=label is not required)
         .where(Feature.sae_id == sae_id)
     )
     if drafted is not None:
         stmt = (stmt.add_columns(drafted.c.text.label("draft"), drafted.c.status, drafted.c.score)
-                .outerjoin(drafted, drafted.c.feature_index == Feature.feature_index))
+                .join_from(Feature, drafted, and_(drafted.c.sae_id == sae_id,
+                                                  drafted.c.feature_index == Feature.feature_index),
+                           isouter=drafted is not required))
     conditions = {
         "all": None,
         "alive": ~Feature.is_dead,
@@ -102,12 +111,13 @@ def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: 
     return stmt
 
 
-KEYSET_SORTS = ("index", "density", "max_act", "mean_act")
-"""Sorts that page by key: the feature index, or an indexed column with the feature index after it."""
+KEYSET_SORTS = ("index", "density", "max_act", "mean_act", "label", "score")
+"""Every sort pages by key: the feature index, or a sort value with the feature index after it."""
 
-Cursor = tuple[float | None, int]
-"""Where a page by key starts: after the row with this (sort value, feature index); the value is None for
-the index sort."""
+Cursor = tuple[float | str | None, int]
+"""Where a page by key starts: after the row with this (sort value, feature index). The value is None for the
+index sort, and for a row of the unlabelled (unscored) part of the label (score) sort; a label sort's value is
+the label's first LABEL_SORT_CHARS characters."""
 
 
 Matcher = Callable[[SQLColumnExpression[str]], ColumnElement[bool]]
@@ -146,28 +156,33 @@ def list_features(
     search), sorted and filtered as a list page asks; `query` matches labels, drafts and top tokens as a
     substring, or with `whole_words` as whole words.
 
-    The index, density, max and mean sorts order ties by feature index in the sort's direction and, given
-    `after`, start past that row through their index (keyset) instead of skipping `offset` rows, so a page
-    deep in a million-feature list costs what the first does. The label and score sorts still skip rows.
+    Every sort orders ties by feature index in the sort's direction and, given `after`, starts past that row
+    through an index (keyset) instead of skipping `offset` rows, so a page deep in a million-feature list costs
+    what the first does. The label and score sorts list the labelled (scored) features first, then the rest.
     """
-    label = current_label_texts(sae_id)
-    drafted = newest_explanations(sae_id) if state == "draft" or sort == "score" or query else None
+    label = Label.__table__.alias("label")
+    drafted = Explanation.__table__.alias("drafted") if state == "draft" or sort == "score" or query else None
     stmt = _filtered_features(sae_id, state, tag, query, label, drafted, whole_words)
     total = _known_total(session, sae_id, state, tag, query, stmt)
+    if sort in ("label", "score"):
+        split = _label_split(label) if sort == "label" else _score_split(drafted)
+        first = _filtered_features(sae_id, state, tag, query, label, drafted, whole_words, split.table)
+        return _split_page(session, first.where(split.present), stmt.where(~split.present), split, descending,
+                           after, offset, limit), total
     columns = {"index": Feature.feature_index, "density": Feature.density, "max_act": Feature.max_act,
-               "mean_act": Feature.mean_act, "label": label.c.text}
-    if drafted is not None:
-        columns["score"] = drafted.c.score
+               "mean_act": Feature.mean_act}
     if sort not in columns:
-        raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(columns)}")
-    if sort in KEYSET_SORTS:
-        stmt = _keyset_page(stmt, columns[sort], descending, after, offset, plain=(state, tag, query) == ("all", None, None))
-    else:
-        key = columns[sort].desc() if descending else columns[sort].asc()
-        # unlabelled or unscored features last either way
-        stmt = stmt.order_by(case((columns[sort].is_(None), 1), else_=0), key, Feature.feature_index).offset(offset)
-    rows = session.execute(stmt.limit(limit))
-    return [_row(*row) for row in rows], total
+        raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(KEYSET_SORTS)}")
+    stmt = _keyset_page(stmt, columns[sort], descending, after, offset, plain=(state, tag, query) == ("all", None, None))
+    return [_row(*row) for row in session.execute(stmt.limit(limit))], total
+
+
+def cursor_of(row: FeatureRow, sort: SortKey) -> Cursor:
+    """The cursor of the page after `row` in `sort`."""
+    label = row.label[:LABEL_SORT_CHARS] if row.label is not None else None
+    values = {"index": None, "density": row.density, "max_act": row.max_act, "mean_act": row.mean_act,
+              "label": label, "score": row.score}
+    return values[sort], row.feature_index
 
 
 def _keyset_page(stmt: Select, column: Any, descending: bool, after: Cursor | None, offset: int, plain: bool) -> Select:
@@ -181,14 +196,78 @@ def _keyset_page(stmt: Select, column: Any, descending: bool, after: Cursor | No
         offset = 0
     if after is not None:
         value, index = after
-        before_or_after = (lambda a, b: a < b) if descending else (lambda a, b: a > b)
         if index_sort:
-            stmt = stmt.where(before_or_after(Feature.feature_index, index))
+            stmt = stmt.where(_beyond(Feature.feature_index, index, descending))
         else:
-            stmt = stmt.where(before_or_after(tuple_(column, Feature.feature_index), tuple_(value, index)))
+            stmt = stmt.where(_beyond(tuple_(column, Feature.feature_index), tuple_(value, index), descending))
         offset = 0
     keys = [column] if index_sort else [column, Feature.feature_index]
     return stmt.order_by(*(key.desc() if descending else key.asc() for key in keys)).offset(offset)
+
+
+def _beyond(left: Any, right: Any, descending: bool) -> ColumnElement[bool]:
+    """Rows past the cursor `right` in the sort's direction."""
+    return left < right if descending else left > right
+
+
+LABEL_SORT_CHARS = 200
+"""The label sort orders by a label's first 200 characters (then the feature index): the expression index
+ix_labels_sort serves it, and a whole label (up to 2000 characters, more when imported) could pass PostgreSQL's
+limit of about 2.7 kB on a B-tree entry."""
+
+
+def label_sort_key(text: SQLColumnExpression[str]) -> ColumnElement[str]:
+    """The label sort's value, written as ix_labels_sort's expression (literal arguments: a bound parameter
+    would keep either database from matching the query to the index)."""
+    return func.substr(text, literal_column("1"), literal_column(str(LABEL_SORT_CHARS)))
+
+
+@dataclass(frozen=True)
+class _Split:
+    """A sort by a value only some features have: those first, by (value, their feature index) through the
+    value's own table and index, then the rest by feature index, each part paged by key on its own."""
+
+    table: NamedFromClause
+    """The joined table (labels or explanations) whose index orders the first part."""
+    value: ColumnElement[Any]
+    """The sort value, on that table."""
+    index: ColumnElement[int]
+    """The feature index on that same table, so that its index serves the tie-break too."""
+    present: ColumnElement[bool]
+    """Whether a feature has the value (it is in the first part)."""
+
+
+def _label_split(label: NamedFromClause) -> _Split:
+    return _Split(label, label_sort_key(label.c.text), label.c.feature_index, label.c.id.is_not(None))
+
+
+def _score_split(drafted: NamedFromClause | None) -> _Split:
+    assert drafted is not None  # list_features joins the explanations for the score sort
+    return _Split(drafted, drafted.c.score, drafted.c.feature_index, drafted.c.score.is_not(None))
+
+
+def _split_page(session: Session, first: Select, rest: Select, split: _Split, descending: bool, after: Cursor | None,
+                offset: int, limit: int) -> list[FeatureRow]:
+    """A page of a split sort: from the first part (unless the cursor is already in the rest), topped up from
+    the rest. An offset past the first part is counted off against the first part's size, which counts only
+    features that have the value (labels or explanations, not the whole SAE)."""
+    in_rest = after is not None and after[0] is None
+    rows: list[FeatureRow] = []
+    if not in_rest:
+        if after is not None:
+            first = first.where(_beyond(tuple_(split.value, split.index), tuple_(*after), descending))
+        keys = (split.value, split.index)
+        first = first.order_by(*(key.desc() if descending else key.asc() for key in keys))
+        rows = [_row(*row) for row in session.execute(first.offset(0 if after else offset).limit(limit))]
+        if after is None and offset and not rows:
+            offset -= session.scalar(select(func.count()).select_from(first.subquery())) or 0
+        else:
+            offset = 0
+    if len(rows) < limit:
+        rest = _keyset_page(rest, Feature.feature_index, descending,
+                            after if in_rest else None, offset, plain=False)
+        rows += [_row(*row) for row in session.execute(rest.limit(limit - len(rows)))]
+    return rows
 
 
 def _known_total(session: Session, sae_id: int, state: StateFilter, tag: str | None, query: str | None,

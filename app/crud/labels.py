@@ -5,8 +5,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BindParameter, Row, Select, Subquery, bindparam, exists, func, select
+from sqlalchemy import (
+    BindParameter,
+    ColumnElement,
+    Row,
+    Select,
+    SQLColumnExpression,
+    Subquery,
+    and_,
+    bindparam,
+    exists,
+    func,
+    select,
+)
 from sqlalchemy.orm import Session, joinedload
+from sqlalchemy.sql.selectable import NamedFromClause
 
 from ..models import Feature, Label, User
 from .base import NotFound
@@ -32,6 +45,16 @@ def newest_label_ids(sae_id: int | BindParameter[Any], indices: list[int] | Bind
     if indices is not None:
         stmt = stmt.where(Label.feature_index.in_(indices))
     return stmt.group_by(Label.feature_index)
+
+
+def current_label(label: NamedFromClause, sae_id: int, feature_index: SQLColumnExpression[int]) -> ColumnElement[bool]:
+    """Join condition: `label` (an alias of labels) is the current label of the feature `feature_index` names,
+    the one with no newer label beside it. Both halves read ix_labels_feature, a lookup per feature joined,
+    and the label sort reads the labels in its order through ix_labels_sort under the same condition."""
+    newer = Label.__table__.alias("newer")
+    return and_(label.c.sae_id == sae_id, label.c.feature_index == feature_index,
+                ~exists().where(newer.c.sae_id == sae_id, newer.c.feature_index == label.c.feature_index,
+                                newer.c.id > label.c.id))
 
 
 def current_label_texts(sae_id: int) -> Subquery:

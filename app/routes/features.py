@@ -11,6 +11,7 @@ from .. import crud
 from ..deps import (
     AfterIndex,
     AfterKey,
+    AfterText,
     FeatureIndex,
     Page,
     PerPage,
@@ -35,11 +36,13 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
                  sort: crud.SortKey = "index", desc: bool = False, state: crud.StateFilter = "all",
                  tag: TagFilter = "", q: SearchQuery = "", whole_words: WholeWords = False,
-                 page: Page = 1, per_page: PerPage = 50, after: AfterIndex = None, after_key: AfterKey = None):
-    """`after` (and `after_key`, the last row's sort value) start the page past the previous page's last row:
-    the "next" link pages by key, so a page deep in a million features costs what the first does."""
+                 page: Page = 1, per_page: PerPage = 50, after: AfterIndex = None, after_key: AfterKey = None,
+                 after_text: AfterText = None):
+    """`after` (and `after_key` or, for the label sort, `after_text`: the last row's sort value) start the page
+    past the previous page's last row: the "next" link pages by key, so a page deep in a million features costs
+    what the first does."""
     sae = crud.find_sae(session, ref=sae_id)
-    cursor = (after_key, after) if after is not None else None
+    cursor = (after_text if sort == "label" else after_key, after) if after is not None else None
     rows, total = crud.list_features(session, sae_id=sae.id, sort=sort, descending=desc, state=state,
                                      tag=tag or None, query=q or None, whole_words=whole_words, limit=per_page + 1,
                                      offset=(page - 1) * per_page, after=cursor)
@@ -55,12 +58,12 @@ def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id
     return render(request, "_feature_table.html" if is_htmx(request) else "features.html", context)
 
 
-def next_cursor(last: crud.FeatureRow, sort: crud.SortKey) -> dict[str, str] | None:
-    """The query parameters of the next page by key after `last`; None for sorts that page by number."""
-    if sort not in crud.KEYSET_SORTS:
-        return None
-    key = {"index": None, "density": last.density, "max_act": last.max_act, "mean_act": last.mean_act}[sort]
-    return {"after": str(last.feature_index), **({"after_key": repr(key)} if key is not None else {})}
+def next_cursor(last: crud.FeatureRow, sort: crud.SortKey) -> dict[str, str]:
+    """The query parameters of the next page by key after `last`: the label sort's value rides in
+    `after_text`, the others' in `after_key`."""
+    value, index = crud.cursor_of(last, sort)
+    name = "after_text" if isinstance(value, str) else "after_key"
+    return {"after": str(index), **({name: value if isinstance(value, str) else repr(value)} if value is not None else {})}
 
 
 @router.get("/saes/{sae_id}/features/{feature_index}", response_class=HTMLResponse)
