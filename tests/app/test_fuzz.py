@@ -132,7 +132,9 @@ def test_no_json_operation_answers_5xx_or_a_4xx_that_is_not_json(db_url, stored_
 
 
 NOT_REACHED_BY_FUZZING = {("POST", "/api/attribution"), ("GET", "/api/graphs/{graph_id}"),
-                          ("GET", "/api/graphs/{graph_id}/neuronpedia")}
-"""Fuzzed for 5xx and non-JSON errors like every operation, but a success needs a stored set of SAEs, a target
-that is one token of the tiny model and a saved graph, which random cases do not find; their success paths are
-tests/app/test_web_circuits.py's."""
+                          ("GET", "/api/graphs/{graph_id}/neuronpedia"), ("POST", "/api/replacement-graphs"),
+                          ("GET", "/api/graphs/{graph_id}/view")}
+"""Fuzzed for 5xx and non-JSON errors like every operation, but a success needs a stored set of SAEs (of
+transcoders, one per layer, for a replacement graph), a target that is one token of the tiny model and a saved
+graph, which random cases do not find; their success paths are tests/app/test_web_circuits.py's and
+tests/app/test_web_replacement.py's."""
