@@ -24,6 +24,11 @@ from .circuits import TOP_ROWS, feature_blurbs, script_json, shown
 REPLACEMENT = "replacement"
 
 
+def thresholds(row: AttributionGraphRow, node: float | None, edge: float | None) -> tuple[float, float]:
+    """The thresholds asked for, each defaulting to the run's."""
+    return (row.graph["node_threshold"] if node is None else node, row.graph["edge_threshold"] if edge is None else edge)
+
+
 def stored_graph(row: AttributionGraphRow) -> ReplacementGraph:
     """The row's graph with its adjacency; crud.NotFound for a row that is not a readable replacement graph."""
     if row.method != REPLACEMENT or row.adjacency is None:
@@ -83,8 +88,7 @@ def replacement_page(session: Session, row: AttributionGraphRow, node_threshold:
     """The graph page's context: the run's figures, the view at the thresholds asked (default: the run's), its
     most influential features for the table, and the JSON the drawing reads."""
     graph, data = stored_graph(row), row.graph
-    view = graph_view(session, row, graph, data["node_threshold"] if node_threshold is None else node_threshold,
-                      data["edge_threshold"] if edge_threshold is None else edge_threshold)
+    view = graph_view(session, row, graph, *thresholds(row, node_threshold, edge_threshold))
     features = sorted((n for n in view["nodes"] if n["kind"] == "feature"), key=lambda n: -n["effect"])
     outputs = [(shown(text), p) for text, p in zip(data["logit_texts"], data["logit_probabilities"], strict=True)]
     drawing = view | {"method": REPLACEMENT, "id": row.id, "sae_ids": row.sae_ids, "prompt": row.prompt,
@@ -100,8 +104,7 @@ def replacement_export(session: Session, row: AttributionGraphRow, *, model_id: 
     """The graph pruned at the thresholds (default: the run's) in Neuronpedia's graph JSON, each feature's
     current label as its clerp."""
     graph, data = stored_graph(row), row.graph
-    node_cut = data["node_threshold"] if node_threshold is None else node_threshold
-    edge_cut = data["edge_threshold"] if edge_threshold is None else edge_threshold
+    node_cut, edge_cut = thresholds(row, node_threshold, edge_threshold)
     features = {f"{int(layer)}_{int(index)}_{int(pos)}": (int(layer), int(index)) for layer, index, pos
                 in zip(graph.feature_layer, graph.feature_index, graph.feature_pos, strict=True)}
     clerps = {node_id: b["label"] for node_id, b in feature_blurbs(session, features, row.sae_ids).items() if b["label"]}

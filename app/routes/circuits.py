@@ -32,6 +32,7 @@ from ..presenters.replacement import (
     replacement_export,
     replacement_page,
     stored_graph,
+    thresholds,
 )
 from ..services.attribution import AttributionService, ReplacementSpec, RunSpec, replacement_model
 
@@ -202,8 +203,7 @@ def api_graph_view(session: SessionDep, _user: ReaderDep, graph_id: GraphId, nod
     """A replacement graph pruned at the thresholds (default: the run's), from its stored adjacency: the nodes and
     links its page draws, and the pruned graph's scores."""
     row = replacement_row(session, graph_id)
-    return graph_view(session, row, stored_graph(row), row.graph["node_threshold"] if node_threshold is None
-                      else node_threshold, row.graph["edge_threshold"] if edge_threshold is None else edge_threshold)
+    return graph_view(session, row, stored_graph(row), *thresholds(row, node_threshold, edge_threshold))
 
 
 @router.get("/api/graphs/{graph_id}", response_model=AttributionOut, responses=ERRORS)

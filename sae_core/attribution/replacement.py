@@ -106,6 +106,8 @@ class ReplacementModel:
             self.logits_TV = self._forward(record=True)[0][0]
         self.freeze.recording = False
         self.decoded = [self._decode(layer, acts) for layer, acts in enumerate(self.acts)]
+        self.error_nodes = [self._error_nodes(err_TD) for err_TD in self.errors]
+        """Per layer, the error nodes' vectors [T, D]: the errors, zero at a held-constant BOS."""
 
     def _decode(self, layer: int, acts_TF: torch.Tensor) -> torch.Tensor:
         """The features' part of a transcoder's output [T, D]: acts @ W_dec + b_dec, computed on the active ones."""
@@ -210,7 +212,7 @@ class ReplacementModel:
         positions = torch.arange(last + 1)
         for layer in range(len(self.errors)):
             parts.append((torch.full_like(positions, layer), positions, torch.full_like(positions, -1),
-                          torch.full_like(positions, ERROR), self._error(layer)[: last + 1].norm(dim=-1)))
+                          torch.full_like(positions, ERROR), self.error_nodes[layer][: last + 1].norm(dim=-1)))
         parts.append((torch.full_like(positions, -1), positions, torch.full_like(positions, -1),
                       torch.full_like(positions, EMBEDDING), self.embed_TD[: last + 1].norm(dim=-1)))
         return Sources(*(torch.cat(column) for column in zip(*parts, strict=True)))
@@ -250,12 +252,12 @@ class ReplacementModel:
             direction = tc.W_dec[feat[at]].float() * sources.value_S[at, None]
             out[:, at] = (grad[:, pos[at]] * direction).sum(-1)
             at = (here & (kind == ERROR)).nonzero()[:, 0]
-            out[:, at] = (grad[:, pos[at]] * self._error(n - 1)[pos[at]]).sum(-1)
+            out[:, at] = (grad[:, pos[at]] * self.error_nodes[n - 1][pos[at]]).sum(-1)
         return out
 
-    def _error(self, layer: int) -> torch.Tensor:
-        """A layer's error nodes' vectors [T, D]: the errors, zero at a held-constant BOS (every error node keeps its
-        place in the graph, the BOS one with no edges)."""
+    def _error_nodes(self, err_TD: torch.Tensor) -> torch.Tensor:
+        """The error, zeroed at a held-constant BOS (every error node keeps its place in the graph, the BOS one
+        with no edges)."""
         if not self.zero_bos:
-            return self.errors[layer]
-        return torch.cat([torch.zeros_like(self.errors[layer][:1]), self.errors[layer][1:]])
+            return err_TD
+        return torch.cat([torch.zeros_like(err_TD[:1]), err_TD[1:]])
