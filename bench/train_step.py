@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from sae_core.activations import open_activations
+from sae_core.allocator import keep_freed_memory
 from sae_core.saes import SAEConfig
 from sae_core.train import TrainConfig, Trainer
 
@@ -71,6 +72,7 @@ def main() -> None:
                         help="comma-separated KERNELS-DTYPE; the first is the baseline of the ratios")
     parser.add_argument("--tmp", type=Path, default=Path("/tmp/saescope-bench-step"))
     args = parser.parse_args()
+    keep_freed_memory()  # as `saescope train` runs: the step's temporaries are not page-faulted in every step
     torch.set_num_threads(args.threads)
     args.tmp.mkdir(parents=True, exist_ok=True)
     data_path = args.tmp / "acts.npy"

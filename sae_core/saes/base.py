@@ -211,8 +211,8 @@ class SAE(nn.Module):
         acts = select(pre_NF)
         if not self.runtime.sparse_kernels:
             return acts
-        x_in_ND = x_ND - self.b_dec if self.cfg.apply_b_dec_to_input else x_ND
-        return attach_encoder_grad(acts, x_in_ND, self.W_enc, self.b_enc)
+        b_dec_D = self.b_dec if self.cfg.apply_b_dec_to_input else None
+        return attach_encoder_grad(acts, x_ND, b_dec_D, self.W_enc, self.b_enc)
 
     def decode_sparse(self, acts: SparseActs, bias: bool = True) -> torch.Tensor:
         """Reconstruction from sparse activations: embedding_bag with sparse kernels, a dense matmul without."""

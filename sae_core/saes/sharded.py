@@ -21,7 +21,7 @@ import torch
 
 from ..distributed import Dist
 from .base import SAE, Runtime, SAEConfig, TrainOutput
-from .sparse import SparseActs, top_of_shards
+from .sparse import SparseActs, row_topk, top_of_shards
 from .topk import TopKSAE
 
 
@@ -77,7 +77,7 @@ class ShardedTopKSAE(TopKSAE):
 
     def select(self, pre_NF: torch.Tensor) -> SparseActs:
         """The k largest pre-activations of every row over all shards; this shard keeps its own."""
-        vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)
+        vals_NK, idx_NK = row_topk(pre_NF, self.k)
         return top_of_shards(vals_NK, idx_NK, self.k, self.shards)
 
     def decode(self, f_NF: torch.Tensor) -> torch.Tensor:

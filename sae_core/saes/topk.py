@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch
 
 from .base import SAE, Runtime, SAEConfig, TrainOutput
-from .sparse import Selector, SparseActs, top_dead
+from .sparse import Selector, SparseActs, row_topk, top_dead
 
 
 def aux_k_loss(sae: SAE, x_ND: torch.Tensor, y_ND: torch.Tensor, x_hat_ND: torch.Tensor, pre_NF: torch.Tensor,
@@ -23,11 +23,27 @@ def aux_k_loss(sae: SAE, x_ND: torch.Tensor, y_ND: torch.Tensor, x_hat_ND: torch
     shards, batch = sae.runtime.shards, sae.runtime.batch
     if not shards.any(dead_F.any()):
         return x_hat_ND.new_zeros(())
-    acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux, shards))
     e_ND = (y_ND - x_hat_ND).detach()
-    e_hat_ND = sae.decode_sparse(acts, bias=False)
+    if sae.runtime.sparse_kernels and not shards.active:
+        e_hat_ND = decode_dead(sae, x_ND, dead_F)
+    else:
+        acts = sae.select_for_training(x_ND, pre_NF, lambda pre: top_dead(pre, dead_F, sae.cfg.n_aux, shards))
+        e_hat_ND = sae.decode_sparse(acts, bias=False)
     ratio = batch.centred_ss(y_ND) / batch.centred_ss(e_ND).clamp_min(1e-12)
     return (e_hat_ND - e_ND).pow(2).sum(-1).mean() * ratio
+
+
+def decode_dead(sae: SAE, x_ND: torch.Tensor, dead_F: torch.Tensor) -> torch.Tensor:
+    """AuxK's reconstruction by the dead features alone, n_aux of them per row, as dense products over the dead
+    columns only: a few dead columns make small matmuls, where pairs for embedding_bag would number
+    rows x min(n_aux, dead) (with 164 of 8192 dead, 5x the main decode's: 150 ms of a 370 ms step, against 10 ms)."""
+    dead_idx = dead_F.nonzero().squeeze(1)
+    x_in_ND = x_ND - sae.b_dec if sae.cfg.apply_b_dec_to_input else x_ND
+    pre_ND = torch.addmm(sae.b_enc[dead_idx], x_in_ND, sae.W_enc[:, dead_idx])
+    if sae.cfg.n_aux < len(dead_idx):
+        vals_NK, idx_NK = row_topk(pre_ND, sae.cfg.n_aux)
+        pre_ND = torch.zeros_like(pre_ND).scatter(1, idx_NK, vals_NK)
+    return pre_ND.relu() @ sae.W_dec[dead_idx]
 
 
 def train_topk_family(sae: SAE, rows_ND: torch.Tensor, select: Selector, dead_F: torch.Tensor | None) -> TrainOutput:
@@ -58,7 +74,7 @@ class TopKSAE(SAE):
 
     def select(self, pre_NF: torch.Tensor) -> SparseActs:
         """The k largest pre-activations of every row, rectified."""
-        vals_NK, idx_NK = pre_NF.topk(self.k, dim=-1, sorted=False)
+        vals_NK, idx_NK = row_topk(pre_NF, self.k)
         return SparseActs.from_rows(vals_NK.relu(), idx_NK)
 
     def encode(self, x_ND: torch.Tensor) -> torch.Tensor:

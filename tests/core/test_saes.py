@@ -48,9 +48,9 @@ SAELENS_NAMES = {"relu": "standard", "batchtopk": "jumprelu", "transcoder": "top
 """The architecture cfg.json gives SAELens, where it is not saescope's own name."""
 
 
-def make(arch: str, seed: int = 0, runtime: Runtime | None = None, **kw):
+def make(arch: str, seed: int = 0, runtime: Runtime | None = None, d_sae: int = D_SAE, **kw):
     site = Site(2, "mlp_in" if transcodes(arch) else "resid_post")
-    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=D_SAE, k=K if takes_k(arch) else None,
+    cfg = SAEConfig(architecture=arch, d_in=D_IN, d_sae=d_sae, k=K if takes_k(arch) else None,
                     provenance=Provenance(model="tiny", site=site), **{**sae_class(arch).config_defaults, **kw})
     sae = build_sae(cfg, seed=seed, runtime=runtime)
     with torch.no_grad():  # non-trivial biases and thresholds so round trips test them
@@ -202,19 +202,68 @@ def test_malformed_files_rejected(tmp_path):
         load_sae(tmp_path / "absent")
 
 
-@pytest.mark.parametrize("arch", ["topk", "batchtopk"])
-def test_sparse_kernels_equal_dense_reference(arch):
-    """The embedding_bag decoder and sparse encoder gradient give the dense path's loss and gradients."""
+@pytest.mark.parametrize("d_sae", [D_SAE, 2048])
+@pytest.mark.parametrize("dead_share", ["a third", "two thirds"])
+@pytest.mark.parametrize("arch", ["topk", "batchtopk", "transcoder"])
+def test_sparse_kernels_equal_dense_reference(arch, dead_share, d_sae):
+    """The embedding_bag decoder and sparse encoder gradients give the dense path's loss and gradients, with
+    AuxK's latents gathered from a few dead columns or masked from many, and at a width where the grouped top-k
+    runs."""
     x = x_batch(64)
-    dead = torch.zeros(D_SAE, dtype=torch.bool)
+    if transcodes(arch):
+        x = torch.cat([x, x_batch(64, seed=2)], dim=1)
+    dead = torch.zeros(d_sae, dtype=torch.bool)
     dead[::3] = True
+    if dead_share == "two thirds":
+        dead = ~dead
     grads, losses = [], []
     for sparse in (False, True):
-        sae = make(arch, runtime=Runtime(sparse_kernels=sparse))
+        sae = make(arch, runtime=Runtime(sparse_kernels=sparse), d_sae=d_sae)
         out = sae.training_forward(x, dead_F=dead)
         out.loss.backward()
         losses.append({k: float(v.detach()) for k, v in out.losses.items()})
         grads.append({n: p.grad.clone() for n, p in sae.named_parameters()})
+    assert set(losses[0]) == {"mse", "aux_k"}
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name
+
+
+@pytest.mark.parametrize("shape", [(64, 8192, 32), (16, 4096, 8), (8, 1000, 4), (4, 2048, 600)])
+def test_row_topk_equals_torch_topk(shape):
+    """The grouped top-k finds torch.topk's values at columns holding them, with the winners bunched in one
+    column group, with ties, and through its fallbacks (a width not divisible into groups; k too large)."""
+    from sae_core.saes.sparse import GROUPS, row_topk
+
+    n, d, k = shape
+    pre = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+    pre[0, 7::GROUPS] = 10 + torch.arange(len(pre[0, 7::GROUPS]), dtype=torch.float)  # one group holds them all
+    pre[1, : 2 * k] = 5.0  # more tied values than k
+    pre = pre.bfloat16()
+    vals, idx = row_topk(pre, k)
+    ref = pre.topk(k, dim=-1).values
+    assert torch.equal(vals.sort(-1, descending=True).values, ref)
+    assert torch.equal(pre.gather(1, idx), vals)
+    assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct columns
+
+
+@pytest.mark.parametrize("arch", ["topk", "transcoder"])
+def test_sparse_kernels_under_bfloat16_autocast_give_the_dense_path_gradients(arch):
+    """Under autocast the sparse kernels read bfloat16 tables (as autocast's matmuls do) and hand float32
+    gradients to float32 parameters, equal to the dense autocast path's within bfloat16's rounding."""
+    x = x_batch(64)
+    if transcodes(arch):
+        x = torch.cat([x, x_batch(64, seed=2)], dim=1)
+    dead = torch.zeros(2048, dtype=torch.bool)
+    dead[::3] = True
+    grads = []
+    for sparse in (False, True):
+        sae = make(arch, runtime=Runtime(sparse_kernels=sparse), d_sae=2048)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = sae.training_forward(x, dead_F=dead)
+        out.loss.backward()
+        grads.append({n: p.grad for n, p in sae.named_parameters()})
+    for name, dense in grads[0].items():
+        sparse = grads[1][name]
+        assert sparse.dtype == torch.float32, name
+        assert torch.nn.functional.cosine_similarity(dense.flatten(), sparse.flatten(), dim=0) > 0.999, name
