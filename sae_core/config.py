@@ -79,9 +79,11 @@ class TrainConfig:
     checkpoint_every_s: float = 60.0
     """Wall-clock seconds between checkpoints, stretched to 20x the last save's time (saving costs <= 5%)."""
     checkpoint_every_tokens: int | None = None
-    """Also checkpoint every this many rows (rounded to whole steps); None: every tenth of the budget, 0: by time only.
+    """Also checkpoint every this many rows (rounded to whole steps); None: every tenth of the budget once 20 saves'
+    time has passed since the last, 0: by time only.
 
-    A kill therefore loses at most min(a minute, a tenth of the run); see train.Trainer.checkpoint_steps.
+    A kill therefore loses at most min(a minute, a tenth of the run, 20 saves' time); see
+    train.Trainer.checkpoint_steps.
     """
     keep_checkpoint: bool = False
     """Checkpoint the last step too and keep the checkpoint once the SAE is saved (Adam's state makes it ~3x the

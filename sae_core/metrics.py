@@ -26,18 +26,20 @@ class ReconstructionStats:
     active: int = 0
     fired_count_F: torch.Tensor | None = field(default=None, repr=False)
 
-    def add(self, x_ND: torch.Tensor, x_hat_ND: torch.Tensor, f_NF: torch.Tensor | None = None) -> ReconstructionStats:
-        """Fold in one batch; `f_NF` (feature activations) enables the sparsity metrics."""
+    def add(self, x_ND: torch.Tensor, x_hat_ND: torch.Tensor, f_NF: torch.Tensor | None = None,
+            fired_count_F: torch.Tensor | None = None) -> ReconstructionStats:
+        """Fold in one batch; feature activations (`f_NF`), or how many of the rows each feature fired on, enable
+        the sparsity metrics."""
         x = x_ND.double()
         self.rows += len(x)
         self.sum_x_D = x.sum(0) if self.sum_x_D is None else self.sum_x_D + x.sum(0)
         self.sum_sq_norm += float(x.pow(2).sum())
         self.sum_sq_err += float((x_hat_ND.double() - x).pow(2).sum())
-        if f_NF is not None:
-            active_NF = f_NF != 0
-            self.active += int(active_NF.sum())
-            counts = active_NF.sum(0)
-            self.fired_count_F = counts if self.fired_count_F is None else self.fired_count_F + counts
+        counts = (f_NF != 0).sum(0) if f_NF is not None else fired_count_F
+        if counts is None:
+            return self
+        self.active += int(counts.sum())
+        self.fired_count_F = counts if self.fired_count_F is None else self.fired_count_F + counts
         return self
 
     def _sum_x(self) -> torch.Tensor:

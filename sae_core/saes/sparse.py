@@ -87,6 +87,10 @@ class SparseActs:
         """Mean number of nonzero activations per row."""
         return (self.vals_M > 0).sum() / n_rows
 
+    def fire_counts(self, d_sae: int) -> torch.Tensor:
+        """Int [d_sae]: on how many rows each feature has a nonzero activation."""
+        return torch.bincount(self.cols_M[self.vals_M != 0], minlength=d_sae)
+
     def fired(self, d_sae: int) -> torch.Tensor:
         """Bool [d_sae]: features with a nonzero activation somewhere in the batch."""
         fired_F = torch.zeros(d_sae, dtype=torch.bool, device=self.cols_M.device)

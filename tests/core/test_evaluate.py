@@ -1,13 +1,14 @@
-"""Evaluation guards: no CE figure computed over NaN or infinite activations."""
+"""Evaluation: no CE figure computed over NaN or infinite activations; reconstruction figures from the k pairs."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from sae_core.evaluate import ce_metrics
+from sae_core.evaluate import ce_metrics, reconstruction_metrics
 from sae_core.finite import NonFiniteError
 from sae_core.hooks import splice
+from sae_core.metrics import ReconstructionStats
 from sae_core.saes import SAEConfig, build_sae
 from sae_core.sites import parse_site
 from tests.factories import tiny_model
@@ -51,3 +52,24 @@ def test_ce_refuses_an_sae_whose_reconstruction_is_not_finite():
         sae.b_dec[3] = float("nan")
     with pytest.raises(NonFiniteError, match="the sae next-token loss is NaN or infinite at context 0, position 1"):
         ce_metrics(model, [(sae, SITE)], batches(), SPECIALS)
+
+
+@pytest.mark.parametrize("arch", ["topk", "transcoder", "batchtopk", "relu"])
+def test_reconstruction_metrics_equal_the_dense_encode_and_decode(arch):
+    """TopK-style SAEs are evaluated from their k pairs per row (sparse decode, counted firings); the figures equal
+    the dense encode-and-decode's, which every other architecture still uses."""
+    transcoder = arch == "transcoder"
+    sae = build_sae(SAEConfig(architecture=arch, d_in=16, d_sae=2048, k=None if arch == "relu" else 8,
+                              apply_b_dec_to_input=not transcoder), seed=0)
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.randn(n, 32 if transcoder else 16, generator=generator) for n in (50, 70)]
+    dense = ReconstructionStats()
+    with torch.no_grad():
+        for rows in batches:
+            x, y = sae.split_rows(rows)
+            f = sae.encode(x)
+            dense.add(y, sae.add_skip(sae.decode(f), x), f)
+    got, want = reconstruction_metrics(sae, batches), dense.summary()
+    assert got.keys() == want.keys()
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, rel=1e-5, abs=1e-9), name

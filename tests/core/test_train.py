@@ -161,7 +161,9 @@ def test_resume_may_change_the_checkpoint_cadence(uninterrupted, sparse_data, tm
 def test_checkpoints_come_every_tenth_of_the_run_by_default_and_show_in_the_log(sparse_data, tmp_path):
     cfg = train_cfg(tokens=256 * 45)
     assert (cfg.checkpoint_every_s, cfg.checkpoint_every_tokens) == (60.0, None)
-    train(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path)
+    trainer = Trainer(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path)
+    trainer.clock = clock = FakeClock(per_step=1.0)
+    trainer.run(on_step=clock.on_step)
     assert checkpoint_steps(tmp_path) == [5, 10, 15, 20, 25, 30, 35, 40]  # none at the end: the SAE is saved
     assert not (tmp_path / "checkpoint.pt").exists()
     line = next(r for r in read_log(tmp_path) if "checkpoint" in r)
@@ -206,6 +208,18 @@ def test_time_cadence_is_a_minute_stretched_by_slow_saves(per_save, gap, sparse_
     during = clock.saves
     assert len(during) >= 3
     assert all(b - a - per_save == gap for a, b in itertools.pairwise(during))
+
+
+@pytest.mark.parametrize("every_tokens,steps", [(None, [5, 15, 25, 35]), (256 * 5, [5, 10, 15, 20, 25, 30, 35, 40])])
+def test_default_tenths_wait_for_twenty_saves_time_and_asked_ones_do_not(every_tokens, steps, sparse_data, tmp_path):
+    """A save as long as the run's tenth would double a short run's time: by default a tenth's checkpoint waits
+    until 20 saves' time has passed since the last; a cadence asked for is kept."""
+    cfg = train_cfg(tokens=256 * 45, checkpoint_every_tokens=every_tokens)
+    trainer = Trainer(sae_cfg("topk"), cfg, open_activations(sparse_data[0]), tmp_path)
+    trainer.clock = clock = FakeClock(per_step=1.0, per_save=0.4)
+    trainer.save_checkpoint = clock.timed(trainer.save_checkpoint)
+    trainer.run(on_step=clock.on_step)
+    assert checkpoint_steps(tmp_path) == steps
 
 
 class PoisonedBatch:
