@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-SAESCOPE_ENTRY = "import sys; from app.cli import main; sys.argv[0] = 'saescope'; main()"
+SAESCOPE_ENTRY = "import sys; from app.entry import main; sys.argv[0] = 'saescope'; main()"
 """`python -c SAESCOPE_ENTRY ARGS` is `saescope ARGS` as its console script runs it, from any checkout on PYTHONPATH."""
 
 

@@ -177,3 +177,33 @@ def test_torchrun_record_stores_what_one_process_stores(sae_dir, corpus, tiny_mo
                           for p in (crud.feature_page(session, sae_id=sae.id, feature_index=i) for i in range(24))])
         engine.dispose()
     assert pages[0] == pages[1]
+
+
+def test_a_command_run_apart_is_the_whole_clis_command():
+    """The console script runs `train` from a CLI holding it alone: the same function, found under the same name."""
+    import typer
+
+    from app.entry import APART, apart
+
+    whole = typer.main.get_command(app)
+    for name in APART:
+        alone = typer.main.get_command(apart(name))
+        assert alone.commands[name].callback.__wrapped__ is whole.commands[name].callback.__wrapped__, name
+
+
+def test_the_console_script_trains_without_importing_the_store_or_transformers(tmp_path):
+    """`saescope train` is timed by its imports too: it loads neither the web app, the store nor transformers,
+    and still trains (the script is the entry point pip installed)."""
+    import numpy as np
+
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).standard_normal((600, 8), dtype=np.float32))
+    script = os.path.join(os.path.dirname(sys.executable), "saescope")
+    probe = ("import sys, runpy, atexit; atexit.register(lambda: print('LOADED', sorted(m for m in "
+             "('transformers', 'sqlalchemy', 'fastapi', 'app.cli') if m in sys.modules)));"
+             f"sys.argv = ['saescope'] + sys.argv[1:]; runpy.run_path({script!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", probe, "train", "--activations", str(tmp_path / "acts.npy"),
+                           "--features", "16", "--k", "2", "--batch-size", "64", "--out", str(tmp_path / "sae")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "LOADED []" in done.stdout, done.stdout
+    assert (tmp_path / "sae" / "metrics.json").is_file()
