@@ -187,3 +187,30 @@ def test_a_label_or_score_page_reads_its_index_in_order(session, labelled, sort,
                                                       limit=50, after=(value, 10)))
     first = next(plan for plan in every if "features" in plan)  # the page's first part
     assert index in first and "TEMP B-TREE FOR ORDER BY" not in first and " Sort " not in f" {first} ", first
+
+
+@pytest.mark.parametrize(("sort", "desc", "q"), [("index", False, ""), ("max_act", True, ""), ("label", False, ""),
+                                                  ("score", True, ""), ("density", False, "a")])
+def test_the_api_pages_by_key_through_next_and_by_number_alike(client, session, stored_sae, sort, desc, q):
+    for index, label in LABELS.items():
+        crud.add_label(session, sae_id=stored_sae.id, feature_index=index, text=label)
+    url = f"/api/saes/{stored_sae.id}/features"
+    params = {"sort": sort, "desc": desc, "q": q, "per_page": 4}
+    whole = client.get(url, params={**params, "per_page": 100}).json()
+    assert whole["next"] is None and whole["features"]
+    by_key, by_number, key, number = [], [], {}, 1
+    while True:
+        page = client.get(url, params={**params, **key}).json()
+        by_key += page["features"]
+        by_number += client.get(url, params={**params, "page": number}).json()["features"]
+        if page["next"] is None:
+            break
+        key, number = page["next"], number + 1
+    assert by_key == by_number == whole["features"]
+
+
+def test_the_api_refuses_a_cursor_it_cannot_read(client, stored_sae):
+    url = f"/api/saes/{stored_sae.id}/features"
+    for bad in ({"after": "x"}, {"after": 2**31}, {"after": 3, "after_key": "inf"}, {"after": 3, "after_text": "y" * 201}):
+        answer = client.get(url, params=bad)
+        assert answer.status_code == 422, bad
