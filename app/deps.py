@@ -8,6 +8,7 @@ all lives on `app.state` (see app/main.py).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Form, HTTPException, Path, Query, Request
@@ -59,6 +60,37 @@ StoredText = Annotated[str, Storable]
 """For pydantic fields, whose Field(...) bounds pydantic applies before the validator."""
 AfterText = Annotated[str | None, Query(max_length=200, description="The label sort's value (a label's start) of "
                                                                   "the feature `after` names."), Storable]
+@dataclass(frozen=True)
+class PageKey:
+    """Where a page of the feature list starts by key (crud.Cursor), as the list page and the API take it: after
+    the feature `after`, whose sort value rides in `after_text` for the label sort and in `after_key` for the
+    others (none for the index sort, or past the labelled or scored part of the label or score sort)."""
+
+    after: int | None = None
+    after_key: float | None = None
+    after_text: str | None = None
+
+    def cursor(self, sort: crud.SortKey) -> crud.Cursor | None:
+        if self.after is None:
+            return None
+        return (self.after_text if sort == "label" else self.after_key), self.after
+
+    @staticmethod
+    def following(last: crud.FeatureRow, sort: crud.SortKey) -> dict[str, str]:
+        """The query parameters of the page by key after the row `last` (floats in repr, which reads back exact)."""
+        value, index = crud.cursor_of(last, sort)
+        name = "after_text" if isinstance(value, str) else "after_key"
+        return {"after": str(index), **({name: value if isinstance(value, str) else repr(value)}
+                                        if value is not None else {})}
+
+
+def page_key(after: AfterIndex = None, after_key: AfterKey = None, after_text: AfterText = None) -> PageKey:
+    return PageKey(after, after_key, after_text)
+
+
+PageKeyDep = Annotated[PageKey, Depends(page_key)]
+
+
 TypedText = Annotated[str, Query(max_length=2000), Storable]
 """Typed text for the model; a bound keeps each request short on a CPU."""
 SearchQuery = Annotated[str, Query(max_length=200, description="Searches labels and top tokens."), Storable]

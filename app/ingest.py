@@ -23,6 +23,7 @@ from sae_core.records.directions import TopTable
 from sae_core.records.sae_record import HIST_EDGES
 
 from .bulk import JsonText, Writer, copy_rows, import_cache
+from .crud import index_top_texts
 from .models import Coactivation, Context, Example, Feature, FeatureMapRun, MapCluster, MapPoint, Sae, TokenText, now
 from .packing import pack_acts, pack_ids
 
@@ -85,8 +86,10 @@ FEATURE_COLUMNS = ("sae_id", "feature_index", "density", "fire_count", "max_act"
 
 
 def _insert_features(session: Session, sae_id: int, record: SAERecord, writer: Writer) -> np.ndarray:
-    """Insert one row per feature; returns row ids indexed by feature index."""
+    """Insert one row per feature, its top text into the search index too; returns row ids indexed by feature
+    index."""
     writer(session, Feature, FEATURE_COLUMNS, _feature_rows(sae_id, record))
+    index_top_texts(session, sae_id=sae_id)
     ids = np.zeros(record.d_sae, dtype=np.int64)
     rows = session.connection().execute(select(Feature.feature_index, Feature.id).where(Feature.sae_id == sae_id)).all()
     index_R, id_R = zip(*rows) if record.d_sae else ((), ())  # .all(): one fetchall, not a fetch per row

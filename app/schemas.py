@@ -41,11 +41,14 @@ class SaeDetail(SaeOut):
 
 
 class FeatureList(BaseModel):
-    total: int | None
-    """How many features match; null for a text search (counting would read every feature)."""
+    total: int | None = Field(description="How many features match; null for a text search and for a tag with "
+                                          "another filter (counting would read every feature).")
     page: int
     per_page: int
     features: list[crud.FeatureRow]
+    next: dict[str, str] | None = Field(None, description=(
+        "The query parameters of the next page by key (after, and after_key or after_text), to add to this "
+        "request's; null on the last page."))
 
 
 class LabelOut(BaseModel):

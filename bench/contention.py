@@ -33,7 +33,7 @@ from app import crud  # noqa: E402
 from app.db import make_engine, session_factory  # noqa: E402
 from app.pipeline import read_sae  # noqa: E402
 from app.security import hash_api_token, hash_password, new_api_token  # noqa: E402
-from bench.web import fill, free_port, serve  # noqa: E402
+from bench.web import fill, free_port, serving  # noqa: E402
 from sae_core.data import iter_contexts, iter_documents  # noqa: E402
 from sae_core.lm import load_model  # noqa: E402
 from sae_core.provenance import Provenance  # noqa: E402
@@ -159,15 +159,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         url, sae_id, token = store(Path(tmp), args.model, args.features)
         port = free_port()
-        server = serve(url, port, workers=1)
-        try:
+        with serving(url, port, workers=1):
             steer(port, sae_id, token, seed=99)  # loads the model in the server and warms every path
             idle = probe(port, sae_id, args.features, 20)
             busy, durations = under_steering(port, sae_id, args.features, token, args.runs)
             alone = [steer(port, sae_id, token, seed) for seed in range(2)]
-        finally:
-            server.terminate()
-            server.wait(30)
     print(f"code at {ROOT}, model {args.model}, {args.runs} steering runs")
     print("model idle:")
     for kind, values in idle.items():

@@ -74,6 +74,7 @@ from .sae_sets import SaeGroup, add_to_set, create_sae_set, find_sae_set, saes_b
 from .saes import create_sae, find_sae, list_saes
 from .steering import find_steering, save_steering, steering_experiments
 from .tags import feature_tags, list_tags, tag_feature, untag_feature
+from .text_search import index_top_texts
 
 __all__ = [
     "Conflict", "ExampleView", "FeatureBrief", "FeaturePage", "FeatureRow", "LabelConflict", "NotFound", "SaeGroup",
@@ -107,5 +108,5 @@ __all__ += [  # issue 16: the feature map
     "tag_features",
     "top_tokens",
 ]
-__all__ += ["KEYSET_SORTS", "Cursor", "cursor_of"]  # issue 22: the feature list by key
+__all__ += ["KEYSET_SORTS", "Cursor", "cursor_of", "index_top_texts"]  # issue 22: the feature list by key
 __all__ += ["feature_blurbs", "find_graph", "list_graphs", "save_graph", "set_saes"]  # issue 15: attribution

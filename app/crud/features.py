@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from functools import cached_property
-from typing import Any, Literal
+from functools import cached_property, partial
+from typing import Any, Literal, get_args
 
 from sqlalchemy import (
     ColumnElement,
@@ -29,15 +28,18 @@ from sqlalchemy.sql.selectable import NamedFromClause
 
 from ..models import Context, Example, Explanation, Feature, FeatureTag, Label, Sae, Tag, TokenText
 from ..packing import unpack_acts, unpack_ids
+from . import text_search
 from .base import NotFound
 from .briefs import FeatureBrief, feature_briefs
-from .explanations import DRAFT
-from .labels import current_label, label_rows
+from .explanations import DRAFT, draft_count
+from .labels import current_label, label_rows, labelled_count
 from .saes import find_sae
-from .tags import feature_tags, named
+from .tags import feature_tags, named, tagged_count
 
 SortKey = Literal["index", "density", "max_act", "mean_act", "label", "score"]
 StateFilter = Literal["all", "alive", "dead", "dense", "labelled", "unlabelled", "draft", "verified", "human"]
+LABEL_SOURCES = {"verified": ("auto",), "human": ("human", "import")}
+"""The filters on where a feature's current label came from: a verified draft, or a person (typed or imported)."""
 
 
 # Feature list
@@ -61,54 +63,109 @@ class FeatureRow:
     """Detection score of the feature's newest explanation (listed when filtering or sorting by drafts)."""
 
 
-def _filtered_features(sae_id: int, state: StateFilter, tag: str | None, query: str | None,
-                       label: NamedFromClause, drafted: NamedFromClause | None = None, whole_words: bool = False,
+@dataclass(frozen=True)
+class Filters:
+    """What a list page's features must satisfy, and what the page reads first to find them."""
+
+    state: StateFilter = "all"
+    tag: str | None = None
+    match: text_search.Matcher | None = None
+    """What one of a feature's texts (top text, current label, draft) must satisfy, for a text search."""
+    within: list[int] | None = None
+    """The only features that may match the search, where the text index named few enough to look each up."""
+    lead_state: bool = False
+    """The state filter's rows (labels or drafts) are few: the page reads them first, not the features."""
+    lead_tag: bool = False
+    """The tag's rows are few: the page reads them first."""
+
+
+LEADING_STATES = ("labelled", "verified", "human", "draft")
+"""The filters whose rows (labels or drafts) a page can read first, in place of walking the features."""
+
+
+def _filtered_features(sae_id: int, filters: Filters, label: NamedFromClause, drafted: NamedFromClause | None = None,
                        required: NamedFromClause | None = None) -> Select:
     """The feature list query before sorting and paging, with each feature's current `label` (an alias of
     labels) and, given `drafted` (an alias of explanations, one per feature since 0010), its explanation, for
     the draft filter, the score sort and the search of draft text.
 
     Both are joined on the feature's key through their indexes, so a page costs a few lookups per row it reads:
-    the grouped subquery of newest labels this replaces read every label of the SAE per page. The `required`
-    one is joined inner, which lets the planner read it first, in its own index's order (SQLite keeps a left
-    join's order even when the WHERE clause drops the unmatched rows)."""
+    the grouped subquery of newest labels this replaces read every label of the SAE per page. A table is joined
+    inner where it leads (the `required` one, or the state filter's with `filters.lead_state`), which lets the
+    planner read it first, in its own index's order. Otherwise it is joined left and a filter on it is a test of
+    each feature walked, through lookups of its own (`_walked`), so that the page walks the features in key order
+    and stops at its end: SQLite turns a left join whose row the WHERE clause requires (status = 'draft') into an
+    inner one, which it may read first. A tag leads, or is walked, the same way (`_tagged`)."""
+    state = filters.state
+    leads = {required}
+    if filters.lead_state:
+        leads.add(drafted if state == "draft" else label)
     stmt = (
         select(Feature, label.c.text)
-        .join_from(Feature, label, current_label(label, sae_id, Feature.feature_index), isouter=label is not required)
+        .join_from(Feature, label, current_label(label, sae_id, Feature.feature_index), isouter=label not in leads)
         .where(Feature.sae_id == sae_id)
     )
     if drafted is not None:
         stmt = (stmt.add_columns(drafted.c.text.label("draft"), drafted.c.status, drafted.c.score)
-                .join_from(Feature, drafted, and_(drafted.c.sae_id == sae_id,
-                                                  drafted.c.feature_index == Feature.feature_index),
-                           isouter=drafted is not required))
-    conditions = {
-        "all": None,
+                .join_from(Feature, drafted, _explanation_of(drafted, sae_id), isouter=drafted not in leads))
+    if state not in STATES:
+        raise ValueError(f"unknown filter {state!r}; choose one of {', '.join(STATES)}")
+    if state in LEADING_STATES and not filters.lead_state:
+        stmt = stmt.where(_walked(sae_id, state))
+    elif (condition := _state_condition(state, label, drafted)) is not None:
+        stmt = stmt.where(condition)
+    if filters.tag:
+        stmt = stmt.where(_tagged(sae_id, filters.tag, filters.lead_tag))
+    if filters.match is not None:
+        found = [filters.match(Feature.top_text), filters.match(label.c.text)]
+        if drafted is not None:
+            found.append(and_(drafted.c.status == DRAFT, filters.match(drafted.c.text)))
+        stmt = stmt.where(or_(*found))
+    if filters.within is not None:
+        stmt = stmt.where(Feature.feature_index.in_(filters.within))
+    return stmt
+
+
+STATES: tuple[StateFilter, ...] = get_args(StateFilter)
+
+
+def _state_condition(state: StateFilter, label: NamedFromClause, drafted: NamedFromClause | None
+                     ) -> SQLColumnExpression[bool] | None:
+    """The state filter on a feature's row with its current `label` and its explanation `drafted` joined."""
+    conditions: dict[str, SQLColumnExpression[bool] | None] = {
         "alive": ~Feature.is_dead,
         "dead": Feature.is_dead,
         "dense": Feature.is_dense,
-        "labelled": label.c.text.is_not(None),
-        "unlabelled": label.c.text.is_(None),
+        "labelled": _labelled(label),
+        "unlabelled": ~_labelled(label),
         "draft": drafted.c.status == DRAFT if drafted is not None else None,
-        "verified": label.c.source == "auto",
-        "human": label.c.source.in_(("human", "import")),
+        **{name: label.c.source.in_(sources) for name, sources in LABEL_SOURCES.items()},
     }
-    if state not in conditions:
-        raise ValueError(f"unknown filter {state!r}; choose one of {', '.join(conditions)}")
-    condition = conditions[state]
-    if condition is not None:
-        stmt = stmt.where(condition)
-    if tag:
-        stmt = stmt.where(exists().where(
-            FeatureTag.sae_id == sae_id, FeatureTag.feature_index == Feature.feature_index,
-            FeatureTag.tag_id == Tag.id, named(tag)))
-    if query:
-        match = _word_matcher(query) if whole_words else _substring_matcher(query)
-        found = [match(Feature.top_text), match(label.c.text)]
-        if drafted is not None:
-            found.append(and_(drafted.c.status == DRAFT, match(drafted.c.text)))
-        stmt = stmt.where(or_(*found))
-    return stmt
+    return conditions.get(state)
+
+
+def _walked(sae_id: int, state: StateFilter) -> ColumnElement[bool]:
+    """A label or draft filter as a test of each feature (EXISTS over its own aliases): the feature has a current
+    label (from one of the state's sources) or a draft."""
+    label, drafted = Label.__table__.alias("label_test"), Explanation.__table__.alias("draft_test")
+    join = _explanation_of(drafted, sae_id) if state == "draft" else current_label(label, sae_id, Feature.feature_index)
+    condition = _state_condition(state, label, drafted)
+    assert condition is not None  # every state a page can walk has one
+    return exists().where(join, condition)
+
+
+def _explanation_of(drafted: NamedFromClause, sae_id: int) -> ColumnElement[bool]:
+    """Join condition: `drafted` (an alias of explanations) is the feature's explanation (one per feature)."""
+    return and_(drafted.c.sae_id == sae_id, drafted.c.feature_index == Feature.feature_index)
+
+
+def _tagged(sae_id: int, tag: str, lead: bool) -> ColumnElement[bool]:
+    """The feature carries the tag: as a list of its features (for the planner to read first) or as a test of each
+    feature (for a walk)."""
+    rows = select(FeatureTag.feature_index).join(Tag).where(FeatureTag.sae_id == sae_id, named(tag))
+    if lead:
+        return Feature.feature_index.in_(rows)
+    return rows.where(FeatureTag.feature_index == Feature.feature_index).exists()
 
 
 KEYSET_SORTS = ("index", "density", "max_act", "mean_act", "label", "score")
@@ -118,24 +175,6 @@ Cursor = tuple[float | str | None, int]
 """Where a page by key starts: after the row with this (sort value, feature index). The value is None for the
 index sort, and for a row of the unlabelled (unscored) part of the label (score) sort; a label sort's value is
 the label's first LABEL_SORT_CHARS characters."""
-
-
-Matcher = Callable[[SQLColumnExpression[str]], ColumnElement[bool]]
-
-
-def _substring_matcher(query: str) -> Matcher:
-    return lambda column: column.icontains(query, autoescape=True)
-
-
-def _word_matcher(query: str) -> Matcher:
-    """Whole words: `query` with no letter, digit or underscore just before or after it ("cat" finds "the cat."
-    but not "category"). One pattern both databases read alike: Python's re on SQLite (SQLAlchemy registers it),
-    an ARE on PostgreSQL; both take (?i) and \\W, and re.escape writes no escape either reads otherwise."""
-    start = r"(^|\W)" if re.match(r"\w", query) else ""
-    end = r"(\W|$)" if re.search(r"\w$", query) else ""
-    pattern = f"(?i){start}{re.escape(query)}{end}"
-    # The substring test first: cheap in SQL, it leaves the pattern (a Python call per row on SQLite) few rows.
-    return lambda column: and_(column.icontains(query, autoescape=True), column.regexp_match(pattern))
 
 
 def list_features(
@@ -153,28 +192,59 @@ def list_features(
     after: Cursor | None = None,
 ) -> tuple[list[FeatureRow], int | None]:
     """One page of an SAE's features and the total matching (None where only a scan could count it: a text
-    search), sorted and filtered as a list page asks; `query` matches labels, drafts and top tokens as a
-    substring, or with `whole_words` as whole words.
+    search, a tag with another filter), sorted and filtered as a list page asks; `query` matches labels, drafts
+    and top tokens as a substring, or with `whole_words` as whole words.
 
     Every sort orders ties by feature index in the sort's direction and, given `after`, starts past that row
     through an index (keyset) instead of skipping `offset` rows, so a page deep in a million-feature list costs
     what the first does. The label and score sorts list the labelled (scored) features first, then the rest.
+    A search looks its candidates up in the text index (text_search.candidates) and pages through those; where
+    the index cannot narrow it (a query under three characters, or too many candidates) the page walks the list
+    in its order testing each feature, which stops at the page's end.
     """
+    sae = session.get(Sae, sae_id)
+    if sort not in KEYSET_SORTS:
+        raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(KEYSET_SORTS)}")
+    filters, total = _plan(session, sae, state, tag, query, whole_words, offset + limit)
     label = Label.__table__.alias("label")
     drafted = Explanation.__table__.alias("drafted") if state == "draft" or sort == "score" or query else None
-    stmt = _filtered_features(sae_id, state, tag, query, label, drafted, whole_words)
-    total = _known_total(session, sae_id, state, tag, query, stmt)
+    stmt = _filtered_features(sae_id, filters, label, drafted)
+    if filters.within == []:
+        return [], total
     if sort in ("label", "score"):
         split = _label_split(label) if sort == "label" else _score_split(drafted)
-        first = _filtered_features(sae_id, state, tag, query, label, drafted, whole_words, split.table)
+        first = _filtered_features(sae_id, filters, label, drafted, split.table)
         return _split_page(session, first.where(split.present), stmt.where(~split.present), split, descending,
                            after, offset, limit), total
     columns = {"index": Feature.feature_index, "density": Feature.density, "max_act": Feature.max_act,
                "mean_act": Feature.mean_act}
-    if sort not in columns:
-        raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(KEYSET_SORTS)}")
     stmt = _keyset_page(stmt, columns[sort], descending, after, offset, plain=(state, tag, query) == ("all", None, None))
     return [_row(*row) for row in session.execute(stmt.limit(limit))], total
+
+
+def _plan(session: Session, sae: Sae | None, state: StateFilter, tag: str | None, query: str | None,
+          whole_words: bool, rows: int) -> tuple[Filters, int | None]:
+    """The filters of a page ending `rows` rows into the list, with what it reads first, and how many features
+    match (None where only a walk of the features could tell: a text search, a tag with another filter).
+
+    Each filter's features are counted over the rows people added (labels, drafts, tags) through their indexes, a
+    cost in those rows, never in features, and a text search's candidates looked up in the text index. A filter
+    with no more rows than text_search.candidate_cap leads: the page reads them first and sorts them (at most the
+    cap); one with more is tested on each feature as the page walks the list in its order, where it soon finds a
+    page's worth (the cap balances the two). Planners cannot make this choice: SQLite's does not weigh a LIMIT's
+    early stop, and neither knows how many features a text search matches."""
+    cap = text_search.candidate_cap(rows, sae.d_sae if sae is not None else 0)
+    recorded = sae if sae is not None and sae.recorded_at is not None else None
+    state_count = _state_count(session, recorded, state) if recorded else None
+    tag_count = tagged_count(session, sae_id=recorded.id, tag=tag) if recorded and tag else None
+    filters = Filters(state, tag, lead_state=state in LEADING_STATES and state_count is not None and state_count <= cap,
+                      lead_tag=tag_count is not None and tag_count <= cap)
+    if query:
+        within = text_search.candidates(session, sae_id=sae.id, query=query, cap=cap) if sae is not None else []
+        return replace(filters, match=text_search.matcher(query, whole_words), within=within), None
+    if recorded is None:
+        return filters, 0  # only a recording stores features
+    return filters, (state_count if not tag else tag_count if state == "all" else None)
 
 
 def cursor_of(row: FeatureRow, sort: SortKey) -> Cursor:
@@ -238,7 +308,14 @@ class _Split:
 
 
 def _label_split(label: NamedFromClause) -> _Split:
-    return _Split(label, label_sort_key(label.c.text), label.c.feature_index, label.c.id.is_not(None))
+    return _Split(label, label_sort_key(label.c.text), label.c.feature_index, _labelled(label))
+
+
+def _labelled(label: NamedFromClause) -> ColumnElement[bool]:
+    """Whether the feature has a current label: tested on a column of the join condition, so that PostgreSQL
+    reads its negation as an anti-join, and estimates its rows, instead of a filter on a left join it expected
+    to keep one row (a hash join of every feature where a walk of a few in key order would do)."""
+    return label.c.feature_index.is_not(None)
 
 
 def _score_split(drafted: NamedFromClause | None) -> _Split:
@@ -270,18 +347,18 @@ def _split_page(session: Session, first: Select, rest: Select, split: _Split, de
     return rows
 
 
-def _known_total(session: Session, sae_id: int, state: StateFilter, tag: str | None, query: str | None,
-                 stmt: Select) -> int | None:
-    """How many features match: from the SAE's recorded summary for the plain list and the dead, alive and
-    dense filters; counted for the label, draft and tag filters; None for a text search, which would scan."""
-    if query:
-        return None
-    if not tag and state in ("all", "alive", "dead", "dense"):
-        sae = session.get(Sae, sae_id)
-        if sae is not None and sae.recorded_at is not None:
-            dead, dense = sae.dead_count or 0, sae.dense_count or 0
-            return {"all": sae.d_sae, "alive": sae.d_sae - dead, "dead": dead, "dense": dense}[state]
-    return session.scalar(select(func.count()).select_from(stmt.subquery())) or 0
+def _state_count(session: Session, sae: Sae, state: StateFilter) -> int | None:
+    """How many of a recorded SAE's features pass the state filter: from its recorded summary, or counted over
+    its labels or drafts through their indexes (None for an unknown filter, which the query refuses)."""
+    dead, dense = sae.dead_count or 0, sae.dense_count or 0
+    counts: dict[str, Callable[[], int]] = {
+        "all": lambda: sae.d_sae, "alive": lambda: sae.d_sae - dead, "dead": lambda: dead, "dense": lambda: dense,
+        "labelled": lambda: labelled_count(session, sae_id=sae.id),
+        "unlabelled": lambda: sae.d_sae - labelled_count(session, sae_id=sae.id),
+        "draft": lambda: draft_count(session, sae_id=sae.id),
+        **{name: partial(labelled_count, session, sae_id=sae.id, sources=sources)
+           for name, sources in LABEL_SOURCES.items()}}
+    return counts[state]() if state in counts else None
 
 
 def _row(feature: Feature, label: str | None, draft: str | None = None, status: str | None = None,

@@ -53,5 +53,11 @@ def feature_tags(session: Session, *, sae_id: int, feature_index: int) -> list[s
     return list(session.connection().execute(_FEATURE_TAGS, {"sae_id": sae_id, "index": feature_index}).scalars())
 
 
+def tagged_count(session: Session, *, sae_id: int, tag: str) -> int:
+    """How many features of an SAE carry the tag (a count over its tag rows, through their index on tag_id)."""
+    return session.scalar(select(func.count(FeatureTag.feature_index.distinct())).join(Tag)
+                          .where(FeatureTag.sae_id == sae_id, named(tag))) or 0
+
+
 def list_tags(session: Session) -> list[str]:
     return list(session.scalars(select(Tag.name).order_by(Tag.name)))

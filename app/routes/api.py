@@ -14,6 +14,8 @@ from ..deps import (
     LabellerDep,
     LoginRequired,
     Page,
+    PageKey,
+    PageKeyDep,
     PerPage,
     ReaderDep,
     SaeId,
@@ -64,15 +66,20 @@ def sae(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
 
 
 @router.get("/saes/{sae_id}/features", response_model=FeatureList, responses=ERRORS)
-def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, sort: crud.SortKey = "index", desc: bool = False,
-             state: crud.StateFilter = "all", tag: TagFilter = "", q: SearchQuery = "", whole_words: WholeWords = False,
-             page: Page = 1, per_page: PerPage = 50):
-    """One page of features, sorted and filtered like the list page; `q` searches labels, drafts and top tokens."""
+def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, key: PageKeyDep, sort: crud.SortKey = "index",
+             desc: bool = False, state: crud.StateFilter = "all", tag: TagFilter = "", q: SearchQuery = "",
+             whole_words: WholeWords = False, page: Page = 1, per_page: PerPage = 50):
+    """One page of features, sorted and filtered like the list page; `q` searches labels, drafts and top tokens.
+    `next` holds the parameters of the page after it by key (`after` and `after_key` or `after_text`): added to
+    this request's, they fetch it at the cost of the first page, where a `page` number deep in a large SAE skips
+    every row before it."""
     row = crud.find_sae(session, ref=sae_id)
     rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag or None,
-                                     query=q or None, whole_words=whole_words, limit=per_page,
-                                     offset=(page - 1) * per_page)
-    return FeatureList(total=total, page=page, per_page=per_page, features=rows)
+                                     query=q or None, whole_words=whole_words, limit=per_page + 1,
+                                     offset=(page - 1) * per_page, after=key.cursor(sort))
+    more, rows = len(rows) > per_page, rows[:per_page]
+    return FeatureList(total=total, page=page, per_page=per_page, features=rows,
+                       next=PageKey.following(rows[-1], sort) if more else None)
 
 
 @router.get("/saes/{sae_id}/features/{feature_index}", response_model=FeatureOut, responses=ERRORS)

@@ -9,11 +9,10 @@ from fastapi.responses import HTMLResponse, RedirectResponse
 
 from .. import crud
 from ..deps import (
-    AfterIndex,
-    AfterKey,
-    AfterText,
     FeatureIndex,
     Page,
+    PageKey,
+    PageKeyDep,
     PerPage,
     ReaderDep,
     SaeId,
@@ -33,37 +32,27 @@ router = APIRouter(tags=["pages"], include_in_schema=False)
 
 
 @router.get("/saes/{sae_id}/features", response_class=HTMLResponse)
-def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId,
+def feature_list(request: Request, session: SessionDep, _user: ReaderDep, sae_id: SaeId, key: PageKeyDep,
                  sort: crud.SortKey = "index", desc: bool = False, state: crud.StateFilter = "all",
                  tag: TagFilter = "", q: SearchQuery = "", whole_words: WholeWords = False,
-                 page: Page = 1, per_page: PerPage = 50, after: AfterIndex = None, after_key: AfterKey = None,
-                 after_text: AfterText = None):
+                 page: Page = 1, per_page: PerPage = 50):
     """`after` (and `after_key` or, for the label sort, `after_text`: the last row's sort value) start the page
     past the previous page's last row: the "next" link pages by key, so a page deep in a million features costs
     what the first does."""
     sae = crud.find_sae(session, ref=sae_id)
-    cursor = (after_text if sort == "label" else after_key, after) if after is not None else None
     rows, total = crud.list_features(session, sae_id=sae.id, sort=sort, descending=desc, state=state,
                                      tag=tag or None, query=q or None, whole_words=whole_words, limit=per_page + 1,
-                                     offset=(page - 1) * per_page, after=cursor)
+                                     offset=(page - 1) * per_page, after=key.cursor(sort))
     more, rows = len(rows) > per_page, rows[:per_page]
     number = int(q) if q.strip().isdigit() and int(q) < sae.d_sae else None  # the feature a typed number names
     jump = crud.feature_briefs(session, sae_id=sae.id, indices=[number]).get(number) if number is not None else None
     pages = max(1, -(-total // per_page)) if total is not None else None
     context = {"sae": sae, "rows": rows, "total": total, "page": page, "per_page": per_page, "jump": jump,
-               "pages": pages, "more": more, "next_after": next_cursor(rows[-1], sort) if more else None,
+               "pages": pages, "more": more, "next_after": PageKey.following(rows[-1], sort) if more else None,
                "tags": crud.list_tags(session),
                "params": {"sort": sort, "desc": desc, "state": state, "tag": tag, "q": q, "whole_words": whole_words,
                           "per_page": per_page}}
     return render(request, "_feature_table.html" if is_htmx(request) else "features.html", context)
-
-
-def next_cursor(last: crud.FeatureRow, sort: crud.SortKey) -> dict[str, str]:
-    """The query parameters of the next page by key after `last`: the label sort's value rides in
-    `after_text`, the others' in `after_key`."""
-    value, index = crud.cursor_of(last, sort)
-    name = "after_text" if isinstance(value, str) else "after_key"
-    return {"after": str(index), **({name: value if isinstance(value, str) else repr(value)} if value is not None else {})}
 
 
 @router.get("/saes/{sae_id}/features/{feature_index}", response_class=HTMLResponse)

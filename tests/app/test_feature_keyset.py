@@ -4,15 +4,16 @@ both directions of every keyset sort, and the SQLite plan of such a page reads a
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import event, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from app import crud, ingest
-from app.crud.features import LABEL_SORT_CHARS, _filtered_features, _keyset_page, label_sort_key
+from app.crud.features import LABEL_SORT_CHARS, Filters, _filtered_features, _keyset_page, label_sort_key
 from app.crud.labels import current_label_texts
 from app.db import make_engine
 from app.migrate import upgrade
 from app.models import Explanation, Feature, Label
+from tests.app.query_plans import plans
 
 PER_PAGE = 5
 
@@ -167,7 +168,7 @@ def test_sqlite_reads_a_page_by_key_through_an_index(tmp_path, sort):
     with Session(engine) as session:
         column = {"index": Feature.feature_index, "density": Feature.density, "max_act": Feature.max_act,
                   "mean_act": Feature.mean_act}[sort]
-        stmt = _keyset_page(_filtered_features(1, "all", None, None, Label.__table__.alias("label")), column, True,
+        stmt = _keyset_page(_filtered_features(1, Filters(), Label.__table__.alias("label")), column, True,
                             (None if sort == "index" else 0.5, 10), 0, plain=True).limit(50)
         compiled = stmt.compile(engine, compile_kwargs={"literal_binds": True})
         plan = [row[-1] for row in session.execute(text(f"EXPLAIN QUERY PLAN {compiled}"))]
@@ -182,24 +183,34 @@ def test_sqlite_reads_a_page_by_key_through_an_index(tmp_path, sort):
 def test_a_label_or_score_page_reads_its_index_in_order(session, labelled, sort, index, value):
     """Each statement of a page by key is planned as a walk down the sort's index, with no sort of the rows
     (on PostgreSQL with sorting priced out, so a small table's cheaper seq scan and sort would show as a Sort)."""
-    statements: list[tuple[str, object]] = []
-    engine = session.get_bind()
-
-    def capture(_conn, _cursor, statement, parameters, _context, _many):
-        statements.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        crud.list_features(session, sae_id=labelled.id, sort=sort, descending=True, limit=50, after=(value, 10))
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
-    postgres = engine.dialect.name == "postgresql"
-    cursor = session.connection().connection.cursor()
-    if postgres:
-        cursor.execute("SET LOCAL enable_sort = off")
-    plans = []
-    for statement, parameters in statements:
-        cursor.execute(("EXPLAIN " if postgres else "EXPLAIN QUERY PLAN ") + statement, parameters)
-        plans.append("\n".join(str(row[-1] if not postgres else row[0]) for row in cursor.fetchall()))
-    first = plans[0]
+    every = plans(session, lambda: crud.list_features(session, sae_id=labelled.id, sort=sort, descending=True,
+                                                      limit=50, after=(value, 10)))
+    first = next(plan for plan in every if "features" in plan)  # the page's first part
     assert index in first and "TEMP B-TREE FOR ORDER BY" not in first and " Sort " not in f" {first} ", first
+
+
+@pytest.mark.parametrize(("sort", "desc", "q"), [("index", False, ""), ("max_act", True, ""), ("label", False, ""),
+                                                  ("score", True, ""), ("density", False, "a")])
+def test_the_api_pages_by_key_through_next_and_by_number_alike(client, session, stored_sae, sort, desc, q):
+    for index, label in LABELS.items():
+        crud.add_label(session, sae_id=stored_sae.id, feature_index=index, text=label)
+    url = f"/api/saes/{stored_sae.id}/features"
+    params = {"sort": sort, "desc": desc, "q": q, "per_page": 4}
+    whole = client.get(url, params={**params, "per_page": 100}).json()
+    assert whole["next"] is None and whole["features"]
+    by_key, by_number, key, number = [], [], {}, 1
+    while True:
+        page = client.get(url, params={**params, **key}).json()
+        by_key += page["features"]
+        by_number += client.get(url, params={**params, "page": number}).json()["features"]
+        if page["next"] is None:
+            break
+        key, number = page["next"], number + 1
+    assert by_key == by_number == whole["features"]
+
+
+def test_the_api_refuses_a_cursor_it_cannot_read(client, stored_sae):
+    url = f"/api/saes/{stored_sae.id}/features"
+    for bad in ({"after": "x"}, {"after": 2**31}, {"after": 3, "after_key": "inf"}, {"after": 3, "after_text": "y" * 201}):
+        answer = client.get(url, params=bad)
+        assert answer.status_code == 422, bad
