@@ -107,8 +107,9 @@ def row_topk(pre_NF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     Columns are split into GROUPS strided groups ({j, j + GROUPS, ...}). A row's k largest values lie in the k
     groups with the largest maxima (a value among the k largest is at most its group's maximum, and at most k
     groups can have a maximum that large), so one vectorised max over the row, a top-k of the GROUPS maxima and
-    a top-k of those k groups' k x d_sae/GROUPS values replace a top-k over all d_sae columns (2x faster at 8192
-    features on a CPU, where torch.topk is a partial sort per row). Ties may pick other columns of equal value.
+    a top-k of those k groups' k x d_sae/GROUPS values replace a top-k over all d_sae columns (torch.topk is a
+    partial sort of each whole row on a CPU: 43 against 35 ms for 4096 x 8192 in bf16, measured one after the
+    other on an idle 2-core Xeon). Ties may pick other columns of equal value.
     """
     n, d = pre_NF.shape
     per_group = d // GROUPS
