@@ -101,7 +101,7 @@ def _filtered_features(sae_id: int, filters: Filters, label: NamedFromClause, dr
     if filters.lead_state:
         leads.add(drafted if state == "draft" else label)
     stmt = (
-        select(Feature, label.c.text)
+        select(*LISTED[:6], label.c.text, Feature.top_text)
         .join_from(Feature, label, current_label(label, sae_id, Feature.feature_index), isouter=label not in leads)
         .where(Feature.sae_id == sae_id)
     )
@@ -361,10 +361,16 @@ def _state_count(session: Session, sae: Sae, state: StateFilter) -> int | None:
     return counts[state]() if state in counts else None
 
 
-def _row(feature: Feature, label: str | None, draft: str | None = None, status: str | None = None,
+LISTED = (Feature.feature_index, Feature.density, Feature.max_act, Feature.mean_act, Feature.is_dead, Feature.is_dense,
+          Feature.top_text)
+"""The columns a list row shows, read alone: whole Feature rows decoded four JSON columns each (logits, neighbours,
+co-activation), a third of a list query's 3.7 ms at 50 rows."""
+
+
+def _row(index: int, density: float, max_act: float, mean_act: float, is_dead: bool, is_dense: bool,
+         label: str | None, top_text: str, draft: str | None = None, status: str | None = None,
          score: float | None = None) -> FeatureRow:
-    return FeatureRow(feature.feature_index, feature.density, feature.max_act, feature.mean_act,
-                      feature.is_dead, feature.is_dense, label, feature.top_text,
+    return FeatureRow(index, density, max_act, mean_act, is_dead, is_dense, label, top_text,
                       draft if status == DRAFT else None, score)
 
 
