@@ -110,6 +110,9 @@ def record(
                                            help="Tokens per context, BOS included (default: the SAE's own, else 128)."),
     batch_size: int | None = typer.Option(None, help="Contexts per forward pass (default: sized to the dictionary)."),
     n_top: int = typer.Option(20, help="Top examples kept per feature."),
+    dtype: str = typer.Option(RecordConfig.dtype, "--dtype",
+                              help="Encoder dtype: float32 (exact) or bfloat16 (4x faster matmuls on GPUs and AMX "
+                                   "CPUs; activations to 3 significant digits): for very wide dictionaries."),
     make_map: bool = typer.Option(True, "--map/--no-map", help="Then lay out and cluster the features (saescope map)."),
     sae_set: str | None = SET_OPTION,
     device: str = DeviceOpt,
@@ -134,7 +137,8 @@ def record(
                                                       record_context_len(loaded, context_len)), tokens)
                 result = record_into_store(session, sae_row=row, loaded=loaded, lm=lm, model_spec=model,
                                            contexts=contexts, dataset=dataset,
-                                           cfg=RecordConfig(n_top=n_top, batch_size=batch_size), dist=dist)
+                                           cfg=RecordConfig(n_top=n_top, batch_size=batch_size, dtype=dtype),
+                                           dist=dist)
                 if row is not None:
                     lines.append(f"recorded {row.name!r}: {result.d_sae} features over {result.n_tokens} tokens, "
                                  f"{result.dead_count} dead, {result.dense_count} dense")

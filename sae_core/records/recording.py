@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import special_ids
+from ..devices import autocast
 from ..distributed import Dist
 from ..finite import NonFiniteError, nonfinite_rows
 from ..harvest import batched
@@ -101,7 +102,9 @@ def record_activations(
         valid_BT = ~torch.isin(tokens_BT, skip)
         x_ND = finite_site_rows(x_BTD.reshape(-1, x_BTD.shape[-1]), valid_BT, site,
                                 recorder.n_contexts * dist.world + dist.rank, dist.world)
-        recorder.add(tokens_BT, encode_firing(sae, x_ND), valid_BT)
+        with autocast(device, enabled=cfg.dtype == "bfloat16"):
+            firing = encode_firing(sae, x_ND)
+        recorder.add(tokens_BT, firing, valid_BT)
     bar.close()
     recorder.merge_ranks(dist)
     return recorder

@@ -217,3 +217,33 @@ def test_non_finite_values_on_ignored_tokens_change_nothing(setup, monkeypatch):
     assert torch.equal(record.max_F, clean.max_F) and torch.equal(record.count_F, clean.count_F)
     assert torch.equal(record.examples.acts_EW, clean.examples.acts_EW)
     assert record.examples.acts_EW.isfinite().all()
+
+
+@pytest.mark.parametrize("architecture", ["topk", "relu"])
+def test_a_bfloat16_recording_reads_the_float32_one_to_bf16_precision(architecture):
+    """RecordConfig.dtype="bfloat16" runs the encoder under autocast: the same features fire, their maxima agree to
+    bf16's precision, and the top examples are the float32 recording's where no near-tie decides them."""
+    from dataclasses import replace
+
+    from sae_core.saes import SAEConfig, build_sae
+
+    sae = build_sae(SAEConfig(architecture=architecture, d_in=32, d_sae=64, k=6 if architecture == "topk" else None),
+                    seed=5)
+    with torch.no_grad():
+        sae.W_enc.mul_(40.0)
+    model, ctx = tiny_model("llama"), list(contexts(n=20))
+    exact, low = (record_sae(model, sae, ctx, site=SITE, tokenizer=tiny_tokenizer(), cfg=replace(CFG, dtype=dtype))
+                  for dtype in ("float32", "bfloat16"))
+    fired = exact.count_F > 0
+    assert fired.sum() > 10
+    assert torch.allclose(low.max_F[fired], exact.max_F[fired], rtol=2e-2)
+    assert not torch.equal(low.max_F, exact.max_F)  # it did compute in bf16
+
+    def tops(record):
+        e = record.examples
+        top = e.interval_E == -1
+        return set(zip(e.feature_E[top].tolist(), e.context_E[top].tolist(), (e.start_E + e.peak_E)[top].tolist()))
+
+    assert len(tops(low) & tops(exact)) > 0.8 * len(tops(exact))
+    with pytest.raises(ValueError, match="float32 or bfloat16"):
+        RecordConfig(dtype="float16")
