@@ -28,13 +28,13 @@ from sqlalchemy.sql.selectable import NamedFromClause
 
 from ..models import Context, Example, Explanation, Feature, FeatureTag, Label, Sae, Tag, TokenText
 from ..packing import unpack_acts, unpack_ids
-from . import text_search
 from .base import NotFound
 from .briefs import FeatureBrief, feature_briefs
 from .explanations import DRAFT, draft_count
 from .labels import current_label, label_rows, labelled_count
 from .saes import find_sae
 from .tags import feature_tags, named, tagged_count
+from .text_search import Matcher, candidate_cap, candidates, matcher
 
 SortKey = Literal["index", "density", "max_act", "mean_act", "label", "score"]
 StateFilter = Literal["all", "alive", "dead", "dense", "labelled", "unlabelled", "draft", "verified", "human"]
@@ -69,7 +69,7 @@ class Filters:
 
     state: StateFilter = "all"
     tag: str | None = None
-    match: text_search.Matcher | None = None
+    match: Matcher | None = None
     """What one of a feature's texts (top text, current label, draft) must satisfy, for a text search."""
     within: list[int] | None = None
     """The only features that may match the search, where the text index named few enough to look each up."""
@@ -198,7 +198,7 @@ def list_features(
     Every sort orders ties by feature index in the sort's direction and, given `after`, starts past that row
     through an index (keyset) instead of skipping `offset` rows, so a page deep in a million-feature list costs
     what the first does. The label and score sorts list the labelled (scored) features first, then the rest.
-    A search looks its candidates up in the text index (text_search.candidates) and pages through those; where
+    A search looks its candidates up in the text index (`text_search.candidates`) and pages through those; where
     the index cannot narrow it (a query under three characters, or too many candidates) the page walks the list
     in its order testing each feature, which stops at the page's end.
     """
@@ -233,15 +233,15 @@ def _plan(session: Session, sae: Sae | None, state: StateFilter, tag: str | None
     cap); one with more is tested on each feature as the page walks the list in its order, where it soon finds a
     page's worth (the cap balances the two). Planners cannot make this choice: SQLite's does not weigh a LIMIT's
     early stop, and neither knows how many features a text search matches."""
-    cap = text_search.candidate_cap(rows, sae.d_sae if sae is not None else 0)
+    cap = candidate_cap(rows, sae.d_sae if sae is not None else 0)
     recorded = sae if sae is not None and sae.recorded_at is not None else None
     state_count = _state_count(session, recorded, state) if recorded else None
     tag_count = tagged_count(session, sae_id=recorded.id, tag=tag) if recorded and tag else None
     filters = Filters(state, tag, lead_state=state in LEADING_STATES and state_count is not None and state_count <= cap,
                       lead_tag=tag_count is not None and tag_count <= cap)
     if query:
-        within = text_search.candidates(session, sae_id=sae.id, query=query, cap=cap) if sae is not None else []
-        return replace(filters, match=text_search.matcher(query, whole_words), within=within), None
+        within = candidates(session, sae_id=sae.id, query=query, cap=cap) if sae is not None else []
+        return replace(filters, match=matcher(query, whole_words), within=within), None
     if recorded is None:
         return filters, 0  # only a recording stores features
     return filters, (state_count if not tag else tag_count if state == "all" else None)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 from app import crud, ingest
-from app.crud import text_search
 from app.crud.features import LEADING_STATES, STATES
 from app.models import Explanation
 from tests.app.query_plans import plans
@@ -52,7 +51,7 @@ def expected(state: str, tag: str | None, d_sae: int, dead: set[int], dense: set
 def way(request, monkeypatch):
     """Every filter's rows read first (however many), or the features walked (however few match)."""
     cap = 10**9 if request.param == "lead" else 0
-    monkeypatch.setattr(text_search, "candidate_cap", lambda rows, d_sae: cap)
+    monkeypatch.setattr("app.crud.features.candidate_cap", lambda rows, d_sae: cap)
     return request.param
 
 

@@ -77,7 +77,7 @@ def scan(session, sae_id: int, query: str, whole_words: bool) -> list[int]:
 def way(request, monkeypatch):
     """Each search looks its candidates up (however many), or walks the list (an index that never narrows)."""
     cap = 10**9 if request.param == "index" else 0
-    monkeypatch.setattr(text_search, "candidate_cap", lambda rows, d_sae: cap)
+    monkeypatch.setattr("app.crud.features.candidate_cap", lambda rows, d_sae: cap)
     return request.param
 
 

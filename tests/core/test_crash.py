@@ -71,7 +71,8 @@ def test_killed_harvests_resume_to_the_uninterrupted_files(tmp_path, tiny_model_
 
 def train_args(activations, out) -> list[object]:
     return ["train", "--activations", activations, "--out", out, "--arch", "topk", "--features", 64, "--k", 4,
-            "--tokens", 16_000, "--batch-size", 64, "--dtype", "float32", "--device", "cpu", "--seed", 1]
+            "--tokens", 16_000, "--batch-size", 64, "--dtype", "float32", "--device", "cpu", "--seed", 1,
+            "--checkpoint-every-tokens", 1_600]  # a tenth, kept exactly (the default waits on save times)
 
 
 def assert_sae_dir_whole(directory) -> None:
