@@ -33,6 +33,7 @@ from .routes import drafts as draft_routes
 from .security import new_csrf_seed
 from .services.attribution import AttributionService
 from .services.explain import ExplainService, explainer_choices
+from .services.heap import freeze_long_lived
 from .services.inference import ModelCache, model_spec
 from .services.steering import SteeringWorker, judge_config, steer_limits
 from .settings import Settings
@@ -54,6 +55,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        freeze_long_lived()
         if settings.preload_models:
             app.state.preload = preload_models(app)
         yield

@@ -29,6 +29,7 @@ from sae_core.sites import Site, SiteError
 
 from ..models import Sae
 from ..pipeline import read_sae
+from .heap import freeze_long_lived
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class ModelCache:
             self._status[spec] = ModelStatus(spec, "loading", started=started)
             try:
                 self._models[spec] = load_model(spec, device=self.device)
+                freeze_long_lived()  # the model stays for the process's life
             except Exception as err:
                 self._status[spec] = ModelStatus(spec, "failed", error=(str(err).splitlines() or [repr(err)])[0])
                 raise
