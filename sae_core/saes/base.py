@@ -253,7 +253,7 @@ class SAE(nn.Module):
     def load_tensors_(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy in saved tensors (SAELens names and shapes, checked by the caller)."""
         for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            getattr(self, name).copy_(tensors[name].float())
+            getattr(self, name).copy_(tensors[name])  # copy_ converts: no float32 copy of a bf16 file's tensor first
 
     # --- decoder norms and rescaling -----------------------------------------------------------
 

@@ -19,7 +19,7 @@ import torch
 from ..provenance import Provenance
 from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, read_json, read_sae, read_safetensors, sae_directory
 from .base import SAE, SAEConfig
-from .registry import ARCHITECTURES, build_sae, sae_class
+from .registry import ARCHITECTURES, sae_class
 
 SPARSIFY_WEIGHTS = "sae.safetensors"
 GEMMA_SCOPE_FILE = "params.npz"
@@ -66,17 +66,26 @@ def load_sae_and_layout(path: str | Path) -> tuple[SAE, Layout]:
 
 def assemble(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: Path) -> SAE:
     """Build the SAE after checking every tensor it needs is present, correctly shaped and finite."""
-    sae = build_sae(cfg)
+    sae = sae_class(cfg.architecture)(cfg)  # no random initialisation: every tensor it would fill is copied in
     for name, shape in sae.saved_shapes().items():
         if name not in tensors:
             raise SAEFormatError(f"{source}: missing tensor {name!r} (found {', '.join(sorted(tensors)) or 'none'})")
         tensor = tensors[name]
         if tuple(tensor.shape) != shape:
             raise SAEFormatError(f"{source}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
-        if not torch.isfinite(tensor.float()).all():
+        if not all_finite(tensor):
             raise SAEFormatError(f"{source}: tensor {name!r} contains NaN or infinite values")
     sae.load_tensors_(tensors)
     return sae.eval()
+
+
+FINITE_BLOCK = 1 << 24
+"""Values checked at a time: a float32 copy of a whole million-feature matrix would be 2.4 GB."""
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """Whether no value is NaN or infinite, read FINITE_BLOCK values at a time."""
+    return all(bool(torch.isfinite(block.float()).all()) for block in tensor.reshape(-1).split(FINITE_BLOCK))
 
 
 def make_config(architecture: str, source: Path, **values: Any) -> SAEConfig:

@@ -11,10 +11,12 @@ from safetensors.torch import load_file, save_file
 from sae_core.provenance import Provenance
 from sae_core.saes import (
     ARCHITECTURES,
+    SAE,
     Runtime,
     SAEConfig,
     SAEFormatError,
     build_sae,
+    formats,
     load_sae,
     sae_class,
     takes_k,
@@ -267,3 +269,19 @@ def test_sparse_kernels_under_bfloat16_autocast_give_the_dense_path_gradients(ar
         sparse = grads[1][name]
         assert sparse.dtype == torch.float32, name
         assert torch.nn.functional.cosine_similarity(dense.flatten(), sparse.flatten(), dim=0) > 0.999, name
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_non_finite_value_past_the_first_block_is_found(tmp_path, monkeypatch, bad):
+    monkeypatch.setattr(formats, "FINITE_BLOCK", 7)  # the check reads 7 values at a time
+    corrupt(tmp_path, "topk", lambda t: t["W_dec"].__setitem__((-1, -1), bad))
+    with pytest.raises(SAEFormatError, match="'W_dec' contains NaN or infinite values"):
+        load_sae(tmp_path)
+
+
+def test_a_bf16_file_loads_as_written_without_the_random_initialisation(tmp_path, monkeypatch):
+    corrupt(tmp_path, "topk", lambda t: t.update({k: v.to(torch.bfloat16) for k, v in t.items()}))
+    monkeypatch.setattr(SAE, "initialize", lambda *_: pytest.fail("a loaded SAE was initialised first"))
+    sae = load_sae(tmp_path)
+    for name, tensor in load_file(tmp_path / "sae_weights.safetensors").items():
+        assert getattr(sae, name).dtype == torch.float32 and torch.equal(getattr(sae, name), tensor.float())
