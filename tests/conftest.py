@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import threading
 
@@ -11,6 +12,14 @@ import typer
 from typer.testing import CliRunner, Result
 
 from tests.factories import save_tiny_model
+
+
+@pytest.fixture(autouse=True)
+def collectable():
+    """What a test's web app froze (app.services.heap) goes back to the collector after the test: the suite is one
+    process, and frozen garbage would never be freed."""
+    yield
+    gc.unfreeze()
 
 
 def run_cli(cli: typer.Typer, *args: object, input: str | None = None) -> Result:

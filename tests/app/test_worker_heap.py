@@ -12,14 +12,6 @@ from app.services.inference import ModelCache
 from tests.app.conftest import make_client
 
 
-@pytest.fixture(autouse=True)
-def unfrozen():
-    """The rest of the suite collects as usual: what a test froze goes back to the collector."""
-    gc.unfreeze()
-    yield
-    gc.unfreeze()
-
-
 @pytest.fixture()
 def empty_store(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
