@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from tqdm import tqdm
 
+from ..allocator import freed_memory_returned
 from ..data import special_ids
 from ..devices import autocast
 from ..distributed import Dist
@@ -151,26 +152,27 @@ def record_sae(
     )
     if recorder.n_tokens == 0:
         raise ValueError("no tokens to record: the contexts were empty or held only special tokens")
-    W_dec_FD = sae.W_dec.detach()
-    cfg = cfg.for_width(W_dec_FD.shape[0])
-    promoted, suppressed = logit_effects(model, W_dec_FD, cfg.n_logits)
-    examples = recorder.examples()
-    ids = torch.cat([examples.tokens_EW.flatten().long(), promoted.index_FK.flatten(), suppressed.index_FK.flatten()])
-    return SAERecord(
-        n_tokens=recorder.n_tokens,
-        n_contexts=recorder.n_contexts,
-        config=cfg,
-        count_F=recorder.count_F.cpu(),
-        max_F=recorder.max_F.cpu(),
-        mean_F=(recorder.total_F / recorder.count_F.clamp_min(1)).float().cpu(),
-        hist_FB=recorder.hist_FB.cpu(),
-        examples=examples,
-        promoted=promoted,
-        suppressed=suppressed,
-        neighbours=nearest_features(W_dec_FD, cfg.n_neighbours, cfg.neighbours, cfg.seed),
-        token_text=token_pieces(tokenizer, ids),
-        coactive=None if recorder.coactive is None else recorder.coactive.top(recorder.count_F, cfg.n_coactive),
-    )
+    with freed_memory_returned():
+        W_dec_FD = sae.W_dec.detach()
+        cfg = cfg.for_width(W_dec_FD.shape[0])
+        promoted, suppressed = logit_effects(model, W_dec_FD, cfg.n_logits)
+        examples = recorder.examples()
+        ids = torch.cat([examples.tokens_EW.flatten().long(), promoted.index_FK.flatten(), suppressed.index_FK.flatten()])
+        return SAERecord(
+            n_tokens=recorder.n_tokens,
+            n_contexts=recorder.n_contexts,
+            config=cfg,
+            count_F=recorder.count_F.cpu(),
+            max_F=recorder.max_F.cpu(),
+            mean_F=(recorder.total_F / recorder.count_F.clamp_min(1)).float().cpu(),
+            hist_FB=recorder.hist_FB.cpu(),
+            examples=examples,
+            promoted=promoted,
+            suppressed=suppressed,
+            neighbours=nearest_features(W_dec_FD, cfg.n_neighbours, cfg.neighbours, cfg.seed),
+            token_text=token_pieces(tokenizer, ids),
+            coactive=None if recorder.coactive is None else recorder.coactive.top(recorder.count_F, cfg.n_coactive),
+        )
 
 
 def token_pieces(tokenizer: Any, ids: torch.Tensor) -> dict[int, str]:

@@ -1,4 +1,5 @@
-"""keep_freed_memory: big blocks come from the heap and stay there when freed; glibc's defaults come back."""
+"""keep_freed_memory: big blocks come from the heap and stay there when freed; glibc's defaults come back, for good
+or for a block (freed_memory_returned)."""
 
 import ctypes
 import ctypes.util
@@ -7,7 +8,8 @@ import platform
 import pytest
 import torch
 
-from sae_core.allocator import keep_freed_memory
+from sae_core import allocator
+from sae_core.allocator import freed_memory_returned, keep_freed_memory
 
 BIG = 64 << 20
 """Above glibc's largest dynamic mmap threshold (32 MiB), so glibc's defaults always mmap such a block."""
@@ -29,7 +31,20 @@ def glibc():
     return libc
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                                reason="glibc's mallopt only")
+
+
+def mapped_for(libc, size: int) -> bool:
+    """Whether a block of `size` bytes is served by a mapping of its own while it lives."""
+    mapped = libc.mallinfo2().hblkhd
+    block = torch.ones(size, dtype=torch.uint8)
+    own = libc.mallinfo2().hblkhd >= mapped + size
+    del block
+    return own
+
+
+@GLIBC_ONLY
 def test_big_blocks_stay_in_the_heap_when_kept_and_are_unmapped_on_free_by_default():
     libc = glibc()
     try:
@@ -49,3 +64,31 @@ def test_big_blocks_stay_in_the_heap_when_kept_and_are_unmapped_on_free_by_defau
         assert int(torch.ones(BIG, dtype=torch.uint8).sum()) == BIG
     finally:
         assert keep_freed_memory(False) is True
+
+
+@GLIBC_ONLY
+def test_a_block_runs_on_glibcs_defaults_and_the_batch_setting_comes_back_after():
+    libc = glibc()
+    try:
+        assert keep_freed_memory(True) is True
+        assert not mapped_for(libc, BIG)
+        with freed_memory_returned():
+            libc.malloc_trim(0)  # the kept free block would serve BIG first
+            assert mapped_for(libc, BIG)
+            assert not allocator._keeping
+        assert allocator._keeping and not mapped_for(libc, BIG)
+        with pytest.raises(RuntimeError), freed_memory_returned():
+            raise RuntimeError("a failing stage")
+        assert allocator._keeping  # put back however the block ends
+    finally:
+        assert keep_freed_memory(False) is True
+
+
+@GLIBC_ONLY
+def test_without_the_batch_setting_the_block_leaves_glibcs_defaults_alone():
+    libc = glibc()
+    assert keep_freed_memory(False) is True
+    libc.malloc_trim(0)
+    with freed_memory_returned():
+        assert mapped_for(libc, BIG)
+    assert not allocator._keeping and mapped_for(libc, BIG)

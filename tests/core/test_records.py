@@ -1,6 +1,9 @@
+import platform
+
 import pytest
 import torch
 
+from sae_core import allocator
 from sae_core.finite import NonFiniteError
 from sae_core.hooks import truncated_forward
 from sae_core.records import RecordConfig, contexts_per_batch, interval_of, record_sae, recording
@@ -247,3 +250,28 @@ def test_a_bfloat16_recording_reads_the_float32_one_to_bf16_precision(architectu
     assert len(tops(low) & tops(exact)) > 0.8 * len(tops(exact))
     with pytest.raises(ValueError, match="float32 or bfloat16"):
         RecordConfig(dtype="float16")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt only")
+def test_the_finishing_stages_run_on_glibcs_defaults_and_the_pass_on_the_batch_setting(monkeypatch):
+    """A heap that keeps every freed block grew past 18 GB in the logit stage of a 262,144-feature recording."""
+    seen = {}
+    real_add, real_logits = recording.Recorder.add, recording.logit_effects
+
+    def add(self, *args):
+        seen.setdefault("pass", allocator._keeping)
+        return real_add(self, *args)
+
+    def logits(*args):
+        seen["finish"] = allocator._keeping
+        return real_logits(*args)
+
+    monkeypatch.setattr(recording.Recorder, "add", add)
+    monkeypatch.setattr(recording, "logit_effects", logits)
+    allocator.keep_freed_memory(True)
+    try:
+        record_sae(tiny_model("llama"), TinySAE(), list(contexts(4)), site=SITE, tokenizer=tiny_tokenizer(), cfg=CFG)
+        assert allocator._keeping  # back for the next SAE of a set
+    finally:
+        allocator.keep_freed_memory(False)
+    assert seen == {"pass": True, "finish": False}
