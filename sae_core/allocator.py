@@ -4,7 +4,8 @@ Every batch of a harvest, training or recording pass allocates the same big temp
 batch's pre-activations alone are 512 MB). glibc serves blocks over its mmap threshold with fresh
 mappings and unmaps them on free, so each batch page-faults hundreds of megabytes in again, and it trims
 the heap top back to the OS too. Keeping freed memory in the process removes that; `bench/record.py`
-measures both settings side by side. Peak memory is unchanged (the blocks are reused, not added to).
+measures both settings side by side. In such a loop peak memory is unchanged (the blocks are reused, not
+added to); work whose blocks vary in size runs on glibc's defaults instead (`freed_memory_returned`).
 """
 
 from __future__ import annotations
