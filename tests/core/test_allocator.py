@@ -35,13 +35,15 @@ GLIBC_ONLY = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ve
                                 reason="glibc's mallopt only")
 
 
-def mapped_for(libc, size: int) -> bool:
-    """Whether a block of `size` bytes is served by a mapping of its own while it lives."""
+def mapped_apart(libc) -> bool:
+    """Whether a block larger than all the heap's free memory is served by a mapping of its own while it lives
+    (larger, so that no free block left by earlier tests can serve it; never written, so it costs no memory)."""
+    size = libc.mallinfo2().fordblks + BIG
     mapped = libc.mallinfo2().hblkhd
-    block = torch.ones(size, dtype=torch.uint8)
-    own = libc.mallinfo2().hblkhd >= mapped + size
+    block = torch.empty(size, dtype=torch.uint8)
+    apart = libc.mallinfo2().hblkhd >= mapped + size
     del block
-    return own
+    return apart
 
 
 @GLIBC_ONLY
@@ -71,12 +73,11 @@ def test_a_block_runs_on_glibcs_defaults_and_the_batch_setting_comes_back_after(
     libc = glibc()
     try:
         assert keep_freed_memory(True) is True
-        assert not mapped_for(libc, BIG)
+        assert not mapped_apart(libc)
         with freed_memory_returned():
-            libc.malloc_trim(0)  # the kept free block would serve BIG first
-            assert mapped_for(libc, BIG)
+            assert mapped_apart(libc)
             assert not allocator._keeping
-        assert allocator._keeping and not mapped_for(libc, BIG)
+        assert allocator._keeping and not mapped_apart(libc)
         with pytest.raises(RuntimeError), freed_memory_returned():
             raise RuntimeError("a failing stage")
         assert allocator._keeping  # put back however the block ends
@@ -88,7 +89,6 @@ def test_a_block_runs_on_glibcs_defaults_and_the_batch_setting_comes_back_after(
 def test_without_the_batch_setting_the_block_leaves_glibcs_defaults_alone():
     libc = glibc()
     assert keep_freed_memory(False) is True
-    libc.malloc_trim(0)
     with freed_memory_returned():
-        assert mapped_for(libc, BIG)
-    assert not allocator._keeping and mapped_for(libc, BIG)
+        assert mapped_apart(libc)
+    assert not allocator._keeping and mapped_apart(libc)
