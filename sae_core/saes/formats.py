@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..finite import all_finite
 from ..provenance import Provenance
 from .artifact import CFG_FILE, WEIGHTS_FILE, SAEFormatError, read_json, read_sae, read_safetensors, sae_directory
 from .base import SAE, SAEConfig
@@ -77,15 +78,6 @@ def assemble(cfg: SAEConfig, tensors: dict[str, torch.Tensor], source: Path) -> 
             raise SAEFormatError(f"{source}: tensor {name!r} contains NaN or infinite values")
     sae.load_tensors_(tensors)
     return sae.eval()
-
-
-FINITE_BLOCK = 1 << 24
-"""Values checked at a time: a float32 copy of a whole million-feature matrix would be 2.4 GB."""
-
-
-def all_finite(tensor: torch.Tensor) -> bool:
-    """Whether no value is NaN or infinite, read FINITE_BLOCK values at a time."""
-    return all(bool(torch.isfinite(block.float()).all()) for block in tensor.reshape(-1).split(FINITE_BLOCK))
 
 
 def make_config(architecture: str, source: Path, **values: Any) -> SAEConfig:

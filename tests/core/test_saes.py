@@ -16,7 +16,6 @@ from sae_core.saes import (
     SAEConfig,
     SAEFormatError,
     build_sae,
-    formats,
     load_sae,
     sae_class,
     takes_k,
@@ -272,9 +271,12 @@ def test_sparse_kernels_under_bfloat16_autocast_give_the_dense_path_gradients(ar
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_a_non_finite_value_past_the_first_block_is_found(tmp_path, monkeypatch, bad):
-    monkeypatch.setattr(formats, "FINITE_BLOCK", 7)  # the check reads 7 values at a time
-    corrupt(tmp_path, "topk", lambda t: t["W_dec"].__setitem__((-1, -1), bad))
+def test_a_non_finite_last_value_of_a_bf16_file_is_found(tmp_path, bad):
+    def edit(tensors):
+        tensors.update({k: v.to(torch.bfloat16) for k, v in tensors.items()})
+        tensors["W_dec"][-1, -1] = bad
+
+    corrupt(tmp_path, "topk", edit)
     with pytest.raises(SAEFormatError, match="'W_dec' contains NaN or infinite values"):
         load_sae(tmp_path)
 
