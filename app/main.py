@@ -23,7 +23,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import crud
-from .db import make_engine, read_engine, session_factory
+from .db import read_engine, serving_engine, session_factory
 from .deps import CSRF_COOKIE
 from .errors import install_error_handlers
 from .headers import SecurityHeaders
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if not settings.secret_key:
         settings = settings.model_copy(update={"secret_key": secrets.token_hex(32)})
-    engine = make_engine(settings.database_url)
+    engine = serving_engine(settings.database_url)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

@@ -73,11 +73,14 @@ def scan(session, sae_id: int, query: str, whole_words: bool) -> list[int]:
     return list(session.scalars(stmt))
 
 
-@pytest.fixture(params=["index", "walk"])
+@pytest.fixture(params=["index", "walk", "stretch"])
 def way(request, monkeypatch):
-    """Each search looks its candidates up (however many), or walks the list (an index that never narrows)."""
-    cap = 10**9 if request.param == "index" else 0
+    """Each search looks its candidates up (however many), walks the list (an index that never narrows), or in
+    index order first walks a stretch of one feature per row of its page (a page of 1000 reads the whole list
+    there; one of 3 mostly goes on past it), then looks up."""
+    cap = 0 if request.param == "walk" else 10**9
     monkeypatch.setattr("app.crud.features.candidate_cap", lambda rows, d_sae: cap)
+    monkeypatch.setattr("app.crud.features.WALK_FIRST_ROWS", 1 if request.param == "stretch" else 0)
     return request.param
 
 
@@ -96,6 +99,40 @@ def test_the_cases_that_tell_current_from_old_and_draft_from_reviewed(session, s
     assert {6, 9, 13} <= found("cat") and 1 not in found("cat") | found("old cat") and 1 in found("new dog")
     assert 10 in found("zebra") and 11 not in found("yak") and 12 in found("gnu")  # rejected: none; accepted: a label
     assert found("a_b%c") == {5} and found("_x_") == {10} and found('"quoted"') == {4}
+
+
+@pytest.mark.parametrize("descending", [False, True])
+def test_a_search_asks_the_index_only_where_its_stretch_of_the_list_holds_too_few(session, searched, monkeypatch,
+                                                                                  descending):
+    asked = []
+    monkeypatch.setattr("app.crud.features.candidates", lambda *a, **kw: asked.append(kw["query"]) or None)
+    monkeypatch.setattr("app.crud.features.WALK_FIRST_ROWS", 2)
+
+    def search(query: str, after: crud.Cursor | None) -> list[int]:
+        return [r.feature_index for r in crud.list_features(session, sae_id=searched.id, query=query, limit=1,
+                                                            descending=descending, after=after)[0]]
+
+    assert search("new dog", (None, 3 if descending else 0)) == [1] and asked == []  # the stretch: features 1, 2
+    assert search("zebra", None) == [10] and asked == ["zebra"]  # 10 and 13 features from the ends
+
+
+def test_stretches_go_on_while_what_they_found_says_the_index_would_give_up(session, searched, monkeypatch):
+    asked = []
+    monkeypatch.setattr("app.crud.features.candidates", lambda *a, **kw: asked.append(kw["query"]) or None)
+    monkeypatch.setattr("app.crud.features.candidate_cap", lambda rows, d_sae: 5)
+    monkeypatch.setattr("app.crud.features.WALK_FIRST_ROWS", 1)
+    for index in range(0, searched.d_sae, 2):
+        crud.add_label(session, sae_id=searched.id, feature_index=index, text="qqevery other")
+    for index in (1, 3, 5):
+        crud.add_label(session, sae_id=searched.id, feature_index=index, text="qqfront")
+
+    def search(query: str) -> list[int]:
+        return [r.feature_index for r in crud.list_features(session, sae_id=searched.id, query=query, limit=4)[0]]
+
+    # 2 of the first 4 features: 12 of 24 by that, more than the cap of 5, so the next stretch (8) fills the page
+    assert search("qqevery") == [0, 2, 4, 6] and asked == []
+    # 2 of the first 4 again, then 1 of the next 8: 12 features walked, past the cap, so the index is asked
+    assert search("qqfront") == [1, 3, 5] and asked == ["qqfront"]
 
 
 def test_candidates_hold_every_match_of_a_query_of_three_characters_or_more(session, searched):
@@ -199,3 +236,11 @@ def test_the_candidates_are_read_through_the_trigram_index(session, searched):
 def test_a_page_of_candidates_looks_each_up(session, searched, sort):
     every = plans(session, lambda: crud.list_features(session, sae_id=searched.id, query="zebra", sort=sort))
     assert all(reads_no_whole_table(plan) for plan in every), every
+
+
+def test_the_web_apps_postgresql_connections_plan_without_parallel_workers(client, db_url):
+    if db_url.startswith("sqlite"):
+        pytest.skip("SQLite runs no parallel workers")
+    for sessions in (client.app.state.session_factory, client.app.state.read_sessions):
+        with sessions() as session:
+            assert session.scalar(text("SHOW max_parallel_workers_per_gather")) == "0"
