@@ -19,7 +19,9 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from sae_core.cli import DatasetOpt, DeviceOpt, DistributedOpt, ModelOpt, fail, new_cli, run
+from sae_core.console import warn
 from sae_core.data import CorpusError, iter_contexts, iter_documents
+from sae_core.devices import slow_bf16_note
 from sae_core.distributed import close_distributed, init_distributed
 from sae_core.lm import ModelLoadError, load_model
 from sae_core.maps import MapConfig
@@ -128,6 +130,8 @@ def record(
     lines = []
     try:
         dist = init_distributed(device, require=distributed)
+        if dist.is_main and (note := slow_bf16_note(dtype, dist.device)):
+            warn(note)
         with open_session(db, migrate=dist.is_main) as session:
             targets = _saes_for_recording(session, sae, register=dist.is_main, sae_set=sae_set)
             lm = load_model(model, device=str(dist.device))

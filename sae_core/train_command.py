@@ -13,7 +13,8 @@ import typer
 
 from .cli_options import USER_ERRORS, DatasetOpt, DeviceOpt, DistributedOpt, SkipNonFiniteOpt
 from .config import HarvestConfig, TrainConfig
-from .console import fail
+from .console import fail, warn
+from .devices import slow_bf16_note
 from .distributed import close_distributed, init_distributed
 from .evaluate import evaluate_activations
 from .lm import load_model
@@ -83,6 +84,8 @@ def train(
             fail("a transcoder trains on a harvest of MLP inputs and outputs (--activations of a harvest at "
                  "layers.N.mlp), not on a stream")
         dist = init_distributed(device, require=distributed)
+        if dist.is_main and (note := slow_bf16_note(dtype, dist.device)):
+            warn(note)
         if activations is not None:
             jobs = stored_jobs(activations, out, tokens, holdout, skip_nonfinite, dist, site, pairs=pairs)
         else:

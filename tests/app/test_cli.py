@@ -16,7 +16,7 @@ from app.settings import Settings
 from sae_core.provenance import Provenance
 from sae_core.saes import SAEConfig, build_sae
 from sae_core.sites import parse_site
-from tests.conftest import invoke_cli, listed_commands
+from tests.conftest import invoke_cli, listed_commands, pretend_cpu
 from tests.spawn import free_port, serving
 
 invoke = partial(invoke_cli, app)
@@ -95,6 +95,15 @@ def test_record_by_path_registers_the_sae(db_url, session, sae_dir, corpus, tiny
                        "--tokens", 200, "--context", 40, "--db", db_url)
     assert code == 0, out
     assert crud.find_sae(session, ref="tiny-sae").recorded_at is not None
+
+
+def test_recording_in_bfloat16_warns_on_a_cpu_without_fast_bf16(monkeypatch, tmp_path, sae_dir, corpus,
+                                                                 tiny_model_dir):
+    pretend_cpu(monkeypatch, amx=False)
+    code, out = invoke("record", "--sae", sae_dir, "--model", tiny_model_dir, "--dataset", corpus, "--tokens", 100,
+                       "--context", 40, "--dtype", "bfloat16", "--device", "cpu", "--no-map",
+                       "--db", f"sqlite:///{tmp_path / 'store.db'}")
+    assert code == 0 and "warning: bfloat16 on this cpu has no fast bf16 matmuls" in out, out
 
 
 @pytest.mark.parametrize("args, message", [

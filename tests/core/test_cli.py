@@ -10,7 +10,7 @@ import pytest
 
 from sae_core.cli import app
 from sae_core.saes import load_sae
-from tests.conftest import invoke_cli, listed_commands, run_cli
+from tests.conftest import invoke_cli, listed_commands, pretend_cpu, run_cli
 
 invoke = partial(invoke_cli, app)
 LIBRARY_COMMANDS = ["sites", "harvest", "train", "eval", "contrast", "convert", "attribute"]
@@ -191,3 +191,13 @@ def test_harvest_at_several_sites_then_train_one_sae_per_site_each_as_trained_al
         for name in ("cfg.json", "sae_weights.safetensors", "metrics.json"):
             assert (tmp_path / "set" / site / name).read_bytes() == (tmp_path / site / name).read_bytes()
         assert load_sae(tmp_path / "set" / site).cfg.provenance.site.name == site
+
+
+@pytest.mark.parametrize("bf16_cpu", [False, True])
+def test_training_in_bfloat16_by_name_warns_where_the_cpu_has_no_fast_bf16(monkeypatch, tmp_path, bf16_cpu):
+    pretend_cpu(monkeypatch, amx=bf16_cpu)
+    np.save(tmp_path / "acts.npy", np.random.default_rng(0).standard_normal((256, 8)).astype(np.float32))
+    code, out = invoke("train", "--activations", tmp_path / "acts.npy", "--features", 16, "--k", 4, "--tokens", 256,
+                       "--batch-size", 64, "--dtype", "bfloat16", "--device", "cpu", "--out", tmp_path / "sae")
+    assert code == 0, out
+    assert ("warning: bfloat16 on this cpu has no fast bf16 matmuls" in out) is not bf16_cpu

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from sae_core.activations import open_activations
 from sae_core.config import TrainConfig
-from sae_core.devices import compute_dtype, prefetch_to, resolve_device
+from sae_core.devices import compute_dtype, prefetch_to, resolve_device, slow_bf16_note
 from sae_core.distributed import Dist
 from sae_core.saes import SAEConfig
 from sae_core.train import Trainer, train
@@ -34,6 +34,16 @@ def test_auto_computes_in_bf16_only_on_a_cpu_with_bf16_matmuls(monkeypatch, amx,
     pretend_cpu(monkeypatch, amx, avx512_bf16)
     assert compute_dtype("auto", torch.device("cpu")) == want
     assert [compute_dtype(name, torch.device("cpu")) for name in ("bfloat16", "float32")] == ["bfloat16", "float32"]
+
+
+def test_bfloat16_by_name_is_doubted_only_on_a_cpu_without_fast_bf16(monkeypatch):
+    cpu = torch.device("cpu")
+    pretend_cpu(monkeypatch, amx=False)
+    assert "slower than float32" in slow_bf16_note("bfloat16", cpu)
+    assert slow_bf16_note("float32", cpu) is None and slow_bf16_note("auto", cpu) is None
+    for amx, avx512_bf16 in ((True, False), (False, True)):
+        pretend_cpu(monkeypatch, amx, avx512_bf16)
+        assert slow_bf16_note("bfloat16", cpu) is None
 
 
 @pytest.mark.parametrize(("bf16_cpu", "want"), [(True, "bfloat16"), (False, "float32")])
