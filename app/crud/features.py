@@ -235,14 +235,15 @@ def list_features(
     drafted = Explanation.__table__.alias("drafted") if state == "draft" or sort == "score" or query else None
     head: list[FeatureRow] = []
     if query and sae is not None:
-        if sort == "index" and not offset and len(query) >= MIN_CHARS:
+        by_key = sort == "index" and not offset  # a page in index order from a key: stretches and chunks serve it
+        if by_key and len(query) >= MIN_CHARS:
             head, after = _walk_first(session, sae, filters, label, drafted, descending, after, limit, cap)
             if after is None:
                 return head, total
         filters = replace(filters, within=candidates(session, sae_id=sae.id, query=query, cap=cap))
         if filters.within == []:
             return head, total
-        if sort == "index" and not offset and filters.within is not None:
+        if by_key and filters.within is not None:
             return head + _chunked_page(session, sae_id, filters, label, drafted, descending, after,
                                         limit - len(head)), total
     plain = (state, tag, query) == ("all", None, None)
