@@ -5,8 +5,9 @@ Prints the median milliseconds per step of each variant and its speed relative t
 step, the plain reference. Random Gaussian inputs: the step's cost does not depend on the data.
 
 The ceiling: a sparse TopK step needs one dense product, the encoder's [batch, d_in] @ [d_in, features];
-everything else touches only batch x k pairs. That one bf16 matmul, timed alone on the same threads, is
-the fastest a step of this shape can be on this machine; each variant is printed as a multiple of it.
+everything else touches only batch x k pairs. That one matmul, timed alone on the same threads in bf16 and in
+float32, the faster of the two, is the fastest a step of this shape can be on this machine; each variant is
+printed as a multiple of it.
 """
 
 from __future__ import annotations
@@ -44,11 +45,11 @@ def time_variant(args, dtype: str, sparse: bool, data_path: Path, out: Path) -> 
     return statistics.median(blocks)
 
 
-def matmul_ceiling(args) -> float:
-    """Median seconds of the encoder's bf16 matmul alone at the step's shape."""
+def matmul_seconds(args, dtype: torch.dtype) -> float:
+    """Median seconds of the encoder's matmul alone at the step's shape, in `dtype`."""
     generator = torch.Generator().manual_seed(0)
-    x = torch.randn(args.batch, args.d_in, generator=generator).bfloat16()
-    w = torch.randn(args.d_in, args.features, generator=generator).bfloat16()
+    x = torch.randn(args.batch, args.d_in, generator=generator).to(dtype)
+    w = torch.randn(args.d_in, args.features, generator=generator).to(dtype)
     torch.mm(x, w)
     blocks = []
     for _ in range(args.repeats):
@@ -80,9 +81,13 @@ def main() -> None:
     variants = [(v.split("-")[1], v.split("-")[0] == "sparse") for v in args.variants.split(",")]
     print(f"TopK step, d_in={args.d_in} features={args.features} k={args.k} batch={args.batch} "
           f"threads={args.threads}")
-    ceiling = matmul_ceiling(args)
-    print(f"{'ceiling (1 matmul)':18s} {ceiling * 1000:8.1f} ms/step  {args.batch / ceiling:9.0f} tok/s  "
-          f"({2 * args.batch * args.d_in * args.features / ceiling / 1e9:.0f} GFLOP/s bf16)")
+    flops = 2 * args.batch * args.d_in * args.features
+    matmuls = {dtype: matmul_seconds(args, getattr(torch, dtype)) for dtype in ("bfloat16", "float32")}
+    for dtype, seconds in matmuls.items():
+        print(f"{'1 matmul ' + dtype:18s} {seconds * 1000:8.1f} ms/step  {args.batch / seconds:9.0f} tok/s  "
+              f"({flops / seconds / 1e9:.0f} GFLOP/s)")
+    # The ceiling is the faster dtype's matmul: bf16 with AMX, but float32 where bf16 has no fast kernels.
+    ceiling = min(matmuls.values())
     base = None
     for dtype, sparse in variants:
         seconds = time_variant(args, dtype, sparse, data_path, args.tmp)

@@ -44,7 +44,8 @@ def train(
     seed: int = typer.Option(TrainConfig.seed, "--seed", help="Seeds initialisation and data order."),
     dtype: str = typer.Option(TrainConfig.dtype, "--dtype",
                               help="Compute dtype: auto (bfloat16 where the device has fast bf16 matmuls: CUDA, "
-                                   "AMX or AVX512-BF16 CPUs; else float32), bfloat16 or float32 (exact)."),
+                                   "AMX CPUs, and AVX512-BF16 ones where a timed matmul says so; else float32), "
+                                   "bfloat16 or float32 (exact)."),
     holdout: int | None = typer.Option(None, "--holdout", help="Rows held out for metrics.json (default: 10%, at most 65536)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --out."),
     checkpoint_every_s: float = typer.Option(TrainConfig.checkpoint_every_s, "--checkpoint-every-s",

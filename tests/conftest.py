@@ -11,6 +11,7 @@ import torch
 import typer
 from typer.testing import CliRunner, Result
 
+from sae_core import devices
 from tests.factories import save_tiny_model
 
 
@@ -33,10 +34,12 @@ def invoke_cli(cli: typer.Typer, *args: object, input: str | None = None) -> tup
     return result.exit_code, result.output
 
 
-def pretend_cpu(monkeypatch, amx: bool, avx512_bf16: bool = False) -> None:
-    """Make torch report (or deny) the CPU's bf16 instructions, which `devices.fast_bf16` reads."""
+def pretend_cpu(monkeypatch, amx: bool, avx512_bf16: bool = False, bf16_speedup: float = 2.0) -> None:
+    """Make torch report (or deny) the CPU's bf16 instructions, and the bf16 matmul probe measure `bf16_speedup`:
+    what `devices.fast_bf16` reads."""
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(devices, "bf16_speedup", lambda: bf16_speedup)
 
 
 def listed_commands(cli: typer.Typer) -> list[str]:

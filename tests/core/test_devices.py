@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from sae_core import devices
 from sae_core.activations import open_activations
 from sae_core.config import TrainConfig
 from sae_core.devices import compute_dtype, prefetch_to, resolve_device, slow_bf16_note
@@ -28,10 +31,12 @@ def test_auto_is_the_cpu_without_cuda_and_cuda_is_refused_there():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-@pytest.mark.parametrize(("amx", "avx512_bf16", "want"),
-                         [(True, False, "bfloat16"), (False, True, "bfloat16"), (False, False, "float32")])
-def test_auto_computes_in_bf16_only_on_a_cpu_with_bf16_matmuls(monkeypatch, amx, avx512_bf16, want):
-    pretend_cpu(monkeypatch, amx, avx512_bf16)
+@pytest.mark.parametrize(("amx", "avx512_bf16", "speedup", "want"),
+                         [(True, False, 0.5, "bfloat16"), (False, True, 2.0, "bfloat16"),
+                          (False, True, 0.7, "float32"), (False, False, 2.0, "float32")])
+def test_auto_computes_in_bf16_only_on_a_cpu_with_fast_bf16_matmuls(monkeypatch, amx, avx512_bf16, speedup, want):
+    # AMX is trusted as it is; AVX512-BF16 alone goes by the probe's measurement; no bf16 instructions never bf16.
+    pretend_cpu(monkeypatch, amx, avx512_bf16, bf16_speedup=speedup)
     assert compute_dtype("auto", torch.device("cpu")) == want
     assert [compute_dtype(name, torch.device("cpu")) for name in ("bfloat16", "float32")] == ["bfloat16", "float32"]
 
@@ -41,9 +46,19 @@ def test_bfloat16_by_name_is_doubted_only_on_a_cpu_without_fast_bf16(monkeypatch
     pretend_cpu(monkeypatch, amx=False)
     assert "slower than float32" in slow_bf16_note("bfloat16", cpu)
     assert slow_bf16_note("float32", cpu) is None and slow_bf16_note("auto", cpu) is None
+    pretend_cpu(monkeypatch, amx=False, avx512_bf16=True, bf16_speedup=0.71)
+    assert "ran 0.71x as fast as float32" in slow_bf16_note("bfloat16", cpu)
     for amx, avx512_bf16 in ((True, False), (False, True)):
         pretend_cpu(monkeypatch, amx, avx512_bf16)
         assert slow_bf16_note("bfloat16", cpu) is None
+
+
+def test_the_bf16_probe_times_real_matmuls_once_per_process():
+    devices.bf16_speedup.cache_clear()
+    speedup = devices.bf16_speedup()
+    assert math.isfinite(speedup) and speedup > 0
+    assert devices.bf16_speedup() == speedup  # cached: a second call does not time again
+    assert devices.bf16_speedup.cache_info().hits == 1
 
 
 @pytest.mark.parametrize(("bf16_cpu", "want"), [(True, "bfloat16"), (False, "float32")])
