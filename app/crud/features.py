@@ -29,7 +29,7 @@ from sqlalchemy.sql.selectable import NamedFromClause
 
 from ..models import Context, Example, Explanation, Feature, FeatureTag, Label, Sae, Tag, TokenText
 from ..packing import unpack_acts, unpack_ids
-from .base import NotFound
+from .base import NotFound, shared_alias
 from .briefs import FeatureBrief, feature_briefs
 from .explanations import DRAFT, draft_count
 from .labels import current_label, label_rows, labelled_count
@@ -83,6 +83,11 @@ class Filters:
     lead_tag: bool = False
     """The tag's rows are few: the page reads them first."""
 
+
+LABEL, DRAFTED = shared_alias(Label, "label"), shared_alias(Explanation, "drafted")
+"""A listed feature's current label and its explanation, joined to it."""
+LABEL_TEST, DRAFT_TEST = shared_alias(Label, "label_test"), shared_alias(Explanation, "draft_test")
+"""The same, in a state filter's test of each feature walked (`_walked`)."""
 
 LEADING_STATES = ("labelled", "verified", "human", "draft")
 """The filters whose rows (labels or drafts) a page can read first, in place of walking the features."""
@@ -169,7 +174,7 @@ def _state_condition(state: StateFilter, label: NamedFromClause, drafted: NamedF
 def _walked(sae_id: int, state: StateFilter) -> ColumnElement[bool]:
     """A label or draft filter as a test of each feature (EXISTS over its own aliases): the feature has a current
     label (from one of the state's sources) or a draft."""
-    label, drafted = Label.__table__.alias("label_test"), Explanation.__table__.alias("draft_test")
+    label, drafted = LABEL_TEST, DRAFT_TEST
     join = _explanation_of(drafted, sae_id) if state == "draft" else current_label(label, sae_id, Feature.feature_index)
     condition = _state_condition(state, label, drafted)
     assert condition is not None  # every state a page can walk has one
@@ -231,8 +236,8 @@ def list_features(
         raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(KEYSET_SORTS)}")
     cap = candidate_cap(offset + limit, sae.d_sae if sae is not None else 0)
     filters, total = _plan(session, sae, state, tag, query, whole_words, cap)
-    label = Label.__table__.alias("label")
-    drafted = Explanation.__table__.alias("drafted") if state == "draft" or sort == "score" or query else None
+    label = LABEL
+    drafted = DRAFTED if state == "draft" or sort == "score" or query else None
     head: list[FeatureRow] = []
     if query and sae is not None:
         by_key = sort == "index" and not offset  # a page in index order from a key: stretches and chunks serve it

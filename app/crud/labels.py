@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.sql.selectable import NamedFromClause
 
 from ..models import Feature, Label, User
-from .base import NotFound
+from .base import NotFound, shared_alias
 from .saes import find_sae
 
 
@@ -47,14 +47,17 @@ def newest_label_ids(sae_id: int | BindParameter[Any], indices: list[int] | Bind
     return stmt.group_by(Label.feature_index)
 
 
+NEWER = shared_alias(Label, "newer")
+"""A newer label of the same feature, in `current_label`'s test (an alias may serve any number of statements)."""
+
+
 def current_label(label: NamedFromClause, sae_id: int, feature_index: SQLColumnExpression[int]) -> ColumnElement[bool]:
     """Join condition: `label` (an alias of labels) is the current label of the feature `feature_index` names,
     the one with no newer label beside it. Both halves read ix_labels_feature, a lookup per feature joined,
     and the label sort reads the labels in its order through ix_labels_sort under the same condition."""
-    newer = Label.__table__.alias("newer")
     return and_(label.c.sae_id == sae_id, label.c.feature_index == feature_index,
-                ~exists().where(newer.c.sae_id == sae_id, newer.c.feature_index == label.c.feature_index,
-                                newer.c.id > label.c.id))
+                ~exists().where(NEWER.c.sae_id == sae_id, NEWER.c.feature_index == label.c.feature_index,
+                                NEWER.c.id > label.c.id))
 
 
 def current_label_texts(sae_id: int) -> Subquery:
