@@ -131,12 +131,13 @@ class Trainer:
                  dist: Dist | None = None, shard_features: bool = False):
         self.dist = dist or Dist()
         self.device = self.dist.device
-        # `auto` is saved as what it meant here, so a resume elsewhere that would compute differently is refused.
-        cfg = replace(cfg, dtype=compute_dtype(cfg.dtype, self.device))
-        self.cfg, self.data, self.out = cfg, data, Path(out)
         # The ranks that split each batch: all of them (data parallel), or none when the features are split.
         self.batch_dist = Dist(device=self.device) if shard_features else self.dist
         self.batch_dist.share(cfg.batch_size)  # refuse a batch that does not split evenly before any work
+        # `auto` is saved as what it meant here, so a resume elsewhere that would compute differently is refused;
+        # rank 0's meaning is every rank's, since on some CPUs it rests on a timed matmul (`devices.fast_bf16`).
+        cfg = replace(cfg, dtype=self.dist.broadcast_object(compute_dtype(cfg.dtype, self.device)))
+        self.cfg, self.data, self.out = cfg, data, Path(out)
         sae: SAE
         if shard_features:
             sae = ShardedTopKSAE(sae_cfg, Runtime(cfg.sparse_kernels, self.batch_dist, shards=self.dist), cfg.seed)

@@ -14,12 +14,14 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from sae_core import devices
 from sae_core.activations import open_activations
 from sae_core.cli import app
 from sae_core.config import HarvestConfig, TrainConfig
@@ -74,6 +76,7 @@ def all_jobs(dist: Dist, acts: Path, model_dir: Path, corpus: str, out: Path) ->
         train_run(dist, arch, acts, out / name, kill_at, sharded, dtype)
     harvest_runs(dist, model_dir, corpus, out)
     stream_run(dist, model_dir, corpus, out / "streamed")
+    auto_dtype_run(dist, acts, out)
     record = one_record(dist)
     if dist.is_main:
         torch.save(record, out / "record.pt")
@@ -142,6 +145,19 @@ def stream_run(dist: Dist, model_dir: Path, corpus: str, out: Path) -> None:
     """Data-parallel training straight from the model, each rank streaming its own contexts."""
     stream, _ = stream_from_corpus(load_model(str(model_dir)), SITE, corpus, context_len=32)
     train(sae_config_for(stream, "topk", 64, k=4), train_cfg(tokens=256 * 8), stream, out, dist=dist)
+
+
+def auto_dtype_run(dist: Dist, acts: Path, out: Path) -> None:
+    """A trainer's `auto` dtype on ranks whose CPUs time bf16 against float32 differently (AVX512-BF16, no AMX)."""
+    with (mock.patch.object(torch.cpu, "_is_amx_tile_supported", lambda: False),
+          mock.patch.object(torch.cpu, "_is_avx512_bf16_supported", lambda: True),
+          mock.patch.object(devices, "bf16_speedup", lambda: 0.7 if dist.is_main else 2.0)):
+        trainer = Trainer(sae_cfg("topk"), train_cfg(dtype="auto"), open_activations(acts), out / "auto", dist)
+    (out / f"auto-dtype.rank{dist.rank}").write_text(trainer.cfg.dtype)
+
+
+def test_every_rank_computes_in_the_dtype_auto_meant_on_rank_0(two_ranks):
+    assert [(two_ranks / f"auto-dtype.rank{rank}").read_text() for rank in (0, 1)] == ["float32", "float32"]
 
 
 def test_two_ranks_train_from_a_streamed_model(two_ranks):
