@@ -8,7 +8,7 @@ Past 16384 features (issue 22: --features 1048576) the store holds bench/million
 (a real 16384-feature TopK recording repeated, renumbered) instead, and the list is measured too: first pages
 and "next" pages deep in the list of every sort, apart (on a store with every tenth feature labelled and
 another tenth explained), and text searches (target p99 <= 200 ms at 16 clients).
-Run: .venv/bin/python bench/web.py [--features 16384] [--clients 16] [--seconds 20] [--workers 2]
+Run: .venv/bin/python bench/web.py [--features 16384] [--clients 16] [--seconds 20] [--workers 2] [--pages all]
 """
 
 from __future__ import annotations
@@ -270,7 +270,7 @@ def run_backend(name: str, url: str, recording, args) -> None:
     port = free_port()
     with serving(url, port, args.workers):
         load(port, sae_id, args.features, args.clients, min(3.0, args.seconds))  # warm-up: caches, pools
-        for clients in (1, args.clients):  # one client alone gives the service time the queueing adds to
+        for clients in (1, args.clients) if wanted(args, "feature") else ():  # one client: the service time
             latencies, failures = load(port, sae_id, args.features, clients, args.seconds)
             report("feature", clients, latencies, failures, args.seconds, "p50 <= 30, p99 <= 100")
         if args.features > BASE:
@@ -278,8 +278,14 @@ def run_backend(name: str, url: str, recording, args) -> None:
                      for sort in LIST_SORTS for after in (False, True)]
             # searches before the label and score sorts, whose pages skipping rows outlast the measurement
             for name, pages in [*kinds[:8], ("search", search_pages), *kinds[8:]]:
-                latencies, failures = load(port, sae_id, args.features, args.clients, args.seconds, pages)
-                report(name, args.clients, latencies, failures, args.seconds, "p99 <= 200")
+                if wanted(args, name):
+                    latencies, failures = load(port, sae_id, args.features, args.clients, args.seconds, pages)
+                    report(name, args.clients, latencies, failures, args.seconds, "p99 <= 200")
+
+
+def wanted(args, kind: str) -> bool:
+    """Whether `--pages` asks for pages of this kind ("feature", "search", a sort's name: "label" for both of its)."""
+    return args.pages == "all" or any(kind == name or kind.split()[0] == name for name in args.pages.split(","))
 
 
 def report(kind: str, clients: int, latencies: list[float], failures: int, seconds: float, target: str) -> None:
@@ -297,6 +303,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backends", default="sqlite,postgres")
+    parser.add_argument("--pages", default="all",
+                        help='comma-separated kinds to measure: feature, search, or a sort (index, label, "label next"...)')
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="saescope-bench-web-") as tmp:
