@@ -63,9 +63,11 @@ def fast_bf16(device: torch.device) -> bool:
     """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    if device.type != "cpu" or not cpu_has_bf16_instructions():
+    if device.type != "cpu":
         return False
-    return torch.cpu._is_amx_tile_supported() or bf16_speedup() >= BF16_MARGIN
+    if torch.cpu._is_amx_tile_supported():
+        return True
+    return torch.cpu._is_avx512_bf16_supported() and bf16_speedup() >= BF16_MARGIN
 
 
 def cpu_has_bf16_instructions() -> bool:
@@ -103,7 +105,8 @@ def slow_bf16_note(dtype: str, device: torch.device) -> str | None:
         return None
     if device.type == "cpu" and cpu_has_bf16_instructions():
         return (f"a bf16 matmul ran {bf16_speedup():.2f}x as fast as float32 on this cpu (AVX512-BF16 without "
-                "AMX): float32 is the faster choice here")
+                f"AMX), short of the {BF16_MARGIN}x that auto asks before giving up float32's precision: float32 "
+                "is the better choice here")
     return (f"bfloat16 on this {device.type} has no fast bf16 matmuls (no AMX or AVX512-BF16): it runs tens to "
             "hundreds of times slower than float32, which is the faster choice here")
 
