@@ -46,9 +46,10 @@ def problem(status: int, content_type: str, body: bytes) -> str | None:
     return None
 
 
-def pinned(strategy: st.SearchStrategy, sae_id: int, d_sae: int) -> st.SearchStrategy:
+def pinned(strategy: st.SearchStrategy, sae_id: int, d_sae: int, saved: Callable[[], list[int]]) -> st.SearchStrategy:
     """Cases of which half name the stored SAE and one of its features (or just past it; steering: features
-    it has), so the fuzzing gets past the 404 for an unknown SAE into the routes' own checks and the model."""
+    it has; saved experiments: one of `saved()` or the id after them), so the fuzzing gets past the 404 for an
+    unknown SAE into the routes' own checks and the model."""
 
     def pin(drawn: tuple[Any, bool, int]) -> Any:
         case, on_sae, index = drawn
@@ -72,7 +73,8 @@ def pinned(strategy: st.SearchStrategy, sae_id: int, d_sae: int) -> st.SearchStr
                 case.body["max_new_tokens"] = 1 + index % STEER_TOKENS
                 case.body["save"] = index % 2 == 0  # some saved, for the experiment operation to find
             if case.path_parameters and "experiment_id" in case.path_parameters:
-                case.path_parameters["experiment_id"] = 1 + index % 3
+                ids = saved()
+                case.path_parameters["experiment_id"] = ids[index % len(ids)] if ids and index % 4 else max(ids, default=0) + 1
             if case.path_parameters and "cluster" in case.path_parameters:
                 case.path_parameters["cluster"] = index % 2  # the mapped SAE's first clusters
         return case
@@ -113,7 +115,17 @@ def callers(client, session, mapped_sae) -> dict[str, dict[str, Any]]:
             "session": {"headers": {"X-CSRF-Token": csrf}, "cookies": dict(client.cookies)}}
 
 
-def test_no_json_operation_answers_5xx_or_a_4xx_that_is_not_json(db_url, stored_sae, callers):
+def saved_experiments(session, sae_id: int) -> Callable[[], list[int]]:
+    """The ids of the SAE's experiments saved so far, read anew each time: the fuzzed steering runs save some, and
+    the store's ids depend on what earlier tests saved (PostgreSQL's sequences outlive the emptied tables)."""
+    def ids() -> list[int]:
+        session.rollback()  # a fresh snapshot, with what the served app has saved since the last read
+        return [experiment.id for experiment in crud.steering_experiments(session, sae_id=sae_id, limit=3)]
+    return ids
+
+
+def test_no_json_operation_answers_5xx_or_a_4xx_that_is_not_json(db_url, session, stored_sae, callers):
+    saved = saved_experiments(session, stored_sae.id)
     with make_client(db_url, steer_max_new_tokens=STEER_TOKENS) as served:
         schema = schemathesis.openapi.from_asgi("/openapi.json", served.app)
         operations = [result.ok() for result in schema.get_all_operations()]
@@ -122,7 +134,7 @@ def test_no_json_operation_answers_5xx_or_a_4xx_that_is_not_json(db_url, stored_
         seen: set[Key] = set()
         for operation in operations:
             for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-                strategy = pinned(operation.as_strategy(generation_mode=mode), stored_sae.id, stored_sae.d_sae)
+                strategy = pinned(operation.as_strategy(generation_mode=mode), stored_sae.id, stored_sae.d_sae, saved)
                 for how in callers.values():
                     fuzz(strategy, lambda case, how=how: case.call(**{k: dict(v) for k, v in how.items()}), found, seen)
     assert not found, "\n".join(found.values())
