@@ -103,7 +103,5 @@ def test_test_it_says_when_the_feature_does_not_fire(page, live_store, width):
     page.locator("#test-text").press_sequentially("hello", delay=20)
     page.wait_for_selector("#test-result .tok")
     page.wait_for_function("() => document.querySelectorAll('#test-result .tok').length === 6")
-    page.locator("#test-result").scroll_into_view_if_needed()
-    page.screenshot(path=f"/tmp/btags/silent-{width}.png")
     assert "does not fire on this text" in page.locator("#test-result").inner_text()
     assert page.locator("#test-result .tok.max").count() == 0

@@ -35,7 +35,6 @@ def test_every_remove_button_sits_inside_its_chip(page, live_store, width):
     page.set_viewport_size({"width": width, "height": 900})
     log_in(page)
     page.goto(f"/saes/{sae_id}/features/5")
-    page.screenshot(path=f"/tmp/btags/tags-{width}.png", full_page=False)
     boxes = chips_and_buttons(page)
     assert len(boxes) == 3
     assert page.locator("#tags button[title='remove tag']").count() == 3
