@@ -40,11 +40,14 @@ lint: install
 	$(VENV)/bin/mypy
 
 # Lint and types first, then the suite. The browser tests drive Debian's Chromium; as root, install it when
-# it is missing (quietly).
+# it is missing (quietly). The suite runs in TEST_WORKERS pytest-xdist processes, one per core up to 4: run alone
+# it keeps about one core busy (it waits on subprocesses, servers and the browser), and each worker loads its own
+# models, stores and browser, so more than 4 buys memory, not time. `make test TEST_WORKERS=1` runs it in one.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 test: lint
 	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || \
 		(apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null))
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(PY) bench/harvest.py

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import re
 import threading
 
@@ -13,6 +14,14 @@ from typer.testing import CliRunner, Result
 
 from sae_core import devices
 from tests.factories import save_tiny_model
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker takes its share of the cores for torch's threads: two workers of two
+    threads each on two cores spin against each other in every matmul."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
 @pytest.fixture(autouse=True)
