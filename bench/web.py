@@ -7,7 +7,8 @@ The store is filled by a real recording pass (a tiny Llama over the demo corpus,
 Past 16384 features (issue 22: --features 1048576) the store holds bench/million_store.py's tiled recording
 (a real 16384-feature TopK recording repeated, renumbered) instead, and the list is measured too: first pages
 and "next" pages deep in the list of every sort, apart (on a store with every tenth feature labelled and
-another tenth explained), and text searches (target p99 <= 200 ms at 16 clients).
+another tenth explained), and text searches (target p99 <= 200 ms at 16 clients). The JSON API's feature and
+search endpoints are measured beside the pages ("api feature", "api search").
 Run: .venv/bin/python bench/web.py [--features 16384] [--clients 16] [--seconds 20] [--workers 2] [--pages all]
 """
 
@@ -218,6 +219,16 @@ def search_pages(sae_id: int, _d_sae: int):
     return lambda rng: f"/saes/{sae_id}/features?q={rng.choice(SEARCHES)}&per_page=50"
 
 
+def api_feature_pages(sae_id: int, d_sae: int):
+    """A random feature as JSON (the API's feature endpoint)."""
+    return lambda rng: f"/api/saes/{sae_id}/features/{rng.randrange(d_sae)}"
+
+
+def api_search_pages(sae_id: int, _d_sae: int):
+    """A text search of the feature list as JSON, first page, index order."""
+    return lambda rng: f"/api/saes/{sae_id}/features?q={rng.choice(SEARCHES)}&per_page=50"
+
+
 def load(port: int, sae_id: int, d_sae: int, clients: int, seconds: float, pages=feature_pages) -> tuple[list[float], int]:
     """`clients` threads asking for random pages for `seconds`; returns latencies and failures."""
     host = "127.0.0.1"
@@ -273,11 +284,15 @@ def run_backend(name: str, url: str, recording, args) -> None:
         for clients in (1, args.clients) if wanted(args, "feature") else ():  # one client: the service time
             latencies, failures = load(port, sae_id, args.features, clients, args.seconds)
             report("feature", clients, latencies, failures, args.seconds, "p50 <= 30, p99 <= 100")
+        if wanted(args, "api feature"):
+            latencies, failures = load(port, sae_id, args.features, args.clients, args.seconds, api_feature_pages)
+            report("api feature", args.clients, latencies, failures, args.seconds, "p50 <= 30, p99 <= 100")
         if args.features > BASE:
             kinds = [(f"{sort} {'next' if after else 'first'}", list_pages(sort, after))
                      for sort in LIST_SORTS for after in (False, True)]
             # searches before the label and score sorts, whose pages skipping rows outlast the measurement
-            for name, pages in [*kinds[:8], ("search", search_pages), *kinds[8:]]:
+            searches = [("search", search_pages), ("api search", api_search_pages)]
+            for name, pages in [*kinds[:8], *searches, *kinds[8:]]:
                 if wanted(args, name):
                     latencies, failures = load(port, sae_id, args.features, args.clients, args.seconds, pages)
                     report(name, args.clients, latencies, failures, args.seconds, "p99 <= 200")
@@ -304,7 +319,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--backends", default="sqlite,postgres")
     parser.add_argument("--pages", default="all",
-                        help='comma-separated kinds to measure: feature, search, or a sort (index, label, "label next"...)')
+                        help='comma-separated kinds to measure: feature, search, api (both JSON kinds), or a sort '
+                             '(index, label, "label next"...)')
     args = parser.parse_args()
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="saescope-bench-web-") as tmp:

@@ -66,13 +66,15 @@ def sae(session: SessionDep, _user: ReaderDep, sae_id: SaeId):
 
 
 @router.get("/saes/{sae_id}/features", response_model=FeatureList, responses=ERRORS)
-def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, key: PageKeyDep, sort: crud.SortKey = "index",
-             desc: bool = False, state: crud.StateFilter = "all", tag: TagFilter = "", q: SearchQuery = "",
-             whole_words: WholeWords = False, page: Page = 1, per_page: PerPage = 50):
+async def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, key: PageKeyDep,
+                   sort: crud.SortKey = "index", desc: bool = False, state: crud.StateFilter = "all", tag: TagFilter = "",
+                   q: SearchQuery = "", whole_words: WholeWords = False, page: Page = 1, per_page: PerPage = 50):
     """One page of features, sorted and filtered like the list page; `q` searches labels, drafts and top tokens.
     `next` holds the parameters of the page after it by key (`after` and `after_key` or `after_text`): added to
     this request's, they fetch it at the cost of the first page, where a `page` number deep in a large SAE skips
-    every row before it."""
+    every row before it.
+
+    On the event loop, as the list page is (`routes/features.py`), and for its reason."""
     row = crud.find_sae(session, ref=sae_id)
     rows, total = crud.list_features(session, sae_id=row.id, sort=sort, descending=desc, state=state, tag=tag or None,
                                      query=q or None, whole_words=whole_words, limit=per_page + 1,
@@ -83,8 +85,10 @@ def features(session: SessionDep, _user: ReaderDep, sae_id: SaeId, key: PageKeyD
 
 
 @router.get("/saes/{sae_id}/features/{feature_index}", response_model=FeatureOut, responses=ERRORS)
-def feature(session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex):
-    """A feature with its statistics, examples (top and per quantile interval), logits, neighbours and labels."""
+async def feature(session: SessionDep, _user: ReaderDep, sae_id: SaeId, feature_index: FeatureIndex):
+    """A feature with its statistics, examples (top and per quantile interval), logits, neighbours and labels.
+
+    On the event loop, as the feature page is (`routes/features.py`), and for its reason."""
     return FeatureOut.of(crud.feature_page(session, sae_id=sae_id, feature_index=feature_index))
 
 
