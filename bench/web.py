@@ -219,14 +219,12 @@ def search_pages(sae_id: int, _d_sae: int):
     return lambda rng: f"/saes/{sae_id}/features?q={rng.choice(SEARCHES)}&per_page=50"
 
 
-def api_feature_pages(sae_id: int, d_sae: int):
-    """A random feature as JSON (the API's feature endpoint)."""
-    return lambda rng: f"/api/saes/{sae_id}/features/{rng.randrange(d_sae)}"
-
-
-def api_search_pages(sae_id: int, _d_sae: int):
-    """A text search of the feature list as JSON, first page, index order."""
-    return lambda rng: f"/api/saes/{sae_id}/features?q={rng.choice(SEARCHES)}&per_page=50"
+def as_json(pages):
+    """The same requests of the JSON API, whose paths are the pages' under /api."""
+    def api_pages(sae_id: int, d_sae: int):
+        url = pages(sae_id, d_sae)
+        return lambda rng: "/api" + url(rng)
+    return api_pages
 
 
 def load(port: int, sae_id: int, d_sae: int, clients: int, seconds: float, pages=feature_pages) -> tuple[list[float], int]:
@@ -285,13 +283,14 @@ def run_backend(name: str, url: str, recording, args) -> None:
             latencies, failures = load(port, sae_id, args.features, clients, args.seconds)
             report("feature", clients, latencies, failures, args.seconds, "p50 <= 30, p99 <= 100")
         if wanted(args, "api feature"):
-            latencies, failures = load(port, sae_id, args.features, args.clients, args.seconds, api_feature_pages)
+            latencies, failures = load(port, sae_id, args.features, args.clients, args.seconds,
+                                       as_json(feature_pages))
             report("api feature", args.clients, latencies, failures, args.seconds, "p50 <= 30, p99 <= 100")
         if args.features > BASE:
             kinds = [(f"{sort} {'next' if after else 'first'}", list_pages(sort, after))
                      for sort in LIST_SORTS for after in (False, True)]
             # searches before the label and score sorts, whose pages skipping rows outlast the measurement
-            searches = [("search", search_pages), ("api search", api_search_pages)]
+            searches = [("search", search_pages), ("api search", as_json(search_pages))]
             for name, pages in [*kinds[:8], *searches, *kinds[8:]]:
                 if wanted(args, name):
                     latencies, failures = load(port, sae_id, args.features, args.clients, args.seconds, pages)
