@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from sqlalchemy import text
 
 from app import crud
 from app.db import make_engine, session_factory
@@ -36,6 +37,20 @@ def test_compose_services_share_the_database_and_the_sae_volume():
     assert len(urls) == 1 and next(iter(urls)).startswith("postgresql+psycopg://")
     assert "saes:/data" in services["web"]["volumes"] and "saes:/data" in services["job"]["volumes"]
     assert "SECRET_KEY" in services["web"]["environment"]
+
+
+@pytest.mark.postgres
+def test_the_database_service_sets_only_real_postgresql_settings(postgres_url):
+    """Each `-c name=value` of the db service names a setting PostgreSQL has (a misspelt one stops the server)."""
+    command = COMPOSE["services"]["db"]["command"]
+    assert command[0] == "postgres"
+    settings = dict(item.split("=", 1) for flag, item in zip(command[1::2], command[2::2]) if flag == "-c")
+    assert settings and len(settings) * 2 == len(command) - 1
+    engine = make_engine(postgres_url)
+    with engine.connect() as connection:
+        for name in settings:
+            assert connection.execute(text("SELECT count(*) FROM pg_settings WHERE name = :n"), {"n": name}).scalar()
+    engine.dispose()
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="Debian's docker-compose is not installed")
