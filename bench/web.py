@@ -1,7 +1,7 @@
 """Feature-page latency under load: concurrent clients on a store holding 16k recorded features.
 
 Target (issue 5): p50 <= 30 ms and p99 <= 100 ms with 16 clients, on SQLite and on PostgreSQL.
-The store is filled by a real recording pass (a tiny Llama over the demo corpus, a random ReLU SAE with
+The store is filled by a real recording pass (a tiny Llama over the demo corpus, a random TopK SAE (k=32) with
 --features features, default RecordConfig: 20 top examples and 10x5 quantile samples per feature), then
 `saescope serve` runs in a subprocess and each client thread asks for random feature pages until time is up.
 Past 16384 features (issue 22: --features 1048576) the store holds bench/million_store.py's tiled recording
@@ -62,10 +62,12 @@ BASE = 16384
 
 
 def make_recording(work: Path, d_sae: int, contexts: int):
-    """A random SAE saved to disk and a real recording pass of it over the tiny model."""
+    """A random TopK SAE saved to disk and a real recording pass of it over the tiny model. TopK, not ReLU: a
+    random ReLU SAE fires thousands of its features on every token, and counting their co-activation pairs
+    (quadratic in the features per token) stalled the recording for more than 10 minutes at 16384 features."""
     model_dir = save_tiny_model(work / "model")
     lm = load_model(str(model_dir))
-    cfg = SAEConfig(architecture="relu", d_in=32, d_sae=d_sae,
+    cfg = SAEConfig(architecture="topk", d_in=32, d_sae=d_sae, k=32,
                     provenance=Provenance(model="tiny-llama", site=parse_site(SITE)))
     loaded = read_sae(build_sae(cfg, seed=0).save(work / f"random-{d_sae}"))
     ctx = list(islice(iter_contexts(iter_documents("demo"), lm.tokenizer, 128), contexts))
