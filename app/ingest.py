@@ -168,11 +168,14 @@ def json_numbers(values: torch.Tensor) -> list[str]:
     17-digit repr of its float64 widening. As json.dumps does, integral values keep a ".0" (so they read back as
     floats, -0.0 with its sign) and non-finite ones are written NaN, Infinity, -Infinity."""
     digits = 17 if values.dtype == torch.float64 else 9
-    numbers = list(map(f"{{:.{digits}g}}".format, values.tolist()))
+    floats = values.tolist()
+    numbers = list(map(f"{{:.{digits}g}}".format, floats))
     finite = torch.isfinite(values)
     integral = finite & (values == values.trunc()) & (values.abs() < 10.0**digits)  # "g" writes these bare
-    for i in (integral | ~finite).nonzero().flatten().tolist():
-        numbers[i] = numbers[i] + ".0" if integral[i] else json.dumps(float(values[i]))
+    for i in integral.nonzero().flatten().tolist():  # the zeros that pad a partner table: many
+        numbers[i] += ".0"
+    for i in (~finite).nonzero().flatten().tolist():
+        numbers[i] = json.dumps(floats[i])
     return numbers
 
 
