@@ -245,6 +245,11 @@ class Example(Base):
     context: Mapped[Context] = relationship(lazy="joined")
 
 
+STATEMENT_CHECKED_KEYS = frozenset({"fk_examples_feature_id_features", "fk_examples_context_id_contexts"})
+"""Example's foreign keys that PostgreSQL enforces by statement-level triggers, not constraints (migration 0014):
+a constraint checks each of a bulk import's millions of rows with a query of its own."""
+
+
 class Label(Base):
     """One version of a feature's label; the history is append-only and the newest is current."""
 
