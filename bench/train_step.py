@@ -1,6 +1,6 @@
 """Time one TopK training step in each variant side by side: dense/sparse kernels x float32/bfloat16.
 
-Usage: python bench/train_step.py [--d-in 576] [--features 8192] [--k 32] [--batch 4096] [--repeats 5]
+Usage: python bench/train_step.py [--d-in 576] [--features 8192] [--k 32] [--batch 4096] [--repeats 5] [--dead 0.01]
 Prints the median milliseconds per step of each variant and its speed relative to the dense float32
 step, the plain reference. Random Gaussian inputs: the step's cost does not depend on the data.
 
@@ -32,15 +32,22 @@ def time_variant(args, dtype: str, sparse: bool, data_path: Path, out: Path) -> 
     cfg = TrainConfig(tokens=10**9, batch_size=args.batch, dtype=dtype, sparse_kernels=sparse, progress=False)
     trainer = Trainer(sae_cfg, cfg, open_activations(data_path), out)
     trainer.initialize_from_data()
-    # Some features dead, so the AuxK branch runs as it does in real training.
-    trainer.state.since_fired_F[::4] = trainer.dead_after
     x = open_activations(data_path).head(args.batch)
-    trainer.step(x)
+    every = round(1 / args.dead) if args.dead else 0
+
+    def step() -> None:
+        # Some features dead before every step, so the AuxK branch runs as it does in real training: a step
+        # on this batch fires every feature, and one marking before the warm-up left none dead to time.
+        if every:
+            trainer.state.since_fired_F[::every] = trainer.dead_after
+        trainer.step(x)
+
+    step()
     blocks = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         for _ in range(args.steps):
-            trainer.step(x)
+            step()
         blocks.append((time.perf_counter() - start) / args.steps)
     return statistics.median(blocks)
 
@@ -69,6 +76,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dead", type=float, default=0.01,
+                        help="fraction of features marked dead before each step (AuxK's share of the step); 0: none")
     parser.add_argument("--variants", default="dense-float32,dense-bfloat16,sparse-float32,sparse-bfloat16",
                         help="comma-separated KERNELS-DTYPE; the first is the baseline of the ratios")
     parser.add_argument("--tmp", type=Path, default=Path("/tmp/saescope-bench-step"))
@@ -80,7 +89,7 @@ def main() -> None:
     np.save(data_path, np.random.default_rng(0).standard_normal((args.batch, args.d_in), dtype=np.float32))
     variants = [(v.split("-")[1], v.split("-")[0] == "sparse") for v in args.variants.split(",")]
     print(f"TopK step, d_in={args.d_in} features={args.features} k={args.k} batch={args.batch} "
-          f"threads={args.threads}")
+          f"threads={args.threads} dead={args.dead}")
     flops = 2 * args.batch * args.d_in * args.features
     matmuls = {dtype: matmul_seconds(args, getattr(torch, dtype)) for dtype in ("bfloat16", "float32")}
     for dtype, seconds in matmuls.items():
