@@ -162,6 +162,19 @@ def test_decoder_norm_folds_into_encoder(arch):
     assert torch.allclose(sae(x), expected, atol=1e-5)
 
 
+def test_parallel_gradient_is_removed_from_every_decoder_row_whatever_its_norm():
+    """Rows of any norm (not just unit ones) keep exactly their gradient's part orthogonal to the row."""
+    sae, gen = make("topk"), torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        sae.W_dec.mul_(torch.rand(D_SAE, 1, generator=gen) * 2 + 0.1)
+    sae.W_dec.grad = torch.randn(sae.W_dec.shape, generator=gen)
+    W, grad = sae.W_dec.detach().double(), sae.W_dec.grad.double()
+    expected = grad - (grad * W).sum(1, keepdim=True) / (W * W).sum(1, keepdim=True) * W
+    sae.remove_parallel_grad_()
+    assert torch.allclose(sae.W_dec.grad.double(), expected, atol=1e-5)
+    assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-4
+
+
 def corrupt(tmp_path, arch, edit):
     make(arch).save(tmp_path)
     path = tmp_path / "sae_weights.safetensors"
