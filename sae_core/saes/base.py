@@ -267,11 +267,12 @@ class SAE(nn.Module):
         """Drop the part of W_dec's gradient that would only change row norms (OpenAI 2024).
 
         grad -= (grad . w) w / |w|^2 per row, as two row-wise dots and one fused multiply-subtract: no unit-row
-        or product matrices of W_dec's size (half the time of building them, measured on 8192 x 576)."""
+        or product matrices of W_dec's size (half the time of building them, measured on 8192 x 576). The dots are
+        `vecdot`s: einsum lowers them to a batched matmul of 8192 1 x 576 products, 3.5x slower on an AMX Xeon."""
         if self.W_dec.grad is None:
             return
         W_FD, grad_FD = self.W_dec, self.W_dec.grad
-        dots_F = torch.einsum("fd,fd->f", grad_FD, W_FD) / torch.einsum("fd,fd->f", W_FD, W_FD).clamp_min(1e-16)
+        dots_F = torch.linalg.vecdot(grad_FD, W_FD) / torch.linalg.vecdot(W_FD, W_FD).clamp_min(1e-16)
         grad_FD.addcmul_(W_FD, dots_F[:, None], value=-1)
 
     @torch.no_grad()

@@ -1,0 +1,112 @@
+"""The C++ row top-k against torch.topk, its fallbacks, and its build."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from sae_core import kernels
+from sae_core.saes.sparse import row_topk
+
+
+@pytest.fixture(autouse=True)
+def built() -> None:
+    """Skip, saying why, where the kernel cannot be built; fail instead under SAESCOPE_REQUIRE_NATIVE=1 (CI)."""
+    if kernels.library() is None:
+        reason = "the C++ kernel could not be built here (no compiler, or it failed: see the warning)"
+        if os.environ.get("SAESCOPE_REQUIRE_NATIVE") == "1":
+            pytest.fail(f"{reason} and SAESCOPE_REQUIRE_NATIVE=1")
+        pytest.skip(reason)
+
+
+def check_topk(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> None:
+    """The kernel's values are the k largest of pre + bias (as torch.topk finds them), at distinct columns."""
+    vals, idx = kernels.row_topk(pre, k, bias)
+    full = pre.float() + (0 if bias is None else bias)
+    want = full.topk(k, dim=-1).values
+    assert torch.equal(vals.sort(dim=-1, descending=True).values, want)
+    assert torch.equal(vals, full.gather(1, idx))
+    assert all(len(set(row.tolist())) == k for row in idx)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("rows", "cols", "k"), [
+    (9, 8192, 32),   # the training shape: whole strided groups
+    (7, 300, 5),     # 256 columns in groups and a tail of 44
+    (3, 100, 7),     # fewer columns than groups: one plain pass
+    (4, 1024, 300),  # k beyond the number of groups
+    (2, 64, 64),     # every column
+    (0, 512, 3),     # no rows
+])
+def test_matches_torch_topk(dtype: torch.dtype, rows: int, cols: int, k: int) -> None:
+    pre = torch.randn(rows, cols, generator=torch.Generator().manual_seed(cols)).to(dtype)
+    check_topk(pre, k)
+    check_topk(pre, k, bias=torch.randn(cols, generator=torch.Generator().manual_seed(1)))
+
+
+def test_ties_pick_distinct_columns() -> None:
+    pre = torch.randint(0, 3, (16, 2048), generator=torch.Generator().manual_seed(0)).float()
+    check_topk(pre, 40)
+    check_topk(torch.zeros(4, 512), 10)
+
+
+def test_infinities_and_nan() -> None:
+    pre = torch.full((3, 1024), float("-inf"))
+    pre[1, 700] = float("inf")
+    pre[2, 5] = float("nan")  # ordered above every number, as torch.topk orders it
+    vals, idx = kernels.row_topk(pre, 4)
+    assert torch.isneginf(vals[0]).all() and len(set(idx[0].tolist())) == 4
+    assert 700 in idx[1].tolist() and torch.isposinf(vals[1]).sum() == 1
+    assert 5 in idx[2].tolist() and vals[2].isnan().sum() == 1
+
+
+def test_inapplicable_inputs_fall_back() -> None:
+    pre = torch.randn(4, 256)
+    assert kernels.row_topk(pre.half(), 3) is None
+    assert kernels.row_topk(pre, 0) is None
+    assert kernels.row_topk(pre, 257) is None
+    assert kernels.row_topk(pre.view(2, 2, 256), 3) is None
+    transposed = torch.randn(256, 4).T  # not contiguous: copied, then selected
+    check_topk(transposed, 3)
+
+
+def test_row_topk_keeps_gradient_and_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
+    pre = torch.randn(6, 2048, requires_grad=True)
+    vals, idx = row_topk(pre, 16)
+    vals.sum().backward()
+    assert pre.grad is not None and pre.grad.sum() == 16 * 6
+    assert torch.equal(pre.grad.nonzero()[:, 1].view(6, 16).sort(-1).values, idx.sort(-1).values)
+    assert row_topk(pre.detach().bfloat16(), 16)[0].dtype == torch.bfloat16
+    monkeypatch.setenv("SAESCOPE_NATIVE", "0")
+    assert kernels.row_topk(pre, 16) is None
+    torch_vals, _ = row_topk(pre.detach(), 16)
+    assert torch.equal(torch_vals.sort(-1).values, vals.detach().sort(-1).values)
+
+
+@pytest.fixture
+def fresh_library(monkeypatch: pytest.MonkeyPatch, tmp_path):
+    """An empty kernel cache under tmp_path; the process's own library is restored afterwards."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    kernels.library.cache_clear()
+    yield tmp_path
+    kernels.library.cache_clear()
+
+
+def test_builds_into_the_cache(fresh_library) -> None:
+    assert kernels.library() is not None
+    built = list((fresh_library / "saescope" / "kernels").glob("row_topk-*.so"))
+    assert len(built) == 1
+    kernels.library.cache_clear()
+    stamp = built[0].stat().st_mtime_ns
+    kernels.library()
+    assert built[0].stat().st_mtime_ns == stamp  # loaded, not rebuilt
+
+
+def test_a_failed_build_warns_and_falls_back(fresh_library, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CXX", "false")
+    with pytest.warns(UserWarning, match="could not compile"):
+        assert kernels.row_topk(torch.randn(2, 512), 3) is None
+    vals, _ = row_topk(torch.randn(2, 512), 3)  # the PyTorch path
+    assert vals.shape == (2, 3)
