@@ -7,12 +7,13 @@ step, the plain reference. Random Gaussian inputs: the step's cost does not depe
 The ceiling: a sparse TopK step needs one dense product, the encoder's [batch, d_in] @ [d_in, features];
 everything else touches only batch x k pairs. That one matmul, timed alone on the same threads in bf16 and in
 float32, the faster of the two, is the fastest a step of this shape can be on this machine; each variant is
-printed as a multiple of it.
+printed as a multiple of it. The step's top-k is timed alone too, by the C++ kernel and by PyTorch's path.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from pathlib import Path
@@ -20,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sae_core import kernels
 from sae_core.activations import open_activations
 from sae_core.allocator import keep_freed_memory
 from sae_core.saes import SAEConfig
+from sae_core.saes.sparse import row_topk
 from sae_core.train import TrainConfig, Trainer
 
 
@@ -67,6 +70,27 @@ def matmul_seconds(args, dtype: torch.dtype) -> float:
     return statistics.median(blocks)
 
 
+def topk_seconds(args, native: bool) -> float:
+    """Median seconds of the step's top-k alone (`row_topk` over bf16 pre-activations), by the C++ kernel or PyTorch."""
+    pre = torch.randn(args.batch, args.features, generator=torch.Generator().manual_seed(0)).bfloat16()
+    before = os.environ.get("SAESCOPE_NATIVE")
+    os.environ["SAESCOPE_NATIVE"] = "1" if native else "0"
+    try:
+        row_topk(pre, args.k)
+        blocks = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                row_topk(pre, args.k)
+            blocks.append((time.perf_counter() - start) / args.steps)
+    finally:
+        if before is None:
+            os.environ.pop("SAESCOPE_NATIVE")
+        else:
+            os.environ["SAESCOPE_NATIVE"] = before
+    return statistics.median(blocks)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d-in", type=int, default=576)
@@ -95,6 +119,10 @@ def main() -> None:
     for dtype, seconds in matmuls.items():
         print(f"{'1 matmul ' + dtype:18s} {seconds * 1000:8.1f} ms/step  {args.batch / seconds:9.0f} tok/s  "
               f"({flops / seconds / 1e9:.0f} GFLOP/s)")
+    if kernels.library() is not None:
+        for native in (True, False):
+            seconds = topk_seconds(args, native)
+            print(f"{'top-k ' + ('C++ kernel' if native else 'PyTorch'):18s} {seconds * 1000:8.1f} ms/step")
     # The ceiling is the faster dtype's matmul: bf16 with AMX, but float32 where bf16 has no fast kernels.
     ceiling = min(matmuls.values())
     base = None
