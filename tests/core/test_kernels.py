@@ -34,6 +34,7 @@ def check_topk(pre: torch.Tensor, k: int, bias: torch.Tensor | None = None) -> N
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize(("rows", "cols", "k"), [
     (9, 8192, 32),   # the training shape: whole strided groups
+    (3, 70000, 32),  # wide: 2187 groups of 32 columns and a tail of 16
     (7, 300, 5),     # 256 columns in groups and a tail of 44
     (3, 100, 7),     # fewer columns than groups: one plain pass
     (4, 1024, 300),  # k beyond the number of groups
