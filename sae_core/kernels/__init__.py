@@ -77,19 +77,19 @@ def library() -> ctypes.CDLL | None:
     if cxx is None:
         warnings.warn("no C++ compiler found (set CXX): top-k selection uses PyTorch's slower CPU path", stacklevel=2)
         return None
-    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, platform.machine(), cpu_flags(),
-                                    " ".join(FLAGS)]).encode()).hexdigest()[:16]
-    out = cache_dir() / f"row_topk-{key}.so"
     try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), cxx, version, platform.machine(), cpu_flags(),
+                                        " ".join(FLAGS)]).encode()).hexdigest()[:16]
+        out = cache_dir() / f"row_topk-{key}.so"
         if not out.exists():
             build(cxx, out)
         lib = ctypes.CDLL(str(out))
     except OSError as error:
         warnings.warn(f"{error}; top-k selection uses PyTorch's slower CPU path", stacklevel=2)
         return None
-    pointers = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_int64]
+    pointers = [ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                ctypes.c_int64]
     for name in ("row_topk_float32", "row_topk_bfloat16"):
         getattr(lib, name).argtypes = pointers
     return lib
@@ -98,10 +98,9 @@ def library() -> ctypes.CDLL | None:
 KERNEL_DTYPES = {torch.float32: "row_topk_float32", torch.bfloat16: "row_topk_bfloat16"}
 
 
-def row_topk(pre_NF: torch.Tensor, k: int, bias_F: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The k largest of every row of pre_NF + bias_F (float32 values, int64 columns, unordered); None where the
-    kernel does not apply (another device or dtype, k out of range, no compiler), for the caller's own path.
+def row_topk(pre_NF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The k largest of every row of pre_NF (float32 values, int64 columns, unordered); None where the kernel does
+    not apply (another device or dtype, k out of range, no compiler), for the caller's own path.
 
     The values carry no gradient: a caller that needs one gathers them from its tensor at the columns."""
     if not (enabled() and pre_NF.device.type == "cpu" and pre_NF.dim() == 2 and pre_NF.dtype in KERNEL_DTYPES
@@ -112,9 +111,8 @@ def row_topk(pre_NF: torch.Tensor, k: int, bias_F: torch.Tensor | None = None
         return None
     n, d = pre_NF.shape
     pre_NF = pre_NF.detach().contiguous()
-    bias_F = pre_NF.new_zeros(d, dtype=torch.float32) if bias_F is None else bias_F.detach().float().contiguous()
     vals_NK = torch.empty(n, k)
     idx_NK = torch.empty(n, k, dtype=torch.int64)
-    getattr(lib, KERNEL_DTYPES[pre_NF.dtype])(pre_NF.data_ptr(), bias_F.data_ptr(), n, d, k, vals_NK.data_ptr(),
-                                              idx_NK.data_ptr(), torch.get_num_threads())
+    getattr(lib, KERNEL_DTYPES[pre_NF.dtype])(pre_NF.data_ptr(), n, d, k, vals_NK.data_ptr(), idx_NK.data_ptr(),
+                                              torch.get_num_threads())
     return vals_NK, idx_NK

@@ -1,4 +1,4 @@
-// The k largest values of every row of a [rows, cols] matrix plus a per-column bias, two passes over each row.
+// The k largest values of every row of a [rows, cols] matrix, two passes over each row.
 //
 // The first pass takes the maximum of each of `groups` strided column groups ({g, g + groups, ...}), elementwise
 // across groups, which the compiler vectorises. The k-th largest of those maxima is a lower bound on the row's
@@ -42,27 +42,27 @@ inline bool larger(const Candidate& a, const Candidate& b) { return a.key > b.ke
 
 // Each strided group's maximum over the first `whole` columns (a multiple of `groups`): vectorised across groups.
 template <typename T>
-void group_maxima(const T* __restrict row, const float* __restrict bias, int64_t whole, int64_t groups,
+void group_maxima(const T* __restrict row, int64_t whole, int64_t groups,
                   float* __restrict maxima) {
     std::fill(maxima, maxima + groups, -INFINITY);
     for (int64_t c = 0; c < whole; c += groups)
         for (int64_t g = 0; g < groups; ++g) {
-            float v = key(load(row, c + g) + bias[c + g]);
+            float v = key(load(row, c + g));
             maxima[g] = v > maxima[g] ? v : maxima[g];
         }
 }
 
 template <typename T>
-void keep_at_least(const T* __restrict row, const float* __restrict bias, int64_t begin, int64_t end, int64_t step,
+void keep_at_least(const T* __restrict row, int64_t begin, int64_t end, int64_t step,
                    float bound, std::vector<Candidate>& buf) {
     for (int64_t c = begin; c < end; c += step) {
-        float v = load(row, c) + bias[c];
+        float v = load(row, c);
         if (key(v) >= bound) buf.push_back({key(v), v, c});
     }
 }
 
 template <typename T>
-void rows_topk(const T* pre, const float* bias, int64_t row_begin, int64_t row_end, int64_t cols, int64_t k,
+void rows_topk(const T* pre, int64_t row_begin, int64_t row_end, int64_t cols, int64_t k,
                float* vals, int64_t* idx) {
     std::vector<Candidate> buf;
     int64_t groups = group_count(cols), whole = cols / groups * groups;
@@ -71,18 +71,18 @@ void rows_topk(const T* pre, const float* bias, int64_t row_begin, int64_t row_e
         const T* row = pre + r * cols;
         buf.clear();
         if (k <= groups && whole > 0) {
-            group_maxima(row, bias, whole, groups, maxima.data());
+            group_maxima(row, whole, groups, maxima.data());
             std::copy(maxima.begin(), maxima.end(), order.begin());
             std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [](float a, float b) { return a > b; });
             float bound = order[k - 1];
             // Only groups whose maximum reaches the bound can hold a value that does.
             for (int64_t g = 0; g < groups; ++g)
-                if (maxima[g] >= bound) keep_at_least(row, bias, g, whole, groups, bound, buf);
-            keep_at_least(row, bias, whole, cols, 1, bound, buf);
+                if (maxima[g] >= bound) keep_at_least(row, g, whole, groups, bound, buf);
+            keep_at_least(row, whole, cols, 1, bound, buf);
         }
         if (static_cast<int64_t>(buf.size()) < k) {  // no bound (k beyond the groups), or a bound that kept too few
             buf.clear();
-            keep_at_least(row, bias, 0, cols, 1, -INFINITY, buf);
+            keep_at_least(row, 0, cols, 1, -INFINITY, buf);
         }
         std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), larger);
         for (int64_t j = 0; j < k; ++j) {
@@ -93,16 +93,16 @@ void rows_topk(const T* pre, const float* bias, int64_t row_begin, int64_t row_e
 }
 
 template <typename T>
-void parallel_rows_topk(const T* pre, const float* bias, int64_t rows, int64_t cols, int64_t k, float* vals,
+void parallel_rows_topk(const T* pre, int64_t rows, int64_t cols, int64_t k, float* vals,
                         int64_t* idx, int64_t threads) {
     threads = std::max<int64_t>(1, std::min(threads, rows));
     std::vector<std::thread> pool;
     int64_t per = (rows + threads - 1) / threads;
     for (int64_t t = 1; t < threads; ++t) {
         int64_t begin = t * per, end = std::min(rows, begin + per);
-        if (begin < end) pool.emplace_back(rows_topk<T>, pre, bias, begin, end, cols, k, vals, idx);
+        if (begin < end) pool.emplace_back(rows_topk<T>, pre, begin, end, cols, k, vals, idx);
     }
-    rows_topk<T>(pre, bias, 0, std::min(rows, per), cols, k, vals, idx);
+    rows_topk<T>(pre, 0, std::min(rows, per), cols, k, vals, idx);
     for (auto& th : pool) th.join();
 }
 
@@ -110,14 +110,14 @@ void parallel_rows_topk(const T* pre, const float* bias, int64_t rows, int64_t c
 
 extern "C" {
 
-// k <= cols is the caller's to check; bias holds cols values.
-void row_topk_float32(const float* pre, const float* bias, int64_t rows, int64_t cols, int64_t k, float* vals,
+// 0 < k <= cols is the caller's to check.
+void row_topk_float32(const float* pre, int64_t rows, int64_t cols, int64_t k, float* vals,
                       int64_t* idx, int64_t threads) {
-    parallel_rows_topk(pre, bias, rows, cols, k, vals, idx, threads);
+    parallel_rows_topk(pre, rows, cols, k, vals, idx, threads);
 }
 
-void row_topk_bfloat16(const uint16_t* pre, const float* bias, int64_t rows, int64_t cols, int64_t k, float* vals,
+void row_topk_bfloat16(const uint16_t* pre, int64_t rows, int64_t cols, int64_t k, float* vals,
                        int64_t* idx, int64_t threads) {
-    parallel_rows_topk(pre, bias, rows, cols, k, vals, idx, threads);
+    parallel_rows_topk(pre, rows, cols, k, vals, idx, threads);
 }
 }
