@@ -13,7 +13,7 @@ from ..distributed import Dist
 from ..provenance import Provenance
 from ..sites import Site, SiteError, hidden_size, num_layers, parse_site
 from .artifact import write_sae
-from .sparse import Selector, SparseActs, attach_encoder_grad, sparse_decode
+from .sparse import Selector, SparseActs, attach_encoder_grad, biased_product, sparse_decode
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,8 @@ class SAE(nn.Module):
         if not self.runtime.sparse_kernels:
             return self.pre_acts(x_ND)
         with torch.no_grad():
-            return self.pre_acts(x_ND)
+            b_dec_D = self.b_dec if self.cfg.apply_b_dec_to_input else None
+            return biased_product(x_ND, b_dec_D, self.W_enc, self.b_enc)
 
     def select_for_training(self, x_ND: torch.Tensor, pre_NF: torch.Tensor, select: Selector) -> SparseActs:
         """Pick active (row, feature) pairs; with sparse kernels, reattach the encoder's gradient to them."""

@@ -261,6 +261,18 @@ def test_row_topk_equals_torch_topk(shape):
     assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct columns
 
 
+@pytest.mark.parametrize("apply_b_dec", [True, False])
+def test_training_pre_acts_with_the_bias_as_a_column_equal_addmm(apply_b_dec):
+    """The sparse path's pre-activations (bias folded into the product) match `pre_acts`, in float32 and in bf16."""
+    sae = make("topk", runtime=Runtime(sparse_kernels=True), d_sae=512, apply_b_dec_to_input=apply_b_dec)
+    x = x_batch(32)
+    torch.testing.assert_close(sae.training_pre_acts(x), sae.pre_acts(x).detach(), rtol=1e-5, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        folded, reference = sae.training_pre_acts(x), sae.pre_acts(x)
+    assert folded.dtype == reference.dtype == torch.bfloat16
+    torch.testing.assert_close(folded.float(), reference.float(), rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.parametrize("arch", ["topk", "transcoder"])
 def test_sparse_kernels_under_bfloat16_autocast_give_the_dense_path_gradients(arch):
     """Under autocast the sparse kernels read bfloat16 tables (as autocast's matmuls do) and hand float32
