@@ -17,6 +17,7 @@ import os
 import statistics
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -73,21 +74,14 @@ def matmul_seconds(args, dtype: torch.dtype) -> float:
 def topk_seconds(args, native: bool) -> float:
     """Median seconds of the step's top-k alone (`row_topk` over bf16 pre-activations), by the C++ kernel or PyTorch."""
     pre = torch.randn(args.batch, args.features, generator=torch.Generator().manual_seed(0)).bfloat16()
-    before = os.environ.get("SAESCOPE_NATIVE")
-    os.environ["SAESCOPE_NATIVE"] = "1" if native else "0"
-    try:
+    blocks = []
+    with mock.patch.dict(os.environ, {"SAESCOPE_NATIVE": "1" if native else "0"}):
         row_topk(pre, args.k)
-        blocks = []
         for _ in range(args.repeats):
             start = time.perf_counter()
             for _ in range(args.steps):
                 row_topk(pre, args.k)
             blocks.append((time.perf_counter() - start) / args.steps)
-    finally:
-        if before is None:
-            os.environ.pop("SAESCOPE_NATIVE")
-        else:
-            os.environ["SAESCOPE_NATIVE"] = before
     return statistics.median(blocks)
 
 

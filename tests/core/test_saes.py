@@ -243,12 +243,15 @@ def test_sparse_kernels_equal_dense_reference(arch, dead_share, d_sae):
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.parametrize("native", ["1", "0"], ids=["c++ kernel", "pytorch path"])
 @pytest.mark.parametrize("shape", [(64, 8192, 32), (16, 4096, 8), (8, 1000, 4), (4, 2048, 600)])
-def test_row_topk_equals_torch_topk(shape):
+def test_row_topk_equals_torch_topk(shape, native, monkeypatch):
     """The grouped top-k finds torch.topk's values at columns holding them, with the winners bunched in one
-    column group, with ties, and through its fallbacks (a width not divisible into groups; k too large)."""
+    column group, with ties, and through its fallbacks (a width not divisible into groups; k too large). Both
+    paths: the C++ kernel a CPU takes, and the PyTorch one every other device takes."""
     from sae_core.saes.sparse import GROUPS, row_topk
 
+    monkeypatch.setenv("SAESCOPE_NATIVE", native)
     n, d, k = shape
     pre = torch.randn(n, d, generator=torch.Generator().manual_seed(0))
     pre[0, 7::GROUPS] = 10 + torch.arange(len(pre[0, 7::GROUPS]), dtype=torch.float)  # one group holds them all
