@@ -31,7 +31,7 @@ from ..models import Context, Example, Explanation, Feature, FeatureTag, Label, 
 from ..packing import unpack_acts, unpack_ids
 from .base import NotFound, shared_alias
 from .briefs import FeatureBrief, feature_briefs
-from .explanations import DRAFT, draft_count
+from .explanations import DRAFT, current_draft, draft_count
 from .labels import current_label, label_rows, labelled_count
 from .saes import find_sae
 from .tags import feature_tags, named, tagged_count
@@ -528,6 +528,9 @@ class FeaturePage:
     tags: list[str]
     neighbours: dict[int, FeatureBrief]
     """What each nearest feature is (label, top tokens, strongest example), for the links to them."""
+    draft: Explanation | None
+    """The newest unverified draft explanation, read only for a feature that the page's first query finds has
+    one: most features have none, and asking anyway cost every page about 1 ms."""
 
     @property
     def label(self) -> str | None:
@@ -572,7 +575,9 @@ _FEATURE_AND_SAE = (
            Sae.record_config.label("sae_record_config"), Sae.recorded_at.label("sae_recorded_at"),
            func.coalesce(func.nullif(Sae.model_spec, ""), Sae.model_name).label("sae_model"),
            exists().where(FeatureTag.sae_id == Feature.sae_id,
-                          FeatureTag.feature_index == Feature.feature_index).label("tagged"))
+                          FeatureTag.feature_index == Feature.feature_index).label("tagged"),
+           exists().where(Explanation.sae_id == Feature.sae_id, Explanation.feature_index == Feature.feature_index,
+                          Explanation.status == DRAFT).label("drafted"))
     .join(Sae, Feature.sae_id == Sae.id)
     .where(Feature.sae_id == bindparam("sae_id"), Feature.feature_index == bindparam("index"))
 )
@@ -606,7 +611,8 @@ def feature_page(session: Session, *, sae_id: int, feature_index: int, with_piec
     labels = label_rows(session, sae_id=sae_id, indices=[feature_index])
     tags = feature_tags(session, sae_id=sae_id, feature_index=feature_index) if feature.tagged else []
     neighbours = feature_briefs(session, sae_id=sae_id, indices=[n[0] for n in feature.neighbours])
-    return FeaturePage(sae, feature, examples, list(labels), tags, neighbours)
+    draft = current_draft(session, sae_id=sae_id, feature_index=feature_index) if feature.drafted else None
+    return FeaturePage(sae, feature, examples, list(labels), tags, neighbours, draft)
 
 
 def find_feature(session: Session, *, sae_id: int, feature_index: int) -> Feature:

@@ -3,25 +3,23 @@ buttons, and the drafts that the feature's labels started from."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from ..crud.explanations import current_draft, drafts_of_labels
-from ..crud.labels import label_history
+from ..crud import FeaturePage
+from ..crud.explanations import drafts_of_labels
 
 
-def draft_context(session: Session, sae_id: int, index: int, labels: Sequence[Any] | None = None,
-                  message: str | None = None) -> dict[str, Any]:
-    """What _feature_draft.html needs. `labels`: the feature's label history newest first, if already read (the
-    feature page has it); `message` reports a review that was refused (already reviewed, a human label, …)."""
-    history = label_history(session, sae_id=sae_id, feature_index=index) if labels is None else labels
+def draft_context(session: Session, page: FeaturePage, message: str | None = None) -> dict[str, Any]:
+    """What _feature_draft.html needs from the feature's stored page (its label history and draft); `message`
+    reports a review that was refused (already reviewed, a human label, …)."""
+    history = page.labels
     current = history[0] if history else None
     origins = drafts_of_labels(session, label_ids=[label.id for label in history])
-    draft = current_draft(session, sae_id=sae_id, feature_index=index)
+    draft = page.draft
     scores = draft.scores if draft else {}
-    return {"draft_sae_id": sae_id, "draft_index": index, "draft": draft,
+    return {"draft_sae_id": page.sae.id, "draft_index": page.feature.feature_index, "draft": draft,
             "draft_scores": {"detection": score_text(scores.get("detection")),
                              "fuzzing": score_text(scores.get("fuzzing")),
                              "label": score_text(scores["label"].get("detection")) if "label" in scores else None},

@@ -50,7 +50,7 @@ def feature_context(request: Request, session: Session, sae_id: int, index: int,
             "model": model_status(request, page.sae.model),
             "tag_choices": tag_choices(session) if writer else [],  # only the tag form offers them
             "lists": crud.bookmark_lists(session, owner_id=writer.id) if writer else [],
-            **draft_context(session, sae_id, index, page.labels)}
+            **draft_context(session, page)}
 
 
 def example_windows(examples: Sequence[Row[Any]], top_act: float, token_table: TokenTable) -> Windows | None:

@@ -29,7 +29,7 @@ def _section(request: Request, session: SessionDep, sae_id: int, index: int, mes
     if not is_htmx(request):
         raise HTTPException(status_code, message)
     page = crud.feature_page(session, sae_id=sae_id, feature_index=index, with_pieces=False)
-    context = draft_context(session, sae_id, index, message=message) | {"editor": label_editor(page), "oob_editor": True}
+    context = draft_context(session, page, message) | {"editor": label_editor(page), "oob_editor": True}
     return render(request, "_feature_draft.html", context, status_code=status_code)
 
 

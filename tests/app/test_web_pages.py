@@ -10,11 +10,12 @@ import pytest
 from sqlalchemy import delete, event, select, update
 
 from app import crud
+from app.crud import explanations
 from app.models import Example, TokenText
 from app.packing import unpack_acts
 from app.services.inference import ModelCache
 from app.templating import num
-from tests.app.conftest import make_client
+from tests.app.conftest import add_user, make_client
 
 HTML = {"accept": "text/html"}
 
@@ -149,10 +150,10 @@ def test_a_window_whose_stored_bytes_disagree_shows_the_tokens_both_hold(client,
     assert windows[0] == expected[0][:-2] and windows[1:len(expected)] == expected[1:]
 
 
-def test_a_feature_page_reads_in_five_statements_outside_a_transaction(client, stored_sae, session):
-    """Every statement is a round trip on PostgreSQL: BEGIN and ROLLBACK would add two to each page. Five: the
-    feature with its SAE, its examples, its labels, what its nearest features are (crud.briefs), and its
-    unverified draft explanation (crud.explanations.current_draft, issue 17)."""
+def test_a_feature_page_reads_in_four_statements_outside_a_transaction(client, stored_sae, session):
+    """Every statement is a round trip on PostgreSQL: BEGIN and ROLLBACK would add two to each page. Four: the
+    feature with its SAE, its examples, its labels, and what its nearest features are (crud.briefs). A fifth, its
+    unverified draft explanation (issue 17), only while it has one: the first statement says whether it does."""
     client.get(f"/saes/{stored_sae.id}/features/0")  # loads the SAE's token texts, once per process
     seen = []
 
@@ -161,13 +162,23 @@ def test_a_feature_page_reads_in_five_statements_outside_a_transaction(client, s
         open_ = dbapi.in_transaction if conn.dialect.name == "sqlite" else dbapi.info.transaction_status != 0
         seen.append((statement.split()[0], open_))
 
-    engine = client.app.state.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        assert client.get(f"/saes/{stored_sae.id}/features/1").status_code == 200
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
-    assert seen == [("SELECT", False)] * 5
+    def statements() -> list[tuple[str, bool]]:
+        seen.clear()
+        engine = client.app.state.engine
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            assert client.get(f"/saes/{stored_sae.id}/features/1").status_code == 200
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        return list(seen)
+
+    assert statements() == [("SELECT", False)] * 4
+    draft = explanations.add_explanation(session, sae_id=stored_sae.id, feature_index=1, text="digits",
+                                         explainer_model="exp", scorer_model="sco", prompt_version="v1", scores={})
+    assert statements() == [("SELECT", False)] * 5
+    explanations.reject_draft(session, draft=draft, reviewer_id=add_user(session, "ada").id)
+    session.commit()
+    assert statements() == [("SELECT", False)] * 4
 
 
 def test_feature_page_heat_is_relative_to_the_feature_max(client, stored_sae, session):
