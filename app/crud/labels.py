@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Session, joinedload
 from sqlalchemy.sql.selectable import NamedFromClause
 
-from ..models import Feature, Label, User
+from ..models import Explanation, Feature, Label, User
 from .base import NotFound, shared_alias
 from .saes import find_sae
 
@@ -73,8 +73,11 @@ def _history(*columns: Any) -> Select[Any]:
 
 
 _LABEL_ROWS = _history(Label.id, Label.feature_index, Label.text, Label.source, Label.created_at,
-                       User.name.label("author_name")).outerjoin(User, Label.author_id == User.id)
-"""Plain rows that read like Label objects (author_name included): the ORM cost more than the query."""
+                       User.name.label("author_name"),
+                       exists().where(Explanation.label_id == Label.id).label("from_draft")
+                       ).outerjoin(User, Label.author_id == User.id)
+"""Plain rows that read like Label objects (author_name included): the ORM cost more than the query.
+`from_draft`: whether the label was made by reviewing a draft explanation, whose page shows that draft."""
 
 _LABEL_HISTORY = _history(Label).options(joinedload(Label.author))
 

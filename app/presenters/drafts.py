@@ -16,7 +16,7 @@ def draft_context(session: Session, page: FeaturePage, message: str | None = Non
     reports a review that was refused (already reviewed, a human label, …)."""
     history = page.labels
     current = history[0] if history else None
-    origins = drafts_of_labels(session, label_ids=[label.id for label in history])
+    origins = drafts_of_labels(session, label_ids=[label.id for label in history if label.from_draft])
     draft = page.draft
     scores = draft.scores if draft else {}
     return {"draft_sae_id": page.sae.id, "draft_index": page.feature.feature_index, "draft": draft,
