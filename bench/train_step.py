@@ -8,6 +8,9 @@ The ceiling: a sparse TopK step needs one dense product, the encoder's [batch, d
 everything else touches only batch x k pairs. That one matmul, timed alone on the same threads in bf16 and in
 float32, the faster of the two, is the fastest a step of this shape can be on this machine; each variant is
 printed as a multiple of it. The step's top-k is timed alone too, by the C++ kernel and by PyTorch's path.
+
+Without bf16 instructions (AMX or AVX512-BF16) the bf16 matmul and variants are skipped, with a note: PyTorch's
+scalar fallback took 110 s for the ceiling's one matmul on an AVX2-only EPYC, and the bench seemed to hang.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 from sae_core import kernels
 from sae_core.activations import open_activations
 from sae_core.allocator import keep_freed_memory
+from sae_core.devices import cpu_has_bf16_instructions
 from sae_core.saes import SAEConfig
 from sae_core.saes.sparse import row_topk
 from sae_core.train import TrainConfig, Trainer
@@ -71,9 +75,10 @@ def matmul_seconds(args, dtype: torch.dtype) -> float:
     return statistics.median(blocks)
 
 
-def topk_seconds(args, native: bool) -> float:
-    """Median seconds of the step's top-k alone (`row_topk` over bf16 pre-activations), by the C++ kernel or PyTorch."""
-    pre = torch.randn(args.batch, args.features, generator=torch.Generator().manual_seed(0)).bfloat16()
+def topk_seconds(args, native: bool, dtype: torch.dtype) -> float:
+    """Median seconds of the step's top-k alone (`row_topk` over pre-activations in `dtype`), by the C++ kernel or
+    PyTorch."""
+    pre = torch.randn(args.batch, args.features, generator=torch.Generator().manual_seed(0)).to(dtype)
     blocks = []
     with mock.patch.dict(os.environ, {"SAESCOPE_NATIVE": "1" if native else "0"}):
         row_topk(pre, args.k)
@@ -105,26 +110,35 @@ def main() -> None:
     args.tmp.mkdir(parents=True, exist_ok=True)
     data_path = args.tmp / "acts.npy"
     np.save(data_path, np.random.default_rng(0).standard_normal((args.batch, args.d_in), dtype=np.float32))
+    dtypes = ("bfloat16", "float32") if cpu_has_bf16_instructions() else ("float32",)
     variants = [(v.split("-")[1], v.split("-")[0] == "sparse") for v in args.variants.split(",")]
+    skipped = [f"{kernel} {dtype}" for dtype, kernel in ((d, "sparse" if s else "dense") for d, s in variants)
+               if dtype not in dtypes]
+    variants = [(dtype, sparse) for dtype, sparse in variants if dtype in dtypes]
     print(f"TopK step, d_in={args.d_in} features={args.features} k={args.k} batch={args.batch} "
           f"threads={args.threads} dead={args.dead}")
+    if skipped:
+        print(f"skipped {', '.join(skipped)} and the bf16 matmul: this CPU has no bf16 instructions (AMX or "
+              "AVX512-BF16), and PyTorch's scalar bf16 fallback runs hundreds of times slower than float32")
     flops = 2 * args.batch * args.d_in * args.features
-    matmuls = {dtype: matmul_seconds(args, getattr(torch, dtype)) for dtype in ("bfloat16", "float32")}
+    matmuls = {dtype: matmul_seconds(args, getattr(torch, dtype)) for dtype in dtypes}
     for dtype, seconds in matmuls.items():
-        print(f"{'1 matmul ' + dtype:18s} {seconds * 1000:8.1f} ms/step  {args.batch / seconds:9.0f} tok/s  "
+        print(f"{'1 matmul ' + dtype:25s} {seconds * 1000:8.1f} ms/step  {args.batch / seconds:9.0f} tok/s  "
               f"({flops / seconds / 1e9:.0f} GFLOP/s)")
+    # The ceiling is the faster dtype's matmul: bf16 with AMX, but float32 where bf16 has no fast kernels.
+    fastest = min(matmuls, key=matmuls.__getitem__)
+    ceiling = matmuls[fastest]
     if kernels.library() is not None:
         for native in (True, False):
-            seconds = topk_seconds(args, native)
-            print(f"{'top-k ' + ('C++ kernel' if native else 'PyTorch'):18s} {seconds * 1000:8.1f} ms/step")
-    # The ceiling is the faster dtype's matmul: bf16 with AMX, but float32 where bf16 has no fast kernels.
-    ceiling = min(matmuls.values())
+            seconds = topk_seconds(args, native, getattr(torch, fastest))
+            print(f"{'top-k ' + ('C++ kernel' if native else 'PyTorch') + ' ' + fastest:25s} "
+                  f"{seconds * 1000:8.1f} ms/step")
     base = None
     for dtype, sparse in variants:
         seconds = time_variant(args, dtype, sparse, data_path, args.tmp)
         base = base or seconds
         name = f"{'sparse' if sparse else 'dense'} {dtype}"
-        print(f"{name:18s} {seconds * 1000:8.1f} ms/step  {args.batch / seconds:9.0f} tok/s  x{base / seconds:.2f}"
+        print(f"{name:25s} {seconds * 1000:8.1f} ms/step  {args.batch / seconds:9.0f} tok/s  x{base / seconds:.2f}"
               f"  {seconds / ceiling:.1f}x the ceiling")
 
 
