@@ -90,6 +90,10 @@ def topk_seconds(args, native: bool, dtype: torch.dtype) -> float:
     return statistics.median(blocks)
 
 
+def variant_name(dtype: str, sparse: bool) -> str:
+    return f"{'sparse' if sparse else 'dense'} {dtype}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d-in", type=int, default=576)
@@ -112,8 +116,7 @@ def main() -> None:
     np.save(data_path, np.random.default_rng(0).standard_normal((args.batch, args.d_in), dtype=np.float32))
     dtypes = ("bfloat16", "float32") if cpu_has_bf16_instructions() else ("float32",)
     variants = [(v.split("-")[1], v.split("-")[0] == "sparse") for v in args.variants.split(",")]
-    skipped = [f"{kernel} {dtype}" for dtype, kernel in ((d, "sparse" if s else "dense") for d, s in variants)
-               if dtype not in dtypes]
+    skipped = [variant_name(dtype, sparse) for dtype, sparse in variants if dtype not in dtypes]
     variants = [(dtype, sparse) for dtype, sparse in variants if dtype in dtypes]
     print(f"TopK step, d_in={args.d_in} features={args.features} k={args.k} batch={args.batch} "
           f"threads={args.threads} dead={args.dead}")
@@ -137,9 +140,8 @@ def main() -> None:
     for dtype, sparse in variants:
         seconds = time_variant(args, dtype, sparse, data_path, args.tmp)
         base = base or seconds
-        name = f"{'sparse' if sparse else 'dense'} {dtype}"
-        print(f"{name:25s} {seconds * 1000:8.1f} ms/step  {args.batch / seconds:9.0f} tok/s  x{base / seconds:.2f}"
-              f"  {seconds / ceiling:.1f}x the ceiling")
+        print(f"{variant_name(dtype, sparse):25s} {seconds * 1000:8.1f} ms/step  {args.batch / seconds:9.0f} tok/s  "
+              f"x{base / seconds:.2f}  {seconds / ceiling:.1f}x the ceiling")
 
 
 if __name__ == "__main__":
