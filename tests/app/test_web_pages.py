@@ -11,7 +11,7 @@ from sqlalchemy import delete, event, select, update
 
 from app import crud
 from app.crud import explanations
-from app.models import Example, TokenText
+from app.models import Example, Feature, TokenText
 from app.packing import unpack_acts
 from app.services.inference import ModelCache
 from app.templating import num
@@ -99,6 +99,20 @@ def test_feature_page_shows_what_was_recorded(client, stored_sae, session):
     stored_sae.record_config = {**stored_sae.record_config, "neighbours": "approximate"}
     session.commit()
     assert "found by an approximate search" in client.get(f"/saes/{stored_sae.id}/features/{index}").text
+
+
+def test_a_feature_that_never_fired_says_so_without_an_empty_read_out(client, stored_sae, session):
+    """The store as a recording leaves a dead feature: no examples, zero fires."""
+    index = alive_feature(session, stored_sae.id)
+    feature = crud.feature_page(session, sae_id=stored_sae.id, feature_index=index).feature
+    session.execute(delete(Example).where(Example.feature_id == feature.id))
+    session.execute(update(Feature).where(Feature.id == feature.id).values(is_dead=True, fire_count=0, density=0.0))
+    session.commit()
+    html = client.get(f"/saes/{stored_sae.id}/features/{index}").text
+    assert "This feature never fired in the recording." in html
+    assert 'id="tok-info"' not in html and "Shade shows" not in html
+    alive = client.get(f"/saes/{stored_sae.id}/features/{alive_feature(session, stored_sae.id)}").text
+    assert 'id="tok-info"' in alive and "Shade shows" in alive and "never fired" not in alive
 
 
 def windows_of(html: str) -> list[list[str]]:
