@@ -1,11 +1,13 @@
-// The k largest values of every row of a [rows, cols] matrix, two passes over each row.
+// The k largest values of every row of a [rows, cols] matrix, two passes over each row and no sort.
 //
 // The first pass takes the maximum of each of `groups` strided column groups ({g, g + groups, ...}), elementwise
 // across groups, which the compiler vectorises. The k-th largest of those maxima is a lower bound on the row's
 // k-th largest value, since k groups hold a value at least that large. The second pass reads only the groups
-// whose maximum reaches the bound (about k of them, from cache), keeps the values at or above it (usually
-// little more than k) and cuts them to the k largest. PyTorch's CPU top-k copies and partially sorts every row. NaN counts as
-// larger than every number, as torch.topk orders it, so a broken pre-activation reaches the loss.
+// whose maximum reaches the bound (about k of them, from cache) and keeps the values at or above it (usually
+// little more than k); the k-th largest of those decides which are kept. Both k-th largest values are found by
+// counting, not sorting (`kth_largest`): nth_element's comparisons mispredict about half their branches, and
+// took half the kernel's time. PyTorch's CPU top-k copies and partially sorts every row. NaN counts as larger
+// than every number, as torch.topk orders it, so a broken pre-activation reaches the loss.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -31,64 +33,110 @@ inline float load(const uint16_t* p, int64_t i) {  // bfloat16: the high half of
     return v;
 }
 
-inline float key(float v) { return v != v ? INFINITY : v; }
+// An unsigned key in the order of the values, NaN above +inf (torch.topk's order): the sign bit set on
+// non-negative floats and every bit flipped on negative ones.
+inline uint32_t key(float v) {
+    if (v != v) v = INFINITY;
+    uint32_t bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
 
-struct Candidate {
-    float key, value;
-    int64_t col;
-};
-
-inline bool larger(const Candidate& a, const Candidate& b) { return a.key > b.key; }
-
-// Each strided group's maximum over the first `whole` columns (a multiple of `groups`): vectorised across groups.
+// The key of a value read from a row of T. A bfloat16's keeps only its high 16 bits (a negative one's low bits,
+// flipped, would be ones), so `kth_largest` need not search below `low_bit`: no bfloat16 holds those bits.
+inline uint32_t key_of(const float*, float v) { return key(v); }
+inline uint32_t key_of(const uint16_t*, float v) { return key(v) & 0xFFFF0000u; }
+constexpr int low_bit(const float*) { return 0; }
+constexpr int low_bit(const uint16_t*) { return 16; }
 template <typename T>
-void group_maxima(const T* __restrict row, int64_t whole, int64_t groups,
-                  float* __restrict maxima) {
+inline uint32_t key_at(const T* row, int64_t c) { return key_of(row, load(row, c)); }
+
+// The first pass's bound is found to bfloat16's precision whatever the type: still a lower bound on the k-th
+// largest maximum, with half the counting passes for float32; the exact k-th largest comes from the candidates.
+constexpr int BOUND_LOW_BIT = 16;
+
+// The k-th largest of n keys (0 < k <= n), bit by bit from the top: the largest t with at least k keys >= t.
+// Each count is a branch-free loop the compiler vectorises; keys have no bits below `low`.
+uint32_t kth_largest(const uint32_t* __restrict keys, int64_t n, int64_t k, int low) {
+    uint32_t t = 0;
+    for (int bit = 31; bit >= low; --bit) {
+        uint32_t trial = t | (1u << bit);
+        int64_t count = 0;
+        for (int64_t i = 0; i < n; ++i) count += keys[i] >= trial;
+        if (count >= k) t = trial;
+    }
+    return t;
+}
+
+// Each strided group's maximum over the first `whole` columns (a multiple of `groups`), NaN as +inf: vectorised
+// across groups. In floats: taking the keys here ran the pass at half the speed.
+template <typename T>
+void group_maxima(const T* __restrict row, int64_t whole, int64_t groups, float* __restrict maxima) {
     std::fill(maxima, maxima + groups, -INFINITY);
     for (int64_t c = 0; c < whole; c += groups)
         for (int64_t g = 0; g < groups; ++g) {
-            float v = key(load(row, c + g));
+            float v = load(row, c + g);
+            v = v != v ? INFINITY : v;
             maxima[g] = v > maxima[g] ? v : maxima[g];
         }
 }
 
+struct Candidates {
+    std::vector<uint32_t> keys;
+    std::vector<int64_t> cols;
+    void clear() { keys.clear(); cols.clear(); }
+    int64_t size() const { return static_cast<int64_t>(keys.size()); }
+};
+
 template <typename T>
-void keep_at_least(const T* __restrict row, int64_t begin, int64_t end, int64_t step,
-                   float bound, std::vector<Candidate>& buf) {
+void keep_at_least(const T* __restrict row, int64_t begin, int64_t end, int64_t step, uint32_t bound,
+                   Candidates& buf) {
     for (int64_t c = begin; c < end; c += step) {
-        float v = load(row, c);
-        if (key(v) >= bound) buf.push_back({key(v), v, c});
+        uint32_t kc = key_at(row, c);
+        if (kc >= bound) {
+            buf.keys.push_back(kc);
+            buf.cols.push_back(c);
+        }
     }
+}
+
+// Writes the k largest of the candidates: every one above the k-th largest key, then ties with it up to k.
+template <typename T>
+void write_largest(const T* row, const Candidates& buf, int64_t k, int low, float* vals, int64_t* idx) {
+    uint32_t kth = kth_largest(buf.keys.data(), buf.size(), k, low);
+    int64_t out = 0;
+    for (int64_t i = 0; i < buf.size(); ++i)
+        if (buf.keys[i] > kth && out < k) idx[out++] = buf.cols[i];  // fewer than k are above the k-th: a guard
+    for (int64_t i = 0; i < buf.size() && out < k; ++i)
+        if (buf.keys[i] == kth) idx[out++] = buf.cols[i];
+    for (int64_t j = 0; j < k; ++j) vals[j] = load(row, idx[j]);
 }
 
 template <typename T>
 void rows_topk(const T* pre, int64_t row_begin, int64_t row_end, int64_t cols, int64_t k,
                float* vals, int64_t* idx) {
-    std::vector<Candidate> buf;
+    Candidates buf;
     int64_t groups = group_count(cols), whole = cols / groups * groups;
-    std::vector<float> maxima(groups), order(groups);
+    int low = low_bit(pre);
+    std::vector<float> maxima(groups);
+    std::vector<uint32_t> maxima_keys(groups);
     for (int64_t r = row_begin; r < row_end; ++r) {
         const T* row = pre + r * cols;
         buf.clear();
         if (k <= groups && whole > 0) {
             group_maxima(row, whole, groups, maxima.data());
-            std::copy(maxima.begin(), maxima.end(), order.begin());
-            std::nth_element(order.begin(), order.begin() + (k - 1), order.end(), [](float a, float b) { return a > b; });
-            float bound = order[k - 1];
+            for (int64_t g = 0; g < groups; ++g) maxima_keys[g] = key_of(row, maxima[g]);
+            uint32_t bound = kth_largest(maxima_keys.data(), groups, k, BOUND_LOW_BIT);
             // Only groups whose maximum reaches the bound can hold a value that does.
             for (int64_t g = 0; g < groups; ++g)
-                if (maxima[g] >= bound) keep_at_least(row, g, whole, groups, bound, buf);
+                if (maxima_keys[g] >= bound) keep_at_least(row, g, whole, groups, bound, buf);
             keep_at_least(row, whole, cols, 1, bound, buf);
         }
-        if (static_cast<int64_t>(buf.size()) < k) {  // no bound (k beyond the groups), or a bound that kept too few
+        if (buf.size() < k) {  // no bound (k beyond the groups), or a bound that kept too few
             buf.clear();
-            keep_at_least(row, 0, cols, 1, -INFINITY, buf);
+            keep_at_least(row, 0, cols, 1, 0u, buf);
         }
-        std::nth_element(buf.begin(), buf.begin() + (k - 1), buf.end(), larger);
-        for (int64_t j = 0; j < k; ++j) {
-            vals[r * k + j] = buf[j].value;
-            idx[r * k + j] = buf[j].col;
-        }
+        write_largest(row, buf, k, low, vals + r * k, idx + r * k);
     }
 }
 

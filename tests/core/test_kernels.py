@@ -45,10 +45,22 @@ def test_matches_torch_topk(dtype: torch.dtype, rows: int, cols: int, k: int) ->
     check_topk(pre, k)
 
 
-def test_ties_pick_distinct_columns() -> None:
-    pre = torch.randint(0, 3, (16, 2048), generator=torch.Generator().manual_seed(0)).float()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_ties_pick_distinct_columns(dtype: torch.dtype) -> None:
+    pre = torch.randint(0, 3, (16, 2048), generator=torch.Generator().manual_seed(0)).to(dtype)
     check_topk(pre, 40)
-    check_topk(torch.zeros(4, 512), 10)
+    check_topk(-pre, 40)  # ties below zero, where a key flips every bit of the value
+    check_topk(torch.zeros(4, 512, dtype=dtype), 10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_negative_rows(dtype: torch.dtype) -> None:
+    """Every value below zero, as pre-activations often are: the k largest are the least negative."""
+    pre = -torch.rand(9, 8192, generator=torch.Generator().manual_seed(1)).to(dtype) - 0.5
+    check_topk(pre, 32)
+    mixed = torch.randn(5, 300, generator=torch.Generator().manual_seed(2)).to(dtype)
+    mixed[:, :290] = -mixed[:, :290].abs()  # a few positive values at the end: some rows hold fewer than k
+    check_topk(mixed, 16)
 
 
 def test_infinities_and_nan() -> None:
