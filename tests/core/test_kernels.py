@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sae_core import kernels
-from sae_core.saes.sparse import row_topk
+from sae_core.saes.sparse import SparseActs, row_topk
 
 
 @pytest.fixture(autouse=True)
@@ -96,6 +96,49 @@ def test_row_topk_keeps_gradient_and_dtype(monkeypatch: pytest.MonkeyPatch) -> N
     assert torch.equal(torch_vals.sort(-1).values, vals.detach().sort(-1).values)
 
 
+def decode_pairs(n: int, d_sae: int, k: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """k pairs on each of n rows, their values, and the pairs grouped by feature as `FeatureOrder` holds them."""
+    gen = torch.Generator().manual_seed(seed)
+    cols_M = torch.randint(0, d_sae, (n * k,), generator=gen)
+    rows_M = torch.arange(n).repeat_interleave(k)
+    order = SparseActs.from_rows(torch.rand(n, k, generator=gen), cols_M.view(n, k)).by_feature(d_sae)
+    return torch.rand(n * k, generator=gen), cols_M, rows_M, order.order_M, order.rows_M, order.offsets_F
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("n", "d_sae", "d", "k"), [
+    (64, 512, 48, 8),    # rows a multiple of the kernel's 16 lanes
+    (33, 100, 37, 5),    # a tail of 5 columns after the lanes; features without pairs
+    (5, 4096, 20, 3),    # most features without pairs, the last ones among them
+    (0, 16, 32, 4),      # no pairs at all
+])
+def test_decode_grads_equal_the_float64_sums(dtype: torch.dtype, n: int, d_sae: int, d: int, k: int) -> None:
+    """Each value's gradient is its row's gradient . its table row, and each table row's the values' sum of
+    gradient rows, to float32's rounding whatever the input dtype; features without pairs get zero rows."""
+    vals_M, cols_M, rows_M, order_M, feature_rows_M, offsets_F = decode_pairs(n, d_sae, k, seed=d)
+    grad_ND = torch.randn(n, d, generator=torch.Generator().manual_seed(1)).to(dtype)
+    table_FD = torch.randn(d_sae, d, generator=torch.Generator().manual_seed(2)).to(dtype)
+    grad_vals_M, grad_table_FD = kernels.decode_grads(grad_ND, table_FD, vals_M, order_M, feature_rows_M, offsets_F)
+    g64, t64 = grad_ND.double(), table_FD.double()
+    want_vals = (g64[rows_M] * t64[cols_M]).sum(1)
+    want_table = torch.zeros(d_sae, d, dtype=torch.float64).index_add_(0, cols_M, vals_M.double()[:, None] * g64[rows_M])
+    assert grad_vals_M.dtype == grad_table_FD.dtype == torch.float32
+    torch.testing.assert_close(grad_vals_M.double(), want_vals, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_table_FD.double(), want_table, rtol=1e-5, atol=1e-5)
+    assert not grad_table_FD[torch.bincount(cols_M, minlength=d_sae) == 0].any()
+
+
+def test_decode_grads_leave_inputs_they_were_not_built_for_to_the_caller() -> None:
+    vals_M, _cols, _rows, order_M, rows_M, offsets_F = decode_pairs(8, 64, 4, seed=0)
+    grad_ND, table_FD = torch.randn(8, 16), torch.randn(64, 16)
+    args = (vals_M, order_M, rows_M, offsets_F)
+    assert kernels.decode_grads(grad_ND.half(), table_FD.half(), *args) is None
+    assert kernels.decode_grads(grad_ND, table_FD.bfloat16(), *args) is None  # dtypes that differ
+    assert kernels.decode_grads(grad_ND, table_FD[:, :8], *args) is None  # widths that differ
+    assert kernels.decode_grads(grad_ND, table_FD[:32], *args) is None  # a table the pairs were not grouped for
+    assert kernels.decode_grads(grad_ND.T.contiguous().T, table_FD, *args) is not None  # strided: copied
+
+
 @pytest.fixture
 def fresh_library(monkeypatch: pytest.MonkeyPatch, tmp_path):
     """An empty kernel cache under tmp_path; the process's own library is restored afterwards."""
@@ -107,7 +150,7 @@ def fresh_library(monkeypatch: pytest.MonkeyPatch, tmp_path):
 
 def test_builds_into_the_cache(fresh_library) -> None:
     assert kernels.library() is not None
-    built = list((fresh_library / "saescope" / "kernels").glob("row_topk-*.so"))
+    built = list((fresh_library / "saescope" / "kernels").glob("kernels-*.so"))
     assert len(built) == 1
     kernels.library.cache_clear()
     stamp = built[0].stat().st_mtime_ns

@@ -216,13 +216,19 @@ def test_malformed_files_rejected(tmp_path):
         load_sae(tmp_path / "absent")
 
 
+NATIVE = pytest.mark.parametrize("native", ["1", "0"], ids=["c++ kernels", "pytorch path"])
+"""Both ways a CPU can run the sparse kernels: the C++ kernels, and PyTorch's operators as every other device does."""
+
+
+@NATIVE
 @pytest.mark.parametrize("d_sae", [D_SAE, 2048])
 @pytest.mark.parametrize("dead_share", ["a third", "two thirds"])
 @pytest.mark.parametrize("arch", ["topk", "batchtopk", "transcoder"])
-def test_sparse_kernels_equal_dense_reference(arch, dead_share, d_sae):
+def test_sparse_kernels_equal_dense_reference(arch, dead_share, d_sae, native, monkeypatch):
     """The embedding_bag decoder and sparse encoder gradients give the dense path's loss and gradients, with
     AuxK's latents gathered from a few dead columns or masked from many, and at a width where the grouped top-k
     runs."""
+    monkeypatch.setenv("SAESCOPE_NATIVE", native)
     x = x_batch(64)
     if transcodes(arch):
         x = torch.cat([x, x_batch(64, seed=2)], dim=1)
@@ -243,7 +249,7 @@ def test_sparse_kernels_equal_dense_reference(arch, dead_share, d_sae):
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4), name
 
 
-@pytest.mark.parametrize("native", ["1", "0"], ids=["c++ kernel", "pytorch path"])
+@NATIVE
 @pytest.mark.parametrize("shape", [(64, 8192, 32), (16, 4096, 8), (8, 1000, 4), (4, 2048, 600)])
 def test_row_topk_equals_torch_topk(shape, native, monkeypatch):
     """The grouped top-k finds torch.topk's values at columns holding them, with the winners bunched in one
@@ -276,10 +282,12 @@ def test_training_pre_acts_with_the_bias_as_a_column_equal_addmm(apply_b_dec):
     torch.testing.assert_close(folded.float(), reference.float(), rtol=2e-2, atol=2e-2)
 
 
+@NATIVE
 @pytest.mark.parametrize("arch", ["topk", "transcoder"])
-def test_sparse_kernels_under_bfloat16_autocast_give_the_dense_path_gradients(arch):
+def test_sparse_kernels_under_bfloat16_autocast_give_the_dense_path_gradients(arch, native, monkeypatch):
     """Under autocast the sparse kernels read bfloat16 tables (as autocast's matmuls do) and hand float32
     gradients to float32 parameters, equal to the dense autocast path's within bfloat16's rounding."""
+    monkeypatch.setenv("SAESCOPE_NATIVE", native)
     x = x_batch(64)
     if transcodes(arch):
         x = torch.cat([x, x_batch(64, seed=2)], dim=1)
