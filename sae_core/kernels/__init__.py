@@ -100,8 +100,6 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-
-
 def row_topk(pre_NF: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The k largest of every row of pre_NF (float32 values, int64 columns, unordered); None where the kernel does
     not apply (another device or dtype, k out of range, no compiler), for the caller's own path.
@@ -132,7 +130,8 @@ def decode_grads(grad_ND: torch.Tensor, table_FD: torch.Tensor, vals_M: torch.Te
     differ or that it was not built for, no compiler), for the caller's own path."""
     if not (enabled() and grad_ND.device.type == "cpu" and grad_ND.dtype == table_FD.dtype
             and grad_ND.dtype in KERNEL_DTYPES and grad_ND.dim() == table_FD.dim() == 2
-            and grad_ND.shape[1] == table_FD.shape[1] and len(offsets_F) == len(table_FD)):
+            and grad_ND.shape[1] == table_FD.shape[1] and len(offsets_F) == len(table_FD)
+            and len(vals_M) == len(order_M) == len(rows_M)):
         return None
     lib = library()
     if lib is None:

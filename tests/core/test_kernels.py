@@ -136,6 +136,7 @@ def test_decode_grads_leave_inputs_they_were_not_built_for_to_the_caller() -> No
     assert kernels.decode_grads(grad_ND, table_FD.bfloat16(), *args) is None  # dtypes that differ
     assert kernels.decode_grads(grad_ND, table_FD[:, :8], *args) is None  # widths that differ
     assert kernels.decode_grads(grad_ND, table_FD[:32], *args) is None  # a table the pairs were not grouped for
+    assert kernels.decode_grads(grad_ND, table_FD, vals_M[1:], order_M, rows_M, offsets_F) is None
     assert kernels.decode_grads(grad_ND.T.contiguous().T, table_FD, *args) is not None  # strided: copied
 
 
