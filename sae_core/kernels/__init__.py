@@ -29,6 +29,8 @@ KERNEL_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 """The dtypes the kernels are built for, by the suffix of their C names."""
 FALLBACK = "top-k selection and the sparse decode's gradients use PyTorch's slower CPU path"
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("row_topk.cpp", "decode_grads.cpp"))
+HEADERS = (Path(__file__).with_name("bfloat16.h"),)
+"""Included by the sources: part of the cache key, so an edit rebuilds the library."""
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 NATIVE_FLAGS = ("-march=native",)
 """Tried first, then without: the kernels vectorise for this CPU, and a compiler that lacks the flag still builds them."""
@@ -84,8 +86,8 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
-        key = hashlib.sha256("\0".join([*(source.read_text() for source in SOURCES), cxx, version, platform.machine(),
-                                        cpu_flags(), " ".join(FLAGS)]).encode()).hexdigest()[:16]
+        key = hashlib.sha256("\0".join([*(path.read_text() for path in SOURCES + HEADERS), cxx, version,
+                                        platform.machine(), cpu_flags(), " ".join(FLAGS)]).encode()).hexdigest()[:16]
         out = cache_dir() / f"kernels-{key}.so"
         if not out.exists():
             build(cxx, out)

@@ -8,20 +8,12 @@
 // Here both accumulate and come out in float32.
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <thread>
 #include <vector>
 
+#include "bfloat16.h"
+
 namespace {
-
-inline float load(const float* p, int64_t i) { return p[i]; }
-
-inline float load(const uint16_t* p, int64_t i) {  // bfloat16: the high half of a float32
-    uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
-    float v;
-    std::memcpy(&v, &bits, sizeof v);
-    return v;
-}
 
 constexpr int64_t LANES = 16;  // independent partial sums, so the dot vectorises without reassociating floats
 

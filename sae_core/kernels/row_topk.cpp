@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include "bfloat16.h"
+
 namespace {
 
 constexpr int64_t MIN_GROUPS = 256;
@@ -23,15 +25,6 @@ constexpr int64_t PER_GROUP = 32;
 // so that the second pass stays a few thousand reads however wide the row: with 1M columns in 256 groups it read
 // 4096 scattered cache lines per group and ran slower than PyTorch.
 int64_t group_count(int64_t cols) { return std::max(MIN_GROUPS, cols / PER_GROUP); }
-
-inline float load(const float* p, int64_t i) { return p[i]; }
-
-inline float load(const uint16_t* p, int64_t i) {  // bfloat16: the high half of a float32
-    uint32_t bits = static_cast<uint32_t>(p[i]) << 16;
-    float v;
-    std::memcpy(&v, &bits, sizeof v);
-    return v;
-}
 
 // An unsigned key in the order of the values, NaN above +inf (torch.topk's order): the sign bit set on
 // non-negative floats and every bit flipped on negative ones.
