@@ -93,15 +93,27 @@ void keep_at_least(const T* __restrict row, int64_t begin, int64_t end, int64_t 
     }
 }
 
-// Writes the k largest of the candidates: every one above the k-th largest key, then ties with it up to k.
+// Where row r starts taking tied values, of `ties`: a hash of r, so no column wins ties in every row.
+int64_t tie_start(int64_t r, int64_t ties) {
+    uint64_t h = static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull;
+    return static_cast<int64_t>((h ^ (h >> 29)) % static_cast<uint64_t>(ties));
+}
+
+// Writes the k largest of row r's candidates: every one above the k-th largest key, then as many of the values
+// tied with it as fill k, taken cyclically from `tie_start`. Bfloat16 rows tie often at the k-th value (a bucket
+// near it holds about two of 8192 Gaussian values), and taking ties in the order they were met favoured the
+// columns of the first groups in every row.
 template <typename T>
-void write_largest(const T* row, const Candidates& buf, int64_t k, int low, float* vals, int64_t* idx) {
+void write_largest(const T* row, int64_t r, const Candidates& buf, int64_t k, int low, float* vals, int64_t* idx) {
     uint32_t kth = kth_largest(buf.keys.data(), buf.size(), k, low);
-    int64_t out = 0;
-    for (int64_t i = 0; i < buf.size(); ++i)
+    int64_t out = 0, ties = 0;
+    for (int64_t i = 0; i < buf.size(); ++i) {
         if (buf.keys[i] > kth && out < k) idx[out++] = buf.cols[i];  // fewer than k are above the k-th: a guard
-    for (int64_t i = 0; i < buf.size() && out < k; ++i)
-        if (buf.keys[i] == kth) idx[out++] = buf.cols[i];
+        ties += buf.keys[i] == kth;
+    }
+    int64_t start = tie_start(r, ties), need = k - out;
+    for (int64_t i = 0, tie = 0; i < buf.size() && out < k; ++i)
+        if (buf.keys[i] == kth && (tie++ - start + ties) % ties < need) idx[out++] = buf.cols[i];
     for (int64_t j = 0; j < k; ++j) vals[j] = load(row, idx[j]);
 }
 
@@ -129,7 +141,7 @@ void rows_topk(const T* pre, int64_t row_begin, int64_t row_end, int64_t cols, i
             buf.clear();
             keep_at_least(row, 0, cols, 1, 0u, buf);
         }
-        write_largest(row, buf, k, low, vals + r * k, idx + r * k);
+        write_largest(row, r, buf, k, low, vals + r * k, idx + r * k);
     }
 }
 

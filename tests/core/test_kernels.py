@@ -53,6 +53,15 @@ def test_ties_pick_distinct_columns(dtype: torch.dtype) -> None:
     check_topk(torch.zeros(4, 512, dtype=dtype), 10)
 
 
+def test_ties_at_the_kth_value_spread_over_the_columns() -> None:
+    """Rows that tie everywhere: each row takes k distinct columns, and the rows do not all take the same ones (in
+    training the k-th value of a bf16 row often ties, and a fixed rule would favour some features in every row)."""
+    vals, idx = kernels.row_topk(torch.zeros(256, 512), 8)
+    picks = torch.bincount(idx.flatten(), minlength=512)
+    assert all(len(set(row.tolist())) == 8 for row in idx) and (vals == 0).all()
+    assert (picks > 0).sum() >= 400 and picks.max() <= 16  # 2048 picks over 512 columns: 4 each on average
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_negative_rows(dtype: torch.dtype) -> None:
     """Every value below zero, as pre-activations often are: the k largest are the least negative."""
