@@ -29,7 +29,7 @@ KERNEL_DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16"}
 """The dtypes the kernels are built for, by the suffix of their C names."""
 FALLBACK = "top-k selection and the sparse decode's gradients use PyTorch's slower CPU path"
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("row_topk.cpp", "decode_grads.cpp"))
-HEADERS = (Path(__file__).with_name("bfloat16.h"),)
+HEADERS = (Path(__file__).with_name("common.h"),)
 """Included by the sources: part of the cache key, so an edit rebuilds the library."""
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-pthread")
 NATIVE_FLAGS = ("-march=native",)

@@ -8,10 +8,9 @@
 // Here both accumulate and come out in float32.
 #include <algorithm>
 #include <cstdint>
-#include <thread>
 #include <vector>
 
-#include "bfloat16.h"
+#include "common.h"
 
 namespace {
 
@@ -65,13 +64,10 @@ void decode_grads(const T* grad, const T* table, const float* vals, const int64_
     for (int64_t t = 1; t < threads; ++t)
         bounds.push_back(std::lower_bound(offsets, offsets + n_feat, n_pairs * t / threads) - offsets);
     bounds.push_back(n_feat);
-    std::vector<std::thread> pool;
-    for (int64_t t = 1; t < threads; ++t)
-        pool.emplace_back(features_decode_grads<T>, grad, table, vals, order, rows, offsets, n_feat, n_pairs, d,
-                          grad_vals, grad_table, bounds[t], bounds[t + 1]);
-    features_decode_grads<T>(grad, table, vals, order, rows, offsets, n_feat, n_pairs, d, grad_vals, grad_table,
-                             bounds[0], bounds[1]);
-    for (auto& th : pool) th.join();
+    run_ranges(bounds, [=](int64_t begin, int64_t end) {
+        features_decode_grads(grad, table, vals, order, rows, offsets, n_feat, n_pairs, d, grad_vals, grad_table,
+                              begin, end);
+    });
 }
 
 }  // namespace

@@ -12,10 +12,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <vector>
 
-#include "bfloat16.h"
+#include "common.h"
 
 namespace {
 
@@ -149,14 +148,10 @@ template <typename T>
 void parallel_rows_topk(const T* pre, int64_t rows, int64_t cols, int64_t k, float* vals,
                         int64_t* idx, int64_t threads) {
     threads = std::max<int64_t>(1, std::min(threads, rows));
-    std::vector<std::thread> pool;
     int64_t per = (rows + threads - 1) / threads;
-    for (int64_t t = 1; t < threads; ++t) {
-        int64_t begin = t * per, end = std::min(rows, begin + per);
-        if (begin < end) pool.emplace_back(rows_topk<T>, pre, begin, end, cols, k, vals, idx);
-    }
-    rows_topk<T>(pre, 0, std::min(rows, per), cols, k, vals, idx);
-    for (auto& th : pool) th.join();
+    std::vector<int64_t> bounds;
+    for (int64_t t = 0; t <= threads; ++t) bounds.push_back(std::min(rows, t * per));
+    run_ranges(bounds, [=](int64_t begin, int64_t end) { rows_topk(pre, begin, end, cols, k, vals, idx); });
 }
 
 }  // namespace
